@@ -1,0 +1,154 @@
+//! Benchmark commands. `bench ingest` sends the same CT series over loopback, with DCMTK's
+//! `storescu`, to this node (fsync + SQLite index) and to DCMTK's `storescp` (writing files), in
+//! alternating rounds of one run, and prints instances/second for both and their ratio.
+
+use crate::synth::series::{SeriesSpec, write_ct_series};
+use anyhow::{Context, bail};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// DCMTK binaries, by absolute path: pynetdicom installs scripts of the same names.
+const STORESCU: &str = "/usr/bin/storescu";
+const STORESCP: &str = "/usr/bin/storescp";
+const ECHOSCU: &str = "/usr/bin/echoscu";
+
+/// Runs the ingest benchmark and prints its figures.
+pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
+    for tool in [STORESCU, STORESCP, ECHOSCU] {
+        if !Path::new(tool).exists() {
+            bail!("{tool} not found: install DCMTK (apt-get install -y dcmtk)");
+        }
+    }
+    let work = std::env::temp_dir().join(format!("jnsc-bench-{}", std::process::id()));
+    let data = work.join("series");
+    let spec = SeriesSpec {
+        slices,
+        rows: size,
+        columns: size,
+        ..SeriesSpec::default()
+    };
+    write_ct_series(&spec, &data)?;
+    let bytes: u64 = std::fs::read_dir(&data)?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "series: {slices} slices of {size}x{size}, {:.1} MB, sent by {STORESCU} over loopback",
+        bytes as f64 / 1e6
+    );
+
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for round in 0..rounds {
+        let node_rate = run_jnsc_round(&work.join(format!("jnsc-{round}")), &data, slices)?;
+        let dcmtk_rate =
+            run_storescp_round(&work.join(format!("storescp-{round}")), &data, slices)?;
+        println!(
+            "round {}: jnsc {node_rate:.1} inst/s, storescp {dcmtk_rate:.1} inst/s",
+            round + 1
+        );
+        ours.push(node_rate);
+        theirs.push(dcmtk_rate);
+    }
+    let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+    println!("median: jnsc {ours:.1} inst/s (fsync + SQLite index), storescp {theirs:.1} inst/s");
+    println!("ratio jnsc/storescp: {:.2} (target >= 0.80)", ours / theirs);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A child process killed when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_jnsc_round(dir: &Path, data: &Path, slices: usize) -> anyhow::Result<f64> {
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("jnsc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dicom]\nlisten = \"127.0.0.1:0\"\n[storage]\ndir = \"{}\"\n[log]\nlevel = \"warn\"\n",
+            dir.join("storage").display()
+        ),
+    )?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start jnsc serve")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let guard = Guard(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let port = line
+        .trim()
+        .rsplit_once(" as AE ")
+        .and_then(|(head, _)| head.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .with_context(|| format!("unexpected first line from jnsc serve: {line:?}"))?;
+    let rate = send(data, "JNSC", port, slices)?;
+    drop(guard);
+    Ok(rate)
+}
+
+fn run_storescp_round(dir: &Path, data: &Path, slices: usize) -> anyhow::Result<f64> {
+    std::fs::create_dir_all(dir)?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new(STORESCP)
+        .arg("--output-directory")
+        .arg(dir)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start storescp")?;
+    let guard = Guard(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Command::new(ECHOSCU)
+        .args(["127.0.0.1", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success()
+    {
+        if Instant::now() > deadline {
+            bail!("storescp did not come up on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rate = send(data, "STORESCP", port, slices)?;
+    drop(guard);
+    Ok(rate)
+}
+
+/// Sends every file of `data` in one association; returns instances per second.
+fn send(data: &Path, called_ae: &str, port: u16, slices: usize) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let status = Command::new(STORESCU)
+        .args(["-aec", called_ae, "+sd", "127.0.0.1", &port.to_string()])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    let elapsed = start.elapsed();
+    if !status.success() {
+        bail!("storescu to {called_ae} on port {port} failed: {status}");
+    }
+    Ok(slices as f64 / elapsed.as_secs_f64())
+}

@@ -1,0 +1,391 @@
+//! Node configuration: a TOML file whose every key has a default, so `jnsc serve` runs with no file.
+//!
+//! The file is found through `--config FILE` or `JNSC_CONFIG`. Unknown keys are rejected and every
+//! validation error names the offending key, so a typo fails at start instead of being ignored.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration, one section per concern.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub dicom: DicomConfig,
+    pub storage: StorageConfig,
+    pub pipeline: PipelineConfig,
+    pub status: StatusConfig,
+    pub log: LogConfig,
+}
+
+/// `[dicom]`: the SCP's identity, limits and known peers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomConfig {
+    /// Our AE title (called AE title that callers must use when the allow-list is on).
+    pub ae_title: String,
+    /// TCP address the SCP listens on.
+    pub listen: SocketAddr,
+    /// Associations served at once; further ones are rejected (transient, local limit exceeded).
+    pub max_associations: usize,
+    /// Largest P-DATA-TF PDU we accept, announced in A-ASSOCIATE-AC.
+    pub max_pdu: u32,
+    /// Seconds without a PDU from the peer before the association is aborted.
+    pub read_timeout_secs: u64,
+    /// Seconds a write to the peer may block before the association is aborted.
+    pub write_timeout_secs: u64,
+    /// `false`: only AE titles listed in `peers` may associate, and only to our `ae_title`.
+    pub allow_unknown_callers: bool,
+    /// Known peers: where results for studies sent by this calling AE title go.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// `[[dicom.peers]]`: a calling AE title and the destination of its results.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Calling AE title this peer uses when it sends us studies.
+    pub ae_title: String,
+    /// Host that receives results (C-STORE SCP of the peer).
+    pub host: String,
+    /// Port of the peer's C-STORE SCP.
+    pub port: u16,
+    /// AE title of the peer's C-STORE SCP; defaults to `ae_title`.
+    #[serde(default)]
+    pub dest_ae_title: Option<String>,
+}
+
+/// `[storage]`: where instances, results and the SQLite index live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Root of the durable store.
+    pub dir: PathBuf,
+    /// SQLite database file; `<dir>/jnsc.db` when unset.
+    pub db: Option<PathBuf>,
+}
+
+/// `[pipeline]`: when a series counts as complete.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Seconds without a new instance before a series is complete and gets a job.
+    pub stable_age_secs: u64,
+}
+
+/// `[status]`: the HTTP status endpoint (served by the operations module).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    pub listen: SocketAddr,
+}
+
+/// `[log]`: tracing filter, e.g. `info` or `jnsc=debug,info`; `RUST_LOG` overrides it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+}
+
+impl Default for DicomConfig {
+    fn default() -> Self {
+        Self {
+            ae_title: "JNSC".into(),
+            listen: "0.0.0.0:11112".parse().expect("literal address"),
+            max_associations: 16,
+            max_pdu: 65536,
+            read_timeout_secs: 60,
+            write_timeout_secs: 60,
+            allow_unknown_callers: true,
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("storage"),
+            db: None,
+        }
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            stable_age_secs: 10,
+        }
+    }
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("literal address"),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: `{key}` {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+/// Smallest PDU a peer may be told to send (PS3.8 allows less, but nothing real uses it).
+const MIN_PDU: u32 = 4096;
+/// Largest PDU we are willing to buffer for one P-DATA-TF.
+const MAX_PDU: u32 = 16 * 1024 * 1024;
+
+impl Config {
+    /// Reads and validates `path`, or returns the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::parse(&text).map_err(|e| match e {
+                    ConfigError::Parse { message, .. } => ConfigError::Parse {
+                        path: path.to_owned(),
+                        message,
+                    },
+                    other => other,
+                })?
+            }
+        };
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot check; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            key: key.into(),
+            problem,
+        };
+        if let Err(problem) = check_ae_title(&self.dicom.ae_title) {
+            return Err(invalid("dicom.ae_title", problem));
+        }
+        if self.dicom.max_associations == 0 {
+            return Err(invalid(
+                "dicom.max_associations",
+                "must be at least 1".into(),
+            ));
+        }
+        if !(MIN_PDU..=MAX_PDU).contains(&self.dicom.max_pdu) {
+            return Err(invalid(
+                "dicom.max_pdu",
+                format!("must be between {MIN_PDU} and {MAX_PDU}"),
+            ));
+        }
+        if self.dicom.read_timeout_secs == 0 {
+            return Err(invalid(
+                "dicom.read_timeout_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.dicom.write_timeout_secs == 0 {
+            return Err(invalid(
+                "dicom.write_timeout_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        for (i, peer) in self.dicom.peers.iter().enumerate() {
+            if let Err(problem) = check_ae_title(&peer.ae_title) {
+                return Err(invalid(&format!("dicom.peers[{i}].ae_title"), problem));
+            }
+            if let Some(dest) = &peer.dest_ae_title
+                && let Err(problem) = check_ae_title(dest)
+            {
+                return Err(invalid(&format!("dicom.peers[{i}].dest_ae_title"), problem));
+            }
+            if peer.host.trim().is_empty() {
+                return Err(invalid(
+                    &format!("dicom.peers[{i}].host"),
+                    "is empty".into(),
+                ));
+            }
+            if peer.port == 0 {
+                return Err(invalid(
+                    &format!("dicom.peers[{i}].port"),
+                    "must not be 0".into(),
+                ));
+            }
+            if self.dicom.peers[..i]
+                .iter()
+                .any(|p| p.ae_title == peer.ae_title)
+            {
+                return Err(invalid(
+                    &format!("dicom.peers[{i}].ae_title"),
+                    format!("`{}` is listed twice", peer.ae_title),
+                ));
+            }
+        }
+        if self.storage.dir.as_os_str().is_empty() {
+            return Err(invalid("storage.dir", "is empty".into()));
+        }
+        if self.pipeline.stable_age_secs == 0 {
+            return Err(invalid(
+                "pipeline.stable_age_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", format!("is not a valid filter: {e}")));
+        }
+        Ok(())
+    }
+
+    /// The SQLite database path (explicit, or inside the storage directory).
+    pub fn db_path(&self) -> PathBuf {
+        self.storage
+            .db
+            .clone()
+            .unwrap_or_else(|| self.storage.dir.join("jnsc.db"))
+    }
+
+    /// The peer that sends with this calling AE title, if configured.
+    pub fn peer(&self, calling_ae_title: &str) -> Option<&PeerConfig> {
+        self.dicom
+            .peers
+            .iter()
+            .find(|p| p.ae_title == calling_ae_title)
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.dicom.read_timeout_secs)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.dicom.write_timeout_secs)
+    }
+
+    pub fn stable_age(&self) -> Duration {
+        Duration::from_secs(self.pipeline.stable_age_secs)
+    }
+}
+
+/// An AE title is 1-16 characters of the default repertoire, no backslash, not all spaces.
+fn check_ae_title(title: &str) -> Result<(), String> {
+    let trimmed = title.trim();
+    if trimmed.is_empty() {
+        return Err("is empty".into());
+    }
+    if title.len() > 16 {
+        return Err(format!("`{title}` is longer than 16 characters"));
+    }
+    if title
+        .chars()
+        .any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\')
+    {
+        return Err(format!(
+            "`{title}` may only hold printable ASCII characters other than backslash"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.dicom.ae_title, "JNSC");
+        assert_eq!(config.dicom.listen.port(), 11112);
+        assert_eq!(config.dicom.max_associations, 16);
+        assert_eq!(config.dicom.max_pdu, 65536);
+        assert!(config.dicom.allow_unknown_callers);
+        assert_eq!(config.db_path(), PathBuf::from("storage/jnsc.db"));
+        assert_eq!(config.pipeline.stable_age_secs, 10);
+        assert_eq!(config.status.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn issue_example_parses() {
+        let config = Config::parse(
+            r#"
+            [dicom]
+            ae_title = "JNSC"
+            listen = "0.0.0.0:11112"
+            max_associations = 16
+            max_pdu = 65536
+            allow_unknown_callers = true
+            [[dicom.peers]]
+            ae_title = "PACS"
+            host = "127.0.0.1"
+            port = 11113
+            [storage]
+            dir = "storage"
+            [pipeline]
+            stable_age_secs = 10
+            [status]
+            listen = "127.0.0.1:8080"
+            "#,
+        )
+        .unwrap();
+        let peer = config.peer("PACS").unwrap();
+        assert_eq!(peer.port, 11113);
+        assert!(config.peer("OTHER").is_none());
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(error_of("[dicom]\nae_title = \"\"").contains("dicom.ae_title"));
+        assert!(
+            error_of("[dicom]\nae_title = \"MUCH_TOO_LONG_AE_TITLE\"").contains("dicom.ae_title")
+        );
+        assert!(error_of("[dicom]\nmax_pdu = 12").contains("dicom.max_pdu"));
+        assert!(error_of("[dicom]\nmax_associations = 0").contains("dicom.max_associations"));
+        assert!(error_of("[pipeline]\nstable_age_secs = 0").contains("pipeline.stable_age_secs"));
+        assert!(
+            error_of("[[dicom.peers]]\nae_title = \"A\"\nhost = \"h\"\nport = 0")
+                .contains("dicom.peers[0].port")
+        );
+        assert!(error_of("[dicom]\nlisten = \"nonsense\"").contains("listen"));
+        assert!(error_of("[dicom]\nae_tilte = \"X\"").contains("ae_tilte"));
+        assert!(error_of("[storage]\ndb = 5").contains("db"));
+    }
+
+    #[test]
+    fn duplicate_peer_is_rejected() {
+        let text = "[[dicom.peers]]\nae_title = \"A\"\nhost = \"h\"\nport = 1\n\
+                    [[dicom.peers]]\nae_title = \"A\"\nhost = \"h\"\nport = 2\n";
+        assert!(error_of(text).contains("dicom.peers[1].ae_title"));
+    }
+}

@@ -1,0 +1,249 @@
+//! One established association: receives PDUs, reassembles fragmented command and data PDVs into
+//! DIMSE messages, dispatches them to the service files (C-ECHO, C-STORE) and sends responses
+//! split to the peer's maximum PDU length. Nothing else reads from or writes to the socket.
+
+use crate::net::c_echo;
+use crate::net::c_store::{self, StoreContext};
+use crate::net::dimse::{self, Command, command_field};
+use crate::store::InstanceStore;
+use crate::store::db::AssociationEnd;
+use dicom_ul::Pdu;
+use dicom_ul::association::{Association, AsyncServerAssociation, Error as UlError};
+use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+/// Largest data set accepted in one C-STORE (an enhanced CT of 2000 512x512 frames is ~1 GiB).
+const MAX_DATA_SET_BYTES: usize = 2 << 30;
+
+/// A DIMSE message being reassembled from PDV fragments.
+#[derive(Debug)]
+struct PendingMessage {
+    presentation_context_id: u8,
+    command_bytes: Vec<u8>,
+    /// Set once the last command fragment arrived and the data set is awaited.
+    command: Option<Command>,
+    data_set: Vec<u8>,
+}
+
+/// A complete message ready for its service.
+struct Message {
+    presentation_context_id: u8,
+    command: Command,
+    data_set: Option<Vec<u8>>,
+}
+
+/// A violation of the DIMSE/upper layer protocol by the peer: the association is aborted.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ProtocolViolation(String);
+
+/// Serves `association` until it is released, aborted or lost; returns how it ended.
+pub async fn serve(
+    mut association: AsyncServerAssociation<TcpStream>,
+    store: &InstanceStore,
+    association_id: i64,
+) -> (AssociationEnd, Option<String>) {
+    let calling_ae = association.peer_ae_title().trim().to_owned();
+    let called_ae = association.called_ae_title().trim().to_owned();
+    let ctx = StoreContext {
+        store,
+        association: association_id,
+        calling_ae: &calling_ae,
+        called_ae: &called_ae,
+    };
+    let mut pending: Option<PendingMessage> = None;
+    loop {
+        let pdu = match association.receive().await {
+            Ok(pdu) => pdu,
+            Err(error) => {
+                let (end, reason) = classify_receive_error(&error, pending.is_some());
+                if end == AssociationEnd::TimedOut {
+                    let _ = association.abort().await;
+                }
+                return (end, Some(reason));
+            }
+        };
+        match pdu {
+            Pdu::PData { data } => {
+                for pdv in data {
+                    let message = match accept_fragment(&mut pending, pdv) {
+                        Ok(Some(message)) => message,
+                        Ok(None) => continue,
+                        Err(violation) => return abort(association, violation).await,
+                    };
+                    if let Err(violation) = dispatch(&mut association, ctx, message).await {
+                        return abort(association, violation).await;
+                    }
+                }
+            }
+            Pdu::ReleaseRQ => {
+                let _ = association.send(&Pdu::ReleaseRP).await;
+                let reason = pending
+                    .is_some()
+                    .then(|| "released in the middle of a message".to_owned());
+                return (AssociationEnd::Released, reason);
+            }
+            Pdu::AbortRQ { source } => {
+                return (
+                    AssociationEnd::AbortedByPeer,
+                    Some(format!("A-ABORT from {source:?}")),
+                );
+            }
+            other => {
+                let violation =
+                    ProtocolViolation(format!("unexpected PDU {}", other.short_description()));
+                return abort(association, violation).await;
+            }
+        }
+    }
+}
+
+/// Adds one PDV to the message being assembled; returns the message once it is complete.
+fn accept_fragment(
+    pending: &mut Option<PendingMessage>,
+    pdv: PDataValue,
+) -> Result<Option<Message>, ProtocolViolation> {
+    let message = pending.get_or_insert_with(|| PendingMessage {
+        presentation_context_id: pdv.presentation_context_id,
+        command_bytes: Vec::new(),
+        command: None,
+        data_set: Vec::new(),
+    });
+    if message.presentation_context_id != pdv.presentation_context_id {
+        return Err(ProtocolViolation(format!(
+            "fragment for presentation context {} inside a message on context {}",
+            pdv.presentation_context_id, message.presentation_context_id
+        )));
+    }
+    match (pdv.value_type, &message.command) {
+        (PDataValueType::Command, None) => {
+            message.command_bytes.extend_from_slice(&pdv.data);
+            if !pdv.is_last {
+                return Ok(None);
+            }
+            let command = Command::parse(&message.command_bytes)
+                .map_err(|e| ProtocolViolation(e.to_string()))?;
+            if command.has_data_set {
+                message.command = Some(command);
+                return Ok(None);
+            }
+            let presentation_context_id = message.presentation_context_id;
+            *pending = None;
+            Ok(Some(Message {
+                presentation_context_id,
+                command,
+                data_set: None,
+            }))
+        }
+        (PDataValueType::Data, Some(_)) => {
+            if message.data_set.len() + pdv.data.len() > MAX_DATA_SET_BYTES {
+                return Err(ProtocolViolation(format!(
+                    "data set larger than {MAX_DATA_SET_BYTES} bytes"
+                )));
+            }
+            if message.data_set.is_empty() {
+                message.data_set = pdv.data;
+            } else {
+                message.data_set.extend_from_slice(&pdv.data);
+            }
+            if !pdv.is_last {
+                return Ok(None);
+            }
+            let done = pending.take().expect("message is pending");
+            Ok(Some(Message {
+                presentation_context_id: done.presentation_context_id,
+                command: done.command.expect("command was parsed"),
+                data_set: Some(done.data_set),
+            }))
+        }
+        (PDataValueType::Data, None) => Err(ProtocolViolation(
+            "data set fragment before the end of its command set".into(),
+        )),
+        (PDataValueType::Command, Some(_)) => Err(ProtocolViolation(
+            "command fragment while a data set was expected".into(),
+        )),
+    }
+}
+
+/// Runs the service for `message` and sends its response.
+async fn dispatch(
+    association: &mut AsyncServerAssociation<TcpStream>,
+    ctx: StoreContext<'_>,
+    message: Message,
+) -> Result<(), ProtocolViolation> {
+    let context = association
+        .presentation_contexts()
+        .iter()
+        .find(|pc| pc.id == message.presentation_context_id)
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .cloned()
+        .ok_or_else(|| {
+            ProtocolViolation(format!(
+                "message on presentation context {}, which was not accepted",
+                message.presentation_context_id
+            ))
+        })?;
+    let command = &message.command;
+    let response = match (command.command_field, message.data_set) {
+        (command_field::C_ECHO_RQ, _) => {
+            debug!(association = ctx.association, "C-ECHO");
+            c_echo::respond(command)
+        }
+        (command_field::C_STORE_RQ, Some(data_set)) => {
+            c_store::handle(
+                ctx,
+                &context.abstract_syntax,
+                &context.transfer_syntax,
+                command,
+                data_set,
+            )
+            .await
+        }
+        (field, _) => {
+            return Err(ProtocolViolation(format!(
+                "unsupported DIMSE command field {field:#06X}"
+            )));
+        }
+    };
+    let max_pdu = association.requestor_max_pdu_length();
+    for pdu in dimse::pdata_pdus(context.id, PDataValueType::Command, &response, max_pdu) {
+        association
+            .send(&pdu)
+            .await
+            .map_err(|e| ProtocolViolation(format!("cannot send the response: {e}")))?;
+    }
+    Ok(())
+}
+
+async fn abort(
+    association: AsyncServerAssociation<TcpStream>,
+    violation: ProtocolViolation,
+) -> (AssociationEnd, Option<String>) {
+    warn!(reason = %violation, "aborting association");
+    let _ = association.abort().await;
+    (AssociationEnd::AbortedByUs, Some(violation.0))
+}
+
+/// How a failed receive ended the association.
+fn classify_receive_error(error: &UlError, mid_message: bool) -> (AssociationEnd, String) {
+    let during = if mid_message {
+        " in the middle of a message"
+    } else {
+        ""
+    };
+    match error {
+        UlError::Timeout { .. } => (
+            AssociationEnd::TimedOut,
+            format!("no PDU within the read timeout{during}"),
+        ),
+        UlError::ConnectionClosed { .. } | UlError::WireRead { .. } => (
+            AssociationEnd::ConnectionLost,
+            format!("connection closed by the peer{during}"),
+        ),
+        other => (
+            AssociationEnd::ConnectionLost,
+            format!("cannot read a PDU{during}: {other}"),
+        ),
+    }
+}

@@ -1,0 +1,165 @@
+//! C-STORE SCP: validates a received data set against its request and presentation context,
+//! hands it to the durable store, and answers with the status that says what happened.
+//! Success is only sent after the store has the file on disk and the row in the index.
+
+use crate::net::dimse::{Command, Response, command_field, status};
+use crate::net::presentation::is_accepted_storage_class;
+use crate::store::instance::{InstanceError, parse_data_set};
+use crate::store::{InstanceStore, ReceivedInstance, StoreOutcome};
+use tracing::{info, warn};
+
+/// Who is storing: the association the request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreContext<'a> {
+    pub store: &'a InstanceStore,
+    pub association: i64,
+    pub calling_ae: &'a str,
+    pub called_ae: &'a str,
+}
+
+/// A refused C-STORE: its status and the reason logged and sent as Error Comment.
+struct Failure {
+    status: u16,
+    reason: String,
+}
+
+impl From<InstanceError> for Failure {
+    fn from(error: InstanceError) -> Self {
+        let status = match error {
+            InstanceError::UnsupportedTransferSyntax(_) | InstanceError::Unparseable(_) => {
+                status::CANNOT_UNDERSTAND
+            }
+            InstanceError::MissingAttribute { .. }
+            | InstanceError::InvalidUid { .. }
+            | InstanceError::SopClassMismatch { .. }
+            | InstanceError::SopInstanceMismatch { .. } => {
+                status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+            }
+        };
+        Failure {
+            status,
+            reason: error.to_string(),
+        }
+    }
+}
+
+/// Handles one C-STORE-RQ and its data set received on a context negotiated for
+/// `abstract_syntax` with `transfer_syntax`; returns the encoded C-STORE-RSP.
+pub async fn handle(
+    ctx: StoreContext<'_>,
+    abstract_syntax: &str,
+    transfer_syntax: &str,
+    request: &Command,
+    data_set: Vec<u8>,
+) -> Vec<u8> {
+    let sop_class = request
+        .affected_sop_class_uid
+        .as_deref()
+        .unwrap_or_default();
+    let sop_instance = request
+        .affected_sop_instance_uid
+        .as_deref()
+        .unwrap_or_default();
+    let data_set_len = data_set.len();
+    let result = store(ctx, abstract_syntax, transfer_syntax, request, data_set).await;
+    let (status, comment) = match result {
+        Ok(outcome) => {
+            info!(
+                association = ctx.association,
+                sop_instance = sop_instance,
+                bytes = data_set_len,
+                ?outcome,
+                "instance stored"
+            );
+            (status::SUCCESS, None)
+        }
+        Err(failure) => {
+            warn!(
+                association = ctx.association,
+                sop_instance = sop_instance,
+                status = format_args!("{:#06X}", failure.status),
+                reason = %failure.reason,
+                "C-STORE refused"
+            );
+            if let Err(e) = ctx
+                .store
+                .index()
+                .record_store_failure(
+                    ctx.association,
+                    Some(sop_instance).filter(|s| !s.is_empty()),
+                    Some(sop_class).filter(|s| !s.is_empty()),
+                    failure.status,
+                    &failure.reason,
+                )
+                .await
+            {
+                warn!(association = ctx.association, error = %e, "cannot log the C-STORE failure");
+            }
+            (failure.status, Some(failure.reason))
+        }
+    };
+    Response {
+        command_field: command_field::C_STORE_RSP,
+        message_id_being_responded_to: request.message_id,
+        affected_sop_class_uid: sop_class,
+        affected_sop_instance_uid: Some(sop_instance),
+        status,
+        error_comment: comment.as_deref(),
+    }
+    .encode()
+}
+
+async fn store(
+    ctx: StoreContext<'_>,
+    abstract_syntax: &str,
+    transfer_syntax: &str,
+    request: &Command,
+    data_set: Vec<u8>,
+) -> Result<StoreOutcome, Failure> {
+    let refuse = |status, reason: String| Err(Failure { status, reason });
+    let Some(sop_class) = request.affected_sop_class_uid.as_deref() else {
+        return refuse(
+            status::CANNOT_UNDERSTAND,
+            "C-STORE-RQ lacks Affected SOP Class UID".into(),
+        );
+    };
+    let Some(sop_instance) = request.affected_sop_instance_uid.as_deref() else {
+        return refuse(
+            status::CANNOT_UNDERSTAND,
+            "C-STORE-RQ lacks Affected SOP Instance UID".into(),
+        );
+    };
+    if sop_class != abstract_syntax || !is_accepted_storage_class(sop_class) {
+        return refuse(
+            status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            format!("SOP class {sop_class} sent on a presentation context for {abstract_syntax}"),
+        );
+    }
+    let transfer_syntax_owned = transfer_syntax.to_owned();
+    let (attributes, data_set) = tokio::task::spawn_blocking(move || {
+        let parsed = parse_data_set(&data_set, &transfer_syntax_owned);
+        (parsed, data_set)
+    })
+    .await
+    .map_err(|e| Failure {
+        status: status::OUT_OF_RESOURCES,
+        reason: format!("parser task failed: {e}"),
+    })?;
+    let attributes = attributes?;
+    attributes.check_matches_request(sop_class, sop_instance)?;
+
+    ctx.store
+        .store(ReceivedInstance {
+            attributes: &attributes,
+            data_set,
+            transfer_syntax,
+            calling_ae: ctx.calling_ae,
+            called_ae: ctx.called_ae,
+            association: ctx.association,
+        })
+        .await
+        .map_err(|e| Failure {
+            status: status::OUT_OF_RESOURCES,
+            reason: e.to_string(),
+        })
+}

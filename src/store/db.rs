@@ -1,0 +1,402 @@
+//! The SQLite index (sqlx): associations, patients, studies, series, instances, failures and jobs.
+//!
+//! One writer connection: SQLite serialises writers anyway, and a single connection never meets
+//! SQLITE_BUSY. WAL with `synchronous = FULL` makes every commit durable before a C-STORE-RSP
+//! says Success.
+
+use crate::store::instance::InstanceAttributes;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, SqlitePool};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub type DbResult<T> = Result<T, sqlx::Error>;
+
+/// Milliseconds since the Unix epoch, the unit of every time column.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Handle to the index database.
+#[derive(Debug, Clone)]
+pub struct Index {
+    pool: SqlitePool,
+}
+
+/// The current version of a stored instance, as the index knows it.
+#[derive(Debug, Clone, FromRow)]
+pub struct StoredInstance {
+    pub series_uid: String,
+    pub path: String,
+    pub sha256: String,
+    pub version: i64,
+    pub size_bytes: i64,
+    pub transfer_syntax: String,
+}
+
+/// A file just written for an instance.
+#[derive(Debug, Clone)]
+pub struct NewFile<'a> {
+    pub path: &'a str,
+    pub size_bytes: i64,
+    pub sha256: &'a str,
+    pub version: i64,
+    pub transfer_syntax: &'a str,
+}
+
+/// A job row created when a series became complete.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct Job {
+    pub id: i64,
+    pub series_uid: String,
+    pub state: String,
+    pub instance_count: i64,
+}
+
+/// How an association ended, for the association log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssociationEnd {
+    Released,
+    AbortedByPeer,
+    AbortedByUs,
+    ConnectionLost,
+    TimedOut,
+}
+
+impl AssociationEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Released => "released",
+            Self::AbortedByPeer => "aborted_by_peer",
+            Self::AbortedByUs => "aborted_by_us",
+            Self::ConnectionLost => "connection_lost",
+            Self::TimedOut => "timed_out",
+        }
+    }
+}
+
+impl Index {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub async fn open(path: &Path) -> DbResult<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Starts a row in the association log; returns its id.
+    pub async fn begin_association(
+        &self,
+        calling_ae: &str,
+        called_ae: &str,
+        peer_addr: &str,
+    ) -> DbResult<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO associations (calling_ae, called_ae, peer_addr, started_at)
+             VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(calling_ae)
+        .bind(called_ae)
+        .bind(peer_addr)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    pub async fn end_association(
+        &self,
+        id: i64,
+        end: AssociationEnd,
+        reason: Option<&str>,
+    ) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE associations SET ended_at = ?, end_state = ?, end_reason = ? WHERE id = ?",
+        )
+        .bind(now_ms())
+        .bind(end.as_str())
+        .bind(reason)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Associations left 'open' by a process that stopped without closing them.
+    pub async fn close_dangling_associations(&self) -> DbResult<u64> {
+        let done = sqlx::query(
+            "UPDATE associations SET ended_at = ?, end_state = 'connection_lost',
+             end_reason = 'node stopped while the association was open' WHERE end_state = 'open'",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn record_rejected_association(
+        &self,
+        calling_ae: Option<&str>,
+        called_ae: Option<&str>,
+        peer_addr: &str,
+        reason: &str,
+    ) -> DbResult<()> {
+        sqlx::query(
+            "INSERT INTO rejected_associations (calling_ae, called_ae, peer_addr, at, reason)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(calling_ae)
+        .bind(called_ae)
+        .bind(peer_addr)
+        .bind(now_ms())
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The current version of an instance, if it was stored before.
+    pub async fn find_instance(&self, sop_instance_uid: &str) -> DbResult<Option<StoredInstance>> {
+        sqlx::query_as(
+            "SELECT series_uid, path, sha256, version, size_bytes, transfer_syntax
+             FROM instances WHERE sop_instance_uid = ?",
+        )
+        .bind(sop_instance_uid)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Indexes a stored file in one transaction: patient, study and series rows are created or
+    /// refreshed, the series goes (back) to 'receiving', the instance points at this version.
+    pub async fn record_instance(
+        &self,
+        attrs: &InstanceAttributes,
+        file: &NewFile<'_>,
+        association: i64,
+        source_ae: &str,
+    ) -> DbResult<()> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let patient: i64 = sqlx::query_scalar(
+            "INSERT INTO patients (patient_id, issuer, birth_date, sex) VALUES (?, ?, ?, ?)
+             ON CONFLICT (patient_id, issuer) DO UPDATE SET
+               birth_date = coalesce(excluded.birth_date, birth_date),
+               sex = coalesce(excluded.sex, sex)
+             RETURNING id",
+        )
+        .bind(&attrs.patient_id)
+        .bind(&attrs.issuer_of_patient_id)
+        .bind(&attrs.patient_birth_date)
+        .bind(&attrs.patient_sex)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO studies (study_uid, patient, study_date, study_time, accession_number,
+                                  study_id, description, first_received_at, last_received_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (study_uid) DO UPDATE SET last_received_at = excluded.last_received_at",
+        )
+        .bind(attrs.study_uid.as_str())
+        .bind(patient)
+        .bind(&attrs.study_date)
+        .bind(&attrs.study_time)
+        .bind(&attrs.accession_number)
+        .bind(&attrs.study_id)
+        .bind(&attrs.study_description)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO series (series_uid, study_uid, modality, series_number, description,
+                                 body_part, frame_of_reference_uid, source_ae,
+                                 first_received_at, last_received_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (series_uid) DO UPDATE SET
+               last_received_at = excluded.last_received_at,
+               source_ae = excluded.source_ae,
+               state = 'receiving'",
+        )
+        .bind(attrs.series_uid.as_str())
+        .bind(attrs.study_uid.as_str())
+        .bind(&attrs.modality)
+        .bind(attrs.series_number)
+        .bind(&attrs.series_description)
+        .bind(&attrs.body_part)
+        .bind(&attrs.frame_of_reference_uid)
+        .bind(source_ae)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO instances (sop_instance_uid, series_uid, sop_class_uid, transfer_syntax,
+                                    instance_number, rows, columns, number_of_frames, path,
+                                    size_bytes, sha256, version, received_at, association)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (sop_instance_uid) DO UPDATE SET
+               series_uid = excluded.series_uid, sop_class_uid = excluded.sop_class_uid,
+               transfer_syntax = excluded.transfer_syntax,
+               instance_number = excluded.instance_number, rows = excluded.rows,
+               columns = excluded.columns, number_of_frames = excluded.number_of_frames,
+               path = excluded.path, size_bytes = excluded.size_bytes, sha256 = excluded.sha256,
+               version = excluded.version, received_at = excluded.received_at,
+               association = excluded.association",
+        )
+        .bind(attrs.sop_instance_uid.as_str())
+        .bind(attrs.series_uid.as_str())
+        .bind(attrs.sop_class_uid.as_str())
+        .bind(file.transfer_syntax)
+        .bind(attrs.instance_number)
+        .bind(attrs.rows)
+        .bind(attrs.columns)
+        .bind(attrs.number_of_frames)
+        .bind(file.path)
+        .bind(file.size_bytes)
+        .bind(file.sha256)
+        .bind(file.version)
+        .bind(now)
+        .bind(association)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO instance_versions
+               (sop_instance_uid, version, path, sha256, received_at, association)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(attrs.sop_instance_uid.as_str())
+        .bind(file.version)
+        .bind(file.path)
+        .bind(file.sha256)
+        .bind(now)
+        .bind(association)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE series SET instance_count =
+               (SELECT count(*) FROM instances WHERE series_uid = ?) WHERE series_uid = ?",
+        )
+        .bind(attrs.series_uid.as_str())
+        .bind(attrs.series_uid.as_str())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE associations SET instances_ok = instances_ok + 1 WHERE id = ?")
+            .bind(association)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Counts an instance that was already stored identically (idempotent re-send).
+    pub async fn record_duplicate(&self, association: i64) -> DbResult<()> {
+        sqlx::query("UPDATE associations SET instances_ok = instances_ok + 1 WHERE id = ?")
+            .bind(association)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Logs a C-STORE answered with a failure status.
+    pub async fn record_store_failure(
+        &self,
+        association: i64,
+        sop_instance_uid: Option<&str>,
+        sop_class_uid: Option<&str>,
+        status: u16,
+        reason: &str,
+    ) -> DbResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO store_failures
+               (association, sop_instance_uid, sop_class_uid, status, reason, at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(association)
+        .bind(sop_instance_uid)
+        .bind(sop_class_uid)
+        .bind(i64::from(status))
+        .bind(reason)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE associations SET failures = failures + 1 WHERE id = ?")
+            .bind(association)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Marks every series idle since `idle_since_ms` complete and gives it a queued job (one
+    /// queued job per series at most: a re-completed series refreshes its queued job).
+    pub async fn complete_idle_series(&self, idle_since_ms: i64) -> DbResult<Vec<Job>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let idle: Vec<(String, i64)> = sqlx::query_as(
+            "UPDATE series SET state = 'complete'
+             WHERE state = 'receiving' AND last_received_at <= ?
+             RETURNING series_uid, instance_count",
+        )
+        .bind(idle_since_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut jobs = Vec::with_capacity(idle.len());
+        for (series_uid, instance_count) in idle {
+            let refreshed: Option<Job> = sqlx::query_as(
+                "UPDATE jobs SET instance_count = ?, updated_at = ?
+                 WHERE series_uid = ? AND state = 'queued'
+                 RETURNING id, series_uid, state, instance_count",
+            )
+            .bind(instance_count)
+            .bind(now)
+            .bind(&series_uid)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let job = match refreshed {
+                Some(job) => job,
+                None => sqlx::query_as(
+                    "INSERT INTO jobs (series_uid, state, instance_count, created_at, updated_at)
+                         VALUES (?, 'queued', ?, ?, ?)
+                         RETURNING id, series_uid, state, instance_count",
+                )
+                .bind(&series_uid)
+                .bind(instance_count)
+                .bind(now)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?,
+            };
+            jobs.push(job);
+        }
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    /// Jobs of a series, oldest first.
+    pub async fn jobs_for_series(&self, series_uid: &str) -> DbResult<Vec<Job>> {
+        sqlx::query_as(
+            "SELECT id, series_uid, state, instance_count FROM jobs
+             WHERE series_uid = ? ORDER BY id",
+        )
+        .bind(series_uid)
+        .fetch_all(&self.pool)
+        .await
+    }
+}

@@ -1,0 +1,141 @@
+//! A received composite instance: the data set parsed once to validate it and to read the
+//! attributes the index needs. The encoded bytes are kept as received, so what is stored is
+//! bit for bit what the sender sent.
+
+use crate::store::uid::{Uid, UidError};
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::InMemDicomObject;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+
+/// Why a received data set cannot be stored. Each maps to a C-STORE failure status.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("transfer syntax {0} is not supported")]
+    UnsupportedTransferSyntax(String),
+    #[error("data set cannot be parsed (not DICOM, or truncated): {0}")]
+    Unparseable(String),
+    #[error("required attribute {name} {tag} is missing")]
+    MissingAttribute { name: &'static str, tag: Tag },
+    #[error("{name} {tag} is not a valid UID: {problem}")]
+    InvalidUid {
+        name: &'static str,
+        tag: Tag,
+        problem: UidError,
+    },
+    #[error("SOP Class UID in the data set ({found}) does not match the request ({expected})")]
+    SopClassMismatch { expected: String, found: String },
+    #[error("SOP Instance UID in the data set ({found}) does not match the request ({expected})")]
+    SopInstanceMismatch { expected: String, found: String },
+}
+
+/// What the index records about one instance (and its patient, study and series).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceAttributes {
+    pub sop_class_uid: Uid,
+    pub sop_instance_uid: Uid,
+    pub study_uid: Uid,
+    pub series_uid: Uid,
+    pub patient_id: String,
+    pub issuer_of_patient_id: String,
+    pub patient_birth_date: Option<String>,
+    pub patient_sex: Option<String>,
+    pub study_date: Option<String>,
+    pub study_time: Option<String>,
+    pub accession_number: Option<String>,
+    pub study_id: Option<String>,
+    pub study_description: Option<String>,
+    pub modality: Option<String>,
+    pub series_number: Option<i64>,
+    pub series_description: Option<String>,
+    pub body_part: Option<String>,
+    pub frame_of_reference_uid: Option<String>,
+    pub instance_number: Option<i64>,
+    pub rows: Option<i64>,
+    pub columns: Option<i64>,
+    pub number_of_frames: Option<i64>,
+}
+
+/// Parses `data_set` (encoded in `transfer_syntax`) and reads the index attributes.
+pub fn parse_data_set(
+    data_set: &[u8],
+    transfer_syntax: &str,
+) -> Result<InstanceAttributes, InstanceError> {
+    let ts = TransferSyntaxRegistry
+        .get(transfer_syntax)
+        .ok_or_else(|| InstanceError::UnsupportedTransferSyntax(transfer_syntax.to_owned()))?;
+    let object = InMemDicomObject::read_dataset_with_ts(data_set, ts)
+        .map_err(|e| InstanceError::Unparseable(e.to_string()))?;
+    InstanceAttributes::from_object(&object)
+}
+
+impl InstanceAttributes {
+    /// Reads the attributes; the four identifying UIDs are required and validated.
+    pub fn from_object(object: &InMemDicomObject) -> Result<Self, InstanceError> {
+        let uid = |tag: Tag, name: &'static str| -> Result<Uid, InstanceError> {
+            let raw = text(object, tag).ok_or(InstanceError::MissingAttribute { name, tag })?;
+            Uid::parse(&raw).map_err(|problem| InstanceError::InvalidUid { name, tag, problem })
+        };
+        Ok(Self {
+            sop_class_uid: uid(tags::SOP_CLASS_UID, "SOP Class UID")?,
+            sop_instance_uid: uid(tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
+            study_uid: uid(tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
+            series_uid: uid(tags::SERIES_INSTANCE_UID, "Series Instance UID")?,
+            patient_id: text(object, tags::PATIENT_ID).unwrap_or_default(),
+            issuer_of_patient_id: text(object, tags::ISSUER_OF_PATIENT_ID).unwrap_or_default(),
+            patient_birth_date: text(object, tags::PATIENT_BIRTH_DATE),
+            patient_sex: text(object, tags::PATIENT_SEX),
+            study_date: text(object, tags::STUDY_DATE),
+            study_time: text(object, tags::STUDY_TIME),
+            accession_number: text(object, tags::ACCESSION_NUMBER),
+            study_id: text(object, tags::STUDY_ID),
+            study_description: text(object, tags::STUDY_DESCRIPTION),
+            modality: text(object, tags::MODALITY),
+            series_number: integer(object, tags::SERIES_NUMBER),
+            series_description: text(object, tags::SERIES_DESCRIPTION),
+            body_part: text(object, tags::BODY_PART_EXAMINED),
+            frame_of_reference_uid: text(object, tags::FRAME_OF_REFERENCE_UID),
+            instance_number: integer(object, tags::INSTANCE_NUMBER),
+            rows: integer(object, tags::ROWS),
+            columns: integer(object, tags::COLUMNS),
+            number_of_frames: integer(object, tags::NUMBER_OF_FRAMES),
+        })
+    }
+
+    /// Checks the data set against the SOP class and instance the C-STORE request announced.
+    pub fn check_matches_request(
+        &self,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+    ) -> Result<(), InstanceError> {
+        let trim = |s: &str| s.trim_end_matches(['\0', ' ']).to_owned();
+        if self.sop_class_uid.as_str() != trim(sop_class_uid) {
+            return Err(InstanceError::SopClassMismatch {
+                expected: trim(sop_class_uid),
+                found: self.sop_class_uid.to_string(),
+            });
+        }
+        if self.sop_instance_uid.as_str() != trim(sop_instance_uid) {
+            return Err(InstanceError::SopInstanceMismatch {
+                expected: trim(sop_instance_uid),
+                found: self.sop_instance_uid.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The trimmed string value of an element, `None` when absent or empty.
+fn text(object: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let element = object.element_opt(tag).ok().flatten()?;
+    let value = element.to_str().ok()?;
+    let value = value.trim_matches(['\0', ' ']);
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
+/// The integer value of an element (IS, US, UL...), `None` when absent or not a number.
+fn integer(object: &InMemDicomObject, tag: Tag) -> Option<i64> {
+    let element = object.element_opt(tag).ok().flatten()?;
+    element.to_int::<i64>().ok()
+}

@@ -1,0 +1,203 @@
+//! The durable instance store: files under `storage/` plus their SQLite index.
+//!
+//! `InstanceStore::store` is the single path by which a received instance becomes durable: it
+//! decides between "new", "identical re-send" and "new version of a known SOP Instance UID",
+//! writes the file (fsynced, renamed) and commits the index row, in that order. Only when it
+//! returns `Ok` may the SCP answer Success.
+
+pub mod db;
+pub mod files;
+pub mod instance;
+pub mod uid;
+
+use db::{Index, NewFile};
+use dicom_object::meta::FileMetaTableBuilder;
+use files::FileStore;
+use instance::InstanceAttributes;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Implementation Class UID written in the file meta of every file this node writes.
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.196855393622733409371129946052315226877";
+/// Implementation Version Name (at most 16 characters).
+pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("JNSC_", env!("CARGO_PKG_VERSION"));
+
+/// What became of a stored instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// First time this SOP Instance UID was seen.
+    Stored,
+    /// Byte-identical to the stored version: nothing written.
+    Duplicate,
+    /// Differs from what is stored under this SOP Instance UID: kept as version `n` (the earlier
+    /// versions stay on disk and in `instance_versions`).
+    NewVersion(i64),
+}
+
+/// Why an instance could not be made durable (answered with 0xA700, Out of Resources).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot write the instance file: {0}")]
+    Write(#[from] std::io::Error),
+    #[error("cannot update the index: {0}")]
+    Index(#[from] sqlx::Error),
+    #[error("cannot build the file meta group: {0}")]
+    Meta(String),
+}
+
+/// A data set received over the network, with its context.
+#[derive(Debug)]
+pub struct ReceivedInstance<'a> {
+    pub attributes: &'a InstanceAttributes,
+    /// Data set bytes exactly as received.
+    pub data_set: Vec<u8>,
+    pub transfer_syntax: &'a str,
+    pub calling_ae: &'a str,
+    pub called_ae: &'a str,
+    pub association: i64,
+}
+
+/// Files plus index, and per-SOP-Instance locks so that two associations sending the same
+/// instance at once cannot both decide it is new.
+#[derive(Debug)]
+pub struct InstanceStore {
+    files: Arc<FileStore>,
+    index: Index,
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl InstanceStore {
+    pub fn new(files: FileStore, index: Index) -> Self {
+        Self {
+            files: Arc::new(files),
+            index,
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn files(&self) -> &FileStore {
+        &self.files
+    }
+
+    /// Makes `received` durable (file, then index) and says what happened.
+    pub async fn store(&self, received: ReceivedInstance<'_>) -> Result<StoreOutcome, StoreError> {
+        let attrs = received.attributes;
+        let sop_uid = attrs.sop_instance_uid.as_str().to_owned();
+        let lock = self.lock_for(&sop_uid);
+        let outcome = {
+            let _guard = lock.lock().await;
+            self.store_locked(received).await
+        };
+        drop(lock);
+        self.release_lock(&sop_uid);
+        outcome
+    }
+
+    async fn store_locked(
+        &self,
+        received: ReceivedInstance<'_>,
+    ) -> Result<StoreOutcome, StoreError> {
+        let attrs = received.attributes;
+        let data_set = received.data_set;
+        let (sha256, data_set) = tokio::task::spawn_blocking(move || {
+            let digest = Sha256::digest(&data_set);
+            (hex(&digest), data_set)
+        })
+        .await
+        .map_err(|e| StoreError::Write(std::io::Error::other(e)))?;
+
+        let previous = self
+            .index
+            .find_instance(attrs.sop_instance_uid.as_str())
+            .await?;
+        let version = match &previous {
+            Some(p) if p.sha256 == sha256 && p.transfer_syntax == received.transfer_syntax => {
+                self.index.record_duplicate(received.association).await?;
+                return Ok(StoreOutcome::Duplicate);
+            }
+            Some(p) => self.next_free_version(attrs, p.version + 1),
+            None => self.next_free_version(attrs, 1),
+        };
+
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(attrs.sop_class_uid.as_str())
+            .media_storage_sop_instance_uid(attrs.sop_instance_uid.as_str())
+            .transfer_syntax(received.transfer_syntax)
+            .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+            .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
+            .source_application_entity_title(received.calling_ae)
+            .receiving_application_entity_title(received.called_ae)
+            .build()
+            .map_err(|e| StoreError::Meta(e.to_string()))?;
+        let relative = FileStore::instance_path(attrs, version);
+        let files = Arc::clone(&self.files);
+        let relative_for_write = relative.clone();
+        let size = tokio::task::spawn_blocking(move || {
+            files.write_part10(&relative_for_write, &meta, &data_set)
+        })
+        .await
+        .map_err(|e| StoreError::Write(std::io::Error::other(e)))??;
+
+        let path = relative.to_string_lossy();
+        self.index
+            .record_instance(
+                attrs,
+                &NewFile {
+                    path: &path,
+                    size_bytes: size as i64,
+                    sha256: &sha256,
+                    version,
+                    transfer_syntax: received.transfer_syntax,
+                },
+                received.association,
+                received.calling_ae,
+            )
+            .await?;
+        Ok(if version == 1 {
+            StoreOutcome::Stored
+        } else {
+            StoreOutcome::NewVersion(version)
+        })
+    }
+
+    /// The first version number from `start` whose file does not exist yet. A file can exist
+    /// without an index row when the node stopped between the rename and the commit; that file
+    /// was never acknowledged, but it is kept rather than overwritten.
+    fn next_free_version(&self, attrs: &InstanceAttributes, start: i64) -> i64 {
+        (start..)
+            .find(|v| {
+                !self
+                    .files
+                    .absolute(&FileStore::instance_path(attrs, *v))
+                    .exists()
+            })
+            .unwrap_or(start)
+    }
+
+    fn lock_for(&self, sop_uid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(sop_uid.to_owned()).or_default())
+    }
+
+    fn release_lock(&self, sop_uid: &str) {
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(sop_uid).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(sop_uid);
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

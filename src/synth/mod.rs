@@ -1,0 +1,5 @@
+//! Synthetic CT series written as real DICOM files, for tests, benchmarks and demonstrations on
+//! a network without patient data. This first version draws a simple chest-like phantom (body,
+//! two lungs, a spine); the anatomical phantom with nodules and ground truth builds on it.
+
+pub mod series;
