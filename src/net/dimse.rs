@@ -139,13 +139,69 @@ impl Response<'_> {
                 PrimitiveValue::from(comment),
             ));
         }
-        let object = InMemDicomObject::command_from_element_iter(elements);
-        let mut bytes = Vec::with_capacity(256);
-        object
-            .write_dataset_with_ts(&mut bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-            .expect("writing a command set to memory cannot fail");
-        bytes
+        encode_command(elements)
     }
+}
+
+/// A C-STORE-RQ command set (a data set follows), as the SCU side sends it.
+#[derive(Debug, Clone)]
+pub struct StoreRequest<'a> {
+    pub message_id: u16,
+    pub affected_sop_class_uid: &'a str,
+    pub affected_sop_instance_uid: &'a str,
+}
+
+/// Command Data Set Type value meaning "a data set follows" (any value other than 0x0101).
+const DATA_SET_PRESENT: u16 = 0x0000;
+/// Priority MEDIUM.
+const PRIORITY_MEDIUM: u16 = 0x0000;
+
+impl StoreRequest<'_> {
+    /// Encodes the request in implicit VR little endian, with the Command Group Length.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_command(vec![
+            DataElement::new(
+                tags::AFFECTED_SOP_CLASS_UID,
+                VR::UI,
+                PrimitiveValue::from(self.affected_sop_class_uid),
+            ),
+            DataElement::new(
+                tags::COMMAND_FIELD,
+                VR::US,
+                PrimitiveValue::from(command_field::C_STORE_RQ),
+            ),
+            DataElement::new(
+                tags::MESSAGE_ID,
+                VR::US,
+                PrimitiveValue::from(self.message_id),
+            ),
+            DataElement::new(
+                tags::PRIORITY,
+                VR::US,
+                PrimitiveValue::from(PRIORITY_MEDIUM),
+            ),
+            DataElement::new(
+                tags::COMMAND_DATA_SET_TYPE,
+                VR::US,
+                PrimitiveValue::from(DATA_SET_PRESENT),
+            ),
+            DataElement::new(
+                tags::AFFECTED_SOP_INSTANCE_UID,
+                VR::UI,
+                PrimitiveValue::from(self.affected_sop_instance_uid),
+            ),
+        ])
+    }
+}
+
+/// Encodes command elements (group 0000) with their group length, implicit VR little endian.
+fn encode_command(elements: Vec<DataElement<InMemDicomObject>>) -> Vec<u8> {
+    let object = InMemDicomObject::command_from_element_iter(elements);
+    let mut bytes = Vec::with_capacity(256);
+    object
+        .write_dataset_with_ts(&mut bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+        .expect("writing a command set to memory cannot fail");
+    bytes
 }
 
 /// Bytes of PDU overhead per PDV item: item length (4), context id (1), control header (1).
@@ -211,6 +267,24 @@ mod tests {
         assert_eq!(get(tags::COMMAND_FIELD), 0x8001);
         // group length counts every byte after the group length element itself (12 bytes)
         assert_eq!(get(tags::COMMAND_GROUP_LENGTH) as usize, bytes.len() - 12);
+    }
+
+    #[test]
+    fn store_request_parses_back() {
+        let bytes = StoreRequest {
+            message_id: 9,
+            affected_sop_class_uid: "1.2.840.10008.5.1.4.1.1.2",
+            affected_sop_instance_uid: "1.2.3.4",
+        }
+        .encode();
+        let command = Command::parse(&bytes).unwrap();
+        assert_eq!(command.command_field, command_field::C_STORE_RQ);
+        assert_eq!(command.message_id, 9);
+        assert!(command.has_data_set);
+        assert_eq!(
+            command.affected_sop_instance_uid.as_deref(),
+            Some("1.2.3.4")
+        );
     }
 
     #[test]

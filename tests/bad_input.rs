@@ -1,0 +1,352 @@
+//! Bad input gets the proper DIMSE status or association reject/abort, is logged with its reason,
+//! loses nothing already acknowledged, and never takes the process down.
+
+mod common;
+
+use common::*;
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::InMemDicomObject;
+use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+use dicom_ul::pdu::PDataValueType;
+use std::path::Path;
+use std::time::Duration;
+
+const SUCCESS: u16 = 0x0000;
+const OUT_OF_RESOURCES: u16 = 0xA700;
+const DATA_SET_DOES_NOT_MATCH_SOP_CLASS: u16 = 0xA900;
+const CANNOT_UNDERSTAND: u16 = 0xC000;
+
+/// A valid CT data set (explicit VR LE) and its SOP Instance UID, plus the object to alter.
+fn valid_instance(dir: &Path, seed: u64) -> (Vec<u8>, String, InMemDicomObject) {
+    let series = synth_series(dir, 1, 32, seed);
+    let (bytes, ts) = data_set_of(&series.files[0]);
+    assert_eq!(ts, EXPLICIT_VR_LE);
+    let object = dicom_object::open_file(&series.files[0])
+        .unwrap()
+        .into_inner();
+    (bytes, series.sop_instance_uids[0].clone(), object)
+}
+
+fn encode(object: &InMemDicomObject) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    object
+        .write_dataset_with_ts(&mut bytes, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
+        .unwrap();
+    bytes
+}
+
+async fn failures(node: &Node) -> Vec<(Option<String>, i64, String)> {
+    sqlx::query_as("SELECT sop_instance_uid, status, reason FROM store_failures ORDER BY id")
+        .fetch_all(&node.db().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_data_sets_get_failure_statuses_and_the_association_goes_on() {
+    let mut node = Node::start("");
+    let (valid, sop_uid, object) = valid_instance(&node.dir.join("a"), 1);
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+
+    // Bytes that are not DICOM at all.
+    let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, &garbage, 1000);
+    assert_eq!(response.status, CANNOT_UNDERSTAND, "{response:?}");
+
+    // A truncated data set: cut in the middle of the pixel data.
+    let response = scu.store(
+        CT_IMAGE_STORAGE,
+        &sop_uid,
+        &valid[..valid.len() - 777],
+        4000,
+    );
+    assert_eq!(response.status, CANNOT_UNDERSTAND, "{response:?}");
+
+    // The data set is an MR image, sent on a CT presentation context.
+    let mut mr = object.clone();
+    mr.put(DataElement::new(
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        PrimitiveValue::from(uids::MR_IMAGE_STORAGE),
+    ));
+    let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, &encode(&mr), 4000);
+    assert_eq!(
+        response.status, DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        "{response:?}"
+    );
+
+    // The command announces another SOP class than the presentation context's.
+    let response = scu.store(uids::MR_IMAGE_STORAGE, &sop_uid, &encode(&mr), 4000);
+    assert_eq!(
+        response.status, DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        "{response:?}"
+    );
+
+    // Required UIDs missing.
+    let mut no_series = object.clone();
+    no_series.remove_element(tags::SERIES_INSTANCE_UID);
+    let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, &encode(&no_series), 4000);
+    assert_eq!(
+        response.status, DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        "{response:?}"
+    );
+    assert!(
+        response
+            .error_comment
+            .as_deref()
+            .unwrap_or("")
+            .contains("Series Instance UID"),
+        "{response:?}"
+    );
+
+    // A UID that would escape the storage directory.
+    let mut traversal = object.clone();
+    traversal.put(DataElement::new(
+        tags::STUDY_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from("../../../../tmp/evil"),
+    ));
+    let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, &encode(&traversal), 4000);
+    assert_eq!(
+        response.status, DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        "{response:?}"
+    );
+
+    // The request and the data set disagree on the SOP Instance UID.
+    let response = scu.store(CT_IMAGE_STORAGE, "1.2.3.4", &valid, 4000);
+    assert_eq!(
+        response.status, DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        "{response:?}"
+    );
+
+    // The association goes on: the valid instance is stored, with the message ID echoed back.
+    scu.send_request(CT_IMAGE_STORAGE, &sop_uid, &valid, 3000, 777);
+    let response = scu.read_response();
+    assert_eq!(response.status, SUCCESS, "{response:?}");
+    assert_eq!(response.message_id_being_responded_to, 777);
+    scu.release();
+
+    let logged = failures(&node).await;
+    assert_eq!(logged.len(), 7, "{logged:?}");
+    assert!(logged.iter().all(|(_, _, reason)| !reason.is_empty()));
+    assert_eq!(
+        logged.iter().map(|(_, s, _)| *s as u16).collect::<Vec<_>>(),
+        [
+            CANNOT_UNDERSTAND,
+            CANNOT_UNDERSTAND,
+            DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        ]
+    );
+    let (ok, failed): (i64, i64) = sqlx::query_as(
+        "SELECT instances_ok, failures FROM associations WHERE calling_ae = 'RAWSCU'",
+    )
+    .fetch_one(&node.db().await)
+    .await
+    .unwrap();
+    assert_eq!((ok, failed), (1, 7));
+    assert!(!node.storage().join("tmp/evil").exists());
+    assert!(!Path::new("/tmp/evil").exists());
+    assert!(node.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_instance_twice_is_idempotent_and_a_different_object_is_kept_as_a_version() {
+    let node = Node::start("");
+    let (valid, sop_uid, object) = valid_instance(&node.dir.join("a"), 2);
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    assert_eq!(
+        scu.store(CT_IMAGE_STORAGE, &sop_uid, &valid, 8000).status,
+        SUCCESS
+    );
+    assert_eq!(
+        scu.store(CT_IMAGE_STORAGE, &sop_uid, &valid, 8000).status,
+        SUCCESS
+    );
+    let mut changed = object.clone();
+    changed.put(DataElement::new(
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        PrimitiveValue::from("CORRECTED"),
+    ));
+    let changed = encode(&changed);
+    assert_eq!(
+        scu.store(CT_IMAGE_STORAGE, &sop_uid, &changed, 8000).status,
+        SUCCESS
+    );
+    scu.release();
+
+    let db = node.db().await;
+    let versions: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT version, path FROM instance_versions WHERE sop_instance_uid = ? ORDER BY version",
+    )
+    .bind(&sop_uid)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    let (current, version): (String, i64) =
+        sqlx::query_as("SELECT path, version FROM instances WHERE sop_instance_uid = ?")
+            .bind(&sop_uid)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!((current.as_str(), version), (versions[1].1.as_str(), 2));
+    // Both versions are on disk with their own content.
+    let first = data_set_of(&node.storage().join(&versions[0].1)).0;
+    let second = data_set_of(&node.storage().join(&versions[1].1)).0;
+    assert_eq!(first, valid);
+    assert_eq!(second, changed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_write_failure_gets_out_of_resources_and_loses_nothing() {
+    let mut node = Node::start("");
+    let (valid, sop_uid, object) = valid_instance(&node.dir.join("a"), 3);
+    let study_uid = object
+        .element(tags::STUDY_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_owned();
+    // A regular file where the study directory must go: the OS refuses to create it.
+    let blocker = node.storage().join("instances").join(&study_uid);
+    std::fs::write(&blocker, b"not a directory").unwrap();
+
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, &valid, 8000);
+    assert_eq!(response.status, OUT_OF_RESOURCES, "{response:?}");
+    let logged = failures(&node).await;
+    assert_eq!(logged.len(), 1);
+    assert!(logged[0].2.contains("cannot write"), "{logged:?}");
+    let tmp_files = std::fs::read_dir(node.storage().join("tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(tmp_files, 0, "temporary file left behind");
+
+    // Once the disk is fixed, the retry succeeds on the same association.
+    std::fs::remove_file(&blocker).unwrap();
+    let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, &valid, 8000);
+    assert_eq!(response.status, SUCCESS, "{response:?}");
+    scu.release();
+    assert!(node.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allow_list_rejects_unknown_callers_and_wrong_called_titles() {
+    let node = Node::start(
+        "allow_unknown_callers = false\n\
+         [[dicom.peers]]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 11113",
+    );
+    let known = node.echoscu("PACS", "JNSC");
+    assert!(known.status.success(), "{known:?}");
+    let unknown = node.echoscu("INTRUDER", "JNSC");
+    assert!(!unknown.status.success());
+    let text = String::from_utf8_lossy(&unknown.stderr).to_lowercase()
+        + &String::from_utf8_lossy(&unknown.stdout).to_lowercase();
+    assert!(text.contains("calling ae title not recognized"), "{text}");
+    let wrong_called = node.echoscu("PACS", "OTHER");
+    assert!(!wrong_called.status.success());
+    let text = String::from_utf8_lossy(&wrong_called.stderr).to_lowercase()
+        + &String::from_utf8_lossy(&wrong_called.stdout).to_lowercase();
+    assert!(text.contains("called ae title not recognized"), "{text}");
+
+    let rejected: Vec<(Option<String>, Option<String>, String)> = sqlx::query_as(
+        "SELECT calling_ae, called_ae, reason FROM rejected_associations ORDER BY id",
+    )
+    .fetch_all(&node.db().await)
+    .await
+    .unwrap();
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    assert_eq!(rejected[0].0.as_deref(), Some("INTRUDER"));
+    assert!(rejected[0].2.contains("calling AE title not recognized"));
+    assert_eq!(rejected[1].1.as_deref(), Some("OTHER"));
+    assert!(rejected[1].2.contains("called AE title not recognized"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn associations_beyond_the_limit_are_rejected_as_transient() {
+    let node = Node::start("max_associations = 1");
+    let holder = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    let refused = node.echoscu("TESTSCU", "JNSC");
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stderr).to_lowercase()
+        + &String::from_utf8_lossy(&refused.stdout).to_lowercase();
+    assert!(text.contains("local limit exceeded"), "{text}");
+    holder.release();
+    let accepted = eventually(Duration::from_secs(5), "a free slot", || async {
+        node.echoscu("TESTSCU", "JNSC")
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(accepted, ());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_that_stops_mid_transfer_loses_nothing_acknowledged() {
+    let mut node = Node::start("");
+    let (valid, sop_uid, _) = valid_instance(&node.dir.join("a"), 4);
+    let (second, second_uid, _) = valid_instance(&node.dir.join("b"), 5);
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    assert_eq!(
+        scu.store(CT_IMAGE_STORAGE, &sop_uid, &valid, 8000).status,
+        SUCCESS
+    );
+    // Command and half of the data set, then the connection goes away.
+    let command = jnsc::net::dimse::StoreRequest {
+        message_id: 50,
+        affected_sop_class_uid: CT_IMAGE_STORAGE,
+        affected_sop_instance_uid: &second_uid,
+    }
+    .encode();
+    scu.send_pdv(PDataValueType::Command, &command, true);
+    scu.send_pdv(PDataValueType::Data, &second[..second.len() / 2], false);
+    scu.drop_connection();
+
+    let db = node.db().await;
+    let (state, reason): (String, Option<String>) =
+        eventually(Duration::from_secs(10), "the association to end", || {
+            let db = db.clone();
+            async move {
+                sqlx::query_as(
+                    "SELECT end_state, end_reason FROM associations
+                     WHERE calling_ae = 'RAWSCU' AND end_state != 'open'",
+                )
+                .fetch_optional(&db)
+                .await
+                .unwrap()
+            }
+        })
+        .await;
+    assert_eq!(state, "connection_lost");
+    assert!(reason.unwrap().contains("middle of a message"));
+    let stored: Vec<String> = sqlx::query_scalar("SELECT sop_instance_uid FROM instances")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(stored, [sop_uid]);
+    assert!(node.is_running());
+    assert!(node.echoscu("TESTSCU", "JNSC").status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_configuration_fails_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[dicom]\nmax_pdu = 10\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jnsc"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("dicom.max_pdu"), "{stderr}");
+}

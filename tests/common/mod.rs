@@ -1,0 +1,360 @@
+//! Shared harness for the integration tests: starts the real `jnsc` binary on a free loopback
+//! port with its own storage directory, runs the real DCMTK tools against it, and reads its
+//! SQLite index. Also a minimal SCU on dicom-ul for the malformed requests DCMTK will not send.
+#![allow(dead_code)]
+
+use dicom_ul::Pdu;
+use dicom_ul::association::ClientAssociation;
+use dicom_ul::association::client::ClientAssociationOptions;
+use dicom_ul::pdu::{PDataValue, PDataValueType};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const STORESCU: &str = "/usr/bin/storescu";
+pub const ECHOSCU: &str = "/usr/bin/echoscu";
+pub const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
+pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+
+/// A running `jnsc serve` with its own storage directory.
+pub struct Node {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    stderr_log: PathBuf,
+}
+
+impl Node {
+    /// Starts a node in a fresh directory; `extra` is appended to the TOML configuration.
+    pub fn start(extra: &str) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("jnsc-test-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        Self::start_in(&dir, extra)
+    }
+
+    /// Starts a node on an existing directory (e.g. after a restart).
+    pub fn start_in(dir: &Path, extra: &str) -> Node {
+        let config = dir.join("jnsc.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[dicom]\nlisten = \"127.0.0.1:0\"\nread_timeout_secs = 5\n{extra}\n\
+                 [storage]\ndir = \"{}\"\n",
+                dir.join("storage").display()
+            )
+            .replace("\n[storage]", "\n[storage]"),
+        )
+        .unwrap();
+        let stderr_log = dir.join(format!("node-{}.log", Instant::now().elapsed().as_nanos()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_jnsc"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).unwrap())
+            .spawn()
+            .expect("cannot start jnsc");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit_once(" as AE ")
+            .and_then(|(head, _)| head.rsplit_once(':'))
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "node did not start: {line:?}\n{}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                )
+            });
+        Node {
+            port,
+            dir: dir.to_owned(),
+            child: Some(child),
+            stderr_log,
+        }
+    }
+
+    pub fn storage(&self) -> PathBuf {
+        self.dir.join("storage")
+    }
+
+    /// The node's log so far (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Stops with SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> PathBuf {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "node exited with {status}:\n{}",
+            self.log()
+        );
+        self.dir.clone()
+    }
+
+    /// Kills with SIGKILL, as a crash or power cut would.
+    pub fn crash(mut self) -> PathBuf {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        self.dir.clone()
+    }
+
+    /// Whether the process is still running (it must never die on bad input).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// A read-only connection to the node's index.
+    pub async fn db(&self) -> SqlitePool {
+        let options = SqliteConnectOptions::new()
+            .filename(self.storage().join("jnsc.db"))
+            .read_only(true);
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap()
+    }
+
+    /// Runs DCMTK storescu against the node with the given extra arguments and files.
+    pub fn storescu(&self, args: &[&str], files: &[&Path]) -> Output {
+        let mut command = Command::new(STORESCU);
+        command
+            .args(["-aec", "JNSC", "-aet", "TESTSCU"])
+            .args(args)
+            .args(["127.0.0.1", &self.port.to_string()])
+            .args(files);
+        command.output().expect("storescu runs")
+    }
+
+    /// Runs DCMTK echoscu against the node.
+    pub fn echoscu(&self, calling: &str, called: &str) -> Output {
+        Command::new(ECHOSCU)
+            .args([
+                "-aet",
+                calling,
+                "-aec",
+                called,
+                "127.0.0.1",
+                &self.port.to_string(),
+            ])
+            .output()
+            .expect("echoscu runs")
+    }
+
+    /// A dicom-ul SCU association proposing one presentation context.
+    pub fn raw_scu(&self, abstract_syntax: &str, transfer_syntax: &str) -> RawScu {
+        let association = ClientAssociationOptions::new()
+            .calling_ae_title("RAWSCU")
+            .called_ae_title("JNSC")
+            .with_presentation_context(abstract_syntax, vec![transfer_syntax])
+            .max_pdu_length(16384)
+            .read_timeout(Duration::from_secs(10))
+            .establish(("127.0.0.1", self.port))
+            .expect("association established");
+        let context_id = association.presentation_contexts()[0].id;
+        RawScu {
+            association: Some(association),
+            context_id,
+            next_message_id: 1,
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An SCU that sends exactly the bytes it is given.
+pub struct RawScu {
+    association: Option<ClientAssociation<TcpStream>>,
+    pub context_id: u8,
+    next_message_id: u16,
+}
+
+/// What the node answered to one C-STORE-RQ.
+#[derive(Debug)]
+pub struct StoreResponse {
+    pub status: u16,
+    pub message_id_being_responded_to: u16,
+    pub error_comment: Option<String>,
+}
+
+impl RawScu {
+    fn association(&mut self) -> &mut ClientAssociation<TcpStream> {
+        self.association.as_mut().unwrap()
+    }
+
+    /// Sends a C-STORE-RQ with `data_set` split into PDVs of `fragment` bytes, the command set
+    /// itself split in two fragments; returns the parsed response.
+    pub fn store(
+        &mut self,
+        sop_class: &str,
+        sop_instance: &str,
+        data_set: &[u8],
+        fragment: usize,
+    ) -> StoreResponse {
+        let message_id = self.next_message_id;
+        self.next_message_id += 1;
+        self.send_request(sop_class, sop_instance, data_set, fragment, message_id);
+        self.read_response()
+    }
+
+    pub fn send_request(
+        &mut self,
+        sop_class: &str,
+        sop_instance: &str,
+        data_set: &[u8],
+        fragment: usize,
+        message_id: u16,
+    ) {
+        let command = jnsc::net::dimse::StoreRequest {
+            message_id,
+            affected_sop_class_uid: sop_class,
+            affected_sop_instance_uid: sop_instance,
+        }
+        .encode();
+        let (head, tail) = command.split_at(command.len() / 2);
+        self.send_pdv(PDataValueType::Command, head, false);
+        self.send_pdv(PDataValueType::Command, tail, true);
+        let chunks: Vec<&[u8]> = data_set.chunks(fragment.max(1)).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            self.send_pdv(PDataValueType::Data, chunk, i + 1 == chunks.len());
+        }
+    }
+
+    pub fn send_pdv(&mut self, value_type: PDataValueType, data: &[u8], is_last: bool) {
+        let pdu = Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: self.context_id,
+                value_type,
+                is_last,
+                data: data.to_vec(),
+            }],
+        };
+        self.association().send(&pdu).expect("PDU sent");
+    }
+
+    pub fn read_response(&mut self) -> StoreResponse {
+        let mut bytes = Vec::new();
+        loop {
+            match self.association().receive().expect("response received") {
+                Pdu::PData { data } => {
+                    let mut done = false;
+                    for pdv in data {
+                        bytes.extend_from_slice(&pdv.data);
+                        done |= pdv.is_last;
+                    }
+                    if done {
+                        break;
+                    }
+                }
+                other => panic!("unexpected PDU {other:?}"),
+            }
+        }
+        let object = dicom_object::InMemDicomObject::read_dataset_with_ts(
+            &bytes[..],
+            &dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
+        .unwrap();
+        let int = |tag| object.element(tag).unwrap().to_int::<u16>().unwrap();
+        StoreResponse {
+            status: int(dicom_dictionary_std::tags::STATUS),
+            message_id_being_responded_to: int(
+                dicom_dictionary_std::tags::MESSAGE_ID_BEING_RESPONDED_TO,
+            ),
+            error_comment: object
+                .element_opt(dicom_dictionary_std::tags::ERROR_COMMENT)
+                .ok()
+                .flatten()
+                .and_then(|e| e.to_str().ok().map(|s| s.trim().to_owned())),
+        }
+    }
+
+    pub fn release(mut self) {
+        self.association.take().unwrap().release().unwrap();
+    }
+
+    /// Closes the TCP connection without A-RELEASE or A-ABORT, as a crashed peer would.
+    pub fn drop_connection(mut self) {
+        let mut association = self.association.take().unwrap();
+        let _ = association
+            .inner_stream()
+            .shutdown(std::net::Shutdown::Both);
+        drop(association);
+    }
+}
+
+/// Reads a Part 10 file and returns its data set bytes (after the file meta group) and the
+/// transfer syntax, as an SCU would send them.
+pub fn data_set_of(path: &Path) -> (Vec<u8>, String) {
+    let object = dicom_object::open_file(path).unwrap();
+    let ts = object
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_owned();
+    let bytes = std::fs::read(path).unwrap();
+    let meta_end = 132 + 12 + object.meta().information_group_length as usize;
+    (bytes[meta_end..].to_vec(), ts)
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Writes a synthetic series with the library's generator.
+pub fn synth_series(
+    dir: &Path,
+    slices: usize,
+    size: u16,
+    seed: u64,
+) -> jnsc::synth::series::WrittenSeries {
+    jnsc::synth::series::write_ct_series(
+        &jnsc::synth::series::SeriesSpec {
+            slices,
+            rows: size,
+            columns: size,
+            seed,
+            ..Default::default()
+        },
+        dir,
+    )
+    .unwrap()
+}
