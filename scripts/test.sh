@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the third-party DICOM tools the tests use, checks formatting and
+# lints, then runs every unit and integration test (real DCMTK peers against the real binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-test-deps.sh
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked
