@@ -256,12 +256,22 @@ async fn allow_list_rejects_unknown_callers_and_wrong_called_titles() {
         + &String::from_utf8_lossy(&wrong_called.stdout).to_lowercase();
     assert!(text.contains("called ae title not recognized"), "{text}");
 
-    let rejected: Vec<(Option<String>, Option<String>, String)> = sqlx::query_as(
-        "SELECT calling_ae, called_ae, reason FROM rejected_associations ORDER BY id",
-    )
-    .fetch_all(&node.db().await)
-    .await
-    .unwrap();
+    // The rejection is logged right after the A-ASSOCIATE-RJ is sent: poll for it.
+    let db = node.db().await;
+    let rejected: Vec<(Option<String>, Option<String>, String)> =
+        eventually(Duration::from_secs(10), "two logged rejections", || {
+            let db = db.clone();
+            async move {
+                let rows: Vec<(Option<String>, Option<String>, String)> = sqlx::query_as(
+                    "SELECT calling_ae, called_ae, reason FROM rejected_associations ORDER BY id",
+                )
+                .fetch_all(&db)
+                .await
+                .unwrap();
+                (rows.len() >= 2).then_some(rows)
+            }
+        })
+        .await;
     assert_eq!(rejected.len(), 2, "{rejected:?}");
     assert_eq!(rejected[0].0.as_deref(), Some("INTRUDER"));
     assert!(rejected[0].2.contains("calling AE title not recognized"));
