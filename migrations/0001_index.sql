@@ -77,7 +77,6 @@ CREATE TABLE instances (
     -- path of the current version, relative to the storage directory
     path            TEXT    NOT NULL,
     size_bytes      INTEGER NOT NULL,
-    sha256          TEXT    NOT NULL,
     version         INTEGER NOT NULL DEFAULT 1,
     received_at     INTEGER NOT NULL,
     association     INTEGER REFERENCES associations(id)
@@ -90,7 +89,6 @@ CREATE TABLE instance_versions (
     sop_instance_uid TEXT   NOT NULL,
     version         INTEGER NOT NULL,
     path            TEXT    NOT NULL,
-    sha256          TEXT    NOT NULL,
     received_at     INTEGER NOT NULL,
     association     INTEGER REFERENCES associations(id),
     PRIMARY KEY (sop_instance_uid, version)

@@ -185,6 +185,7 @@ async fn dispatch(
             ))
         })?;
     let command = &message.command;
+    let dispatch_started = std::time::Instant::now();
     let response = match (command.command_field, message.data_set) {
         (command_field::C_ECHO_RQ, _) => {
             debug!(association = ctx.association, "C-ECHO");
@@ -206,6 +207,10 @@ async fn dispatch(
             )));
         }
     };
+    debug!(
+        handled_us = dispatch_started.elapsed().as_micros() as u64,
+        "handled"
+    );
     let max_pdu = association.requestor_max_pdu_length();
     for pdu in dimse::pdata_pdus(context.id, PDataValueType::Command, &response, max_pdu) {
         association

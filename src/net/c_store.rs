@@ -135,6 +135,7 @@ async fn store(
             format!("SOP class {sop_class} sent on a presentation context for {abstract_syntax}"),
         );
     }
+    let parse_started = std::time::Instant::now();
     let transfer_syntax_owned = transfer_syntax.to_owned();
     let (attributes, data_set) = tokio::task::spawn_blocking(move || {
         let parsed = parse_data_set(&data_set, &transfer_syntax_owned);
@@ -146,6 +147,10 @@ async fn store(
         reason: format!("parser task failed: {e}"),
     })?;
     let attributes = attributes?;
+    tracing::debug!(
+        parse_us = parse_started.elapsed().as_micros() as u64,
+        "parsed"
+    );
     attributes.check_matches_request(sop_class, sop_instance)?;
 
     ctx.store

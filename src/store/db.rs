@@ -31,7 +31,6 @@ pub struct Index {
 pub struct StoredInstance {
     pub series_uid: String,
     pub path: String,
-    pub sha256: String,
     pub version: i64,
     pub size_bytes: i64,
     pub transfer_syntax: String,
@@ -42,7 +41,6 @@ pub struct StoredInstance {
 pub struct NewFile<'a> {
     pub path: &'a str,
     pub size_bytes: i64,
-    pub sha256: &'a str,
     pub version: i64,
     pub transfer_syntax: &'a str,
 }
@@ -176,7 +174,7 @@ impl Index {
     /// The current version of an instance, if it was stored before.
     pub async fn find_instance(&self, sop_instance_uid: &str) -> DbResult<Option<StoredInstance>> {
         sqlx::query_as(
-            "SELECT series_uid, path, sha256, version, size_bytes, transfer_syntax
+            "SELECT series_uid, path, version, size_bytes, transfer_syntax
              FROM instances WHERE sop_instance_uid = ?",
         )
         .bind(sop_instance_uid)
@@ -250,14 +248,14 @@ impl Index {
         sqlx::query(
             "INSERT INTO instances (sop_instance_uid, series_uid, sop_class_uid, transfer_syntax,
                                     instance_number, rows, columns, number_of_frames, path,
-                                    size_bytes, sha256, version, received_at, association)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                    size_bytes, version, received_at, association)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (sop_instance_uid) DO UPDATE SET
                series_uid = excluded.series_uid, sop_class_uid = excluded.sop_class_uid,
                transfer_syntax = excluded.transfer_syntax,
                instance_number = excluded.instance_number, rows = excluded.rows,
                columns = excluded.columns, number_of_frames = excluded.number_of_frames,
-               path = excluded.path, size_bytes = excluded.size_bytes, sha256 = excluded.sha256,
+               path = excluded.path, size_bytes = excluded.size_bytes,
                version = excluded.version, received_at = excluded.received_at,
                association = excluded.association",
         )
@@ -271,7 +269,6 @@ impl Index {
         .bind(attrs.number_of_frames)
         .bind(file.path)
         .bind(file.size_bytes)
-        .bind(file.sha256)
         .bind(file.version)
         .bind(now)
         .bind(association)
@@ -279,13 +276,12 @@ impl Index {
         .await?;
         sqlx::query(
             "INSERT INTO instance_versions
-               (sop_instance_uid, version, path, sha256, received_at, association)
-             VALUES (?, ?, ?, ?, ?, ?)",
+               (sop_instance_uid, version, path, received_at, association)
+             VALUES (?, ?, ?, ?, ?)",
         )
         .bind(attrs.sop_instance_uid.as_str())
         .bind(file.version)
         .bind(file.path)
-        .bind(file.sha256)
         .bind(now)
         .bind(association)
         .execute(&mut *tx)

@@ -101,6 +101,24 @@ impl FileStore {
     }
 }
 
+impl FileStore {
+    /// The data set bytes of a Part 10 file written by `write_part10` (everything after the
+    /// file meta group).
+    pub fn read_data_set(path: &Path) -> io::Result<Vec<u8>> {
+        let bytes = fs::read(path)?;
+        let group_length = bytes
+            .get(128..144)
+            .filter(|head| &head[..4] == b"DICM" && head[4..8] == [0x02, 0x00, 0x00, 0x00])
+            .map(|head| u32::from_le_bytes([head[12], head[13], head[14], head[15]]) as usize)
+            .ok_or_else(|| io::Error::other(format!("{} is not a Part 10 file", path.display())))?;
+        let start = 144 + group_length;
+        bytes
+            .get(start..)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| io::Error::other(format!("{} is truncated", path.display())))
+    }
+}
+
 fn write_file(path: &Path, meta: &FileMetaTable, data_set: &[u8]) -> io::Result<u64> {
     let file = File::create(path)?;
     let mut out = BufWriter::with_capacity(64 * 1024, file);

@@ -14,8 +14,8 @@ use db::{Index, NewFile};
 use dicom_object::meta::FileMetaTableBuilder;
 use files::FileStore;
 use instance::InstanceAttributes;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// Implementation Class UID written in the file meta of every file this node writes.
@@ -103,24 +103,21 @@ impl InstanceStore {
         received: ReceivedInstance<'_>,
     ) -> Result<StoreOutcome, StoreError> {
         let attrs = received.attributes;
-        let data_set = received.data_set;
-        let (sha256, data_set) = tokio::task::spawn_blocking(move || {
-            let digest = Sha256::digest(&data_set);
-            (hex(&digest), data_set)
-        })
-        .await
-        .map_err(|e| StoreError::Write(std::io::Error::other(e)))?;
-
+        let data_set = Arc::new(received.data_set);
         let previous = self
             .index
             .find_instance(attrs.sop_instance_uid.as_str())
             .await?;
         let version = match &previous {
-            Some(p) if p.sha256 == sha256 && p.transfer_syntax == received.transfer_syntax => {
-                self.index.record_duplicate(received.association).await?;
-                return Ok(StoreOutcome::Duplicate);
+            Some(p) => {
+                if p.transfer_syntax == received.transfer_syntax
+                    && self.stored_data_set_equals(&p.path, &data_set).await?
+                {
+                    self.index.record_duplicate(received.association).await?;
+                    return Ok(StoreOutcome::Duplicate);
+                }
+                self.next_free_version(attrs, p.version + 1)
             }
-            Some(p) => self.next_free_version(attrs, p.version + 1),
             None => self.next_free_version(attrs, 1),
         };
 
@@ -135,6 +132,7 @@ impl InstanceStore {
             .build()
             .map_err(|e| StoreError::Meta(e.to_string()))?;
         let relative = FileStore::instance_path(attrs, version);
+        let started = std::time::Instant::now();
         let files = Arc::clone(&self.files);
         let relative_for_write = relative.clone();
         let size = tokio::task::spawn_blocking(move || {
@@ -143,6 +141,7 @@ impl InstanceStore {
         .await
         .map_err(|e| StoreError::Write(std::io::Error::other(e)))??;
 
+        let written = started.elapsed();
         let path = relative.to_string_lossy();
         self.index
             .record_instance(
@@ -150,7 +149,6 @@ impl InstanceStore {
                 &NewFile {
                     path: &path,
                     size_bytes: size as i64,
-                    sha256: &sha256,
                     version,
                     transfer_syntax: received.transfer_syntax,
                 },
@@ -158,11 +156,33 @@ impl InstanceStore {
                 received.calling_ae,
             )
             .await?;
+        tracing::debug!(
+            write_us = written.as_micros() as u64,
+            index_us = (started.elapsed() - written).as_micros() as u64,
+            "instance durable"
+        );
         Ok(if version == 1 {
             StoreOutcome::Stored
         } else {
             StoreOutcome::NewVersion(version)
         })
+    }
+
+    /// Whether the stored file at `relative` holds exactly `data_set` (an idempotent re-send).
+    /// Only re-sends pay for this read; new instances are never hashed or compared.
+    async fn stored_data_set_equals(
+        &self,
+        relative: &str,
+        data_set: &Arc<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
+        let path = self.files.absolute(Path::new(relative));
+        let data_set = Arc::clone(data_set);
+        tokio::task::spawn_blocking(move || {
+            let stored = FileStore::read_data_set(&path)?;
+            Ok(stored == *data_set)
+        })
+        .await
+        .map_err(|e| StoreError::Write(std::io::Error::other(e)))?
     }
 
     /// The first version number from `start` whose file does not exist yet. A file can exist
@@ -190,14 +210,4 @@ impl InstanceStore {
             map.remove(sop_uid);
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }

@@ -318,9 +318,10 @@ pub fn data_set_of(path: &Path) -> (Vec<u8>, String) {
         .transfer_syntax()
         .trim_end_matches('\0')
         .to_owned();
-    let bytes = std::fs::read(path).unwrap();
-    let meta_end = 132 + 12 + object.meta().information_group_length as usize;
-    (bytes[meta_end..].to_vec(), ts)
+    (
+        jnsc::store::files::FileStore::read_data_set(path).unwrap(),
+        ts,
+    )
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout`.
