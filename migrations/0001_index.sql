@@ -43,8 +43,7 @@ CREATE TABLE studies (
     accession_number TEXT,
     study_id        TEXT,
     description     TEXT,
-    first_received_at INTEGER NOT NULL,
-    last_received_at  INTEGER NOT NULL
+    first_received_at INTEGER NOT NULL
 );
 
 CREATE TABLE series (
@@ -116,3 +115,10 @@ CREATE TABLE jobs (
     error           TEXT
 );
 CREATE INDEX jobs_state ON jobs (state, created_at);
+
+-- Small key/value state of the store. 'index_durable_until': every file created before this time
+-- (Unix ms) is known to be in the index on disk; startup recovery re-indexes newer files.
+CREATE TABLE store_state (
+    key             TEXT    PRIMARY KEY,
+    value           INTEGER NOT NULL
+);

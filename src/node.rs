@@ -4,9 +4,9 @@
 use crate::config::Config;
 use crate::net::server;
 use crate::pipeline::completion;
-use crate::store::InstanceStore;
 use crate::store::db::Index;
 use crate::store::files::FileStore;
+use crate::store::{InstanceStore, recovery};
 use anyhow::Context;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -34,6 +34,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(InstanceStore::new(files, index.clone()));
+    recovery::recover(&store)
+        .await
+        .context("cannot reconcile the index with the stored files")?;
 
     let listener = TcpListener::bind(config.dicom.listen)
         .await
@@ -57,16 +60,42 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config.stable_age(),
         stopped.clone(),
     ));
-    let scp = tokio::spawn(server::run(listener, Arc::clone(&config), store, stopped));
+    let checkpoints = tokio::spawn(checkpoint_periodically(Arc::clone(&store), stopped.clone()));
+    let scp = tokio::spawn(server::run(
+        listener,
+        Arc::clone(&config),
+        Arc::clone(&store),
+        stopped,
+    ));
 
     shutdown_signal().await;
     info!("shutdown requested");
     let _ = stop.send(true);
     let _ = scp.await;
     let _ = completion.await;
+    let _ = checkpoints.await;
+    if let Err(e) = store.checkpoint().await {
+        warn!(error = %e, "final checkpoint failed; the next start re-checks recent files");
+    }
     index.pool().close().await;
     info!("stopped");
     Ok(())
+}
+
+/// How often the index is checkpointed (bounds the work of recovery after a power cut).
+const CHECKPOINT_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn checkpoint_periodically(store: Arc<InstanceStore>, mut stopped: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(CHECKPOINT_PERIOD);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        if let Err(e) = store.checkpoint().await {
+            warn!(error = %e, "index checkpoint failed");
+        }
+    }
 }
 
 async fn shutdown_signal() {

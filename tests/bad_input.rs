@@ -224,10 +224,12 @@ async fn disk_write_failure_gets_out_of_resources_and_loses_nothing() {
     let logged = failures(&node).await;
     assert_eq!(logged.len(), 1);
     assert!(logged[0].2.contains("cannot write"), "{logged:?}");
-    let tmp_files = std::fs::read_dir(node.storage().join("tmp"))
-        .unwrap()
-        .count();
-    assert_eq!(tmp_files, 0, "temporary file left behind");
+    let leftovers = std::process::Command::new("find")
+        .arg(node.storage().join("instances"))
+        .args(["-name", &format!("{sop_uid}*")])
+        .output()
+        .unwrap();
+    assert!(leftovers.stdout.is_empty(), "partial file left behind");
 
     // Once the disk is fixed, the retry succeeds on the same association.
     std::fs::remove_file(&blocker).unwrap();

@@ -1,44 +1,64 @@
-//! The durable file store: every instance is written to a temporary file, fsynced, renamed into
-//! place and its directory fsynced, so a file that exists under its final name is complete.
-//! Existing files are never overwritten: a different object under a known SOP Instance UID gets
-//! a new versioned name.
+//! The durable file store. Each instance is written once, under its final name (created
+//! exclusively, so nothing is ever overwritten), then the file and its directory are fsynced.
+//! A different object under a known SOP Instance UID gets a new versioned name.
+//!
+//! Writing in place rather than to a temporary file and renaming saves a journal commit per
+//! instance. A crash mid-write can leave a partial file under its final name; it was never
+//! acknowledged, and startup recovery moves it to `quarantine/` (see `recovery`).
 
 use crate::store::instance::InstanceAttributes;
 use dicom_object::FileMetaTable;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Subdirectory holding received instances, as `<study>/<series>/<sop>[.vN].dcm`.
 const INSTANCES_DIR: &str = "instances";
-/// Subdirectory for files being written; emptied at start (only unacknowledged data lives there).
-const TMP_DIR: &str = "tmp";
+/// Subdirectory for files found unreadable at startup (partial writes of unacknowledged instances).
+const QUARANTINE_DIR: &str = "quarantine";
 
 /// The on-disk store rooted at the configured storage directory.
 #[derive(Debug)]
 pub struct FileStore {
     root: PathBuf,
-    next_tmp: AtomicU64,
 }
 
 impl FileStore {
-    /// Opens (creating if needed) the store and removes temporary files left by a crash: their
-    /// instances were never acknowledged, so the sender still has them.
+    /// Opens (creating if needed) the store.
     pub fn open(root: &Path) -> io::Result<Self> {
         fs::create_dir_all(root.join(INSTANCES_DIR))?;
-        let tmp = root.join(TMP_DIR);
-        fs::create_dir_all(&tmp)?;
-        for entry in fs::read_dir(&tmp)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                fs::remove_file(entry.path())?;
-            }
-        }
         Ok(Self {
             root: root.to_owned(),
-            next_tmp: AtomicU64::new(0),
         })
+    }
+
+    /// Directory of all instances, as `<study>/<series>/<file>`.
+    pub fn instances_dir(&self) -> PathBuf {
+        self.root.join(INSTANCES_DIR)
+    }
+
+    /// Moves an unreadable file out of the instance tree into `quarantine/`, keeping it for
+    /// inspection. Returns its new path.
+    pub fn quarantine(&self, path: &Path) -> io::Result<PathBuf> {
+        let dir = self.root.join(QUARANTINE_DIR);
+        fs::create_dir_all(&dir)?;
+        let name = path
+            .file_name()
+            .map_or_else(Default::default, |n| n.to_owned());
+        let mut target = dir.join(&name);
+        let mut n = 1;
+        while target.exists() {
+            n += 1;
+            target = dir.join(format!("{}.{n}", name.to_string_lossy()));
+        }
+        fs::rename(path, &target)?;
+        Ok(target)
+    }
+
+    /// Removes a file that was written but whose instance could not be indexed (and so was
+    /// never acknowledged).
+    pub fn remove(&self, relative: &Path) -> io::Result<()> {
+        fs::remove_file(self.root.join(relative))
     }
 
     pub fn root(&self) -> &Path {
@@ -65,7 +85,8 @@ impl FileStore {
     }
 
     /// Writes a DICOM Part 10 file (preamble, file meta group, then the data set bytes exactly as
-    /// received) durably at `relative`. Returns the file size. Fails rather than replace a file.
+    /// received) durably at `relative`: created exclusively, written, file and directory fsynced.
+    /// Returns the file size. Fails rather than replace a file.
     pub fn write_part10(
         &self,
         relative: &Path,
@@ -77,25 +98,16 @@ impl FileStore {
             .parent()
             .ok_or_else(|| io::Error::other("instance path has no parent directory"))?;
         create_dir_durably(dir)?;
-        if target.exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} already exists", target.display()),
-            ));
-        }
-
-        let tmp = self.root.join(TMP_DIR).join(format!(
-            "{}-{}.tmp",
-            std::process::id(),
-            self.next_tmp.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = write_file(&tmp, meta, data_set).and_then(|size| {
-            fs::rename(&tmp, &target)?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)?;
+        let result = write_file(file, meta, data_set).and_then(|size| {
             sync_dir(dir)?;
             Ok(size)
         });
         if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(&target);
         }
         result
     }
@@ -119,8 +131,7 @@ impl FileStore {
     }
 }
 
-fn write_file(path: &Path, meta: &FileMetaTable, data_set: &[u8]) -> io::Result<u64> {
-    let file = File::create(path)?;
+fn write_file(file: File, meta: &FileMetaTable, data_set: &[u8]) -> io::Result<u64> {
     let mut out = BufWriter::with_capacity(64 * 1024, file);
     out.write_all(&[0u8; 128])?;
     out.write_all(b"DICM")?;

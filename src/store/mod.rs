@@ -2,12 +2,14 @@
 //!
 //! `InstanceStore::store` is the single path by which a received instance becomes durable: it
 //! decides between "new", "identical re-send" and "new version of a known SOP Instance UID",
-//! writes the file (fsynced, renamed) and commits the index row, in that order. Only when it
-//! returns `Ok` may the SCP answer Success.
+//! writes the file (file and directory fsynced) and commits the index row, in that order. Only
+//! when it returns `Ok` may the SCP answer Success. `InstanceStore::checkpoint` records how far
+//! the index is durable, and `recovery` re-indexes anything newer at the next start.
 
 pub mod db;
 pub mod files;
 pub mod instance;
+pub mod recovery;
 pub mod uid;
 
 use db::{Index, NewFile};
@@ -58,14 +60,25 @@ pub struct ReceivedInstance<'a> {
     pub association: i64,
 }
 
-/// Files plus index, and per-SOP-Instance locks so that two associations sending the same
-/// instance at once cannot both decide it is new.
+/// Files plus index, and the stores in progress: per-SOP-Instance locks (two associations sending
+/// the same instance at once cannot both decide it is new) and since when each is running (for
+/// the checkpoint mark).
 #[derive(Debug)]
 pub struct InstanceStore {
     files: Arc<FileStore>,
     index: Index,
-    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    in_flight: Mutex<HashMap<String, InFlight>>,
 }
+
+#[derive(Debug)]
+struct InFlight {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    since_ms: i64,
+}
+
+/// Margin for file system timestamp granularity and clock steps when comparing directory
+/// modification times with the checkpoint mark.
+const MARK_MARGIN_MS: i64 = 5_000;
 
 impl InstanceStore {
     pub fn new(files: FileStore, index: Index) -> Self {
@@ -82,6 +95,20 @@ impl InstanceStore {
 
     pub fn files(&self) -> &FileStore {
         &self.files
+    }
+
+    /// Makes every index row committed so far durable and records the mark before which every
+    /// stored file is in the durable index: the start of the oldest store still in progress, or
+    /// now, less a margin. Called periodically and at shutdown.
+    pub async fn checkpoint(&self) -> Result<(), sqlx::Error> {
+        let now = db::now_ms();
+        let oldest = {
+            let map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            map.values().map(|f| f.since_ms).min().unwrap_or(now)
+        };
+        self.index
+            .checkpoint(oldest.min(now) - MARK_MARGIN_MS)
+            .await
     }
 
     /// Makes `received` durable (file, then index) and says what happened.
@@ -143,7 +170,8 @@ impl InstanceStore {
 
         let written = started.elapsed();
         let path = relative.to_string_lossy();
-        self.index
+        let indexed = self
+            .index
             .record_instance(
                 attrs,
                 &NewFile {
@@ -151,11 +179,17 @@ impl InstanceStore {
                     size_bytes: size as i64,
                     version,
                     transfer_syntax: received.transfer_syntax,
+                    new_instance: previous.is_none(),
                 },
-                received.association,
+                Some(received.association),
                 received.calling_ae,
             )
-            .await?;
+            .await;
+        if let Err(e) = indexed {
+            // Not acknowledged, so not kept: the sender still has it and will retry.
+            let _ = self.files.remove(&relative);
+            return Err(e.into());
+        }
         tracing::debug!(
             write_us = written.as_micros() as u64,
             index_us = (started.elapsed() - written).as_micros() as u64,
@@ -201,12 +235,19 @@ impl InstanceStore {
 
     fn lock_for(&self, sop_uid: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(map.entry(sop_uid.to_owned()).or_default())
+        let entry = map.entry(sop_uid.to_owned()).or_insert_with(|| InFlight {
+            lock: Arc::default(),
+            since_ms: db::now_ms(),
+        });
+        Arc::clone(&entry.lock)
     }
 
     fn release_lock(&self, sop_uid: &str) {
         let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(sop_uid).is_some_and(|l| Arc::strong_count(l) == 1) {
+        if map
+            .get(sop_uid)
+            .is_some_and(|f| Arc::strong_count(&f.lock) == 1)
+        {
             map.remove(sop_uid);
         }
     }

@@ -1,0 +1,84 @@
+//! The index is rebuilt from the stored files where it lags behind (the last commits lost in a
+//! power cut), and a file cut short by a crash is quarantined, not indexed.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_missing_from_the_index_are_reindexed_and_partial_files_quarantined() {
+    let node = Node::start("");
+    let series = synth_series(&node.dir.join("sent"), 6, 64, 41);
+    let files: Vec<&Path> = series.files.iter().map(|p| p.as_path()).collect();
+    assert!(node.storescu(&[], &files).status.success());
+    let dir = node.stop();
+
+    // What a power cut can leave: the last index commits gone, the mark from before them, and a
+    // file whose write was cut short.
+    let db_path = dir.join("storage/jnsc.db");
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path.display()))
+        .await
+        .unwrap();
+    let lost = &series.sop_instance_uids[3..];
+    let mut stored_paths = Vec::new();
+    for uid in lost {
+        let path: String =
+            sqlx::query_scalar("SELECT path FROM instances WHERE sop_instance_uid = ?")
+                .bind(uid)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        stored_paths.push(path);
+        for delete in [
+            "DELETE FROM instances WHERE sop_instance_uid = ?",
+            "DELETE FROM instance_versions WHERE sop_instance_uid = ?",
+        ] {
+            sqlx::query(delete).bind(uid).execute(&db).await.unwrap();
+        }
+    }
+    sqlx::query("UPDATE store_state SET value = 0 WHERE key = 'index_durable_until'")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let storage = dir.join("storage");
+    let series_dir = storage.join(Path::new(&stored_paths[0]).parent().unwrap());
+    let whole = std::fs::read(storage.join(&stored_paths[0])).unwrap();
+    let partial = series_dir.join("2.25.999.dcm");
+    std::fs::write(&partial, &whole[..whole.len() / 3]).unwrap();
+
+    let node = Node::start_in(&dir, "");
+    let db = node.db().await;
+    for (uid, path) in lost.iter().zip(&stored_paths) {
+        let (indexed_path, association): (String, Option<i64>) =
+            sqlx::query_as("SELECT path, association FROM instances WHERE sop_instance_uid = ?")
+                .bind(uid)
+                .fetch_one(&db)
+                .await
+                .expect("lost index row rebuilt from the file");
+        assert_eq!(&indexed_path, path);
+        assert_eq!(association, None);
+    }
+    let count: i64 = sqlx::query_scalar("SELECT instance_count FROM series WHERE series_uid = ?")
+        .bind(&series.series_uid)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(count, 6);
+    let source: String = sqlx::query_scalar("SELECT source_ae FROM series WHERE series_uid = ?")
+        .bind(&series.series_uid)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(source, "TESTSCU");
+    assert!(!partial.exists(), "partial file left in the instance tree");
+    assert!(storage.join("quarantine/2.25.999.dcm").exists());
+    let log = node.log();
+    assert!(
+        log.contains("re-indexed") && log.contains("quarantined"),
+        "{log}"
+    );
+    // The node serves normally afterwards.
+    assert!(node.echoscu("TESTSCU", "JNSC").status.success());
+}
