@@ -1,0 +1,310 @@
+//! Classical lung segmentation on the 1 mm volume, so that inference can skip everything
+//! outside the lungs.
+//!
+//! 1. Body: the largest connected region above -500 HU, with holes filled slice by slice (so
+//!    the air around the patient is outside and the lungs are inside).
+//! 2. Lung candidates: voxels below -400 HU inside the body; 3-D connected components (6-
+//!    connectivity). Components smaller than 20 ml, or made of pure gas (mean below -960 HU:
+//!    bowel gas, an isolated airway), are dropped; the largest component is kept, and the second
+//!    largest too when it is at least 5 % of it (left and right lung, when not joined).
+//! 3. Airways: bronchi inside the lung field stay in the mask (endobronchial nodules exist);
+//!    the trachea above the apices is trimmed: from the top, slices whose mask is a single
+//!    midline blob smaller than 6 cm^2 are cleared.
+//! 4. Holes (vessels, nodules) are filled slice by slice, the mask is dilated by 3 mm so that
+//!    juxta-pleural nodules stay inside, and it is clipped to the body.
+
+use crate::volume::geometry::Vec3;
+use crate::volume::Volume;
+use rayon::prelude::*;
+
+const BODY_MIN_HU: f32 = -500.0;
+const AIR_MAX_HU: f32 = -400.0;
+const MIN_COMPONENT_ML: f64 = 20.0;
+const GAS_MEAN_HU: f64 = -960.0;
+const SECOND_LUNG_FRACTION: f64 = 0.05;
+const TRACHEA_MAX_AREA_MM2: f64 = 600.0;
+const TRACHEA_MIDLINE_MM: f64 = 25.0;
+const DILATION_MM: f64 = 3.0;
+
+/// Inclusive voxel index bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundingBox {
+    pub min: [usize; 3],
+    pub max: [usize; 3],
+}
+
+impl BoundingBox {
+    pub fn size(&self) -> [usize; 3] {
+        [0, 1, 2].map(|a| self.max[a] - self.min[a] + 1)
+    }
+}
+
+/// The lung mask (1 inside) and what describes it.
+#[derive(Debug, Clone)]
+pub struct LungMask {
+    pub mask: Volume<u8>,
+    /// The body (1 inside), holes filled: the mask never leaves it.
+    pub body: Volume<u8>,
+    pub bounding_box: Option<BoundingBox>,
+    /// Lung volume before dilation, ml.
+    pub lung_volume_ml: f64,
+}
+
+/// Segments the lungs of a volume in HU.
+pub fn lung_mask(hu: &Volume<f32>) -> LungMask {
+    let g = hu.geometry;
+    let size = g.size;
+    let voxel_ml = g.spacing.iter().product::<f64>() / 1000.0;
+
+    let above: Vec<u8> = hu.data.par_iter().map(|&v| u8::from(v > BODY_MIN_HU)).collect();
+    let (labels, sizes) = components(&above, size);
+    let body_label = largest(&sizes);
+    let mut body: Vec<u8> = labels
+        .par_iter()
+        .map(|&l| u8::from(body_label.is_some_and(|b| l == b)))
+        .collect();
+    fill_holes_per_slice(&mut body, size);
+
+    let candidates: Vec<u8> = hu
+        .data
+        .par_iter()
+        .zip(&body)
+        .map(|(&v, &b)| u8::from(b == 1 && v < AIR_MAX_HU))
+        .collect();
+    let (labels, sizes) = components(&candidates, size);
+    let mut hu_sums = vec![0f64; sizes.len()];
+    for (&l, &v) in labels.iter().zip(&hu.data) {
+        if l > 0 {
+            hu_sums[l as usize] += f64::from(v);
+        }
+    }
+    let mut lungs: Vec<(u32, usize)> = sizes
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|&(l, &n)| {
+            n as f64 * voxel_ml >= MIN_COMPONENT_ML && hu_sums[l] / n as f64 > GAS_MEAN_HU
+        })
+        .map(|(l, &n)| (l as u32, n))
+        .collect();
+    lungs.sort_by(|a, b| b.1.cmp(&a.1));
+    if lungs.len() > 1 && (lungs[1].1 as f64) < SECOND_LUNG_FRACTION * lungs[0].1 as f64 {
+        lungs.truncate(1);
+    }
+    lungs.truncate(2);
+    let keep: Vec<u32> = lungs.iter().map(|(l, _)| *l).collect();
+    let mut mask: Vec<u8> = labels
+        .par_iter()
+        .map(|l| u8::from(*l > 0 && keep.contains(l)))
+        .collect();
+    trim_trachea(&mut mask, &body, hu);
+    fill_holes_per_slice(&mut mask, size);
+    let lung_volume_ml = mask.iter().filter(|&&m| m == 1).count() as f64 * voxel_ml;
+    let radius = (DILATION_MM / g.spacing[0].min(g.spacing[1]).min(g.spacing[2])).round() as usize;
+    dilate(&mut mask, size, radius);
+    mask.par_iter_mut().zip(&body).for_each(|(m, &b)| *m &= b);
+
+    let bounding_box = bounding_box(&mask, size);
+    LungMask {
+        mask: Volume {
+            geometry: g,
+            data: mask,
+        },
+        body: Volume {
+            geometry: g,
+            data: body,
+        },
+        bounding_box,
+        lung_volume_ml,
+    }
+}
+
+/// Labels the 6-connected components of `mask` (1 = foreground); returns labels (0 =
+/// background) and each label's size (index 0 unused).
+pub fn components(mask: &[u8], size: [usize; 3]) -> (Vec<u32>, Vec<usize>) {
+    let [ni, nj, nk] = size;
+    let mut labels = vec![0u32; mask.len()];
+    let mut sizes = vec![0usize];
+    let mut stack = Vec::new();
+    for start in 0..mask.len() {
+        if mask[start] == 0 || labels[start] != 0 {
+            continue;
+        }
+        let label = sizes.len() as u32;
+        let mut count = 0;
+        labels[start] = label;
+        stack.push(start);
+        while let Some(v) = stack.pop() {
+            count += 1;
+            let i = v % ni;
+            let j = (v / ni) % nj;
+            let k = v / (ni * nj);
+            let mut visit = |n: usize| {
+                if mask[n] != 0 && labels[n] == 0 {
+                    labels[n] = label;
+                    stack.push(n);
+                }
+            };
+            if i > 0 {
+                visit(v - 1);
+            }
+            if i + 1 < ni {
+                visit(v + 1);
+            }
+            if j > 0 {
+                visit(v - ni);
+            }
+            if j + 1 < nj {
+                visit(v + ni);
+            }
+            if k > 0 {
+                visit(v - ni * nj);
+            }
+            if k + 1 < nk {
+                visit(v + ni * nj);
+            }
+        }
+        sizes.push(count);
+    }
+    (labels, sizes)
+}
+
+fn largest(sizes: &[usize]) -> Option<u32> {
+    sizes
+        .iter()
+        .enumerate()
+        .skip(1)
+        .max_by_key(|&(_, &n)| n)
+        .map(|(l, _)| l as u32)
+}
+
+/// Fills, in every k-slice, the background not connected to the slice border.
+pub fn fill_holes_per_slice(mask: &mut [u8], size: [usize; 3]) {
+    let [ni, nj, _] = size;
+    mask.par_chunks_mut(ni * nj).for_each(|slice| {
+        // 2 = background reached from the border.
+        let mut stack: Vec<usize> = Vec::new();
+        let seed = |p: usize, slice: &mut [u8], stack: &mut Vec<usize>| {
+            if slice[p] == 0 {
+                slice[p] = 2;
+                stack.push(p);
+            }
+        };
+        for i in 0..ni {
+            seed(i, slice, &mut stack);
+            seed((nj - 1) * ni + i, slice, &mut stack);
+        }
+        for j in 0..nj {
+            seed(j * ni, slice, &mut stack);
+            seed(j * ni + ni - 1, slice, &mut stack);
+        }
+        while let Some(p) = stack.pop() {
+            let (i, j) = (p % ni, p / ni);
+            if i > 0 {
+                seed(p - 1, slice, &mut stack);
+            }
+            if i + 1 < ni {
+                seed(p + 1, slice, &mut stack);
+            }
+            if j > 0 {
+                seed(p - ni, slice, &mut stack);
+            }
+            if j + 1 < nj {
+                seed(p + ni, slice, &mut stack);
+            }
+        }
+        for v in slice.iter_mut() {
+            *v = u8::from(*v != 2);
+        }
+    });
+}
+
+/// Dilates by `radius` steps of 6-connectivity (a 3-D diamond of that radius).
+pub fn dilate(mask: &mut Vec<u8>, size: [usize; 3], radius: usize) {
+    let [ni, nj, nk] = size;
+    for _ in 0..radius {
+        let source = mask.clone();
+        mask.par_chunks_mut(ni * nj)
+            .enumerate()
+            .for_each(|(k, slice)| {
+                for j in 0..nj {
+                    for i in 0..ni {
+                        let p = j * ni + i;
+                        if slice[p] == 1 {
+                            continue;
+                        }
+                        let v = k * ni * nj + p;
+                        let set = (i > 0 && source[v - 1] == 1)
+                            || (i + 1 < ni && source[v + 1] == 1)
+                            || (j > 0 && source[v - ni] == 1)
+                            || (j + 1 < nj && source[v + ni] == 1)
+                            || (k > 0 && source[v - ni * nj] == 1)
+                            || (k + 1 < nk && source[v + ni * nj] == 1);
+                        if set {
+                            slice[p] = 1;
+                        }
+                    }
+                }
+            });
+    }
+}
+
+fn bounding_box(mask: &[u8], size: [usize; 3]) -> Option<BoundingBox> {
+    let [ni, nj, _] = size;
+    let mut min = [usize::MAX; 3];
+    let mut max = [0usize; 3];
+    let mut any = false;
+    for (v, _) in mask.iter().enumerate().filter(|(_, m)| **m == 1) {
+        let ijk = [v % ni, (v / ni) % nj, v / (ni * nj)];
+        for a in 0..3 {
+            min[a] = min[a].min(ijk[a]);
+            max[a] = max[a].max(ijk[a]);
+        }
+        any = true;
+    }
+    any.then_some(BoundingBox { min, max })
+}
+
+/// Clears trachea-only slices above the lung apices (see the module doc).
+fn trim_trachea(mask: &mut [u8], body: &[u8], hu: &Volume<f32>) {
+    let g = hu.geometry;
+    let [ni, nj, nk] = g.size;
+    let plane = ni * nj;
+    let area_mm2 = g.spacing[0] * g.spacing[1];
+    // Which end of the k axis is superior (patient +z in LPS)?
+    let superior_first = g.direction[2][2] > 0.0;
+    let order: Vec<usize> = if superior_first {
+        (0..nk).rev().collect()
+    } else {
+        (0..nk).collect()
+    };
+    let centroid_x = |slice: &[u8], k: usize| -> Option<f64> {
+        let (mut sum, mut n) = ([0.0; 2], 0usize);
+        for (p, _) in slice.iter().enumerate().filter(|(_, m)| **m == 1) {
+            sum[0] += (p % ni) as f64;
+            sum[1] += (p / ni) as f64;
+            n += 1;
+        }
+        (n > 0).then(|| {
+            let centre: Vec3 = [sum[0] / n as f64, sum[1] / n as f64, k as f64];
+            g.index_to_patient(centre)[0]
+        })
+    };
+    for k in order {
+        let slice = &mask[k * plane..(k + 1) * plane];
+        let voxels = slice.iter().filter(|&&m| m == 1).count();
+        if voxels == 0 {
+            continue;
+        }
+        let (_, sizes) = components(slice, [ni, nj, 1]);
+        let midline = centroid_x(&body[k * plane..(k + 1) * plane], k);
+        let blob = centroid_x(slice, k);
+        let is_trachea = sizes.len() == 2
+            && voxels as f64 * area_mm2 < TRACHEA_MAX_AREA_MM2
+            && matches!((midline, blob), (Some(m), Some(b)) if (m - b).abs() < TRACHEA_MIDLINE_MM);
+        if !is_trachea {
+            break;
+        }
+        mask[k * plane..(k + 1) * plane].fill(0);
+    }
+}

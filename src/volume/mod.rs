@@ -1,0 +1,104 @@
+//! CT series as 3-D volumes a network can trust: `series` turns stored slices into Hounsfield
+//! units on their acquired grid (with every check an operator needs), `resample` brings them to
+//! 1 mm isotropic, `lung` finds the lungs, `mapping` carries a 1 mm mask back onto the original
+//! slices, and `metaimage` writes volumes for 3D Slicer / ITK-SNAP. A `Volume` never travels
+//! without its `Geometry`.
+
+pub mod geometry;
+pub mod lung;
+pub mod mapping;
+pub mod metaimage;
+pub mod resample;
+pub mod series;
+
+pub use geometry::Geometry;
+
+/// Voxels (i fastest, then j, then k) with the geometry that places them in the patient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume<T> {
+    pub geometry: Geometry,
+    pub data: Vec<T>,
+}
+
+impl<T: Copy> Volume<T> {
+    /// A volume filled with `value`.
+    pub fn filled(geometry: Geometry, value: T) -> Self {
+        Self {
+            data: vec![value; geometry.len()],
+            geometry,
+        }
+    }
+
+    /// The voxel at (i, j, k).
+    pub fn at(&self, i: usize, j: usize, k: usize) -> T {
+        self.data[self.geometry.offset(i, j, k)]
+    }
+
+    /// The voxel nearest to a patient position, if inside the grid.
+    pub fn nearest(&self, point: geometry::Vec3) -> Option<T> {
+        let index = self.geometry.patient_to_index(point);
+        let mut ijk = [0usize; 3];
+        for axis in 0..3 {
+            let r = index[axis].round();
+            if r < 0.0 || r >= self.geometry.size[axis] as f64 {
+                return None;
+            }
+            ijk[axis] = r as usize;
+        }
+        Some(self.at(ijk[0], ijk[1], ijk[2]))
+    }
+}
+
+/// How Hounsfield units are turned into network input: clip, then standardise. The model file
+/// carries these numbers; the paper clips to [-1000, 400].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Normalization {
+    pub clip_min_hu: f32,
+    pub clip_max_hu: f32,
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl Default for Normalization {
+    fn default() -> Self {
+        Self {
+            clip_min_hu: -1000.0,
+            clip_max_hu: 400.0,
+            mean: -600.0,
+            std: 450.0,
+        }
+    }
+}
+
+impl Normalization {
+    /// The network input value of one voxel in HU.
+    pub fn apply(&self, hu: f32) -> f32 {
+        (hu.clamp(self.clip_min_hu, self.clip_max_hu) - self.mean) / self.std
+    }
+
+    /// Normalises a whole volume, keeping its geometry.
+    pub fn volume(&self, hu: &Volume<f32>) -> Volume<f32> {
+        Volume {
+            geometry: hu.geometry,
+            data: hu.data.iter().map(|&v| self.apply(v)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalization_clips_then_standardises() {
+        let n = Normalization {
+            clip_min_hu: -1000.0,
+            clip_max_hu: 400.0,
+            mean: -300.0,
+            std: 700.0,
+        };
+        assert_eq!(n.apply(-3000.0), -1.0);
+        assert_eq!(n.apply(2000.0), 1.0);
+        assert_eq!(n.apply(-300.0), 0.0);
+    }
+}
