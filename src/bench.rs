@@ -190,3 +190,64 @@ fn send(
     }
     Ok(slices as f64 / elapsed.as_secs_f64())
 }
+
+/// The SimpleITK reference script (read + B-spline resample).
+const SITK_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/sitk_resample.py");
+
+/// Times series -> HU volume -> 1 mm (B-spline) for a synthetic series, here and with
+/// SimpleITK in the same run, and prints both and the ratio.
+pub fn volume(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
+    use crate::volume::resample::{Interpolation, resample_isotropic};
+    use crate::volume::series::{files_in, load_series};
+    let work = std::env::temp_dir().join(format!("jnsc-bench-volume-{}", std::process::id()));
+    let data = work.join("series");
+    let spec = SeriesSpec {
+        slices,
+        rows: size,
+        columns: size,
+        ..SeriesSpec::default()
+    };
+    write_ct_series(&spec, &data)?;
+    let files = files_in(&data)?;
+    println!(
+        "series: {slices} slices of {size}x{size} (0.7 mm pixels, 1.25 mm slices) -> 1 mm, cubic B-spline"
+    );
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for round in 0..rounds {
+        let start = Instant::now();
+        let series = load_series(&files)?;
+        let loaded = start.elapsed().as_secs_f64();
+        let volume = resample_isotropic(&series, 1.0, Interpolation::BSpline);
+        let total = start.elapsed().as_secs_f64();
+        drop((series, volume));
+        let out = Command::new("python3")
+            .arg(SITK_SCRIPT)
+            .arg(&data)
+            .args(["--time", "--rounds", "1"])
+            .output()
+            .context("cannot run python3 (install SimpleITK: pip install SimpleITK)")?;
+        if !out.status.success() {
+            bail!(
+                "SimpleITK reference failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let sitk: f64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+        println!(
+            "round {}: jnsc {total:.2} s (load {loaded:.2} s, resample {:.2} s), SimpleITK {sitk:.2} s",
+            round + 1,
+            total - loaded
+        );
+        ours.push(total);
+        theirs.push(sitk);
+    }
+    let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+    println!("median: jnsc {ours:.2} s, SimpleITK {theirs:.2} s");
+    println!(
+        "speed-up over SimpleITK: {:.2}x (target > 1)",
+        theirs / ours
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}

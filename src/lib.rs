@@ -11,5 +11,5 @@ pub mod net;
 pub mod node;
 pub mod pipeline;
 pub mod store;
-pub mod volume;
 pub mod synth;
+pub mod volume;

@@ -44,6 +44,21 @@ enum Command {
         #[arg(long, default_value_t = 1.25)]
         slice_spacing: f64,
     },
+    /// Read a CT series folder, resample it to 1 mm and segment the lungs; print what was found
+    /// and optionally write the volume and the mask as MetaImage (for 3D Slicer, ITK-SNAP).
+    Volume {
+        /// Folder with the series' DICOM files.
+        dir: PathBuf,
+        /// Write the 1 mm volume (HU) here (.mhd, with a .raw beside it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the lung mask here (.mhd).
+        #[arg(long)]
+        mask: Option<PathBuf>,
+        /// bspline (default) or linear.
+        #[arg(long, default_value = "bspline")]
+        interpolation: jnsc::volume::resample::Interpolation,
+    },
     /// Benchmarks that print their figures.
     Bench {
         #[command(subcommand)]
@@ -61,6 +76,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 512)]
         size: u16,
         /// Rounds per peer (alternating); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Times series -> volume -> 1 mm for a synthetic series, and SimpleITK doing the same in
+    /// the same run; prints both and the ratio.
+    Volume {
+        #[arg(long, default_value_t = 300)]
+        slices: usize,
+        #[arg(long, default_value_t = 512)]
+        size: u16,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
@@ -106,6 +131,20 @@ fn main() -> ExitCode {
                     rounds,
                 },
         } => jnsc::bench::ingest(slices, size, rounds),
+        Command::Bench {
+            which:
+                BenchCommand::Volume {
+                    slices,
+                    size,
+                    rounds,
+                },
+        } => jnsc::bench::volume(slices, size, rounds),
+        Command::Volume {
+            dir,
+            out,
+            mask,
+            interpolation,
+        } => volume(&dir, out.as_deref(), mask.as_deref(), interpolation),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +153,55 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn volume(
+    dir: &std::path::Path,
+    out: Option<&std::path::Path>,
+    mask: Option<&std::path::Path>,
+    interpolation: jnsc::volume::resample::Interpolation,
+) -> anyhow::Result<()> {
+    use jnsc::volume::{metaimage, prepare, series};
+    let files = series::files_in(dir)?;
+    let prepared = prepare::prepare(&files, interpolation)?;
+    let s = &prepared.series;
+    println!(
+        "series {}: {} slices of {}x{}",
+        s.series_uid,
+        s.slices.len(),
+        s.columns,
+        s.rows
+    );
+    for note in &s.notes {
+        println!("note: {note}");
+    }
+    let g = prepared.hu.geometry;
+    println!(
+        "1 mm volume: size {:?}, origin {:?}, directions {:?}",
+        g.size, g.origin, g.direction
+    );
+    println!("lungs: {:.0} ml", prepared.lungs.lung_volume_ml);
+    match prepared.lungs.bounding_box {
+        Some(b) => println!(
+            "lung bounding box: {:?} .. {:?} (size {:?})",
+            b.min,
+            b.max,
+            b.size()
+        ),
+        None => println!("lung bounding box: none (no lung found)"),
+    }
+    let t = prepared.timings_ms;
+    println!(
+        "timings: load {:.0} ms, resample {:.0} ms, lung mask {:.0} ms",
+        t.load, t.resample, t.lung_mask
+    );
+    if let Some(path) = out {
+        metaimage::write(path, &prepared.hu)?;
+    }
+    if let Some(path) = mask {
+        metaimage::write(path, &prepared.lungs.mask)?;
+    }
+    Ok(())
 }
 
 fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {

@@ -4,17 +4,19 @@
 //! 1. Body: the largest connected region above -500 HU, with holes filled slice by slice (so
 //!    the air around the patient is outside and the lungs are inside).
 //! 2. Lung candidates: voxels below -400 HU inside the body; 3-D connected components (6-
-//!    connectivity). Components smaller than 20 ml, or made of pure gas (mean below -960 HU:
-//!    bowel gas, an isolated airway), are dropped; the largest component is kept, and the second
-//!    largest too when it is at least 5 % of it (left and right lung, when not joined).
+//!    connectivity). Components smaller than 20 ml, made of pure gas (mean below -960 HU: bowel
+//!    gas, an isolated airway), or thinner than 30 mm in any direction (the hollow of the
+//!    patient table, which the body encloses where the patient lies on it) are dropped; the
+//!    largest component is kept, and the second largest too when it is at least 5 % of it
+//!    (left and right lung, when not joined).
 //! 3. Airways: bronchi inside the lung field stay in the mask (endobronchial nodules exist);
 //!    the trachea above the apices is trimmed: from the top, slices whose mask is a single
 //!    midline blob smaller than 6 cm^2 are cleared.
 //! 4. Holes (vessels, nodules) are filled slice by slice, the mask is dilated by 3 mm so that
 //!    juxta-pleural nodules stay inside, and it is clipped to the body.
 
-use crate::volume::geometry::Vec3;
 use crate::volume::Volume;
+use crate::volume::geometry::Vec3;
 use rayon::prelude::*;
 
 const BODY_MIN_HU: f32 = -500.0;
@@ -22,6 +24,7 @@ const AIR_MAX_HU: f32 = -400.0;
 const MIN_COMPONENT_ML: f64 = 20.0;
 const GAS_MEAN_HU: f64 = -960.0;
 const SECOND_LUNG_FRACTION: f64 = 0.05;
+const MIN_LUNG_EXTENT_MM: f64 = 30.0;
 const TRACHEA_MAX_AREA_MM2: f64 = 600.0;
 const TRACHEA_MIDLINE_MM: f64 = 25.0;
 const DILATION_MM: f64 = 3.0;
@@ -56,7 +59,11 @@ pub fn lung_mask(hu: &Volume<f32>) -> LungMask {
     let size = g.size;
     let voxel_ml = g.spacing.iter().product::<f64>() / 1000.0;
 
-    let above: Vec<u8> = hu.data.par_iter().map(|&v| u8::from(v > BODY_MIN_HU)).collect();
+    let above: Vec<u8> = hu
+        .data
+        .par_iter()
+        .map(|&v| u8::from(v > BODY_MIN_HU))
+        .collect();
     let (labels, sizes) = components(&above, size);
     let body_label = largest(&sizes);
     let mut body: Vec<u8> = labels
@@ -73,17 +80,40 @@ pub fn lung_mask(hu: &Volume<f32>) -> LungMask {
         .collect();
     let (labels, sizes) = components(&candidates, size);
     let mut hu_sums = vec![0f64; sizes.len()];
-    for (&l, &v) in labels.iter().zip(&hu.data) {
+    let mut extents = vec![
+        BoundingBox {
+            min: [usize::MAX; 3],
+            max: [0; 3]
+        };
+        sizes.len()
+    ];
+    for (v, (&l, &value)) in labels.iter().zip(&hu.data).enumerate() {
         if l > 0 {
-            hu_sums[l as usize] += f64::from(v);
+            hu_sums[l as usize] += f64::from(value);
+            let ijk = [
+                v % size[0],
+                (v / size[0]) % size[1],
+                v / (size[0] * size[1]),
+            ];
+            let b = &mut extents[l as usize];
+            for a in 0..3 {
+                b.min[a] = b.min[a].min(ijk[a]);
+                b.max[a] = b.max[a].max(ijk[a]);
+            }
         }
     }
+    let thick = |l: usize| {
+        let extent = extents[l].size();
+        (0..3).all(|a| extent[a] as f64 * g.spacing[a] >= MIN_LUNG_EXTENT_MM)
+    };
     let mut lungs: Vec<(u32, usize)> = sizes
         .iter()
         .enumerate()
         .skip(1)
         .filter(|&(l, &n)| {
-            n as f64 * voxel_ml >= MIN_COMPONENT_ML && hu_sums[l] / n as f64 > GAS_MEAN_HU
+            n as f64 * voxel_ml >= MIN_COMPONENT_ML
+                && hu_sums[l] / n as f64 > GAS_MEAN_HU
+                && thick(l)
         })
         .map(|(l, &n)| (l as u32, n))
         .collect();

@@ -2,9 +2,9 @@
 //! (what a DICOM Segmentation references). Each source pixel takes the trilinear interpolation
 //! of the mask at its centre, thresholded at one half.
 
+use crate::volume::Volume;
 use crate::volume::geometry::Vec3;
 use crate::volume::series::AcquiredSeries;
-use crate::volume::Volume;
 use rayon::prelude::*;
 
 /// One frame per source slice (in the series' slice order), rows x columns, 1 inside.
@@ -29,9 +29,8 @@ pub fn mask_to_source_slices(mask: &Volume<u8>, series: &AcquiredSeries) -> Vec<
             let mut frame = vec![0u8; series.rows * series.columns];
             for r in 0..series.rows {
                 for c in 0..series.columns {
-                    let x: Vec3 = [0, 1, 2].map(|a| {
-                        origin[a] + per_column[a] * c as f64 + per_row[a] * r as f64
-                    });
+                    let x: Vec3 = [0, 1, 2]
+                        .map(|a| origin[a] + per_column[a] * c as f64 + per_row[a] * r as f64);
                     if trilinear(mask, x) >= 0.5 {
                         frame[r * series.columns + c] = 1;
                     }

@@ -8,6 +8,7 @@ pub mod geometry;
 pub mod lung;
 pub mod mapping;
 pub mod metaimage;
+pub mod prepare;
 pub mod resample;
 pub mod series;
 

@@ -33,7 +33,9 @@ impl std::str::FromStr for Interpolation {
         match s {
             "bspline" => Ok(Self::BSpline),
             "linear" => Ok(Self::Linear),
-            other => Err(format!("unknown interpolation `{other}` (bspline or linear)")),
+            other => Err(format!(
+                "unknown interpolation `{other}` (bspline or linear)"
+            )),
         }
     }
 }
@@ -350,7 +352,11 @@ mod tests {
         let mut out = vec![0f32; positions.len()];
         taps.apply(&c, 1, &mut out);
         for (x, v) in positions.iter().zip(&out) {
-            assert!((f64::from(*v) - f(*x)).abs() < 1e-2, "{x}: {v} vs {}", f(*x));
+            assert!(
+                (f64::from(*v) - f(*x)).abs() < 1e-2,
+                "{x}: {v} vs {}",
+                f(*x)
+            );
         }
     }
 
@@ -374,7 +380,9 @@ mod tests {
     #[test]
     fn strided_prefilter_equals_line_prefilter() {
         let (n, stride) = (23, 7);
-        let data: Vec<f32> = (0..n * stride).map(|v| ((v * 13 % 17) as f32).sin()).collect();
+        let data: Vec<f32> = (0..n * stride)
+            .map(|v| ((v * 13 % 17) as f32).sin())
+            .collect();
         let mut strided = data.clone();
         prefilter(&mut strided, n, stride);
         for col in 0..stride {

@@ -6,7 +6,7 @@
 //! tells an operator what is wrong with the data. Tilted acquisitions are refused rather than
 //! corrected; irregular spacing up to a limit is kept and resampled on the true positions.
 
-use crate::volume::geometry::{cross, dot, norm, sub, Geometry, Vec3};
+use crate::volume::geometry::{Geometry, Vec3, cross, dot, norm, sub};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
@@ -42,28 +42,40 @@ pub enum SeriesError {
     },
     #[error("modality is {0}, not CT: only CT series are analysed")]
     NotCt(String),
-    #[error("the series mixes {groups} slice orientations; it must be one stack of parallel slices")]
+    #[error(
+        "the series mixes {groups} slice orientations; it must be one stack of parallel slices"
+    )]
     MixedOrientation { groups: usize },
-    #[error("slices differ in {what} ({first} vs {other}): the series mixes images of different geometry")]
+    #[error(
+        "slices differ in {what} ({first} vs {other}): the series mixes images of different geometry"
+    )]
     InconsistentGeometry {
         what: &'static str,
         first: String,
         other: String,
     },
-    #[error("two slices share the position {position_mm:.2} mm along the slice normal (duplicate or overlapping reconstructions)")]
+    #[error(
+        "two slices share the position {position_mm:.2} mm along the slice normal (duplicate or overlapping reconstructions)"
+    )]
     DuplicatePosition { position_mm: f64 },
-    #[error("gantry tilt of {degrees:.1} degrees: tilted acquisitions are refused; send a reconstruction without tilt")]
+    #[error(
+        "gantry tilt of {degrees:.1} degrees: tilted acquisitions are refused; send a reconstruction without tilt"
+    )]
     GantryTilt { degrees: f64 },
     #[error("{found} slices: at least {min} are needed")]
     TooFewSlices { found: usize, min: usize },
-    #[error("slices are missing: a gap of {gap_mm:.1} mm at {at_mm:.1} mm along the normal, more than {factor}x the usual spacing of {spacing_mm:.2} mm")]
+    #[error(
+        "slices are missing: a gap of {gap_mm:.1} mm at {at_mm:.1} mm along the normal, more than {factor}x the usual spacing of {spacing_mm:.2} mm"
+    )]
     MissingSlices {
         gap_mm: f64,
         at_mm: f64,
         spacing_mm: f64,
         factor: f64,
     },
-    #[error("slice spacing of {spacing_mm:.1} mm is coarser than the {max_mm} mm the analysis supports")]
+    #[error(
+        "slice spacing of {spacing_mm:.1} mm is coarser than the {max_mm} mm the analysis supports"
+    )]
     TooCoarse { spacing_mm: f64, max_mm: f64 },
     #[error("unsupported pixel data in {file}: {reason}")]
     UnsupportedPixels { file: String, reason: String },
@@ -125,7 +137,11 @@ pub struct AcquiredSeries {
 impl AcquiredSeries {
     /// Median distance between neighbouring slices, mm.
     pub fn median_slice_spacing(&self) -> f64 {
-        let mut gaps: Vec<f64> = self.slice_offsets_mm.windows(2).map(|w| w[1] - w[0]).collect();
+        let mut gaps: Vec<f64> = self
+            .slice_offsets_mm
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .collect();
         gaps.sort_by(f64::total_cmp);
         gaps.get(gaps.len() / 2).copied().unwrap_or(1.0)
     }
@@ -186,6 +202,12 @@ pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// HU of every frame of one image file (single-frame files give one frame), as stored: no
+/// geometry checks. For tools and tests that look at single images.
+pub fn decode_hu(path: &Path) -> Result<Vec<Vec<f32>>, SeriesError> {
+    Ok(read_frames(path)?.into_iter().map(|f| f.hu).collect())
+}
+
 fn assemble(mut frames: Vec<Frame>) -> Result<AcquiredSeries, SeriesError> {
     let mut notes = Vec::new();
     if frames.is_empty() {
@@ -206,7 +228,10 @@ fn assemble(mut frames: Vec<Frame>) -> Result<AcquiredSeries, SeriesError> {
     // Group by orientation; tiny stray groups are localizers without the LOCALIZER type.
     let mut groups: Vec<(usize, [f64; 6])> = Vec::new();
     for f in &frames {
-        match groups.iter_mut().find(|(_, o)| same_orientation(o, &f.orientation)) {
+        match groups
+            .iter_mut()
+            .find(|(_, o)| same_orientation(o, &f.orientation))
+        {
             Some((n, _)) => *n += 1,
             None => groups.push((1, f.orientation)),
         }
@@ -399,16 +424,24 @@ fn read_frames(path: &Path) -> Result<Vec<Frame>, SeriesError> {
             tags::IMAGE_ORIENTATION_PATIENT,
         )
         .filter(|v| v.len() == 6)
-        .ok_or_else(|| ctx.missing("Image Orientation (Patient)", tags::IMAGE_ORIENTATION_PATIENT))?;
+        .ok_or_else(|| {
+            ctx.missing(
+                "Image Orientation (Patient)",
+                tags::IMAGE_ORIENTATION_PATIENT,
+            )
+        })?;
         let position = lookup(tags::PLANE_POSITION_SEQUENCE, tags::IMAGE_POSITION_PATIENT)
             .filter(|v| v.len() == 3)
             .ok_or_else(|| ctx.missing("Image Position (Patient)", tags::IMAGE_POSITION_PATIENT))?;
         let pixel_spacing = lookup(tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING)
             .filter(|v| v.len() == 2 && v[0] > 0.0 && v[1] > 0.0)
             .ok_or_else(|| ctx.missing("Pixel Spacing", tags::PIXEL_SPACING))?;
-        let slope = lookup(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tags::RESCALE_SLOPE)
-            .and_then(|v| v.first().copied())
-            .unwrap_or(1.0);
+        let slope = lookup(
+            tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+            tags::RESCALE_SLOPE,
+        )
+        .and_then(|v| v.first().copied())
+        .unwrap_or(1.0);
         let intercept = lookup(
             tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
             tags::RESCALE_INTERCEPT,
