@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the test suite drives on a fresh Debian machine: DCMTK (echoscu, storescu,
-# storescp, dcmcjpeg, dcmcrle, dcmdump). Idempotent: does nothing when everything is present.
+# storescp, dcmcjpeg, dcmcrle, dcmdump, dcmodify) and SimpleITK (the reference for the volume
+# code). Idempotent: does nothing when everything is present.
 set -euo pipefail
 
 missing=()
-for tool in echoscu storescu storescp dcmcjpeg dcmcrle dcmdump; do
+for tool in echoscu storescu storescp dcmcjpeg dcmcrle dcmdump dcmodify; do
   [ -x "/usr/bin/$tool" ] || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -13,4 +14,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dcmtk >/dev/null
+fi
+
+if ! python3 -c "import SimpleITK, numpy" 2>/dev/null; then
+  echo "installing SimpleITK and numpy"
+  python3 -m pip install --quiet SimpleITK numpy
 fi

@@ -117,7 +117,7 @@ pub fn lung_mask(hu: &Volume<f32>) -> LungMask {
         })
         .map(|(l, &n)| (l as u32, n))
         .collect();
-    lungs.sort_by(|a, b| b.1.cmp(&a.1));
+    lungs.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
     if lungs.len() > 1 && (lungs[1].1 as f64) < SECOND_LUNG_FRACTION * lungs[0].1 as f64 {
         lungs.truncate(1);
     }
@@ -250,10 +250,10 @@ pub fn fill_holes_per_slice(mask: &mut [u8], size: [usize; 3]) {
 }
 
 /// Dilates by `radius` steps of 6-connectivity (a 3-D diamond of that radius).
-pub fn dilate(mask: &mut Vec<u8>, size: [usize; 3], radius: usize) {
+pub fn dilate(mask: &mut [u8], size: [usize; 3], radius: usize) {
     let [ni, nj, nk] = size;
     for _ in 0..radius {
-        let source = mask.clone();
+        let source = mask.to_vec();
         mask.par_chunks_mut(ni * nj)
             .enumerate()
             .for_each(|(k, slice)| {

@@ -4,6 +4,9 @@
 //! slices, and `metaimage` writes volumes for 3D Slicer / ITK-SNAP. A `Volume` never travels
 //! without its `Geometry`.
 
+// Geometry code indexes three axes at once (index[a], spacing[a], size[a]): ranges read better.
+#![allow(clippy::needless_range_loop)]
+
 pub mod geometry;
 pub mod lung;
 pub mod mapping;

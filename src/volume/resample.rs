@@ -254,7 +254,7 @@ fn prefilter(data: &mut [f32], n: usize, stride: usize) {
         for (f, &l) in first.iter_mut().zip(last) {
             *f += z2n * f64::from(l);
         }
-        z2n *= z2n * iz;
+        z2n = z2n * z2n * iz;
         for k in 1..=n - 2 {
             for (f, &v) in first.iter_mut().zip(&data[k * stride..(k + 1) * stride]) {
                 *f += (zn + z2n) * f64::from(v);

@@ -236,7 +236,7 @@ fn assemble(mut frames: Vec<Frame>) -> Result<AcquiredSeries, SeriesError> {
             None => groups.push((1, f.orientation)),
         }
     }
-    groups.sort_by(|a, b| b.0.cmp(&a.0));
+    groups.sort_by_key(|&(n, _)| std::cmp::Reverse(n));
     let Some(&(_, main)) = groups.first() else {
         return Err(SeriesError::NoImages);
     };
