@@ -60,7 +60,11 @@ CREATE TABLE series (
     first_received_at INTEGER NOT NULL,
     last_received_at  INTEGER NOT NULL,
     -- 'receiving' until stable_age passes without a new instance, then 'complete'
-    state           TEXT    NOT NULL DEFAULT 'receiving'
+    state           TEXT    NOT NULL DEFAULT 'receiving',
+    -- why the series cannot be analysed (volume stage refusal), stable code and operator message
+    refusal_code    TEXT,
+    refusal         TEXT,
+    refused_at      INTEGER
 );
 CREATE INDEX series_state ON series (state, last_received_at);
 

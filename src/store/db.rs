@@ -375,6 +375,33 @@ impl Index {
         Ok(())
     }
 
+    /// Paths (relative to the store root) of the current version of every instance of a series.
+    pub async fn series_files(&self, series_uid: &str) -> DbResult<Vec<String>> {
+        sqlx::query_scalar("SELECT path FROM instances WHERE series_uid = ? ORDER BY path")
+            .bind(series_uid)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Records why a series cannot be analysed, for operators and the status endpoint.
+    pub async fn record_series_refusal(
+        &self,
+        series_uid: &str,
+        code: &str,
+        message: &str,
+    ) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE series SET refusal_code = ?, refusal = ?, refused_at = ? WHERE series_uid = ?",
+        )
+        .bind(code)
+        .bind(message)
+        .bind(now_ms())
+        .bind(series_uid)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Counts an instance that was already stored identically (idempotent re-send).
     pub async fn record_duplicate(&self, association: i64) -> DbResult<()> {
         sqlx::query("UPDATE associations SET instances_ok = instances_ok + 1 WHERE id = ?")
