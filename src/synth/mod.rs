@@ -2,4 +2,5 @@
 //! a network without patient data. This first version draws a simple chest-like phantom (body,
 //! two lungs, a spine); the anatomical phantom with nodules and ground truth builds on it.
 
+pub mod random;
 pub mod series;

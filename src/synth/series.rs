@@ -3,6 +3,7 @@
 //! consistent patient/study/series modules. Everything is derived from a seed, so the same spec
 //! always gives the same files and UIDs. Used by tests, benchmarks and `jnsc synth`.
 
+use crate::synth::random::Rng;
 use crate::volume::geometry::{Vec3, cross, dot};
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, Length, PrimitiveValue, Tag, VR};
@@ -18,6 +19,8 @@ pub enum Content {
     Phantom,
     /// HU = gradient . position (mm) + offset, exactly (no noise): a known value everywhere.
     Ramp { gradient: Vec3, offset: f64 },
+    /// Given HU, one plane (rows x columns, column index fastest) per slice in file order.
+    Planes(std::sync::Arc<Vec<Vec<f32>>>),
 }
 
 /// What series to make.
@@ -96,34 +99,6 @@ pub struct WrittenSeries {
     pub series_uid: String,
     pub sop_instance_uids: Vec<String>,
     pub files: Vec<PathBuf>,
-}
-
-/// Small deterministic generator (SplitMix64); good enough for UIDs and noise.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A `2.25.<128-bit decimal>` UID (PS3.5 B.2).
-    fn uid(&mut self) -> String {
-        let value = (u128::from(self.next()) << 64) | u128::from(self.next());
-        format!("2.25.{value}")
-    }
-
-    /// Roughly normal noise (sum of uniforms), unit variance.
-    fn noise(&mut self) -> f64 {
-        (0..4)
-            .map(|_| (self.next() >> 11) as f64 / (1u64 << 53) as f64)
-            .sum::<f64>()
-            * 1.732
-            - 3.464
-    }
 }
 
 /// The UIDs shared by every image of a series.
@@ -270,7 +245,7 @@ fn write_part10(
     file.write_to_file(path).map_err(std::io::Error::other)
 }
 
-fn ids(rng: &mut SplitMix) -> SeriesIds {
+fn ids(rng: &mut Rng) -> SeriesIds {
     SeriesIds {
         study: rng.uid(),
         series: rng.uid(),
@@ -281,7 +256,7 @@ fn ids(rng: &mut SplitMix) -> SeriesIds {
 /// Writes the series into `dir` as `CT000001.dcm`, ... (one file per slice).
 pub fn write_ct_series(spec: &SeriesSpec, dir: &Path) -> std::io::Result<WrittenSeries> {
     std::fs::create_dir_all(dir)?;
-    let mut rng = SplitMix(spec.seed);
+    let mut rng = Rng::new(spec.seed);
     let ids = ids(&mut rng);
     let mut written = WrittenSeries {
         study_uid: ids.study.clone(),
@@ -360,7 +335,7 @@ pub fn write_ct_series(spec: &SeriesSpec, dir: &Path) -> std::io::Result<Written
 fn write_localizer(
     spec: &SeriesSpec,
     ids: &SeriesIds,
-    rng: &mut SplitMix,
+    rng: &mut Rng,
     dir: &Path,
 ) -> std::io::Result<(String, PathBuf)> {
     let sop_uid = rng.uid();
@@ -407,7 +382,7 @@ pub fn write_enhanced_ct(spec: &SeriesSpec, path: &Path) -> std::io::Result<Writ
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut rng = SplitMix(spec.seed);
+    let mut rng = Rng::new(spec.seed);
     let ids = ids(&mut rng);
     let sop_uid = rng.uid();
     let s = |v: &str| PrimitiveValue::from(v);
@@ -521,7 +496,7 @@ fn orientation(spec: &SeriesSpec) -> PrimitiveValue {
 }
 
 /// Stored values (HU + 1024) of the slice at `offset`.
-fn slice_pixels(spec: &SeriesSpec, offset: f64, rng: &mut SplitMix) -> Vec<u16> {
+fn slice_pixels(spec: &SeriesSpec, offset: f64, rng: &mut Rng) -> Vec<u16> {
     let (rows, cols) = (usize::from(spec.rows), usize::from(spec.columns));
     let origin = spec.position(offset);
     let mut pixels = Vec::with_capacity(rows * cols);
@@ -531,7 +506,7 @@ fn slice_pixels(spec: &SeriesSpec, offset: f64, rng: &mut SplitMix) -> Vec<u16> 
                 Content::Phantom => {
                     let y = (r as f64 + 0.5) / rows as f64 * 2.0 - 1.0;
                     let x = (c as f64 + 0.5) / cols as f64 * 2.0 - 1.0;
-                    phantom_hu(x, y, offset, spec) + 15.0 * rng.noise()
+                    phantom_hu(x, y, offset, spec) + 15.0 * rng.normal()
                 }
                 Content::Ramp {
                     gradient,
