@@ -311,7 +311,7 @@ pub fn write_ct_series(spec: &SeriesSpec, dir: &Path) -> std::io::Result<Written
         put(&mut o, tags::RESCALE_INTERCEPT, VR::DS, s("-1024"));
         put(&mut o, tags::RESCALE_SLOPE, VR::DS, s("1"));
         put(&mut o, tags::RESCALE_TYPE, VR::LO, s("HU"));
-        let pixels = slice_pixels(spec, offset, &mut rng);
+        let pixels = slice_pixels(spec, index, offset, &mut rng);
         put(
             &mut o,
             tags::PIXEL_DATA,
@@ -469,7 +469,7 @@ pub fn write_enhanced_ct(spec: &SeriesSpec, path: &Path) -> std::io::Result<Writ
             )])],
         ));
         per_frame.push(frame);
-        pixels.extend(slice_pixels(spec, offset, &mut rng));
+        pixels.extend(slice_pixels(spec, n, offset, &mut rng));
     }
     o.put(sequence(
         tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
@@ -495,8 +495,8 @@ fn orientation(spec: &SeriesSpec) -> PrimitiveValue {
     decimals(&[r[0], r[1], r[2], c[0], c[1], c[2]])
 }
 
-/// Stored values (HU + 1024) of the slice at `offset`.
-fn slice_pixels(spec: &SeriesSpec, offset: f64, rng: &mut Rng) -> Vec<u16> {
+/// Stored values (HU + 1024) of slice `index` (file order), at `offset` along the normal.
+fn slice_pixels(spec: &SeriesSpec, index: usize, offset: f64, rng: &mut Rng) -> Vec<u16> {
     let (rows, cols) = (usize::from(spec.rows), usize::from(spec.columns));
     let origin = spec.position(offset);
     let mut pixels = Vec::with_capacity(rows * cols);
@@ -508,6 +508,7 @@ fn slice_pixels(spec: &SeriesSpec, offset: f64, rng: &mut Rng) -> Vec<u16> {
                     let x = (c as f64 + 0.5) / cols as f64 * 2.0 - 1.0;
                     phantom_hu(x, y, offset, spec) + 15.0 * rng.normal()
                 }
+                Content::Planes(planes) => f64::from(planes[index][r * cols + c]),
                 Content::Ramp {
                     gradient,
                     offset: at_zero,
