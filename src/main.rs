@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use jnsc::config::Config;
-use jnsc::synth::series::{SeriesSpec, write_ct_series};
+use jnsc::synth::series::SeriesSpec;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,21 +28,36 @@ enum Command {
         #[arg(long, env = "JNSC_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Write a synthetic CT series (one DICOM file per slice) into a directory.
+    /// Write a synthetic chest CT study with nodules and ground truth: DIR/dicom/CT*.dcm,
+    /// DIR/truth.json, DIR/truth_mask.mhd, DIR/annotations.csv, DIR/preview.png.
     Synth {
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        #[arg(long, default_value_t = 40)]
+        #[arg(long, default_value_t = 300)]
         slices: usize,
         /// Rows and columns of each slice.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 512)]
         size: u16,
+        /// In-plane pixel spacing, mm (0.5-1.0).
         #[arg(long, default_value_t = 0.7)]
         pixel_spacing: f64,
+        /// Slice spacing and thickness, mm (0.625-5).
         #[arg(long, default_value_t = 1.25)]
         slice_spacing: f64,
+        /// Number of nodules (default: 0-4, drawn like screening studies).
+        #[arg(long)]
+        nodules: Option<usize>,
+        /// Patient position: HFS, FFS (supine) or HFP, FFP (prone).
+        #[arg(long, default_value = "FFS")]
+        position: String,
+        /// explicit or implicit (VR little endian).
+        #[arg(long, default_value = "explicit")]
+        transfer_syntax: String,
+        /// Noise standard deviation at 1.25 mm slices, HU.
+        #[arg(long, default_value_t = 22.0)]
+        noise: f64,
     },
     /// Read a CT series folder, resample it to 1 mm and segment the lungs; print what was found
     /// and optionally write the volume and the mask as MetaImage (for 3D Slicer, ITK-SNAP).
@@ -102,27 +117,22 @@ fn main() -> ExitCode {
             size,
             pixel_spacing,
             slice_spacing,
-        } => {
-            let spec = SeriesSpec {
-                slices,
-                rows: size,
-                columns: size,
-                pixel_spacing_mm: pixel_spacing,
-                slice_spacing_mm: slice_spacing,
-                seed,
-                ..SeriesSpec::default()
-            };
-            write_ct_series(&spec, &out)
-                .map(|written| {
-                    println!(
-                        "wrote {} slices of series {} to {}",
-                        written.files.len(),
-                        written.series_uid,
-                        out.display()
-                    )
-                })
-                .map_err(anyhow::Error::from)
-        }
+            nodules,
+            position,
+            transfer_syntax,
+            noise,
+        } => synth(SynthArgs {
+            out,
+            seed,
+            slices,
+            size,
+            pixel_spacing,
+            slice_spacing,
+            nodules,
+            position,
+            transfer_syntax,
+            noise,
+        }),
         Command::Bench {
             which:
                 BenchCommand::Ingest {
@@ -153,6 +163,87 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+struct SynthArgs {
+    out: PathBuf,
+    seed: u64,
+    slices: usize,
+    size: u16,
+    pixel_spacing: f64,
+    slice_spacing: f64,
+    nodules: Option<usize>,
+    position: String,
+    transfer_syntax: String,
+    noise: f64,
+}
+
+fn synth(args: SynthArgs) -> anyhow::Result<()> {
+    use jnsc::synth::calibration::Calibration;
+    use jnsc::synth::render::Physics;
+    use jnsc::synth::study::{StudyOptions, write_study};
+    if !(0.5..=1.0).contains(&args.pixel_spacing) {
+        anyhow::bail!("--pixel-spacing must be within 0.5-1.0 mm");
+    }
+    if !(0.625..=5.0).contains(&args.slice_spacing) {
+        anyhow::bail!("--slice-spacing must be within 0.625-5 mm");
+    }
+    let (row, column) = match args.position.as_str() {
+        "HFS" | "FFS" => ([1.0, 0.0, 0.0], [0.0, 1.0, 0.0]),
+        "HFP" | "FFP" => ([-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]),
+        other => anyhow::bail!("--position {other}: use HFS, FFS, HFP or FFP"),
+    };
+    let transfer_syntax = match args.transfer_syntax.as_str() {
+        "explicit" => dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+        "implicit" => dicom_dictionary_std::uids::IMPLICIT_VR_LITTLE_ENDIAN,
+        other => anyhow::bail!("--transfer-syntax {other}: use explicit or implicit"),
+    };
+    let options = StudyOptions {
+        series: SeriesSpec {
+            slices: args.slices,
+            rows: args.size,
+            columns: args.size,
+            pixel_spacing_mm: args.pixel_spacing,
+            slice_spacing_mm: args.slice_spacing,
+            row_direction: row,
+            column_direction: column,
+            patient_position: args.position.clone(),
+            transfer_syntax: transfer_syntax.into(),
+            seed: args.seed,
+            patient_id: format!("SYNTH{:06}", args.seed % 1_000_000),
+            ..SeriesSpec::default()
+        },
+        nodules: args.nodules,
+        physics: Physics {
+            noise_hu: args.noise,
+            ..Physics::default()
+        },
+    };
+    let started = std::time::Instant::now();
+    let truth = write_study(&options, &Calibration::lidc(), &args.out)?;
+    println!(
+        "wrote series {} ({} slices) to {} in {:.1} s",
+        truth.series_uid,
+        args.slices,
+        args.out.join("dicom").display(),
+        started.elapsed().as_secs_f64()
+    );
+    for n in &truth.nodules {
+        println!(
+            "nodule {}: {:?} {:?} {:?}, {:.1} mm at [{:.1}, {:.1}, {:.1}], ratings {:?}{}",
+            n.label,
+            n.kind,
+            n.margin,
+            n.location,
+            n.diameter_mm,
+            n.center_mm[0],
+            n.center_mm[1],
+            n.center_mm[2],
+            n.ratings,
+            if n.marginal { " (marginal)" } else { "" }
+        );
+    }
+    Ok(())
 }
 
 fn volume(

@@ -58,7 +58,11 @@ impl Rng {
     /// A random unit vector.
     pub fn direction(&mut self) -> [f64; 3] {
         loop {
-            let v = [self.range(-1.0, 1.0), self.range(-1.0, 1.0), self.range(-1.0, 1.0)];
+            let v = [
+                self.range(-1.0, 1.0),
+                self.range(-1.0, 1.0),
+                self.range(-1.0, 1.0),
+            ];
             let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
             if n > 0.1 && n <= 1.0 {
                 return [v[0] / n, v[1] / n, v[2] / n];
@@ -84,6 +88,9 @@ mod tests {
         let xs: Vec<f64> = (0..n).map(|_| r.normal()).collect();
         let mean = xs.iter().sum::<f64>() / n as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
-        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
+            "{mean} {var}"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Writes CT series with known geometry and content: single-frame CT Image Storage (one Part 10
-//! file per slice) or one Enhanced CT Image Storage file, explicit VR little endian, with
+//! file per slice) or one Enhanced CT Image Storage file, explicit or implicit VR little endian,
+//! with
 //! consistent patient/study/series modules. Everything is derived from a seed, so the same spec
 //! always gives the same files and UIDs. Used by tests, benchmarks and `jnsc synth`.
 
@@ -42,6 +43,10 @@ pub struct SeriesSpec {
     pub content: Content,
     /// Also write a lateral localizer (scout) image into the series.
     pub with_localizer: bool,
+    /// Patient Position (0018,5100): HFS, FFS, HFP or FFP.
+    pub patient_position: String,
+    /// Transfer syntax UID of the files (explicit or implicit VR little endian).
+    pub transfer_syntax: String,
     pub seed: u64,
     pub patient_id: String,
 }
@@ -59,6 +64,8 @@ impl Default for SeriesSpec {
             slice_offsets_mm: None,
             content: Content::Phantom,
             with_localizer: false,
+            patient_position: "FFS".into(),
+            transfer_syntax: uids::EXPLICIT_VR_LITTLE_ENDIAN.into(),
             seed: 1,
             patient_id: "SYNTH0001".into(),
         }
@@ -176,7 +183,12 @@ fn common_attributes(spec: &SeriesSpec, ids: &SeriesIds, sop_class: &str) -> InM
         s(&format!("{}", spec.slice_spacing_mm)),
     );
     put(&mut o, tags::KVP, VR::DS, s("120"));
-    put(&mut o, tags::PATIENT_POSITION, VR::CS, s("FFS"));
+    put(
+        &mut o,
+        tags::PATIENT_POSITION,
+        VR::CS,
+        s(&spec.patient_position),
+    );
     put(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, s(&ids.study));
     put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, s(&ids.series));
     put(&mut o, tags::STUDY_ID, VR::SH, s("1"));
@@ -231,6 +243,7 @@ fn common_attributes(spec: &SeriesSpec, ids: &SeriesIds, sop_class: &str) -> InM
 
 fn write_part10(
     object: InMemDicomObject,
+    spec: &SeriesSpec,
     sop_class: &str,
     sop_uid: &str,
     path: &Path,
@@ -238,7 +251,7 @@ fn write_part10(
     let meta = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(sop_class)
         .media_storage_sop_instance_uid(sop_uid)
-        .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .transfer_syntax(spec.transfer_syntax.as_str())
         .implementation_class_uid(crate::store::IMPLEMENTATION_CLASS_UID)
         .implementation_version_name(crate::store::IMPLEMENTATION_VERSION_NAME);
     let file = object.with_meta(meta).map_err(std::io::Error::other)?;
@@ -319,7 +332,7 @@ pub fn write_ct_series(spec: &SeriesSpec, dir: &Path) -> std::io::Result<Written
             PrimitiveValue::U16(pixels.into()),
         );
         let path = dir.join(format!("CT{:06}.dcm", index + 1));
-        write_part10(o, uids::CT_IMAGE_STORAGE, &sop_uid, &path)?;
+        write_part10(o, spec, uids::CT_IMAGE_STORAGE, &sop_uid, &path)?;
         written.sop_instance_uids.push(sop_uid);
         written.files.push(path);
     }
@@ -372,7 +385,7 @@ fn write_localizer(
         PrimitiveValue::U16(pixels.into()),
     );
     let path = dir.join("SCOUT.dcm");
-    write_part10(o, uids::CT_IMAGE_STORAGE, &sop_uid, &path)?;
+    write_part10(o, spec, uids::CT_IMAGE_STORAGE, &sop_uid, &path)?;
     Ok((sop_uid, path))
 }
 
@@ -481,7 +494,7 @@ pub fn write_enhanced_ct(spec: &SeriesSpec, path: &Path) -> std::io::Result<Writ
         VR::OW,
         PrimitiveValue::U16(pixels.into()),
     );
-    write_part10(o, uids::ENHANCED_CT_IMAGE_STORAGE, &sop_uid, path)?;
+    write_part10(o, spec, uids::ENHANCED_CT_IMAGE_STORAGE, &sop_uid, path)?;
     Ok(WrittenSeries {
         study_uid: ids.study,
         series_uid: ids.series,

@@ -1,0 +1,362 @@
+//! Synthetic lung nodules: solid, part-solid, ground-glass and calcified; 3-30 mm; round,
+//! lobulated or spiculated; isolated, juxta-vascular or juxta-pleural. Their malignancy follows
+//! a logistic model fitted on the LIDC-IDRI reader annotations (see `calibration`), and 1-4
+//! simulated readers rate each one 1-5 with the disagreement seen in LIDC-IDRI.
+
+use crate::synth::anatomy::{Anatomy, Capsule};
+use crate::synth::calibration::Calibration;
+use crate::synth::random::Rng;
+use crate::volume::geometry::Vec3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoduleType {
+    Solid,
+    PartSolid,
+    GroundGlass,
+    Calcified,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Margin {
+    Round,
+    Lobulated,
+    Spiculated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Location {
+    Isolated,
+    JuxtaVascular,
+    JuxtaPleural,
+}
+
+/// An ellipsoidal lobe of a nodule.
+#[derive(Debug, Clone, Copy)]
+struct Lobe {
+    centre: Vec3,
+    radii: Vec3,
+}
+
+/// One nodule: its shape, its attenuation and its ground truth labels.
+#[derive(Debug, Clone)]
+pub struct Nodule {
+    /// Where it was placed (centre of the main lobe), patient mm.
+    pub centre: Vec3,
+    /// Nominal diameter drawn for it, mm (the measured one comes from its voxels).
+    pub nominal_diameter_mm: f64,
+    pub kind: NoduleType,
+    pub margin: Margin,
+    pub location: Location,
+    lobes: Vec<Lobe>,
+    spicules: Vec<Capsule>,
+    /// Solid core (part-solid) or calcification (calcified), radius mm.
+    core_radius: f64,
+    base_hu: f64,
+    core_hu: f64,
+    bounds: (Vec3, Vec3),
+    /// Probability of malignancy from the calibrated model.
+    pub p_malignant: f64,
+    /// Ratings 1-5 of the simulated readers.
+    pub ratings: Vec<u8>,
+}
+
+impl Nodule {
+    pub fn contains(&self, p: Vec3) -> bool {
+        let (lo, hi) = self.bounds;
+        if (0..3).any(|a| p[a] < lo[a] || p[a] > hi[a]) {
+            return false;
+        }
+        self.lobes.iter().any(|l| {
+            (0..3)
+                .map(|a| ((p[a] - l.centre[a]) / l.radii[a]).powi(2))
+                .sum::<f64>()
+                <= 1.0
+        }) || self.spicules.iter().any(|s| s.axis_distance(p) <= s.radius)
+    }
+
+    /// HU inside the nodule.
+    pub fn hu_at(&self, p: Vec3) -> f64 {
+        if distance(p, self.centre) <= self.core_radius {
+            self.core_hu
+        } else {
+            self.base_hu
+        }
+    }
+
+    pub fn bounds(&self) -> (Vec3, Vec3) {
+        self.bounds
+    }
+
+    /// Median of the readers' ratings (x.5 for an even count with different middle ratings).
+    pub fn malignancy_median(&self) -> f64 {
+        crate::synth::calibration::median(&self.ratings)
+    }
+
+    /// Marginal as the paper defines it: rated by 1-2 readers with 2 <= median <= 4.
+    pub fn marginal(&self) -> bool {
+        let m = self.malignancy_median();
+        self.ratings.len() <= 2 && (2.0..=4.0).contains(&m)
+    }
+}
+
+/// Draws the nodules of one study.
+pub fn draw_nodules(
+    anatomy: &Anatomy,
+    calibration: &Calibration,
+    count: usize,
+    rng: &mut Rng,
+) -> Vec<Nodule> {
+    let mut nodules: Vec<Nodule> = Vec::with_capacity(count);
+    let mut attempts = 0;
+    while nodules.len() < count && attempts < count * 50 {
+        attempts += 1;
+        let features = calibration.draw_features(rng);
+        let location = [
+            Location::Isolated,
+            Location::JuxtaVascular,
+            Location::JuxtaPleural,
+        ][rng.weighted(&[0.5, 0.25, 0.25])];
+        let radius = features.diameter_mm / 2.0;
+        let Some(centre) = place(anatomy, location, radius, rng) else {
+            continue;
+        };
+        // Keep nodules apart from each other.
+        if nodules
+            .iter()
+            .any(|n| distance(n.centre, centre) < n.nominal_diameter_mm / 2.0 + radius + 10.0)
+        {
+            continue;
+        }
+        let mut nodule = shape(centre, radius, &features, location, rng);
+        nodule.p_malignant = calibration.p_malignant(&features);
+        nodule.ratings = calibration.draw_ratings(&features, rng);
+        nodules.push(nodule);
+    }
+    nodules
+}
+
+/// Features a nodule is drawn with (LIDC's: spiculation and lobulation ratings >= 3).
+#[derive(Debug, Clone, Copy)]
+pub struct NoduleFeatures {
+    pub diameter_mm: f64,
+    pub kind: NoduleType,
+    pub spiculated: bool,
+    pub lobulated: bool,
+}
+
+impl NoduleFeatures {
+    /// The margin shown: spiculated wins over lobulated.
+    pub fn margin(&self) -> Margin {
+        if self.spiculated {
+            Margin::Spiculated
+        } else if self.lobulated {
+            Margin::Lobulated
+        } else {
+            Margin::Round
+        }
+    }
+}
+
+fn distance(a: Vec3, b: Vec3) -> f64 {
+    (0..3).map(|i| (a[i] - b[i]).powi(2)).sum::<f64>().sqrt()
+}
+
+/// A random point in the lungs.
+fn lung_point(anatomy: &Anatomy, rng: &mut Rng) -> Vec3 {
+    loop {
+        let lung = &anatomy.lungs[rng.weighted(&[1.0, 1.0])];
+        let (lo, hi) = lung.bounds();
+        let p = [0, 1, 2].map(|a| rng.range(lo[a], hi[a]));
+        if anatomy.in_lung(p) {
+            return p;
+        }
+    }
+}
+
+/// Where a nodule of `radius` goes for its location type, if a spot is found.
+fn place(anatomy: &Anatomy, location: Location, radius: f64, rng: &mut Rng) -> Option<Vec3> {
+    let sphere_in_lung = |c: Vec3, r: f64| {
+        (0..26).all(|k| {
+            let t = k as f64 * 2.399_963;
+            let z = 1.0 - 2.0 * (k as f64 + 0.5) / 26.0;
+            let s = (1.0 - z * z).sqrt();
+            anatomy.in_lung([c[0] + r * s * t.cos(), c[1] + r * s * t.sin(), c[2] + r * z])
+        })
+    };
+    for _ in 0..60 {
+        match location {
+            Location::Isolated => {
+                let p = lung_point(anatomy, rng);
+                let clear_of_vessels = anatomy
+                    .vessels
+                    .iter()
+                    .filter(|v| v.radius > 1.0)
+                    .all(|v| v.axis_distance(p) > v.radius + radius + 2.0);
+                if sphere_in_lung(p, radius + 4.0) && clear_of_vessels {
+                    return Some(p);
+                }
+            }
+            Location::JuxtaPleural => {
+                // March from a lung point to the pleura, then step back in by 0.6 r.
+                let start = lung_point(anatomy, rng);
+                let d = rng.direction();
+                let mut t = 0.0;
+                while anatomy.in_lung([0, 1, 2].map(|a| start[a] + d[a] * t)) && t < 300.0 {
+                    t += 0.5;
+                }
+                let c = [0, 1, 2].map(|a| start[a] + d[a] * (t - 0.6 * radius));
+                if t > radius && anatomy.in_lung(c) {
+                    return Some(c);
+                }
+            }
+            Location::JuxtaVascular => {
+                let vessels: Vec<&Capsule> = anatomy
+                    .vessels
+                    .iter()
+                    .filter(|v| v.radius >= 1.2 && v.radius <= 4.0)
+                    .collect();
+                if vessels.is_empty() {
+                    return None;
+                }
+                let v = vessels[(rng.uniform() * vessels.len() as f64) as usize % vessels.len()];
+                let t = rng.uniform();
+                let on_axis = [0, 1, 2].map(|a| v.a[a] + (v.b[a] - v.a[a]) * t);
+                let d = rng.direction();
+                let c = [0, 1, 2].map(|a| on_axis[a] + d[a] * (v.radius + 0.6 * radius));
+                if sphere_in_lung(c, radius * 0.9) {
+                    return Some(c);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Builds the shape and attenuation of a nodule.
+fn shape(
+    centre: Vec3,
+    radius: f64,
+    features: &NoduleFeatures,
+    location: Location,
+    rng: &mut Rng,
+) -> Nodule {
+    let (kind, margin) = (features.kind, features.margin());
+    let stretch = |rng: &mut Rng| [0, 1, 2].map(|_| radius * rng.range(0.88, 1.12));
+    let mut lobes = vec![Lobe {
+        centre,
+        radii: stretch(rng),
+    }];
+    let mut spicules = Vec::new();
+    if features.lobulated {
+        for _ in 0..(3 + (rng.uniform() * 4.0) as usize) {
+            let d = rng.direction();
+            let r = radius * rng.range(0.4, 0.65);
+            let at = radius * rng.range(0.45, 0.7);
+            lobes.push(Lobe {
+                centre: [0, 1, 2].map(|a| centre[a] + d[a] * at),
+                radii: [r; 3],
+            });
+        }
+    }
+    if features.spiculated {
+        for _ in 0..(6 + (rng.uniform() * 9.0) as usize) {
+            let d = rng.direction();
+            let length = radius * rng.range(0.5, 1.4) + 2.0;
+            spicules.push(Capsule {
+                a: [0, 1, 2].map(|a| centre[a] + d[a] * radius * 0.7),
+                b: [0, 1, 2].map(|a| centre[a] + d[a] * (radius + length)),
+                radius: rng.range(0.35, 0.6),
+            });
+        }
+    }
+    let (base_hu, core_radius, core_hu) = match kind {
+        NoduleType::Solid => (rng.range(10.0, 55.0), 0.0, 0.0),
+        NoduleType::GroundGlass => (rng.range(-680.0, -480.0), 0.0, 0.0),
+        NoduleType::PartSolid => (
+            rng.range(-650.0, -450.0),
+            radius * rng.range(0.3, 0.6),
+            rng.range(0.0, 45.0),
+        ),
+        NoduleType::Calcified => {
+            if rng.uniform() < 0.4 {
+                // Diffusely calcified.
+                let hu = rng.range(350.0, 900.0);
+                (hu, 0.0, hu)
+            } else {
+                (
+                    rng.range(20.0, 50.0),
+                    radius * rng.range(0.35, 0.7),
+                    rng.range(400.0, 1000.0),
+                )
+            }
+        }
+    };
+    let mut lo = [f64::MAX; 3];
+    let mut hi = [f64::MIN; 3];
+    for l in &lobes {
+        for a in 0..3 {
+            lo[a] = lo[a].min(l.centre[a] - l.radii[a]);
+            hi[a] = hi[a].max(l.centre[a] + l.radii[a]);
+        }
+    }
+    for s in &spicules {
+        let (slo, shi) = s.bounds(0.0);
+        for a in 0..3 {
+            lo[a] = lo[a].min(slo[a]);
+            hi[a] = hi[a].max(shi[a]);
+        }
+    }
+    Nodule {
+        centre,
+        nominal_diameter_mm: 2.0 * radius,
+        kind,
+        margin,
+        location,
+        lobes,
+        spicules,
+        core_radius,
+        base_hu,
+        core_hu,
+        bounds: (lo, hi),
+        p_malignant: 0.0,
+        ratings: Vec::new(),
+    }
+}
+
+/// Centre of mass (patient mm), volume (mm^3) and equivalent diameter (mm) of the nodule's
+/// voxels inside the lung, sampled on a 0.25 mm grid.
+pub fn measure(nodule: &Nodule, anatomy: &Anatomy) -> (Vec3, f64, f64) {
+    let step = 0.25;
+    let (lo, hi) = nodule.bounds();
+    let n = [0, 1, 2].map(|a| ((hi[a] - lo[a]) / step).ceil() as usize + 1);
+    let mut sum = [0.0; 3];
+    let mut count = 0usize;
+    for k in 0..n[2] {
+        for j in 0..n[1] {
+            for i in 0..n[0] {
+                let p = [
+                    lo[0] + (i as f64 + 0.5) * step,
+                    lo[1] + (j as f64 + 0.5) * step,
+                    lo[2] + (k as f64 + 0.5) * step,
+                ];
+                if nodule.contains(p) && anatomy.in_lung(p) {
+                    for a in 0..3 {
+                        sum[a] += p[a];
+                    }
+                    count += 1;
+                }
+            }
+        }
+    }
+    let volume = count as f64 * step * step * step;
+    let centre = if count > 0 {
+        sum.map(|s| s / count as f64)
+    } else {
+        nodule.centre
+    };
+    let diameter = (6.0 * volume / std::f64::consts::PI).cbrt();
+    (centre, volume, diameter)
+}
