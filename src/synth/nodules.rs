@@ -113,7 +113,7 @@ pub fn draw_nodules(
     let mut attempts = 0;
     while nodules.len() < count && attempts < count * 50 {
         attempts += 1;
-        let features = calibration.draw_features(rng);
+        let (features, class) = calibration.draw_nodule(rng);
         let location = [
             Location::Isolated,
             Location::JuxtaVascular,
@@ -132,7 +132,7 @@ pub fn draw_nodules(
         }
         let mut nodule = shape(centre, radius, &features, location, rng);
         nodule.p_malignant = calibration.p_malignant(&features);
-        nodule.ratings = calibration.draw_ratings(&features, rng);
+        nodule.ratings = calibration.draw_ratings(class, rng);
         nodules.push(nodule);
     }
     nodules

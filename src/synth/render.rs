@@ -145,10 +145,8 @@ impl<'a> Scene<'a> {
             return -1000.0;
         }
         let in_lung = a.in_lung(p);
-        if in_lung {
-            if let Some(n) = self.nodules.iter().find(|n| n.contains(p)) {
-                return n.hu_at(p);
-            }
+        if in_lung && let Some(n) = self.nodules.iter().find(|n| n.contains(p)) {
+            return n.hu_at(p);
         }
         if let Some((d, _)) = self.airways.nearest(p) {
             if d <= 0.0 {
@@ -159,10 +157,10 @@ impl<'a> Scene<'a> {
             }
         }
         if in_lung {
-            if let Some((d, _)) = self.vessels.nearest(p) {
-                if d <= 0.0 {
-                    return 40.0;
-                }
+            if let Some((d, _)) = self.vessels.nearest(p)
+                && d <= 0.0
+            {
+                return 40.0;
             }
             let texture = 28.0 * value_noise(p, 4.0, self.texture_seed)
                 + 14.0 * value_noise(p, 1.7, self.texture_seed ^ 0xABCD);
@@ -204,10 +202,10 @@ impl<'a> Scene<'a> {
         if (0..3).all(|i| p[i] >= lo[i] && p[i] <= hi[i]) {
             return Some(380.0);
         }
-        if let Some((d, _)) = self.ribs.nearest(p) {
-            if d <= 0.0 {
-                return Some(if d > -1.5 { 700.0 } else { 260.0 });
-            }
+        if let Some((d, _)) = self.ribs.nearest(p)
+            && d <= 0.0
+        {
+            return Some(if d > -1.5 { 700.0 } else { 260.0 });
         }
         None
     }

@@ -319,6 +319,7 @@ pub fn write_ct_series(spec: &SeriesSpec, dir: &Path) -> std::io::Result<Written
             VR::DS,
             decimals(&[spec.pixel_spacing_mm; 2]),
         );
+        put(&mut o, tags::ACQUISITION_NUMBER, VR::IS, s("1"));
         put(&mut o, tags::WINDOW_CENTER, VR::DS, s("-600"));
         put(&mut o, tags::WINDOW_WIDTH, VR::DS, s("1500"));
         put(&mut o, tags::RESCALE_INTERCEPT, VR::DS, s("-1024"));
