@@ -6,6 +6,7 @@
 use crate::synth::anatomy::{Anatomy, Capsule};
 use crate::synth::calibration::Calibration;
 use crate::synth::random::Rng;
+use crate::volume::Volume;
 use crate::volume::geometry::Vec3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -102,9 +103,80 @@ impl Nodule {
     }
 }
 
+/// Where nodules can go: the phantom's analytic lungs, or the segmented lungs of a real series.
+pub trait Lungs {
+    /// Whether `p` (patient mm) is lung parenchyma.
+    fn in_lung(&self, p: Vec3) -> bool;
+    /// A random point of parenchyma.
+    fn random_point(&self, rng: &mut Rng) -> Vec3;
+    /// Vessels a juxta-vascular nodule can sit on (none known: no juxta-vascular nodules).
+    fn vessels(&self) -> &[Capsule];
+}
+
+impl Lungs for Anatomy {
+    fn in_lung(&self, p: Vec3) -> bool {
+        Anatomy::in_lung(self, p)
+    }
+
+    fn random_point(&self, rng: &mut Rng) -> Vec3 {
+        loop {
+            let lung = &self.lungs[rng.weighted(&[1.0, 1.0])];
+            let (lo, hi) = lung.bounds();
+            let p = [0, 1, 2].map(|a| rng.range(lo[a], hi[a]));
+            if Anatomy::in_lung(self, p) {
+                return p;
+            }
+        }
+    }
+
+    fn vessels(&self) -> &[Capsule] {
+        &self.vessels
+    }
+}
+
+/// The lungs of a real series: its 1 mm lung mask, where the tissue is parenchyma (below -500
+/// HU, so not inside vessels or airway walls).
+pub struct SegmentedLungs<'a> {
+    pub hu: &'a Volume<f32>,
+    pub mask: &'a Volume<u8>,
+    /// Offsets of the mask's parenchyma voxels.
+    pub voxels: Vec<usize>,
+}
+
+impl<'a> SegmentedLungs<'a> {
+    pub fn new(hu: &'a Volume<f32>, mask: &'a Volume<u8>) -> Self {
+        let voxels = (0..mask.data.len())
+            .filter(|&v| mask.data[v] == 1 && hu.data[v] < -500.0)
+            .collect();
+        Self { hu, mask, voxels }
+    }
+}
+
+impl Lungs for SegmentedLungs<'_> {
+    fn in_lung(&self, p: Vec3) -> bool {
+        self.mask.nearest(p) == Some(1) && self.hu.nearest(p).is_some_and(|v| v < -500.0)
+    }
+
+    fn random_point(&self, rng: &mut Rng) -> Vec3 {
+        let g = self.mask.geometry;
+        let v =
+            self.voxels[(rng.uniform() * self.voxels.len() as f64) as usize % self.voxels.len()];
+        let ijk = [
+            v % g.size[0],
+            (v / g.size[0]) % g.size[1],
+            v / (g.size[0] * g.size[1]),
+        ];
+        g.index_to_patient(ijk.map(|i| i as f64))
+    }
+
+    fn vessels(&self) -> &[Capsule] {
+        &[]
+    }
+}
+
 /// Draws the nodules of one study.
 pub fn draw_nodules(
-    anatomy: &Anatomy,
+    anatomy: &impl Lungs,
     calibration: &Calibration,
     count: usize,
     rng: &mut Rng,
@@ -164,20 +236,8 @@ fn distance(a: Vec3, b: Vec3) -> f64 {
     (0..3).map(|i| (a[i] - b[i]).powi(2)).sum::<f64>().sqrt()
 }
 
-/// A random point in the lungs.
-fn lung_point(anatomy: &Anatomy, rng: &mut Rng) -> Vec3 {
-    loop {
-        let lung = &anatomy.lungs[rng.weighted(&[1.0, 1.0])];
-        let (lo, hi) = lung.bounds();
-        let p = [0, 1, 2].map(|a| rng.range(lo[a], hi[a]));
-        if anatomy.in_lung(p) {
-            return p;
-        }
-    }
-}
-
 /// Where a nodule of `radius` goes for its location type, if a spot is found.
-fn place(anatomy: &Anatomy, location: Location, radius: f64, rng: &mut Rng) -> Option<Vec3> {
+fn place(anatomy: &impl Lungs, location: Location, radius: f64, rng: &mut Rng) -> Option<Vec3> {
     let sphere_in_lung = |c: Vec3, r: f64| {
         (0..26).all(|k| {
             let t = k as f64 * 2.399_963;
@@ -189,9 +249,9 @@ fn place(anatomy: &Anatomy, location: Location, radius: f64, rng: &mut Rng) -> O
     for _ in 0..60 {
         match location {
             Location::Isolated => {
-                let p = lung_point(anatomy, rng);
+                let p = anatomy.random_point(rng);
                 let clear_of_vessels = anatomy
-                    .vessels
+                    .vessels()
                     .iter()
                     .filter(|v| v.radius > 1.0)
                     .all(|v| v.axis_distance(p) > v.radius + radius + 2.0);
@@ -201,7 +261,7 @@ fn place(anatomy: &Anatomy, location: Location, radius: f64, rng: &mut Rng) -> O
             }
             Location::JuxtaPleural => {
                 // March from a lung point to the pleura, then step back in by 0.6 r.
-                let start = lung_point(anatomy, rng);
+                let start = anatomy.random_point(rng);
                 let d = rng.direction();
                 let mut t = 0.0;
                 while anatomy.in_lung([0, 1, 2].map(|a| start[a] + d[a] * t)) && t < 300.0 {
@@ -214,7 +274,7 @@ fn place(anatomy: &Anatomy, location: Location, radius: f64, rng: &mut Rng) -> O
             }
             Location::JuxtaVascular => {
                 let vessels: Vec<&Capsule> = anatomy
-                    .vessels
+                    .vessels()
                     .iter()
                     .filter(|v| v.radius >= 1.2 && v.radius <= 4.0)
                     .collect();
@@ -328,7 +388,7 @@ fn shape(
 
 /// Centre of mass (patient mm), volume (mm^3) and equivalent diameter (mm) of the nodule's
 /// voxels inside the lung, sampled on a 0.25 mm grid.
-pub fn measure(nodule: &Nodule, anatomy: &Anatomy) -> (Vec3, f64, f64) {
+pub fn measure(nodule: &Nodule, anatomy: &impl Lungs) -> (Vec3, f64, f64) {
     let step = 0.25;
     let (lo, hi) = nodule.bounds();
     let n = [0, 1, 2].map(|a| ((hi[a] - lo[a]) / step).ceil() as usize + 1);

@@ -6,7 +6,7 @@
 
 use crate::synth::anatomy::Anatomy;
 use crate::synth::calibration::Calibration;
-use crate::synth::nodules::{Location, Margin, Nodule, NoduleType, draw_nodules, measure};
+use crate::synth::nodules::{Location, Lungs, Margin, Nodule, NoduleType, draw_nodules, measure};
 use crate::synth::preview::write_preview;
 use crate::synth::random::Rng;
 use crate::synth::render::{Physics, Scene, render};
@@ -79,27 +79,32 @@ impl Phantom {
     }
 
     fn truth(&self) -> Vec<TruthNodule> {
-        self.nodules
-            .iter()
-            .enumerate()
-            .map(|(n, nodule)| {
-                let (centre, volume, diameter) = measure(nodule, &self.anatomy);
-                TruthNodule {
-                    label: (n + 1) as u8,
-                    center_mm: centre,
-                    diameter_mm: diameter,
-                    volume_mm3: volume,
-                    kind: nodule.kind,
-                    margin: nodule.margin,
-                    location: nodule.location,
-                    ratings: nodule.ratings.clone(),
-                    malignancy_median: nodule.malignancy_median(),
-                    marginal: nodule.marginal(),
-                    p_malignant: nodule.p_malignant,
-                }
-            })
-            .collect()
+        truth_of(&self.nodules, &self.anatomy)
     }
+}
+
+/// Ground truth of nodules, measured on their voxels inside `lungs`.
+pub fn truth_of(nodules: &[Nodule], lungs: &impl Lungs) -> Vec<TruthNodule> {
+    nodules
+        .iter()
+        .enumerate()
+        .map(|(n, nodule)| {
+            let (centre, volume, diameter) = measure(nodule, lungs);
+            TruthNodule {
+                label: (n + 1) as u8,
+                center_mm: centre,
+                diameter_mm: diameter,
+                volume_mm3: volume,
+                kind: nodule.kind,
+                margin: nodule.margin,
+                location: nodule.location,
+                ratings: nodule.ratings.clone(),
+                malignancy_median: nodule.malignancy_median(),
+                marginal: nodule.marginal(),
+                p_malignant: nodule.p_malignant,
+            }
+        })
+        .collect()
 }
 
 /// Writes a study into `out`: `dicom/CT*.dcm`, `truth.json`, `truth_mask.mhd/.raw`,
@@ -116,8 +121,6 @@ pub fn write_study(
     std::fs::create_dir_all(out)?;
     let hu = sorted_volume(spec, &rendered.planes);
     let mask = sorted_volume(spec, &rendered.labels);
-    write_preview(&out.join("preview.png"), &hu, &mask, preview_point(&mask))?;
-    drop(hu);
     let series_spec = SeriesSpec {
         content: Content::Planes(Arc::new(rendered.planes)),
         ..spec.clone()
@@ -129,8 +132,19 @@ pub fn write_study(
         seed: spec.seed,
         nodules: phantom.truth(),
     };
-    std::fs::write(out.join("truth.json"), serde_json::to_vec_pretty(&truth)?)?;
-    metaimage::write(&out.join("truth_mask.mhd"), &mask)?;
+    write_ground_truth(out, &truth, &mask, &hu)?;
+    Ok(truth)
+}
+
+/// Writes `truth.json`, `truth_mask.mhd/.raw`, `annotations.csv` and `preview.png` into `out`.
+pub fn write_ground_truth(
+    out: &Path,
+    truth: &Truth,
+    mask: &Volume<u8>,
+    hu: &Volume<f32>,
+) -> anyhow::Result<()> {
+    std::fs::write(out.join("truth.json"), serde_json::to_vec_pretty(truth)?)?;
+    metaimage::write(&out.join("truth_mask.mhd"), mask)?;
     let mut csv = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm\n");
     for n in &truth.nodules {
         csv.push_str(&format!(
@@ -139,7 +153,8 @@ pub fn write_study(
         ));
     }
     std::fs::write(out.join("annotations.csv"), csv)?;
-    Ok(truth)
+    write_preview(&out.join("preview.png"), hu, mask, preview_point(mask))?;
+    Ok(())
 }
 
 /// Planes in file order as a volume sorted along the slice normal.
