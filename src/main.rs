@@ -58,6 +58,9 @@ enum Command {
         /// Noise standard deviation at 1.25 mm slices, HU.
         #[arg(long, default_value_t = 22.0)]
         noise: f64,
+        /// Insert the nodules into this real CT series instead (geometry options are ignored).
+        #[arg(long)]
+        into: Option<PathBuf>,
     },
     /// Read a CT series folder, resample it to 1 mm and segment the lungs; print what was found
     /// and optionally write the volume and the mask as MetaImage (for 3D Slicer, ITK-SNAP).
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
             position,
             transfer_syntax,
             noise,
+            into,
         } => synth(SynthArgs {
             out,
             seed,
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
             position,
             transfer_syntax,
             noise,
+            into,
         }),
         Command::Bench {
             which:
@@ -176,6 +181,7 @@ struct SynthArgs {
     position: String,
     transfer_syntax: String,
     noise: f64,
+    into: Option<PathBuf>,
 }
 
 fn synth(args: SynthArgs) -> anyhow::Result<()> {
@@ -220,11 +226,20 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
         },
     };
     let started = std::time::Instant::now();
-    let truth = write_study(&options, &Calibration::lidc(), &args.out)?;
+    let truth = match &args.into {
+        Some(real) => jnsc::synth::insert::insert_nodules(
+            real,
+            &args.out,
+            args.nodules.unwrap_or(3),
+            args.seed,
+            &Calibration::lidc(),
+            &options.physics,
+        )?,
+        None => write_study(&options, &Calibration::lidc(), &args.out)?,
+    };
     println!(
-        "wrote series {} ({} slices) to {} in {:.1} s",
+        "wrote series {} to {} in {:.1} s",
         truth.series_uid,
-        args.slices,
         args.out.join("dicom").display(),
         started.elapsed().as_secs_f64()
     );

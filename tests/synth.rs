@@ -277,3 +277,49 @@ fn training_volumes_come_without_dicom_and_label_their_nodules() {
         .count();
     assert!(lung > 100_000, "lung voxels: {lung}");
 }
+
+#[test]
+fn nodules_inserted_into_a_real_series_are_where_the_truth_says() {
+    let real =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ct/pancreatic-ct-cbct-seg");
+    let out = scratch();
+    let truth = jnsc::synth::insert::insert_nodules(
+        &real,
+        &out,
+        2,
+        8,
+        &Calibration::lidc(),
+        &Physics::default(),
+    )
+    .unwrap();
+    assert_eq!(truth.nodules.len(), 2);
+    let original = load_series(&files_in(&real).unwrap()).unwrap();
+    let inserted = load_series(&files_in(&out.join("dicom")).unwrap()).unwrap();
+    assert_eq!(inserted.series_uid, truth.series_uid);
+    assert_ne!(inserted.series_uid, original.series_uid);
+    assert_eq!(inserted.geometry(), original.geometry());
+    let g = inserted.geometry();
+    let mut changed = 0usize;
+    for (a, b) in original.hu.iter().zip(&inserted.hu) {
+        if (a - b).abs() > 0.5 {
+            changed += 1;
+        }
+    }
+    // Only the nodules (and their blurred rims) changed: a few thousand pixels at most.
+    assert!(
+        changed > 20 && changed < 200_000,
+        "{changed} pixels changed"
+    );
+    for n in &truth.nodules {
+        let ijk = g.patient_to_index(n.center_mm).map(|v| v.round() as usize);
+        let v = g.offset(ijk[0], ijk[1], ijk[2]);
+        assert!(
+            inserted.hu[v] > original.hu[v] + 100.0,
+            "nodule {} at {:?}: {} HU was {} HU",
+            n.label,
+            n.center_mm,
+            inserted.hu[v],
+            original.hu[v]
+        );
+    }
+}

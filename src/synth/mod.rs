@@ -4,6 +4,7 @@
 
 pub mod anatomy;
 pub mod calibration;
+pub mod insert;
 pub mod nodules;
 pub mod preview;
 pub mod random;
