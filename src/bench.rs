@@ -10,7 +10,7 @@ use crate::synth::series::{SeriesSpec, write_ct_series};
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,15 +26,7 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
             bail!("{tool} not found: install DCMTK (apt-get install -y dcmtk)");
         }
     }
-    let work = std::env::temp_dir().join(format!("jnsc-bench-{}", std::process::id()));
-    let data = work.join("series");
-    let spec = SeriesSpec {
-        slices,
-        rows: size,
-        columns: size,
-        ..SeriesSpec::default()
-    };
-    write_ct_series(&spec, &data)?;
+    let (work, data) = bench_series("ingest", slices, size)?;
     let bytes: u64 = std::fs::read_dir(&data)?
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
@@ -81,6 +73,20 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// A scratch folder for a benchmark and a synthetic series written into it.
+fn bench_series(name: &str, slices: usize, size: u16) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let work = std::env::temp_dir().join(format!("jnsc-bench-{name}-{}", std::process::id()));
+    let data = work.join("series");
+    let spec = SeriesSpec {
+        slices,
+        rows: size,
+        columns: size,
+        ..SeriesSpec::default()
+    };
+    write_ct_series(&spec, &data)?;
+    Ok((work, data))
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -199,15 +205,7 @@ const SITK_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/sitk_res
 pub fn volume(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
     use crate::volume::resample::{Interpolation, resample_isotropic};
     use crate::volume::series::{files_in, load_series};
-    let work = std::env::temp_dir().join(format!("jnsc-bench-volume-{}", std::process::id()));
-    let data = work.join("series");
-    let spec = SeriesSpec {
-        slices,
-        rows: size,
-        columns: size,
-        ..SeriesSpec::default()
-    };
-    write_ct_series(&spec, &data)?;
+    let (work, data) = bench_series("volume", slices, size)?;
     let files = files_in(&data)?;
     println!(
         "series: {slices} slices of {size}x{size} (0.7 mm pixels, 1.25 mm slices) -> 1 mm, cubic B-spline"

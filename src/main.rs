@@ -30,38 +30,7 @@ enum Command {
     },
     /// Write a synthetic chest CT study with nodules and ground truth: DIR/dicom/CT*.dcm,
     /// DIR/truth.json, DIR/truth_mask.mhd, DIR/annotations.csv, DIR/preview.png.
-    Synth {
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[arg(long, default_value_t = 300)]
-        slices: usize,
-        /// Rows and columns of each slice.
-        #[arg(long, default_value_t = 512)]
-        size: u16,
-        /// In-plane pixel spacing, mm (0.5-1.0).
-        #[arg(long, default_value_t = 0.7)]
-        pixel_spacing: f64,
-        /// Slice spacing and thickness, mm (0.625-5).
-        #[arg(long, default_value_t = 1.25)]
-        slice_spacing: f64,
-        /// Number of nodules (default: 0-4, drawn like screening studies).
-        #[arg(long)]
-        nodules: Option<usize>,
-        /// Patient position: HFS, FFS (supine) or HFP, FFP (prone).
-        #[arg(long, default_value = "FFS")]
-        position: String,
-        /// explicit or implicit (VR little endian).
-        #[arg(long, default_value = "explicit")]
-        transfer_syntax: String,
-        /// Noise standard deviation at 1.25 mm slices, HU.
-        #[arg(long, default_value_t = 22.0)]
-        noise: f64,
-        /// Insert the nodules into this real CT series instead (geometry options are ignored).
-        #[arg(long)]
-        into: Option<PathBuf>,
-    },
+    Synth(SynthArgs),
     /// Read a CT series folder, resample it to 1 mm and segment the lungs; print what was found
     /// and optionally write the volume and the mask as MetaImage (for 3D Slicer, ITK-SNAP).
     Volume {
@@ -113,31 +82,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Synth {
-            out,
-            seed,
-            slices,
-            size,
-            pixel_spacing,
-            slice_spacing,
-            nodules,
-            position,
-            transfer_syntax,
-            noise,
-            into,
-        } => synth(SynthArgs {
-            out,
-            seed,
-            slices,
-            size,
-            pixel_spacing,
-            slice_spacing,
-            nodules,
-            position,
-            transfer_syntax,
-            noise,
-            into,
-        }),
+        Command::Synth(args) => synth(args),
         Command::Bench {
             which:
                 BenchCommand::Ingest {
@@ -170,17 +115,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// Options of `jnsc synth`.
+#[derive(clap::Args)]
 struct SynthArgs {
+    #[arg(long)]
     out: PathBuf,
+    #[arg(long, default_value_t = 1)]
     seed: u64,
+    #[arg(long, default_value_t = 300)]
     slices: usize,
+    /// Rows and columns of each slice.
+    #[arg(long, default_value_t = 512)]
     size: u16,
+    /// In-plane pixel spacing, mm (0.5-1.0).
+    #[arg(long, default_value_t = 0.7)]
     pixel_spacing: f64,
+    /// Slice spacing and thickness, mm (0.625-5).
+    #[arg(long, default_value_t = 1.25)]
     slice_spacing: f64,
+    /// Number of nodules (default: 0-4, drawn like screening studies).
+    #[arg(long)]
     nodules: Option<usize>,
+    /// Patient position: HFS, FFS (supine) or HFP, FFP (prone).
+    #[arg(long, default_value = "FFS")]
     position: String,
+    /// explicit or implicit (VR little endian).
+    #[arg(long, default_value = "explicit")]
     transfer_syntax: String,
+    /// Noise standard deviation at 1.25 mm slices, HU.
+    #[arg(long, default_value_t = 22.0)]
     noise: f64,
+    /// Insert the nodules into this real CT series instead (geometry options are ignored).
+    #[arg(long)]
     into: Option<PathBuf>,
 }
 
