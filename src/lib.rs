@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod jnsc;
 pub mod net;
 pub mod node;
 pub mod pipeline;

@@ -1,0 +1,4 @@
+//! JNSC, the joint nodule detection, segmentation and classification network, in Candle:
+//! `ops3d` holds the 3-D operators Candle lacks (custom ops with CPU kernels).
+
+pub mod ops3d;

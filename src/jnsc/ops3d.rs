@@ -1,0 +1,662 @@
+//! 3-D operators Candle lacks, as custom ops with their own CPU kernels.
+//!
+//! `conv3d`: k x k x k convolution, stride 1, "same" zero padding, no bias, f32, on
+//! [N, C, D, H, W] inputs and [O, C, k, k, k] weights. The CPU kernel never builds a
+//! whole-volume im2col: positions are cut into tiles of `TILE` output voxels, each tile's
+//! im2col block (C k^3 x TILE) is built and multiplied by the weights with the `gemm` crate,
+//! tiles run in parallel with rayon (see ../shared/DESIGN.md for the measurements behind this).
+//! Backward: the input gradient is the same convolution of the output gradient with the
+//! weights transposed (O <-> C) and flipped; the weight gradient is a tiled im2col product with
+//! its own kernel (`Conv3dWeightGrad`).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+/// Output voxels per im2col tile (a tile's block stays in the L2 cache for C k^3 <= ~1000).
+const TILE: usize = 256;
+
+/// Shape of a convolution problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dims {
+    batch: usize,
+    channels: usize,
+    depth: usize,
+    height: usize,
+    width: usize,
+    kernel: usize,
+}
+
+impl Dims {
+    fn positions(&self) -> usize {
+        self.depth * self.height * self.width
+    }
+
+    /// Rows of an im2col block: channels x kernel^3.
+    fn patch(&self) -> usize {
+        self.channels * self.kernel * self.kernel * self.kernel
+    }
+
+    /// Fills `block` (patch x `len`) with the input voxels seen by output positions
+    /// `start..start + len` of batch item `input` (one item, C x D x H x W).
+    fn im2col(&self, input: &[f32], start: usize, len: usize, block: &mut [f32]) {
+        let k = self.kernel;
+        let pad = (k / 2) as isize;
+        let (d, h, w) = (
+            self.depth as isize,
+            self.height as isize,
+            self.width as isize,
+        );
+        let plane = self.height * self.width;
+        let volume = self.depth * plane;
+        let mut row = 0;
+        for c in 0..self.channels {
+            let source = &input[c * volume..(c + 1) * volume];
+            for kz in 0..k as isize {
+                for ky in 0..k as isize {
+                    for kx in 0..k as isize {
+                        let out = &mut block[row * len..(row + 1) * len];
+                        for (t, o) in out.iter_mut().enumerate() {
+                            let p = start + t;
+                            let z = (p / plane) as isize + kz - pad;
+                            let y = ((p / self.width) % self.height) as isize + ky - pad;
+                            let x = (p % self.width) as isize + kx - pad;
+                            *o = if z < 0 || y < 0 || x < 0 || z >= d || y >= h || x >= w {
+                                0.0
+                            } else {
+                                source[((z * h + y) * w + x) as usize]
+                            };
+                        }
+                        row += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst (m x n) = lhs (m x k) x rhs`, row-major; `rhs` is k x n, or n x k when
+/// `rhs_transposed`. With `accumulate`, adds to `dst` instead.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    dst: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    rhs_transposed: bool,
+    accumulate: bool,
+) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    let (rhs_rs, rhs_cs) = if rhs_transposed {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
+    // SAFETY: the asserts above keep every index gemm computes from these strides in bounds.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// A contiguous f32 slice of a CPU tensor argument, or an error saying why not.
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        bail!("conv3d: {what} must be f32, got {:?}", storage.dtype());
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("conv3d: {what} must be contiguous");
+    };
+    Ok(&data[start..end])
+}
+
+fn input_dims(layout: &Layout, kernel: usize) -> Result<Dims> {
+    let &[batch, channels, depth, height, width] = layout.shape().dims() else {
+        bail!(
+            "conv3d: input must be [N, C, D, H, W], got {:?}",
+            layout.shape()
+        );
+    };
+    Ok(Dims {
+        batch,
+        channels,
+        depth,
+        height,
+        width,
+        kernel,
+    })
+}
+
+/// The forward convolution (also the input gradient, with transposed flipped weights).
+struct Conv3d;
+
+impl CustomOp2 for Conv3d {
+    fn name(&self) -> &'static str {
+        "conv3d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let &[outputs, channels, k, k2, k3] = l2.shape().dims() else {
+            bail!(
+                "conv3d: weight must be [O, C, k, k, k], got {:?}",
+                l2.shape()
+            );
+        };
+        if k != k2 || k != k3 || k % 2 == 0 {
+            bail!("conv3d: kernel must be cubic with an odd size, got {k}x{k2}x{k3}");
+        }
+        let dims = input_dims(l1, k)?;
+        if dims.channels != channels {
+            bail!(
+                "conv3d: input has {} channels, weight expects {channels}",
+                dims.channels
+            );
+        }
+        let input = f32_slice(s1, l1, "input")?;
+        let weight = f32_slice(s2, l2, "weight")?;
+        let positions = dims.positions();
+        let volume_in = channels * positions;
+        let patch = dims.patch();
+        let tiles: Vec<(usize, usize)> = (0..dims.batch)
+            .flat_map(|n| (0..positions).step_by(TILE).map(move |s| (n, s)))
+            .collect();
+        let results: Vec<Vec<f32>> = tiles
+            .par_iter()
+            .map_init(
+                || vec![0f32; patch * TILE],
+                |block, &(n, start)| {
+                    let len = TILE.min(positions - start);
+                    let item = &input[n * volume_in..(n + 1) * volume_in];
+                    dims.im2col(item, start, len, &mut block[..patch * len]);
+                    let mut out = vec![0f32; outputs * len];
+                    matmul(
+                        &mut out,
+                        weight,
+                        &block[..patch * len],
+                        outputs,
+                        len,
+                        patch,
+                        false,
+                        false,
+                    );
+                    out
+                },
+            )
+            .collect();
+        let mut output = vec![0f32; dims.batch * outputs * positions];
+        for (&(n, start), tile) in tiles.iter().zip(&results) {
+            let len = tile.len() / outputs;
+            for o in 0..outputs {
+                let at = (n * outputs + o) * positions + start;
+                output[at..at + len].copy_from_slice(&tile[o * len..(o + 1) * len]);
+            }
+        }
+        let shape = Shape::from(vec![
+            dims.batch,
+            outputs,
+            dims.depth,
+            dims.height,
+            dims.width,
+        ]);
+        Ok((CpuStorage::F32(output), shape))
+    }
+
+    fn bwd(
+        &self,
+        input: &Tensor,
+        weight: &Tensor,
+        _result: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let grad_input = conv3d(&grad, &transposed_flipped(weight)?)?;
+        let grad_weight = input.contiguous()?.apply_op2_no_bwd(
+            &grad,
+            &Conv3dWeightGrad {
+                kernel: weight.dim(2)?,
+            },
+        )?;
+        Ok((Some(grad_input), Some(grad_weight)))
+    }
+}
+
+/// Weight gradient: dW[o, c, kz, ky, kx] = sum over batch and positions of
+/// grad[n, o, p] * input[n, c, p + (kz, ky, kx) - pad]. Arguments: input, output gradient.
+struct Conv3dWeightGrad {
+    kernel: usize,
+}
+
+impl CustomOp2 for Conv3dWeightGrad {
+    fn name(&self) -> &'static str {
+        "conv3d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = input_dims(l1, self.kernel)?;
+        let &[batch, outputs, ..] = l2.shape().dims() else {
+            bail!("conv3d: gradient must be [N, O, D, H, W]");
+        };
+        if batch != dims.batch || l2.shape().dims()[2..] != l1.shape().dims()[2..] {
+            bail!(
+                "conv3d: gradient {:?} does not match input {:?}",
+                l2.shape(),
+                l1.shape()
+            );
+        }
+        let input = f32_slice(s1, l1, "input")?;
+        let grad = f32_slice(s2, l2, "gradient")?;
+        let positions = dims.positions();
+        let patch = dims.patch();
+        let volume_in = dims.channels * positions;
+        let tiles: Vec<(usize, usize)> = (0..dims.batch)
+            .flat_map(|n| (0..positions).step_by(TILE).map(move |s| (n, s)))
+            .collect();
+        let total = tiles
+            .par_iter()
+            .fold(
+                || {
+                    (
+                        vec![0f32; outputs * patch],
+                        vec![0f32; patch * TILE],
+                        vec![0f32; outputs * TILE],
+                    )
+                },
+                |(mut acc, mut block, mut g), &(n, start)| {
+                    let len = TILE.min(positions - start);
+                    dims.im2col(
+                        &input[n * volume_in..(n + 1) * volume_in],
+                        start,
+                        len,
+                        &mut block[..patch * len],
+                    );
+                    for o in 0..outputs {
+                        let at = (n * outputs + o) * positions + start;
+                        g[o * len..(o + 1) * len].copy_from_slice(&grad[at..at + len]);
+                    }
+                    // acc (O x patch) += g (O x len) x block^T (len x patch)
+                    matmul(
+                        &mut acc,
+                        &g[..outputs * len],
+                        &block[..patch * len],
+                        outputs,
+                        patch,
+                        len,
+                        true,
+                        true,
+                    );
+                    (acc, block, g)
+                },
+            )
+            .map(|(acc, _, _)| acc)
+            .reduce(
+                || vec![0f32; outputs * patch],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        let k = self.kernel;
+        Ok((
+            CpuStorage::F32(total),
+            Shape::from(vec![outputs, dims.channels, k, k, k]),
+        ))
+    }
+}
+
+/// [O, C, k, k, k] -> [C, O, k, k, k] with every spatial axis reversed: the weights whose
+/// convolution with the output gradient gives the input gradient.
+fn transposed_flipped(weight: &Tensor) -> Result<Tensor> {
+    let k = weight.dim(2)?;
+    let reversed: Vec<u32> = (0..k as u32).rev().collect();
+    let reversed = Tensor::new(reversed.as_slice(), weight.device())?;
+    weight
+        .transpose(0, 1)?
+        .contiguous()?
+        .index_select(&reversed, 2)?
+        .index_select(&reversed, 3)?
+        .index_select(&reversed, 4)?
+        .contiguous()
+}
+
+/// 3-D convolution, stride 1, same zero padding, no bias: x [N, C, D, H, W], w [O, C, k, k, k]
+/// (k odd) -> [N, O, D, H, W]. Differentiable in both arguments.
+pub fn conv3d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, Conv3d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    struct Case {
+        n: usize,
+        c: usize,
+        o: usize,
+        d: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+    }
+
+    /// Naive f64 convolution: out[n, o, z, y, x].
+    fn naive(case: &Case, x: &[f32], w: &[f32]) -> Vec<f64> {
+        let Case {
+            n,
+            c,
+            o,
+            d,
+            h,
+            w: wd,
+            k,
+        } = *case;
+        let pad = (k / 2) as isize;
+        let mut out = vec![0f64; n * o * d * h * wd];
+        for b in 0..n {
+            for oc in 0..o {
+                for z in 0..d {
+                    for y in 0..h {
+                        for xx in 0..wd {
+                            let mut s = 0f64;
+                            for ic in 0..c {
+                                for kz in 0..k {
+                                    for ky in 0..k {
+                                        for kx in 0..k {
+                                            let (zz, yy, xs) = (
+                                                z as isize + kz as isize - pad,
+                                                y as isize + ky as isize - pad,
+                                                xx as isize + kx as isize - pad,
+                                            );
+                                            if zz < 0
+                                                || yy < 0
+                                                || xs < 0
+                                                || zz >= d as isize
+                                                || yy >= h as isize
+                                                || xs >= wd as isize
+                                            {
+                                                continue;
+                                            }
+                                            let xi = (((b * c + ic) * d + zz as usize) * h
+                                                + yy as usize)
+                                                * wd
+                                                + xs as usize;
+                                            let wi = (((oc * c + ic) * k + kz) * k + ky) * k + kx;
+                                            s += f64::from(x[xi]) * f64::from(w[wi]);
+                                        }
+                                    }
+                                }
+                            }
+                            out[(((b * o + oc) * d + z) * h + y) * wd + xx] = s;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn cases() -> Vec<Case> {
+        vec![
+            Case {
+                n: 1,
+                c: 1,
+                o: 1,
+                d: 4,
+                h: 4,
+                w: 4,
+                k: 3,
+            },
+            Case {
+                n: 2,
+                c: 3,
+                o: 5,
+                d: 5,
+                h: 6,
+                w: 7,
+                k: 3,
+            },
+            Case {
+                n: 1,
+                c: 4,
+                o: 2,
+                d: 9,
+                h: 3,
+                w: 11,
+                k: 1,
+            },
+            Case {
+                n: 2,
+                c: 2,
+                o: 3,
+                d: 7,
+                h: 8,
+                w: 5,
+                k: 5,
+            },
+            // More positions than one tile, with a partial last tile.
+            Case {
+                n: 1,
+                c: 2,
+                o: 3,
+                d: 7,
+                h: 9,
+                w: 11,
+                k: 3,
+            },
+        ]
+    }
+
+    fn max_diff(a: &[f32], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (f64::from(*x) - y).abs())
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn forward_matches_the_naive_convolution() {
+        for (i, case) in cases().iter().enumerate() {
+            let xs = values(case.n * case.c * case.d * case.h * case.w, 2 * i as u64 + 1);
+            let ws = values(case.o * case.c * case.k.pow(3), 2 * i as u64 + 2);
+            let x = Tensor::from_slice(&xs, (case.n, case.c, case.d, case.h, case.w), &Device::Cpu)
+                .unwrap();
+            let w = Tensor::from_slice(&ws, (case.o, case.c, case.k, case.k, case.k), &Device::Cpu)
+                .unwrap();
+            let y = conv3d(&x, &w).unwrap();
+            assert_eq!(y.dims(), [case.n, case.o, case.d, case.h, case.w]);
+            let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let diff = max_diff(&got, &naive(case, &xs, &ws));
+            assert!(diff < 1e-4, "case {i}: max diff {diff}");
+        }
+    }
+
+    /// Gradients against the naive convolution's exact gradients: with loss = sum(g * y),
+    /// dL/dx and dL/dw are sums over the same products the forward makes.
+    #[test]
+    fn gradients_match_the_naive_gradients() {
+        for (i, case) in cases().iter().enumerate() {
+            let xs = values(case.n * case.c * case.d * case.h * case.w, 10 + i as u64);
+            let ws = values(case.o * case.c * case.k.pow(3), 20 + i as u64);
+            let gs = values(case.n * case.o * case.d * case.h * case.w, 30 + i as u64);
+            let x = Var::from_tensor(
+                &Tensor::from_slice(&xs, (case.n, case.c, case.d, case.h, case.w), &Device::Cpu)
+                    .unwrap(),
+            )
+            .unwrap();
+            let w = Var::from_tensor(
+                &Tensor::from_slice(&ws, (case.o, case.c, case.k, case.k, case.k), &Device::Cpu)
+                    .unwrap(),
+            )
+            .unwrap();
+            let g = Tensor::from_slice(&gs, (case.n, case.o, case.d, case.h, case.w), &Device::Cpu)
+                .unwrap();
+            let loss = (conv3d(x.as_tensor(), w.as_tensor()).unwrap() * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            let gx = grads
+                .get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let gw = grads
+                .get(w.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            // Exact gradients by perturbing one coordinate at a time is O(n^2); instead use
+            // linearity: dL/dx[j] = L(e_j) for the naive convolution with x = e_j, and likewise
+            // for w. Check a spread of coordinates.
+            let loss_of = |x: &[f32], w: &[f32]| -> f64 {
+                naive(case, x, w)
+                    .iter()
+                    .zip(&gs)
+                    .map(|(y, g)| y * f64::from(*g))
+                    .sum()
+            };
+            for j in (0..xs.len()).step_by(xs.len() / 17 + 1) {
+                let mut e = vec![0f32; xs.len()];
+                e[j] = 1.0;
+                let expected = loss_of(&e, &ws);
+                assert!(
+                    (f64::from(gx[j]) - expected).abs() < 1e-4,
+                    "case {i} dx[{j}]: {} vs {expected}",
+                    gx[j]
+                );
+            }
+            for j in (0..ws.len()).step_by(ws.len() / 13 + 1) {
+                let mut e = vec![0f32; ws.len()];
+                e[j] = 1.0;
+                let expected = loss_of(&xs, &e);
+                assert!(
+                    (f64::from(gw[j]) - expected).abs() < 1e-3,
+                    "case {i} dw[{j}]: {} vs {expected}",
+                    gw[j]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let case = Case {
+            n: 1,
+            c: 2,
+            o: 2,
+            d: 5,
+            h: 4,
+            w: 6,
+            k: 3,
+        };
+        let xs = values(case.c * 5 * 4 * 6, 41);
+        let ws = values(case.o * case.c * 27, 42);
+        let loss = |x: &[f32], w: &[f32]| -> f64 {
+            let x = Tensor::from_slice(x, (1, 2, 5, 4, 6), &Device::Cpu).unwrap();
+            let w = Tensor::from_slice(w, (2, 2, 3, 3, 3), &Device::Cpu).unwrap();
+            let y = conv3d(&x, &w).unwrap();
+            f64::from(
+                y.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap(),
+            )
+        };
+        let x = Var::from_tensor(&Tensor::from_slice(&xs, (1, 2, 5, 4, 6), &Device::Cpu).unwrap())
+            .unwrap();
+        let w = Var::from_tensor(&Tensor::from_slice(&ws, (2, 2, 3, 3, 3), &Device::Cpu).unwrap())
+            .unwrap();
+        let grads = conv3d(x.as_tensor(), w.as_tensor())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gw = grads
+            .get(w.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let eps = 1e-2f32;
+        for j in [0usize, 13, 50, 107] {
+            let (mut up, mut down) = (ws.clone(), ws.clone());
+            up[j] += eps;
+            down[j] -= eps;
+            let numeric = (loss(&xs, &up) - loss(&xs, &down)) / (2.0 * f64::from(eps));
+            assert!(
+                (numeric - f64::from(gw[j])).abs() < 2e-2 * numeric.abs().max(1.0),
+                "dw[{j}]: {numeric} vs {}",
+                gw[j]
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_clear_errors() {
+        let x = Tensor::zeros((1, 2, 4, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::zeros((3, 5, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
+        let e = conv3d(&x, &w).unwrap_err().to_string();
+        assert!(e.contains("channels"), "{e}");
+        let w = Tensor::zeros((3, 2, 2, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        assert!(conv3d(&x, &w).unwrap_err().to_string().contains("odd"));
+        let x64 = Tensor::zeros((1, 2, 4, 4, 4), DType::F64, &Device::Cpu).unwrap();
+        let w = Tensor::zeros((3, 2, 3, 3, 3), DType::F64, &Device::Cpu).unwrap();
+        assert!(conv3d(&x64, &w).unwrap_err().to_string().contains("f32"));
+    }
+}
