@@ -8,6 +8,12 @@
 //! Backward: the input gradient is the same convolution of the output gradient with the
 //! weights transposed (O <-> C) and flipped; the weight gradient is a tiled im2col product with
 //! its own kernel (`Conv3dWeightGrad`).
+//!
+//! The other operators are compositions of Candle operations (so Candle derives their
+//! gradients): 2x2x2 stride-2 down-convolution and transposed up-convolution as reshape/permute
+//! + matmul, 2x2x2 max-pooling as reshape + max, instance normalisation with ReLU, spatial
+//! dropout, and the crop + adaptive max-pooling of the classification path. Weight layouts are
+//! PyTorch's, so a PyTorch model's weights load unchanged.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
@@ -357,6 +363,112 @@ pub fn conv3d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, Conv3d)
 }
 
+/// The three spatial sizes of an [N, C, D, H, W] tensor, which must all be even.
+fn even_spatial(x: &Tensor, op: &str) -> Result<(usize, usize, usize, usize, usize)> {
+    let (n, c, d, h, w) = x.dims5()?;
+    if d % 2 != 0 || h % 2 != 0 || w % 2 != 0 {
+        bail!("{op}: spatial size {d}x{h}x{w} must be even");
+    }
+    Ok((n, c, d, h, w))
+}
+
+/// 2x2x2 convolution with stride 2 (V-Net's down-convolution): x [N, C, D, H, W] (even sizes),
+/// w [O, C, 2, 2, 2] -> [N, O, D/2, H/2, W/2].
+pub fn down_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (n, c, d, h, wd) = even_spatial(x, "down_conv")?;
+    let o = w.dim(0)?;
+    let (d2, h2, w2) = (d / 2, h / 2, wd / 2);
+    let patches = x
+        .reshape(vec![n, c, d2, 2, h2, 2, w2, 2])?
+        .permute(vec![0, 2, 4, 6, 1, 3, 5, 7])?
+        .reshape((n * d2 * h2 * w2, c * 8))?;
+    patches
+        .matmul(&w.reshape((o, c * 8))?.t()?)?
+        .reshape((n, d2, h2, w2, o))?
+        .permute((0, 4, 1, 2, 3))?
+        .contiguous()
+}
+
+/// 2x2x2 transposed convolution with stride 2 (V-Net's up-convolution): x [N, C, D, H, W],
+/// w [C, O, 2, 2, 2] (PyTorch's ConvTranspose3d layout) -> [N, O, 2D, 2H, 2W].
+pub fn up_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (n, c, d, h, wd) = x.dims5()?;
+    let o = w.dim(1)?;
+    x.permute((0, 2, 3, 4, 1))?
+        .reshape((n * d * h * wd, c))?
+        .matmul(&w.reshape((c, o * 8))?)?
+        .reshape(vec![n, d, h, wd, o, 2, 2, 2])?
+        .permute(vec![0, 4, 1, 5, 2, 6, 3, 7])?
+        .reshape((n, o, 2 * d, 2 * h, 2 * wd))
+}
+
+/// 2x2x2 max-pooling with stride 2: [N, C, D, H, W] (even sizes) -> [N, C, D/2, H/2, W/2].
+pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
+    let (n, c, d, h, w) = even_spatial(x, "max_pool2")?;
+    x.reshape(vec![n, c, d / 2, 2, h / 2, 2, w / 2, 2])?
+        .max(7)?
+        .max(5)?
+        .max(3)
+}
+
+/// Instance normalisation (per item and channel, over the spatial axes) with a per-channel
+/// scale and shift, followed by ReLU. `gamma`, `beta`: [C].
+pub fn instance_norm_relu(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    let mean = x.mean_keepdim((2, 3, 4))?;
+    let centred = x.broadcast_sub(&mean)?;
+    let variance = centred.sqr()?.mean_keepdim((2, 3, 4))?;
+    let normalised = centred.broadcast_div(&(variance + eps)?.sqrt()?)?;
+    normalised
+        .broadcast_mul(&gamma.reshape((1, c, 1, 1, 1))?)?
+        .broadcast_add(&beta.reshape((1, c, 1, 1, 1))?)?
+        .relu()
+}
+
+/// Spatial dropout: whole channels zeroed with probability `p`, the rest scaled by 1/(1-p).
+pub fn spatial_dropout(x: &Tensor, p: f64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let (n, c, ..) = x.dims5()?;
+    let keep = Tensor::rand(0f32, 1f32, (n, c, 1, 1, 1), x.device())?
+        .ge(p)?
+        .to_dtype(x.dtype())?;
+    x.broadcast_mul(&(keep / (1.0 - p))?)
+}
+
+/// Crops [N, C, D, H, W] to the box `start..=end` (per spatial axis) and max-pools it to
+/// `size`^3 with PyTorch's adaptive bins (bin i covers floor(i L / s) .. ceil((i + 1) L / s)),
+/// giving [N, C, size, size, size].
+pub fn crop_adaptive_max_pool(
+    x: &Tensor,
+    start: [usize; 3],
+    end: [usize; 3],
+    size: usize,
+) -> Result<Tensor> {
+    let mut region = x.clone();
+    for axis in 0..3 {
+        if end[axis] < start[axis] || end[axis] >= x.dim(axis + 2)? {
+            bail!("crop: box {start:?}..={end:?} outside {:?}", x.dims());
+        }
+        region = region.narrow(axis + 2, start[axis], end[axis] - start[axis] + 1)?;
+    }
+    let mut pooled = region;
+    for axis in 0..3 {
+        let dim = axis + 2;
+        let length = pooled.dim(dim)?;
+        let bins = (0..size)
+            .map(|i| {
+                let lo = i * length / size;
+                let hi = ((i + 1) * length).div_ceil(size);
+                pooled.narrow(dim, lo, hi - lo)?.max_keepdim(dim)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        pooled = Tensor::cat(&bins, dim)?;
+    }
+    Ok(pooled)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -658,5 +770,232 @@ mod tests {
         let x64 = Tensor::zeros((1, 2, 4, 4, 4), DType::F64, &Device::Cpu).unwrap();
         let w = Tensor::zeros((3, 2, 3, 3, 3), DType::F64, &Device::Cpu).unwrap();
         assert!(conv3d(&x64, &w).unwrap_err().to_string().contains("f32"));
+    }
+
+    fn tensor(values: &[f32], shape: &[usize]) -> Tensor {
+        Tensor::from_slice(values, shape, &Device::Cpu).unwrap()
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    #[test]
+    fn down_conv_matches_the_naive_strided_convolution() {
+        let (n, c, o, d, h, w) = (2, 3, 4, 4, 6, 2);
+        let xs = values(n * c * d * h * w, 51);
+        let ws = values(o * c * 8, 52);
+        let y = flat(
+            &down_conv(
+                &tensor(&xs, &[n, c, d, h, w]),
+                &tensor(&ws, &[o, c, 2, 2, 2]),
+            )
+            .unwrap(),
+        );
+        let (d2, h2, w2) = (d / 2, h / 2, w / 2);
+        for b in 0..n {
+            for oc in 0..o {
+                for z in 0..d2 {
+                    for yy in 0..h2 {
+                        for x in 0..w2 {
+                            let mut s = 0f64;
+                            for ic in 0..c {
+                                for k in 0..8 {
+                                    let (kz, ky, kx) = (k / 4, (k / 2) % 2, k % 2);
+                                    let xi = (((b * c + ic) * d + 2 * z + kz) * h + 2 * yy + ky)
+                                        * w
+                                        + 2 * x
+                                        + kx;
+                                    s += f64::from(xs[xi]) * f64::from(ws[(oc * c + ic) * 8 + k]);
+                                }
+                            }
+                            let got = y[(((b * o + oc) * d2 + z) * h2 + yy) * w2 + x];
+                            assert!((f64::from(got) - s).abs() < 1e-5, "{got} vs {s}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            down_conv(
+                &tensor(&values(27, 1), &[1, 1, 3, 3, 3]),
+                &tensor(&ws[..8], &[1, 1, 2, 2, 2])
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn up_conv_matches_the_naive_transposed_convolution() {
+        let (n, c, o, d, h, w) = (2, 3, 2, 3, 2, 5);
+        let xs = values(n * c * d * h * w, 61);
+        let ws = values(c * o * 8, 62);
+        let y = flat(
+            &up_conv(
+                &tensor(&xs, &[n, c, d, h, w]),
+                &tensor(&ws, &[c, o, 2, 2, 2]),
+            )
+            .unwrap(),
+        );
+        let (dd, hh, ww) = (2 * d, 2 * h, 2 * w);
+        for b in 0..n {
+            for oc in 0..o {
+                for z in 0..dd {
+                    for yy in 0..hh {
+                        for x in 0..ww {
+                            let k = (z % 2) * 4 + (yy % 2) * 2 + x % 2;
+                            let s: f64 = (0..c)
+                                .map(|ic| {
+                                    let xi = (((b * c + ic) * d + z / 2) * h + yy / 2) * w + x / 2;
+                                    f64::from(xs[xi]) * f64::from(ws[(ic * o + oc) * 8 + k])
+                                })
+                                .sum();
+                            let got = y[(((b * o + oc) * dd + z) * hh + yy) * ww + x];
+                            assert!((f64::from(got) - s).abs() < 1e-5, "{got} vs {s}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool_and_instance_norm_match_naive_references() {
+        let (n, c, d, h, w) = (2, 3, 4, 2, 6);
+        let xs = values(n * c * d * h * w, 71);
+        let x = tensor(&xs, &[n, c, d, h, w]);
+        let pooled = flat(&max_pool2(&x).unwrap());
+        for (i, got) in pooled.iter().enumerate() {
+            // Pooled shape [2, 3, 2, 1, 3]: x fastest, one row, two slices per item-channel.
+            let (x2, z2, ch) = (i % 3, (i / 3) % 2, i / 6);
+            let mut best = f32::MIN;
+            for k in 0..8 {
+                let (kz, ky, kx) = (k / 4, (k / 2) % 2, k % 2);
+                best = best.max(xs[((ch * d + 2 * z2 + kz) * h + ky) * w + 2 * x2 + kx]);
+            }
+            assert_eq!(*got, best);
+        }
+        let gamma = values(c, 72);
+        let beta = values(c, 73);
+        let y = flat(
+            &instance_norm_relu(&x, &tensor(&gamma, &[c]), &tensor(&beta, &[c]), 1e-5).unwrap(),
+        );
+        let m = d * h * w;
+        for item in 0..n * c {
+            let v: Vec<f64> = xs[item * m..(item + 1) * m]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
+            let mean = v.iter().sum::<f64>() / m as f64;
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / m as f64;
+            let ch = item % c;
+            for (j, x) in v.iter().enumerate() {
+                let expected = ((x - mean) / (var + 1e-5).sqrt() * f64::from(gamma[ch])
+                    + f64::from(beta[ch]))
+                .max(0.0);
+                assert!((f64::from(y[item * m + j]) - expected).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn crop_and_adaptive_pool_use_pytorch_bins() {
+        let (d, h, w) = (5, 6, 7);
+        let xs = values(2 * d * h * w, 81);
+        let x = tensor(&xs, &[1, 2, d, h, w]);
+        let (start, end) = ([1, 0, 2], [3, 4, 6]);
+        let pooled = flat(&crop_adaptive_max_pool(&x, start, end, 2).unwrap());
+        let bins = |lo: usize, hi: usize| {
+            let len = hi - lo + 1;
+            [(lo, lo + len.div_ceil(2)), (lo + len / 2, hi + 1)]
+        };
+        let (bz, by, bx) = (bins(1, 3), bins(0, 4), bins(2, 6));
+        let mut i = 0;
+        for ch in 0..2 {
+            for z in bz {
+                for y in by {
+                    for xr in bx {
+                        let mut best = f32::MIN;
+                        for zz in z.0..z.1 {
+                            for yy in y.0..y.1 {
+                                for xx in xr.0..xr.1 {
+                                    best = best.max(xs[((ch * d + zz) * h + yy) * w + xx]);
+                                }
+                            }
+                        }
+                        assert_eq!(pooled[i], best);
+                        i += 1;
+                    }
+                }
+            }
+        }
+        let single = flat(&crop_adaptive_max_pool(&x, [2, 2, 2], [2, 2, 2], 2).unwrap());
+        assert!(single[..8].iter().all(|v| *v == xs[(2 * h + 2) * w + 2]));
+        assert!(crop_adaptive_max_pool(&x, [0, 0, 0], [5, 1, 1], 1).is_err());
+    }
+
+    #[test]
+    fn spatial_dropout_drops_whole_channels() {
+        let x = Tensor::ones((2, 16, 2, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        let y = flat(&spatial_dropout(&x, 0.5).unwrap());
+        for channel in y.chunks(8) {
+            assert!(channel.iter().all(|v| *v == 0.0) || channel.iter().all(|v| *v == 2.0));
+        }
+        assert_eq!(flat(&spatial_dropout(&x, 0.0).unwrap()), flat(&x));
+    }
+
+    /// Autograd of the composite ops against central differences, in f64.
+    #[test]
+    fn composite_op_gradients_match_finite_differences() {
+        let xs: Vec<f64> = values(2 * 2 * 4 * 4 * 4, 91)
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        let wd: Vec<f64> = values(3 * 2 * 8, 92)
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        let wu: Vec<f64> = values(3 * 2 * 8, 93)
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        let gamma = Tensor::new(&[1.2f64, 0.7, 1.0], &Device::Cpu).unwrap();
+        let beta = Tensor::new(&[0.1f64, -0.2, 0.3], &Device::Cpu).unwrap();
+        let loss = |x: &Tensor| -> Tensor {
+            let w1 = Tensor::from_slice(&wd, (3, 2, 2, 2, 2), &Device::Cpu).unwrap();
+            let w2 = Tensor::from_slice(&wu, (3, 2, 2, 2, 2), &Device::Cpu).unwrap();
+            let down = down_conv(x, &w1).unwrap();
+            let normed = instance_norm_relu(&down, &gamma, &beta, 1e-5).unwrap();
+            let up = up_conv(&normed, &w2).unwrap();
+            let pooled = max_pool2(&up).unwrap();
+            let feature = crop_adaptive_max_pool(&up, [0, 1, 0], [2, 3, 3], 2).unwrap();
+            (pooled.sqr().unwrap().sum_all().unwrap() + feature.sum_all().unwrap()).unwrap()
+        };
+        let x = Var::from_tensor(&Tensor::from_slice(&xs, (2, 2, 4, 4, 4), &Device::Cpu).unwrap())
+            .unwrap();
+        let grads = loss(x.as_tensor()).backward().unwrap();
+        let g = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let eps = 1e-6;
+        for j in (0..xs.len()).step_by(19) {
+            let at = |delta: f64| {
+                let mut v = xs.clone();
+                v[j] += delta;
+                loss(&Tensor::from_slice(&v, (2, 2, 4, 4, 4), &Device::Cpu).unwrap())
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            assert!(
+                (numeric - g[j]).abs() < 1e-4 * numeric.abs().max(1.0),
+                "x[{j}]: {numeric} vs {}",
+                g[j]
+            );
+        }
     }
 }
