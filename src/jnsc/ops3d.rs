@@ -10,9 +10,9 @@
 //! its own kernel (`Conv3dWeightGrad`).
 //!
 //! The other operators are compositions of Candle operations (so Candle derives their
-//! gradients): 2x2x2 stride-2 down-convolution and transposed up-convolution as reshape/permute
-//! + matmul, 2x2x2 max-pooling as reshape + max, instance normalisation with ReLU, spatial
-//! dropout, and the crop + adaptive max-pooling of the classification path. Weight layouts are
+//! gradients): 2x2x2 stride-2 down-convolution and transposed up-convolution as a reshape, a
+//! permutation and a matmul, 2x2x2 max-pooling as a reshape and a max, instance normalisation
+//! with ReLU, spatial dropout, and the crop and adaptive max-pooling of the classification path. Weight layouts are
 //! PyTorch's, so a PyTorch model's weights load unchanged.
 
 use candle_core::backend::BackendStorage;
