@@ -1,4 +1,6 @@
 //! JNSC, the joint nodule detection, segmentation and classification network, in Candle:
-//! `ops3d` holds the 3-D operators Candle lacks (custom ops with CPU kernels).
+//! `ops3d` holds the 3-D operators Candle lacks (custom ops with CPU kernels), `network` the
+//! architecture and the nodule location map.
 
+pub mod network;
 pub mod ops3d;

@@ -11,6 +11,7 @@ pub mod geometry;
 pub mod lung;
 pub mod mapping;
 pub mod metaimage;
+pub mod morphology;
 pub mod prepare;
 pub mod resample;
 pub mod series;

@@ -1,0 +1,491 @@
+//! The JNSC network (paper section IV.A-C): a V-Net-style encoder-decoder that segments nodules
+//! voxel by voxel, and a classification path that turns each candidate of the nodule location
+//! map into {non-nodule, benign, malignant} from multiscale encoder features and its size.
+//!
+//! Encoder levels E1..E5 work at 64, 32, 16, 8 and 4 voxels for a 64^3 input; every
+//! convolution is followed by instance normalisation and ReLU; blocks may add their input
+//! (residual, as V-Net does); spatial dropout after each encoder block while training. The
+//! decoder up-convolves, concatenates the skip connection and convolves back to each level's
+//! width; a 1x1x1 convolution gives one logit per voxel (sigmoid: nodule probability).
+//! Classification: for each candidate box, crop every encoder level at the down-scaled box,
+//! 1x1x1 convolution, adaptive max-pool to 2^3 (E1, E2) or 1^3 (E3-E5), flatten, concatenate,
+//! append the size feature cbrt(P)/10, then a linear layer (softmax in the loss).
+//! Weight names follow the module structure one to one (`enc1.conv1.weight`, ...).
+
+use crate::jnsc::ops3d::{
+    conv3d, crop_adaptive_max_pool, down_conv, instance_norm_relu, spatial_dropout, up_conv,
+};
+use crate::volume::morphology::components;
+use candle_core::{DType, Module, Result, Tensor, bail};
+use candle_nn::{Init, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// Number of encoder levels.
+pub const LEVELS: usize = 5;
+/// Classes of the classification path.
+pub const CLASSES: [&str; 3] = ["non-nodule", "benign", "malignant"];
+const NORM_EPS: f64 = 1e-5;
+
+/// The open choices of the architecture (the paper fixes levels, input size and threshold).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Channels of encoder levels E1..E5.
+    pub widths: [usize; LEVELS],
+    /// Convolution kernel size (odd).
+    pub kernel: usize,
+    /// Convolutions per encoder block (decoder blocks mirror levels 1-4).
+    pub convs_per_block: [usize; LEVELS],
+    /// Add each block's input to its output.
+    pub residual: bool,
+    /// Output channels of the 1x1x1 convolution on each level's crop (features V1..V5).
+    pub feature_widths: [usize; LEVELS],
+    /// Spatial dropout probability while training.
+    pub dropout: f64,
+    /// Nodule location map threshold on the voxel probability.
+    pub threshold: f64,
+}
+
+impl Config {
+    /// V-Net widths 16-32-64-128-256 with V-Net's 1-2-3-3-3 convolutions per block, 3^3 kernels.
+    pub fn paper() -> Self {
+        Self {
+            widths: [16, 32, 64, 128, 256],
+            kernel: 3,
+            convs_per_block: [1, 2, 3, 3, 3],
+            residual: true,
+            feature_widths: [16, 16, 32, 32, 64],
+            dropout: 0.1,
+            threshold: 0.4,
+        }
+    }
+
+    /// Half the widths and fewer convolutions: about 10x cheaper, for training on CPUs.
+    pub fn cpu() -> Self {
+        Self {
+            widths: [8, 16, 32, 64, 128],
+            convs_per_block: [1, 1, 2, 2, 2],
+            feature_widths: [8, 8, 16, 16, 32],
+            ..Self::paper()
+        }
+    }
+
+    /// Length of a candidate's feature vector (V1..V5 and the size feature).
+    pub fn feature_length(&self) -> usize {
+        self.feature_widths
+            .iter()
+            .enumerate()
+            .map(|(level, w)| w * pooled_size(level).pow(3))
+            .sum::<usize>()
+            + 1
+    }
+}
+
+/// Adaptive max-pool output size of a level: 2 for V1-V2, 1 for V3-V5.
+fn pooled_size(level: usize) -> usize {
+    if level < 2 { 2 } else { 1 }
+}
+
+/// Convolution, instance normalisation and ReLU.
+#[derive(Debug, Clone)]
+struct ConvNormRelu {
+    weight: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+}
+
+impl ConvNormRelu {
+    fn new(inputs: usize, outputs: usize, kernel: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(
+                (outputs, inputs, kernel, kernel, kernel),
+                "weight",
+                candle_nn::init::DEFAULT_KAIMING_NORMAL,
+            )?,
+            gamma: vb.get_with_hints(outputs, "norm.weight", Init::Const(1.0))?,
+            beta: vb.get_with_hints(outputs, "norm.bias", Init::Const(0.0))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        instance_norm_relu(&conv3d(x, &self.weight)?, &self.gamma, &self.beta, NORM_EPS)
+    }
+}
+
+/// Convolutions of one level, optionally residual.
+#[derive(Debug, Clone)]
+struct Block {
+    convs: Vec<ConvNormRelu>,
+    residual: bool,
+}
+
+impl Block {
+    fn new(
+        inputs: usize,
+        width: usize,
+        convs: usize,
+        config: &Config,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let convs = (0..convs.max(1))
+            .map(|i| {
+                let cin = if i == 0 { inputs } else { width };
+                ConvNormRelu::new(cin, width, config.kernel, vb.pp(format!("conv{}", i + 1)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            convs,
+            residual: config.residual,
+        })
+    }
+
+    /// Runs the convolutions on `x`; a residual block adds `shortcut`.
+    fn forward(&self, x: &Tensor, shortcut: &Tensor) -> Result<Tensor> {
+        let mut y = x.clone();
+        for conv in &self.convs {
+            y = conv.forward(&y)?;
+        }
+        if self.residual { y + shortcut } else { Ok(y) }
+    }
+}
+
+/// A 2x2x2 stride-2 (up or down) convolution with normalisation and ReLU.
+#[derive(Debug, Clone)]
+struct Resize {
+    weight: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    up: bool,
+}
+
+impl Resize {
+    fn new(inputs: usize, outputs: usize, up: bool, vb: VarBuilder) -> Result<Self> {
+        let shape = if up {
+            (inputs, outputs, 2, 2, 2)
+        } else {
+            (outputs, inputs, 2, 2, 2)
+        };
+        Ok(Self {
+            weight: vb.get_with_hints(shape, "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?,
+            gamma: vb.get_with_hints(outputs, "norm.weight", Init::Const(1.0))?,
+            beta: vb.get_with_hints(outputs, "norm.bias", Init::Const(0.0))?,
+            up,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = if self.up {
+            up_conv(x, &self.weight)?
+        } else {
+            down_conv(x, &self.weight)?
+        };
+        instance_norm_relu(&y, &self.gamma, &self.beta, NORM_EPS)
+    }
+}
+
+/// A candidate of the nodule location map: a connected component of voxels above the
+/// threshold, with its bounding box (inclusive, in [D, H, W] order) and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub batch: usize,
+    pub min: [usize; 3],
+    pub max: [usize; 3],
+    pub voxels: usize,
+}
+
+/// The segmentation path's results.
+#[derive(Debug, Clone)]
+pub struct Segmentation {
+    /// One logit per voxel: [N, 1, D, H, W].
+    pub logits: Tensor,
+    /// Encoder features E1..E5 (for the classification path).
+    pub encoder: Vec<Tensor>,
+}
+
+/// The joint network.
+#[derive(Debug, Clone)]
+pub struct Jnsc {
+    config: Config,
+    encoder: Vec<Block>,
+    downs: Vec<Resize>,
+    ups: Vec<Resize>,
+    decoder: Vec<Block>,
+    head_weight: Tensor,
+    head_bias: Tensor,
+    features: Vec<Tensor>,
+    classifier: Linear,
+}
+
+impl Jnsc {
+    /// Builds the network, its weights from `vb` (initialised, or loaded from a file).
+    pub fn new(config: &Config, vb: VarBuilder) -> Result<Self> {
+        if config.kernel.is_multiple_of(2) {
+            bail!("kernel size must be odd, got {}", config.kernel);
+        }
+        let w = config.widths;
+        let mut encoder = Vec::with_capacity(LEVELS);
+        let mut downs = Vec::with_capacity(LEVELS - 1);
+        for level in 0..LEVELS {
+            let inputs = if level == 0 { 1 } else { w[level] };
+            let name = format!("enc{}", level + 1);
+            encoder.push(Block::new(
+                inputs,
+                w[level],
+                config.convs_per_block[level],
+                config,
+                vb.pp(name),
+            )?);
+            if level + 1 < LEVELS {
+                downs.push(Resize::new(
+                    w[level],
+                    w[level + 1],
+                    false,
+                    vb.pp(format!("down{}", level + 1)),
+                )?);
+            }
+        }
+        let mut ups = Vec::with_capacity(LEVELS - 1);
+        let mut decoder = Vec::with_capacity(LEVELS - 1);
+        for level in (0..LEVELS - 1).rev() {
+            ups.push(Resize::new(
+                w[level + 1],
+                w[level],
+                true,
+                vb.pp(format!("up{}", level + 1)),
+            )?);
+            decoder.push(Block::new(
+                2 * w[level],
+                w[level],
+                config.convs_per_block[level],
+                config,
+                vb.pp(format!("dec{}", level + 1)),
+            )?);
+        }
+        let features = (0..LEVELS)
+            .map(|level| {
+                vb.pp(format!("feat{}", level + 1)).get_with_hints(
+                    (config.feature_widths[level], w[level], 1, 1, 1),
+                    "weight",
+                    candle_nn::init::DEFAULT_KAIMING_NORMAL,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let classifier =
+            candle_nn::linear(config.feature_length(), CLASSES.len(), vb.pp("classifier"))?;
+        Ok(Self {
+            config: config.clone(),
+            encoder,
+            downs,
+            ups,
+            decoder,
+            head_weight: vb.pp("head").get_with_hints(
+                (1, w[0], 1, 1, 1),
+                "weight",
+                candle_nn::init::DEFAULT_KAIMING_NORMAL,
+            )?,
+            head_bias: vb.pp("head").get_with_hints(1, "bias", Init::Const(0.0))?,
+            features,
+            classifier,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Segments a batch [N, 1, D, H, W] (sizes divisible by 16).
+    pub fn segment(&self, x: &Tensor, train: bool) -> Result<Segmentation> {
+        let (_, channels, d, h, w) = x.dims5()?;
+        if channels != 1 || !d.is_multiple_of(16) || !h.is_multiple_of(16) || !w.is_multiple_of(16)
+        {
+            bail!(
+                "input must be [N, 1, D, H, W] with sizes divisible by 16, got {:?}",
+                x.dims()
+            );
+        }
+        let dropout = if train { self.config.dropout } else { 0.0 };
+        let mut encoder = Vec::with_capacity(LEVELS);
+        let mut y = x.clone();
+        for level in 0..LEVELS {
+            let shortcut = if level == 0 {
+                y.broadcast_as(((y.dim(0)?), self.config.widths[0], d, h, w))?
+                    .contiguous()?
+            } else {
+                y.clone()
+            };
+            let out = spatial_dropout(&self.encoder[level].forward(&y, &shortcut)?, dropout)?;
+            encoder.push(out.clone());
+            if level + 1 < LEVELS {
+                y = self.downs[level].forward(&out)?;
+            } else {
+                y = out;
+            }
+        }
+        for (i, level) in (0..LEVELS - 1).rev().enumerate() {
+            let up = self.ups[i].forward(&y)?;
+            let joined = Tensor::cat(&[&up, &encoder[level]], 1)?;
+            y = self.decoder[i].forward(&joined, &up)?;
+        }
+        let logits = conv3d(&y, &self.head_weight)?
+            .broadcast_add(&self.head_bias.reshape((1, 1, 1, 1, 1))?)?;
+        Ok(Segmentation { logits, encoder })
+    }
+
+    /// Class logits [K, 3] for `candidates` (boxes on the input grid) from the encoder features.
+    pub fn classify(&self, encoder: &[Tensor], candidates: &[Candidate]) -> Result<Tensor> {
+        let device = encoder[0].device();
+        if candidates.is_empty() {
+            return Tensor::zeros((0, CLASSES.len()), DType::F32, device);
+        }
+        let mut rows = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            let mut parts = Vec::with_capacity(LEVELS + 1);
+            for (level, features) in encoder.iter().enumerate() {
+                let scale = 1 << level;
+                let item = features.narrow(0, c.batch, 1)?;
+                let dims = item.dims();
+                let start = [0, 1, 2].map(|a| (c.min[a] / scale).min(dims[a + 2] - 1));
+                let end = [0, 1, 2].map(|a| (c.max[a] / scale).min(dims[a + 2] - 1).max(start[a]));
+                let pooled = crop_adaptive_max_pool(&item, start, end, pooled_size(level))?;
+                parts.push(conv3d(&pooled, &self.features[level])?.flatten_all()?);
+            }
+            let size = (c.voxels as f64).cbrt() / 10.0;
+            parts.push(Tensor::new(&[size as f32], device)?);
+            rows.push(Tensor::cat(&parts, 0)?);
+        }
+        self.classifier.forward(&Tensor::stack(&rows, 0)?)
+    }
+}
+
+/// The nodule location map: 6-connected components of voxels with probability above
+/// `threshold`, per batch item, as candidates. `probability`: [N, 1, D, H, W].
+pub fn candidates(probability: &Tensor, threshold: f64) -> Result<Vec<Candidate>> {
+    let (n, _, d, h, w) = probability.dims5()?;
+    let values = probability
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let volume = d * h * w;
+    let mut found = Vec::new();
+    for batch in 0..n {
+        let mask: Vec<u8> = values[batch * volume..(batch + 1) * volume]
+            .iter()
+            .map(|&p| u8::from(f64::from(p) > threshold))
+            .collect();
+        let (labels, sizes) = components(&mask, [w, h, d]);
+        let mut boxes = vec![([usize::MAX; 3], [0usize; 3]); sizes.len()];
+        for (v, &l) in labels.iter().enumerate() {
+            if l == 0 {
+                continue;
+            }
+            let dhw = [v / (h * w), (v / w) % h, v % w];
+            let (lo, hi) = &mut boxes[l as usize];
+            for a in 0..3 {
+                lo[a] = lo[a].min(dhw[a]);
+                hi[a] = hi[a].max(dhw[a]);
+            }
+        }
+        for (label, (lo, hi)) in boxes.into_iter().enumerate().skip(1) {
+            found.push(Candidate {
+                batch,
+                min: lo,
+                max: hi,
+                voxels: sizes[label],
+            });
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    #[test]
+    fn both_presets_segment_and_classify_with_the_right_shapes() {
+        for config in [
+            Config::cpu(),
+            Config {
+                widths: [4, 8, 8, 16, 16],
+                ..Config::paper()
+            },
+        ] {
+            let map = VarMap::new();
+            let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+            let net = Jnsc::new(&config, vb).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, 1, 32, 32, 32), &Device::Cpu).unwrap();
+            let out = net.segment(&x, true).unwrap();
+            assert_eq!(out.logits.dims(), [2, 1, 32, 32, 32]);
+            let sizes: Vec<usize> = out.encoder.iter().map(|e| e.dim(2).unwrap()).collect();
+            assert_eq!(sizes, [32, 16, 8, 4, 2]);
+            let boxes = [
+                Candidate {
+                    batch: 0,
+                    min: [3, 4, 5],
+                    max: [9, 7, 12],
+                    voxels: 60,
+                },
+                Candidate {
+                    batch: 1,
+                    min: [30, 30, 30],
+                    max: [31, 31, 31],
+                    voxels: 8,
+                },
+            ];
+            let logits = net.classify(&out.encoder, &boxes).unwrap();
+            assert_eq!(logits.dims(), [2, 3]);
+            // The loss reaches every parameter.
+            let loss = (out.logits.sqr().unwrap().mean_all().unwrap()
+                + logits.sqr().unwrap().mean_all().unwrap())
+            .unwrap();
+            let grads = loss.backward().unwrap();
+            let missing: Vec<String> = map
+                .data()
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, v)| grads.get(v.as_tensor()).is_none())
+                .map(|(k, _)| k.clone())
+                .collect();
+            assert!(missing.is_empty(), "no gradient for {missing:?}");
+        }
+    }
+
+    #[test]
+    fn location_map_finds_components_and_their_boxes() {
+        let mut p = vec![0f32; 2 * 8 * 8 * 8];
+        let at = |b: usize, d: usize, h: usize, w: usize| ((b * 8 + d) * 8 + h) * 8 + w;
+        for (d, h, w) in [(1, 1, 1), (1, 1, 2), (2, 1, 2)] {
+            p[at(0, d, h, w)] = 0.9;
+        }
+        p[at(0, 6, 6, 6)] = 0.5;
+        p[at(0, 4, 4, 4)] = 0.3; // below the threshold
+        p[at(1, 7, 0, 3)] = 0.99;
+        let t = Tensor::from_vec(p, (2, 1, 8, 8, 8), &Device::Cpu).unwrap();
+        let found = candidates(&t, 0.4).unwrap();
+        assert_eq!(
+            found,
+            [
+                Candidate {
+                    batch: 0,
+                    min: [1, 1, 1],
+                    max: [2, 1, 2],
+                    voxels: 3
+                },
+                Candidate {
+                    batch: 0,
+                    min: [6, 6, 6],
+                    max: [6, 6, 6],
+                    voxels: 1
+                },
+                Candidate {
+                    batch: 1,
+                    min: [7, 0, 3],
+                    max: [7, 0, 3],
+                    voxels: 1
+                },
+            ]
+        );
+    }
+}
