@@ -249,3 +249,62 @@ pub fn volume(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
+
+/// Times the network's forward pass and a forward+backward (training) step on one 64^3 patch,
+/// and a larger forward tile, for both presets, and prints GFLOP/s of the convolutions.
+pub fn network(rounds: usize) -> anyhow::Result<()> {
+    use crate::jnsc::network::{Config, Jnsc};
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+    let device = Device::Cpu;
+    println!(
+        "CPU, {} rayon threads (set RAYON_NUM_THREADS to change)",
+        rayon::current_num_threads()
+    );
+    for (name, config) in [("cpu", Config::cpu()), ("paper", Config::paper())] {
+        let map = VarMap::new();
+        let net = Jnsc::new(&config, VarBuilder::from_varmap(&map, DType::F32, &device))?;
+        let flops = conv_flops(&config, 64);
+        for (size, backward) in [(64usize, false), (64, true), (128, false)] {
+            let x = Tensor::randn(0f32, 1.0, (1, 1, size, size, size), &device)?;
+            let mut times = Vec::new();
+            for _ in 0..rounds {
+                let start = Instant::now();
+                let out = net.segment(&x, backward)?;
+                if backward {
+                    let _ = out.logits.sqr()?.mean_all()?.backward()?;
+                } else {
+                    let _ = out.logits.flatten_all()?.to_vec1::<f32>()?;
+                }
+                times.push(start.elapsed().as_secs_f64());
+            }
+            let t = median(&mut times);
+            let work = flops * (size as f64 / 64.0).powi(3) * if backward { 3.0 } else { 1.0 };
+            println!(
+                "{name:>5} {size}^3 {:<16} {t:.3} s  ({:.1} GFLOP/s of convolution)",
+                if backward { "forward+backward" } else { "forward" },
+                work / t / 1e9
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Multiply-adds x 2 of the network's k^3 convolutions for one cubic input of `size`.
+fn conv_flops(config: &crate::jnsc::network::Config, size: usize) -> f64 {
+    let k3 = config.kernel.pow(3) as f64;
+    let mut total = 0.0;
+    for level in 0..crate::jnsc::network::LEVELS {
+        let voxels = ((size >> level) as f64).powi(3);
+        let w = config.widths[level] as f64;
+        let convs = config.convs_per_block[level] as f64;
+        let input = if level == 0 { 1.0 } else { w };
+        // Encoder block: first conv from `input`, the rest w -> w.
+        total += 2.0 * voxels * k3 * w * (input + (convs - 1.0) * w);
+        if level < crate::jnsc::network::LEVELS - 1 {
+            // Decoder block: first conv 2w -> w, the rest w -> w.
+            total += 2.0 * voxels * k3 * w * (2.0 * w + (convs - 1.0) * w);
+        }
+    }
+    total
+}

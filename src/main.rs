@@ -66,6 +66,11 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Times the network's forward and forward+backward passes for both presets.
+    Network {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Times series -> volume -> 1 mm for a synthetic series, and SimpleITK doing the same in
     /// the same run; prints both and the ratio.
     Volume {
@@ -99,6 +104,9 @@ fn main() -> ExitCode {
                     rounds,
                 },
         } => jnsc::bench::volume(slices, size, rounds),
+        Command::Bench {
+            which: BenchCommand::Network { rounds },
+        } => jnsc::bench::network(rounds),
         Command::Volume {
             dir,
             out,

@@ -48,30 +48,30 @@ impl Dims {
     fn im2col(&self, input: &[f32], start: usize, len: usize, block: &mut [f32]) {
         let k = self.kernel;
         let pad = (k / 2) as isize;
-        let (d, h, w) = (
-            self.depth as isize,
-            self.height as isize,
-            self.width as isize,
-        );
+        let (d, h, w) = (self.depth as isize, self.height as isize, self.width as isize);
         let plane = self.height * self.width;
         let volume = self.depth * plane;
+        // Coordinates and offsets of the tile's positions, computed once: the inner loop has
+        // no division.
+        let coords: Vec<(isize, isize, isize, isize)> = (start..start + len)
+            .map(|p| {
+                let (z, y, x) = (p / plane, (p / self.width) % self.height, p % self.width);
+                (z as isize, y as isize, x as isize, p as isize)
+            })
+            .collect();
         let mut row = 0;
         for c in 0..self.channels {
             let source = &input[c * volume..(c + 1) * volume];
-            for kz in 0..k as isize {
-                for ky in 0..k as isize {
-                    for kx in 0..k as isize {
+            for kz in -pad..=pad {
+                for ky in -pad..=pad {
+                    for kx in -pad..=pad {
+                        let shift = (kz * h + ky) * w + kx;
                         let out = &mut block[row * len..(row + 1) * len];
-                        for (t, o) in out.iter_mut().enumerate() {
-                            let p = start + t;
-                            let z = (p / plane) as isize + kz - pad;
-                            let y = ((p / self.width) % self.height) as isize + ky - pad;
-                            let x = (p % self.width) as isize + kx - pad;
-                            *o = if z < 0 || y < 0 || x < 0 || z >= d || y >= h || x >= w {
-                                0.0
-                            } else {
-                                source[((z * h + y) * w + x) as usize]
-                            };
+                        for (o, &(z, y, x, p)) in out.iter_mut().zip(&coords) {
+                            let inside = (0..d).contains(&(z + kz))
+                                && (0..h).contains(&(y + ky))
+                                && (0..w).contains(&(x + kx));
+                            *o = if inside { source[(p + shift) as usize] } else { 0.0 };
                         }
                         row += 1;
                     }
