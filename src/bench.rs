@@ -282,7 +282,11 @@ pub fn network(rounds: usize) -> anyhow::Result<()> {
             let work = flops * (size as f64 / 64.0).powi(3) * if backward { 3.0 } else { 1.0 };
             println!(
                 "{name:>5} {size}^3 {:<16} {t:.3} s  ({:.1} GFLOP/s of convolution)",
-                if backward { "forward+backward" } else { "forward" },
+                if backward {
+                    "forward+backward"
+                } else {
+                    "forward"
+                },
                 work / t / 1e9
             );
         }

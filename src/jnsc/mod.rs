@@ -2,5 +2,7 @@
 //! `ops3d` holds the 3-D operators Candle lacks (custom ops with CPU kernels), `network` the
 //! architecture and the nodule location map.
 
+pub mod device;
+pub mod model_file;
 pub mod network;
 pub mod ops3d;

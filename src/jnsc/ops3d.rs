@@ -48,7 +48,11 @@ impl Dims {
     fn im2col(&self, input: &[f32], start: usize, len: usize, block: &mut [f32]) {
         let k = self.kernel;
         let pad = (k / 2) as isize;
-        let (d, h, w) = (self.depth as isize, self.height as isize, self.width as isize);
+        let (d, h, w) = (
+            self.depth as isize,
+            self.height as isize,
+            self.width as isize,
+        );
         let plane = self.height * self.width;
         let volume = self.depth * plane;
         // Coordinates and offsets of the tile's positions, computed once: the inner loop has
@@ -71,7 +75,11 @@ impl Dims {
                             let inside = (0..d).contains(&(z + kz))
                                 && (0..h).contains(&(y + ky))
                                 && (0..w).contains(&(x + kx));
-                            *o = if inside { source[(p + shift) as usize] } else { 0.0 };
+                            *o = if inside {
+                                source[(p + shift) as usize]
+                            } else {
+                                0.0
+                            };
                         }
                         row += 1;
                     }

@@ -1,0 +1,253 @@
+//! The model file: network weights in safetensors, with what is needed to use them in the
+//! file's metadata: model name and version, the network `Config`, the input `Normalization`,
+//! and the training provenance (data, schedule, seed, code version...). Loading checks all of
+//! it and fails with a message that names the file and what is wrong.
+
+use crate::jnsc::network::{Config, Jnsc};
+use crate::volume::Normalization;
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Metadata keys.
+const NAME: &str = "jnsc.model_name";
+const VERSION: &str = "jnsc.model_version";
+const CONFIG: &str = "jnsc.config";
+const NORMALIZATION: &str = "jnsc.normalization";
+const PROVENANCE: &str = "jnsc.provenance";
+
+/// What a model file says about its weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    pub config: Config,
+    pub normalization: Normalization,
+    /// Free-form training provenance (JSON object).
+    pub provenance: serde_json::Value,
+}
+
+/// A model file that cannot be written or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFileError {
+    #[error("cannot read model file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a safetensors model file (wrong or truncated file?): {reason}")]
+    NotSafetensors { path: PathBuf, reason: String },
+    #[error("model file {path} lacks the metadata `{key}`: not a JNSC model file")]
+    MissingMetadata { path: PathBuf, key: &'static str },
+    #[error("model file {path} has invalid metadata `{key}`: {reason}")]
+    BadMetadata {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+    #[error("model file {path} does not match its configuration: {reason}")]
+    Weights { path: PathBuf, reason: String },
+    #[error("cannot write model file {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// Writes the weights in `vars` and `info` to `path`.
+pub fn save(path: &Path, vars: &VarMap, info: &ModelInfo) -> Result<(), ModelFileError> {
+    let write_error = |reason: String| ModelFileError::Write {
+        path: path.to_owned(),
+        reason,
+    };
+    let json = |v: &dyn erased::Json| v.to_json().map_err(|e| write_error(e.to_string()));
+    let metadata = HashMap::from([
+        (NAME.to_owned(), info.name.clone()),
+        (VERSION.to_owned(), info.version.clone()),
+        (CONFIG.to_owned(), json(&info.config)?),
+        (NORMALIZATION.to_owned(), json(&info.normalization)?),
+        (PROVENANCE.to_owned(), json(&info.provenance)?),
+    ]);
+    let data = vars.data().lock().map_err(|e| write_error(e.to_string()))?;
+    let tensors: Vec<(String, candle_core::Tensor)> = data
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+        .collect();
+    safetensors::serialize_to_file(tensors, Some(metadata), path)
+        .map_err(|e| write_error(e.to_string()))
+}
+
+/// Loads a model file onto `device`.
+pub fn load(path: &Path, device: &Device) -> Result<(Jnsc, ModelInfo), ModelFileError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let info = read_info(path, &bytes)?;
+    let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(|e| {
+        ModelFileError::NotSafetensors {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }
+    })?;
+    let net = Jnsc::new(&info.config, vb).map_err(|e| ModelFileError::Weights {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok((net, info))
+}
+
+/// Reads and checks the metadata of a model file's bytes.
+pub fn read_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, ModelFileError> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
+        ModelFileError::NotSafetensors {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }
+    })?;
+    // The header parses; make sure the data it describes is all there.
+    safetensors::SafeTensors::deserialize(bytes).map_err(|e| ModelFileError::NotSafetensors {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let text = |key: &'static str| {
+        metadata
+            .get(key)
+            .cloned()
+            .ok_or_else(|| ModelFileError::MissingMetadata {
+                path: path.to_owned(),
+                key,
+            })
+    };
+    let json = |key: &'static str| -> Result<serde_json::Value, ModelFileError> {
+        serde_json::from_str(&text(key)?).map_err(|e| ModelFileError::BadMetadata {
+            path: path.to_owned(),
+            key,
+            reason: e.to_string(),
+        })
+    };
+    let typed = |key: &'static str, value: serde_json::Value| {
+        move |e: serde_json::Error| ModelFileError::BadMetadata {
+            path: path.to_owned(),
+            key,
+            reason: format!("{e} in {value}"),
+        }
+    };
+    let config_json = json(CONFIG)?;
+    let config: Config =
+        serde_json::from_value(config_json.clone()).map_err(typed(CONFIG, config_json))?;
+    let normalization_json = json(NORMALIZATION)?;
+    let normalization: Normalization = serde_json::from_value(normalization_json.clone())
+        .map_err(typed(NORMALIZATION, normalization_json))?;
+    Ok(ModelInfo {
+        name: text(NAME)?,
+        version: text(VERSION)?,
+        config,
+        normalization,
+        provenance: json(PROVENANCE)?,
+    })
+}
+
+/// JSON encoding of the metadata values behind one object-safe trait.
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> serde_json::Result<String>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> serde_json::Result<String> {
+            serde_json::to_string(self)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Tensor;
+
+    fn info() -> ModelInfo {
+        ModelInfo {
+            name: "jnsc-test".into(),
+            version: "0.0.1".into(),
+            config: Config {
+                widths: [4, 4, 8, 8, 8],
+                ..Config::cpu()
+            },
+            normalization: Normalization::default(),
+            provenance: serde_json::json!({"data": "none", "seed": 1}),
+        }
+    }
+
+    #[test]
+    fn saved_model_loads_with_its_metadata_and_the_same_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let vars = VarMap::new();
+        let net = Jnsc::new(
+            &info().config,
+            VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        save(&path, &vars, &info()).unwrap();
+        let (loaded, read) = load(&path, &Device::Cpu).unwrap();
+        assert_eq!(read, info());
+        let x = Tensor::randn(0f32, 1.0, (1, 1, 16, 16, 16), &Device::Cpu).unwrap();
+        let a = net.segment(&x, false).unwrap().logits;
+        let b = loaded.segment(&x, false).unwrap().logits;
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+    }
+
+    #[test]
+    fn wrong_truncated_or_mismatched_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let vars = VarMap::new();
+        Jnsc::new(
+            &info().config,
+            VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        save(&path, &vars, &info()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+
+        let truncated = dir.path().join("truncated.safetensors");
+        std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
+        let e = load(&truncated, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("not a safetensors model file"), "{e}");
+
+        let text = dir.path().join("notes.txt");
+        std::fs::write(&text, b"hello").unwrap();
+        assert!(matches!(
+            load(&text, &Device::Cpu),
+            Err(ModelFileError::NotSafetensors { .. })
+        ));
+
+        assert!(matches!(
+            load(&dir.path().join("absent"), &Device::Cpu),
+            Err(ModelFileError::Read { .. })
+        ));
+
+        // Weights of another configuration.
+        let other = dir.path().join("other.safetensors");
+        let mut wrong = info();
+        wrong.config.widths = [8, 8, 8, 8, 8];
+        save(&other, &vars, &wrong).unwrap();
+        let e = load(&other, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("does not match its configuration"), "{e}");
+
+        // A safetensors file without our metadata.
+        let bare = dir.path().join("bare.safetensors");
+        let t = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+        safetensors::serialize_to_file([("x", &t)], None, &bare).unwrap();
+        let e = load(&bare, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("not a JNSC model file"), "{e}");
+    }
+}
