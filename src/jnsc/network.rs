@@ -13,7 +13,7 @@
 //! Weight names follow the module structure one to one (`enc1.conv1.weight`, ...).
 
 use crate::jnsc::ops3d::{
-    conv3d, crop_adaptive_max_pool, down_conv, instance_norm_relu, spatial_dropout, up_conv,
+    adaptive_max_pool, conv3d, crop, down_conv, instance_norm_relu, spatial_dropout, up_conv,
 };
 use crate::volume::morphology::components;
 use candle_core::{DType, Module, Result, Tensor, bail};
@@ -345,8 +345,9 @@ impl Jnsc {
                 let dims = item.dims();
                 let start = [0, 1, 2].map(|a| (c.min[a] / scale).min(dims[a + 2] - 1));
                 let end = [0, 1, 2].map(|a| (c.max[a] / scale).min(dims[a + 2] - 1).max(start[a]));
-                let pooled = crop_adaptive_max_pool(&item, start, end, pooled_size(level))?;
-                parts.push(conv3d(&pooled, &self.features[level])?.flatten_all()?);
+                let cropped = crop(&item, start, end)?;
+                let mixed = conv3d(&cropped, &self.features[level])?;
+                parts.push(adaptive_max_pool(&mixed, pooled_size(level))?.flatten_all()?);
             }
             let size = (c.voxels as f64).cbrt() / 10.0;
             parts.push(Tensor::new(&[size as f32], device)?);

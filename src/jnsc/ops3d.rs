@@ -445,15 +445,8 @@ pub fn spatial_dropout(x: &Tensor, p: f64) -> Result<Tensor> {
     x.broadcast_mul(&(keep / (1.0 - p))?)
 }
 
-/// Crops [N, C, D, H, W] to the box `start..=end` (per spatial axis) and max-pools it to
-/// `size`^3 with PyTorch's adaptive bins (bin i covers floor(i L / s) .. ceil((i + 1) L / s)),
-/// giving [N, C, size, size, size].
-pub fn crop_adaptive_max_pool(
-    x: &Tensor,
-    start: [usize; 3],
-    end: [usize; 3],
-    size: usize,
-) -> Result<Tensor> {
+/// Crops [N, C, D, H, W] to the box `start..=end` (inclusive, per spatial axis).
+pub fn crop(x: &Tensor, start: [usize; 3], end: [usize; 3]) -> Result<Tensor> {
     let mut region = x.clone();
     for axis in 0..3 {
         if end[axis] < start[axis] || end[axis] >= x.dim(axis + 2)? {
@@ -461,7 +454,13 @@ pub fn crop_adaptive_max_pool(
         }
         region = region.narrow(axis + 2, start[axis], end[axis] - start[axis] + 1)?;
     }
-    let mut pooled = region;
+    Ok(region)
+}
+
+/// Max-pools [N, C, D, H, W] to `size`^3 with PyTorch's adaptive bins (bin i of an axis of
+/// length L covers floor(i L / size) .. ceil((i + 1) L / size)).
+pub fn adaptive_max_pool(x: &Tensor, size: usize) -> Result<Tensor> {
+    let mut pooled = x.clone();
     for axis in 0..3 {
         let dim = axis + 2;
         let length = pooled.dim(dim)?;
@@ -912,7 +911,7 @@ mod tests {
         let xs = values(2 * d * h * w, 81);
         let x = tensor(&xs, &[1, 2, d, h, w]);
         let (start, end) = ([1, 0, 2], [3, 4, 6]);
-        let pooled = flat(&crop_adaptive_max_pool(&x, start, end, 2).unwrap());
+        let pooled = flat(&adaptive_max_pool(&crop(&x, start, end).unwrap(), 2).unwrap());
         let bins = |lo: usize, hi: usize| {
             let len = hi - lo + 1;
             [(lo, lo + len.div_ceil(2)), (lo + len / 2, hi + 1)]
@@ -937,9 +936,9 @@ mod tests {
                 }
             }
         }
-        let single = flat(&crop_adaptive_max_pool(&x, [2, 2, 2], [2, 2, 2], 2).unwrap());
+        let single = flat(&adaptive_max_pool(&crop(&x, [2, 2, 2], [2, 2, 2]).unwrap(), 2).unwrap());
         assert!(single[..8].iter().all(|v| *v == xs[(2 * h + 2) * w + 2]));
-        assert!(crop_adaptive_max_pool(&x, [0, 0, 0], [5, 1, 1], 1).is_err());
+        assert!(crop(&x, [0, 0, 0], [5, 1, 1]).is_err());
     }
 
     #[test]
@@ -976,7 +975,7 @@ mod tests {
             let normed = instance_norm_relu(&down, &gamma, &beta, 1e-5).unwrap();
             let up = up_conv(&normed, &w2).unwrap();
             let pooled = max_pool2(&up).unwrap();
-            let feature = crop_adaptive_max_pool(&up, [0, 1, 0], [2, 3, 3], 2).unwrap();
+            let feature = adaptive_max_pool(&crop(&up, [0, 1, 0], [2, 3, 3]).unwrap(), 2).unwrap();
             (pooled.sqr().unwrap().sum_all().unwrap() + feature.sum_all().unwrap()).unwrap()
         };
         let x = Var::from_tensor(&Tensor::from_slice(&xs, (2, 2, 4, 4, 4), &Device::Cpu).unwrap())
