@@ -46,10 +46,30 @@ enum Command {
         #[arg(long, default_value = "bspline")]
         interpolation: jnsc::volume::resample::Interpolation,
     },
+    /// Model files.
+    Model {
+        #[command(subcommand)]
+        which: ModelCommand,
+    },
     /// Benchmarks that print their figures.
     Bench {
         #[command(subcommand)]
         which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Write a freshly initialised (untrained) model file, e.g. to start a training run.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// cpu or paper.
+        #[arg(long, default_value = "cpu")]
+        preset: String,
+        /// Override the encoder widths, e.g. 4,8,8,16,16.
+        #[arg(long, value_delimiter = ',')]
+        widths: Option<Vec<usize>>,
     },
 }
 
@@ -104,6 +124,14 @@ fn main() -> ExitCode {
                     rounds,
                 },
         } => jnsc::bench::volume(slices, size, rounds),
+        Command::Model {
+            which:
+                ModelCommand::Init {
+                    out,
+                    preset,
+                    widths,
+                },
+        } => model_init(&out, &preset, widths),
         Command::Bench {
             which: BenchCommand::Network { rounds },
         } => jnsc::bench::network(rounds),
@@ -232,6 +260,42 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
             if n.marginal { " (marginal)" } else { "" }
         );
     }
+    Ok(())
+}
+
+fn model_init(
+    out: &std::path::Path,
+    preset: &str,
+    widths: Option<Vec<usize>>,
+) -> anyhow::Result<()> {
+    use jnsc::jnsc::model_file::{ModelInfo, save};
+    use jnsc::jnsc::network::{Config, Jnsc};
+    let mut config = match preset {
+        "cpu" => Config::cpu(),
+        "paper" => Config::paper(),
+        other => anyhow::bail!("--preset {other}: use cpu or paper"),
+    };
+    if let Some(w) = widths {
+        config.widths = w
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("--widths needs 5 values"))?;
+    }
+    // Candle's CPU backend cannot be seeded: the initial weights differ on every run.
+    let device = candle_core::Device::Cpu;
+    let vars = candle_nn::VarMap::new();
+    Jnsc::new(
+        &config,
+        candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &device),
+    )?;
+    let info = ModelInfo {
+        name: format!("jnsc-{preset}"),
+        version: "0.0.0-untrained".into(),
+        config,
+        normalization: jnsc::volume::Normalization::default(),
+        provenance: serde_json::json!({"trained": false, "init": "kaiming normal", "jnsc": env!("CARGO_PKG_VERSION")}),
+    };
+    save(out, &vars, &info)?;
+    println!("wrote untrained model {} to {}", info.name, out.display());
     Ok(())
 }
 
