@@ -250,9 +250,14 @@ pub fn volume(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The PyTorch peer of the network benchmark (same architecture and weights).
+const TORCH_REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/jnsc_reference.py");
+
 /// Times the network's forward pass and a forward+backward (training) step on one 64^3 patch,
-/// and a larger forward tile, for both presets, and prints GFLOP/s of the convolutions.
+/// and a larger forward tile, for both presets, and prints GFLOP/s of the convolutions; then
+/// PyTorch (CPU, 2 threads) on the same architecture and weights, and the ratios.
 pub fn network(rounds: usize) -> anyhow::Result<()> {
+    use crate::jnsc::model_file::{ModelInfo, save};
     use crate::jnsc::network::{Config, Jnsc};
     use candle_core::{DType, Device, Tensor};
     use candle_nn::{VarBuilder, VarMap};
@@ -265,6 +270,7 @@ pub fn network(rounds: usize) -> anyhow::Result<()> {
         let map = VarMap::new();
         let net = Jnsc::new(&config, VarBuilder::from_varmap(&map, DType::F32, &device))?;
         let flops = conv_flops(&config, 64);
+        let mut ours_64 = [0.0; 2];
         for (size, backward) in [(64usize, false), (64, true), (128, false)] {
             let x = Tensor::randn(0f32, 1.0, (1, 1, size, size, size), &device)?;
             let mut times = Vec::new();
@@ -279,6 +285,9 @@ pub fn network(rounds: usize) -> anyhow::Result<()> {
                 times.push(start.elapsed().as_secs_f64());
             }
             let t = median(&mut times);
+            if size == 64 {
+                ours_64[usize::from(backward)] = t;
+            }
             let work = flops * (size as f64 / 64.0).powi(3) * if backward { 3.0 } else { 1.0 };
             println!(
                 "{name:>5} {size}^3 {:<16} {t:.3} s  ({:.1} GFLOP/s of convolution)",
@@ -289,6 +298,42 @@ pub fn network(rounds: usize) -> anyhow::Result<()> {
                 },
                 work / t / 1e9
             );
+        }
+        let file = std::env::temp_dir().join(format!(
+            "jnsc-bench-{name}-{}.safetensors",
+            std::process::id()
+        ));
+        let info = ModelInfo {
+            name: format!("bench-{name}"),
+            version: "0".into(),
+            config: config.clone(),
+            normalization: crate::volume::Normalization::default(),
+            provenance: serde_json::json!({"bench": true}),
+        };
+        save(&file, &map, &info)?;
+        let out = Command::new("python3")
+            .arg(TORCH_REFERENCE)
+            .arg(&file)
+            .args(["--bench", "--size", "64", "--rounds", &rounds.to_string()])
+            .output();
+        let _ = std::fs::remove_file(&file);
+        match out {
+            Ok(out) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let time_of = |label: &str| -> Option<f64> {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(label)?.trim().parse().ok())
+                };
+                if let (Some(f), Some(fb)) = (time_of("forward "), time_of("forward+backward ")) {
+                    println!(
+                        "{name:>5} 64^3 PyTorch forward {f:.3} s, forward+backward {fb:.3} s; \
+                         jnsc/PyTorch time: forward {:.2}x (target <= 1.2), training step {:.2}x (target <= 1.5)",
+                        ours_64[0] / f,
+                        ours_64[1] / fb
+                    );
+                }
+            }
+            _ => println!("{name:>5} PyTorch peer not run (pip install torch safetensors)"),
         }
     }
     Ok(())
