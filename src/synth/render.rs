@@ -294,24 +294,31 @@ pub fn gaussian_blur(image: &mut [f32], rows: usize, cols: usize, sigma: f64) {
     let total: f32 = kernel.iter().sum();
     let kernel: Vec<f32> = kernel.iter().map(|k| k / total).collect();
     let mut tmp = vec![0f32; image.len()];
+    convolve_axis(image, &mut tmp, rows, cols, &kernel, false);
+    convolve_axis(&tmp, image, rows, cols, &kernel, true);
+}
+
+/// One pass of a separable filter: along the columns of each row, or (`vertical`) along the
+/// rows of each column, with edge clamping.
+fn convolve_axis(
+    input: &[f32],
+    output: &mut [f32],
+    rows: usize,
+    cols: usize,
+    kernel: &[f32],
+    vertical: bool,
+) {
+    let radius = (kernel.len() / 2) as isize;
+    let (length, stride) = if vertical { (rows, cols) } else { (cols, 1) };
     for r in 0..rows {
         for c in 0..cols {
+            let (position, base) = if vertical { (r, c) } else { (c, r * cols) };
             let mut s = 0.0;
             for (t, k) in kernel.iter().enumerate() {
-                let cc = (c as isize + t as isize - radius).clamp(0, cols as isize - 1) as usize;
-                s += k * image[r * cols + cc];
+                let q = (position as isize + t as isize - radius).clamp(0, length as isize - 1);
+                s += k * input[base + q as usize * stride];
             }
-            tmp[r * cols + c] = s;
-        }
-    }
-    for r in 0..rows {
-        for c in 0..cols {
-            let mut s = 0.0;
-            for (t, k) in kernel.iter().enumerate() {
-                let rr = (r as isize + t as isize - radius).clamp(0, rows as isize - 1) as usize;
-                s += k * tmp[rr * cols + c];
-            }
-            image[r * cols + c] = s;
+            output[r * cols + c] = s;
         }
     }
 }
