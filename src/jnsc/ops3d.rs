@@ -55,31 +55,41 @@ impl Dims {
         );
         let plane = self.height * self.width;
         let volume = self.depth * plane;
-        // Coordinates and offsets of the tile's positions, computed once: the inner loop has
-        // no division.
-        let coords: Vec<(isize, isize, isize, isize)> = (start..start + len)
-            .map(|p| {
-                let (z, y, x) = (p / plane, (p / self.width) % self.height, p % self.width);
-                (z as isize, y as isize, x as isize, p as isize)
-            })
-            .collect();
+        // The tile's positions as runs along x within one (z, y) row: for each kernel offset a
+        // run maps to a contiguous source segment, copied whole, with zeros where it leaves
+        // the volume.
+        let mut runs: Vec<(usize, isize, isize, isize, usize)> = Vec::new(); // (col, z, y, x0, n)
+        let mut p = start;
+        while p < start + len {
+            let (z, y, x) = (p / plane, (p / self.width) % self.height, p % self.width);
+            let n = (self.width - x).min(start + len - p);
+            runs.push((p - start, z as isize, y as isize, x as isize, n));
+            p += n;
+        }
         let mut row = 0;
         for c in 0..self.channels {
             let source = &input[c * volume..(c + 1) * volume];
             for kz in -pad..=pad {
                 for ky in -pad..=pad {
                     for kx in -pad..=pad {
-                        let shift = (kz * h + ky) * w + kx;
                         let out = &mut block[row * len..(row + 1) * len];
-                        for (o, &(z, y, x, p)) in out.iter_mut().zip(&coords) {
-                            let inside = (0..d).contains(&(z + kz))
-                                && (0..h).contains(&(y + ky))
-                                && (0..w).contains(&(x + kx));
-                            *o = if inside {
-                                source[(p + shift) as usize]
-                            } else {
-                                0.0
-                            };
+                        for &(col, z, y, x0, n) in &runs {
+                            let target = &mut out[col..col + n];
+                            let (zz, yy) = (z + kz, y + ky);
+                            if zz < 0 || zz >= d || yy < 0 || yy >= h {
+                                target.fill(0.0);
+                                continue;
+                            }
+                            // Source x range for this run, clipped to the volume.
+                            let first = x0 + kx;
+                            let lo = (-first).clamp(0, n as isize) as usize;
+                            let hi = (w - first).clamp(0, n as isize) as usize;
+                            target[..lo].fill(0.0);
+                            if hi > lo {
+                                let from = ((zz * h + yy) * w + first + lo as isize) as usize;
+                                target[lo..hi].copy_from_slice(&source[from..from + (hi - lo)]);
+                            }
+                            target[hi.max(lo)..].fill(0.0);
                         }
                         row += 1;
                     }
