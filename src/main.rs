@@ -77,15 +77,7 @@ enum ModelCommand {
 enum BenchCommand {
     /// Sends one CT series over loopback to this node and to DCMTK's storescp, in one run, and
     /// prints instances/second for both and their ratio.
-    Ingest {
-        #[arg(long, default_value_t = 300)]
-        slices: usize,
-        #[arg(long, default_value_t = 512)]
-        size: u16,
-        /// Rounds per peer (alternating); the median is reported.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-    },
+    Ingest(SeriesBench),
     /// Times the network's forward and forward+backward passes for both presets.
     Network {
         #[arg(long, default_value_t = 3)]
@@ -93,14 +85,20 @@ enum BenchCommand {
     },
     /// Times series -> volume -> 1 mm for a synthetic series, and SimpleITK doing the same in
     /// the same run; prints both and the ratio.
-    Volume {
-        #[arg(long, default_value_t = 300)]
-        slices: usize,
-        #[arg(long, default_value_t = 512)]
-        size: u16,
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-    },
+    Volume(SeriesBench),
+}
+
+/// The synthetic series a benchmark uses, and how many rounds it runs.
+#[derive(clap::Args)]
+struct SeriesBench {
+    #[arg(long, default_value_t = 300)]
+    slices: usize,
+    /// Rows and columns of each slice.
+    #[arg(long, default_value_t = 512)]
+    size: u16,
+    /// Rounds per peer (alternating); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 fn main() -> ExitCode {
@@ -109,21 +107,11 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Synth(args) => synth(args),
         Command::Bench {
-            which:
-                BenchCommand::Ingest {
-                    slices,
-                    size,
-                    rounds,
-                },
-        } => jnsc::bench::ingest(slices, size, rounds),
+            which: BenchCommand::Ingest(b),
+        } => jnsc::bench::ingest(b.slices, b.size, b.rounds),
         Command::Bench {
-            which:
-                BenchCommand::Volume {
-                    slices,
-                    size,
-                    rounds,
-                },
-        } => jnsc::bench::volume(slices, size, rounds),
+            which: BenchCommand::Volume(b),
+        } => jnsc::bench::volume(b.slices, b.size, b.rounds),
         Command::Model {
             which:
                 ModelCommand::Init {
