@@ -98,34 +98,17 @@ impl Response<'_> {
     /// Encodes the response in implicit VR little endian, with the Command Group Length.
     pub fn encode(&self) -> Vec<u8> {
         let mut elements = vec![
-            DataElement::new(
-                tags::AFFECTED_SOP_CLASS_UID,
-                VR::UI,
-                PrimitiveValue::from(self.affected_sop_class_uid),
-            ),
-            DataElement::new(
-                tags::COMMAND_FIELD,
-                VR::US,
-                PrimitiveValue::from(self.command_field),
-            ),
-            DataElement::new(
+            ui(tags::AFFECTED_SOP_CLASS_UID, self.affected_sop_class_uid),
+            us(tags::COMMAND_FIELD, self.command_field),
+            us(
                 tags::MESSAGE_ID_BEING_RESPONDED_TO,
-                VR::US,
-                PrimitiveValue::from(self.message_id_being_responded_to),
+                self.message_id_being_responded_to,
             ),
-            DataElement::new(
-                tags::COMMAND_DATA_SET_TYPE,
-                VR::US,
-                PrimitiveValue::from(NO_DATA_SET),
-            ),
-            DataElement::new(tags::STATUS, VR::US, PrimitiveValue::from(self.status)),
+            us(tags::COMMAND_DATA_SET_TYPE, NO_DATA_SET),
+            us(tags::STATUS, self.status),
         ];
         if let Some(uid) = self.affected_sop_instance_uid {
-            elements.push(DataElement::new(
-                tags::AFFECTED_SOP_INSTANCE_UID,
-                VR::UI,
-                PrimitiveValue::from(uid),
-            ));
+            elements.push(ui(tags::AFFECTED_SOP_INSTANCE_UID, uid));
         }
         if let Some(comment) = self.error_comment {
             let comment: String = comment
@@ -160,35 +143,14 @@ impl StoreRequest<'_> {
     /// Encodes the request in implicit VR little endian, with the Command Group Length.
     pub fn encode(&self) -> Vec<u8> {
         encode_command(vec![
-            DataElement::new(
-                tags::AFFECTED_SOP_CLASS_UID,
-                VR::UI,
-                PrimitiveValue::from(self.affected_sop_class_uid),
-            ),
-            DataElement::new(
-                tags::COMMAND_FIELD,
-                VR::US,
-                PrimitiveValue::from(command_field::C_STORE_RQ),
-            ),
-            DataElement::new(
-                tags::MESSAGE_ID,
-                VR::US,
-                PrimitiveValue::from(self.message_id),
-            ),
-            DataElement::new(
-                tags::PRIORITY,
-                VR::US,
-                PrimitiveValue::from(PRIORITY_MEDIUM),
-            ),
-            DataElement::new(
-                tags::COMMAND_DATA_SET_TYPE,
-                VR::US,
-                PrimitiveValue::from(DATA_SET_PRESENT),
-            ),
-            DataElement::new(
+            ui(tags::AFFECTED_SOP_CLASS_UID, self.affected_sop_class_uid),
+            us(tags::COMMAND_FIELD, command_field::C_STORE_RQ),
+            us(tags::MESSAGE_ID, self.message_id),
+            us(tags::PRIORITY, PRIORITY_MEDIUM),
+            us(tags::COMMAND_DATA_SET_TYPE, DATA_SET_PRESENT),
+            ui(
                 tags::AFFECTED_SOP_INSTANCE_UID,
-                VR::UI,
-                PrimitiveValue::from(self.affected_sop_instance_uid),
+                self.affected_sop_instance_uid,
             ),
         ])
     }
@@ -202,6 +164,16 @@ fn encode_command(elements: Vec<DataElement<InMemDicomObject>>) -> Vec<u8> {
         .write_dataset_with_ts(&mut bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
         .expect("writing a command set to memory cannot fail");
     bytes
+}
+
+/// A UI command element.
+fn ui(tag: Tag, value: &str) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::UI, PrimitiveValue::from(value))
+}
+
+/// A US command element.
+fn us(tag: Tag, value: u16) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::US, PrimitiveValue::from(value))
 }
 
 /// Bytes of PDU overhead per PDV item: item length (4), context id (1), control header (1).
