@@ -1,10 +1,11 @@
 //! JNSC node: a DICOM node for lung cancer screening. It receives chest CT series (C-STORE SCP),
 //! stores and indexes every instance durably, and queues complete series for analysis.
 //!
-//! Module map: `config` (TOML configuration), `net` (DICOM networking), `store` (files + SQLite
+//! Module map: `attributes` (reading data set values), `config` (TOML configuration), `net` (DICOM networking), `store` (files + SQLite
 //! index), `pipeline` (series completion and jobs), `node` (the `serve` command), `synth`
 //! (synthetic CT series), `bench` (benchmark commands).
 
+pub mod attributes;
 pub mod bench;
 pub mod config;
 pub mod jnsc;

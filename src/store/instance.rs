@@ -2,6 +2,7 @@
 //! attributes the index needs. The encoded bytes are kept as received, so what is stored is
 //! bit for bit what the sender sent.
 
+use crate::attributes::{integer, text};
 use crate::store::uid::{Uid, UidError};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
@@ -124,18 +125,4 @@ impl InstanceAttributes {
         }
         Ok(())
     }
-}
-
-/// The trimmed string value of an element, `None` when absent or empty.
-fn text(object: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let element = object.element_opt(tag).ok().flatten()?;
-    let value = element.to_str().ok()?;
-    let value = value.trim_matches(['\0', ' ']);
-    (!value.is_empty()).then(|| value.to_owned())
-}
-
-/// The integer value of an element (IS, US, UL...), `None` when absent or not a number.
-fn integer(object: &InMemDicomObject, tag: Tag) -> Option<i64> {
-    let element = object.element_opt(tag).ok().flatten()?;
-    element.to_int::<i64>().ok()
 }

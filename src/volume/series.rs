@@ -6,10 +6,11 @@
 //! tells an operator what is wrong with the data. Tilted acquisitions are refused rather than
 //! corrected; irregular spacing up to a limit is kept and resampled on the true positions.
 
+use crate::attributes::{first_item, integer, items, numbers, text};
 use crate::volume::geometry::{Geometry, Vec3, cross, dot, norm, sub};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, InMemDicomObject};
+use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::PixelDecoder;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -593,31 +594,4 @@ impl PixelSource {
             raw.iter().map(|&b| to_hu(value(u32::from(b)))).collect()
         })
     }
-}
-
-fn text(object: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let value = object.element_opt(tag).ok().flatten()?.to_str().ok()?;
-    let value = value.trim_matches(['\0', ' ']);
-    (!value.is_empty()).then(|| value.to_owned())
-}
-
-fn integer(object: &InMemDicomObject, tag: Tag) -> Option<i64> {
-    object.element_opt(tag).ok().flatten()?.to_int::<i64>().ok()
-}
-
-fn numbers(object: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
-    object
-        .element_opt(tag)
-        .ok()
-        .flatten()?
-        .to_multi_float64()
-        .ok()
-}
-
-fn items(object: &InMemDicomObject, tag: Tag) -> Option<&[InMemDicomObject]> {
-    object.element_opt(tag).ok().flatten()?.items()
-}
-
-fn first_item(object: &InMemDicomObject, tag: Tag) -> Option<&InMemDicomObject> {
-    items(object, tag)?.first()
 }
