@@ -464,7 +464,21 @@ fn moments(values: &[f32], eps: f64) -> (f32, f32) {
     (mean as f32, (1.0 / (variance + eps).sqrt()) as f32)
 }
 
-/// The fused forward: x [N, C, ...], gamma [C], beta [C].
+/// Channels and voxels per item-channel of an [N, C, D, H, W] layout.
+fn channels_and_spatial(layout: &Layout) -> Result<(usize, usize)> {
+    let &[n, c, d, h, w] = layout.shape().dims() else {
+        bail!(
+            "instance norm: input must be [N, C, D, H, W], got {:?}",
+            layout.shape()
+        );
+    };
+    if n * c == 0 {
+        bail!("instance norm: empty input {:?}", layout.shape());
+    }
+    Ok((c, d * h * w))
+}
+
+/// The fused forward: x [N, C, D, H, W], gamma [C], beta [C].
 struct InstanceNormRelu {
     eps: f64,
 }
@@ -486,8 +500,7 @@ impl candle_core::CustomOp3 for InstanceNormRelu {
         let x = f32_slice(s1, l1, "input")?;
         let gamma = f32_slice(s2, l2, "gamma")?;
         let beta = f32_slice(s3, l3, "beta")?;
-        let channels = l1.shape().dims()[1];
-        let spatial = l1.shape().elem_count() / (l1.shape().dims()[0] * channels);
+        let (channels, spatial) = channels_and_spatial(l1)?;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(spatial)
             .zip(x.par_chunks(spatial))
@@ -549,8 +562,7 @@ impl candle_core::CustomOp3 for InstanceNormReluGrad {
         let x = f32_slice(s1, l1, "input")?;
         let scale_shift = f32_slice(s2, l2, "gamma and beta")?;
         let grad = f32_slice(s3, l3, "gradient")?;
-        let channels = l1.shape().dims()[1];
-        let spatial = l1.shape().elem_count() / (l1.shape().dims()[0] * channels);
+        let (channels, spatial) = channels_and_spatial(l1)?;
         let (gamma, beta) = scale_shift.split_at(channels);
         let mut dx = vec![0f32; x.len()];
         // Per item-channel: dx, and its contributions to dgamma and dbeta.
