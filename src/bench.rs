@@ -256,16 +256,21 @@ const TORCH_REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/jnsc_r
 /// Times the network's forward pass and a forward+backward (training) step on one 64^3 patch,
 /// and a larger forward tile, for both presets, and prints GFLOP/s of the convolutions; then
 /// PyTorch (CPU, 2 threads) on the same architecture and weights, and the ratios.
-pub fn network(rounds: usize) -> anyhow::Result<()> {
+pub fn network(rounds: usize, device: &str) -> anyhow::Result<()> {
     use crate::jnsc::model_file::{ModelInfo, save};
     use crate::jnsc::network::{Config, Jnsc};
-    use candle_core::{DType, Device, Tensor};
+    use candle_core::{DType, Tensor};
     use candle_nn::{VarBuilder, VarMap};
-    let device = Device::Cpu;
-    println!(
-        "CPU, {} rayon threads (set RAYON_NUM_THREADS to change)",
-        rayon::current_num_threads()
-    );
+    let device = crate::jnsc::device::select(device)?;
+    if device.is_cpu() {
+        println!(
+            "CPU, {} rayon threads (set RAYON_NUM_THREADS to change)",
+            rayon::current_num_threads()
+        );
+    } else {
+        println!("{device:?}; the first round of each case is a warm-up and not counted");
+    }
+    let torch_device = if device.is_cpu() { "cpu" } else { "cuda" };
     for (name, config) in [("cpu", Config::cpu()), ("paper", Config::paper())] {
         let map = VarMap::new();
         let net = Jnsc::new(&config, VarBuilder::from_varmap(&map, DType::F32, &device))?;
@@ -274,7 +279,8 @@ pub fn network(rounds: usize) -> anyhow::Result<()> {
         for (size, backward) in [(64usize, false), (64, true), (128, false)] {
             let x = Tensor::randn(0f32, 1.0, (1, 1, size, size, size), &device)?;
             let mut times = Vec::new();
-            for _ in 0..rounds {
+            let warm_up = usize::from(!device.is_cpu());
+            for round in 0..rounds + warm_up {
                 let start = Instant::now();
                 let out = net.segment(&x, backward)?;
                 if backward {
@@ -282,7 +288,10 @@ pub fn network(rounds: usize) -> anyhow::Result<()> {
                 } else {
                     let _ = out.logits.flatten_all()?.to_vec1::<f32>()?;
                 }
-                times.push(start.elapsed().as_secs_f64());
+                device.synchronize()?;
+                if round >= warm_up {
+                    times.push(start.elapsed().as_secs_f64());
+                }
             }
             let t = median(&mut times);
             if size == 64 {
@@ -315,6 +324,7 @@ pub fn network(rounds: usize) -> anyhow::Result<()> {
             .arg(TORCH_REFERENCE)
             .arg(&file)
             .args(["--bench", "--size", "64", "--rounds", &rounds.to_string()])
+            .args(["--device", torch_device])
             .output();
         let _ = std::fs::remove_file(&file);
         match out {

@@ -3,11 +3,18 @@
 //!
 //! Module map: `attributes` (reading data set values), `config` (TOML configuration), `net` (DICOM networking), `store` (files + SQLite
 //! index), `pipeline` (series completion and jobs), `node` (the `serve` command), `synth`
-//! (synthetic CT series), `bench` (benchmark commands).
+//! (synthetic CT series), `bench` (benchmark commands),
+//! `eval` (FROC/CPM and classification metrics), `inference` (whole-scan
+//! analysis: findings from a series).
+
+/// The model file the node and `analyze` use unless told otherwise.
+pub const DEFAULT_MODEL: &str = "models/jnsc.safetensors";
 
 pub mod attributes;
 pub mod bench;
 pub mod config;
+pub mod eval;
+pub mod inference;
 pub mod jnsc;
 pub mod net;
 pub mod node;

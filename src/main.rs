@@ -51,11 +51,47 @@ enum Command {
         #[command(subcommand)]
         which: ModelCommand,
     },
+    /// Find nodules in one CT series folder: findings with malignancy as JSON (stdout or
+    /// --json FILE), with the time of each stage.
+    Analyze(AnalyzeArgs),
+    /// Evaluation: detection FROC/CPM by the LUNA16 rules.
+    Eval {
+        #[command(subcommand)]
+        which: EvalCommand,
+    },
     /// Benchmarks that print their figures.
     Bench {
         #[command(subcommand)]
         which: BenchCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct AnalyzeArgs {
+    /// Folder with the series' DICOM files.
+    dir: PathBuf,
+    /// Write the JSON here instead of stdout.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The model file.
+    #[arg(long, default_value = jnsc::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// fast (128^3 windows, 16-voxel margins) or paper (64^3 windows shifted by 32, averaged).
+    #[arg(long, default_value = "fast")]
+    tiling: String,
+    /// Windows per network call (more is faster on a GPU).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// FROC and CPM of CAD marks against LUNA16-format annotations, exactly as the challenge's
+    /// evaluation script computes them; prints its CAD analysis and the CPM.
+    Froc(jnsc::eval::FrocArgs),
 }
 
 #[derive(Subcommand)]
@@ -82,6 +118,9 @@ enum BenchCommand {
     Network {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Times series -> volume -> 1 mm for a synthetic series, and SimpleITK doing the same in
     /// the same run; prints both and the ratio.
@@ -106,6 +145,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Synth(args) => synth(args),
+        Command::Analyze(args) => analyze(&args),
+        Command::Eval {
+            which: EvalCommand::Froc(args),
+        } => jnsc::eval::run_froc(&args),
         Command::Bench {
             which: BenchCommand::Ingest(b),
         } => jnsc::bench::ingest(b.slices, b.size, b.rounds),
@@ -121,8 +164,8 @@ fn main() -> ExitCode {
                 },
         } => model_init(&out, &preset, widths),
         Command::Bench {
-            which: BenchCommand::Network { rounds },
-        } => jnsc::bench::network(rounds),
+            which: BenchCommand::Network { rounds, device },
+        } => jnsc::bench::network(rounds, &device),
         Command::Volume {
             dir,
             out,
@@ -349,4 +392,25 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .thread_name("jnsc")
         .build()?;
     runtime.block_on(jnsc::node::serve(config))
+}
+
+fn analyze(args: &AnalyzeArgs) -> anyhow::Result<()> {
+    use jnsc::inference::{Analyzer, tiles::Tiling};
+    let mut tiling = match args.tiling.as_str() {
+        "fast" => Tiling::fast(),
+        "paper" => Tiling::paper(),
+        other => anyhow::bail!("unknown tiling `{other}`: use fast or paper"),
+    };
+    tiling.batch = args.batch;
+    tiling.validate().map_err(anyhow::Error::msg)?;
+    let device = jnsc::jnsc::device::select(&args.device)?;
+    let analyzer = Analyzer::new(&args.model, device, tiling)?;
+    let files = jnsc::volume::series::files_in(&args.dir)?;
+    let analysis = analyzer.analyze(&files)?;
+    let json = serde_json::to_string_pretty(&analysis.report)?;
+    match &args.json {
+        Some(path) => std::fs::write(path, json + "\n")?,
+        None => println!("{json}"),
+    }
+    Ok(())
 }

@@ -8,7 +8,7 @@ safetensors file.
       rewrites MODEL with them (metadata kept), runs the network on the fixed input below and
       writes VECTOR.logits.f32 (segmentation logits, little-endian float32, [2, 1, 32, 32, 32])
       and VECTOR.json (class logits of the fixed candidate boxes).
-  python3 tools/jnsc_reference.py MODEL.safetensors --bench [--size 64] [--rounds 3]
+  python3 tools/jnsc_reference.py MODEL.safetensors --bench [--size 64] [--rounds 3] [--device cuda]
       times forward and forward+backward on one patch (PyTorch CPU peer of `jnsc bench network`).
 
 Input: x[n, 0, d, h, w] = sin(0.3 d + 0.2 h) * cos(0.25 w) + 0.1 n.
@@ -103,6 +103,7 @@ def main():
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bench only)")
     args = ap.parse_args()
     t, meta, cfg = load(args.model)
     if args.vector:
@@ -123,12 +124,15 @@ def main():
         print("wrote", args.vector, "class logits", classes.tolist())
     if args.bench:
         torch.set_num_threads(2)
-        x = torch.randn(1, 1, args.size, args.size, args.size)
-        for p in t.values():
-            p.requires_grad_(True)
+        dev = torch.device(args.device)
+        torch.backends.cudnn.allow_tf32 = False  # full f32, like jnsc (cuBLAS without TF32)
+        x = torch.randn(1, 1, args.size, args.size, args.size, device=dev)
+        t = {k: v.to(dev).requires_grad_(True) for k, v in t.items()}
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        warm_up = 1 if dev.type == "cuda" else 0
         for backward in (False, True):
             times = []
-            for _ in range(args.rounds):
+            for round in range(args.rounds + warm_up):
                 start = time.perf_counter()
                 if backward:
                     logits, _ = segment(x, t, cfg)
@@ -136,7 +140,9 @@ def main():
                 else:
                     with torch.no_grad():
                         segment(x, t, cfg)
-                times.append(time.perf_counter() - start)
+                sync()
+                if round >= warm_up:
+                    times.append(time.perf_counter() - start)
             times.sort()
             print(f"{'forward+backward' if backward else 'forward'} {times[len(times) // 2]:.4f}")
 

@@ -489,4 +489,59 @@ mod tests {
             ]
         );
     }
+
+    /// With `--features cuda` (run on a machine with a GPU): the paper network on CUDA gives
+    /// the CPU's segmentation and class logits for the same weights (loaded from one file).
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_network_matches_the_cpu() {
+        use crate::jnsc::model_file::{ModelInfo, load, save};
+        let gpu = Device::new_cuda(0).expect("a CUDA build's tests need a GPU");
+        let map = VarMap::new();
+        let config = Config::paper();
+        Jnsc::new(
+            &config,
+            VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("model.safetensors");
+        let info = ModelInfo {
+            name: "cuda-check".into(),
+            version: "0".into(),
+            config,
+            normalization: crate::volume::Normalization::default(),
+            provenance: serde_json::json!({}),
+        };
+        save(&file, &map, &info).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 1, 64, 64, 64), &Device::Cpu).unwrap();
+        let boxes = [Candidate {
+            batch: 0,
+            min: [10, 20, 30],
+            max: [25, 29, 41],
+            voxels: 100,
+        }];
+        let run = |device: &Device| {
+            let (net, _) = load(&file, device).unwrap();
+            let out = net.segment(&x.to_device(device).unwrap(), false).unwrap();
+            let classes = net.classify(&out.encoder, &boxes).unwrap();
+            [out.logits, classes].map(|t| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_device(&Device::Cpu)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+        };
+        let (cpu, cuda) = (run(&Device::Cpu), run(&gpu));
+        for (name, a, b) in [
+            ("logits", &cpu[0], &cuda[0]),
+            ("classes", &cpu[1], &cuda[1]),
+        ] {
+            let diff = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            println!("{name}: CPU vs CUDA max abs diff {diff:.2e}");
+            assert!(diff < 1e-3, "{name}: CPU vs CUDA max diff {diff}");
+        }
+    }
 }

@@ -376,9 +376,46 @@ fn transposed_flipped(weight: &Tensor) -> Result<Tensor> {
 }
 
 /// 3-D convolution, stride 1, same zero padding, no bias: x [N, C, D, H, W], w [O, C, k, k, k]
-/// (k odd) -> [N, O, D, H, W]. Differentiable in both arguments.
+/// (k odd) -> [N, O, D, H, W]. Differentiable in both arguments. f32 on the CPU runs the tiled
+/// custom op; every other device and dtype (CUDA, f64) runs [`conv3d_composite`].
 pub fn conv3d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, Conv3d)
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?.apply_op2(&w.contiguous()?, Conv3d)
+    } else {
+        conv3d_composite(x, w)
+    }
+}
+
+/// The same convolution as Candle operations, for devices without the custom op (on CUDA the
+/// matrix product is one cuBLAS call per item): the k^3 shifted views of the zero-padded input
+/// are stacked into im2col columns [N, C k^3, D H W], then multiplied by the weights
+/// [O, C k^3]. Candle's autograd gives both gradients. Memory is k^3 times the input.
+fn conv3d_composite(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (n, c, d, h, wd) = x.dims5()?;
+    let (o, wc, k, k2, k3) = w.dims5()?;
+    if k != k2 || k != k3 || k % 2 == 0 {
+        bail!("conv3d: kernel must be cubic with an odd size, got {k}x{k2}x{k3}");
+    }
+    if wc != c {
+        bail!("conv3d: input has {c} channels, weight expects {wc}");
+    }
+    let pad = k / 2;
+    let padded = x
+        .pad_with_zeros(2, pad, pad)?
+        .pad_with_zeros(3, pad, pad)?
+        .pad_with_zeros(4, pad, pad)?;
+    let mut shifted = Vec::with_capacity(k * k * k);
+    for z in 0..k {
+        for y in 0..k {
+            for xo in 0..k {
+                shifted.push(padded.narrow(2, z, d)?.narrow(3, y, h)?.narrow(4, xo, wd)?);
+            }
+        }
+    }
+    let columns = Tensor::stack(&shifted, 2)?.reshape((n, c * k * k * k, d * h * wd))?;
+    w.reshape((o, c * k * k * k))?
+        .broadcast_matmul(&columns)?
+        .reshape((n, o, d, h, wd))
 }
 
 /// The three spatial sizes of an [N, C, D, H, W] tensor, which must all be even.
@@ -803,20 +840,29 @@ mod tests {
             .fold(0.0, f64::max)
     }
 
+    /// The tiled custom op and the Candle-operations version (the one CUDA runs).
+    type Conv = fn(&Tensor, &Tensor) -> Result<Tensor>;
+    const CONVOLUTIONS: [(&str, Conv); 2] =
+        [("custom op", conv3d), ("composite", conv3d_composite)];
+
     #[test]
     fn forward_matches_the_naive_convolution() {
         for (i, case) in cases().iter().enumerate() {
-            let xs = values(case.n * case.c * case.d * case.h * case.w, 2 * i as u64 + 1);
-            let ws = values(case.o * case.c * case.k.pow(3), 2 * i as u64 + 2);
-            let x = Tensor::from_slice(&xs, (case.n, case.c, case.d, case.h, case.w), &Device::Cpu)
-                .unwrap();
-            let w = Tensor::from_slice(&ws, (case.o, case.c, case.k, case.k, case.k), &Device::Cpu)
-                .unwrap();
-            let y = conv3d(&x, &w).unwrap();
-            assert_eq!(y.dims(), [case.n, case.o, case.d, case.h, case.w]);
-            let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let diff = max_diff(&got, &naive(case, &xs, &ws));
-            assert!(diff < 1e-4, "case {i}: max diff {diff}");
+            for (variant, conv3d) in CONVOLUTIONS {
+                let xs = values(case.n * case.c * case.d * case.h * case.w, 2 * i as u64 + 1);
+                let ws = values(case.o * case.c * case.k.pow(3), 2 * i as u64 + 2);
+                let x =
+                    Tensor::from_slice(&xs, (case.n, case.c, case.d, case.h, case.w), &Device::Cpu)
+                        .unwrap();
+                let w =
+                    Tensor::from_slice(&ws, (case.o, case.c, case.k, case.k, case.k), &Device::Cpu)
+                        .unwrap();
+                let y = conv3d(&x, &w).unwrap();
+                assert_eq!(y.dims(), [case.n, case.o, case.d, case.h, case.w]);
+                let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let diff = max_diff(&got, &naive(case, &xs, &ws));
+                assert!(diff < 1e-4, "{variant} case {i}: max diff {diff}");
+            }
         }
     }
 
@@ -825,69 +871,80 @@ mod tests {
     #[test]
     fn gradients_match_the_naive_gradients() {
         for (i, case) in cases().iter().enumerate() {
-            let xs = values(case.n * case.c * case.d * case.h * case.w, 10 + i as u64);
-            let ws = values(case.o * case.c * case.k.pow(3), 20 + i as u64);
-            let gs = values(case.n * case.o * case.d * case.h * case.w, 30 + i as u64);
-            let x = Var::from_tensor(
-                &Tensor::from_slice(&xs, (case.n, case.c, case.d, case.h, case.w), &Device::Cpu)
+            for (variant, conv3d) in CONVOLUTIONS {
+                let xs = values(case.n * case.c * case.d * case.h * case.w, 10 + i as u64);
+                let ws = values(case.o * case.c * case.k.pow(3), 20 + i as u64);
+                let gs = values(case.n * case.o * case.d * case.h * case.w, 30 + i as u64);
+                let x = Var::from_tensor(
+                    &Tensor::from_slice(
+                        &xs,
+                        (case.n, case.c, case.d, case.h, case.w),
+                        &Device::Cpu,
+                    )
                     .unwrap(),
-            )
-            .unwrap();
-            let w = Var::from_tensor(
-                &Tensor::from_slice(&ws, (case.o, case.c, case.k, case.k, case.k), &Device::Cpu)
+                )
+                .unwrap();
+                let w = Var::from_tensor(
+                    &Tensor::from_slice(
+                        &ws,
+                        (case.o, case.c, case.k, case.k, case.k),
+                        &Device::Cpu,
+                    )
                     .unwrap(),
-            )
-            .unwrap();
-            let g = Tensor::from_slice(&gs, (case.n, case.o, case.d, case.h, case.w), &Device::Cpu)
+                )
                 .unwrap();
-            let loss = (conv3d(x.as_tensor(), w.as_tensor()).unwrap() * &g)
-                .unwrap()
-                .sum_all()
-                .unwrap();
-            let grads = loss.backward().unwrap();
-            let gx = grads
-                .get(x.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let gw = grads
-                .get(w.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            // Exact gradients by perturbing one coordinate at a time is O(n^2); instead use
-            // linearity: dL/dx[j] = L(e_j) for the naive convolution with x = e_j, and likewise
-            // for w. Check a spread of coordinates.
-            let loss_of = |x: &[f32], w: &[f32]| -> f64 {
-                naive(case, x, w)
-                    .iter()
-                    .zip(&gs)
-                    .map(|(y, g)| y * f64::from(*g))
-                    .sum()
-            };
-            for j in (0..xs.len()).step_by(xs.len() / 17 + 1) {
-                let mut e = vec![0f32; xs.len()];
-                e[j] = 1.0;
-                let expected = loss_of(&e, &ws);
-                assert!(
-                    (f64::from(gx[j]) - expected).abs() < 1e-4,
-                    "case {i} dx[{j}]: {} vs {expected}",
-                    gx[j]
-                );
-            }
-            for j in (0..ws.len()).step_by(ws.len() / 13 + 1) {
-                let mut e = vec![0f32; ws.len()];
-                e[j] = 1.0;
-                let expected = loss_of(&xs, &e);
-                assert!(
-                    (f64::from(gw[j]) - expected).abs() < 1e-3,
-                    "case {i} dw[{j}]: {} vs {expected}",
-                    gw[j]
-                );
+                let g =
+                    Tensor::from_slice(&gs, (case.n, case.o, case.d, case.h, case.w), &Device::Cpu)
+                        .unwrap();
+                let loss = (conv3d(x.as_tensor(), w.as_tensor()).unwrap() * &g)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let grads = loss.backward().unwrap();
+                let gx = grads
+                    .get(x.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let gw = grads
+                    .get(w.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                // Exact gradients by perturbing one coordinate at a time is O(n^2); instead use
+                // linearity: dL/dx[j] = L(e_j) for the naive convolution with x = e_j, and likewise
+                // for w. Check a spread of coordinates.
+                let loss_of = |x: &[f32], w: &[f32]| -> f64 {
+                    naive(case, x, w)
+                        .iter()
+                        .zip(&gs)
+                        .map(|(y, g)| y * f64::from(*g))
+                        .sum()
+                };
+                for j in (0..xs.len()).step_by(xs.len() / 17 + 1) {
+                    let mut e = vec![0f32; xs.len()];
+                    e[j] = 1.0;
+                    let expected = loss_of(&e, &ws);
+                    assert!(
+                        (f64::from(gx[j]) - expected).abs() < 1e-4,
+                        "{variant} case {i} dx[{j}]: {} vs {expected}",
+                        gx[j]
+                    );
+                }
+                for j in (0..ws.len()).step_by(ws.len() / 13 + 1) {
+                    let mut e = vec![0f32; ws.len()];
+                    e[j] = 1.0;
+                    let expected = loss_of(&xs, &e);
+                    assert!(
+                        (f64::from(gw[j]) - expected).abs() < 1e-3,
+                        "{variant} case {i} dw[{j}]: {} vs {expected}",
+                        gw[j]
+                    );
+                }
             }
         }
     }
@@ -953,15 +1010,21 @@ mod tests {
 
     #[test]
     fn wrong_shapes_are_clear_errors() {
-        let x = Tensor::zeros((1, 2, 4, 4, 4), DType::F32, &Device::Cpu).unwrap();
-        let w = Tensor::zeros((3, 5, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
-        let e = conv3d(&x, &w).unwrap_err().to_string();
-        assert!(e.contains("channels"), "{e}");
-        let w = Tensor::zeros((3, 2, 2, 2, 2), DType::F32, &Device::Cpu).unwrap();
-        assert!(conv3d(&x, &w).unwrap_err().to_string().contains("odd"));
+        for (variant, conv3d) in CONVOLUTIONS {
+            let x = Tensor::zeros((1, 2, 4, 4, 4), DType::F32, &Device::Cpu).unwrap();
+            let w = Tensor::zeros((3, 5, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
+            let e = conv3d(&x, &w).unwrap_err().to_string();
+            assert!(e.contains("channels"), "{variant}: {e}");
+            let w = Tensor::zeros((3, 2, 2, 2, 2), DType::F32, &Device::Cpu).unwrap();
+            let e = conv3d(&x, &w).unwrap_err().to_string();
+            assert!(e.contains("odd"), "{variant}: {e}");
+        }
+        // The custom op itself is f32-only; other dtypes go to the composite.
         let x64 = Tensor::zeros((1, 2, 4, 4, 4), DType::F64, &Device::Cpu).unwrap();
         let w = Tensor::zeros((3, 2, 3, 3, 3), DType::F64, &Device::Cpu).unwrap();
-        assert!(conv3d(&x64, &w).unwrap_err().to_string().contains("f32"));
+        let e = x64.apply_op2(&w, Conv3d).unwrap_err().to_string();
+        assert!(e.contains("f32"), "{e}");
+        assert_eq!(conv3d(&x64, &w).unwrap().dims(), [1, 3, 4, 4, 4]);
     }
 
     fn tensor(values: &[f32], shape: &[usize]) -> Tensor {
@@ -1227,6 +1290,67 @@ mod tests {
                 (numeric - g[j]).abs() < 1e-4 * numeric.abs().max(1.0),
                 "x[{j}]: {numeric} vs {}",
                 g[j]
+            );
+        }
+    }
+
+    /// With `--features cuda` (run on a machine with a GPU): every operator's output and
+    /// gradients on CUDA match the CPU's on the same random inputs.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_matches_the_cpu_forward_and_backward() {
+        let gpu = Device::new_cuda(0).expect("a CUDA build's tests need a GPU");
+        let random = |shape: &[usize], seed: u64| {
+            let n = shape.iter().product();
+            Tensor::from_vec(values(n, seed), shape, &Device::Cpu).unwrap()
+        };
+        let x = random(&[2, 3, 6, 10, 8], 1);
+        let w3 = random(&[4, 3, 3, 3, 3], 2);
+        let wd = random(&[5, 4, 2, 2, 2], 3);
+        let wu = random(&[5, 4, 2, 2, 2], 4);
+        let gamma = random(&[5], 5);
+        let beta = random(&[5], 6);
+        let g = random(&[2, 4, 6, 10, 8], 7);
+        // One loss through every operator; its value and the gradients of all inputs.
+        let run = |device: &Device| -> Vec<Vec<f32>> {
+            let vars: Vec<Var> = [&x, &w3, &wd, &wu, &gamma, &beta]
+                .iter()
+                .map(|t| Var::from_tensor(&t.to_device(device).unwrap()).unwrap())
+                .collect();
+            let t: Vec<&Tensor> = vars.iter().map(Var::as_tensor).collect();
+            let conv = conv3d(t[0], t[1]).unwrap();
+            let down = down_conv(&conv, t[2]).unwrap();
+            let normed = instance_norm_relu(&down, t[4], t[5], 1e-5).unwrap();
+            let up = up_conv(&normed, t[3]).unwrap();
+            let pooled = max_pool2(&up).unwrap();
+            let feature = adaptive_max_pool(&crop(&up, [1, 2, 0], [4, 7, 5]).unwrap(), 2).unwrap();
+            let loss = ((conv * g.to_device(device).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                + pooled.sqr().unwrap().sum_all().unwrap()
+                + feature.sum_all().unwrap())
+            .unwrap();
+            let grads = loss.backward().unwrap();
+            let mut out = vec![flat(&loss.to_device(&Device::Cpu).unwrap())];
+            for v in &vars {
+                out.push(flat(
+                    &grads
+                        .get(v.as_tensor())
+                        .unwrap()
+                        .to_device(&Device::Cpu)
+                        .unwrap(),
+                ));
+            }
+            out
+        };
+        let (cpu, cuda) = (run(&Device::Cpu), run(&gpu));
+        for (i, (a, b)) in cpu.iter().zip(&cuda).enumerate() {
+            let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let diff = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(
+                diff <= 1e-4 * scale,
+                "output {i}: CPU vs CUDA max diff {diff} (scale {scale})"
             );
         }
     }

@@ -1,0 +1,266 @@
+//! Whole-scan inference: a CT series folder -> 1 mm volume and lung mask -> sliding-window
+//! nodule probability map over the lungs' bounding box (`tiles`) -> findings (`findings`) ->
+//! malignancy from the classification path on a 64^3 window centred on each finding. The
+//! `jnsc analyze` command and the node's worker both call [`Analyzer::analyze`].
+
+pub mod findings;
+pub mod tiles;
+
+use crate::jnsc::model_file::{ModelFileError, ModelInfo, load};
+use crate::jnsc::network::{Candidate, Jnsc};
+use crate::volume::Volume;
+use crate::volume::prepare::{PreparedVolume, prepare};
+use crate::volume::resample::Interpolation;
+use crate::volume::series::SeriesError;
+use candle_core::{Device, Tensor};
+use findings::{Detection, PostProcessing, detect};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tiles::Tiling;
+
+/// Side of the window the classification path sees around each finding.
+pub const CLASSIFICATION_WINDOW: usize = 64;
+
+/// Why a series could not be analysed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    #[error(transparent)]
+    Series(#[from] SeriesError),
+    #[error("no lungs found in the series (not a chest CT, or no air-filled lung)")]
+    NoLungs,
+    #[error("network failed: {0}")]
+    Network(#[from] candle_core::Error),
+}
+
+impl AnalyzeError {
+    /// A short stable code for the index and the status endpoint.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AnalyzeError::Series(e) => e.code(),
+            AnalyzeError::NoLungs => "no-lungs",
+            AnalyzeError::Network(_) => "network",
+        }
+    }
+}
+
+/// One nodule finding as reported (JSON keys are part of the `analyze` interface).
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// Centre of mass, patient coordinates (LPS), mm.
+    pub center_mm: [f64; 3],
+    /// Equivalent-sphere diameter, mm.
+    pub diameter_mm: f64,
+    /// Largest extent, mm.
+    pub max_diameter_mm: f64,
+    pub volume_mm3: f64,
+    /// Highest voxel probability of the segmentation inside the finding.
+    pub p_nodule: f64,
+    /// Classification path: probability of the malignant class.
+    pub p_malignant: f64,
+    pub p_benign: f64,
+    pub p_non_nodule: f64,
+    /// The call: malignant when p(malignant) > p(benign).
+    pub malignant: bool,
+    /// "left" or "right" lung (patient's side), from the centre's position against the lungs'
+    /// midline.
+    pub lung_side: &'static str,
+}
+
+/// Milliseconds per stage.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timings {
+    pub load: f64,
+    pub resample: f64,
+    pub lung_mask: f64,
+    pub segmentation: f64,
+    pub detection: f64,
+    pub classification: f64,
+    pub total: f64,
+}
+
+/// What `analyze` returns as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub series_uid: String,
+    pub model: ModelSummary,
+    pub device: String,
+    pub tiling: Tiling,
+    pub volume_size: [usize; 3],
+    pub lung_volume_ml: f64,
+    pub findings: Vec<Finding>,
+    pub timings_ms: Timings,
+}
+
+/// The model a report came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    pub name: String,
+    pub version: String,
+}
+
+/// A report with what the result objects need beside it: the prepared volume (source geometry,
+/// 1 mm grid) and each finding's voxels on the 1 mm grid.
+#[derive(Debug)]
+pub struct Analysis {
+    pub report: Report,
+    pub volume: PreparedVolume,
+    pub detections: Vec<Detection>,
+    /// The grid of the detections' voxel offsets.
+    pub map_geometry: crate::volume::geometry::Geometry,
+}
+
+/// A loaded model on a device, with the inference settings.
+pub struct Analyzer {
+    net: Jnsc,
+    info: ModelInfo,
+    device: Device,
+    pub tiling: Tiling,
+    pub post: PostProcessing,
+}
+
+impl Analyzer {
+    /// Loads a model file onto `device`.
+    pub fn new(model: &Path, device: Device, tiling: Tiling) -> Result<Self, ModelFileError> {
+        let (net, info) = load(model, &device)?;
+        let post = PostProcessing {
+            threshold: info.config.threshold as f32,
+            ..PostProcessing::default()
+        };
+        Ok(Self {
+            net,
+            info,
+            device,
+            tiling,
+            post,
+        })
+    }
+
+    pub fn model_info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Analyses one series.
+    pub fn analyze(&self, files: &[PathBuf]) -> Result<Analysis, AnalyzeError> {
+        let started = Instant::now();
+        let volume = prepare(files, Interpolation::BSpline)?;
+        let region = volume.lungs.bounding_box.ok_or(AnalyzeError::NoLungs)?;
+        let t = Instant::now();
+        let map = tiles::probability_map(
+            &self.net,
+            &volume.hu,
+            region,
+            &self.info.normalization,
+            &self.tiling,
+            &self.device,
+        )?;
+        let segmentation = t.elapsed();
+        let t = Instant::now();
+        let detections = detect(&map, &self.post);
+        let detection = t.elapsed();
+        let t = Instant::now();
+        let classes = self.classify(&volume.hu, &map, &detections)?;
+        let classification = t.elapsed();
+        let midline_x = {
+            let g = volume.hu.geometry;
+            let centre = [0, 1, 2].map(|a| (region.min[a] + region.max[a]) as f64 / 2.0);
+            g.index_to_patient(centre)[0]
+        };
+        let findings = detections
+            .iter()
+            .zip(&classes)
+            .map(|(d, p)| Finding {
+                center_mm: d.center_mm,
+                diameter_mm: d.equivalent_diameter_mm,
+                max_diameter_mm: d.max_diameter_mm,
+                volume_mm3: d.volume_mm3,
+                p_nodule: f64::from(d.p_nodule),
+                p_non_nodule: f64::from(p[0]),
+                p_benign: f64::from(p[1]),
+                p_malignant: f64::from(p[2]),
+                malignant: p[2] > p[1],
+                // LPS: +x is the patient's left.
+                lung_side: if d.center_mm[0] > midline_x {
+                    "left"
+                } else {
+                    "right"
+                },
+            })
+            .collect();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let report = Report {
+            series_uid: volume.series.series_uid.clone(),
+            model: ModelSummary {
+                name: self.info.name.clone(),
+                version: self.info.version.clone(),
+            },
+            device: format!("{:?}", self.device.location()),
+            tiling: self.tiling,
+            volume_size: volume.hu.geometry.size,
+            lung_volume_ml: volume.lungs.lung_volume_ml,
+            findings,
+            timings_ms: Timings {
+                load: volume.timings_ms.load,
+                resample: volume.timings_ms.resample,
+                lung_mask: volume.timings_ms.lung_mask,
+                segmentation: ms(segmentation),
+                detection: ms(detection),
+                classification: ms(classification),
+                total: ms(started.elapsed()),
+            },
+        };
+        Ok(Analysis {
+            report,
+            volume,
+            detections,
+            map_geometry: map.geometry,
+        })
+    }
+
+    /// Class probabilities (non-nodule, benign, malignant) of each detection, from a window
+    /// centred on it (clamped to the volume where it fits).
+    fn classify(
+        &self,
+        hu: &Volume<f32>,
+        map: &Volume<f32>,
+        detections: &[Detection],
+    ) -> candle_core::Result<Vec<[f32; 3]>> {
+        let w = CLASSIFICATION_WINDOW;
+        let mut out = Vec::with_capacity(detections.len());
+        for d in detections {
+            // The detection's box on the volume's grid (the map is a sub-grid of it).
+            let offset = hu
+                .geometry
+                .patient_to_index(map.geometry.origin)
+                .map(|v| v.round() as i64);
+            let lo = [0, 1, 2].map(|a| d.bounding_box.min[a] as i64 + offset[a]);
+            let hi = [0, 1, 2].map(|a| d.bounding_box.max[a] as i64 + offset[a]);
+            let start = [0, 1, 2].map(|a| {
+                let centre = (lo[a] + hi[a]) / 2;
+                let s = centre - (w / 2) as i64;
+                let limit = hu.geometry.size[a] as i64 - w as i64;
+                if limit < 0 { s } else { s.clamp(0, limit) }
+            });
+            let x = Tensor::from_vec(
+                tiles::window(hu, start, w, &self.info.normalization),
+                (1, 1, w, w, w),
+                &self.device,
+            )?;
+            let seg = self.net.segment(&x, false)?;
+            let in_window = |v: i64| (v.clamp(0, w as i64 - 1)) as usize;
+            // Candidate boxes are [D, H, W] = (k, j, i) on the window.
+            let candidate = Candidate {
+                batch: 0,
+                min: [2, 1, 0].map(|a| in_window(lo[a] - start[a])),
+                max: [2, 1, 0].map(|a| in_window(hi[a] - start[a])),
+                voxels: d.voxels.len(),
+            };
+            let logits = self.net.classify(&seg.encoder, &[candidate])?;
+            let p = candle_nn::ops::softmax(&logits, 1)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            out.push([p[0], p[1], p[2]]);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,251 @@
+//! Sliding-window segmentation of a whole 1 mm volume, restricted to a region (the lung mask's
+//! bounding box): network windows at a stride, blended into one probability map.
+//!
+//! Two blendings: `Average` (the paper: 64^3 windows shifted by 32, each voxel the mean of every
+//! window covering it) and `Core` (larger windows with a margin; each voxel taken from the
+//! centre part of the window(s) holding it, so the margin gives every kept voxel context on all
+//! sides). Instance normalisation makes a window's output depend on the whole window, so the two
+//! give close but not identical maps. Voxels outside the volume read as air (-1000 HU).
+
+use crate::jnsc::network::Jnsc;
+use crate::volume::lung::BoundingBox;
+use crate::volume::{Normalization, Volume};
+use candle_core::{Device, Tensor};
+
+/// How windows are blended.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Blend {
+    /// Every window counts over its whole extent (the paper).
+    Average,
+    /// Only a window's centre (window minus (window - stride) / 2 on each side) counts, except at
+    /// the region's border.
+    Core,
+}
+
+/// Window size, stride and blending.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Tiling {
+    pub window: usize,
+    pub stride: usize,
+    pub blend: Blend,
+    /// Windows per network call.
+    pub batch: usize,
+}
+
+impl Tiling {
+    /// The paper's setting: 64^3 windows shifted by 32, averaged.
+    pub fn paper() -> Self {
+        Self {
+            window: 64,
+            stride: 32,
+            blend: Blend::Average,
+            batch: 1,
+        }
+    }
+
+    /// The fast setting: 128^3 windows with a 16-voxel margin (stride 96), centre parts kept.
+    pub fn fast() -> Self {
+        Self {
+            window: 128,
+            stride: 96,
+            blend: Blend::Core,
+            batch: 1,
+        }
+    }
+
+    /// Checks the setting against the network's constraints.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window == 0 || !self.window.is_multiple_of(16) {
+            return Err(format!("window {} must be a multiple of 16", self.window));
+        }
+        if self.stride == 0 || self.stride > self.window {
+            return Err(format!(
+                "stride {} must be between 1 and the window {}",
+                self.stride, self.window
+            ));
+        }
+        if self.batch == 0 {
+            return Err("batch must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Window starts along an axis of `length` (>= window): every `stride`, the last one flush with
+/// the end.
+pub fn window_starts(length: usize, window: usize, stride: usize) -> Vec<usize> {
+    let last = length.saturating_sub(window);
+    let mut starts: Vec<usize> = (0..=last).step_by(stride).collect();
+    if starts.last() != Some(&last) {
+        starts.push(last);
+    }
+    starts
+}
+
+/// The weight (1 or 0) of position `p` (0..window) of a window starting at `start` along an
+/// axis of `length`.
+fn counts(tiling: &Tiling, start: usize, length: usize, p: usize) -> bool {
+    if tiling.blend == Blend::Average {
+        return true;
+    }
+    let margin = (tiling.window - tiling.stride) / 2;
+    let lo = if start == 0 { 0 } else { margin };
+    let hi = if start + tiling.window >= length {
+        tiling.window
+    } else {
+        tiling.window - margin
+    };
+    (lo..hi).contains(&p)
+}
+
+/// The region a map covers: `region` grown to at least one window per axis (it may reach past
+/// the volume; those voxels read as air).
+fn covered(region: BoundingBox, window: usize) -> ([i64; 3], [usize; 3]) {
+    let mut start = [0i64; 3];
+    let mut size = [0usize; 3];
+    for a in 0..3 {
+        let len = region.max[a] - region.min[a] + 1;
+        size[a] = len.max(window);
+        start[a] = region.min[a] as i64 - ((size[a] - len) / 2) as i64;
+    }
+    (start, size)
+}
+
+/// Runs the network over `region` of `hu` and returns the blended probability map on the
+/// covered grid (the region, grown to at least one window per axis).
+pub fn probability_map(
+    net: &Jnsc,
+    hu: &Volume<f32>,
+    region: BoundingBox,
+    normalization: &Normalization,
+    tiling: &Tiling,
+    device: &Device,
+) -> candle_core::Result<Volume<f32>> {
+    let w = tiling.window;
+    let (origin, size) = covered(region, w);
+    let [si, sj, sk] = size;
+    let mut sum = vec![0f32; si * sj * sk];
+    let mut weight = vec![0u16; si * sj * sk];
+    let starts: Vec<[usize; 3]> = {
+        let (i, j, k) = (
+            window_starts(si, w, tiling.stride),
+            window_starts(sj, w, tiling.stride),
+            window_starts(sk, w, tiling.stride),
+        );
+        k.iter()
+            .flat_map(|&z| {
+                let i = &i;
+                j.iter()
+                    .flat_map(move |&y| i.iter().map(move |&x| [x, y, z]))
+            })
+            .collect()
+    };
+    let g = hu.geometry;
+    for group in starts.chunks(tiling.batch) {
+        let mut input = Vec::with_capacity(group.len() * w * w * w);
+        for s in group {
+            let at = [0, 1, 2].map(|a| origin[a] + s[a] as i64);
+            input.extend(window(hu, at, w, normalization));
+        }
+        let x = Tensor::from_vec(input, (group.len(), 1, w, w, w), device)?;
+        let p = candle_nn::ops::sigmoid(&net.segment(&x, false)?.logits)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (n, s) in group.iter().enumerate() {
+            let item = &p[n * w * w * w..(n + 1) * w * w * w];
+            for z in (0..w).filter(|&z| counts(tiling, s[2], sk, z)) {
+                for y in (0..w).filter(|&y| counts(tiling, s[1], sj, y)) {
+                    let row = ((s[2] + z) * sj + s[1] + y) * si + s[0];
+                    let from = (z * w + y) * w;
+                    for x in (0..w).filter(|&x| counts(tiling, s[0], si, x)) {
+                        sum[row + x] += item[from + x];
+                        weight[row + x] += 1;
+                    }
+                }
+            }
+        }
+    }
+    let data = sum
+        .iter()
+        .zip(&weight)
+        .map(|(&s, &n)| if n == 0 { 0.0 } else { s / f32::from(n) })
+        .collect();
+    let origin_mm = g.index_to_patient(origin.map(|v| v as f64));
+    Ok(Volume {
+        geometry: crate::volume::geometry::Geometry {
+            origin: origin_mm,
+            size,
+            ..g
+        },
+        data,
+    })
+}
+
+/// The normalised values of the w^3 window of `hu` whose first voxel is `start` (k slowest, i
+/// fastest: the network's [D, H, W]); voxels outside the volume read as air.
+pub fn window(
+    hu: &Volume<f32>,
+    start: [i64; 3],
+    w: usize,
+    normalization: &Normalization,
+) -> Vec<f32> {
+    let size = hu.geometry.size;
+    let air = normalization.apply(-1000.0);
+    let mut data = Vec::with_capacity(w * w * w);
+    for z in 0..w as i64 {
+        for y in 0..w as i64 {
+            for x in 0..w as i64 {
+                let idx = [start[0] + x, start[1] + y, start[2] + z];
+                let inside = (0..3).all(|a| idx[a] >= 0 && (idx[a] as usize) < size[a]);
+                data.push(if inside {
+                    normalization.apply(hu.at(idx[0] as usize, idx[1] as usize, idx[2] as usize))
+                } else {
+                    air
+                });
+            }
+        }
+    }
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_cover_the_axis_and_end_flush() {
+        assert_eq!(window_starts(64, 64, 32), [0]);
+        assert_eq!(window_starts(100, 64, 32), [0, 32, 36]);
+        assert_eq!(window_starts(128, 64, 32), [0, 32, 64]);
+        assert_eq!(window_starts(300, 128, 96), [0, 96, 172]);
+    }
+
+    #[test]
+    fn core_blending_covers_every_voxel() {
+        for (length, tiling) in [(300, Tiling::fast()), (100, Tiling::paper())] {
+            let mut covered = vec![0; length];
+            for s in window_starts(length, tiling.window, tiling.stride) {
+                for p in 0..tiling.window {
+                    if counts(&tiling, s, length, p) {
+                        covered[s + p] += 1;
+                    }
+                }
+            }
+            assert!(covered.iter().all(|&c| c > 0), "{tiling:?}");
+        }
+    }
+
+    #[test]
+    fn a_small_region_grows_to_one_window_around_its_centre() {
+        let region = BoundingBox {
+            min: [10, 20, 30],
+            max: [59, 119, 30],
+        };
+        let (start, size) = covered(region, 64);
+        assert_eq!(size, [64, 100, 64]);
+        assert_eq!(start, [3, 20, -1]);
+    }
+}
