@@ -54,7 +54,7 @@ enum Command {
     /// Find nodules in one CT series folder: findings with malignancy as JSON (stdout or
     /// --json FILE), with the time of each stage.
     Analyze(AnalyzeArgs),
-    /// Evaluation: detection FROC/CPM by the LUNA16 rules.
+    /// Evaluation: detection FROC/CPM by the LUNA16 rules, malignancy metrics.
     Eval {
         #[command(subcommand)]
         which: EvalCommand,
@@ -92,6 +92,9 @@ enum EvalCommand {
     /// FROC and CPM of CAD marks against LUNA16-format annotations, exactly as the challenge's
     /// evaluation script computes them; prints its CAD analysis and the CPM.
     Froc(jnsc::eval::FrocArgs),
+    /// Run the analyzer on studies with ground truth (folders written by `jnsc synth`) and report
+    /// FROC/CPM and malignancy accuracy, sensitivity, specificity, balanced accuracy and AUC.
+    Studies(jnsc::eval::studies::StudiesArgs),
 }
 
 #[derive(Subcommand)]
@@ -122,6 +125,23 @@ enum BenchCommand {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Runs `analyze` on a synthetic chest study with the paper's sliding window and the fast
+    /// setting; prints each stage's time and the peak memory.
+    Analyze {
+        #[arg(long, default_value_t = 300)]
+        slices: usize,
+        #[arg(long, default_value_t = 512)]
+        size: u16,
+        /// The model file (default: the shipped model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Windows per network call.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+    },
     /// Times series -> volume -> 1 mm for a synthetic series, and SimpleITK doing the same in
     /// the same run; prints both and the ratio.
     Volume(SeriesBench),
@@ -149,9 +169,22 @@ fn main() -> ExitCode {
         Command::Eval {
             which: EvalCommand::Froc(args),
         } => jnsc::eval::run_froc(&args),
+        Command::Eval {
+            which: EvalCommand::Studies(args),
+        } => jnsc::eval::studies::run(&args),
         Command::Bench {
             which: BenchCommand::Ingest(b),
         } => jnsc::bench::ingest(b.slices, b.size, b.rounds),
+        Command::Bench {
+            which:
+                BenchCommand::Analyze {
+                    slices,
+                    size,
+                    model,
+                    device,
+                    batch,
+                },
+        } => jnsc::bench::analyze(slices, size, model.as_deref(), &device, batch),
         Command::Bench {
             which: BenchCommand::Volume(b),
         } => jnsc::bench::volume(b.slices, b.size, b.rounds),
@@ -396,11 +429,7 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn analyze(args: &AnalyzeArgs) -> anyhow::Result<()> {
     use jnsc::inference::{Analyzer, tiles::Tiling};
-    let mut tiling = match args.tiling.as_str() {
-        "fast" => Tiling::fast(),
-        "paper" => Tiling::paper(),
-        other => anyhow::bail!("unknown tiling `{other}`: use fast or paper"),
-    };
+    let mut tiling = Tiling::named(&args.tiling).map_err(anyhow::Error::msg)?;
     tiling.batch = args.batch;
     tiling.validate().map_err(anyhow::Error::msg)?;
     let device = jnsc::jnsc::device::select(&args.device)?;

@@ -177,7 +177,8 @@ fn capped_marks<'a>(marks: &[&'a Mark], max_marks: usize) -> Vec<&'a Mark> {
         .collect()
 }
 
-fn hits(finding: &Finding, mark: &Mark) -> bool {
+/// Whether `mark` lies strictly inside `finding`'s sphere (a diameter below 0 means 10 mm).
+pub fn hits(finding: &Finding, mark: &Mark) -> bool {
     let diameter = if finding.diameter_mm < 0.0 {
         10.0
     } else {

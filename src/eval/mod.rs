@@ -1,8 +1,11 @@
 //! Evaluation tools: detection FROC/CPM by the LUNA16 rules (`froc`), malignancy classification
-//! metrics with M = 3 excluded (`classification`), and the `jnsc eval` commands over them.
+//! metrics with M = 3 excluded (`classification`), the FROC plot (`plot`), evaluation of the
+//! model on synthetic studies with ground truth (`studies`), and the `jnsc eval` commands.
 
 pub mod classification;
 pub mod froc;
+pub mod plot;
+pub mod studies;
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -58,7 +61,25 @@ pub fn run_froc(args: &FrocArgs) -> anyhow::Result<()> {
             .file_stem()
             .map_or("CAD".into(), |s| s.to_string_lossy().into_owned())
     });
-    let report = analysis.report(&name);
+    print_and_write(&analysis, &name, args.out.as_deref())?;
+    if args.bootstrap > 0 {
+        let (low, high) = bootstrap_cpm(&reference, &marks, args, args.bootstrap);
+        println!(
+            "CPM 95% bootstrap interval over scans ({} rounds): {low:.6} .. {high:.6}",
+            args.bootstrap
+        );
+    }
+    Ok(())
+}
+
+/// Prints the CAD analysis and the CPM; with `out`, writes the script's three files and
+/// froc.png there. Returns the sensitivities at the CPM rates and the CPM.
+pub fn print_and_write(
+    analysis: &froc::Analysis,
+    name: &str,
+    out: Option<&Path>,
+) -> anyhow::Result<([f64; 7], f64)> {
+    let report = analysis.report(name);
     print!("{report}");
     let (at, score) = froc::cpm(&analysis.curve);
     let listed: Vec<String> = at.iter().map(|s| format!("{s:.4}")).collect();
@@ -67,14 +88,7 @@ pub fn run_froc(args: &FrocArgs) -> anyhow::Result<()> {
         froc::CPM_RATES,
         listed.join(" ")
     );
-    if args.bootstrap > 0 {
-        let (low, high) = bootstrap_cpm(&reference, &marks, args, args.bootstrap);
-        println!(
-            "CPM 95% bootstrap interval over scans ({} rounds): {low:.6} .. {high:.6}",
-            args.bootstrap
-        );
-    }
-    if let Some(out) = &args.out {
+    if let Some(out) = out {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
         for (file, text) in [
             ("CADAnalysis.txt", report),
@@ -85,8 +99,11 @@ pub fn run_froc(args: &FrocArgs) -> anyhow::Result<()> {
             std::fs::write(&path, text)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
+        let png = out.join("froc.png");
+        plot::write_froc_png(&png, &analysis.curve, name)
+            .with_context(|| format!("cannot write {}", png.display()))?;
     }
-    Ok(())
+    Ok((at, score))
 }
 
 /// The 2.5th and 97.5th percentiles of the CPM over scans resampled with replacement.

@@ -16,6 +16,8 @@ pub struct PostProcessing {
     pub threshold: f32,
     /// Findings with a smaller equivalent diameter are dropped (LUNA16 counts nodules >= 3 mm).
     pub min_diameter_mm: f64,
+    /// At most this many findings are kept, strongest first (LUNA16 scores 100 per scan).
+    pub max_findings: usize,
 }
 
 impl Default for PostProcessing {
@@ -23,6 +25,7 @@ impl Default for PostProcessing {
         Self {
             threshold: 0.4,
             min_diameter_mm: 3.0,
+            max_findings: 100,
         }
     }
 }
@@ -89,7 +92,7 @@ pub fn detect(probability: &Volume<f32>, settings: &PostProcessing) -> Vec<Detec
                 center_mm: g.index_to_patient(center_index),
                 volume_mm3,
                 equivalent_diameter_mm: (6.0 * volume_mm3 / std::f64::consts::PI).cbrt(),
-                max_diameter_mm: max_extent_mm(&voxels, &mask, g.size, g.spacing),
+                max_diameter_mm: max_extent_mm(&voxels, g.size, g.spacing),
                 p_nodule: p_max,
                 bounding_box: BoundingBox { min: lo, max: hi },
                 voxels,
@@ -98,7 +101,9 @@ pub fn detect(probability: &Volume<f32>, settings: &PostProcessing) -> Vec<Detec
         .filter(|d| d.equivalent_diameter_mm >= settings.min_diameter_mm)
         .collect();
     found.sort_by(|a, b| b.p_nodule.total_cmp(&a.p_nodule));
-    suppress(found)
+    let mut kept = suppress(found);
+    kept.truncate(settings.max_findings);
+    kept
 }
 
 /// Non-maximum suppression: drops a detection whose centre lies within the equivalent radius
@@ -120,42 +125,55 @@ fn suppress(sorted: Vec<Detection>) -> Vec<Detection> {
     kept
 }
 
-/// The largest centre-to-centre distance between two surface voxels, plus one voxel spacing
-/// (so a single voxel measures one voxel across).
-fn max_extent_mm(voxels: &[usize], mask: &[u8], size: [usize; 3], spacing: Vec3) -> f64 {
-    let [ni, nj, nk] = size;
-    let index_of = |v: usize| [v % ni, (v / ni) % nj, v / (ni * nj)];
-    let on_surface = |v: usize| {
-        let [i, j, k] = index_of(v);
-        i == 0
-            || j == 0
-            || k == 0
-            || i + 1 == ni
-            || j + 1 == nj
-            || k + 1 == nk
-            || mask[v - 1] == 0
-            || mask[v + 1] == 0
-            || mask[v - ni] == 0
-            || mask[v + ni] == 0
-            || mask[v - ni * nj] == 0
-            || mask[v + ni * nj] == 0
-    };
-    let surface: Vec<Vec3> = voxels
-        .iter()
-        .filter(|&&v| on_surface(v))
-        .map(|&v| {
-            let idx = index_of(v);
-            [0, 1, 2].map(|a| idx[a] as f64 * spacing[a])
-        })
-        .collect();
-    let mut best = 0f64;
-    for (n, a) in surface.iter().enumerate() {
-        for b in &surface[n + 1..] {
-            let d2 = (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2);
-            best = best.max(d2);
+/// The largest extent of the voxels (centre to centre, plus one voxel so a single voxel
+/// measures one voxel across) over 49 directions spread over the half-sphere: within about 1% of
+/// the true maximum diameter for compact shapes, and linear in the voxel count.
+fn max_extent_mm(voxels: &[usize], size: [usize; 3], spacing: Vec3) -> f64 {
+    let [ni, nj, _] = size;
+    let directions = half_sphere_directions();
+    let mut lo = vec![f64::INFINITY; directions.len()];
+    let mut hi = vec![f64::NEG_INFINITY; directions.len()];
+    for &v in voxels {
+        let p = [
+            (v % ni) as f64 * spacing[0],
+            ((v / ni) % nj) as f64 * spacing[1],
+            (v / (ni * nj)) as f64 * spacing[2],
+        ];
+        for (n, d) in directions.iter().enumerate() {
+            let t = p[0] * d[0] + p[1] * d[1] + p[2] * d[2];
+            lo[n] = lo[n].min(t);
+            hi[n] = hi[n].max(t);
         }
     }
-    best.sqrt() + spacing[0].min(spacing[1]).min(spacing[2])
+    let extent = lo.iter().zip(&hi).map(|(l, h)| h - l).fold(0.0, f64::max);
+    extent + spacing[0].min(spacing[1]).min(spacing[2])
+}
+
+/// Unit vectors (x, y, z), z >= 0: the 13 axis, face- and body-diagonal directions of the voxel
+/// grid and 36 more on a spiral.
+fn half_sphere_directions() -> Vec<Vec3> {
+    let mut out: Vec<Vec3> = Vec::with_capacity(49);
+    for d in [-1.0f64, 0.0, 1.0] {
+        for e in [-1.0f64, 0.0, 1.0] {
+            for f in [0.0f64, 1.0] {
+                let v = [d, e, f];
+                let first_nonzero = v.iter().rev().find(|c| **c != 0.0);
+                // One of each +-pair: the last non-zero coordinate positive.
+                if first_nonzero.is_some_and(|c| *c > 0.0) {
+                    let n = (d * d + e * e + f * f).sqrt();
+                    out.push([d / n, e / n, f / n]);
+                }
+            }
+        }
+    }
+    let golden = std::f64::consts::PI * (3.0 - 5f64.sqrt());
+    for n in 0..36 {
+        let z = (n as f64 + 0.5) / 36.0;
+        let r = (1.0 - z * z).sqrt();
+        let a = golden * n as f64;
+        out.push([r * a.cos(), r * a.sin(), z]);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -233,8 +251,14 @@ mod tests {
         let lenient = PostProcessing {
             threshold: 0.3,
             min_diameter_mm: 2.0,
+            max_findings: 100,
         };
         assert_eq!(detect(&v, &lenient).len(), 2);
+        let capped = PostProcessing {
+            max_findings: 1,
+            ..lenient
+        };
+        assert_eq!(detect(&v, &capped)[0].p_nodule, 0.99);
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub struct Report {
     pub lung_volume_ml: f64,
     pub findings: Vec<Finding>,
     pub timings_ms: Timings,
+    /// Peak resident memory of the process so far, MiB (Linux; absent elsewhere).
+    pub peak_memory_mib: Option<f64>,
 }
 
 /// The model a report came from.
@@ -208,6 +210,7 @@ impl Analyzer {
                 classification: ms(classification),
                 total: ms(started.elapsed()),
             },
+            peak_memory_mib: peak_memory_mib(),
         };
         Ok(Analysis {
             report,
@@ -263,4 +266,18 @@ impl Analyzer {
         }
         Ok(out)
     }
+}
+
+/// The process's peak resident set size (VmHWM), MiB.
+pub fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }

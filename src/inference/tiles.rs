@@ -56,6 +56,15 @@ impl Tiling {
         }
     }
 
+    /// `fast` or `paper`.
+    pub fn named(name: &str) -> Result<Self, String> {
+        match name {
+            "fast" => Ok(Self::fast()),
+            "paper" => Ok(Self::paper()),
+            other => Err(format!("unknown tiling `{other}`: use fast or paper")),
+        }
+    }
+
     /// Checks the setting against the network's constraints.
     pub fn validate(&self) -> Result<(), String> {
         if self.window == 0 || !self.window.is_multiple_of(16) {

@@ -1,0 +1,204 @@
+//! Evaluation of a model on studies with ground truth, as `jnsc synth` writes them
+//! (DIR/<study>/dicom/ + truth.json): the analyzer runs on every study, its findings and the
+//! truth are written as LUNA16 CSVs, and the detection FROC/CPM and the malignancy metrics of
+//! the detected nodules (M = 3 excluded) are reported.
+
+use super::classification::{Metrics, Rated, metrics};
+use super::froc::{self, Finding, Mark, Reference};
+use crate::inference::{Analyzer, Report};
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// `jnsc eval studies`.
+#[derive(Debug, clap::Args)]
+pub struct StudiesArgs {
+    /// Folder whose sub-folders are studies (dicom/ and truth.json each).
+    pub dir: PathBuf,
+    /// Write the CSVs, the script's outputs, froc.png and metrics.json here.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The model file.
+    #[arg(long, default_value = crate::DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// fast or paper (see `jnsc analyze`).
+    #[arg(long, default_value = "fast")]
+    pub tiling: String,
+}
+
+/// The parts of truth.json the evaluation reads.
+#[derive(Debug, Deserialize)]
+struct TruthFile {
+    series_uid: String,
+    nodules: Vec<TruthNodule>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TruthNodule {
+    center_mm: [f64; 3],
+    diameter_mm: f64,
+    malignancy_median: f64,
+}
+
+/// What metrics.json holds.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub studies: usize,
+    pub nodules: usize,
+    pub findings: usize,
+    pub cpm: f64,
+    pub sensitivity_at_fps: Vec<(f64, f64)>,
+    pub classification: Metrics,
+    pub mean_analyze_seconds: f64,
+}
+
+/// The study folders under `dir` (those with a truth.json), sorted.
+pub fn study_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("truth.json").is_file())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// Runs `jnsc eval studies`.
+pub fn run(args: &StudiesArgs) -> anyhow::Result<()> {
+    let tiling =
+        crate::inference::tiles::Tiling::named(&args.tiling).map_err(anyhow::Error::msg)?;
+    let device = crate::jnsc::device::select(&args.device)?;
+    let analyzer = Analyzer::new(&args.model, device, tiling)?;
+    let dirs = study_dirs(&args.dir)?;
+    anyhow::ensure!(
+        !dirs.is_empty(),
+        "no studies (sub-folders with truth.json) in {}",
+        args.dir.display()
+    );
+    let mut reports = Vec::new();
+    let mut truths = Vec::new();
+    for (n, dir) in dirs.iter().enumerate() {
+        let truth: TruthFile = serde_json::from_slice(
+            &std::fs::read(dir.join("truth.json"))
+                .with_context(|| format!("cannot read {}/truth.json", dir.display()))?,
+        )
+        .with_context(|| format!("{}/truth.json", dir.display()))?;
+        let files = crate::volume::series::files_in(&dir.join("dicom"))?;
+        let report = analyzer
+            .analyze(&files)
+            .with_context(|| format!("analysing {}", dir.display()))?
+            .report;
+        eprintln!(
+            "[{}/{}] {}: {} findings, {} nodules in truth, {:.1} s",
+            n + 1,
+            dirs.len(),
+            dir.display(),
+            report.findings.len(),
+            truth.nodules.len(),
+            report.timings_ms.total / 1000.0
+        );
+        reports.push(report);
+        truths.push(truth);
+    }
+    let summary = evaluate(&reports, &truths, &args.out)?;
+    let json = serde_json::to_string_pretty(&summary)?;
+    std::fs::write(args.out.join("metrics.json"), &json)?;
+    println!("{json}");
+    Ok(())
+}
+
+/// Writes the LUNA16 CSVs and the script's outputs into `out`, and returns the summary.
+fn evaluate(reports: &[Report], truths: &[TruthFile], out: &Path) -> anyhow::Result<Summary> {
+    std::fs::create_dir_all(out)?;
+    let mut reference = Reference::default();
+    let mut marks = Vec::new();
+    let mut rated = Vec::new();
+    for (report, truth) in reports.iter().zip(truths) {
+        reference.series.push(truth.series_uid.clone());
+        for f in &report.findings {
+            marks.push(Mark {
+                series: truth.series_uid.clone(),
+                center: f.center_mm,
+                probability: f.p_nodule,
+            });
+        }
+        for n in &truth.nodules {
+            let finding = Finding {
+                series: truth.series_uid.clone(),
+                center: n.center_mm,
+                diameter_mm: n.diameter_mm,
+                center_text: n.center_mm.map(|c| format!("{c:.3}")),
+            };
+            // The classification of a detected nodule is that of its strongest hit.
+            let best = report
+                .findings
+                .iter()
+                .filter(|f| {
+                    froc::hits(
+                        &finding,
+                        &Mark {
+                            series: String::new(),
+                            center: f.center_mm,
+                            probability: 0.0,
+                        },
+                    )
+                })
+                .max_by(|a, b| a.p_nodule.total_cmp(&b.p_nodule));
+            if let Some(f) = best {
+                rated.push(Rated {
+                    median_rating: n.malignancy_median,
+                    p_malignant: f.p_malignant,
+                    called_malignant: f.malignant,
+                });
+            }
+            reference.nodules.push(finding);
+        }
+    }
+    write_csvs(&reference, &marks, out)?;
+    let analysis = froc::evaluate(&reference, &marks, froc::MAX_MARKS_PER_SCAN);
+    let (at, cpm) = super::print_and_write(&analysis, "jnsc", Some(out))?;
+    Ok(Summary {
+        studies: reports.len(),
+        nodules: reference.nodules.len(),
+        findings: marks.len(),
+        cpm,
+        sensitivity_at_fps: froc::CPM_RATES.iter().copied().zip(at).collect(),
+        classification: metrics(&rated),
+        mean_analyze_seconds: reports.iter().map(|r| r.timings_ms.total).sum::<f64>()
+            / 1000.0
+            / reports.len().max(1) as f64,
+    })
+}
+
+/// annotations.csv, annotations_excluded.csv (empty), seriesuids.csv and submission.csv, so
+/// that the official script can be run on the same inputs.
+fn write_csvs(reference: &Reference, marks: &[Mark], out: &Path) -> std::io::Result<()> {
+    let header = "seriesuid,coordX,coordY,coordZ,diameter_mm\n";
+    let mut annotations = String::from(header);
+    for n in &reference.nodules {
+        let _ = writeln!(
+            annotations,
+            "{},{},{},{},{:.3}",
+            n.series, n.center_text[0], n.center_text[1], n.center_text[2], n.diameter_mm
+        );
+    }
+    let mut submission = String::from("seriesuid,coordX,coordY,coordZ,probability\n");
+    for m in marks {
+        let _ = writeln!(
+            submission,
+            "{},{:.3},{:.3},{:.3},{:.6}",
+            m.series, m.center[0], m.center[1], m.center[2], m.probability
+        );
+    }
+    std::fs::write(out.join("annotations.csv"), annotations)?;
+    std::fs::write(out.join("annotations_excluded.csv"), header)?;
+    std::fs::write(
+        out.join("seriesuids.csv"),
+        reference.series.join("\n") + "\n",
+    )?;
+    std::fs::write(out.join("submission.csv"), submission)
+}

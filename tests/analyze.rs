@@ -1,0 +1,225 @@
+//! Whole-scan analysis: finding centres land on the nodules of an oblique synthetic study (the
+//! volume stage's geometry and the post-processing's patient coordinates together), and the
+//! `jnsc analyze` command's JSON interface and errors.
+
+use jnsc::inference::findings::{PostProcessing, detect};
+use jnsc::synth::calibration::Calibration;
+use jnsc::synth::render::Physics;
+use jnsc::synth::series::SeriesSpec;
+use jnsc::synth::study::{StudyOptions, write_study};
+use jnsc::volume::Volume;
+use jnsc::volume::metaimage;
+use jnsc::volume::prepare::prepare;
+use jnsc::volume::resample::Interpolation;
+use jnsc::volume::series::files_in;
+use std::path::Path;
+use std::process::Command;
+
+fn jnsc(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_jnsc"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A chest study at reduced resolution whose slices are rotated 20 degrees in plane and tilted
+/// 15 degrees about the patient's left-right axis.
+fn oblique_study(dir: &Path, nodules: usize, seed: u64) -> jnsc::synth::study::Truth {
+    let (a, t) = (20f64.to_radians(), 15f64.to_radians());
+    let row = [a.cos(), a.sin(), 0.0];
+    let column = [-a.sin() * t.cos(), a.cos() * t.cos(), t.sin()];
+    let options = StudyOptions {
+        series: SeriesSpec {
+            slices: 90,
+            rows: 240,
+            columns: 240,
+            pixel_spacing_mm: 1.5,
+            slice_spacing_mm: 3.0,
+            row_direction: row,
+            column_direction: column,
+            seed,
+            ..SeriesSpec::default()
+        },
+        nodules: Some(nodules),
+        physics: Physics::default(),
+    };
+    write_study(&options, &Calibration::lidc(), dir).unwrap()
+}
+
+#[test]
+fn finding_centres_land_on_the_nodules_of_an_oblique_study() {
+    let dir = tempfile::tempdir().unwrap();
+    let truth = oblique_study(dir.path(), 3, 21);
+    assert_eq!(truth.nodules.len(), 3);
+    let files = files_in(&dir.path().join("dicom")).unwrap();
+    let prepared = prepare(&files, Interpolation::BSpline).unwrap();
+    // A probability map that is exactly the truth mask, sampled on the 1 mm grid the network
+    // sees: what a perfect network would output.
+    let mask = metaimage::read(&dir.path().join("truth_mask.mhd")).unwrap();
+    let g = prepared.hu.geometry;
+    let mut map = Volume::filled(g, 0f32);
+    for k in 0..g.size[2] {
+        for j in 0..g.size[1] {
+            for i in 0..g.size[0] {
+                let point = g.index_to_patient([i as f64, j as f64, k as f64]);
+                if mask.nearest(point).unwrap_or(0.0) > 0.0 {
+                    map.data[g.offset(i, j, k)] = 0.9;
+                }
+            }
+        }
+    }
+    let found = detect(
+        &map,
+        &PostProcessing {
+            min_diameter_mm: 0.0,
+            ..PostProcessing::default()
+        },
+    );
+    for nodule in &truth.nodules {
+        let nearest = found
+            .iter()
+            .map(|f| {
+                (0..3)
+                    .map(|a| (f.center_mm[a] - nodule.center_mm[a]).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            nearest < 1.0,
+            "nodule at {:?} ({:.1} mm): nearest finding {nearest:.2} mm away",
+            nodule.center_mm,
+            nodule.diameter_mm
+        );
+    }
+    assert_eq!(found.len(), truth.nodules.len(), "{found:?}");
+}
+
+#[test]
+fn analyze_writes_the_findings_json_and_explains_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("study");
+    let truth = oblique_study(&study, 1, 5);
+    let model = dir.path().join("model.safetensors");
+    let init = jnsc(&["model", "init", "--out", model.to_str().unwrap()]);
+    assert!(init.status.success());
+    let json = dir.path().join("findings.json");
+    let run = jnsc(&[
+        "analyze",
+        study.join("dicom").to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["series_uid"], truth.series_uid.as_str());
+    assert_eq!(report["model"]["name"], "jnsc-cpu");
+    assert!(report["findings"].is_array());
+    for f in report["findings"].as_array().unwrap() {
+        for key in [
+            "center_mm",
+            "diameter_mm",
+            "volume_mm3",
+            "p_nodule",
+            "p_malignant",
+            "malignant",
+        ] {
+            assert!(!f[key].is_null(), "finding without {key}: {f}");
+        }
+        assert!(f["diameter_mm"].as_f64().unwrap() >= 3.0);
+    }
+    for stage in ["load", "resample", "lung_mask", "segmentation", "classification", "total"] {
+        assert!(
+            report["timings_ms"][stage].as_f64().unwrap() >= 0.0,
+            "no timing for {stage}"
+        );
+    }
+
+    // A missing model file, an empty folder and a CUDA device without CUDA: clear errors.
+    let missing = jnsc(&[
+        "analyze",
+        study.join("dicom").to_str().unwrap(),
+        "--model",
+        "/nonexistent/model.safetensors",
+    ]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/model.safetensors"));
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let none = jnsc(&[
+        "analyze",
+        empty.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert!(!none.status.success());
+    assert!(!String::from_utf8_lossy(&none.stderr).is_empty());
+    #[cfg(not(feature = "cuda"))]
+    {
+        let cuda = jnsc(&[
+            "analyze",
+            study.join("dicom").to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cuda",
+        ]);
+        assert!(String::from_utf8_lossy(&cuda.stderr).contains("--features cuda"));
+    }
+}
+
+#[test]
+fn eval_studies_scores_the_analyzer_against_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let studies = dir.path().join("studies");
+    for seed in [31, 32] {
+        oblique_study(&studies.join(format!("study{seed}")), 2, seed);
+    }
+    let model = dir.path().join("model.safetensors");
+    assert!(
+        jnsc(&["model", "init", "--out", model.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = dir.path().join("eval");
+    let run = jnsc(&[
+        "eval",
+        "studies",
+        studies.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["studies"], 2);
+    assert_eq!(metrics["nodules"], 4);
+    let cpm = metrics["cpm"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&cpm));
+    // The LUNA16-format inputs are there for the official script, and the script's outputs.
+    let annotations = std::fs::read_to_string(out.join("annotations.csv")).unwrap();
+    assert_eq!(annotations.lines().count(), 5);
+    assert_eq!(
+        std::fs::read_to_string(out.join("seriesuids.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    let cad = std::fs::read_to_string(out.join("CADAnalysis.txt")).unwrap();
+    assert!(cad.contains("Total number of nodules: 4"), "{cad}");
+    let png = std::fs::read(out.join("froc.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+}
