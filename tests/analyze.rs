@@ -134,7 +134,14 @@ fn analyze_writes_the_findings_json_and_explains_bad_input() {
         }
         assert!(f["diameter_mm"].as_f64().unwrap() >= 3.0);
     }
-    for stage in ["load", "resample", "lung_mask", "segmentation", "classification", "total"] {
+    for stage in [
+        "load",
+        "resample",
+        "lung_mask",
+        "segmentation",
+        "classification",
+        "total",
+    ] {
         assert!(
             report["timings_ms"][stage].as_f64().unwrap() >= 0.0,
             "no timing for {stage}"

@@ -386,11 +386,20 @@ pub fn conv3d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Elements of one im2col block of [`conv3d_composite`] (256 Mi f32 = 1 GiB).
+const COLUMN_BLOCK_ELEMENTS: usize = 1 << 28;
+
 /// The same convolution as Candle operations, for devices without the custom op (on CUDA the
-/// matrix product is one cuBLAS call per item): the k^3 shifted views of the zero-padded input
-/// are stacked into im2col columns [N, C k^3, D H W], then multiplied by the weights
-/// [O, C k^3]. Candle's autograd gives both gradients. Memory is k^3 times the input.
+/// matrix product is one cuBLAS call per item and block): depth slabs of the output, each from
+/// the k^3 shifted views of the zero-padded input stacked into im2col columns
+/// [N, C k^3, slab H W] and multiplied by the weights [O, C k^3]. A slab's columns hold at most
+/// [`COLUMN_BLOCK_ELEMENTS`] (never a whole-volume im2col). Candle's autograd gives both
+/// gradients.
 fn conv3d_composite(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    conv3d_in_slabs(x, w, COLUMN_BLOCK_ELEMENTS)
+}
+
+fn conv3d_in_slabs(x: &Tensor, w: &Tensor, block_elements: usize) -> Result<Tensor> {
     let (n, c, d, h, wd) = x.dims5()?;
     let (o, wc, k, k2, k3) = w.dims5()?;
     if k != k2 || k != k3 || k % 2 == 0 {
@@ -400,22 +409,40 @@ fn conv3d_composite(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         bail!("conv3d: input has {c} channels, weight expects {wc}");
     }
     let pad = k / 2;
+    let patch = c * k * k * k;
     let padded = x
         .pad_with_zeros(2, pad, pad)?
         .pad_with_zeros(3, pad, pad)?
         .pad_with_zeros(4, pad, pad)?;
-    let mut shifted = Vec::with_capacity(k * k * k);
-    for z in 0..k {
-        for y in 0..k {
-            for xo in 0..k {
-                shifted.push(padded.narrow(2, z, d)?.narrow(3, y, h)?.narrow(4, xo, wd)?);
+    let weights = w.reshape((o, patch))?;
+    let slab = (block_elements / (n * patch * h * wd).max(1)).clamp(1, d);
+    let mut slabs = Vec::with_capacity(d.div_ceil(slab));
+    for z0 in (0..d).step_by(slab) {
+        let depth = slab.min(d - z0);
+        let mut shifted = Vec::with_capacity(k * k * k);
+        for z in 0..k {
+            for y in 0..k {
+                for xo in 0..k {
+                    shifted.push(
+                        padded
+                            .narrow(2, z0 + z, depth)?
+                            .narrow(3, y, h)?
+                            .narrow(4, xo, wd)?,
+                    );
+                }
             }
         }
+        let columns = Tensor::stack(&shifted, 2)?.reshape((n, patch, depth * h * wd))?;
+        slabs.push(
+            weights
+                .broadcast_matmul(&columns)?
+                .reshape((n, o, depth, h, wd))?,
+        );
     }
-    let columns = Tensor::stack(&shifted, 2)?.reshape((n, c * k * k * k, d * h * wd))?;
-    w.reshape((o, c * k * k * k))?
-        .broadcast_matmul(&columns)?
-        .reshape((n, o, d, h, wd))
+    if slabs.len() == 1 {
+        return Ok(slabs.remove(0));
+    }
+    Tensor::cat(&slabs, 2)
 }
 
 /// The three spatial sizes of an [N, C, D, H, W] tensor, which must all be even.
@@ -842,8 +869,15 @@ mod tests {
 
     /// The tiled custom op and the Candle-operations version (the one CUDA runs).
     type Conv = fn(&Tensor, &Tensor) -> Result<Tensor>;
-    const CONVOLUTIONS: [(&str, Conv); 2] =
-        [("custom op", conv3d), ("composite", conv3d_composite)];
+    /// The composite in slabs of a few output planes (most cases need several).
+    fn conv3d_small_slabs(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        conv3d_in_slabs(x, w, 2000)
+    }
+    const CONVOLUTIONS: [(&str, Conv); 3] = [
+        ("custom op", conv3d),
+        ("composite", conv3d_composite),
+        ("composite in slabs", conv3d_small_slabs),
+    ];
 
     #[test]
     fn forward_matches_the_naive_convolution() {
