@@ -38,7 +38,7 @@ fn fixed_input() -> Tensor {
 fn segmentation_and_classification_match_pytorch() {
     let (net, info) = load(&vector("jnsc-reference.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(info.config.widths, [4, 8, 8, 16, 16]);
-    let out = net.segment(&fixed_input(), false).unwrap();
+    let out = net.segment(&fixed_input(), None).unwrap();
     let ours = out.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let raw = std::fs::read(vector("jnsc-reference.logits.f32")).unwrap();
     let theirs: Vec<f32> = raw

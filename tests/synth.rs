@@ -1,7 +1,8 @@
 //! The phantom generator: valid DICOM, the geometry asked for, ground truth that matches the
 //! voxels, bit-for-bit reproducibility, and malignancy statistics that follow LIDC-IDRI.
 
-use jnsc::synth::calibration::{Calibration, median};
+use jnsc::malignancy::score as median;
+use jnsc::synth::calibration::Calibration;
 use jnsc::synth::random::Rng;
 use jnsc::synth::render::Physics;
 use jnsc::synth::series::SeriesSpec;
@@ -260,6 +261,7 @@ fn training_volumes_come_without_dicom_and_label_their_nodules() {
     let (hu, labels, truth) = render_training_volume(
         31,
         [160, 160, 160],
+        None,
         &Calibration::lidc(),
         &Physics::default(),
     );

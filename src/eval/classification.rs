@@ -27,23 +27,11 @@ pub struct Metrics {
     pub auc: Option<f64>,
 }
 
-/// The reference class of a median rating: Some(true) malignant, Some(false) benign, None for
-/// M = 3.
-pub fn reference_class(median_rating: f64) -> Option<bool> {
-    if median_rating > 3.0 {
-        Some(true)
-    } else if median_rating < 3.0 {
-        Some(false)
-    } else {
-        None
-    }
-}
-
 /// Computes the metrics over `nodules`.
 pub fn metrics(nodules: &[Rated]) -> Metrics {
     let labelled: Vec<(bool, &Rated)> = nodules
         .iter()
-        .filter_map(|n| reference_class(n.median_rating).map(|c| (c, n)))
+        .filter_map(|n| crate::malignancy::class(n.median_rating).map(|c| (c, n)))
         .collect();
     let malignant = labelled.iter().filter(|(c, _)| *c).count();
     let benign = labelled.len() - malignant;

@@ -249,7 +249,7 @@ impl Analyzer {
                 (1, 1, w, w, w),
                 &self.device,
             )?;
-            let seg = self.net.segment(&x, false)?;
+            let seg = self.net.segment(&x, None)?;
             let in_window = |v: i64| (v.clamp(0, w as i64 - 1)) as usize;
             // Candidate boxes are [D, H, W] = (k, j, i) on the window.
             let candidate = Candidate {

@@ -160,7 +160,7 @@ pub fn probability_map(
             input.extend(window(hu, at, w, normalization));
         }
         let x = Tensor::from_vec(input, (group.len(), 1, w, w, w), device)?;
-        let p = candle_nn::ops::sigmoid(&net.segment(&x, false)?.logits)?
+        let p = candle_nn::ops::sigmoid(&net.segment(&x, None)?.logits)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         for (n, s) in group.iter().enumerate() {

@@ -192,8 +192,8 @@ mod tests {
         let (loaded, read) = load(&path, &Device::Cpu).unwrap();
         assert_eq!(read, info());
         let x = Tensor::randn(0f32, 1.0, (1, 1, 16, 16, 16), &Device::Cpu).unwrap();
-        let a = net.segment(&x, false).unwrap().logits;
-        let b = loaded.segment(&x, false).unwrap().logits;
+        let a = net.segment(&x, None).unwrap().logits;
+        let b = loaded.segment(&x, None).unwrap().logits;
         let diff = (a - b)
             .unwrap()
             .abs()

@@ -292,8 +292,13 @@ impl Jnsc {
         &self.config
     }
 
-    /// Segments a batch [N, 1, D, H, W] (sizes divisible by 16).
-    pub fn segment(&self, x: &Tensor, train: bool) -> Result<Segmentation> {
+    /// Segments a batch [N, 1, D, H, W] (sizes divisible by 16). With `dropout` (training), the
+    /// spatial dropout masks are drawn from it.
+    pub fn segment(
+        &self,
+        x: &Tensor,
+        mut dropout: Option<&mut crate::synth::random::Rng>,
+    ) -> Result<Segmentation> {
         let (_, channels, d, h, w) = x.dims5()?;
         if channels != 1 || !d.is_multiple_of(16) || !h.is_multiple_of(16) || !w.is_multiple_of(16)
         {
@@ -302,7 +307,6 @@ impl Jnsc {
                 x.dims()
             );
         }
-        let dropout = if train { self.config.dropout } else { 0.0 };
         let mut encoder = Vec::with_capacity(LEVELS);
         let mut y = x.clone();
         for level in 0..LEVELS {
@@ -312,7 +316,10 @@ impl Jnsc {
             } else {
                 y.clone()
             };
-            let out = spatial_dropout(&self.encoder[level].forward(&y, &shortcut)?, dropout)?;
+            let mut out = self.encoder[level].forward(&y, &shortcut)?;
+            if let Some(rng) = dropout.as_deref_mut() {
+                out = spatial_dropout(&out, self.config.dropout, rng)?;
+            }
             encoder.push(out.clone());
             if level + 1 < LEVELS {
                 y = self.downs[level].forward(&out)?;
@@ -416,7 +423,9 @@ mod tests {
             let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
             let net = Jnsc::new(&config, vb).unwrap();
             let x = Tensor::randn(0f32, 1.0, (2, 1, 32, 32, 32), &Device::Cpu).unwrap();
-            let out = net.segment(&x, true).unwrap();
+            let out = net
+                .segment(&x, Some(&mut crate::synth::random::Rng::new(1)))
+                .unwrap();
             assert_eq!(out.logits.dims(), [2, 1, 32, 32, 32]);
             let sizes: Vec<usize> = out.encoder.iter().map(|e| e.dim(2).unwrap()).collect();
             assert_eq!(sizes, [32, 16, 8, 4, 2]);
@@ -523,7 +532,7 @@ mod tests {
         }];
         let run = |device: &Device| {
             let (net, _) = load(&file, device).unwrap();
-            let out = net.segment(&x.to_device(device).unwrap(), false).unwrap();
+            let out = net.segment(&x.to_device(device).unwrap(), None).unwrap();
             let classes = net.classify(&out.encoder, &boxes).unwrap();
             [out.logits, classes].map(|t| {
                 t.flatten_all()

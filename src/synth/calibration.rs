@@ -260,26 +260,11 @@ impl Calibration {
                         .clamp(1.0, 5.0) as u8
                 })
                 .collect();
-            if class_of(median(&draw)) == class {
+            if class_of(crate::malignancy::score(&draw)) == class {
                 ratings = draw;
                 break;
             }
         }
         ratings
-    }
-}
-
-/// Median of ratings (mean of the middle two for an even count).
-pub fn median(ratings: &[u8]) -> f64 {
-    let mut r: Vec<f64> = ratings.iter().map(|&v| f64::from(v)).collect();
-    r.sort_by(f64::total_cmp);
-    let n = r.len();
-    if n == 0 {
-        return 0.0;
-    }
-    if n % 2 == 1 {
-        r[n / 2]
-    } else {
-        (r[n / 2 - 1] + r[n / 2]) / 2.0
     }
 }

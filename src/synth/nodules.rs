@@ -93,13 +93,12 @@ impl Nodule {
 
     /// Median of the readers' ratings (x.5 for an even count with different middle ratings).
     pub fn malignancy_median(&self) -> f64 {
-        crate::synth::calibration::median(&self.ratings)
+        crate::malignancy::score(&self.ratings)
     }
 
     /// Marginal as the paper defines it: rated by 1-2 readers with 2 <= median <= 4.
     pub fn marginal(&self) -> bool {
-        let m = self.malignancy_median();
-        self.ratings.len() <= 2 && (2.0..=4.0).contains(&m)
+        crate::malignancy::is_marginal(&self.ratings)
     }
 }
 

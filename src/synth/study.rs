@@ -203,10 +203,12 @@ fn preview_point(mask: &Volume<u8>) -> [usize; 3] {
 }
 
 /// A training volume: HU on an axial 1 mm grid of `size` voxels centred on the chest, its
-/// nodule labels, and the truth, all in memory.
+/// nodule labels, and the truth, all in memory. `nodules`: how many (None: 0-4 as screening
+/// studies have).
 pub fn render_training_volume(
     seed: u64,
     size: [usize; 3],
+    nodules: Option<usize>,
     calibration: &Calibration,
     physics: &Physics,
 ) -> (Volume<f32>, Volume<u8>, Vec<TruthNodule>) {
@@ -224,7 +226,7 @@ pub fn render_training_volume(
         seed,
         ..SeriesSpec::default()
     };
-    let phantom = Phantom::generate(seed, None, calibration);
+    let phantom = Phantom::generate(seed, nodules, calibration);
     let scene = Scene::new(&phantom.anatomy, &phantom.nodules, phantom.texture_seed);
     let rendered = render(&scene, &spec, physics, &Rng::new(seed).fork(4));
     let labels = sorted_volume(&spec, &rendered.labels);

@@ -1,0 +1,302 @@
+//! Training data: scans on a 1 mm grid with a nodule label volume and per-nodule reader ratings,
+//! from any [`Source`], and the paper's sampling (section IV.B): per scan and epoch, one 64^3
+//! patch holding a nodule at a random (not centred) position and one from a nodule-free region,
+//! each rotated by a multiple of 90 degrees in a random plane.
+
+use crate::synth::calibration::Calibration;
+use crate::synth::random::Rng;
+use crate::synth::render::Physics;
+use crate::volume::{Normalization, Volume};
+
+/// One nodule of a scan's reference standard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoduleLabel {
+    /// Its label value in the scan's label volume.
+    pub label: u8,
+    /// The readers' malignancy ratings (empty where the data set has none, e.g. LUNA16).
+    pub ratings: Vec<u8>,
+}
+
+/// A scan ready for sampling: HU and labels on one 1 mm grid (label n = nodule n, 0 elsewhere).
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub id: String,
+    pub hu: Volume<f32>,
+    pub labels: Volume<u8>,
+    pub nodules: Vec<NoduleLabel>,
+}
+
+/// Where scans come from. Implementations: synthetic phantoms here; LUNA16 and LIDC-IDRI
+/// readers at sites that hold those data sets.
+pub trait Source: Send + Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn scan(&self, index: usize) -> anyhow::Result<Scan>;
+}
+
+/// Synthetic chest phantoms (`crate::synth`), rendered on demand from `seed + index`, with 1-4
+/// nodules each and LIDC-calibrated reader ratings.
+pub struct SyntheticSource {
+    pub seed: u64,
+    pub scans: usize,
+    /// Voxels of each rendered volume (1 mm), centred on the chest.
+    pub size: [usize; 3],
+    calibration: Calibration,
+}
+
+impl SyntheticSource {
+    pub fn new(seed: u64, scans: usize, size: [usize; 3]) -> Self {
+        Self {
+            seed,
+            scans,
+            size,
+            calibration: Calibration::lidc(),
+        }
+    }
+}
+
+impl Source for SyntheticSource {
+    fn len(&self) -> usize {
+        self.scans
+    }
+
+    fn scan(&self, index: usize) -> anyhow::Result<Scan> {
+        let seed = self.seed.wrapping_add(index as u64);
+        let count = 1 + Rng::new(seed).fork(77).below(4);
+        let (hu, labels, truth) = crate::synth::study::render_training_volume(
+            seed,
+            self.size,
+            Some(count),
+            &self.calibration,
+            &Physics::default(),
+        );
+        Ok(Scan {
+            id: format!("synthetic-{seed}"),
+            hu,
+            labels,
+            nodules: truth
+                .iter()
+                .map(|n| NoduleLabel {
+                    label: n.label,
+                    ratings: n.ratings.clone(),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// A training patch: normalised input and nodule labels (label n = nodule n), both p^3, k
+/// slowest (the network's [D, H, W]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Patch {
+    pub input: Vec<f32>,
+    pub labels: Vec<u8>,
+    pub size: usize,
+}
+
+/// Copies the p^3 block of `scan` whose first voxel is `start` (outside the scan: air, label 0).
+fn cut(scan: &Scan, start: [i64; 3], p: usize, norm: &Normalization) -> Patch {
+    let g = scan.hu.geometry;
+    let mut input = Vec::with_capacity(p * p * p);
+    let mut labels = Vec::with_capacity(p * p * p);
+    let air = norm.apply(-1000.0);
+    for z in 0..p as i64 {
+        for y in 0..p as i64 {
+            for x in 0..p as i64 {
+                let idx = [start[0] + x, start[1] + y, start[2] + z];
+                if (0..3).all(|a| idx[a] >= 0 && (idx[a] as usize) < g.size[a]) {
+                    let (i, j, k) = (idx[0] as usize, idx[1] as usize, idx[2] as usize);
+                    input.push(norm.apply(scan.hu.at(i, j, k)));
+                    labels.push(scan.labels.at(i, j, k));
+                } else {
+                    input.push(air);
+                    labels.push(0);
+                }
+            }
+        }
+    }
+    Patch {
+        input,
+        labels,
+        size: p,
+    }
+}
+
+/// Voxel index bounds (inclusive) of each nodule label present in the scan.
+pub fn nodule_boxes(scan: &Scan) -> Vec<(u8, [usize; 3], [usize; 3])> {
+    let [ni, nj, _] = scan.labels.geometry.size;
+    let mut boxes: Vec<(u8, [usize; 3], [usize; 3])> = Vec::new();
+    for (v, &l) in scan.labels.data.iter().enumerate() {
+        if l == 0 {
+            continue;
+        }
+        let idx = [v % ni, (v / ni) % nj, v / (ni * nj)];
+        match boxes.iter_mut().find(|b| b.0 == l) {
+            Some(b) => {
+                for a in 0..3 {
+                    b.1[a] = b.1[a].min(idx[a]);
+                    b.2[a] = b.2[a].max(idx[a]);
+                }
+            }
+            None => boxes.push((l, idx, idx)),
+        }
+    }
+    boxes.sort_by_key(|b| b.0);
+    boxes
+}
+
+/// The two patches of one scan for one epoch: one with a nodule at a random position (None when
+/// the scan shows no nodule), one without any nodule voxel (None when 20 tries find none).
+pub fn sample_patches(
+    scan: &Scan,
+    p: usize,
+    norm: &Normalization,
+    rng: &mut Rng,
+) -> (Option<Patch>, Option<Patch>) {
+    let boxes = nodule_boxes(scan);
+    let size = scan.hu.geometry.size;
+    let positive = (!boxes.is_empty()).then(|| {
+        let (_, lo, hi) = boxes[rng.below(boxes.len())];
+        // Any start that keeps the nodule's box inside the patch (a margin of 4 voxels where
+        // the box allows), so its position in the patch varies.
+        let start = [0, 1, 2].map(|a| {
+            let extent = (hi[a] - lo[a] + 1) as i64;
+            let room = p as i64 - extent - 8;
+            if room < 0 {
+                lo[a] as i64 - (p as i64 - extent) / 2
+            } else {
+                lo[a] as i64 - 4 - rng.below(room as usize + 1) as i64
+            }
+        });
+        rotate(&cut(scan, start, p, norm), rng)
+    });
+    let mut negative = None;
+    for _ in 0..20 {
+        let start = [0, 1, 2].map(|a| rng.below(size[a].saturating_sub(p) + 1) as i64);
+        let patch = cut(scan, start, p, norm);
+        if patch.labels.iter().all(|&l| l == 0) {
+            negative = Some(rotate(&patch, rng));
+            break;
+        }
+    }
+    (positive, negative)
+}
+
+/// Rotates a patch by 0, 90, 180 or 270 degrees in one of the three axis planes, at random.
+pub fn rotate(patch: &Patch, rng: &mut Rng) -> Patch {
+    let turns = rng.below(4);
+    let plane = rng.below(3);
+    let mut out = patch.clone();
+    for _ in 0..turns {
+        out = rotate_once(&out, plane);
+    }
+    out
+}
+
+/// One quarter turn in `plane` (0: the (x, y) plane, 1: (y, z), 2: (x, z)).
+fn rotate_once(patch: &Patch, plane: usize) -> Patch {
+    let p = patch.size;
+    let at = |x: usize, y: usize, z: usize| (z * p + y) * p + x;
+    let mut input = vec![0f32; p * p * p];
+    let mut labels = vec![0u8; p * p * p];
+    for z in 0..p {
+        for y in 0..p {
+            for x in 0..p {
+                let (nx, ny, nz) = match plane {
+                    0 => (p - 1 - y, x, z),
+                    1 => (x, p - 1 - z, y),
+                    _ => (p - 1 - z, y, x),
+                };
+                input[at(nx, ny, nz)] = patch.input[at(x, y, z)];
+                labels[at(nx, ny, nz)] = patch.labels[at(x, y, z)];
+            }
+        }
+    }
+    Patch {
+        input,
+        labels,
+        size: p,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::geometry::Geometry;
+
+    fn scan_with_cube() -> Scan {
+        let g = Geometry {
+            origin: [0.0; 3],
+            spacing: [1.0; 3],
+            direction: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            size: [100, 90, 80],
+        };
+        let mut labels = Volume::filled(g, 0u8);
+        let mut hu = Volume::filled(g, -850f32);
+        for k in 40..46 {
+            for j in 30..35 {
+                for i in 60..64 {
+                    let at = g.offset(i, j, k);
+                    labels.data[at] = 1;
+                    hu.data[at] = 30.0;
+                }
+            }
+        }
+        Scan {
+            id: "cube".into(),
+            hu,
+            labels,
+            nodules: vec![NoduleLabel {
+                label: 1,
+                ratings: vec![4],
+            }],
+        }
+    }
+
+    #[test]
+    fn positive_patches_hold_the_whole_nodule_negatives_none() {
+        let scan = scan_with_cube();
+        let mut rng = Rng::new(5);
+        let mut offsets = std::collections::HashSet::new();
+        for _ in 0..30 {
+            let (pos, neg) = sample_patches(&scan, 32, &Normalization::default(), &mut rng);
+            let pos = pos.unwrap();
+            // Rotation keeps the voxel count.
+            assert_eq!(pos.labels.iter().filter(|&&l| l == 1).count(), 6 * 5 * 4);
+            offsets.insert(pos.labels.iter().position(|&l| l == 1));
+            assert!(neg.unwrap().labels.iter().all(|&l| l == 0));
+        }
+        assert!(offsets.len() > 5, "nodule positions vary: {offsets:?}");
+    }
+
+    #[test]
+    fn four_quarter_turns_are_the_identity_and_one_moves_voxels() {
+        let mut rng = Rng::new(1);
+        let patch = Patch {
+            input: (0..4 * 4 * 4).map(|_| rng.uniform() as f32).collect(),
+            labels: (0..64).map(|v| (v % 3) as u8).collect(),
+            size: 4,
+        };
+        for plane in 0..3 {
+            let mut r = patch.clone();
+            for _ in 0..4 {
+                r = rotate_once(&r, plane);
+            }
+            assert_eq!(r, patch, "plane {plane}");
+            assert_ne!(rotate_once(&patch, plane), patch);
+        }
+    }
+
+    #[test]
+    fn synthetic_scans_have_rated_nodules_in_view() {
+        let source = SyntheticSource::new(40, 2, [128, 128, 96]);
+        let scan = source.scan(1).unwrap();
+        assert_eq!(scan.hu.geometry.size, [128, 128, 96]);
+        assert!(!scan.nodules.is_empty() && scan.nodules.len() <= 4);
+        assert!(scan.nodules.iter().all(|n| !n.ratings.is_empty()));
+        // The same index gives the same scan.
+        assert_eq!(source.scan(1).unwrap().labels.data, scan.labels.data);
+    }
+}
