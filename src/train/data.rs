@@ -135,9 +135,9 @@ pub fn nodule_boxes(scan: &Scan) -> Vec<(u8, [usize; 3], [usize; 3])> {
         let idx = [v % ni, (v / ni) % nj, v / (ni * nj)];
         match boxes.iter_mut().find(|b| b.0 == l) {
             Some(b) => {
-                for a in 0..3 {
-                    b.1[a] = b.1[a].min(idx[a]);
-                    b.2[a] = b.2[a].max(idx[a]);
+                for (a, &i) in idx.iter().enumerate() {
+                    b.1[a] = b.1[a].min(i);
+                    b.2[a] = b.2[a].max(i);
                 }
             }
             None => boxes.push((l, idx, idx)),
