@@ -271,6 +271,9 @@ impl CustomOp2 for Conv3d {
     }
 }
 
+/// Tiles whose weight-gradient contributions one partial sum holds.
+const WEIGHT_GRAD_TILES_PER_PARTIAL: usize = 8;
+
 /// Weight gradient: dW[o, c, kz, ky, kx] = sum over batch and positions of
 /// grad[n, o, p] * input[n, c, p + (kz, ky, kx) - pad]. Arguments: input, output gradient.
 struct Conv3dWeightGrad {
@@ -308,17 +311,15 @@ impl CustomOp2 for Conv3dWeightGrad {
         let tiles: Vec<(usize, usize)> = (0..dims.batch)
             .flat_map(|n| (0..positions).step_by(TILE).map(move |s| (n, s)))
             .collect();
-        let total = tiles
-            .par_iter()
-            .fold(
-                || {
-                    (
-                        vec![0f32; outputs * patch],
-                        vec![0f32; patch * TILE],
-                        vec![0f32; outputs * TILE],
-                    )
-                },
-                |(mut acc, mut block, mut g), &(n, start)| {
+        // Partial sums over fixed groups of tiles, added in order: the same bits for any thread
+        // count or schedule (training runs resume and reproduce exactly).
+        let partials: Vec<Vec<f32>> = tiles
+            .par_chunks(WEIGHT_GRAD_TILES_PER_PARTIAL)
+            .map(|group| {
+                let mut acc = vec![0f32; outputs * patch];
+                let mut block = vec![0f32; patch * TILE];
+                let mut g = vec![0f32; outputs * TILE];
+                for &(n, start) in group {
                     let len = TILE.min(positions - start);
                     dims.im2col(
                         &input[n * volume_in..(n + 1) * volume_in],
@@ -341,17 +342,14 @@ impl CustomOp2 for Conv3dWeightGrad {
                         true,
                         true,
                     );
-                    (acc, block, g)
-                },
-            )
-            .map(|(acc, _, _)| acc)
-            .reduce(
-                || vec![0f32; outputs * patch],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            );
+                }
+                acc
+            })
+            .collect();
+        let mut total = vec![0f32; outputs * patch];
+        for partial in &partials {
+            total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
+        }
         let k = self.kernel;
         Ok((
             CpuStorage::F32(total),

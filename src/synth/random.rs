@@ -10,6 +10,11 @@ impl Rng {
         Self(seed)
     }
 
+    /// The generator's whole state: `Rng::new(r.state())` continues exactly where `r` is.
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
     /// An independent stream derived from this seed and a label (per plane, per object...).
     pub fn fork(&self, label: u64) -> Self {
         let mut r = Self(self.0 ^ label.wrapping_mul(0xD134_2543_DE82_EF95));
