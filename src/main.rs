@@ -54,6 +54,9 @@ enum Command {
     /// Find nodules in one CT series folder: findings with malignancy as JSON (stdout or
     /// --json FILE), with the time of each stage.
     Analyze(AnalyzeArgs),
+    /// Train JNSC on synthetic scans (segmentation pre-training, joint training, pseudo-labels);
+    /// resumable, with metrics.csv and a model file at the end.
+    Train(jnsc::train::TrainArgs),
     /// Evaluation: detection FROC/CPM by the LUNA16 rules, malignancy metrics.
     Eval {
         #[command(subcommand)]
@@ -166,6 +169,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Synth(args) => synth(args),
         Command::Analyze(args) => analyze(&args),
+        Command::Train(args) => jnsc::train::run(&args),
         Command::Eval {
             which: EvalCommand::Froc(args),
         } => jnsc::eval::run_froc(&args),

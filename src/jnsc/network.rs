@@ -184,7 +184,7 @@ impl Resize {
 
 /// A candidate of the nodule location map: a connected component of voxels above the
 /// threshold, with its bounding box (inclusive, in [D, H, W] order) and size.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
     pub batch: usize,
     pub min: [usize; 3],

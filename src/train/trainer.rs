@@ -1,0 +1,572 @@
+//! The training loop: segmentation pre-training, then joint training (segmentation +
+//! classification of the candidates found in each patch and of every labelled nodule), with the
+//! marginal nodules' pseudo-labels frozen for a warm-up and then updated once per epoch. Adam with
+//! step decay and gradient clipping; a checkpoint after every epoch (weights, optimizer, sampling
+//! state, pseudo-labels) from which a run resumes exactly; per-epoch metrics as CSV; a progress
+//! line with the losses and the ETA.
+
+use super::adam::Adam;
+use super::data::{Patch, Scan, Source, SyntheticSource, sample_patches};
+use super::loss::{ClassTarget, classification_loss, conditional_malignancy, segmentation_loss};
+use super::pseudo::{LabelMode, update_pseudo_label};
+use crate::jnsc::model_file::{ModelInfo, save};
+use crate::jnsc::network::{Candidate, Config, Jnsc, candidates};
+use crate::malignancy;
+use crate::synth::random::Rng;
+use crate::volume::Normalization;
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Everything a run is made of (TOML; every key has a default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Network preset: cpu or paper.
+    pub preset: String,
+    pub seed: u64,
+    /// Synthetic training scans (rendered once at the start) and their size in 1 mm voxels.
+    pub scans: usize,
+    pub scan_size: [usize; 3],
+    /// Side of the training patches (the paper: 64).
+    pub patch: usize,
+    /// Scans per optimisation step (two patches each).
+    pub scans_per_step: usize,
+    pub epochs: usize,
+    /// Epochs of segmentation only, before joint training.
+    pub segmentation_epochs: usize,
+    /// Joint epochs with the pseudo-labels frozen, before they are updated once per epoch.
+    pub pseudo_warmup_epochs: usize,
+    pub learning_rate: f64,
+    /// The learning rate is multiplied by `lr_decay` every `lr_step_epochs`.
+    pub lr_step_epochs: usize,
+    pub lr_decay: f64,
+    pub clip_norm: f64,
+    /// Labels of marginal nodules: hard, soft or pseudo.
+    pub labels: LabelMode,
+    /// false: segmentation only (the ablation's baseline; no classification loss).
+    pub joint: bool,
+    /// Pseudo-label regularisation alpha and learning rate r2.
+    pub alpha: f64,
+    pub pseudo_rate: f64,
+    /// Weight of nodule voxels in the segmentation loss (background 1).
+    pub nodule_voxel_weight: f64,
+    /// Class weights: non-nodule, benign, malignant.
+    pub class_weights: [f64; 3],
+    /// Predicted candidates per patch that match no nodule and are trained as non-nodules
+    /// (the largest first).
+    pub max_false_candidates: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            preset: "cpu".into(),
+            seed: 1,
+            scans: 32,
+            scan_size: [192, 192, 160],
+            patch: 64,
+            scans_per_step: 1,
+            epochs: 40,
+            segmentation_epochs: 10,
+            pseudo_warmup_epochs: 10,
+            learning_rate: 1e-3,
+            lr_step_epochs: 15,
+            lr_decay: 0.2,
+            clip_norm: 1.0,
+            labels: LabelMode::Pseudo,
+            joint: true,
+            alpha: 10.0,
+            pseudo_rate: 0.1,
+            nodule_voxel_weight: 10.0,
+            class_weights: [0.1, 0.55, 0.35],
+            max_false_candidates: 4,
+        }
+    }
+}
+
+/// A marginal nodule's pseudo-label.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PseudoLabel {
+    pub soft_target: f64,
+    pub q: f64,
+    /// The latest p(malignant | nodule) the network gave it (None before it was seen).
+    pub last_p: Option<f64>,
+}
+
+/// What a checkpoint holds besides the weights and the optimizer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunState {
+    config: TrainConfig,
+    /// Epochs done.
+    epochs_done: usize,
+    rng_state: u64,
+    /// Keyed "scan/label".
+    pseudo_labels: BTreeMap<String, PseudoLabel>,
+}
+
+/// Per-epoch metrics (a row of metrics.csv).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub learning_rate: f64,
+    pub segmentation_loss: f64,
+    pub classification_loss: f64,
+    /// Dice of the thresholded (0.5) segmentation on the positive patches.
+    pub dice: f64,
+    pub candidates: usize,
+    pub seconds: f64,
+}
+
+const CHECKPOINT_WEIGHTS: &str = "checkpoint.safetensors";
+const CHECKPOINT_OPTIMIZER: &str = "optimizer.safetensors";
+const CHECKPOINT_STATE: &str = "state.json";
+const METRICS: &str = "metrics.csv";
+
+/// A training run in a directory.
+pub struct Trainer {
+    config: TrainConfig,
+    dir: PathBuf,
+    vars: VarMap,
+    net: Jnsc,
+    adam: Adam,
+    scans: Vec<Scan>,
+    state: RunState,
+    normalization: Normalization,
+    device: Device,
+}
+
+impl Trainer {
+    /// Starts a run in `dir` (created), or resumes the one whose checkpoint is there.
+    pub fn open(dir: &Path, config: TrainConfig, quiet: bool) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let state_path = dir.join(CHECKPOINT_STATE);
+        let resumed: Option<RunState> = if state_path.exists() {
+            let state: RunState = serde_json::from_slice(&std::fs::read(&state_path)?)
+                .with_context(|| format!("{}", state_path.display()))?;
+            anyhow::ensure!(
+                state.config == config,
+                "{} holds a run with another configuration; use a new directory",
+                dir.display()
+            );
+            Some(state)
+        } else {
+            None
+        };
+        let device = Device::Cpu;
+        let net_config = match config.preset.as_str() {
+            "cpu" => Config::cpu(),
+            "paper" => Config::paper(),
+            other => anyhow::bail!("unknown preset `{other}`: use cpu or paper"),
+        };
+        let mut vars = VarMap::new();
+        let net = Jnsc::new(
+            &net_config,
+            VarBuilder::from_varmap(&vars, DType::F32, &device),
+        )?;
+        let mut adam = Adam::new(&vars, config.learning_rate)?;
+        if resumed.is_some() {
+            vars.load(dir.join(CHECKPOINT_WEIGHTS))?;
+            adam.load(&dir.join(CHECKPOINT_OPTIMIZER))?;
+        }
+        let source = SyntheticSource::new(config.seed, config.scans, config.scan_size);
+        let started = Instant::now();
+        let scans = (0..source.len())
+            .map(|i| source.scan(i))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if !quiet {
+            eprintln!(
+                "rendered {} synthetic scans of {:?} in {:.1} s",
+                scans.len(),
+                config.scan_size,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let state = match resumed {
+            Some(s) => s,
+            None => RunState {
+                config: config.clone(),
+                epochs_done: 0,
+                rng_state: Rng::new(config.seed).fork(99).state(),
+                pseudo_labels: initial_pseudo_labels(&scans),
+            },
+        };
+        Ok(Self {
+            config,
+            dir: dir.to_owned(),
+            vars,
+            net,
+            adam,
+            scans,
+            state,
+            normalization: Normalization::default(),
+            device,
+        })
+    }
+
+    pub fn epochs_done(&self) -> usize {
+        self.state.epochs_done
+    }
+
+    pub fn pseudo_labels(&self) -> &BTreeMap<String, PseudoLabel> {
+        &self.state.pseudo_labels
+    }
+
+    pub fn vars(&self) -> &VarMap {
+        &self.vars
+    }
+
+    /// Trains up to `until` epochs (at most the configured number), checkpointing after each.
+    pub fn run(&mut self, until: usize, quiet: bool) -> anyhow::Result<Vec<EpochMetrics>> {
+        let until = until.min(self.config.epochs);
+        let mut all = Vec::new();
+        let run_start = Instant::now();
+        let first = self.state.epochs_done;
+        while self.state.epochs_done < until {
+            let m = self.epoch(quiet, run_start, first, until)?;
+            self.append_metrics(&m)?;
+            self.checkpoint()?;
+            all.push(m);
+        }
+        if !quiet {
+            eprintln!();
+        }
+        Ok(all)
+    }
+
+    fn epoch(
+        &mut self,
+        quiet: bool,
+        run_start: Instant,
+        first: usize,
+        until: usize,
+    ) -> anyhow::Result<EpochMetrics> {
+        let c = self.config.clone();
+        let epoch = self.state.epochs_done;
+        let lr = c.learning_rate * c.lr_decay.powi((epoch / c.lr_step_epochs.max(1)) as i32);
+        self.adam.learning_rate = lr;
+        let joint = c.joint && epoch >= c.segmentation_epochs;
+        let started = Instant::now();
+        let mut rng = Rng::new(self.state.rng_state);
+        let mut order: Vec<usize> = (0..self.scans.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        let mut metrics = EpochMetrics {
+            epoch: epoch + 1,
+            learning_rate: lr,
+            ..EpochMetrics::default()
+        };
+        let (mut seg_sum, mut cls_sum, mut steps, mut cls_steps) = (0.0, 0.0, 0usize, 0usize);
+        let (mut dice_num, mut dice_den) = (0.0, 0.0);
+        let groups: Vec<Vec<usize>> = order
+            .chunks(c.scans_per_step.max(1))
+            .map(<[usize]>::to_vec)
+            .collect();
+        for (g, group) in groups.iter().enumerate() {
+            let mut patches: Vec<(usize, Patch, bool)> = Vec::new();
+            for &s in group {
+                let (pos, neg) =
+                    sample_patches(&self.scans[s], c.patch, &self.normalization, &mut rng);
+                patches.extend(pos.map(|p| (s, p, true)));
+                patches.extend(neg.map(|p| (s, p, false)));
+            }
+            if patches.is_empty() {
+                continue;
+            }
+            let n = patches.len();
+            let p3 = c.patch.pow(3);
+            let input: Vec<f32> = patches
+                .iter()
+                .flat_map(|(_, p, _)| p.input.clone())
+                .collect();
+            let target: Vec<f32> = patches
+                .iter()
+                .flat_map(|(_, p, _)| p.labels.iter().map(|&l| f32::from(u8::from(l > 0))))
+                .collect();
+            let shape = (n, 1, c.patch, c.patch, c.patch);
+            let x = Tensor::from_vec(input, shape, &self.device)?;
+            let t = Tensor::from_vec(target.clone(), shape, &self.device)?;
+            let out = self.net.segment(&x, Some(&mut rng))?;
+            let seg_loss = segmentation_loss(&out.logits, &t, c.nodule_voxel_weight)?;
+            let probability = candle_nn::ops::sigmoid(&out.logits.detach())?;
+            // Dice on positive patches.
+            let p_values = probability.flatten_all()?.to_vec1::<f32>()?;
+            for (i, (_, _, positive)) in patches.iter().enumerate() {
+                if *positive {
+                    for v in i * p3..(i + 1) * p3 {
+                        let pred = f64::from(u8::from(p_values[v] > 0.5));
+                        dice_num += 2.0 * pred * f64::from(target[v]);
+                        dice_den += pred + f64::from(target[v]);
+                    }
+                }
+            }
+            let mut loss = seg_loss.clone();
+            seg_sum += f64::from(seg_loss.to_scalar::<f32>()?);
+            steps += 1;
+            if joint {
+                let (items, keys) = self.class_items(&patches, &probability)?;
+                if !items.is_empty() {
+                    let boxes: Vec<Candidate> = items.iter().map(|(b, _)| *b).collect();
+                    let targets: Vec<ClassTarget> = items.iter().map(|(_, t)| *t).collect();
+                    let logits = self.net.classify(&out.encoder, &boxes)?;
+                    let cls_loss = classification_loss(&logits, &targets, c.class_weights)?;
+                    cls_sum += f64::from(cls_loss.to_scalar::<f32>()?);
+                    cls_steps += 1;
+                    metrics.candidates += items.len();
+                    // Remember p for the marginal nodules' pseudo-label update.
+                    let p = conditional_malignancy(&logits.detach())?;
+                    for (key, p) in keys.iter().zip(p) {
+                        if let Some(k) = key
+                            && let Some(label) = self.state.pseudo_labels.get_mut(k)
+                        {
+                            label.last_p = Some(p);
+                        }
+                    }
+                    loss = (loss + cls_loss)?;
+                }
+            }
+            let grads = loss.backward()?;
+            self.adam.step(&grads, c.clip_norm)?;
+            if !quiet {
+                let done = (epoch - first) as f64 + (g + 1) as f64 / groups.len() as f64;
+                let elapsed = run_start.elapsed().as_secs_f64();
+                let eta = elapsed / done * ((until - first) as f64 - done);
+                eprint!(
+                    "\repoch {}/{} step {}/{} seg {:.4} cls {:.4} | {:.0} s, ETA {:.0} s   ",
+                    epoch + 1,
+                    until,
+                    g + 1,
+                    groups.len(),
+                    seg_sum / steps as f64,
+                    if cls_steps > 0 {
+                        cls_sum / cls_steps as f64
+                    } else {
+                        0.0
+                    },
+                    elapsed,
+                    eta
+                );
+            }
+        }
+        // Pseudo-labels: once per epoch, after the warm-up of joint training.
+        if c.labels == LabelMode::Pseudo
+            && joint
+            && epoch >= c.segmentation_epochs + c.pseudo_warmup_epochs
+        {
+            for label in self.state.pseudo_labels.values_mut() {
+                if let Some(p) = label.last_p {
+                    label.q =
+                        update_pseudo_label(label.q, p, label.soft_target, c.alpha, c.pseudo_rate);
+                }
+            }
+        }
+        self.state.rng_state = rng.state();
+        self.state.epochs_done += 1;
+        metrics.segmentation_loss = seg_sum / steps.max(1) as f64;
+        metrics.classification_loss = cls_sum / cls_steps.max(1) as f64;
+        metrics.dice = if dice_den > 0.0 {
+            dice_num / dice_den
+        } else {
+            0.0
+        };
+        metrics.seconds = started.elapsed().as_secs_f64();
+        Ok(metrics)
+    }
+
+    /// The classification items of a batch: every labelled nodule's box (its target from the
+    /// label mode) and up to `max_false_candidates` predicted candidates per patch that touch no
+    /// nodule (non-nodule). Returns the items and, per item, the pseudo-label key of a marginal
+    /// nodule.
+    #[allow(clippy::type_complexity)]
+    fn class_items(
+        &self,
+        patches: &[(usize, Patch, bool)],
+        probability: &Tensor,
+    ) -> anyhow::Result<(Vec<(Candidate, ClassTarget)>, Vec<Option<String>>)> {
+        let c = &self.config;
+        let predicted = candidates(probability, self.net.config().threshold)?;
+        let mut items = Vec::new();
+        let mut keys = Vec::new();
+        for (batch, (scan, patch, _)) in patches.iter().enumerate() {
+            let p = patch.size;
+            // Labelled nodules in this patch, with their boxes ([D, H, W] = (z, y, x)).
+            let mut boxes: BTreeMap<u8, ([usize; 3], [usize; 3], usize)> = BTreeMap::new();
+            for (v, &l) in patch.labels.iter().enumerate() {
+                if l == 0 {
+                    continue;
+                }
+                let dhw = [v / (p * p), (v / p) % p, v % p];
+                let e = boxes.entry(l).or_insert((dhw, dhw, 0));
+                for a in 0..3 {
+                    e.0[a] = e.0[a].min(dhw[a]);
+                    e.1[a] = e.1[a].max(dhw[a]);
+                }
+                e.2 += 1;
+            }
+            for (label, (min, max, voxels)) in &boxes {
+                let nodule = self.scans[*scan].nodules.iter().find(|n| n.label == *label);
+                let ratings = nodule.map_or(&[][..], |n| &n.ratings[..]);
+                let key = format!("{scan}/{label}");
+                let (target, pseudo_key) = self.nodule_target(ratings, &key);
+                items.push((
+                    Candidate {
+                        batch,
+                        min: *min,
+                        max: *max,
+                        voxels: *voxels,
+                    },
+                    target,
+                ));
+                keys.push(pseudo_key);
+            }
+            // Predicted candidates that touch no labelled voxel: non-nodules, largest first.
+            let mut false_ones: Vec<Candidate> = predicted
+                .iter()
+                .filter(|cand| cand.batch == batch)
+                .filter(|cand| !touches_label(cand, &patch.labels, p))
+                .copied()
+                .collect();
+            false_ones.sort_by(|a, b| b.voxels.cmp(&a.voxels));
+            for cand in false_ones.into_iter().take(c.max_false_candidates) {
+                items.push((cand, ClassTarget::NonNodule));
+                keys.push(None);
+            }
+        }
+        Ok((items, keys))
+    }
+
+    /// A nodule's classification target under the label mode, and its pseudo-label key if the
+    /// pseudo-label is what sets the target.
+    fn nodule_target(&self, ratings: &[u8], key: &str) -> (ClassTarget, Option<String>) {
+        if ratings.is_empty() {
+            return (ClassTarget::NoduleOnly, None);
+        }
+        let score = malignancy::score(ratings);
+        match self.config.labels {
+            LabelMode::Hard => match malignancy::class(score) {
+                Some(m) => (
+                    ClassTarget::Nodule {
+                        malignancy: f64::from(u8::from(m)),
+                    },
+                    None,
+                ),
+                None => (ClassTarget::NoduleOnly, None),
+            },
+            LabelMode::Soft => (
+                ClassTarget::Nodule {
+                    malignancy: malignancy::soft_label(score),
+                },
+                None,
+            ),
+            LabelMode::Pseudo => match self.state.pseudo_labels.get(key) {
+                Some(label) => (
+                    ClassTarget::Nodule {
+                        malignancy: label.q,
+                    },
+                    Some(key.to_owned()),
+                ),
+                None => (
+                    ClassTarget::Nodule {
+                        malignancy: malignancy::soft_label(score),
+                    },
+                    None,
+                ),
+            },
+        }
+    }
+
+    fn checkpoint(&self) -> anyhow::Result<()> {
+        // Write beside, then rename: a crash leaves the previous checkpoint whole.
+        let tmp = |name: &str| self.dir.join(format!("{name}.tmp"));
+        self.vars.save(tmp(CHECKPOINT_WEIGHTS))?;
+        self.adam.save(&tmp(CHECKPOINT_OPTIMIZER))?;
+        std::fs::write(
+            tmp(CHECKPOINT_STATE),
+            serde_json::to_vec_pretty(&self.state)?,
+        )?;
+        for name in [CHECKPOINT_WEIGHTS, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE] {
+            std::fs::rename(tmp(name), self.dir.join(name))?;
+        }
+        Ok(())
+    }
+
+    fn append_metrics(&self, m: &EpochMetrics) -> anyhow::Result<()> {
+        let path = self.dir.join(METRICS);
+        let new = !path.exists();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        if new {
+            writeln!(
+                f,
+                "epoch,learning_rate,segmentation_loss,classification_loss,dice,candidates,seconds"
+            )?;
+        }
+        writeln!(
+            f,
+            "{},{},{:.6},{:.6},{:.4},{},{:.1}",
+            m.epoch,
+            m.learning_rate,
+            m.segmentation_loss,
+            m.classification_loss,
+            m.dice,
+            m.candidates,
+            m.seconds
+        )?;
+        Ok(())
+    }
+
+    /// Writes the trained model file with its provenance.
+    pub fn export(&self, path: &Path, name: &str, version: &str) -> anyhow::Result<()> {
+        let info = ModelInfo {
+            name: name.into(),
+            version: version.into(),
+            config: self.net.config().clone(),
+            normalization: self.normalization,
+            provenance: serde_json::json!({
+                "data": "synthetic chest CT phantoms (crate::synth), not patient data",
+                "training": self.config,
+                "epochs_done": self.state.epochs_done,
+                "command": "jnsc train",
+            }),
+        };
+        save(path, &self.vars, &info)?;
+        Ok(())
+    }
+}
+
+/// Whether a candidate box holds any labelled voxel of the patch.
+fn touches_label(c: &Candidate, labels: &[u8], p: usize) -> bool {
+    (c.min[0]..=c.max[0]).any(|z| {
+        (c.min[1]..=c.max[1])
+            .any(|y| (c.min[2]..=c.max[2]).any(|x| labels[(z * p + y) * p + x] != 0))
+    })
+}
+
+/// Every marginal nodule's pseudo-label, initialised to its soft label.
+fn initial_pseudo_labels(scans: &[Scan]) -> BTreeMap<String, PseudoLabel> {
+    let mut out = BTreeMap::new();
+    for (s, scan) in scans.iter().enumerate() {
+        for n in &scan.nodules {
+            if malignancy::is_marginal(&n.ratings) {
+                let t = malignancy::soft_label(malignancy::score(&n.ratings));
+                out.insert(
+                    format!("{s}/{}", n.label),
+                    PseudoLabel {
+                        soft_target: t,
+                        q: t,
+                        last_p: None,
+                    },
+                );
+            }
+        }
+    }
+    out
+}
