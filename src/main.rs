@@ -348,13 +348,13 @@ fn model_init(
             .try_into()
             .map_err(|_| anyhow::anyhow!("--widths needs 5 values"))?;
     }
-    // Candle's CPU backend cannot be seeded: the initial weights differ on every run.
     let device = candle_core::Device::Cpu;
     let vars = candle_nn::VarMap::new();
     Jnsc::new(
         &config,
         candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &device),
     )?;
+    jnsc::jnsc::network::seeded_init(&vars, 1)?;
     let info = ModelInfo {
         name: format!("jnsc-{preset}"),
         version: "0.0.0-untrained".into(),

@@ -364,6 +364,44 @@ impl Jnsc {
     }
 }
 
+/// Re-draws every variable of a freshly built network from `seed`, with the distributions
+/// `Jnsc::new` asks for (Candle's own initialisation cannot be seeded on the CPU): convolution
+/// weights Kaiming-normal (fan-in, ReLU gain), norm scales 1, biases of norms and head 0, the
+/// classifier uniform in +-1/sqrt(fan-in). The same seed gives the same network everywhere.
+pub fn seeded_init(vars: &candle_nn::VarMap, seed: u64) -> Result<()> {
+    let data = vars
+        .data()
+        .lock()
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = crate::synth::random::Rng::new(seed);
+    for name in names {
+        let var = &data[name];
+        let dims = var.dims().to_vec();
+        let n: usize = dims.iter().product();
+        let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
+        let values: Vec<f32> = if name.ends_with("norm.weight") {
+            vec![1.0; n]
+        } else if name.ends_with("norm.bias") || name == "head.bias" {
+            vec![0.0; n]
+        } else if name.starts_with("classifier.") {
+            let fan_in = if name.ends_with("bias") {
+                data.get("classifier.weight").map_or(1, |w| w.dims()[1])
+            } else {
+                fan_in
+            };
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            (0..n).map(|_| rng.range(-bound, bound) as f32).collect()
+        } else {
+            let std = (2.0 / fan_in as f64).sqrt();
+            (0..n).map(|_| (rng.normal() * std) as f32).collect()
+        };
+        var.set(&Tensor::from_vec(values, dims, var.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
 /// The nodule location map: 6-connected components of voxels with probability above
 /// `threshold`, per batch item, as candidates. `probability`: [N, 1, D, H, W].
 pub fn candidates(probability: &Tensor, threshold: f64) -> Result<Vec<Candidate>> {

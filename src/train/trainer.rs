@@ -83,7 +83,7 @@ impl Default for TrainConfig {
             joint: true,
             alpha: 10.0,
             pseudo_rate: 0.1,
-            nodule_voxel_weight: 10.0,
+            nodule_voxel_weight: 50.0,
             class_weights: [0.1, 0.55, 0.35],
             max_false_candidates: 4,
         }
@@ -119,6 +119,9 @@ pub struct EpochMetrics {
     pub classification_loss: f64,
     /// Dice of the thresholded (0.5) segmentation on the positive patches.
     pub dice: f64,
+    /// Soft Dice (2 sum(p t) / (sum p + sum t)) on the positive patches: moves before any voxel
+    /// crosses 0.5.
+    pub soft_dice: f64,
     pub candidates: usize,
     pub seconds: f64,
 }
@@ -173,6 +176,8 @@ impl Trainer {
         if resumed.is_some() {
             vars.load(dir.join(CHECKPOINT_WEIGHTS))?;
             adam.load(&dir.join(CHECKPOINT_OPTIMIZER))?;
+        } else {
+            crate::jnsc::network::seeded_init(&vars, config.seed)?;
         }
         let source = SyntheticSource::new(config.seed, config.scans, config.scan_size);
         let started = Instant::now();
@@ -264,6 +269,7 @@ impl Trainer {
         };
         let (mut seg_sum, mut cls_sum, mut steps, mut cls_steps) = (0.0, 0.0, 0usize, 0usize);
         let (mut dice_num, mut dice_den) = (0.0, 0.0);
+        let (mut soft_num, mut soft_den) = (0.0, 0.0);
         let groups: Vec<Vec<usize>> = order
             .chunks(c.scans_per_step.max(1))
             .map(<[usize]>::to_vec)
@@ -300,9 +306,12 @@ impl Trainer {
             for (i, (_, _, positive)) in patches.iter().enumerate() {
                 if *positive {
                     for v in i * p3..(i + 1) * p3 {
-                        let pred = f64::from(u8::from(p_values[v] > 0.5));
-                        dice_num += 2.0 * pred * f64::from(target[v]);
-                        dice_den += pred + f64::from(target[v]);
+                        let (p, t) = (f64::from(p_values[v]), f64::from(target[v]));
+                        let pred = f64::from(u8::from(p > 0.5));
+                        dice_num += 2.0 * pred * t;
+                        dice_den += pred + t;
+                        soft_num += 2.0 * p * t;
+                        soft_den += p + t;
                     }
                 }
             }
@@ -375,6 +384,11 @@ impl Trainer {
         } else {
             0.0
         };
+        metrics.soft_dice = if soft_den > 0.0 {
+            soft_num / soft_den
+        } else {
+            0.0
+        };
         metrics.seconds = started.elapsed().as_secs_f64();
         Ok(metrics)
     }
@@ -403,9 +417,9 @@ impl Trainer {
                 }
                 let dhw = [v / (p * p), (v / p) % p, v % p];
                 let e = boxes.entry(l).or_insert((dhw, dhw, 0));
-                for a in 0..3 {
-                    e.0[a] = e.0[a].min(dhw[a]);
-                    e.1[a] = e.1[a].max(dhw[a]);
+                for (a, &d) in dhw.iter().enumerate() {
+                    e.0[a] = e.0[a].min(d);
+                    e.1[a] = e.1[a].max(d);
                 }
                 e.2 += 1;
             }
@@ -432,7 +446,7 @@ impl Trainer {
                 .filter(|cand| !touches_label(cand, &patch.labels, p))
                 .copied()
                 .collect();
-            false_ones.sort_by(|a, b| b.voxels.cmp(&a.voxels));
+            false_ones.sort_by_key(|c| std::cmp::Reverse(c.voxels));
             for cand in false_ones.into_iter().take(c.max_false_candidates) {
                 items.push((cand, ClassTarget::NonNodule));
                 keys.push(None);
@@ -506,17 +520,18 @@ impl Trainer {
         if new {
             writeln!(
                 f,
-                "epoch,learning_rate,segmentation_loss,classification_loss,dice,candidates,seconds"
+                "epoch,learning_rate,segmentation_loss,classification_loss,dice,soft_dice,candidates,seconds"
             )?;
         }
         writeln!(
             f,
-            "{},{},{:.6},{:.6},{:.4},{},{:.1}",
+            "{},{},{:.6},{:.6},{:.4},{:.4},{},{:.1}",
             m.epoch,
             m.learning_rate,
             m.segmentation_loss,
             m.classification_loss,
             m.dice,
+            m.soft_dice,
             m.candidates,
             m.seconds
         )?;
@@ -550,12 +565,17 @@ fn touches_label(c: &Candidate, labels: &[u8], p: usize) -> bool {
     })
 }
 
-/// Every marginal nodule's pseudo-label, initialised to its soft label.
+/// Every visible marginal nodule's pseudo-label, initialised to its soft label.
 fn initial_pseudo_labels(scans: &[Scan]) -> BTreeMap<String, PseudoLabel> {
     let mut out = BTreeMap::new();
     for (s, scan) in scans.iter().enumerate() {
+        // Only nodules the scan shows can be seen by the network.
+        let visible: Vec<u8> = super::data::nodule_boxes(scan)
+            .iter()
+            .map(|b| b.0)
+            .collect();
         for n in &scan.nodules {
-            if malignancy::is_marginal(&n.ratings) {
+            if malignancy::is_marginal(&n.ratings) && visible.contains(&n.label) {
                 let t = malignancy::soft_label(malignancy::score(&n.ratings));
                 out.insert(
                     format!("{s}/{}", n.label),
