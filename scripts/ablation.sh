@@ -2,12 +2,16 @@
 # The paper's ablation on synthetic data with marginal labels: pseudo vs soft vs hard labels for
 # marginal nodules (malignancy balanced accuracy) and joint vs segmentation-only training
 # (detection sensitivity at 0.125 and 1 FP/scan), each trained with models/ablation.toml and
-# evaluated on the held-out studies. Prints one markdown table.
+# evaluated on the first HELD_OUT_COUNT held-out studies (default 6). Prints one markdown table.
 #   bash scripts/ablation.sh [CONFIG] [HELD_OUT_COUNT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config="${1:-models/ablation.toml}"
-bash scripts/heldout-studies.sh "${2:-10}" target/heldout >/dev/null
+count="${2:-6}"
+bash scripts/heldout-studies.sh "$count" target/heldout >/dev/null
+held=target/ablation/heldout
+rm -rf "$held" && mkdir -p "$held"
+for i in $(seq 1 "$count"); do ln -s "$PWD/target/heldout/study-$((1000 + i))" "$held/"; done
 bin=target/release/jnsc
 for variant in pseudo soft hard segmentation-only; do
   dir="target/ablation/$variant"
@@ -18,7 +22,7 @@ for variant in pseudo soft hard segmentation-only; do
   [ -f "$dir/model.safetensors" ] ||
     "$bin" train --dir "$dir" --config "$config" "${args[@]}" --export "$dir/model.safetensors"
   [ -f "$dir/eval/metrics.json" ] ||
-    "$bin" eval studies target/heldout --model "$dir/model.safetensors" --out "$dir/eval" >/dev/null
+    "$bin" eval studies "$held" --model "$dir/model.safetensors" --out "$dir/eval" >/dev/null
 done
 python3 - <<'PY'
 import json
