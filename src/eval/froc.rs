@@ -85,36 +85,52 @@ pub struct CsvError {
 /// Parses annotations.csv / annotations_excluded.csv (header, then
 /// seriesuid,coordX,coordY,coordZ,diameter_mm).
 pub fn parse_findings(file: &str, text: &str) -> Result<Vec<Finding>, CsvError> {
-    rows(file, text, 5)?
-        .into_iter()
-        .map(|(line, f)| {
-            Ok(Finding {
-                series: f[0].to_owned(),
-                center: [
-                    number(file, line, f[1])?,
-                    number(file, line, f[2])?,
-                    number(file, line, f[3])?,
-                ],
-                diameter_mm: number(file, line, f[4])?,
-                center_text: [f[1].to_owned(), f[2].to_owned(), f[3].to_owned()],
+    records(file, text).map(|rows| {
+        rows.into_iter()
+            .map(|r| Finding {
+                series: r.series,
+                center: r.center,
+                diameter_mm: r.value,
+                center_text: r.center_text,
             })
-        })
-        .collect()
+            .collect()
+    })
 }
 
 /// Parses submission.csv (header, then seriesuid,coordX,coordY,coordZ,probability).
 pub fn parse_marks(file: &str, text: &str) -> Result<Vec<Mark>, CsvError> {
+    records(file, text).map(|rows| {
+        rows.into_iter()
+            .map(|r| Mark {
+                series: r.series,
+                center: r.center,
+                probability: r.value,
+            })
+            .collect()
+    })
+}
+
+/// One row of the LUNA16 CSVs: series, a point, and one number (diameter or probability).
+struct Record {
+    series: String,
+    center: [f64; 3],
+    center_text: [String; 3],
+    value: f64,
+}
+
+fn records(file: &str, text: &str) -> Result<Vec<Record>, CsvError> {
     rows(file, text, 5)?
         .into_iter()
         .map(|(line, f)| {
-            Ok(Mark {
+            Ok(Record {
                 series: f[0].to_owned(),
                 center: [
                     number(file, line, f[1])?,
                     number(file, line, f[2])?,
                     number(file, line, f[3])?,
                 ],
-                probability: number(file, line, f[4])?,
+                center_text: [f[1].to_owned(), f[2].to_owned(), f[3].to_owned()],
+                value: number(file, line, f[4])?,
             })
         })
         .collect()
@@ -177,17 +193,15 @@ fn capped_marks<'a>(marks: &[&'a Mark], max_marks: usize) -> Vec<&'a Mark> {
         .collect()
 }
 
-/// Whether `mark` lies strictly inside `finding`'s sphere (a diameter below 0 means 10 mm).
-pub fn hits(finding: &Finding, mark: &Mark) -> bool {
+/// Whether `point` lies strictly inside `finding`'s sphere (a diameter below 0 means 10 mm).
+pub fn hits(finding: &Finding, point: &[f64; 3]) -> bool {
     let diameter = if finding.diameter_mm < 0.0 {
         10.0
     } else {
         finding.diameter_mm
     };
     let radius_squared = (diameter / 2.0).powi(2);
-    let distance_squared: f64 = (0..3)
-        .map(|a| (finding.center[a] - mark.center[a]).powi(2))
-        .sum();
+    let distance_squared: f64 = (0..3).map(|a| (finding.center[a] - point[a]).powi(2)).sum();
     distance_squared < radius_squared
 }
 
@@ -213,7 +227,9 @@ pub fn evaluate(reference: &Reference, marks: &[Mark], max_marks: usize) -> Anal
         let mut remaining = vec![true; kept.len()];
         for nodule in reference.nodules.iter().filter(|f| &f.series == series) {
             analysis.nodules += 1;
-            let matches: Vec<usize> = (0..kept.len()).filter(|&i| hits(nodule, kept[i])).collect();
+            let matches: Vec<usize> = (0..kept.len())
+                .filter(|&i| hits(nodule, &kept[i].center))
+                .collect();
             for &i in &matches {
                 remaining[i] = false;
             }
@@ -235,7 +251,7 @@ pub fn evaluate(reference: &Reference, marks: &[Mark], max_marks: usize) -> Anal
         }
         for finding in reference.excluded.iter().filter(|f| &f.series == series) {
             for (i, mark) in kept.iter().enumerate() {
-                if remaining[i] && hits(finding, mark) {
+                if remaining[i] && hits(finding, &mark.center) {
                     remaining[i] = false;
                     analysis.ignored_on_excluded += 1;
                 }
@@ -445,10 +461,10 @@ mod tests {
     #[test]
     fn distance_must_be_strictly_inside_the_radius() {
         let f = finding("s", [0.0; 3], 10.0);
-        assert!(hits(&f, &mark("s", [4.999, 0.0, 0.0], 1.0)));
-        assert!(!hits(&f, &mark("s", [5.0, 0.0, 0.0], 1.0)));
+        assert!(hits(&f, &[4.999, 0.0, 0.0]));
+        assert!(!hits(&f, &[5.0, 0.0, 0.0]));
         let unknown_size = finding("s", [0.0; 3], -1.0);
-        assert!(hits(&unknown_size, &mark("s", [0.0, 4.9, 0.0], 1.0)));
+        assert!(hits(&unknown_size, &[0.0, 4.9, 0.0]));
     }
 
     #[test]

@@ -137,16 +137,7 @@ fn evaluate(reports: &[Report], truths: &[TruthFile], out: &Path) -> anyhow::Res
             let best = report
                 .findings
                 .iter()
-                .filter(|f| {
-                    froc::hits(
-                        &finding,
-                        &Mark {
-                            series: String::new(),
-                            center: f.center_mm,
-                            probability: 0.0,
-                        },
-                    )
-                })
+                .filter(|f| froc::hits(&finding, &f.center_mm))
                 .max_by(|a, b| a.p_nodule.total_cmp(&b.p_nodule));
             if let Some(f) = best {
                 rated.push(Rated {

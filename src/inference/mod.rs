@@ -230,12 +230,13 @@ impl Analyzer {
     ) -> candle_core::Result<Vec<[f32; 3]>> {
         let w = CLASSIFICATION_WINDOW;
         let mut out = Vec::with_capacity(detections.len());
+        // The map is a sub-grid of the volume: its first voxel's index there.
+        let offset = hu
+            .geometry
+            .patient_to_index(map.geometry.origin)
+            .map(|v| v.round() as i64);
         for d in detections {
-            // The detection's box on the volume's grid (the map is a sub-grid of it).
-            let offset = hu
-                .geometry
-                .patient_to_index(map.geometry.origin)
-                .map(|v| v.round() as i64);
+            // The detection's box on the volume's grid.
             let lo = [0, 1, 2].map(|a| d.bounding_box.min[a] as i64 + offset[a]);
             let hi = [0, 1, 2].map(|a| d.bounding_box.max[a] as i64 + offset[a]);
             let start = [0, 1, 2].map(|a| {

@@ -201,23 +201,10 @@ pub fn window(
     w: usize,
     normalization: &Normalization,
 ) -> Vec<f32> {
-    let size = hu.geometry.size;
-    let air = normalization.apply(-1000.0);
-    let mut data = Vec::with_capacity(w * w * w);
-    for z in 0..w as i64 {
-        for y in 0..w as i64 {
-            for x in 0..w as i64 {
-                let idx = [start[0] + x, start[1] + y, start[2] + z];
-                let inside = (0..3).all(|a| idx[a] >= 0 && (idx[a] as usize) < size[a]);
-                data.push(if inside {
-                    normalization.apply(hu.at(idx[0] as usize, idx[1] as usize, idx[2] as usize))
-                } else {
-                    air
-                });
-            }
-        }
-    }
-    data
+    hu.block(start, w, -1000.0)
+        .into_iter()
+        .map(|v| normalization.apply(v))
+        .collect()
 }
 
 #[cfg(test)]

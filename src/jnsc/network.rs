@@ -15,7 +15,7 @@
 use crate::jnsc::ops3d::{
     adaptive_max_pool, conv3d, crop, down_conv, instance_norm_relu, spatial_dropout, up_conv,
 };
-use crate::volume::morphology::components;
+use crate::volume::morphology::{components, label_boxes};
 use candle_core::{DType, Module, Result, Tensor, bail};
 use candle_nn::{Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -417,25 +417,14 @@ pub fn candidates(probability: &Tensor, threshold: f64) -> Result<Vec<Candidate>
             .iter()
             .map(|&p| u8::from(f64::from(p) > threshold))
             .collect();
-        let (labels, sizes) = components(&mask, [w, h, d]);
-        let mut boxes = vec![([usize::MAX; 3], [0usize; 3]); sizes.len()];
-        for (v, &l) in labels.iter().enumerate() {
-            if l == 0 {
-                continue;
-            }
-            let dhw = [v / (h * w), (v / w) % h, v % w];
-            let (lo, hi) = &mut boxes[l as usize];
-            for a in 0..3 {
-                lo[a] = lo[a].min(dhw[a]);
-                hi[a] = hi[a].max(dhw[a]);
-            }
-        }
-        for (label, (lo, hi)) in boxes.into_iter().enumerate().skip(1) {
+        let (labels, _) = components(&mask, [w, h, d]);
+        // Boxes come as (x, y, z); candidates are on [D, H, W].
+        for b in label_boxes(&labels, [w, h, d]).values() {
             found.push(Candidate {
                 batch,
-                min: lo,
-                max: hi,
-                voxels: sizes[label],
+                min: [b.min[2], b.min[1], b.min[0]],
+                max: [b.max[2], b.max[1], b.max[0]],
+                voxels: b.voxels,
             });
         }
     }

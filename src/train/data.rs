@@ -6,7 +6,9 @@
 use crate::synth::calibration::Calibration;
 use crate::synth::random::Rng;
 use crate::synth::render::Physics;
+use crate::volume::morphology::{LabelBox, label_boxes};
 use crate::volume::{Normalization, Volume};
+use std::collections::BTreeMap;
 
 /// One nodule of a scan's reference standard.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,53 +100,16 @@ pub struct Patch {
 
 /// Copies the p^3 block of `scan` whose first voxel is `start` (outside the scan: air, label 0).
 fn cut(scan: &Scan, start: [i64; 3], p: usize, norm: &Normalization) -> Patch {
-    let g = scan.hu.geometry;
-    let mut input = Vec::with_capacity(p * p * p);
-    let mut labels = Vec::with_capacity(p * p * p);
-    let air = norm.apply(-1000.0);
-    for z in 0..p as i64 {
-        for y in 0..p as i64 {
-            for x in 0..p as i64 {
-                let idx = [start[0] + x, start[1] + y, start[2] + z];
-                if (0..3).all(|a| idx[a] >= 0 && (idx[a] as usize) < g.size[a]) {
-                    let (i, j, k) = (idx[0] as usize, idx[1] as usize, idx[2] as usize);
-                    input.push(norm.apply(scan.hu.at(i, j, k)));
-                    labels.push(scan.labels.at(i, j, k));
-                } else {
-                    input.push(air);
-                    labels.push(0);
-                }
-            }
-        }
-    }
     Patch {
-        input,
-        labels,
+        input: crate::inference::tiles::window(&scan.hu, start, p, norm),
+        labels: scan.labels.block(start, p, 0),
         size: p,
     }
 }
 
-/// Voxel index bounds (inclusive) of each nodule label present in the scan.
-pub fn nodule_boxes(scan: &Scan) -> Vec<(u8, [usize; 3], [usize; 3])> {
-    let [ni, nj, _] = scan.labels.geometry.size;
-    let mut boxes: Vec<(u8, [usize; 3], [usize; 3])> = Vec::new();
-    for (v, &l) in scan.labels.data.iter().enumerate() {
-        if l == 0 {
-            continue;
-        }
-        let idx = [v % ni, (v / ni) % nj, v / (ni * nj)];
-        match boxes.iter_mut().find(|b| b.0 == l) {
-            Some(b) => {
-                for (a, &i) in idx.iter().enumerate() {
-                    b.1[a] = b.1[a].min(i);
-                    b.2[a] = b.2[a].max(i);
-                }
-            }
-            None => boxes.push((l, idx, idx)),
-        }
-    }
-    boxes.sort_by_key(|b| b.0);
-    boxes
+/// The box of each nodule label the scan shows, by label.
+pub fn nodule_boxes(scan: &Scan) -> BTreeMap<u32, LabelBox> {
+    label_boxes(&scan.labels.data, scan.labels.geometry.size)
 }
 
 /// The two patches of one scan for one epoch: one with a nodule at a random position (None when
@@ -157,8 +122,9 @@ pub fn sample_patches(
 ) -> (Option<Patch>, Option<Patch>) {
     let boxes = nodule_boxes(scan);
     let size = scan.hu.geometry.size;
-    let positive = (!boxes.is_empty()).then(|| {
-        let (_, lo, hi) = boxes[rng.below(boxes.len())];
+    let chosen = (!boxes.is_empty()).then(|| rng.below(boxes.len()));
+    let positive = chosen.and_then(|n| boxes.values().nth(n)).map(|b| {
+        let (lo, hi) = (b.min, b.max);
         // Any start that keeps the nodule's box inside the patch (a margin of 4 voxels where
         // the box allows), so its position in the patch varies.
         let start = [0, 1, 2].map(|a| {

@@ -14,6 +14,7 @@ use crate::jnsc::network::{Candidate, Config, Jnsc, candidates};
 use crate::malignancy;
 use crate::synth::random::Rng;
 use crate::volume::Normalization;
+use crate::volume::morphology::label_boxes;
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -409,31 +410,19 @@ impl Trainer {
         let mut keys = Vec::new();
         for (batch, (scan, patch, _)) in patches.iter().enumerate() {
             let p = patch.size;
-            // Labelled nodules in this patch, with their boxes ([D, H, W] = (z, y, x)).
-            let mut boxes: BTreeMap<u8, ([usize; 3], [usize; 3], usize)> = BTreeMap::new();
-            for (v, &l) in patch.labels.iter().enumerate() {
-                if l == 0 {
-                    continue;
-                }
-                let dhw = [v / (p * p), (v / p) % p, v % p];
-                let e = boxes.entry(l).or_insert((dhw, dhw, 0));
-                for (a, &d) in dhw.iter().enumerate() {
-                    e.0[a] = e.0[a].min(d);
-                    e.1[a] = e.1[a].max(d);
-                }
-                e.2 += 1;
-            }
-            for (label, (min, max, voxels)) in &boxes {
-                let nodule = self.scans[*scan].nodules.iter().find(|n| n.label == *label);
+            // Labelled nodules in this patch; boxes come as (x, y, z), candidates are [D, H, W].
+            for (label, b) in label_boxes(&patch.labels, [p, p, p]) {
+                let label = label as u8;
+                let nodule = self.scans[*scan].nodules.iter().find(|n| n.label == label);
                 let ratings = nodule.map_or(&[][..], |n| &n.ratings[..]);
                 let key = format!("{scan}/{label}");
                 let (target, pseudo_key) = self.nodule_target(ratings, &key);
                 items.push((
                     Candidate {
                         batch,
-                        min: *min,
-                        max: *max,
-                        voxels: *voxels,
+                        min: [b.min[2], b.min[1], b.min[0]],
+                        max: [b.max[2], b.max[1], b.max[0]],
+                        voxels: b.voxels,
                     },
                     target,
                 ));
@@ -570,12 +559,9 @@ fn initial_pseudo_labels(scans: &[Scan]) -> BTreeMap<String, PseudoLabel> {
     let mut out = BTreeMap::new();
     for (s, scan) in scans.iter().enumerate() {
         // Only nodules the scan shows can be seen by the network.
-        let visible: Vec<u8> = super::data::nodule_boxes(scan)
-            .iter()
-            .map(|b| b.0)
-            .collect();
+        let visible = super::data::nodule_boxes(scan);
         for n in &scan.nodules {
-            if malignancy::is_marginal(&n.ratings) && visible.contains(&n.label) {
+            if malignancy::is_marginal(&n.ratings) && visible.contains_key(&u32::from(n.label)) {
                 let t = malignancy::soft_label(malignancy::score(&n.ratings));
                 out.insert(
                     format!("{s}/{}", n.label),

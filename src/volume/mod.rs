@@ -39,6 +39,28 @@ impl<T: Copy> Volume<T> {
         self.data[self.geometry.offset(i, j, k)]
     }
 
+    /// The cube of `side`^3 voxels whose first voxel is `start` (i fastest, then j, then k;
+    /// the network's [D, H, W] order); voxels outside the grid read as `outside`.
+    pub fn block(&self, start: [i64; 3], side: usize, outside: T) -> Vec<T> {
+        let size = self.geometry.size;
+        let mut out = Vec::with_capacity(side * side * side);
+        for z in 0..side as i64 {
+            for y in 0..side as i64 {
+                for x in 0..side as i64 {
+                    let idx = [start[0] + x, start[1] + y, start[2] + z];
+                    out.push(
+                        if (0..3).all(|a| idx[a] >= 0 && (idx[a] as usize) < size[a]) {
+                            self.at(idx[0] as usize, idx[1] as usize, idx[2] as usize)
+                        } else {
+                            outside
+                        },
+                    );
+                }
+            }
+        }
+        out
+    }
+
     /// The voxel nearest to a patient position, if inside the grid.
     pub fn nearest(&self, point: geometry::Vec3) -> Option<T> {
         let index = self.geometry.patient_to_index(point);

@@ -1,8 +1,41 @@
 //! Binary-mask morphology on voxel grids (i fastest, then j, then k): connected components,
-//! slice-wise hole filling and dilation. Shared by the lung mask and the network's nodule
-//! location map.
+//! the bounding boxes of labels, slice-wise hole filling and dilation. Shared by the lung mask,
+//! the network's nodule location map and training.
 
 use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+/// Inclusive index bounds (i, j, k) of one label's voxels, and how many there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabelBox {
+    pub min: [usize; 3],
+    pub max: [usize; 3],
+    pub voxels: usize,
+}
+
+/// The box of every non-zero label of a label grid of `size`, by label.
+pub fn label_boxes<L: Copy + Into<u32>>(labels: &[L], size: [usize; 3]) -> BTreeMap<u32, LabelBox> {
+    let [ni, nj, _] = size;
+    let mut boxes: BTreeMap<u32, LabelBox> = BTreeMap::new();
+    for (v, &l) in labels.iter().enumerate() {
+        let l: u32 = l.into();
+        if l == 0 {
+            continue;
+        }
+        let idx = [v % ni, (v / ni) % nj, v / (ni * nj)];
+        let b = boxes.entry(l).or_insert(LabelBox {
+            min: idx,
+            max: idx,
+            voxels: 0,
+        });
+        for (a, &i) in idx.iter().enumerate() {
+            b.min[a] = b.min[a].min(i);
+            b.max[a] = b.max[a].max(i);
+        }
+        b.voxels += 1;
+    }
+    boxes
+}
 
 /// Labels the 6-connected components of `mask` (1 = foreground); returns labels (0 =
 /// background) and each label's size (index 0 unused).
