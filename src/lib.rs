@@ -5,7 +5,7 @@
 //! index), `pipeline` (series completion and jobs), `node` (the `serve` command), `synth`
 //! (synthetic CT series), `bench` (benchmark commands),
 //! `eval` (FROC/CPM and classification metrics), `inference` (whole-scan
-//! analysis: findings from a series).
+//! analysis: findings from a series), `results` (the DICOM SEG and TID 1500 SR sent back).
 
 /// The model file the node and `analyze` use unless told otherwise.
 pub const DEFAULT_MODEL: &str = "models/jnsc.safetensors";
@@ -20,6 +20,7 @@ pub mod malignancy;
 pub mod net;
 pub mod node;
 pub mod pipeline;
+pub mod results;
 pub mod store;
 pub mod synth;
 pub mod train;

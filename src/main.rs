@@ -88,6 +88,18 @@ struct AnalyzeArgs {
     /// Windows per network call (more is faster on a GPU).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Also write the result objects the node would send (seg.dcm, sr.dcm, results.json) here.
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// Lowest nodule probability reported in the result objects.
+    #[arg(long, default_value_t = jnsc::results::ReportPolicy::default().min_p_nodule)]
+    min_p_nodule: f64,
+    /// Most findings reported in the result objects.
+    #[arg(long, default_value_t = jnsc::results::ReportPolicy::default().max_findings)]
+    max_findings: usize,
+    /// AE title named as the device observer in the results.
+    #[arg(long, default_value = "JNSC")]
+    ae_title: String,
 }
 
 #[derive(Subcommand)]
@@ -444,6 +456,28 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<()> {
     match &args.json {
         Some(path) => std::fs::write(path, json + "\n")?,
         None => println!("{json}"),
+    }
+    if let Some(dir) = &args.results {
+        use anyhow::Context;
+        use jnsc::results::{Equipment, ReportPolicy, build, source::SourceStudy, write};
+        let first = files.first().context("the folder has no DICOM file")?;
+        let source = SourceStudy::read(first, &analysis.volume.series)?;
+        let policy = ReportPolicy {
+            min_p_nodule: args.min_p_nodule,
+            max_findings: args.max_findings,
+        };
+        let objects = build(&analysis, &source, &policy, &Equipment::new(&args.ae_title));
+        let written = write(&objects, dir)?;
+        eprintln!(
+            "jnsc: {} of {} findings reported; wrote {}{}",
+            objects.summary.findings.len(),
+            objects.summary.candidates,
+            written.sr.display(),
+            written
+                .seg
+                .map(|p| format!(" and {}", p.display()))
+                .unwrap_or_default()
+        );
     }
     Ok(())
 }

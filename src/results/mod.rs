@@ -1,0 +1,406 @@
+//! The result objects sent back to the PACS: a DICOM Segmentation (`seg`) and a TID 1500
+//! Comprehensive 3D SR (`sr`) of the reported findings, with the coded concepts in `codes`,
+//! deterministic UIDs in `uids`, and what they copy from the CT in `source`.
+//!
+//! Which findings are reported is decided here, once: the analysis keeps every candidate (up to
+//! 100, as the LUNA16 evaluation wants), the report keeps those at or above the configured
+//! nodule probability, most probable first, up to a configured count.
+
+pub mod codes;
+pub mod dataset;
+pub mod seg;
+pub mod source;
+pub mod sr;
+pub mod uids;
+
+use crate::inference::{Analysis, Finding};
+use crate::volume::Volume;
+use crate::volume::geometry::Geometry;
+use crate::volume::mapping::{SliceMask, mask_footprint};
+use codes::Code;
+use dataset::DataSet;
+use dicom_core::VR;
+use dicom_dictionary_std::{tags, uids as sop};
+use dicom_object::InMemDicomObject;
+use dicom_object::meta::FileMetaTableBuilder;
+use serde::{Deserialize, Serialize};
+use source::{PATIENT_OPTIONAL, PATIENT_TYPE2, STUDY_OPTIONAL, STUDY_TYPE2, SourceStudy};
+use std::path::{Path, PathBuf};
+use uids::ResultUids;
+
+/// Which findings go into the report.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportPolicy {
+    /// Lowest nodule probability (the segmentation's peak inside the finding) reported.
+    pub min_p_nodule: f64,
+    /// Most findings reported, the most probable first.
+    pub max_findings: usize,
+}
+
+impl Default for ReportPolicy {
+    /// About two marks per scan on the shipped model's held-out synthetic studies (see
+    /// models/README.md): a screening operating point, not the FROC's 100 marks.
+    fn default() -> Self {
+        Self {
+            min_p_nodule: 0.998,
+            max_findings: 20,
+        }
+    }
+}
+
+/// Who made the objects (General and Enhanced General Equipment, SR device observer).
+#[derive(Debug, Clone)]
+pub struct Equipment {
+    pub manufacturer: &'static str,
+    pub model_name: &'static str,
+    pub software_version: &'static str,
+    /// This node's AE title: the device observer name and the serial number.
+    pub device_name: String,
+    /// Derived from the AE title, so it is stable across restarts.
+    pub device_uid: String,
+}
+
+impl Equipment {
+    pub fn new(ae_title: &str) -> Self {
+        Self {
+            manufacturer: "JNSC project",
+            model_name: "JNSC node",
+            software_version: env!("CARGO_PKG_VERSION"),
+            device_name: ae_title.to_owned(),
+            device_uid: uids::derived_uid(&format!("device|{ae_title}")),
+        }
+    }
+}
+
+/// The algorithm that produced the findings (the model file's name and version).
+#[derive(Debug, Clone, Serialize)]
+pub struct Algorithm {
+    pub name: String,
+    pub version: String,
+}
+
+/// What both builders share.
+pub struct Context<'a> {
+    pub source: &'a SourceStudy,
+    pub uids: ResultUids,
+    pub equipment: &'a Equipment,
+    pub algorithm: Algorithm,
+    /// Content date and time (UTC), DA and TM.
+    pub date: String,
+    pub time: String,
+}
+
+/// A reported finding with its mask on the source slices.
+#[derive(Debug, Clone)]
+pub struct SegmentedFinding {
+    /// Segment number and report order, from 1.
+    pub number: usize,
+    pub finding: Finding,
+    pub tracking_uid: String,
+    /// The source slices it touches, with its pixels there.
+    pub slices: Vec<SliceMask>,
+}
+
+impl SegmentedFinding {
+    pub fn label(&self) -> String {
+        format!("Nodule {}", self.number)
+    }
+
+    pub fn laterality(&self) -> Code {
+        if self.finding.lung_side == "left" {
+            codes::LEFT
+        } else {
+            codes::RIGHT
+        }
+    }
+
+    /// Its pixels on the source grid.
+    pub fn source_pixels(&self) -> usize {
+        self.slices
+            .iter()
+            .map(|s| s.pixels.iter().filter(|&&p| p != 0).count())
+            .sum()
+    }
+}
+
+/// What was produced, as recorded beside the objects (`results.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultSummary {
+    pub study_uid: String,
+    pub series_uid: String,
+    pub model: String,
+    pub model_version: String,
+    /// Findings the analysis produced, and those reported.
+    pub candidates: usize,
+    pub seg: Option<ObjectIds>,
+    pub sr: ObjectIds,
+    pub findings: Vec<ReportedFinding>,
+}
+
+/// Identity of one result object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectIds {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub series_uid: String,
+}
+
+/// One reported finding as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportedFinding {
+    pub number: usize,
+    pub tracking_uid: String,
+    pub center_mm: [f64; 3],
+    pub max_diameter_mm: f64,
+    pub volume_mm3: f64,
+    pub p_nodule: f64,
+    pub p_malignant: f64,
+    pub malignant: bool,
+    pub lung_side: String,
+    /// Pixels of its segment on the source slices, and the number of those slices.
+    pub source_pixels: usize,
+    pub source_slices: usize,
+}
+
+/// The objects of one analysis.
+pub struct ResultObjects {
+    pub seg: Option<InMemDicomObject>,
+    pub sr: InMemDicomObject,
+    pub summary: ResultSummary,
+}
+
+/// Builds SEG (when something is reported) and SR for an analysis.
+pub fn build(
+    analysis: &Analysis,
+    source: &SourceStudy,
+    policy: &ReportPolicy,
+    equipment: &Equipment,
+) -> ResultObjects {
+    let report = &analysis.report;
+    let uids = ResultUids::new(&source.series_uid, &report.model.name, &report.model.version);
+    let now = time::OffsetDateTime::now_utc();
+    let ctx = Context {
+        source,
+        uids,
+        equipment,
+        algorithm: Algorithm {
+            name: report.model.name.clone(),
+            version: report.model.version.clone(),
+        },
+        date: format!(
+            "{:04}{:02}{:02}",
+            now.year(),
+            u8::from(now.month()),
+            now.day()
+        ),
+        time: format!("{:02}{:02}{:02}", now.hour(), now.minute(), now.second()),
+    };
+    let findings = reported_findings(analysis, policy, &ctx.uids);
+    let seg = (!findings.is_empty())
+        .then(|| seg::build(&ctx, &analysis.volume.series, &findings).into_inner());
+    let sr = sr::build(&ctx, &findings).into_inner();
+    let summary = ResultSummary {
+        study_uid: source.study_uid.clone(),
+        series_uid: source.series_uid.clone(),
+        model: ctx.algorithm.name.clone(),
+        model_version: ctx.algorithm.version.clone(),
+        candidates: report.findings.len(),
+        seg: seg.as_ref().map(|_| ObjectIds {
+            sop_class_uid: sop::SEGMENTATION_STORAGE.into(),
+            sop_instance_uid: ctx.uids.seg_instance.clone(),
+            series_uid: ctx.uids.seg_series.clone(),
+        }),
+        sr: ObjectIds {
+            sop_class_uid: sop::COMPREHENSIVE3_DSR_STORAGE.into(),
+            sop_instance_uid: ctx.uids.sr_instance.clone(),
+            series_uid: ctx.uids.sr_series.clone(),
+        },
+        findings: findings
+            .iter()
+            .map(|f| ReportedFinding {
+                number: f.number,
+                tracking_uid: f.tracking_uid.clone(),
+                center_mm: f.finding.center_mm,
+                max_diameter_mm: f.finding.max_diameter_mm,
+                volume_mm3: f.finding.volume_mm3,
+                p_nodule: f.finding.p_nodule,
+                p_malignant: f.finding.p_malignant,
+                malignant: f.finding.malignant,
+                lung_side: f.finding.lung_side.to_owned(),
+                source_pixels: f.source_pixels(),
+                source_slices: f.slices.len(),
+            })
+            .collect(),
+    };
+    ResultObjects { seg, sr, summary }
+}
+
+/// The findings the policy reports, numbered, each with its mask carried onto the source slices.
+/// A finding whose mask covers no source pixel centre (thinner than the slices) is left out.
+fn reported_findings(
+    analysis: &Analysis,
+    policy: &ReportPolicy,
+    uids: &ResultUids,
+) -> Vec<SegmentedFinding> {
+    let mut order: Vec<usize> = (0..analysis.report.findings.len())
+        .filter(|&i| analysis.report.findings[i].p_nodule >= policy.min_p_nodule)
+        .collect();
+    order.sort_by(|&a, &b| {
+        let (fa, fb) = (&analysis.report.findings[a], &analysis.report.findings[b]);
+        fb.p_nodule.total_cmp(&fa.p_nodule)
+    });
+    let mut reported = Vec::new();
+    for i in order {
+        if reported.len() == policy.max_findings {
+            break;
+        }
+        let mask = detection_mask(&analysis.map_geometry, &analysis.detections[i]);
+        let slices = mask_footprint(&mask, &analysis.volume.series);
+        if slices.is_empty() {
+            continue;
+        }
+        let number = reported.len() + 1;
+        reported.push(SegmentedFinding {
+            number,
+            finding: analysis.report.findings[i].clone(),
+            tracking_uid: uids.tracking(number),
+            slices,
+        });
+    }
+    reported
+}
+
+/// A detection's voxels as a mask on a small grid around it (one voxel of margin).
+fn detection_mask(map: &Geometry, detection: &crate::inference::findings::Detection) -> Volume<u8> {
+    let bounds = detection.bounding_box;
+    let start = [0, 1, 2].map(|a| bounds.min[a] as i64 - 1);
+    let size = [0, 1, 2].map(|a| bounds.max[a] - bounds.min[a] + 3);
+    let grid = Geometry {
+        origin: map.index_to_patient(start.map(|v| v as f64)),
+        size,
+        ..*map
+    };
+    let mut mask = Volume::filled(grid, 0u8);
+    let [nx, ny, _] = map.size;
+    for &offset in &detection.voxels {
+        let (i, j, k) = (offset % nx, (offset / nx) % ny, offset / (nx * ny));
+        let local = [i, j, k]
+            .iter()
+            .zip(start)
+            .map(|(&v, s)| (v as i64 - s) as usize)
+            .collect::<Vec<_>>();
+        let at = grid.offset(local[0], local[1], local[2]);
+        mask.data[at] = 1;
+    }
+    mask
+}
+
+/// The modules both objects share: SOP Common, Patient, General Study, the series' identity,
+/// General and Enhanced General Equipment, and the content date and time.
+fn common_modules(
+    ctx: &Context,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    series_uid: &str,
+    series_number: i64,
+    modality: &str,
+    series_description: &str,
+) -> DataSet {
+    let source = &ctx.source.header;
+    let equipment = ctx.equipment;
+    DataSet::new()
+        .copy(source, &[(tags::SPECIFIC_CHARACTER_SET, VR::CS)], false)
+        .uid(tags::SOP_CLASS_UID, sop_class_uid)
+        .uid(tags::SOP_INSTANCE_UID, sop_instance_uid)
+        .text(tags::INSTANCE_CREATION_DATE, VR::DA, &ctx.date)
+        .text(tags::INSTANCE_CREATION_TIME, VR::TM, &ctx.time)
+        .text(tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0000")
+        .copy(source, PATIENT_TYPE2, true)
+        .copy(source, PATIENT_OPTIONAL, false)
+        .uid(tags::STUDY_INSTANCE_UID, &ctx.source.study_uid)
+        .copy(source, STUDY_TYPE2, true)
+        .copy(source, STUDY_OPTIONAL, false)
+        .text(tags::MODALITY, VR::CS, modality)
+        .uid(tags::SERIES_INSTANCE_UID, series_uid)
+        .integer(tags::SERIES_NUMBER, series_number)
+        .text(tags::SERIES_DESCRIPTION, VR::LO, series_description)
+        .text(tags::SERIES_DATE, VR::DA, &ctx.date)
+        .text(tags::SERIES_TIME, VR::TM, &ctx.time)
+        .text(tags::MANUFACTURER, VR::LO, equipment.manufacturer)
+        .text(tags::MANUFACTURER_MODEL_NAME, VR::LO, equipment.model_name)
+        .text(tags::DEVICE_SERIAL_NUMBER, VR::LO, &equipment.device_name)
+        .text(tags::SOFTWARE_VERSIONS, VR::LO, equipment.software_version)
+        .integer(tags::INSTANCE_NUMBER, 1)
+        .text(tags::CONTENT_DATE, VR::DA, &ctx.date)
+        .text(tags::CONTENT_TIME, VR::TM, &ctx.time)
+}
+
+/// Where one analysis' results were written.
+#[derive(Debug, Clone)]
+pub struct WrittenResults {
+    pub seg: Option<PathBuf>,
+    pub sr: PathBuf,
+    pub summary: PathBuf,
+}
+
+/// Writes the objects as Part 10 files (explicit VR little endian) and the summary as JSON into
+/// `dir`, each through a temporary file renamed into place, so a reader never sees half a file
+/// and a re-analysis replaces the previous results.
+pub fn write(objects: &ResultObjects, dir: &Path) -> std::io::Result<WrittenResults> {
+    std::fs::create_dir_all(dir)?;
+    let seg = match &objects.seg {
+        Some(seg) => Some(write_part10(seg, &dir.join("seg.dcm"))?),
+        None => {
+            // A previous analysis may have found something: its SEG no longer belongs here.
+            let stale = dir.join("seg.dcm");
+            if stale.exists() {
+                std::fs::remove_file(&stale)?;
+            }
+            None
+        }
+    };
+    let sr = write_part10(&objects.sr, &dir.join("sr.dcm"))?;
+    let summary = dir.join("results.json");
+    let json = serde_json::to_vec_pretty(&objects.summary).map_err(std::io::Error::other)?;
+    write_atomically(&summary, |file| std::io::Write::write_all(file, &json))?;
+    Ok(WrittenResults { seg, sr, summary })
+}
+
+fn write_part10(object: &InMemDicomObject, path: &Path) -> std::io::Result<PathBuf> {
+    let text = |tag| crate::attributes::text(object, tag).unwrap_or_default();
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(text(tags::SOP_CLASS_UID))
+        .media_storage_sop_instance_uid(text(tags::SOP_INSTANCE_UID))
+        .transfer_syntax(sop::EXPLICIT_VR_LITTLE_ENDIAN)
+        .implementation_class_uid(crate::store::IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(crate::store::IMPLEMENTATION_VERSION_NAME);
+    let file = object
+        .clone()
+        .with_meta(meta)
+        .map_err(std::io::Error::other)?;
+    write_atomically(path, |out| {
+        file.write_all(out).map_err(std::io::Error::other)
+    })?;
+    Ok(path.to_owned())
+}
+
+/// Writes through `<path>.tmp`, fsyncs, and renames over `path`.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let file = std::fs::File::create(&temporary)?;
+    {
+        let mut out = std::io::BufWriter::new(&file);
+        write(&mut out)?;
+        std::io::Write::flush(&mut out)?;
+    }
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
