@@ -221,18 +221,20 @@ pub fn build(ctx: &Context, findings: &[SegmentedFinding]) -> DataSet {
         codes::PROCEDURE_REPORTED,
         codes::CT_UNSPECIFIED_BODY_REGION,
     ));
-    root_children.push(container(
-        Contains,
-        codes::IMAGING_MEASUREMENTS,
-        None,
-        measurements,
-    ));
     if findings.is_empty() {
+        // No Imaging Measurements container (it may not be empty): the report says "no nodule".
         root_children.push(container(
             Contains,
             codes::QUALITATIVE_EVALUATIONS,
             None,
             vec![coded(Contains, codes::FINDING, codes::FINDING_ABSENT)],
+        ));
+    } else {
+        root_children.push(container(
+            Contains,
+            codes::IMAGING_MEASUREMENTS,
+            None,
+            measurements,
         ));
     }
 
