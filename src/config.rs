@@ -15,6 +15,9 @@ pub struct Config {
     pub dicom: DicomConfig,
     pub storage: StorageConfig,
     pub pipeline: PipelineConfig,
+    pub model: ModelConfig,
+    pub results: crate::results::ReportPolicy,
+    pub sender: SenderConfig,
     pub status: StatusConfig,
     pub log: LogConfig,
 }
@@ -72,6 +75,68 @@ pub struct StorageConfig {
 pub struct PipelineConfig {
     /// Seconds without a new instance before a series is complete and gets a job.
     pub stable_age_secs: u64,
+}
+
+/// `[model]`: the network the worker runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Model file (safetensors with JNSC metadata); relative paths are from the working directory.
+    pub path: PathBuf,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Sliding-window blending: `fast` or `paper`.
+    pub tiling: String,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from(crate::DEFAULT_MODEL),
+            device: "cpu".into(),
+            tiling: "fast".into(),
+        }
+    }
+}
+
+/// `[sender]`: delivery of results to the configured destinations.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderConfig {
+    /// Attempts before an object is marked failed for good.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled after each failure.
+    pub retry_base_secs: u64,
+    /// Longest wait between attempts.
+    pub retry_max_secs: u64,
+    /// Seconds to open the TCP connection and negotiate the association.
+    pub connect_timeout_secs: u64,
+    /// Seconds to wait for a C-STORE response.
+    pub response_timeout_secs: u64,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            retry_base_secs: 30,
+            retry_max_secs: 3600,
+            connect_timeout_secs: 10,
+            response_timeout_secs: 60,
+        }
+    }
+}
+
+impl SenderConfig {
+    /// Delay before attempt `attempts + 1` after `attempts` failed ones (exponential, capped).
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 1u64 << attempts.saturating_sub(1).min(30);
+        Duration::from_secs(
+            self.retry_base_secs
+                .saturating_mul(factor)
+                .min(self.retry_max_secs),
+        )
+    }
 }
 
 /// `[status]`: the HTTP status endpoint (served by the operations module).
@@ -260,6 +325,33 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if let Err(problem) = crate::jnsc::device::select(&self.model.device) {
+            return Err(invalid("model.device", problem.to_string()));
+        }
+        if let Err(problem) = crate::inference::tiles::Tiling::named(&self.model.tiling) {
+            return Err(invalid("model.tiling", problem));
+        }
+        if !(0.0..=1.0).contains(&self.results.min_p_nodule) {
+            return Err(invalid(
+                "results.min_p_nodule",
+                "must be between 0 and 1".into(),
+            ));
+        }
+        if self.sender.max_attempts == 0 {
+            return Err(invalid("sender.max_attempts", "must be at least 1".into()));
+        }
+        if self.sender.retry_base_secs == 0 {
+            return Err(invalid(
+                "sender.retry_base_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.sender.connect_timeout_secs == 0 || self.sender.response_timeout_secs == 0 {
+            return Err(invalid(
+                "sender.connect_timeout_secs",
+                "timeouts must be at least 1 second".into(),
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("is not a valid filter: {e}")));
         }
@@ -272,6 +364,19 @@ impl Config {
             .db
             .clone()
             .unwrap_or_else(|| self.storage.dir.join("jnsc.db"))
+    }
+
+    /// Where results of series sent by `calling_ae_title` go, if a peer is configured for it.
+    pub fn destination(&self, calling_ae_title: &str) -> Option<crate::store::work::Destination> {
+        self.peer(calling_ae_title)
+            .map(|p| crate::store::work::Destination {
+                ae_title: p
+                    .dest_ae_title
+                    .clone()
+                    .unwrap_or_else(|| p.ae_title.clone()),
+                host: p.host.clone(),
+                port: p.port,
+            })
     }
 
     /// The peer that sends with this calling AE title, if configured.

@@ -22,9 +22,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the node: DICOM SCP, durable store, SQLite index, series completion.
+    /// Run the node: DICOM SCP, durable store, SQLite index, series completion, analysis worker,
+    /// and delivery of SEG + SR to the sender.
     Serve {
         /// Configuration file (TOML); every key has a default.
+        #[arg(long, env = "JNSC_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Queue a study's latest results for delivery again (to the destination the configuration
+    /// now names for the AE that sent it); a running node sends them within seconds.
+    Resend {
+        /// Study Instance UID.
+        study_uid: String,
+        /// Configuration file (TOML) of the node.
         #[arg(long, env = "JNSC_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -179,6 +189,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Resend { study_uid, config } => resend(&study_uid, config),
         Command::Synth(args) => synth(args),
         Command::Analyze(args) => analyze(&args),
         Command::Train(args) => jnsc::train::run(&args),
@@ -425,6 +436,26 @@ fn volume(
     if let Some(path) = mask {
         metaimage::write(path, &prepared.lungs.mask)?;
     }
+    Ok(())
+}
+
+fn resend(study_uid: &str, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config_path.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let queued = runtime.block_on(async {
+        let index = jnsc::store::db::Index::open(&config.db_path()).await?;
+        let queued = index
+            .resend_study(study_uid, |ae| config.destination(ae))
+            .await?;
+        index.pool().close().await;
+        anyhow::Ok(queued)
+    })?;
+    if queued == 0 {
+        anyhow::bail!("no results are recorded for study {study_uid}");
+    }
+    println!("jnsc: {queued} result objects of study {study_uid} queued for delivery");
     Ok(())
 }
 

@@ -1,16 +1,21 @@
-//! `jnsc serve`: assembles the running node (store, index, DICOM listener, series completion)
-//! from a configuration and runs it until SIGINT or SIGTERM.
+//! `jnsc serve`: assembles the running node (store, index, DICOM listener, series completion,
+//! worker, outbox sender) from a configuration and runs it until SIGINT or SIGTERM.
 
 use crate::config::Config;
+use crate::inference::Analyzer;
+use crate::inference::tiles::Tiling;
+use crate::net::send::SendSettings;
 use crate::net::server;
-use crate::pipeline::completion;
+use crate::pipeline::worker::Worker;
+use crate::pipeline::{completion, sender};
+use crate::results::Equipment;
 use crate::store::db::Index;
 use crate::store::files::FileStore;
 use crate::store::{InstanceStore, recovery};
 use anyhow::Context;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 /// Runs the node until a shutdown signal arrives.
@@ -33,6 +38,28 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             "associations left open by the previous run were closed in the log"
         );
     }
+    let requeued = index.requeue_interrupted_jobs().await?;
+    if requeued > 0 {
+        warn!(
+            requeued,
+            "jobs interrupted by the previous run were queued again"
+        );
+    }
+    let device = crate::jnsc::device::select(&config.model.device)?;
+    let tiling = Tiling::named(&config.model.tiling).map_err(anyhow::Error::msg)?;
+    let analyzer = Analyzer::new(&config.model.path, device, tiling).with_context(|| {
+        format!(
+            "cannot load the model {} (key model.path)",
+            config.model.path.display()
+        )
+    })?;
+    info!(
+        model = %analyzer.model_info().name,
+        version = %analyzer.model_info().version,
+        device = %config.model.device,
+        "model loaded"
+    );
+    let storage_root = files.root().to_owned();
     let store = Arc::new(InstanceStore::new(files, index.clone()));
     recovery::recover(&store)
         .await
@@ -61,6 +88,31 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         stopped.clone(),
     ));
     let checkpoints = tokio::spawn(checkpoint_periodically(Arc::clone(&store), stopped.clone()));
+    let outbox = Arc::new(Notify::new());
+    let worker = tokio::spawn(
+        Worker {
+            index: index.clone(),
+            storage_root: storage_root.clone(),
+            analyzer: Arc::new(analyzer),
+            config: Arc::clone(&config),
+            equipment: Equipment::new(&config.dicom.ae_title),
+            outbox: Arc::clone(&outbox),
+        }
+        .run(stopped.clone()),
+    );
+    let sender = tokio::spawn(sender::run(
+        index.clone(),
+        storage_root,
+        config.sender.clone(),
+        SendSettings {
+            calling_ae_title: config.dicom.ae_title.clone(),
+            connect_timeout: std::time::Duration::from_secs(config.sender.connect_timeout_secs),
+            response_timeout: std::time::Duration::from_secs(config.sender.response_timeout_secs),
+            max_pdu: config.dicom.max_pdu,
+        },
+        outbox,
+        stopped.clone(),
+    ));
     let scp = tokio::spawn(server::run(
         listener,
         Arc::clone(&config),
@@ -73,6 +125,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = stop.send(true);
     let _ = scp.await;
     let _ = completion.await;
+    let _ = worker.await;
+    let _ = sender.await;
     let _ = checkpoints.await;
     if let Err(e) = store.checkpoint().await {
         warn!(error = %e, "final checkpoint failed; the next start re-checks recent files");

@@ -82,6 +82,41 @@ impl Command {
     }
 }
 
+/// What a response command set says (read by the SCU side).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedResponse {
+    pub command_field: u16,
+    pub message_id_being_responded_to: u16,
+    pub status: u16,
+    pub error_comment: Option<String>,
+}
+
+impl ReceivedResponse {
+    /// Parses a response command set encoded in implicit VR little endian.
+    pub fn parse(bytes: &[u8]) -> Result<Self, CommandError> {
+        let object =
+            InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+                .map_err(|e| CommandError::Unparseable(e.to_string()))?;
+        let uint = |tag: Tag, name: &'static str| -> Result<u16, CommandError> {
+            object
+                .element_opt(tag)
+                .ok()
+                .flatten()
+                .and_then(|e| e.to_int::<u16>().ok())
+                .ok_or(CommandError::Missing(name))
+        };
+        Ok(Self {
+            command_field: uint(tags::COMMAND_FIELD, "Command Field (0000,0100)")?,
+            message_id_being_responded_to: uint(
+                tags::MESSAGE_ID_BEING_RESPONDED_TO,
+                "Message ID Being Responded To (0000,0120)",
+            )?,
+            status: uint(tags::STATUS, "Status (0000,0900)")?,
+            error_comment: crate::attributes::text(&object, tags::ERROR_COMMENT),
+        })
+    }
+}
+
 /// A response command set (no data set follows).
 #[derive(Debug, Clone)]
 pub struct Response<'a> {
@@ -229,7 +264,11 @@ mod tests {
             error_comment: Some("bad data"),
         }
         .encode();
-        // A response carries Message ID Being Responded To, not Message ID: parse it by hand.
+        let parsed = ReceivedResponse::parse(&bytes).unwrap();
+        assert_eq!(parsed.status, 0xC000);
+        assert_eq!(parsed.message_id_being_responded_to, 4242);
+        assert_eq!(parsed.error_comment.as_deref(), Some("bad data"));
+        // The group length, by hand.
         let object =
             InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
                 .unwrap();

@@ -1,4 +1,7 @@
-//! From stored instances to results: series completion and the job queue (the worker and the
-//! outbox come with the inference and results modules).
+//! From stored instances to delivered results: series completion queues a job (`completion`),
+//! the worker analyses it and writes SEG + SR into the outbox (`worker`), and the sender delivers
+//! the outbox to the destination configured for the calling AE (`sender`).
 
 pub mod completion;
+pub mod sender;
+pub mod worker;

@@ -2,8 +2,8 @@
 //! with the meaning the standard's context groups give it. conformance.md lists the same codes.
 
 use super::dataset::DataSet;
-use dicom_dictionary_std::tags;
 use dicom_core::VR;
+use dicom_dictionary_std::tags;
 
 /// A coded concept: (value, scheme designator, meaning).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +40,8 @@ pub const PROCEDURE_REPORTED: Code = code("121058", "DCM", "Procedure reported")
 pub const CT_UNSPECIFIED_BODY_REGION: Code = code("25045-6", "LN", "CT unspecified body region");
 
 // Language (TID 1204).
-pub const LANGUAGE_OF_CONTENT: Code = code(
-    "121049",
-    "DCM",
-    "Language of Content Item and Descendants",
-);
+pub const LANGUAGE_OF_CONTENT: Code =
+    code("121049", "DCM", "Language of Content Item and Descendants");
 pub const ENGLISH_US: Code = code("en-US", "RFC5646", "English (United States)");
 pub const COUNTRY_OF_LANGUAGE: Code = code("121046", "DCM", "Country of Language");
 pub const UNITED_STATES: Code = code("US", "ISO3166_1", "United States");
@@ -92,6 +89,9 @@ pub const NO_UNITS: Code = code("1", "UCUM", "no units");
 pub const MORPHOLOGICALLY_ABNORMAL_STRUCTURE: Code =
     code("49755003", "SCT", "Morphologically Altered Structure");
 pub const ARTIFICIAL_INTELLIGENCE: Code = code("123110", "DCM", "Artificial Intelligence");
-pub const SOURCE_IMAGE_FOR_SEGMENTATION: Code =
-    code("121322", "DCM", "Source image for image processing operation");
+pub const SOURCE_IMAGE_FOR_SEGMENTATION: Code = code(
+    "121322",
+    "DCM",
+    "Source image for image processing operation",
+);
 pub const SEGMENTATION_DERIVATION: Code = code("113076", "DCM", "Segmentation");

@@ -24,14 +24,16 @@ impl DataSet {
 
     /// A single string value (CS, LO, SH, PN, UI, DA, TM, DT, UT...).
     pub fn text(mut self, tag: Tag, vr: VR, value: &str) -> Self {
-        self.0.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+        self.0
+            .put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
         self
     }
 
     /// Several string values (backslash-separated on the wire).
     pub fn texts(mut self, tag: Tag, vr: VR, values: &[&str]) -> Self {
         let values = values.iter().map(|v| v.to_string()).collect();
-        self.0.put(DataElement::new(tag, vr, PrimitiveValue::Strs(values)));
+        self.0
+            .put(DataElement::new(tag, vr, PrimitiveValue::Strs(values)));
         self
     }
 
@@ -101,8 +103,11 @@ impl DataSet {
 
     /// Bytes (OB), e.g. bit-packed pixel data.
     pub fn bytes(mut self, tag: Tag, value: Vec<u8>) -> Self {
-        self.0
-            .put(DataElement::new(tag, VR::OB, PrimitiveValue::U8(value.into())));
+        self.0.put(DataElement::new(
+            tag,
+            VR::OB,
+            PrimitiveValue::U8(value.into()),
+        ));
         self
     }
 
@@ -160,7 +165,8 @@ mod tests {
     #[test]
     fn decimal_strings_fit_sixteen_characters() {
         assert_eq!(decimal_string(0.5), "0.5");
-        assert_eq!(decimal_string(-0.0000000001), "0");
+        assert_eq!(decimal_string(-0.00000000001), "0");
+        assert_eq!(decimal_string(-0.0000000001), "-0.0000000001");
         assert_eq!(decimal_string(12.0), "12");
         assert_eq!(decimal_string(-123456.123456789), "-123456.12345679");
         assert!(decimal_string(1.0e300).len() <= 16);

@@ -178,7 +178,11 @@ pub fn build(
     equipment: &Equipment,
 ) -> ResultObjects {
     let report = &analysis.report;
-    let uids = ResultUids::new(&source.series_uid, &report.model.name, &report.model.version);
+    let uids = ResultUids::new(
+        &source.series_uid,
+        &report.model.name,
+        &report.model.version,
+    );
     let now = time::OffsetDateTime::now_utc();
     let ctx = Context {
         source,

@@ -42,7 +42,8 @@ pub fn build(ctx: &Context, series: &AcquiredSeries, findings: &[SegmentedFindin
                 .uid(tags::REFERENCED_SOP_CLASS_UID, &source.sop_class_uid)
                 .uid(tags::REFERENCED_SOP_INSTANCE_UID, &slice.sop_instance_uid);
             if let Some(frame) = slice.frame {
-                source_image = source_image.integer(tags::REFERENCED_FRAME_NUMBER, i64::from(frame));
+                source_image =
+                    source_image.integer(tags::REFERENCED_FRAME_NUMBER, i64::from(frame));
             }
             source_image = source_image.sequence(
                 tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
@@ -73,7 +74,10 @@ pub fn build(ctx: &Context, series: &AcquiredSeries, findings: &[SegmentedFindin
                 )
                 .sequence(
                     tags::SEGMENT_IDENTIFICATION_SEQUENCE,
-                    vec![DataSet::new().us(tags::REFERENCED_SEGMENT_NUMBER, &[finding.number as u16])],
+                    vec![
+                        DataSet::new()
+                            .us(tags::REFERENCED_SEGMENT_NUMBER, &[finding.number as u16]),
+                    ],
                 )
         })
         .collect();
@@ -101,7 +105,10 @@ pub fn build(ctx: &Context, series: &AcquiredSeries, findings: &[SegmentedFindin
 
     let dimension_index = |pointer, group, label: &str| {
         DataSet::new()
-            .uid(tags::DIMENSION_ORGANIZATION_UID, &ctx.uids.dimension_organization)
+            .uid(
+                tags::DIMENSION_ORGANIZATION_UID,
+                &ctx.uids.dimension_organization,
+            )
             .tag(tags::DIMENSION_INDEX_POINTER, pointer)
             .tag(tags::FUNCTIONAL_GROUP_POINTER, group)
             .text(tags::DIMENSION_DESCRIPTION_LABEL, VR::LO, label)
@@ -168,7 +175,10 @@ pub fn build(ctx: &Context, series: &AcquiredSeries, findings: &[SegmentedFindin
     .sequence(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame)
     .sequence(
         tags::DIMENSION_ORGANIZATION_SEQUENCE,
-        vec![DataSet::new().uid(tags::DIMENSION_ORGANIZATION_UID, &ctx.uids.dimension_organization)],
+        vec![DataSet::new().uid(
+            tags::DIMENSION_ORGANIZATION_UID,
+            &ctx.uids.dimension_organization,
+        )],
     )
     .sequence(
         tags::DIMENSION_INDEX_SEQUENCE,
@@ -221,7 +231,10 @@ fn segment_item(ctx: &Context, finding: &SegmentedFinding) -> DataSet {
         )
         .text(tags::SEGMENT_ALGORITHM_TYPE, VR::CS, "AUTOMATIC")
         .text(tags::SEGMENT_ALGORITHM_NAME, VR::LO, &ctx.algorithm.name)
-        .sequence(tags::SEGMENTATION_ALGORITHM_IDENTIFICATION_SEQUENCE, vec![algorithm])
+        .sequence(
+            tags::SEGMENTATION_ALGORITHM_IDENTIFICATION_SEQUENCE,
+            vec![algorithm],
+        )
         .sequence(
             tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE,
             vec![codes::MORPHOLOGICALLY_ABNORMAL_STRUCTURE.item()],
@@ -272,7 +285,7 @@ impl BitPacker {
 
     fn extend(&mut self, pixels: &[u8]) {
         for &p in pixels {
-            if self.bits % 8 == 0 {
+            if self.bits.is_multiple_of(8) {
                 self.bytes.push(0);
             }
             if p != 0 {

@@ -11,6 +11,7 @@ pub mod files;
 pub mod instance;
 pub mod recovery;
 pub mod uid;
+pub mod work;
 
 use db::{Index, NewFile};
 use dicom_object::meta::FileMetaTableBuilder;

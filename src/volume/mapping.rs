@@ -57,11 +57,17 @@ pub fn mask_footprint(mask: &Volume<u8>, series: &AcquiredSeries) -> Vec<SliceMa
                 let hi = (hi.ceil().max(-1.0) as i64).min(count as i64 - 1);
                 lo..(hi + 1).max(lo as i64) as usize
             };
-            let columns = pixel_range(series.row_direction, series.column_spacing_mm, series.columns);
+            let columns = pixel_range(
+                series.row_direction,
+                series.column_spacing_mm,
+                series.columns,
+            );
             let rows = pixel_range(series.column_direction, series.row_spacing_mm, series.rows);
             let origin = g.patient_to_index(slice.position);
             let step = |direction: Vec3, spacing: f64| -> Vec3 {
-                let moved = g.patient_to_index([0, 1, 2].map(|a| slice.position[a] + direction[a] * spacing));
+                let moved = g.patient_to_index(
+                    [0, 1, 2].map(|a| slice.position[a] + direction[a] * spacing),
+                );
                 [0, 1, 2].map(|a| moved[a] - origin[a])
             };
             let per_column = step(series.row_direction, series.column_spacing_mm);

@@ -1,0 +1,370 @@
+//! The index's record of work after reception: jobs the worker claims and finishes, the result
+//! objects it wrote, and the outbox the sender drains, with every delivery attempt. Each state
+//! change is one transaction, so a crash leaves either the old state or the new one.
+
+use crate::store::db::{DbResult, Index, now_ms};
+use sqlx::FromRow;
+
+/// A job the worker took, with what it needs about its series.
+#[derive(Debug, Clone, FromRow)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub series_uid: String,
+    pub study_uid: String,
+    /// The calling AE that sent the series: its results go back there.
+    pub source_ae: String,
+}
+
+/// A result object to record and deliver.
+#[derive(Debug, Clone)]
+pub struct NewResult {
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    /// "seg" or "sr".
+    pub kind: &'static str,
+    /// Relative to the storage directory.
+    pub path: String,
+}
+
+/// Where results for a calling AE go; `None` when no peer is configured for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// How a finished job went.
+#[derive(Debug, Clone)]
+pub struct JobSuccess<'a> {
+    pub timings_json: &'a str,
+    pub candidates: usize,
+    pub findings: usize,
+    pub results: &'a [NewResult],
+}
+
+/// An outbox row due for delivery.
+#[derive(Debug, Clone, FromRow)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub path: String,
+    pub dest_ae: String,
+    pub dest_host: String,
+    pub dest_port: i64,
+    pub attempts: i64,
+}
+
+/// The result of one delivery attempt, as the outbox records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendOutcome {
+    /// Stored by the destination (status Success or Warning).
+    Sent { status: u16 },
+    /// Try again at `next_attempt_at` (Unix ms).
+    Retry {
+        status: Option<u16>,
+        error: String,
+        next_attempt_at: i64,
+    },
+    /// Will not succeed by retrying: permanent DIMSE failure, SOP class refused, or too many
+    /// attempts.
+    Failed { status: Option<u16>, error: String },
+}
+
+/// Outbox rows by state, for operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    pub pending: i64,
+    pub sent: i64,
+    pub failed: i64,
+}
+
+const NO_DESTINATION: &str = "no destination is configured for the calling AE title";
+
+impl Index {
+    /// Puts jobs left running by a previous process back in the queue; returns how many.
+    pub async fn requeue_interrupted_jobs(&self) -> DbResult<u64> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'queued', updated_at = ?, started_at = NULL
+             WHERE state = 'running'",
+        )
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Takes the oldest queued job, if any, and marks it running.
+    pub async fn claim_next_job(&self) -> DbResult<Option<ClaimedJob>> {
+        let now = now_ms();
+        sqlx::query_as(
+            "UPDATE jobs SET state = 'running', started_at = ?, updated_at = ?,
+                    attempts = attempts + 1, error = NULL, error_code = NULL
+             WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at, id LIMIT 1)
+             RETURNING id, series_uid,
+                 (SELECT study_uid FROM series WHERE series.series_uid = jobs.series_uid)
+                     AS study_uid,
+                 (SELECT source_ae FROM series WHERE series.series_uid = jobs.series_uid)
+                     AS source_ae",
+        )
+        .bind(now)
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await
+    }
+
+    /// Records a finished job, its result objects and their outbox rows, in one transaction.
+    /// Older undelivered versions of the same objects are superseded: only the newest is sent.
+    pub async fn finish_job(
+        &self,
+        job: &ClaimedJob,
+        success: &JobSuccess<'_>,
+        destination: Option<&Destination>,
+    ) -> DbResult<()> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        for result in success.results {
+            sqlx::query(
+                "INSERT OR REPLACE INTO results
+                     (sop_instance_uid, job, study_uid, series_uid, kind, sop_class_uid, path,
+                      created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&result.sop_instance_uid)
+            .bind(job.id)
+            .bind(&job.study_uid)
+            .bind(&job.series_uid)
+            .bind(result.kind)
+            .bind(&result.sop_class_uid)
+            .bind(&result.path)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            enqueue(&mut tx, job, result, destination, now).await?;
+        }
+        sqlx::query(
+            "UPDATE jobs SET state = 'done', finished_at = ?, updated_at = ?, timings = ?,
+                    candidates = ?, findings = ?
+             WHERE id = ?",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(success.timings_json)
+        .bind(success.candidates as i64)
+        .bind(success.findings as i64)
+        .bind(job.id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    /// Records a failed job with a stable code and a message for operators.
+    pub async fn fail_job(&self, job_id: i64, code: &str, message: &str) -> DbResult<()> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE jobs SET state = 'failed', finished_at = ?, updated_at = ?, error_code = ?,
+                    error = ?
+             WHERE id = ?",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(code)
+        .bind(message)
+        .bind(job_id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Outbox rows whose next attempt is due, oldest first.
+    pub async fn due_outbox(&self, limit: i64) -> DbResult<Vec<OutboxItem>> {
+        sqlx::query_as(
+            "SELECT id, sop_instance_uid, sop_class_uid, path, dest_ae, dest_host, dest_port,
+                    attempts
+             FROM outbox
+             WHERE state = 'pending' AND next_attempt_at <= ? AND dest_host IS NOT NULL
+             ORDER BY next_attempt_at, id LIMIT ?",
+        )
+        .bind(now_ms())
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+    }
+
+    /// When the next pending row falls due (Unix ms), if any.
+    pub async fn next_outbox_due(&self) -> DbResult<Option<i64>> {
+        sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM outbox
+             WHERE state = 'pending' AND dest_host IS NOT NULL",
+        )
+        .fetch_one(self.pool())
+        .await
+    }
+
+    /// Records one delivery attempt and moves the row on.
+    pub async fn record_send(
+        &self,
+        outbox_id: i64,
+        outcome: &SendOutcome,
+        duration_ms: i64,
+    ) -> DbResult<()> {
+        let now = now_ms();
+        let (state, status, error, next, label) = match outcome {
+            SendOutcome::Sent { status } => ("sent", Some(*status), None, None, "sent"),
+            SendOutcome::Retry {
+                status,
+                error,
+                next_attempt_at,
+            } => (
+                "pending",
+                *status,
+                Some(error.as_str()),
+                Some(*next_attempt_at),
+                "retry",
+            ),
+            SendOutcome::Failed { status, error } => {
+                ("failed", *status, Some(error.as_str()), None, "failed")
+            }
+        };
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO send_attempts (outbox, at, duration_ms, status, outcome, error)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(outbox_id)
+        .bind(now)
+        .bind(duration_ms)
+        .bind(status.map(i64::from))
+        .bind(label)
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE outbox SET state = ?, attempts = attempts + 1, updated_at = ?,
+                    last_status = ?, last_error = ?,
+                    next_attempt_at = COALESCE(?, next_attempt_at),
+                    sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END
+             WHERE id = ? AND state = 'pending'",
+        )
+        .bind(state)
+        .bind(now)
+        .bind(status.map(i64::from))
+        .bind(error)
+        .bind(next)
+        .bind(state)
+        .bind(now)
+        .bind(outbox_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    /// Queues a study's latest result objects again, to the destination `resolve` gives for the
+    /// calling AE that sent each series (the configuration may have changed since). Returns how
+    /// many objects were queued.
+    pub async fn resend_study(
+        &self,
+        study_uid: &str,
+        resolve: impl Fn(&str) -> Option<Destination>,
+    ) -> DbResult<usize> {
+        type Row = (String, String, String, String, i64, String, String);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT r.sop_instance_uid, r.sop_class_uid, r.kind, r.path, r.job, r.series_uid,
+                    s.source_ae
+             FROM results r JOIN series s ON s.series_uid = r.series_uid
+             WHERE r.study_uid = ? ORDER BY r.series_uid, r.kind",
+        )
+        .bind(study_uid)
+        .fetch_all(self.pool())
+        .await?;
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        for (sop_instance_uid, sop_class_uid, kind, path, job, series_uid, source_ae) in &rows {
+            let claimed = ClaimedJob {
+                id: *job,
+                series_uid: series_uid.clone(),
+                study_uid: study_uid.to_owned(),
+                source_ae: source_ae.clone(),
+            };
+            let result = NewResult {
+                sop_instance_uid: sop_instance_uid.clone(),
+                sop_class_uid: sop_class_uid.clone(),
+                kind: if kind == "seg" { "seg" } else { "sr" },
+                path: path.clone(),
+            };
+            enqueue(&mut tx, &claimed, &result, resolve(source_ae).as_ref(), now).await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    /// Outbox rows by state.
+    pub async fn outbox_counts(&self) -> DbResult<OutboxCounts> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM outbox GROUP BY state")
+                .fetch_all(self.pool())
+                .await?;
+        let mut counts = OutboxCounts::default();
+        for (state, n) in rows {
+            match state.as_str() {
+                "pending" => counts.pending = n,
+                "sent" => counts.sent = n,
+                "failed" => counts.failed = n,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+}
+
+/// Inserts a pending outbox row for `result` (or a failed one when there is no destination),
+/// superseding undelivered rows of the same object.
+async fn enqueue(
+    tx: &mut sqlx::SqliteConnection,
+    job: &ClaimedJob,
+    result: &NewResult,
+    destination: Option<&Destination>,
+    now: i64,
+) -> DbResult<()> {
+    sqlx::query(
+        "UPDATE outbox SET state = 'superseded', updated_at = ?
+         WHERE sop_instance_uid = ? AND state = 'pending'",
+    )
+    .bind(now)
+    .bind(&result.sop_instance_uid)
+    .execute(&mut *tx)
+    .await?;
+    let (state, error) = match destination {
+        Some(_) => ("pending", None),
+        None => (
+            "failed",
+            Some(format!("{NO_DESTINATION} {}", job.source_ae)),
+        ),
+    };
+    sqlx::query(
+        "INSERT INTO outbox
+             (sop_instance_uid, sop_class_uid, study_uid, series_uid, path, job, source_ae,
+              dest_ae, dest_host, dest_port, state, next_attempt_at, last_error, created_at,
+              updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&result.sop_instance_uid)
+    .bind(&result.sop_class_uid)
+    .bind(&job.study_uid)
+    .bind(&job.series_uid)
+    .bind(&result.path)
+    .bind(job.id)
+    .bind(&job.source_ae)
+    .bind(destination.map(|d| d.ae_title.as_str()))
+    .bind(destination.map(|d| d.host.as_str()))
+    .bind(destination.map(|d| i64::from(d.port)))
+    .bind(state)
+    .bind(now)
+    .bind(error)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
