@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite drives on a fresh Debian machine: DCMTK (echoscu, storescu,
-# storescp, dcmcjpeg, dcmcrle, dcmdump, dcmodify), dicom3tools (dciodvfy) and SimpleITK (the
-# reference for the volume code). Idempotent: does nothing when everything is present.
+# storescp, dcmcjpeg, dcmcrle, dcmdump, dcmodify), dicom3tools (dciodvfy), PixelMed's SR
+# validator (pixelmed-apps, with Java), SimpleITK (the reference for the volume code), highdicom
+# (reads SEG and SR back as a viewer does) and pynetdicom (a second DICOM peer). Idempotent: does
+# nothing when everything is present.
 set -euo pipefail
 
 missing=()
@@ -9,15 +11,16 @@ for tool in echoscu storescu storescp dcmcjpeg dcmcrle dcmdump dcmodify; do
   [ -x "/usr/bin/$tool" ] || missing+=("$tool")
 done
 [ -x /usr/bin/dciodvfy ] || missing+=(dciodvfy)
+[ -f /usr/share/java/pixelmed.jar ] && command -v java >/dev/null || missing+=(pixelmed)
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing dcmtk and dicom3tools (missing: ${missing[*]})"
+  echo "installing dcmtk, dicom3tools and pixelmed-apps (missing: ${missing[*]})"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dcmtk dicom3tools >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dcmtk dicom3tools pixelmed-apps >/dev/null
 fi
 
-if ! python3 -c "import SimpleITK, numpy" 2>/dev/null; then
-  echo "installing SimpleITK and numpy"
-  python3 -m pip install --quiet SimpleITK numpy
+if ! python3 -c "import SimpleITK, numpy, highdicom, pynetdicom" 2>/dev/null; then
+  echo "installing SimpleITK, numpy, highdicom and pynetdicom"
+  python3 -m pip install --quiet SimpleITK numpy highdicom pynetdicom
 fi

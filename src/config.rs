@@ -75,6 +75,8 @@ pub struct StorageConfig {
 pub struct PipelineConfig {
     /// Seconds without a new instance before a series is complete and gets a job.
     pub stable_age_secs: u64,
+    /// `false`: receive and queue only (no model is loaded; jobs wait for a node that analyses).
+    pub analyze: bool,
 }
 
 /// `[model]`: the network the worker runs.
@@ -181,6 +183,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             stable_age_secs: 10,
+            analyze: true,
         }
     }
 }

@@ -45,20 +45,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             "jobs interrupted by the previous run were queued again"
         );
     }
-    let device = crate::jnsc::device::select(&config.model.device)?;
-    let tiling = Tiling::named(&config.model.tiling).map_err(anyhow::Error::msg)?;
-    let analyzer = Analyzer::new(&config.model.path, device, tiling).with_context(|| {
-        format!(
-            "cannot load the model {} (key model.path)",
-            config.model.path.display()
-        )
-    })?;
-    info!(
-        model = %analyzer.model_info().name,
-        version = %analyzer.model_info().version,
-        device = %config.model.device,
-        "model loaded"
-    );
+    let analyzer = if config.pipeline.analyze {
+        Some(load_analyzer(&config)?)
+    } else {
+        warn!("analysis is off (pipeline.analyze = false): series are received and queued only");
+        None
+    };
     let storage_root = files.root().to_owned();
     let store = Arc::new(InstanceStore::new(files, index.clone()));
     recovery::recover(&store)
@@ -89,17 +81,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     ));
     let checkpoints = tokio::spawn(checkpoint_periodically(Arc::clone(&store), stopped.clone()));
     let outbox = Arc::new(Notify::new());
-    let worker = tokio::spawn(
-        Worker {
-            index: index.clone(),
-            storage_root: storage_root.clone(),
-            analyzer: Arc::new(analyzer),
-            config: Arc::clone(&config),
-            equipment: Equipment::new(&config.dicom.ae_title),
-            outbox: Arc::clone(&outbox),
-        }
-        .run(stopped.clone()),
-    );
+    let worker = analyzer.map(|analyzer| {
+        tokio::spawn(
+            Worker {
+                index: index.clone(),
+                storage_root: storage_root.clone(),
+                analyzer: Arc::new(analyzer),
+                config: Arc::clone(&config),
+                equipment: Equipment::new(&config.dicom.ae_title),
+                outbox: Arc::clone(&outbox),
+            }
+            .run(stopped.clone()),
+        )
+    });
     let sender = tokio::spawn(sender::run(
         index.clone(),
         storage_root,
@@ -125,7 +119,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = stop.send(true);
     let _ = scp.await;
     let _ = completion.await;
-    let _ = worker.await;
+    if let Some(worker) = worker {
+        let _ = worker.await;
+    }
     let _ = sender.await;
     let _ = checkpoints.await;
     if let Err(e) = store.checkpoint().await {
@@ -134,6 +130,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     index.pool().close().await;
     info!("stopped");
     Ok(())
+}
+
+/// Loads the configured model onto the configured device.
+fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
+    let device = crate::jnsc::device::select(&config.model.device)?;
+    let tiling = Tiling::named(&config.model.tiling).map_err(anyhow::Error::msg)?;
+    let analyzer = Analyzer::new(&config.model.path, device, tiling).with_context(|| {
+        format!(
+            "cannot load the model {} (key model.path)",
+            config.model.path.display()
+        )
+    })?;
+    info!(
+        model = %analyzer.model_info().name,
+        version = %analyzer.model_info().version,
+        device = %config.model.device,
+        "model loaded"
+    );
+    Ok(analyzer)
 }
 
 /// How often the index is checkpointed (bounds the work of recovery after a power cut).

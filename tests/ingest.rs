@@ -78,7 +78,7 @@ fn raw_samples(path: &Path) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn series_arrives_is_stored_identically_indexed_and_queued() {
-    let node = Node::start("[pipeline]\nstable_age_secs = 1");
+    let node = Node::start("[pipeline]\nstable_age_secs = 1\nanalyze = false");
     let echo = node.echoscu("TESTSCU", "JNSC");
     assert!(echo.status.success(), "C-ECHO failed: {echo:?}");
 
@@ -157,7 +157,7 @@ async fn series_arrives_is_stored_identically_indexed_and_queued() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn late_instance_requeues_a_completed_series() {
-    let node = Node::start("[pipeline]\nstable_age_secs = 1");
+    let node = Node::start("[pipeline]\nstable_age_secs = 1\nanalyze = false");
     let series = synth_series(&node.dir.join("sent"), 4, 32, 11);
     let first: Vec<&Path> = series.files[..3].iter().map(|p| p.as_path()).collect();
     assert!(node.storescu(&[], &first).status.success());
@@ -378,14 +378,14 @@ async fn five_associations_at_once_all_succeed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_after_a_crash_keeps_every_acknowledged_instance() {
-    let node = Node::start("[pipeline]\nstable_age_secs = 3");
+    let node = Node::start("[pipeline]\nstable_age_secs = 3\nanalyze = false");
     let series = synth_series(&node.dir.join("sent"), 10, 64, 31);
     let out = node.storescu(&["+sd"], &[node.dir.join("sent").as_path()]);
     assert!(out.status.success());
     // SIGKILL before the series is complete: no chance to flush anything.
     let dir = node.crash();
 
-    let node = Node::start_in(&dir, "[pipeline]\nstable_age_secs = 3");
+    let node = Node::start_in(&dir, "[pipeline]\nstable_age_secs = 3\nanalyze = false");
     let db = node.db().await;
     for (file, uid) in series.files.iter().zip(&series.sop_instance_uids) {
         let path: String =
@@ -425,7 +425,7 @@ async fn restart_after_a_crash_keeps_every_acknowledged_instance() {
 
     // A clean stop and start keeps the queued job as it is.
     let dir = node.stop();
-    let node = Node::start_in(&dir, "[pipeline]\nstable_age_secs = 3");
+    let node = Node::start_in(&dir, "[pipeline]\nstable_age_secs = 3\nanalyze = false");
     let db = node.db().await;
     let state: String = sqlx::query_scalar("SELECT state FROM jobs WHERE series_uid = ?")
         .bind(&series.series_uid)
