@@ -17,7 +17,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dcmtk dicom3tools pixelmed-apps >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dcmtk dicom3tools pixelmed-apps default-jre-headless >/dev/null
 fi
 
 if ! python3 -c "import SimpleITK, numpy, highdicom, pynetdicom" 2>/dev/null; then

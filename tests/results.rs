@@ -465,16 +465,21 @@ async fn results_wait_for_a_destination_that_is_down_and_survive_a_restart() {
     .await;
     let db = node.db().await;
     // The file is at the PACS before the response is recorded: wait for the record.
-    eventually(Duration::from_secs(10), "both rows recorded as sent", || {
-        let db = db.clone();
-        async move {
-            let states: Vec<String> = sqlx::query_scalar("SELECT state FROM outbox ORDER BY id")
-                .fetch_all(&db)
-                .await
-                .unwrap();
-            (states == ["sent", "sent"]).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "both rows recorded as sent",
+        || {
+            let db = db.clone();
+            async move {
+                let states: Vec<String> =
+                    sqlx::query_scalar("SELECT state FROM outbox ORDER BY id")
+                        .fetch_all(&db)
+                        .await
+                        .unwrap();
+                (states == ["sent", "sent"]).then_some(())
+            }
+        },
+    )
     .await;
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
         .fetch_one(&db)

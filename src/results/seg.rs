@@ -45,10 +45,13 @@ pub fn build(ctx: &Context, series: &AcquiredSeries, findings: &[SegmentedFindin
                 source_image =
                     source_image.integer(tags::REFERENCED_FRAME_NUMBER, i64::from(frame));
             }
-            source_image = source_image.sequence(
-                tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
-                vec![codes::SOURCE_IMAGE_FOR_SEGMENTATION.item()],
-            );
+            // Same grid as the CT: each frame's pixels sit exactly on the source image's.
+            source_image = source_image
+                .text(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, "YES")
+                .sequence(
+                    tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+                    vec![codes::SOURCE_IMAGE_FOR_SEGMENTATION.item()],
+                );
             DataSet::new()
                 .sequence(
                     tags::DERIVATION_IMAGE_SEQUENCE,
