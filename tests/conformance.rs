@@ -1,6 +1,9 @@
 //! conformance.md lists exactly the SOP classes and transfer syntaxes the SCP negotiates.
 
-use jnsc::net::presentation::{STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION};
+use jnsc::net::presentation::{
+    PROPOSED_TRANSFER_SYNTAXES, RESULT_SOP_CLASSES, STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES,
+    VERIFICATION,
+};
 use std::collections::BTreeSet;
 
 /// UIDs in the second column of the markdown table rows between `from` and `to`.
@@ -42,4 +45,26 @@ fn conformance_statement_matches_what_the_code_negotiates() {
         .map(|(uid, _)| uid.to_string())
         .collect();
     assert_eq!(transfer_syntaxes, expected);
+
+    // The SCU side: what is proposed for the results.
+    let proposed = table_uids(
+        &text,
+        "Proposed presentation contexts",
+        "Transfer syntaxes proposed",
+    );
+    let expected: BTreeSet<String> = RESULT_SOP_CLASSES
+        .iter()
+        .map(|(uid, _)| uid.to_string())
+        .collect();
+    assert_eq!(proposed, expected);
+    let proposed = table_uids(
+        &text,
+        "Transfer syntaxes proposed",
+        "End of proposed contexts",
+    );
+    let expected: BTreeSet<String> = PROPOSED_TRANSFER_SYNTAXES
+        .iter()
+        .map(|(uid, _)| uid.to_string())
+        .collect();
+    assert_eq!(proposed, expected);
 }

@@ -21,16 +21,17 @@ const ANALYSIS: Duration = Duration::from_secs(300);
 struct Pacs {
     child: Child,
     dir: PathBuf,
+    _keep: Option<tempfile::TempDir>,
 }
 
 impl Pacs {
     /// DCMTK storescp on `port`, writing what it receives into a fresh directory.
     fn dcmtk(port: u16) -> Pacs {
-        let dir = tempfile::Builder::new()
+        let temporary = tempfile::Builder::new()
             .prefix("jnsc-pacs-")
             .tempdir()
-            .unwrap()
-            .keep();
+            .unwrap();
+        let dir = temporary.path().to_owned();
         let child = Command::new("/usr/bin/storescp")
             .args(["-aet", "PACS", "-od"])
             .arg(&dir)
@@ -40,7 +41,11 @@ impl Pacs {
             .spawn()
             .expect("storescp runs");
         wait_listening(port);
-        Pacs { child, dir }
+        Pacs {
+            child,
+            dir,
+            _keep: Some(temporary),
+        }
     }
 
     /// A pynetdicom SCP that accepts CT Image Storage only.
@@ -56,6 +61,7 @@ impl Pacs {
         Pacs {
             child,
             dir: PathBuf::new(),
+            _keep: None,
         }
     }
 
@@ -94,16 +100,15 @@ fn wait_listening(port: u16) {
 }
 
 /// A small chest CT study with nodules (384 x 384 x 120, 0.9 x 0.9 x 2.5 mm), written by the
-/// `jnsc synth` command; returns its DICOM folder.
-fn small_study(seed: u64, nodules: usize) -> PathBuf {
+/// `jnsc synth` command; returns the folder (removed when dropped) and its DICOM folder.
+fn small_study(seed: u64, nodules: usize) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::Builder::new()
         .prefix("jnsc-study-")
         .tempdir()
-        .unwrap()
-        .keep();
+        .unwrap();
     let status = Command::new(env!("CARGO_BIN_EXE_jnsc"))
         .args(["synth", "--out"])
-        .arg(&dir)
+        .arg(dir.path())
         .args([
             "--seed",
             &seed.to_string(),
@@ -116,7 +121,8 @@ fn small_study(seed: u64, nodules: usize) -> PathBuf {
         .status()
         .unwrap();
     assert!(status.success());
-    dir.join("dicom")
+    let dicom = dir.path().join("dicom");
+    (dir, dicom)
 }
 
 fn dicom_files(dir: &Path) -> Vec<PathBuf> {
@@ -242,7 +248,7 @@ const SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn findings_reach_the_pacs_as_a_valid_seg_and_tid1500_sr() {
-    let study = small_study(7, 3);
+    let (_study_dir, study) = small_study(7, 3);
     let pacs_port = free_port();
     let pacs = Pacs::dcmtk(pacs_port);
     // A low reporting threshold, so that the SEG has several segments.
@@ -362,7 +368,7 @@ async fn findings_reach_the_pacs_as_a_valid_seg_and_tid1500_sr() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_wait_for_a_destination_that_is_down_and_survive_a_restart() {
-    let study = small_study(11, 2);
+    let (_study_dir, study) = small_study(11, 2);
     let pacs_port = free_port();
     // Nothing is reported (threshold above any probability): the SR alone says "no nodule".
     let extra = peer_config(pacs_port, "[results]\nmin_p_nodule = 1.0");
@@ -491,7 +497,7 @@ async fn results_wait_for_a_destination_that_is_down_and_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_refusing_the_sop_classes_is_a_permanent_failure() {
-    let study = small_study(13, 1);
+    let (_study_dir, study) = small_study(13, 1);
     let pacs_port = free_port();
     let _pacs = Pacs::ct_only(pacs_port);
     let node = Node::start(&peer_config(pacs_port, "[results]\nmin_p_nodule = 1.0"));

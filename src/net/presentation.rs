@@ -1,5 +1,6 @@
-//! The one list of what the SCP negotiates: abstract syntaxes (SOP classes) and the transfer
-//! syntaxes the code can really decode. conformance.md is checked against these tables.
+//! The one list of what the node negotiates: as SCP, abstract syntaxes (SOP classes) and the
+//! transfer syntaxes the code can really decode; as SCU, the result SOP classes and the transfer
+//! syntaxes proposed for them. conformance.md is checked against these tables.
 
 use dicom_dictionary_std::uids;
 
@@ -49,6 +50,21 @@ pub const TRANSFER_SYNTAXES: &[(&str, &str)] = &[
         "JPEG 2000 Image Compression (Lossless Only)",
     ),
     (uids::JPEG2000, "JPEG 2000 Image Compression"),
+];
+
+/// Storage SOP classes the node sends as SCU: its result objects.
+pub const RESULT_SOP_CLASSES: &[(&str, &str)] = &[
+    (uids::SEGMENTATION_STORAGE, "Segmentation Storage"),
+    (
+        uids::COMPREHENSIVE3_DSR_STORAGE,
+        "Comprehensive 3D SR Storage",
+    ),
+];
+
+/// Transfer syntaxes proposed with each result SOP class, in our order of preference.
+pub const PROPOSED_TRANSFER_SYNTAXES: &[(&str, &str)] = &[
+    (uids::EXPLICIT_VR_LITTLE_ENDIAN, "Explicit VR Little Endian"),
+    (uids::IMPLICIT_VR_LITTLE_ENDIAN, "Implicit VR Little Endian"),
 ];
 
 /// Whether `uid` is one of the storage SOP classes we accept.

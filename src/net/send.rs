@@ -1,11 +1,11 @@
 //! C-STORE SCU: delivers stored Part 10 files to one destination over one association. It
-//! proposes each SOP class present with explicit and implicit VR little endian, re-encodes each
+//! proposes the result SOP classes with explicit and implicit VR little endian, re-encodes each
 //! data set in the transfer syntax the destination accepted, and reports per object what the
 //! destination answered. Whether to retry is the outbox's decision (`pipeline::sender`).
 
 use crate::net::dimse::{self, ReceivedResponse, StoreRequest, command_field};
+use crate::net::presentation::{PROPOSED_TRANSFER_SYNTAXES, RESULT_SOP_CLASSES};
 use crate::store::work::Destination;
-use dicom_dictionary_std::uids;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::Pdu;
@@ -69,16 +69,14 @@ pub async fn send(
         .calling_ae_title(settings.calling_ae_title.as_str())
         .called_ae_title(destination.ae_title.as_str())
         .max_pdu_length(settings.max_pdu);
-    let mut classes: Vec<&str> = objects.iter().map(|o| o.sop_class_uid.as_str()).collect();
-    classes.sort_unstable();
-    classes.dedup();
-    for class in &classes {
+    // Every result SOP class is proposed (what conformance.md lists), whatever this round holds.
+    for (class, _) in RESULT_SOP_CLASSES {
         options = options.with_presentation_context(
             *class,
-            vec![
-                uids::EXPLICIT_VR_LITTLE_ENDIAN,
-                uids::IMPLICIT_VR_LITTLE_ENDIAN,
-            ],
+            PROPOSED_TRANSFER_SYNTAXES
+                .iter()
+                .map(|(uid, _)| *uid)
+                .collect(),
         );
     }
     let address = (destination.host.as_str(), destination.port);
