@@ -124,6 +124,19 @@ impl Index {
     ) -> DbResult<()> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
+        // This analysis replaces the series' earlier results (a SEG may no longer exist).
+        sqlx::query("DELETE FROM results WHERE series_uid = ?")
+            .bind(&job.series_uid)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE outbox SET state = 'superseded', updated_at = ?
+             WHERE series_uid = ? AND state = 'pending'",
+        )
+        .bind(now)
+        .bind(&job.series_uid)
+        .execute(&mut *tx)
+        .await?;
         for result in success.results {
             sqlx::query(
                 "INSERT OR REPLACE INTO results
