@@ -67,6 +67,8 @@ pub struct StorageConfig {
     pub dir: PathBuf,
     /// SQLite database file; `<dir>/jnsc.db` when unset.
     pub db: Option<PathBuf>,
+    /// Free space (MiB) below which new associations are refused and `/ready` fails.
+    pub min_free_mb: u64,
 }
 
 /// `[pipeline]`: when a series counts as complete.
@@ -146,6 +148,8 @@ impl SenderConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StatusConfig {
     pub listen: SocketAddr,
+    /// When set, every endpoint but `/health` needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
 }
 
 /// `[log]`: tracing filter, e.g. `info` or `jnsc=debug,info`; `RUST_LOG` overrides it.
@@ -175,6 +179,7 @@ impl Default for StorageConfig {
         Self {
             dir: PathBuf::from("storage"),
             db: None,
+            min_free_mb: 1024,
         }
     }
 }
@@ -192,6 +197,7 @@ impl Default for StatusConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".parse().expect("literal address"),
+            token: None,
         }
     }
 }
@@ -353,6 +359,17 @@ impl Config {
             return Err(invalid(
                 "sender.connect_timeout_secs",
                 "timeouts must be at least 1 second".into(),
+            ));
+        }
+        if self
+            .status
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().len() < 16)
+        {
+            return Err(invalid(
+                "status.token",
+                "must be at least 16 characters".into(),
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

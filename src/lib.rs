@@ -5,7 +5,8 @@
 //! index), `pipeline` (series completion and jobs), `node` (the `serve` command), `synth`
 //! (synthetic CT series), `bench` (benchmark commands),
 //! `eval` (FROC/CPM and classification metrics), `inference` (whole-scan
-//! analysis: findings from a series), `results` (the DICOM SEG and TID 1500 SR sent back).
+//! analysis: findings from a series), `results` (the DICOM SEG and TID 1500 SR sent back), `status` (HTTP status endpoint and
+//! metrics).
 
 /// The model file the node and `analyze` use unless told otherwise.
 pub const DEFAULT_MODEL: &str = "models/jnsc.safetensors";
@@ -21,6 +22,7 @@ pub mod net;
 pub mod node;
 pub mod pipeline;
 pub mod results;
+pub mod status;
 pub mod store;
 pub mod synth;
 pub mod train;

@@ -51,6 +51,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         warn!("analysis is off (pipeline.analyze = false): series are received and queued only");
         None
     };
+    let model_status = analyzer.as_ref().map(|a| crate::status::ModelStatus {
+        name: a.model_info().name.clone(),
+        version: a.model_info().version.clone(),
+        device: config.model.device.clone(),
+    });
     let storage_root = files.root().to_owned();
     let store = Arc::new(InstanceStore::new(files, index.clone()));
     recovery::recover(&store)
@@ -67,13 +72,39 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         })?;
     let address = listener.local_addr()?;
     info!(%address, ae_title = %config.dicom.ae_title, "DICOM SCP listening");
-    // A stable line on stdout for scripts and tests that start the node on port 0.
-    println!(
-        "jnsc: DICOM SCP listening on {address} as AE {}",
-        config.dicom.ae_title
-    );
+    let status_listener = TcpListener::bind(config.status.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (key status.listen)",
+                config.status.listen
+            )
+        })?;
+    let status_address = status_listener.local_addr()?;
+    info!(address = %status_address, "status endpoint listening");
+    // A stable line on stdout for scripts and tests that start the node on port 0 (a closed
+    // stdout must not stop the node, hence no println!).
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
+            "jnsc: DICOM SCP listening on {address} as AE {}; status on http://{status_address}",
+            config.dicom.ae_title
+        );
+    }
 
     let (stop, stopped) = watch::channel(false);
+    let status = tokio::spawn(crate::status::serve(
+        status_listener,
+        Arc::new(crate::status::StatusState {
+            index: index.clone(),
+            config: Arc::clone(&config),
+            started: std::time::Instant::now(),
+            model: model_status,
+            storage_root: storage_root.clone(),
+        }),
+        stopped.clone(),
+    ));
     let completion = tokio::spawn(completion::run(
         index.clone(),
         config.stable_age(),
@@ -123,6 +154,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = worker.await;
     }
     let _ = sender.await;
+    let _ = status.await;
     let _ = checkpoints.await;
     if let Err(e) = store.checkpoint().await {
         warn!(error = %e, "final checkpoint failed; the next start re-checks recent files");

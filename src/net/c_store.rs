@@ -4,6 +4,7 @@
 
 use crate::net::dimse::{Command, Response, command_field, status};
 use crate::net::presentation::is_accepted_storage_class;
+use crate::status::metrics::METRICS;
 use crate::store::instance::{InstanceError, parse_data_set};
 use crate::store::{InstanceStore, ReceivedInstance, StoreOutcome};
 use tracing::{info, warn};
@@ -71,6 +72,7 @@ pub async fn handle(
                 ?outcome,
                 "instance stored"
             );
+            METRICS.instances_stored.inc();
             (status::SUCCESS, None)
         }
         Err(failure) => {
@@ -81,6 +83,7 @@ pub async fn handle(
                 reason = %failure.reason,
                 "C-STORE refused"
             );
+            METRICS.instances_refused.inc();
             if let Err(e) = ctx
                 .store
                 .index()

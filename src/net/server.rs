@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::net::association;
 use crate::net::presentation::{STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION};
+use crate::status::metrics::METRICS;
 use crate::store::InstanceStore;
 use dicom_ul::Pdu;
 use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
@@ -53,6 +54,29 @@ pub async fn run(
         while tasks.try_join_next().is_some() {}
         let _ = socket.set_nodelay(true);
         let span = tracing::info_span!("association", peer = %peer);
+        if let Some(free) = below_disk_floor(&config) {
+            let store = Arc::clone(&store);
+            let text = format!(
+                "rejected: {} MiB free on the storage file system, below the floor of {} MiB \
+                 (temporary congestion)",
+                free / (1024 * 1024),
+                config.storage.min_free_mb
+            );
+            tasks.spawn(
+                async move {
+                    refuse(
+                        socket,
+                        peer,
+                        &store,
+                        AssociationRJServiceProviderPresentationReason::TemporaryCongestion,
+                        &text,
+                    )
+                    .await
+                }
+                .instrument(span),
+            );
+            continue;
+        }
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(permit) => {
                 let config = Arc::clone(&config);
@@ -67,8 +91,19 @@ pub async fn run(
             }
             Err(_) => {
                 let store = Arc::clone(&store);
-                tasks
-                    .spawn(async move { refuse_busy(socket, peer, &store).await }.instrument(span));
+                tasks.spawn(
+                    async move {
+                        refuse(
+                            socket,
+                            peer,
+                            &store,
+                            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+                            "rejected: all association slots are in use (local limit exceeded)",
+                        )
+                        .await
+                    }
+                    .instrument(span),
+                );
             }
         }
     }
@@ -145,7 +180,12 @@ async fn handle_connection(
         }
     };
     info!(association = id, calling_ae = %calling_ae, "association established");
+    METRICS.associations_total.inc();
+    METRICS.associations_active.add(1);
+    let started = std::time::Instant::now();
     let (end, reason) = association::serve(association, store, id).await;
+    METRICS.associations_active.add(-1);
+    METRICS.association_seconds.observe(started.elapsed());
     info!(association = id, end = end.as_str(), reason = ?reason, "association ended");
     if let Err(e) = store
         .index()
@@ -156,9 +196,28 @@ async fn handle_connection(
     }
 }
 
-/// Answers an A-ASSOCIATE-RQ with A-ASSOCIATE-RJ (transient, local limit exceeded) when all
-/// association slots are taken.
-async fn refuse_busy(mut socket: TcpStream, peer: SocketAddr, store: &InstanceStore) {
+/// Free bytes on the storage file system when they are below the configured floor.
+fn below_disk_floor(config: &Config) -> Option<u64> {
+    let floor = config.storage.min_free_mb.saturating_mul(1024 * 1024);
+    match crate::store::files::disk_space(&config.storage.dir) {
+        Ok(space) if space.free_bytes < floor => Some(space.free_bytes),
+        Ok(_) => None,
+        Err(e) => {
+            warn!(error = %e, "cannot read the free space of the storage file system");
+            None
+        }
+    }
+}
+
+/// Answers an A-ASSOCIATE-RQ with A-ASSOCIATE-RJ (transient, service provider (presentation),
+/// `reason`) before any association is established: all slots taken, or the disk is full.
+async fn refuse(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    store: &InstanceStore,
+    reason: AssociationRJServiceProviderPresentationReason,
+    text: &str,
+) {
     let read = async {
         let mut header = [0u8; 6];
         socket.read_exact(&mut header).await?;
@@ -186,18 +245,15 @@ async fn refuse_busy(mut socket: TcpStream, peer: SocketAddr, store: &InstanceSt
     };
     let reject = Pdu::AssociationRJ(AssociationRJ {
         result: AssociationRJResult::Transient,
-        source: AssociationRJSource::ServiceProviderPresentation(
-            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-        ),
+        source: AssociationRJSource::ServiceProviderPresentation(reason),
     });
     let mut bytes = Vec::new();
     if dicom_ul::write_pdu(&mut bytes, &reject).is_ok() {
         let _ = socket.write_all(&bytes).await;
         let _ = socket.shutdown().await;
     }
-    let reason = "rejected: all association slots are in use (local limit exceeded)";
-    warn!(calling_ae = ?calling, reason, "association rejected");
-    log_rejection(store, calling.as_deref(), called.as_deref(), peer, reason).await;
+    warn!(calling_ae = ?calling, reason = text, "association rejected");
+    log_rejection(store, calling.as_deref(), called.as_deref(), peer, text).await;
 }
 
 async fn log_rejection(
@@ -207,6 +263,7 @@ async fn log_rejection(
     peer: SocketAddr,
     reason: &str,
 ) {
+    METRICS.associations_rejected.inc();
     if let Err(e) = store
         .index()
         .record_rejected_association(calling, called, &peer.to_string(), reason)

@@ -5,6 +5,7 @@
 use crate::config::SenderConfig;
 use crate::net::dimse::status;
 use crate::net::send::{AssociationFailure, Delivery, Outgoing, SendSettings, send};
+use crate::status::metrics::METRICS;
 use crate::store::db::{Index, now_ms};
 use crate::store::work::{Destination, OutboxItem, SendOutcome};
 use std::path::PathBuf;
@@ -84,12 +85,18 @@ async fn deliver(
             .collect();
         let started = Instant::now();
         let result = send(&destination, &outgoing, settings).await;
+        METRICS.send_seconds.observe(started.elapsed());
         let elapsed = started.elapsed().as_millis() as i64;
         for (i, item) in items.iter().enumerate() {
             let outcome = match &result {
                 Ok(deliveries) => outcome_of(&deliveries[i], item.attempts, config),
                 Err(failure) => association_outcome(failure, item.attempts, config),
             };
+            match &outcome {
+                SendOutcome::Sent { .. } => METRICS.sends_sent.inc(),
+                SendOutcome::Retry { .. } => METRICS.sends_retried.inc(),
+                SendOutcome::Failed { .. } => METRICS.sends_failed.inc(),
+            }
             match &outcome {
                 SendOutcome::Sent { status } => info!(
                     outbox = item.id,

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::inference::{AnalyzeError, Analyzer};
 use crate::results::source::SourceStudy;
 use crate::results::{self, Equipment};
+use crate::status::metrics::METRICS;
 use crate::store::db::Index;
 use crate::store::work::{ClaimedJob, JobSuccess, NewResult};
 use serde::Serialize;
@@ -83,14 +84,18 @@ impl Worker {
         info!(job = job.id, series = %job.series_uid, "analysis started");
         let started = Instant::now();
         match self.analyse(job).await {
-            Ok(reported) => info!(
-                job = job.id,
-                series = %job.series_uid,
-                findings = reported,
-                seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
-                "analysis done; results queued"
-            ),
+            Ok(reported) => {
+                METRICS.jobs_done.inc();
+                info!(
+                    job = job.id,
+                    series = %job.series_uid,
+                    findings = reported,
+                    seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+                    "analysis done; results queued"
+                )
+            }
             Err(failure) => {
+                METRICS.jobs_failed.inc();
                 warn!(job = job.id, series = %job.series_uid, code = failure.code, reason = %failure.message, "analysis failed");
                 if failure.refusal
                     && let Err(e) = self
@@ -184,6 +189,13 @@ impl Worker {
             path: relative(&written.sr),
         });
         let timings_json = serde_json::to_string(&timings).unwrap_or_default();
+        if let Ok(serde_json::Value::Object(stages)) = serde_json::to_value(&timings) {
+            for (stage, ms) in stages {
+                if let Some(ms) = ms.as_f64() {
+                    METRICS.observe_stage(&stage, Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+                }
+            }
+        }
         let destination = self.config.destination(&job.source_ae);
         if destination.is_none() {
             warn!(job = job.id, calling_ae = %job.source_ae, "no destination configured for this calling AE: results are kept, not sent");

@@ -161,3 +161,32 @@ fn create_dir_durably(dir: &Path) -> io::Result<()> {
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
+
+/// Space on the file system holding a path.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct DiskSpace {
+    /// Bytes available to this (unprivileged) process.
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// The space of the file system that holds `path` (statvfs).
+pub fn disk_space(path: &Path) -> io::Result<DiskSpace> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("path contains a NUL byte"))?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stats` points to writable memory of
+    // the right type; statvfs fills it completely when it returns 0.
+    let result = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so the structure is initialised.
+    let stats = unsafe { stats.assume_init() };
+    let block = stats.f_frsize as u64;
+    Ok(DiskSpace {
+        free_bytes: stats.f_bavail as u64 * block,
+        total_bytes: stats.f_blocks as u64 * block,
+    })
+}

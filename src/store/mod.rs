@@ -9,6 +9,7 @@
 pub mod db;
 pub mod files;
 pub mod instance;
+pub mod overview;
 pub mod recovery;
 pub mod uid;
 pub mod work;

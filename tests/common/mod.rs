@@ -23,6 +23,8 @@ pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 /// A running `jnsc serve` with its own storage directory.
 pub struct Node {
     pub port: u16,
+    /// Port of the HTTP status endpoint.
+    pub status_port: u16,
     pub dir: PathBuf,
     child: Option<Child>,
     stderr_log: PathBuf,
@@ -41,15 +43,25 @@ impl Node {
 
     /// Starts a node on an existing directory (e.g. after a restart).
     pub fn start_in(dir: &Path, extra: &str) -> Node {
+        Self::start_in_with(dir, extra, "")
+    }
+
+    /// Starts a node with `storage_keys` added to its `[storage]` section. The status endpoint
+    /// listens on a free port unless `extra` has a `[status]` section.
+    pub fn start_in_with(dir: &Path, extra: &str, storage_keys: &str) -> Node {
         let config = dir.join("jnsc.toml");
+        let status = if extra.contains("[status]") {
+            ""
+        } else {
+            "[status]\nlisten = \"127.0.0.1:0\"\n"
+        };
         std::fs::write(
             &config,
             format!(
                 "[dicom]\nlisten = \"127.0.0.1:0\"\nread_timeout_secs = 5\n{extra}\n\
-                 [storage]\ndir = \"{}\"\n",
+                 [storage]\ndir = \"{}\"\n{storage_keys}\n{status}",
                 dir.join("storage").display()
-            )
-            .replace("\n[storage]", "\n[storage]"),
+            ),
         )
         .unwrap();
         let stderr_log = dir.join(format!("node-{}.log", Instant::now().elapsed().as_nanos()));
@@ -76,8 +88,15 @@ impl Node {
                     std::fs::read_to_string(&stderr_log).unwrap_or_default()
                 )
             });
+        let status_port = line
+            .trim()
+            .rsplit_once("status on http://")
+            .and_then(|(_, address)| address.rsplit_once(':'))
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap_or_else(|| panic!("no status address in {line:?}"));
         Node {
             port,
+            status_port,
             dir: dir.to_owned(),
             child: Some(child),
             stderr_log,
@@ -121,6 +140,11 @@ impl Node {
         self.child
             .as_mut()
             .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// GET `path` from the status endpoint: (HTTP status, body).
+    pub fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        http_get(self.status_port, path, token)
     }
 
     /// A read-only connection to the node's index.
@@ -322,6 +346,57 @@ pub fn data_set_of(path: &Path) -> (Vec<u8>, String) {
         jnsc::store::files::FileStore::read_data_set(path).unwrap(),
         ts,
     )
+}
+
+/// A minimal HTTP/1.1 GET over a real TCP connection: (status code, body).
+pub fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("status endpoint reachable");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (code, body)
+}
+
+/// Joins the chunks of a chunked HTTP body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout`.

@@ -1,0 +1,322 @@
+//! The HTTP status endpoint for IT staff, on the node's tokio runtime: `/health` (liveness),
+//! `/ready` (database, model, storage, disk space), `/status` (JSON), `/studies/{uid}` (one
+//! study's history), `/metrics` (Prometheus) and `/` (the same status as a page for people).
+//! With `status.token` set, everything but `/health` needs `Authorization: Bearer <token>`.
+//! Patient IDs and UIDs appear; patient names never do.
+
+pub mod metrics;
+mod page;
+
+use crate::config::Config;
+use crate::store::db::Index;
+use crate::store::files::{DiskSpace, disk_space};
+use crate::store::overview::Overview;
+use axum::Router;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Json, Response};
+use axum::routing::get;
+use metrics::METRICS;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::warn;
+
+/// Studies listed on the status page and in `/status`.
+const RECENT_STUDIES: i64 = 20;
+
+/// The model the worker runs, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStatus {
+    pub name: String,
+    pub version: String,
+    pub device: String,
+}
+
+/// What the handlers read.
+pub struct StatusState {
+    pub index: Index,
+    pub config: Arc<Config>,
+    pub started: Instant,
+    /// `None` when analysis is off (`pipeline.analyze = false`).
+    pub model: Option<ModelStatus>,
+    pub storage_root: PathBuf,
+}
+
+/// `/status`.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub version: &'static str,
+    pub ae_title: String,
+    pub model: Option<ModelStatus>,
+    pub uptime_seconds: u64,
+    pub associations_active: i64,
+    pub associations_total: u64,
+    pub instances_received: u64,
+    pub disk: Option<DiskStatus>,
+    #[serde(flatten)]
+    pub index: Overview,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DiskStatus {
+    #[serde(flatten)]
+    pub space: DiskSpace,
+    pub floor_bytes: u64,
+}
+
+/// `/ready`.
+#[derive(Debug, Serialize)]
+struct Readiness {
+    ready: bool,
+    checks: Vec<Check>,
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+/// Serves until `stopped` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<StatusState>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let token = state.config.status.token.clone();
+    let protected = Router::new()
+        .route("/", get(home))
+        .route("/ready", get(ready))
+        .route("/status", get(status))
+        .route("/studies/{uid}", get(study))
+        .route("/metrics", get(prometheus))
+        .route_layer(middleware::from_fn_with_state(token, require_token));
+    let app = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .merge(protected)
+        .with_state(state);
+    let shutdown = async move {
+        let _ = stopped.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        warn!(error = %e, "status endpoint stopped");
+    }
+}
+
+/// Rejects requests without the configured bearer token (constant-time comparison).
+async fn require_token(
+    State(token): State<Option<String>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let same = given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a bearer token is required\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the index cannot be read: {e}\n"),
+    )
+        .into_response()
+}
+
+/// Builds the `/status` report.
+pub async fn report(state: &StatusState) -> Result<StatusReport, sqlx::Error> {
+    let index = state.index.overview(RECENT_STUDIES).await?;
+    let disk = disk_space(&state.storage_root)
+        .ok()
+        .map(|space| DiskStatus {
+            space,
+            floor_bytes: state.config.storage.min_free_mb * 1024 * 1024,
+        });
+    Ok(StatusReport {
+        version: env!("CARGO_PKG_VERSION"),
+        ae_title: state.config.dicom.ae_title.clone(),
+        model: state.model.clone(),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        associations_active: METRICS.associations_active.get(),
+        associations_total: METRICS.associations_total.get(),
+        instances_received: METRICS.instances_stored.get(),
+        disk,
+        index,
+    })
+}
+
+async fn status(State(state): State<Arc<StatusState>>) -> Response {
+    match report(&state).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn home(State(state): State<Arc<StatusState>>) -> Response {
+    match report(&state).await {
+        Ok(report) => Html(page::render(&report)).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn study(State(state): State<Arc<StatusState>>, UrlPath(uid): UrlPath<String>) -> Response {
+    match state.index.study_history(&uid).await {
+        Ok(Some(history)) => Json(history).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no such study\n").into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn prometheus(State(state): State<Arc<StatusState>>) -> Response {
+    let overview = match state.index.overview(0).await {
+        Ok(overview) => overview,
+        Err(e) => return internal(e),
+    };
+    let outbox = |s: &str| overview.outbox_by_state.get(s).copied().unwrap_or(0) as f64;
+    let mut extra = vec![
+        (
+            "jnsc_queue_depth",
+            "Jobs waiting for the worker.",
+            overview.queue_depth as f64,
+        ),
+        (
+            "jnsc_jobs_running",
+            "Jobs being analysed.",
+            overview.jobs_by_state.get("running").copied().unwrap_or(0) as f64,
+        ),
+        (
+            "jnsc_outbox_pending",
+            "Result objects waiting for delivery.",
+            outbox("pending"),
+        ),
+        (
+            "jnsc_outbox_failed",
+            "Result objects that failed for good.",
+            outbox("failed"),
+        ),
+        (
+            "jnsc_uptime_seconds",
+            "Seconds since the node started.",
+            state.started.elapsed().as_secs_f64(),
+        ),
+    ];
+    if let Ok(space) = disk_space(&state.storage_root) {
+        extra.push((
+            "jnsc_disk_free_bytes",
+            "Free bytes on the storage file system.",
+            space.free_bytes as f64,
+        ));
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        METRICS.render(&extra),
+    )
+        .into_response()
+}
+
+async fn ready(State(state): State<Arc<StatusState>>) -> Response {
+    let mut checks = Vec::new();
+    // Database: answers, and its file is writable.
+    let db_path = state.config.db_path();
+    let query = sqlx::query_scalar::<_, i64>("SELECT 1")
+        .fetch_one(state.index.pool())
+        .await;
+    let writable = std::fs::metadata(&db_path).map(|m| !m.permissions().readonly());
+    checks.push(match (query, writable) {
+        (Ok(_), Ok(true)) => Check {
+            name: "database",
+            ok: true,
+            detail: db_path.display().to_string(),
+        },
+        (Err(e), _) => Check {
+            name: "database",
+            ok: false,
+            detail: format!("does not answer: {e}"),
+        },
+        (_, Ok(false)) => Check {
+            name: "database",
+            ok: false,
+            detail: format!("{} is read-only", db_path.display()),
+        },
+        (_, Err(e)) => Check {
+            name: "database",
+            ok: false,
+            detail: format!("{}: {e}", db_path.display()),
+        },
+    });
+    checks.push(Check {
+        name: "model",
+        ok: state.model.is_some() || !state.config.pipeline.analyze,
+        detail: match &state.model {
+            Some(m) => format!("{} {} on {}", m.name, m.version, m.device),
+            None => "analysis is off".into(),
+        },
+    });
+    // Storage: a file can be created and removed.
+    let probe = state.storage_root.join(".ready-probe");
+    let storage = std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe));
+    let storage_read_only = std::fs::metadata(&state.storage_root)
+        .map(|m| m.permissions().readonly())
+        .unwrap_or(true);
+    checks.push(Check {
+        name: "storage",
+        ok: storage.is_ok() && !storage_read_only,
+        detail: match storage {
+            Ok(()) if !storage_read_only => state.storage_root.display().to_string(),
+            Ok(()) => format!("{} is read-only", state.storage_root.display()),
+            Err(e) => format!("{} is not writable: {e}", state.storage_root.display()),
+        },
+    });
+    let floor = state.config.storage.min_free_mb * 1024 * 1024;
+    checks.push(match disk_space(&state.storage_root) {
+        Ok(space) => Check {
+            name: "disk",
+            ok: space.free_bytes >= floor,
+            detail: format!(
+                "{} MiB free, floor {} MiB",
+                space.free_bytes / (1024 * 1024),
+                state.config.storage.min_free_mb
+            ),
+        },
+        Err(e) => Check {
+            name: "disk",
+            ok: false,
+            detail: e.to_string(),
+        },
+    });
+    let ready = checks.iter().all(|c| c.ok);
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(Readiness { ready, checks })).into_response()
+}
