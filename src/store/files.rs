@@ -171,6 +171,7 @@ pub struct DiskSpace {
 }
 
 /// The space of the file system that holds `path` (statvfs).
+#[allow(clippy::unnecessary_cast)] // the statvfs field types differ between platforms
 pub fn disk_space(path: &Path) -> io::Result<DiskSpace> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
