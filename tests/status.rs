@@ -269,7 +269,7 @@ async fn a_shutdown_during_a_transfer_loses_no_acknowledged_instance() {
     let node = Node::start("[pipeline]\nanalyze = false");
     let sent = node.dir.join("sent");
     let series = synth_series(&sent, 200, 128, 77);
-    let mut storescu = Command::new(common::STORESCU)
+    let storescu = Command::new(common::STORESCU)
         .args(["-v", "-aec", "JNSC", "-aet", "TESTSCU", "+sd", "127.0.0.1"])
         .arg(node.port.to_string())
         .arg(&sent)
