@@ -81,13 +81,14 @@ impl Worker {
     }
 
     async fn run_job(&self, job: &ClaimedJob) {
-        info!(job = job.id, series = %job.series_uid, "analysis started");
+        info!(job = job.id, study = %job.study_uid, series = %job.series_uid, "analysis started");
         let started = Instant::now();
         match self.analyse(job).await {
             Ok(reported) => {
                 METRICS.jobs_done.inc();
                 info!(
                     job = job.id,
+                    study = %job.study_uid,
                     series = %job.series_uid,
                     findings = reported,
                     seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
@@ -96,7 +97,7 @@ impl Worker {
             }
             Err(failure) => {
                 METRICS.jobs_failed.inc();
-                warn!(job = job.id, series = %job.series_uid, code = failure.code, reason = %failure.message, "analysis failed");
+                warn!(job = job.id, study = %job.study_uid, series = %job.series_uid, code = failure.code, reason = %failure.message, "analysis failed");
                 if failure.refusal
                     && let Err(e) = self
                         .index
