@@ -5,7 +5,9 @@
 
 pub mod adam;
 pub mod data;
+pub mod lidc;
 pub mod loss;
+pub mod luna16;
 pub mod pseudo;
 pub mod trainer;
 

@@ -31,6 +31,8 @@ pub struct TrainConfig {
     /// Network preset: cpu or paper.
     pub preset: String,
     pub seed: u64,
+    /// Where the scans come from (`[data]`; synthetic by default).
+    pub data: DataConfig,
     /// Synthetic training scans (rendered once at the start) and their size in 1 mm voxels.
     pub scans: usize,
     pub scan_size: [usize; 3],
@@ -64,11 +66,43 @@ pub struct TrainConfig {
     pub max_false_candidates: usize,
 }
 
+/// The training data (`[data]` in the TOML, `kind` = synthetic, luna16 or lidc).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DataConfig {
+    /// Phantoms rendered from `seed` (`scans` of `scan_size`).
+    #[default]
+    Synthetic,
+    /// LUNA16: `root` holds annotations.csv and subset0..subset9; train on `subsets` (the
+    /// official folds: leave the test fold out).
+    Luna16 { root: PathBuf, subsets: Vec<usize> },
+    /// LIDC-IDRI: every reader XML under `root`, with its DICOM series beside it.
+    Lidc { root: PathBuf },
+}
+
+impl DataConfig {
+    /// The source this configuration names.
+    pub fn source(&self, config: &TrainConfig) -> anyhow::Result<Box<dyn Source>> {
+        Ok(match self {
+            DataConfig::Synthetic => Box::new(SyntheticSource::new(
+                config.seed,
+                config.scans,
+                config.scan_size,
+            )),
+            DataConfig::Luna16 { root, subsets } => {
+                Box::new(super::luna16::Luna16Source::open(root, subsets)?)
+            }
+            DataConfig::Lidc { root } => Box::new(super::lidc::LidcSource::open(root)?),
+        })
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             preset: "cpu".into(),
             seed: 1,
+            data: DataConfig::Synthetic,
             scans: 32,
             scan_size: [192, 192, 160],
             patch: 64,
@@ -180,16 +214,17 @@ impl Trainer {
         } else {
             crate::jnsc::network::seeded_init(&vars, config.seed)?;
         }
-        let source = SyntheticSource::new(config.seed, config.scans, config.scan_size);
+        // Every scan is prepared once and kept in memory (about 5 bytes per 1 mm voxel).
+        let source = config.data.source(&config)?;
         let started = Instant::now();
         let scans = (0..source.len())
             .map(|i| source.scan(i))
             .collect::<anyhow::Result<Vec<_>>>()?;
         if !quiet {
             eprintln!(
-                "rendered {} synthetic scans of {:?} in {:.1} s",
+                "prepared {} {:?} scans in {:.1} s",
                 scans.len(),
-                config.scan_size,
+                config.data,
                 started.elapsed().as_secs_f64()
             );
         }

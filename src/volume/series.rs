@@ -147,6 +147,34 @@ impl AcquiredSeries {
         gaps.get(gaps.len() / 2).copied().unwrap_or(1.0)
     }
 
+    /// A regular volume (e.g. a LUNA16 MetaImage) seen as an acquired series, so that it goes
+    /// through the same resampling as DICOM series. Slices are the volume's k planes.
+    pub fn from_volume(id: &str, volume: &crate::volume::Volume<f32>) -> Self {
+        let g = volume.geometry;
+        let [columns, rows, count] = g.size;
+        let slices = (0..count)
+            .map(|k| SourceSlice {
+                sop_instance_uid: format!("{id}#{k}"),
+                frame: None,
+                position: g.index_to_patient([0.0, 0.0, k as f64]),
+            })
+            .collect();
+        Self {
+            series_uid: id.to_owned(),
+            rows,
+            columns,
+            column_spacing_mm: g.spacing[0],
+            row_spacing_mm: g.spacing[1],
+            row_direction: g.direction[0],
+            column_direction: g.direction[1],
+            normal: g.direction[2],
+            slice_offsets_mm: (0..count).map(|k| k as f64 * g.spacing[2]).collect(),
+            slices,
+            hu: volume.data.clone(),
+            notes: Vec::new(),
+        }
+    }
+
     /// The acquired grid as a regular geometry (nominal slice spacing = median spacing).
     pub fn geometry(&self) -> Geometry {
         Geometry {
