@@ -3,18 +3,20 @@
 # marginal nodules (malignancy balanced accuracy) and joint vs segmentation-only training
 # (detection sensitivity at 0.125 and 1 FP/scan), each trained with models/ablation.toml and
 # evaluated on the first HELD_OUT_COUNT held-out studies (default 6). Prints one markdown table.
+# Runs and evaluations go to target/ablation/<config name>/; finished ones are reused.
 #   bash scripts/ablation.sh [CONFIG] [HELD_OUT_COUNT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config="${1:-models/ablation.toml}"
 count="${2:-6}"
 bash scripts/heldout-studies.sh "$count" target/heldout >/dev/null
-held=target/ablation/heldout
+out="target/ablation/$(basename "$config" .toml)"
+held="$out/heldout"
 rm -rf "$held" && mkdir -p "$held"
 for i in $(seq 1 "$count"); do ln -s "$PWD/target/heldout/study-$((1000 + i))" "$held/"; done
 bin=target/release/jnsc
 for variant in pseudo soft hard segmentation-only; do
-  dir="target/ablation/$variant"
+  dir="$out/$variant"
   case "$variant" in
     segmentation-only) args=(--segmentation-only) ;;
     *) args=(--labels "$variant") ;;
@@ -24,12 +26,13 @@ for variant in pseudo soft hard segmentation-only; do
   [ -f "$dir/eval/metrics.json" ] ||
     "$bin" eval studies "$held" --model "$dir/model.safetensors" --out "$dir/eval" >/dev/null
 done
-python3 - <<'PY'
-import json
+python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
 print("| variant | CPM | sensitivity @ 0.125 FP/scan | @ 1 FP/scan | balanced accuracy | AUC |")
 print("|---|---|---|---|---|---|")
 for v in ["pseudo", "soft", "hard", "segmentation-only"]:
-    m = json.load(open(f"target/ablation/{v}/eval/metrics.json"))
+    m = json.load(open(f"{out}/{v}/eval/metrics.json"))
     s = dict((round(r, 3), x) for r, x in m["sensitivity_at_fps"])
     c = m["classification"]
     f = lambda x: "n/a" if x is None else f"{x:.3f}"
