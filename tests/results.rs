@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Node, eventually, synth_series};
+use common::{Node, eventually, free_port, small_study, synth_series};
 use dicom_dictionary_std::tags;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -81,14 +81,6 @@ impl Drop for Pacs {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn wait_listening(port: u16) {
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -97,32 +89,6 @@ fn wait_listening(port: u16) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("nothing listens on port {port}");
-}
-
-/// A small chest CT study with nodules (384 x 384 x 120, 0.9 x 0.9 x 2.5 mm), written by the
-/// `jnsc synth` command; returns the folder (removed when dropped) and its DICOM folder.
-fn small_study(seed: u64, nodules: usize) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix("jnsc-study-")
-        .tempdir()
-        .unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_jnsc"))
-        .args(["synth", "--out"])
-        .arg(dir.path())
-        .args([
-            "--seed",
-            &seed.to_string(),
-            "--nodules",
-            &nodules.to_string(),
-        ])
-        .args(["--size", "384", "--pixel-spacing", "0.9"])
-        .args(["--slices", "120", "--slice-spacing", "2.5"])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let dicom = dir.path().join("dicom");
-    (dir, dicom)
 }
 
 fn dicom_files(dir: &Path) -> Vec<PathBuf> {
@@ -281,15 +247,7 @@ async fn findings_reach_the_pacs_as_a_valid_seg_and_tid1500_sr() {
             .unwrap();
     assert_eq!(state, "done");
     let timings: serde_json::Value = serde_json::from_str(&timings).unwrap();
-    for stage in [
-        "load",
-        "resample",
-        "lung_mask",
-        "segmentation",
-        "classification",
-        "results",
-        "total",
-    ] {
+    for stage in jnsc::status::metrics::STAGES {
         assert!(
             timings[stage].as_f64().is_some_and(|ms| ms >= 0.0),
             "stage {stage}: {timings}"

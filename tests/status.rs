@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ECHOSCU, Node, eventually, synth_series};
+use common::{ECHOSCU, Node, eventually, free_port, small_study, synth_series};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,28 +30,8 @@ fn files_of(dir: &Path) -> Vec<PathBuf> {
 async fn endpoints_follow_a_study_from_reception_to_a_failed_send() {
     // A study the worker analyses; its results go to a destination where nothing listens, and
     // one attempt is allowed: the send fails for good and must show up everywhere.
-    let study = tempfile::tempdir().unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_jnsc"))
-        .args(["synth", "--out"])
-        .arg(study.path())
-        .args(["--seed", "21", "--nodules", "2", "--size", "384"])
-        .args([
-            "--pixel-spacing",
-            "0.9",
-            "--slices",
-            "120",
-            "--slice-spacing",
-            "2.5",
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_study_dir, study) = small_study(21, 2);
+    let dead_port = free_port();
     let node = Node::start(&format!(
         "[[dicom.peers]]\nae_title = \"TESTSCU\"\nhost = \"127.0.0.1\"\nport = {dead_port}\n\
          [pipeline]\nstable_age_secs = 1\n[sender]\nmax_attempts = 1\n"
@@ -64,7 +44,7 @@ async fn endpoints_follow_a_study_from_reception_to_a_failed_send() {
     assert_eq!(before["model"]["name"], "jnsc-synthetic");
     assert_eq!(before["associations_total"], 0);
 
-    let files = files_of(&study.path().join("dicom"));
+    let files = files_of(&study);
     let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     assert!(node.storescu(&[], &refs).status.success());
 
@@ -108,14 +88,7 @@ async fn endpoints_follow_a_study_from_reception_to_a_failed_send() {
     assert_eq!(history["series"][0]["source_ae"], "TESTSCU");
     let job = &history["jobs"][0];
     assert_eq!(job["state"], "done");
-    for stage in [
-        "load",
-        "resample",
-        "lung_mask",
-        "segmentation",
-        "classification",
-        "results",
-    ] {
+    for stage in jnsc::status::metrics::STAGES {
         assert!(job["timings"][stage].as_f64().is_some(), "{stage}: {job}");
     }
     let results = history["results"].as_array().unwrap();

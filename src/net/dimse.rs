@@ -50,20 +50,31 @@ pub enum CommandError {
     Missing(&'static str),
 }
 
+/// Reads a command set (always implicit VR little endian).
+fn read_command_set(bytes: &[u8]) -> Result<InMemDicomObject, CommandError> {
+    InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+        .map_err(|e| CommandError::Unparseable(e.to_string()))
+}
+
+/// A US command element that must be there.
+fn required_u16(
+    object: &InMemDicomObject,
+    tag: Tag,
+    name: &'static str,
+) -> Result<u16, CommandError> {
+    object
+        .element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_int::<u16>().ok())
+        .ok_or(CommandError::Missing(name))
+}
+
 impl Command {
     /// Parses a command set encoded in implicit VR little endian.
     pub fn parse(bytes: &[u8]) -> Result<Self, CommandError> {
-        let object =
-            InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-                .map_err(|e| CommandError::Unparseable(e.to_string()))?;
-        let uint = |tag: Tag, name: &'static str| -> Result<u16, CommandError> {
-            object
-                .element_opt(tag)
-                .ok()
-                .flatten()
-                .and_then(|e| e.to_int::<u16>().ok())
-                .ok_or(CommandError::Missing(name))
-        };
+        let object = read_command_set(bytes)?;
+        let uint = |tag, name| required_u16(&object, tag, name);
         let text = |tag: Tag| -> Option<String> {
             let element = object.element_opt(tag).ok().flatten()?;
             let value = element.to_str().ok()?;
@@ -94,17 +105,8 @@ pub struct ReceivedResponse {
 impl ReceivedResponse {
     /// Parses a response command set encoded in implicit VR little endian.
     pub fn parse(bytes: &[u8]) -> Result<Self, CommandError> {
-        let object =
-            InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-                .map_err(|e| CommandError::Unparseable(e.to_string()))?;
-        let uint = |tag: Tag, name: &'static str| -> Result<u16, CommandError> {
-            object
-                .element_opt(tag)
-                .ok()
-                .flatten()
-                .and_then(|e| e.to_int::<u16>().ok())
-                .ok_or(CommandError::Missing(name))
-        };
+        let object = read_command_set(bytes)?;
+        let uint = |tag, name| required_u16(&object, tag, name);
         Ok(Self {
             command_field: uint(tags::COMMAND_FIELD, "Command Field (0000,0100)")?,
             message_id_being_responded_to: uint(

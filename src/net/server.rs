@@ -54,33 +54,28 @@ pub async fn run(
         while tasks.try_join_next().is_some() {}
         let _ = socket.set_nodelay(true);
         let span = tracing::info_span!("association", peer = %peer);
-        if let Some(free) = below_disk_floor(&config) {
-            let store = Arc::clone(&store);
-            let text = format!(
-                "rejected: {} MiB free on the storage file system, below the floor of {} MiB \
-                 (temporary congestion)",
-                free / (1024 * 1024),
-                config.storage.min_free_mb
-            );
-            tasks.spawn(
-                async move {
-                    refuse(
-                        socket,
-                        peer,
-                        &store,
-                        AssociationRJServiceProviderPresentationReason::TemporaryCongestion,
-                        &text,
-                    )
-                    .await
-                }
-                .instrument(span),
-            );
-            continue;
-        }
-        match Arc::clone(&slots).try_acquire_owned() {
+        // Refused before negotiation: too little disk, or every slot taken.
+        let admission = match below_disk_floor(&config) {
+            Some(free) => Err((
+                AssociationRJServiceProviderPresentationReason::TemporaryCongestion,
+                format!(
+                    "rejected: {} MiB free on the storage file system, below the floor of {} \
+                     MiB (temporary congestion)",
+                    free / (1024 * 1024),
+                    config.storage.min_free_mb
+                ),
+            )),
+            None => Arc::clone(&slots).try_acquire_owned().map_err(|_| {
+                (
+                    AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+                    "rejected: all association slots are in use (local limit exceeded)".into(),
+                )
+            }),
+        };
+        let store = Arc::clone(&store);
+        match admission {
             Ok(permit) => {
                 let config = Arc::clone(&config);
-                let store = Arc::clone(&store);
                 tasks.spawn(
                     async move {
                         handle_connection(socket, peer, &config, &store).await;
@@ -89,20 +84,10 @@ pub async fn run(
                     .instrument(span),
                 );
             }
-            Err(_) => {
-                let store = Arc::clone(&store);
+            Err((reason, text)) => {
                 tasks.spawn(
-                    async move {
-                        refuse(
-                            socket,
-                            peer,
-                            &store,
-                            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-                            "rejected: all association slots are in use (local limit exceeded)",
-                        )
-                        .await
-                    }
-                    .instrument(span),
+                    async move { refuse(socket, peer, &store, reason, &text).await }
+                        .instrument(span),
                 );
             }
         }

@@ -93,37 +93,41 @@ async fn deliver(
                 Err(failure) => association_outcome(failure, item.attempts, config),
             };
             match &outcome {
-                SendOutcome::Sent { .. } => METRICS.sends_sent.inc(),
-                SendOutcome::Retry { .. } => METRICS.sends_retried.inc(),
-                SendOutcome::Failed { .. } => METRICS.sends_failed.inc(),
-            }
-            match &outcome {
-                SendOutcome::Sent { status } => info!(
+                SendOutcome::Sent { status } => {
+                    METRICS.sends_sent.inc();
+                    info!(
                     outbox = item.id,
                     sop_instance_uid = %item.sop_instance_uid,
                     destination = %destination.ae_title,
                     status = format!("{status:#06x}"),
                     "result delivered"
-                ),
+                    );
+                }
                 SendOutcome::Retry {
                     error,
                     next_attempt_at,
                     ..
-                } => warn!(
+                } => {
+                    METRICS.sends_retried.inc();
+                    warn!(
                     outbox = item.id,
                     destination = %destination.ae_title,
                     attempt = item.attempts + 1,
                     retry_in_s = (next_attempt_at - now_ms()) / 1000,
                     error = %error,
                     "delivery failed; will retry"
-                ),
-                SendOutcome::Failed { error, .. } => warn!(
+                    );
+                }
+                SendOutcome::Failed { error, .. } => {
+                    METRICS.sends_failed.inc();
+                    warn!(
                     outbox = item.id,
                     destination = %destination.ae_title,
                     attempt = item.attempts + 1,
                     error = %error,
                     "delivery failed for good"
-                ),
+                    );
+                }
             }
             if let Err(e) = index.record_send(item.id, &outcome, elapsed).await {
                 warn!(outbox = item.id, error = %e, "cannot record a delivery attempt");

@@ -179,24 +179,26 @@ impl Worker {
             objects.push(NewResult {
                 sop_instance_uid: seg.sop_instance_uid.clone(),
                 sop_class_uid: seg.sop_class_uid.clone(),
-                kind: "seg",
+                kind: "seg".into(),
                 path: relative(path),
             });
         }
         objects.push(NewResult {
             sop_instance_uid: summary.sr.sop_instance_uid.clone(),
             sop_class_uid: summary.sr.sop_class_uid.clone(),
-            kind: "sr",
+            kind: "sr".into(),
             path: relative(&written.sr),
         });
-        let timings_json = serde_json::to_string(&timings).unwrap_or_default();
-        if let Ok(serde_json::Value::Object(stages)) = serde_json::to_value(&timings) {
+        // Serialised once: the job row keeps it, the stage histograms read it.
+        let timings = serde_json::to_value(&timings).unwrap_or_default();
+        if let Some(stages) = timings.as_object() {
             for (stage, ms) in stages {
                 if let Some(ms) = ms.as_f64() {
-                    METRICS.observe_stage(&stage, Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+                    METRICS.observe_stage(stage, Duration::from_secs_f64(ms.max(0.0) / 1000.0));
                 }
             }
         }
+        let timings_json = timings.to_string();
         let destination = self.config.destination(&job.source_ae);
         if destination.is_none() {
             warn!(job = job.id, calling_ae = %job.source_ae, "no destination configured for this calling AE: results are kept, not sent");

@@ -289,12 +289,11 @@ fn detection_mask(map: &Geometry, detection: &crate::inference::findings::Detect
     let [nx, ny, _] = map.size;
     for &offset in &detection.voxels {
         let (i, j, k) = (offset % nx, (offset / nx) % ny, offset / (nx * ny));
-        let local = [i, j, k]
-            .iter()
-            .zip(start)
-            .map(|(&v, s)| (v as i64 - s) as usize)
-            .collect::<Vec<_>>();
-        let at = grid.offset(local[0], local[1], local[2]);
+        let at = grid.offset(
+            (i as i64 - start[0]) as usize,
+            (j as i64 - start[1]) as usize,
+            (k as i64 - start[2]) as usize,
+        );
         mask.data[at] = 1;
     }
     mask

@@ -117,16 +117,6 @@ pub fn build(ctx: &Context, series: &AcquiredSeries, findings: &[SegmentedFindin
             .text(tags::DIMENSION_DESCRIPTION_LABEL, VR::LO, label)
     };
 
-    let referenced_instances = source
-        .images
-        .iter()
-        .map(|image| {
-            DataSet::new()
-                .uid(tags::REFERENCED_SOP_CLASS_UID, &image.sop_class_uid)
-                .uid(tags::REFERENCED_SOP_INSTANCE_UID, &image.sop_instance_uid)
-        })
-        .collect();
-
     common_modules(
         ctx,
         uids::SEGMENTATION_STORAGE,
@@ -204,7 +194,10 @@ pub fn build(ctx: &Context, series: &AcquiredSeries, findings: &[SegmentedFindin
         vec![
             DataSet::new()
                 .uid(tags::SERIES_INSTANCE_UID, &source.series_uid)
-                .sequence(tags::REFERENCED_INSTANCE_SEQUENCE, referenced_instances),
+                .sequence(
+                    tags::REFERENCED_INSTANCE_SEQUENCE,
+                    source.image_references(),
+                ),
         ],
     )
     .bytes(tags::PIXEL_DATA, packer.finish())

@@ -73,6 +73,18 @@ pub enum SourceError {
 }
 
 impl SourceStudy {
+    /// Every source image as a reference item (Referenced SOP Class and Instance UID).
+    pub fn image_references(&self) -> Vec<super::dataset::DataSet> {
+        self.images
+            .iter()
+            .map(|image| {
+                super::dataset::DataSet::new()
+                    .uid(tags::REFERENCED_SOP_CLASS_UID, &image.sop_class_uid)
+                    .uid(tags::REFERENCED_SOP_INSTANCE_UID, &image.sop_instance_uid)
+            })
+            .collect()
+    }
+
     /// Reads the header of `first_file` (any image of the series) and the image list of `series`.
     pub fn read(first_file: &Path, series: &AcquiredSeries) -> Result<Self, SourceError> {
         let file = OpenFileOptions::new()

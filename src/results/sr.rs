@@ -239,19 +239,10 @@ pub fn build(ctx: &Context, findings: &[SegmentedFinding]) -> DataSet {
     }
 
     // Evidence: every CT image, and the SEG when there is one.
-    let ct_instances = source
-        .images
-        .iter()
-        .map(|image| {
-            DataSet::new()
-                .uid(tags::REFERENCED_SOP_CLASS_UID, &image.sop_class_uid)
-                .uid(tags::REFERENCED_SOP_INSTANCE_UID, &image.sop_instance_uid)
-        })
-        .collect();
     let mut evidence_series = vec![
         DataSet::new()
             .uid(tags::SERIES_INSTANCE_UID, &source.series_uid)
-            .sequence(tags::REFERENCED_SOP_SEQUENCE, ct_instances),
+            .sequence(tags::REFERENCED_SOP_SEQUENCE, source.image_references()),
     ];
     if !findings.is_empty() {
         evidence_series.push(

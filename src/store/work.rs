@@ -21,7 +21,7 @@ pub struct NewResult {
     pub sop_instance_uid: String,
     pub sop_class_uid: String,
     /// "seg" or "sr".
-    pub kind: &'static str,
+    pub kind: String,
     /// Relative to the storage directory.
     pub path: String,
 }
@@ -148,7 +148,7 @@ impl Index {
             .bind(job.id)
             .bind(&job.study_uid)
             .bind(&job.series_uid)
-            .bind(result.kind)
+            .bind(&result.kind)
             .bind(&result.sop_class_uid)
             .bind(&result.path)
             .bind(now)
@@ -303,7 +303,7 @@ impl Index {
             let result = NewResult {
                 sop_instance_uid: sop_instance_uid.clone(),
                 sop_class_uid: sop_class_uid.clone(),
-                kind: if kind == "seg" { "seg" } else { "sr" },
+                kind: kind.clone(),
                 path: path.clone(),
             };
             enqueue(&mut tx, &claimed, &result, resolve(source_ae).as_ref(), now).await?;

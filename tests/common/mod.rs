@@ -434,3 +434,38 @@ pub fn synth_series(
     )
     .unwrap()
 }
+
+/// A free loopback port (for a peer the test starts later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A small chest CT study with nodules (384 x 384 x 120, 0.9 x 0.9 x 2.5 mm), written by the
+/// `jnsc synth` command; returns the folder (removed when dropped) and its DICOM folder.
+pub fn small_study(seed: u64, nodules: usize) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("jnsc-study-")
+        .tempdir()
+        .unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_jnsc"))
+        .args(["synth", "--out"])
+        .arg(dir.path())
+        .args([
+            "--seed",
+            &seed.to_string(),
+            "--nodules",
+            &nodules.to_string(),
+        ])
+        .args(["--size", "384", "--pixel-spacing", "0.9"])
+        .args(["--slices", "120", "--slice-spacing", "2.5"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let dicom = dir.path().join("dicom");
+    (dir, dicom)
+}
