@@ -1,7 +1,9 @@
 //! Training: a short run on a few synthetic scans makes the segmentation loss fall and the Dice
 //! rise; a run stopped after a checkpoint and resumed ends bit for bit where an uninterrupted
-//! run ends (weights, optimizer, sampling and pseudo-labels all restored).
+//! run ends (weights, optimizer, sampling and pseudo-labels all restored); scans held on disk
+//! train exactly as scans held in memory, and are prepared once.
 
+use jnsc::train::prepared::ScanStorage;
 use jnsc::train::pseudo::LabelMode;
 use jnsc::train::trainer::{TrainConfig, Trainer};
 
@@ -114,4 +116,77 @@ fn a_run_directory_refuses_another_configuration() {
         .unwrap()
         .to_string();
     assert!(e.contains("another configuration"), "{e}");
+}
+
+/// Every file under `dir` with its modification time.
+fn stamps(dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.path(), e.metadata().unwrap().modified().unwrap())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn scans_held_on_disk_train_exactly_as_in_memory_and_are_prepared_once() {
+    let in_memory = small(3);
+    let on_disk = TrainConfig {
+        scan_storage: ScanStorage::Disk,
+        ..small(3)
+    };
+    let straight = tempfile::tempdir().unwrap();
+    let mut a = Trainer::open(straight.path(), in_memory.clone(), true).unwrap();
+    a.run(3, true).unwrap();
+    assert!(!straight.path().join("prepared").exists());
+
+    // One epoch on disk; the three scans are prepared there, each whole.
+    let run = tempfile::tempdir().unwrap();
+    let prepared = run.path().join("prepared");
+    Trainer::open(run.path(), on_disk.clone(), true)
+        .unwrap()
+        .run(1, true)
+        .unwrap();
+    let files = stamps(&prepared);
+    let names: Vec<String> = files
+        .iter()
+        .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let mut expected = vec!["source.json".to_owned()];
+    for n in 0..3 {
+        for ext in ["hu", "json", "labels"] {
+            expected.push(format!("scan-{n:05}.{ext}"));
+        }
+    }
+    expected.sort();
+    assert_eq!(names, expected);
+    let hu_bytes = std::fs::metadata(prepared.join("scan-00000.hu")).unwrap().len();
+    assert_eq!(hu_bytes, 4 * 192 * 192 * 160);
+
+    // Resumed on disk, nothing is prepared again; then resumed in memory, which the run
+    // allows, since where the scans are held does not change the result.
+    Trainer::open(run.path(), on_disk.clone(), true)
+        .unwrap()
+        .run(2, true)
+        .unwrap();
+    assert_eq!(stamps(&prepared), files, "scans prepared again on resume");
+    let mut b = Trainer::open(run.path(), in_memory, true).unwrap();
+    assert_eq!(b.epochs_done(), 2);
+    b.run(3, true).unwrap();
+    assert_eq!(weights(&a), weights(&b));
+    assert_eq!(a.pseudo_labels(), b.pseudo_labels());
+
+    // A damaged scan file is a clear error naming it, not a panic or a silent short scan.
+    let damaged = tempfile::tempdir().unwrap();
+    let mut c = Trainer::open(damaged.path(), on_disk, true).unwrap();
+    let hu = damaged.path().join("prepared").join("scan-00001.hu");
+    std::fs::write(&hu, [0u8; 100]).unwrap();
+    let e = format!("{:#}", c.run(1, true).err().unwrap());
+    assert!(
+        e.contains("scan-00001.hu") && e.contains("holds 100 bytes"),
+        "{e}"
+    );
 }

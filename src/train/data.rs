@@ -11,7 +11,7 @@ use crate::volume::{Normalization, Volume};
 use std::collections::BTreeMap;
 
 /// One nodule of a scan's reference standard.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NoduleLabel {
     /// Its label value in the scan's label volume.
     pub label: u8,

@@ -1,5 +1,5 @@
-//! Training JNSC the paper's way (section IV.B, D-F): data sources and sampling (`data`),
-//! losses (`loss`), the pseudo-labels of marginal nodules (`pseudo`), Adam with gradient
+//! Training JNSC the paper's way (section IV.B, D-F): data sources and sampling (`data`), the
+//! prepared scans held in memory or on disk (`prepared`), losses (`loss`), the pseudo-labels of marginal nodules (`pseudo`), Adam with gradient
 //! clipping (`adam`) and the training loop with checkpoints and metrics (`trainer`), behind
 //! `jnsc train`.
 
@@ -8,6 +8,7 @@ pub mod data;
 pub mod lidc;
 pub mod loss;
 pub mod luna16;
+pub mod prepared;
 pub mod pseudo;
 pub mod trainer;
 

@@ -6,7 +6,8 @@
 //! line with the losses and the ETA.
 
 use super::adam::Adam;
-use super::data::{Patch, Scan, Source, SyntheticSource, sample_patches};
+use super::data::{Patch, Source, SyntheticSource, sample_patches};
+use super::prepared::{PreparedScans, ScanStorage, ScanSummary};
 use super::loss::{ClassTarget, classification_loss, conditional_malignancy, segmentation_loss};
 use super::pseudo::{LabelMode, update_pseudo_label};
 use crate::jnsc::model_file::{ModelInfo, save};
@@ -36,6 +37,10 @@ pub struct TrainConfig {
     /// Synthetic training scans (rendered once at the start) and their size in 1 mm voxels.
     pub scans: usize,
     pub scan_size: [usize; 3],
+    /// Where the prepared scans are held: memory (all at once) or disk (under the run
+    /// directory, one at a time; for data sets larger than memory). It does not change the
+    /// result, so a run may resume with the other.
+    pub scan_storage: ScanStorage,
     /// Side of the training patches (the paper: 64).
     pub patch: usize,
     /// Scans per optimisation step (two patches each).
@@ -95,6 +100,37 @@ impl DataConfig {
             DataConfig::Lidc { root } => Box::new(super::lidc::LidcSource::open(root)?),
         })
     }
+
+    /// What the data is, in words, for the exported model's provenance.
+    pub fn description(&self) -> &'static str {
+        match self {
+            DataConfig::Synthetic => "synthetic chest CT phantoms (crate::synth), not patient data",
+            DataConfig::Luna16 { .. } => "LUNA16 (LIDC-IDRI subset, MetaImage), patient data",
+            DataConfig::Lidc { .. } => "LIDC-IDRI (DICOM and reader XML), patient data",
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Whether a run made with `other` can be resumed with this configuration: everything but
+    /// where the scans are held must match.
+    fn same_run(&self, other: &TrainConfig) -> bool {
+        let held_alike = TrainConfig {
+            scan_storage: self.scan_storage,
+            ..other.clone()
+        };
+        *self == held_alike
+    }
+
+    /// What the scans are prepared from: a disk cache prepared from anything else is redone.
+    fn scan_origin(&self) -> serde_json::Value {
+        serde_json::json!({
+            "data": self.data,
+            "seed": self.seed,
+            "scans": self.scans,
+            "scan_size": self.scan_size,
+        })
+    }
 }
 
 impl Default for TrainConfig {
@@ -105,6 +141,7 @@ impl Default for TrainConfig {
             data: DataConfig::Synthetic,
             scans: 32,
             scan_size: [192, 192, 160],
+            scan_storage: ScanStorage::Memory,
             patch: 64,
             scans_per_step: 1,
             epochs: 40,
@@ -165,6 +202,8 @@ const CHECKPOINT_WEIGHTS: &str = "checkpoint.safetensors";
 const CHECKPOINT_OPTIMIZER: &str = "optimizer.safetensors";
 const CHECKPOINT_STATE: &str = "state.json";
 const METRICS: &str = "metrics.csv";
+/// Where `scan_storage = "disk"` keeps the prepared scans, under the run directory.
+const PREPARED: &str = "prepared";
 
 /// A training run in a directory.
 pub struct Trainer {
@@ -173,7 +212,7 @@ pub struct Trainer {
     vars: VarMap,
     net: Jnsc,
     adam: Adam,
-    scans: Vec<Scan>,
+    scans: PreparedScans,
     state: RunState,
     normalization: Normalization,
     device: Device,
@@ -188,11 +227,14 @@ impl Trainer {
             let state: RunState = serde_json::from_slice(&std::fs::read(&state_path)?)
                 .with_context(|| format!("{}", state_path.display()))?;
             anyhow::ensure!(
-                state.config == config,
+                config.same_run(&state.config),
                 "{} holds a run with another configuration; use a new directory",
                 dir.display()
             );
-            Some(state)
+            Some(RunState {
+                config: config.clone(),
+                ..state
+            })
         } else {
             None
         };
@@ -214,18 +256,26 @@ impl Trainer {
         } else {
             crate::jnsc::network::seeded_init(&vars, config.seed)?;
         }
-        // Every scan is prepared once and kept in memory (about 5 bytes per 1 mm voxel).
         let source = config.data.source(&config)?;
         let started = Instant::now();
-        let scans = (0..source.len())
-            .map(|i| source.scan(i))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let scans = PreparedScans::prepare(
+            source.as_ref(),
+            config.scan_storage,
+            &dir.join(PREPARED),
+            &config.scan_origin(),
+            |i| {
+                if !quiet {
+                    eprint!("\rpreparing scan {}/{}   ", i + 1, source.len());
+                }
+            },
+        )?;
         if !quiet {
             eprintln!(
-                "prepared {} {:?} scans in {:.1} s",
+                "\rprepared {} {:?} scans in {:.1} s ({:?})",
                 scans.len(),
                 config.data,
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                config.scan_storage
             );
         }
         let state = match resumed {
@@ -234,7 +284,7 @@ impl Trainer {
                 config: config.clone(),
                 epochs_done: 0,
                 rng_state: Rng::new(config.seed).fork(99).state(),
-                pseudo_labels: initial_pseudo_labels(&scans),
+                pseudo_labels: initial_pseudo_labels(scans.summaries()),
             },
         };
         Ok(Self {
@@ -313,8 +363,8 @@ impl Trainer {
         for (g, group) in groups.iter().enumerate() {
             let mut patches: Vec<(usize, Patch, bool)> = Vec::new();
             for &s in group {
-                let (pos, neg) =
-                    sample_patches(&self.scans[s], c.patch, &self.normalization, &mut rng);
+                let scan = self.scans.scan(s)?;
+                let (pos, neg) = sample_patches(&scan, c.patch, &self.normalization, &mut rng);
                 patches.extend(pos.map(|p| (s, p, true)));
                 patches.extend(neg.map(|p| (s, p, false)));
             }
@@ -448,7 +498,10 @@ impl Trainer {
             // Labelled nodules in this patch; boxes come as (x, y, z), candidates are [D, H, W].
             for (label, b) in label_boxes(&patch.labels, [p, p, p]) {
                 let label = label as u8;
-                let nodule = self.scans[*scan].nodules.iter().find(|n| n.label == label);
+                let nodule = self.scans.summaries()[*scan]
+                    .nodules
+                    .iter()
+                    .find(|n| n.label == label);
                 let ratings = nodule.map_or(&[][..], |n| &n.ratings[..]);
                 let key = format!("{scan}/{label}");
                 let (target, pseudo_key) = self.nodule_target(ratings, &key);
@@ -570,7 +623,7 @@ impl Trainer {
             config: self.net.config().clone(),
             normalization: self.normalization,
             provenance: serde_json::json!({
-                "data": "synthetic chest CT phantoms (crate::synth), not patient data",
+                "data": self.config.data.description(),
                 "training": self.config,
                 "epochs_done": self.state.epochs_done,
                 "command": "jnsc train",
@@ -590,13 +643,12 @@ fn touches_label(c: &Candidate, labels: &[u8], p: usize) -> bool {
 }
 
 /// Every visible marginal nodule's pseudo-label, initialised to its soft label.
-fn initial_pseudo_labels(scans: &[Scan]) -> BTreeMap<String, PseudoLabel> {
+fn initial_pseudo_labels(scans: &[ScanSummary]) -> BTreeMap<String, PseudoLabel> {
     let mut out = BTreeMap::new();
     for (s, scan) in scans.iter().enumerate() {
         // Only nodules the scan shows can be seen by the network.
-        let visible = super::data::nodule_boxes(scan);
         for n in &scan.nodules {
-            if malignancy::is_marginal(&n.ratings) && visible.contains_key(&u32::from(n.label)) {
+            if malignancy::is_marginal(&n.ratings) && scan.visible.contains(&n.label) {
                 let t = malignancy::soft_label(malignancy::score(&n.ratings));
                 out.insert(
                     format!("{s}/{}", n.label),
