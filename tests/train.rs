@@ -163,7 +163,9 @@ fn scans_held_on_disk_train_exactly_as_in_memory_and_are_prepared_once() {
     }
     expected.sort();
     assert_eq!(names, expected);
-    let hu_bytes = std::fs::metadata(prepared.join("scan-00000.hu")).unwrap().len();
+    let hu_bytes = std::fs::metadata(prepared.join("scan-00000.hu"))
+        .unwrap()
+        .len();
     assert_eq!(hu_bytes, 4 * 192 * 192 * 160);
 
     // Resumed on disk, nothing is prepared again; then resumed in memory, which the run

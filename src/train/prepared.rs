@@ -110,9 +110,7 @@ impl PreparedScans {
                             nodules: header.nodules,
                             visible: header.visible,
                         },
-                        None => {
-                            write_scan(dir, index, &source.scan(index)?)?
-                        }
+                        None => write_scan(dir, index, &source.scan(index)?)?,
                     };
                     summaries.push(summary);
                     progress(index);

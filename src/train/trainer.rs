@@ -7,8 +7,8 @@
 
 use super::adam::Adam;
 use super::data::{Patch, Source, SyntheticSource, sample_patches};
-use super::prepared::{PreparedScans, ScanStorage, ScanSummary};
 use super::loss::{ClassTarget, classification_loss, conditional_malignancy, segmentation_loss};
+use super::prepared::{PreparedScans, ScanStorage, ScanSummary};
 use super::pseudo::{LabelMode, update_pseudo_label};
 use crate::jnsc::model_file::{ModelInfo, save};
 use crate::jnsc::network::{Candidate, Config, Jnsc, candidates};
