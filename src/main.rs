@@ -120,6 +120,9 @@ enum EvalCommand {
     /// Run the analyzer on studies with ground truth (folders written by `jnsc synth`) and report
     /// FROC/CPM and malignancy accuracy, sensitivity, specificity, balanced accuracy and AUC.
     Studies(jnsc::eval::studies::StudiesArgs),
+    /// Classify every reference nodule of held-out synthetic scans with its true box (the
+    /// classifier alone, apart from detection) and report the malignancy metrics.
+    Nodules(jnsc::eval::nodules::NodulesArgs),
 }
 
 #[derive(Subcommand)]
@@ -199,6 +202,9 @@ fn main() -> ExitCode {
         Command::Eval {
             which: EvalCommand::Studies(args),
         } => jnsc::eval::studies::run(&args),
+        Command::Eval {
+            which: EvalCommand::Nodules(args),
+        } => jnsc::eval::nodules::run(&args),
         Command::Bench {
             which: BenchCommand::Ingest(b),
         } => jnsc::bench::ingest(b.slices, b.size, b.rounds),

@@ -1,6 +1,7 @@
 //! Whole-scan analysis: finding centres land on the nodules of an oblique synthetic study (the
 //! volume stage's geometry and the post-processing's patient coordinates together), and the
-//! `jnsc analyze` command's JSON interface and errors.
+//! `jnsc analyze` command's JSON interface and errors; `jnsc eval studies` and `jnsc eval
+//! nodules` (the classifier alone on every reference nodule).
 
 use jnsc::inference::findings::{PostProcessing, detect};
 use jnsc::synth::calibration::Calibration;
@@ -229,4 +230,78 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
     assert!(cad.contains("Total number of nodules: 4"), "{cad}");
     let png = std::fs::read(out.join("froc.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
+}
+
+#[test]
+fn eval_nodules_classifies_every_reference_nodule_the_scans_show() {
+    use jnsc::train::data::{Source, SyntheticSource, nodule_boxes};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nodules");
+    let run = jnsc(&[
+        "eval",
+        "nodules",
+        "--scans",
+        "3",
+        "--seed",
+        "500",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // The nodules the same scans show, found here independently of the command.
+    let source = SyntheticSource::new(500, 3, [192, 192, 160]);
+    let mut expected = Vec::new();
+    for i in 0..3 {
+        let scan = source.scan(i).unwrap();
+        let boxes = nodule_boxes(&scan);
+        for n in &scan.nodules {
+            if boxes.contains_key(&u32::from(n.label)) {
+                expected.push((
+                    scan.id.clone(),
+                    n.label,
+                    jnsc::malignancy::score(&n.ratings),
+                ));
+            }
+        }
+    }
+    assert!(expected.len() >= 3, "{expected:?}");
+    let csv = std::fs::read_to_string(out.join("nodules.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), expected.len(), "{csv}");
+    let (mut tp, mut tn, mut malignant, mut benign) = (0, 0, 0, 0);
+    for (row, (id, label, median)) in rows.iter().zip(&expected) {
+        assert_eq!((row[0], row[1]), (id.as_str(), label.to_string().as_str()));
+        assert_eq!(row[3].parse::<f64>().unwrap(), *median);
+        let p: Vec<f64> = row[5..8].iter().map(|v| v.parse().unwrap()).collect();
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{row:?}");
+        let called = row[8] == "true";
+        assert_eq!(called, p[2] > p[1], "{row:?}");
+        if *median > 3.0 {
+            malignant += 1;
+            tp += usize::from(called);
+        } else if *median < 3.0 {
+            benign += 1;
+            tn += usize::from(!called);
+        }
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["nodules"], expected.len());
+    let c = &metrics["classification"];
+    assert_eq!(
+        (c["malignant"].clone(), c["benign"].clone()),
+        (malignant.into(), benign.into())
+    );
+    if malignant > 0 && benign > 0 {
+        let balanced = (tp as f64 / malignant as f64 + tn as f64 / benign as f64) / 2.0;
+        assert!((c["balanced_accuracy"].as_f64().unwrap() - balanced).abs() < 1e-12);
+    }
 }

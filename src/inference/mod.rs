@@ -228,44 +228,57 @@ impl Analyzer {
         map: &Volume<f32>,
         detections: &[Detection],
     ) -> candle_core::Result<Vec<[f32; 3]>> {
-        let w = CLASSIFICATION_WINDOW;
-        let mut out = Vec::with_capacity(detections.len());
         // The map is a sub-grid of the volume: its first voxel's index there.
         let offset = hu
             .geometry
             .patient_to_index(map.geometry.origin)
             .map(|v| v.round() as i64);
-        for d in detections {
-            // The detection's box on the volume's grid.
-            let lo = [0, 1, 2].map(|a| d.bounding_box.min[a] as i64 + offset[a]);
-            let hi = [0, 1, 2].map(|a| d.bounding_box.max[a] as i64 + offset[a]);
-            let start = [0, 1, 2].map(|a| {
-                let centre = (lo[a] + hi[a]) / 2;
-                let s = centre - (w / 2) as i64;
-                let limit = hu.geometry.size[a] as i64 - w as i64;
-                if limit < 0 { s } else { s.clamp(0, limit) }
-            });
-            let x = Tensor::from_vec(
-                tiles::window(hu, start, w, &self.info.normalization),
-                (1, 1, w, w, w),
-                &self.device,
-            )?;
-            let seg = self.net.segment(&x, None)?;
-            let in_window = |v: i64| (v.clamp(0, w as i64 - 1)) as usize;
-            // Candidate boxes are [D, H, W] = (k, j, i) on the window.
-            let candidate = Candidate {
-                batch: 0,
-                min: [2, 1, 0].map(|a| in_window(lo[a] - start[a])),
-                max: [2, 1, 0].map(|a| in_window(hi[a] - start[a])),
-                voxels: d.voxels.len(),
-            };
-            let logits = self.net.classify(&seg.encoder, &[candidate])?;
-            let p = candle_nn::ops::softmax(&logits, 1)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            out.push([p[0], p[1], p[2]]);
-        }
-        Ok(out)
+        detections
+            .iter()
+            .map(|d| {
+                let lo = [0, 1, 2].map(|a| d.bounding_box.min[a] as i64 + offset[a]);
+                let hi = [0, 1, 2].map(|a| d.bounding_box.max[a] as i64 + offset[a]);
+                self.classify_box(hu, lo, hi, d.voxels.len())
+            })
+            .collect()
+    }
+
+    /// p(non-nodule), p(benign), p(malignant) of the object in the box `lo..=hi` (voxel indices
+    /// i, j, k of `hu`, a 1 mm volume) holding `voxels` voxels: the network segments the
+    /// classification window centred on the box and classifies the box from its encoder.
+    pub fn classify_box(
+        &self,
+        hu: &Volume<f32>,
+        lo: [i64; 3],
+        hi: [i64; 3],
+        voxels: usize,
+    ) -> candle_core::Result<[f32; 3]> {
+        let w = CLASSIFICATION_WINDOW;
+        let start = [0, 1, 2].map(|a| {
+            let centre = (lo[a] + hi[a]) / 2;
+            let s = centre - (w / 2) as i64;
+            let limit = hu.geometry.size[a] as i64 - w as i64;
+            if limit < 0 { s } else { s.clamp(0, limit) }
+        });
+        let x = Tensor::from_vec(
+            tiles::window(hu, start, w, &self.info.normalization),
+            (1, 1, w, w, w),
+            &self.device,
+        )?;
+        let seg = self.net.segment(&x, None)?;
+        let in_window = |v: i64| (v.clamp(0, w as i64 - 1)) as usize;
+        // Candidate boxes are [D, H, W] = (k, j, i) on the window.
+        let candidate = Candidate {
+            batch: 0,
+            min: [2, 1, 0].map(|a| in_window(lo[a] - start[a])),
+            max: [2, 1, 0].map(|a| in_window(hi[a] - start[a])),
+            voxels,
+        };
+        let logits = self.net.classify(&seg.encoder, &[candidate])?;
+        let p = candle_nn::ops::softmax(&logits, 1)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok([p[0], p[1], p[2]])
     }
 }
 

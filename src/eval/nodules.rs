@@ -1,0 +1,151 @@
+//! Evaluation of the malignancy classifier alone: held-out synthetic scans are rendered on the
+//! training grid (1 mm) from seeds no training run uses by default, and every reference nodule
+//! they show is classified with its true box, as the analyzer classifies a detection. Unlike
+//! `eval studies`, which rates only the nodules a model detected, every model is measured on the
+//! same nodules, so label modes can be compared apart from detection. Reports the metrics of
+//! `classification` (M = 3 excluded; the AUC ranks p(malignant | nodule)) over all nodules and
+//! over the marginal ones (1-2 readers, 2 <= M <= 4), and writes one CSV row per nodule.
+
+use super::classification::{Metrics, Rated, metrics};
+use crate::inference::Analyzer;
+use crate::malignancy;
+use crate::train::data::{Source, SyntheticSource, nodule_boxes};
+use anyhow::Context;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// `jnsc eval nodules`.
+#[derive(Debug, clap::Args)]
+pub struct NodulesArgs {
+    /// Write metrics.json and nodules.csv here.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The model file.
+    #[arg(long, default_value = crate::DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// Held-out scans to render (1-4 nodules each).
+    #[arg(long, default_value_t = 60)]
+    pub scans: usize,
+    /// Seed of the first scan (scan n uses seed + n). Training runs use their own seed + n, with
+    /// seeds near 1: keep this far from them.
+    #[arg(long, default_value_t = 100_001)]
+    pub seed: u64,
+    /// Scan size in 1 mm voxels (the training default).
+    #[arg(long, num_args = 3, default_values_t = [192, 192, 160])]
+    pub size: Vec<usize>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// What metrics.json holds.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub model: String,
+    pub scans: usize,
+    pub first_seed: u64,
+    /// Reference nodules classified (those the scans show).
+    pub nodules: usize,
+    pub classification: Metrics,
+    /// The same over the marginal nodules only.
+    pub marginal_classification: Metrics,
+}
+
+/// Runs `jnsc eval nodules`.
+pub fn run(args: &NodulesArgs) -> anyhow::Result<()> {
+    let size: [usize; 3] = args
+        .size
+        .clone()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("--size takes three numbers"))?;
+    let device = crate::jnsc::device::select(&args.device)?;
+    let analyzer = Analyzer::new(&args.model, device, crate::inference::tiles::Tiling::fast())?;
+    let source = SyntheticSource::new(args.seed, args.scans, size);
+    let mut csv = String::from(
+        "scan,label,ratings,median_rating,marginal,p_non_nodule,p_benign,p_malignant,called_malignant\n",
+    );
+    let (mut all, mut marginal) = (Vec::new(), Vec::new());
+    for index in 0..source.len() {
+        let scan = source.scan(index)?;
+        let boxes = nodule_boxes(&scan);
+        for nodule in &scan.nodules {
+            let Some(b) = boxes.get(&u32::from(nodule.label)) else {
+                continue; // outside the rendered grid
+            };
+            let p = analyzer
+                .classify_box(
+                    &scan.hu,
+                    b.min.map(|v| v as i64),
+                    b.max.map(|v| v as i64),
+                    b.voxels,
+                )
+                .with_context(|| format!("classifying nodule {} of {}", nodule.label, scan.id))?;
+            let median = malignancy::score(&nodule.ratings);
+            let is_marginal = malignancy::is_marginal(&nodule.ratings);
+            // The box is a nodule: rank by p(malignant | nodule), the score the decision
+            // (malignant over benign) thresholds at 0.5 and the training targets.
+            let rated = Rated {
+                median_rating: median,
+                p_malignant: f64::from(p[2]) / f64::from(p[1] + p[2]).max(1e-12),
+                called_malignant: p[2] > p[1],
+            };
+            all.push(rated);
+            if is_marginal {
+                marginal.push(rated);
+            }
+            let ratings: Vec<String> = nodule.ratings.iter().map(u8::to_string).collect();
+            let _ = writeln!(
+                csv,
+                "{},{},{},{median},{is_marginal},{:.6},{:.6},{:.6},{}",
+                scan.id,
+                nodule.label,
+                ratings.join(" "),
+                p[0],
+                p[1],
+                p[2],
+                rated.called_malignant
+            );
+        }
+        eprint!(
+            "\rscan {}/{}: {} nodules   ",
+            index + 1,
+            source.len(),
+            all.len()
+        );
+    }
+    eprintln!();
+    let summary = Summary {
+        model: args.model.display().to_string(),
+        scans: args.scans,
+        first_seed: args.seed,
+        nodules: all.len(),
+        classification: metrics(&all),
+        marginal_classification: metrics(&marginal),
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::write(args.out.join("nodules.csv"), csv)?;
+    std::fs::write(
+        args.out.join("metrics.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
+    let c = &summary.classification;
+    let f = |x: Option<f64>| x.map_or("n/a".to_owned(), |v| format!("{v:.3}"));
+    println!(
+        "{} nodules ({} benign, {} malignant, {} with M = 3): accuracy {}, sensitivity {}, \
+         specificity {}, balanced accuracy {}, AUC {}; marginal: balanced accuracy {} ({} nodules)",
+        summary.nodules,
+        c.benign,
+        c.malignant,
+        c.uncertain_excluded,
+        f(c.accuracy),
+        f(c.sensitivity),
+        f(c.specificity),
+        f(c.balanced_accuracy),
+        f(c.auc),
+        f(summary.marginal_classification.balanced_accuracy),
+        marginal.len()
+    );
+    Ok(())
+}
