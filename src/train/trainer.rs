@@ -123,13 +123,17 @@ impl TrainConfig {
     }
 
     /// What the scans are prepared from: a disk cache prepared from anything else is redone.
+    /// The seed, count and size matter to synthetic scans only.
     fn scan_origin(&self) -> serde_json::Value {
-        serde_json::json!({
-            "data": self.data,
-            "seed": self.seed,
-            "scans": self.scans,
-            "scan_size": self.scan_size,
-        })
+        match self.data {
+            DataConfig::Synthetic => serde_json::json!({
+                "data": self.data,
+                "seed": self.seed,
+                "scans": self.scans,
+                "scan_size": self.scan_size,
+            }),
+            _ => serde_json::json!({ "data": self.data }),
+        }
     }
 }
 
