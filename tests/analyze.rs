@@ -23,6 +23,16 @@ fn jnsc(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs jnsc and requires success, showing its stderr otherwise.
+fn jnsc_ok(args: &[&str]) {
+    let run = jnsc(args);
+    assert!(
+        run.status.success(),
+        "jnsc {args:?}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
 /// A chest study at reduced resolution whose slices are rotated 20 degrees in plane and tilted
 /// 15 degrees about the patient's left-right axis.
 fn oblique_study(dir: &Path, nodules: usize, seed: u64) -> jnsc::synth::study::Truth {
@@ -105,7 +115,7 @@ fn analyze_writes_the_findings_json_and_explains_bad_input() {
     let init = jnsc(&["model", "init", "--out", model.to_str().unwrap()]);
     assert!(init.status.success());
     let json = dir.path().join("findings.json");
-    let run = jnsc(&[
+    jnsc_ok(&[
         "analyze",
         study.join("dicom").to_str().unwrap(),
         "--model",
@@ -113,11 +123,6 @@ fn analyze_writes_the_findings_json_and_explains_bad_input() {
         "--json",
         json.to_str().unwrap(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["series_uid"], truth.series_uid.as_str());
     assert_eq!(report["model"]["name"], "jnsc-cpu");
@@ -196,7 +201,7 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
             .success()
     );
     let out = dir.path().join("eval");
-    let run = jnsc(&[
+    jnsc_ok(&[
         "eval",
         "studies",
         studies.to_str().unwrap(),
@@ -205,11 +210,6 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["studies"], 2);
@@ -237,7 +237,7 @@ fn eval_nodules_classifies_every_reference_nodule_the_scans_show() {
     use jnsc::train::data::{Source, SyntheticSource, nodule_boxes};
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("nodules");
-    let run = jnsc(&[
+    jnsc_ok(&[
         "eval",
         "nodules",
         "--scans",
@@ -247,11 +247,6 @@ fn eval_nodules_classifies_every_reference_nodule_the_scans_show() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     // The nodules the same scans show, found here independently of the command.
     let source = SyntheticSource::new(500, 3, [192, 192, 160]);
     let mut expected = Vec::new();

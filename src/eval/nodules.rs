@@ -10,6 +10,7 @@ use super::classification::{Metrics, Rated, metrics};
 use crate::inference::Analyzer;
 use crate::malignancy;
 use crate::train::data::{Source, SyntheticSource, nodule_boxes};
+use crate::train::trainer::TrainConfig;
 use anyhow::Context;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -32,7 +33,7 @@ pub struct NodulesArgs {
     #[arg(long, default_value_t = 100_001)]
     pub seed: u64,
     /// Scan size in 1 mm voxels (the training default).
-    #[arg(long, num_args = 3, default_values_t = [192, 192, 160])]
+    #[arg(long, num_args = 3, default_values_t = TrainConfig::default().scan_size)]
     pub size: Vec<usize>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]

@@ -31,7 +31,7 @@ pub enum ScanStorage {
 }
 
 /// What the trainer needs of every scan at all times: its nodules and which of them it shows.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScanSummary {
     pub id: String,
     pub nodules: Vec<NoduleLabel>,
@@ -63,17 +63,16 @@ enum Held {
     Disk(PathBuf),
 }
 
-/// The header of a scan on disk.
+/// The header of a scan on disk: its summary, so that a resumed run reads no voxels to start,
+/// and its geometry.
 #[derive(Debug, Serialize, Deserialize)]
 struct ScanHeader {
-    id: String,
+    #[serde(flatten)]
+    summary: ScanSummary,
     origin: [f64; 3],
     spacing: [f64; 3],
     direction: [[f64; 3]; 3],
     size: [usize; 3],
-    nodules: Vec<NoduleLabel>,
-    /// The summary's visible labels, so that a resumed run reads no voxels to start.
-    visible: BTreeSet<u8>,
 }
 
 const SOURCE_FILE: &str = "source.json";
@@ -105,11 +104,7 @@ impl PreparedScans {
                 open_cache(dir, origin)?;
                 for index in 0..source.len() {
                     let summary = match read_header(dir, index)? {
-                        Some(header) => ScanSummary {
-                            id: header.id,
-                            nodules: header.nodules,
-                            visible: header.visible,
-                        },
+                        Some(header) => header.summary,
                         None => write_scan(dir, index, &source.scan(index)?)?,
                     };
                     summaries.push(summary);
@@ -177,22 +172,19 @@ fn write_scan(dir: &Path, index: usize, scan: &Scan) -> anyhow::Result<ScanSumma
     let hu: Vec<u8> = scan.hu.data.iter().flat_map(|v| v.to_le_bytes()).collect();
     write_whole(&scan_path(dir, index, "hu"), &hu)?;
     write_whole(&scan_path(dir, index, "labels"), &scan.labels.data)?;
-    let summary = ScanSummary::of(scan);
     let g = scan.hu.geometry;
     let header = ScanHeader {
-        id: summary.id.clone(),
+        summary: ScanSummary::of(scan),
         origin: g.origin,
         spacing: g.spacing,
         direction: g.direction,
         size: g.size,
-        nodules: summary.nodules.clone(),
-        visible: summary.visible.clone(),
     };
     write_whole(
         &scan_path(dir, index, "json"),
         &serde_json::to_vec_pretty(&header)?,
     )?;
-    Ok(summary)
+    Ok(header.summary)
 }
 
 /// The header of scan `index`, None when it has not been prepared.
@@ -242,12 +234,12 @@ fn read_scan(dir: &Path, index: usize) -> anyhow::Result<Scan> {
         .collect();
     let labels = read_voxels(&scan_path(dir, index, "labels"), voxels, 1)?;
     Ok(Scan {
-        id: header.id,
+        id: header.summary.id,
         hu: Volume { geometry, data: hu },
         labels: Volume {
             geometry,
             data: labels,
         },
-        nodules: header.nodules,
+        nodules: header.summary.nodules,
     })
 }
