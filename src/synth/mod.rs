@@ -5,6 +5,7 @@
 pub mod anatomy;
 pub mod calibration;
 pub mod insert;
+pub mod lesion;
 pub mod nodules;
 pub mod preview;
 pub mod random;
