@@ -332,7 +332,6 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
             args.nodules.unwrap_or(3),
             args.seed,
             &Calibration::lidc(),
-            &options.physics,
         )?,
         None => write_study(&options, &Calibration::lidc(), &args.out)?,
     };

@@ -1,18 +1,22 @@
-//! Lesion insertion: synthetic nodules placed into the lungs of a real CT series, written as a
-//! new derived series with ground truth. The nodules are rendered as a difference to the local
-//! lung attenuation, integrated over the slice thickness and blurred with the point-spread
-//! function, then added to the real slices, so the real image's noise and texture stay on top of
-//! them, as they would on a real nodule.
+//! Lesion insertion: synthetic nodules placed into the lungs of a real CT series. A lesion is
+//! rendered as a difference to the local lung attenuation on the series' own acquired grid:
+//! integrated over its slice thickness, blurred with the point-spread function measured on that
+//! series (`estimate_psf_sigma_mm`, from the edge of the body), then added to the real slices.
+//! The real image's noise and texture stay on top of the lesion, as they would on a real
+//! nodule, and the result goes through the same resampling as the real anatomy. `jnsc synth
+//! --into` writes the result as a new derived series; training (`train::real`) uses it in
+//! memory.
 
 use crate::synth::calibration::Calibration;
+use crate::synth::lesion::Lesion;
 use crate::synth::nodules::{Lungs, SegmentedLungs, draw_nodules};
 use crate::synth::random::Rng;
 use crate::synth::render::{Physics, gaussian_blur};
 use crate::synth::study::{Truth, truth_of, write_ground_truth};
 use crate::volume::geometry::Vec3;
-use crate::volume::lung::lung_mask;
+use crate::volume::lung::{BoundingBox, lung_mask};
 use crate::volume::resample::{Interpolation, resample_isotropic};
-use crate::volume::series::{files_in, load_series};
+use crate::volume::series::{AcquiredSeries, files_in, load_series};
 use crate::volume::{Geometry, Volume};
 use anyhow::{Context, bail};
 use dicom_core::{DataElement, PrimitiveValue, VR};
@@ -20,7 +24,208 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::meta::FileMetaTableBuilder;
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Ratio of the 10-90% rise distance of a Gaussian-blurred step to its sigma.
+const RISE_10_90_PER_SIGMA: f64 = 2.563;
+
+/// A real series ready to take lesions: its acquired HU, its 1 mm volume and lung mask, and
+/// what was measured on it.
+pub struct Background {
+    pub files: Vec<PathBuf>,
+    pub series: AcquiredSeries,
+    /// The series resampled to 1 mm (B-spline, as analysis does) and its lung mask.
+    pub hu_1mm: Volume<f32>,
+    pub lungs: Volume<u8>,
+    /// The lungs' bounding box on the 1 mm grid.
+    pub lung_box: BoundingBox,
+    /// Mean attenuation of the lung parenchyma (below -500 HU in the lung mask): what a lesion
+    /// replaces.
+    pub parenchyma_hu: f64,
+    /// In-plane point-spread function (Gaussian sigma, mm), measured on the series; the
+    /// phantom's default where no body edge could be measured.
+    pub psf_sigma_mm: f64,
+    /// Whether `psf_sigma_mm` was measured (false: the default).
+    pub psf_measured: bool,
+}
+
+impl Background {
+    /// Loads the series in `dir` (DICOM files) and measures it.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let files = files_in(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        let series = load_series(&files).with_context(|| format!("{}", dir.display()))?;
+        let hu_1mm = resample_isotropic(&series, 1.0, Interpolation::BSpline);
+        let segmented = lung_mask(&hu_1mm);
+        let lungs = segmented.mask;
+        let lung_box = segmented
+            .bounding_box
+            .with_context(|| format!("{}: no lungs found", dir.display()))?;
+        let real = SegmentedLungs::new(&hu_1mm, &lungs);
+        if real.voxels.len() < 50_000 {
+            bail!(
+                "{}: too little lung in this series to insert nodules",
+                dir.display()
+            );
+        }
+        let parenchyma_hu = real
+            .voxels
+            .iter()
+            .map(|&v| f64::from(hu_1mm.data[v]))
+            .sum::<f64>()
+            / real.voxels.len() as f64;
+        let measured = estimate_psf_sigma_mm(&series);
+        Ok(Self {
+            files,
+            psf_sigma_mm: measured.unwrap_or(Physics::default().psf_sigma_mm),
+            psf_measured: measured.is_some(),
+            series,
+            hu_1mm,
+            lungs,
+            lung_box,
+            parenchyma_hu,
+        })
+    }
+
+    /// Where lesions may go: the segmented parenchyma.
+    pub fn segmented_lungs(&self) -> SegmentedLungs<'_> {
+        SegmentedLungs::new(&self.hu_1mm, &self.lungs)
+    }
+}
+
+/// The in-plane point-spread function of a series as a Gaussian sigma (mm), measured on the
+/// edge between the air around the patient and the skin: along image rows through the middle
+/// third of the middle slices, the 10-90% rise distance of each clean air-to-tissue step, the
+/// median of them, less the pixel's own width. None when fewer than 20 clean edges are seen
+/// (the body fills the field of view, say).
+pub fn estimate_psf_sigma_mm(series: &AcquiredSeries) -> Option<f64> {
+    let (rows, cols) = (series.rows, series.columns);
+    let n = series.slices.len();
+    if cols < 40 || n == 0 {
+        return None;
+    }
+    let slices: Vec<usize> = (n / 4..=(3 * n / 4).min(n - 1))
+        .step_by((n / 20).max(1))
+        .collect();
+    let mut rises: Vec<f64> = Vec::new();
+    for &k in &slices {
+        for r in (rows / 3..2 * rows / 3).step_by(4) {
+            let line = &series.hu[(k * rows + r) * cols..(k * rows + r + 1) * cols];
+            let reversed: Vec<f32> = line.iter().rev().copied().collect();
+            for profile in [line, &reversed[..]] {
+                if let Some(d) = edge_rise_pixels(profile) {
+                    rises.push(d);
+                }
+            }
+        }
+    }
+    if rises.len() < 20 {
+        return None;
+    }
+    rises.sort_by(f64::total_cmp);
+    let rise_mm = rises[rises.len() / 2] * series.column_spacing_mm;
+    let total = rise_mm / RISE_10_90_PER_SIGMA;
+    let pixel = series.column_spacing_mm.powi(2) / 12.0;
+    Some((total * total - pixel).max(0.01).sqrt())
+}
+
+/// The 10-90% rise distance (pixels) of the first air-to-tissue step of a profile: air (below
+/// -900 HU over 4 pixels) followed within a few pixels by tissue (above -300 HU over 4 pixels,
+/// at least 600 HU above the air).
+fn edge_rise_pixels(profile: &[f32]) -> Option<f64> {
+    let c = profile.iter().position(|&v| v > -500.0)?;
+    if c < 10 || c + 10 > profile.len() {
+        return None;
+    }
+    let mean = |a: usize, b: usize| profile[a..b].iter().map(|&v| f64::from(v)).sum::<f64>() / (b - a) as f64;
+    let (air, tissue) = (mean(c - 9, c - 5), mean(c + 5, c + 9));
+    if air > -900.0 || tissue < -300.0 || tissue - air < 600.0 {
+        return None;
+    }
+    // The step must be monotone across the edge window (no table or clothing edge inside it).
+    let window = &profile[c - 5..c + 5];
+    if window.windows(2).any(|w| f64::from(w[1]) < f64::from(w[0]) - 40.0) {
+        return None;
+    }
+    let crossing = |level: f64| -> Option<f64> {
+        (c - 5..c + 5).find_map(|i| {
+            let (a, b) = (f64::from(profile[i]), f64::from(profile[i + 1]));
+            (a < level && b >= level).then(|| i as f64 + (level - a) / (b - a))
+        })
+    };
+    let low = crossing(air + 0.1 * (tissue - air))?;
+    let high = crossing(air + 0.9 * (tissue - air))?;
+    (high > low).then_some(high - low)
+}
+
+/// Adds `lesions` to the series' HU in place and returns the label of every acquired voxel
+/// (lesion n = n + 1, 0 elsewhere; a voxel is labelled where its centre is inside the lesion
+/// and in the lungs). Each lesion is rendered as its difference to `parenchyma_hu`, averaged
+/// over the slice thickness (sub-planes at most 0.5 mm apart), blurred in-plane with
+/// `psf_sigma_mm`, and added: the series' own noise stays.
+pub fn add_lesions(
+    series: &mut AcquiredSeries,
+    lesions: &[&dyn Lesion],
+    in_lung: &(dyn Fn(Vec3) -> bool + Sync),
+    parenchyma_hu: f64,
+    psf_sigma_mm: f64,
+) -> Vec<u8> {
+    let (rows, cols) = (series.rows, series.columns);
+    let thickness = series.median_slice_spacing();
+    let sub = (thickness / 0.5).ceil().max(1.0) as usize;
+    let psf = psf_sigma_mm / series.column_spacing_mm.min(series.row_spacing_mm);
+    let geometry = &*series;
+    let changed: Vec<(Vec<f32>, Vec<u8>)> = series
+        .slices
+        .par_iter()
+        .map(|slice| {
+            let mut delta = vec![0f32; rows * cols];
+            let mut labels = vec![0u8; rows * cols];
+            let at = |r: usize, c: usize, dz: f64| -> Vec3 {
+                [0, 1, 2].map(|a| {
+                    slice.position[a]
+                        + geometry.row_direction[a] * c as f64 * geometry.column_spacing_mm
+                        + geometry.column_direction[a] * r as f64 * geometry.row_spacing_mm
+                        + geometry.normal[a] * dz
+                })
+            };
+            for r in 0..rows {
+                for c in 0..cols {
+                    let centre = at(r, c, 0.0);
+                    if !lesions.iter().any(|n| near(n.bounds(), centre, thickness)) {
+                        continue;
+                    }
+                    let mut sum = 0.0;
+                    for j in 0..sub {
+                        let p = at(r, c, thickness * ((j as f64 + 0.5) / sub as f64 - 0.5));
+                        if let Some(n) = lesions.iter().find(|n| n.contains(p))
+                            && in_lung(p)
+                        {
+                            sum += n.hu_at(p) - parenchyma_hu;
+                        }
+                    }
+                    delta[r * cols + c] = (sum / sub as f64) as f32;
+                    if let Some(n) = lesions.iter().position(|n| n.contains(centre))
+                        && in_lung(centre)
+                    {
+                        labels[r * cols + c] = (n + 1) as u8;
+                    }
+                }
+            }
+            if delta.iter().any(|&d| d != 0.0) {
+                gaussian_blur(&mut delta, rows, cols, psf);
+            }
+            (delta, labels)
+        })
+        .collect();
+    let mut all_labels = Vec::with_capacity(series.hu.len());
+    for (plane, (delta, labels)) in series.hu.chunks_mut(rows * cols).zip(changed) {
+        for (h, d) in plane.iter_mut().zip(delta) {
+            *h += d;
+        }
+        all_labels.extend(labels);
+    }
+    all_labels
+}
 
 /// Inserts `count` nodules into the series in `series_dir`; writes `out/dicom/*.dcm` and the
 /// ground truth files beside them.
@@ -30,78 +235,25 @@ pub fn insert_nodules(
     count: usize,
     seed: u64,
     calibration: &Calibration,
-    physics: &Physics,
 ) -> anyhow::Result<Truth> {
-    let files = files_in(series_dir)?;
-    let series = load_series(&files)?;
-    let hu_1mm = resample_isotropic(&series, 1.0, Interpolation::Linear);
-    let lungs = lung_mask(&hu_1mm);
-    let real = SegmentedLungs::new(&hu_1mm, &lungs.mask);
-    if real.voxels.len() < 50_000 {
-        bail!("too little lung in this series to insert nodules");
-    }
+    let background = Background::load(series_dir)?;
+    let real = background.segmented_lungs();
     let mut rng = Rng::new(seed);
     let nodules = draw_nodules(&real, calibration, count, &mut rng);
     if nodules.len() < count {
         bail!("found room for only {} of {count} nodules", nodules.len());
     }
-    // Typical parenchyma attenuation of this series: what a nodule replaces.
-    let parenchyma = real
-        .voxels
-        .iter()
-        .map(|&v| f64::from(hu_1mm.data[v]))
-        .sum::<f64>()
-        / real.voxels.len() as f64;
-
+    let lesions: Vec<&dyn Lesion> = nodules.iter().map(|n| n as &dyn Lesion).collect();
+    let mut series = background.series.clone();
+    let labels = add_lesions(
+        &mut series,
+        &lesions,
+        &|p| real.in_lung(p),
+        background.parenchyma_hu,
+        background.psf_sigma_mm,
+    );
     let (rows, cols) = (series.rows, series.columns);
-    let thickness = series.median_slice_spacing();
-    let sub = (thickness / 0.5).ceil().max(1.0) as usize;
-    let psf = physics.psf_sigma_mm / series.column_spacing_mm.min(series.row_spacing_mm);
-    let changed: Vec<(Vec<f32>, Vec<u8>)> = series
-        .slices
-        .par_iter()
-        .enumerate()
-        .map(|(k, slice)| {
-            let mut delta = vec![0f32; rows * cols];
-            let mut labels = vec![0u8; rows * cols];
-            let at = |r: usize, c: usize, dz: f64| -> Vec3 {
-                [0, 1, 2].map(|a| {
-                    slice.position[a]
-                        + series.row_direction[a] * c as f64 * series.column_spacing_mm
-                        + series.column_direction[a] * r as f64 * series.row_spacing_mm
-                        + series.normal[a] * dz
-                })
-            };
-            for r in 0..rows {
-                for c in 0..cols {
-                    let centre = at(r, c, 0.0);
-                    if !nodules.iter().any(|n| near(n.bounds(), centre, thickness)) {
-                        continue;
-                    }
-                    let mut sum = 0.0;
-                    for j in 0..sub {
-                        let p = at(r, c, thickness * ((j as f64 + 0.5) / sub as f64 - 0.5));
-                        if let Some(n) = nodules.iter().find(|n| n.contains(p))
-                            && real.in_lung(p)
-                        {
-                            sum += n.hu_at(p) - parenchyma;
-                        }
-                    }
-                    delta[r * cols + c] = (sum / sub as f64) as f32;
-                    if let Some(n) = nodules.iter().position(|n| n.contains(centre))
-                        && real.in_lung(centre)
-                    {
-                        labels[r * cols + c] = (n + 1) as u8;
-                    }
-                }
-            }
-            gaussian_blur(&mut delta, rows, cols, psf);
-            let original = &series.hu[k * rows * cols..(k + 1) * rows * cols];
-            let plane: Vec<f32> = original.iter().zip(&delta).map(|(o, d)| o + d).collect();
-            (plane, labels)
-        })
-        .collect();
-
+    let files = &background.files;
     // Write the derived series: same patient and study, new series and instance UIDs.
     let dicom_dir = out.join("dicom");
     std::fs::create_dir_all(&dicom_dir)?;
@@ -115,7 +267,12 @@ pub fn insert_nodules(
         })
         .collect();
     let mut study_uid = String::new();
-    for (k, (slice, (plane, _))) in series.slices.iter().zip(&changed).enumerate() {
+    for (k, (slice, plane)) in series
+        .slices
+        .iter()
+        .zip(series.hu.chunks(rows * cols))
+        .enumerate()
+    {
         if slice.frame.is_some() {
             bail!("lesion insertion supports single-frame series only");
         }
@@ -224,14 +381,13 @@ pub fn insert_nodules(
         seed,
         nodules: truth_of(&nodules, &real),
     };
-    let (planes, labels): (Vec<Vec<f32>>, Vec<Vec<u8>>) = changed.into_iter().unzip();
     let hu = Volume {
         geometry,
-        data: planes.into_iter().flatten().collect(),
+        data: series.hu.clone(),
     };
     let mask = Volume {
         geometry,
-        data: labels.into_iter().flatten().collect(),
+        data: labels,
     };
     write_ground_truth(out, &truth, &mask, &hu)?;
     Ok(truth)

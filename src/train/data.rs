@@ -1,7 +1,8 @@
 //! Training data: scans on a 1 mm grid with a nodule label volume and per-nodule reader ratings,
 //! from any [`Source`], and the paper's sampling (section IV.B): per scan and epoch, one 64^3
 //! patch holding a nodule at a random (not centred) position and one from a nodule-free region,
-//! each rotated by a multiple of 90 degrees in a random plane.
+//! each rotated by a multiple of 90 degrees in a random plane, and, where configured
+//! (`Augment`), flipped, rescaled in intensity, given extra noise and blurred or sharpened.
 
 use crate::synth::calibration::Calibration;
 use crate::synth::random::Rng;
@@ -112,12 +113,127 @@ pub fn nodule_boxes(scan: &Scan) -> BTreeMap<u32, LabelBox> {
     label_boxes(&scan.labels.data, scan.labels.geometry.size)
 }
 
+/// Augmentation of training patches beyond the quarter turns (`[augment]` of the training
+/// configuration). Every amount is a maximum, drawn uniformly per patch; zero turns it off, and
+/// a configuration with all of them off draws nothing from the random stream, so it trains
+/// exactly as before they existed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Augment {
+    /// Mirror each axis with probability 1/2.
+    pub flips: bool,
+    /// Relative change of the HU scale (0.05: x0.95-1.05), and shift of the HU level (HU).
+    pub intensity_scale: f64,
+    pub intensity_shift_hu: f64,
+    /// Extra white noise, standard deviation in HU.
+    pub noise_hu: f64,
+    /// Kernel sharpness: a Gaussian blur of up to this sigma (voxels) or an unsharp mask of up to
+    /// this amount, one or the other at random.
+    pub sharpness: f64,
+}
+
+impl Augment {
+    fn is_off(&self) -> bool {
+        !self.flips
+            && self.intensity_scale == 0.0
+            && self.intensity_shift_hu == 0.0
+            && self.noise_hu == 0.0
+            && self.sharpness == 0.0
+    }
+
+    /// Applies the augmentation to a patch (normalised input; labels follow flips).
+    pub fn apply(&self, patch: &mut Patch, norm: &Normalization, rng: &mut Rng) {
+        if self.is_off() {
+            return;
+        }
+        let p = patch.size;
+        if self.flips {
+            for axis in 0..3 {
+                if rng.below(2) == 1 {
+                    flip(patch, axis);
+                }
+            }
+        }
+        // HU' = HU (1 + a) + b, in normalised units x = (HU - mean) / std.
+        let std = f64::from(norm.std);
+        let a = rng.range(-1.0, 1.0) * self.intensity_scale;
+        let b = rng.range(-1.0, 1.0) * self.intensity_shift_hu;
+        let noise = rng.uniform() * self.noise_hu / std;
+        let sharp = rng.range(-1.0, 1.0) * self.sharpness;
+        let offset = f64::from(norm.mean) / std;
+        for x in &mut patch.input {
+            let v = f64::from(*x);
+            *x = ((v + offset) * (1.0 + a) - offset + b / std) as f32;
+        }
+        if noise > 0.0 {
+            for x in &mut patch.input {
+                *x += (rng.normal() * noise) as f32;
+            }
+        }
+        if sharp.abs() > 0.05 {
+            let mut blurred = patch.input.clone();
+            blur3(&mut blurred, p, sharp.abs().max(0.5));
+            if sharp > 0.0 {
+                patch.input = blurred;
+            } else {
+                for (x, b) in patch.input.iter_mut().zip(blurred) {
+                    *x += (-sharp) as f32 * (*x - b);
+                }
+            }
+        }
+    }
+}
+
+/// Mirrors a patch along axis 0 (x), 1 (y) or 2 (z).
+fn flip(patch: &mut Patch, axis: usize) {
+    let p = patch.size;
+    let at = |x: usize, y: usize, z: usize| (z * p + y) * p + x;
+    for z in 0..p {
+        for y in 0..p {
+            for x in 0..p {
+                let (a, b) = match axis {
+                    0 if x < p / 2 => (at(x, y, z), at(p - 1 - x, y, z)),
+                    1 if y < p / 2 => (at(x, y, z), at(x, p - 1 - y, z)),
+                    2 if z < p / 2 => (at(x, y, z), at(x, y, p - 1 - z)),
+                    _ => continue,
+                };
+                patch.input.swap(a, b);
+                patch.labels.swap(a, b);
+            }
+        }
+    }
+}
+
+/// Separable Gaussian blur of a p^3 block, sigma in voxels, edges clamped.
+fn blur3(data: &mut [f32], p: usize, sigma: f64) {
+    let radius = (2.5 * sigma).ceil() as isize;
+    let kernel: Vec<f32> = (-radius..=radius)
+        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32)
+        .collect();
+    let total: f32 = kernel.iter().sum();
+    let kernel: Vec<f32> = kernel.iter().map(|k| k / total).collect();
+    for stride in [1, p, p * p] {
+        let source = data.to_vec();
+        for (v, out) in data.iter_mut().enumerate() {
+            let position = (v / stride) % p;
+            let base = v - position * stride;
+            let mut s = 0.0;
+            for (t, k) in kernel.iter().enumerate() {
+                let q = (position as isize + t as isize - radius).clamp(0, p as isize - 1);
+                s += k * source[base + q as usize * stride];
+            }
+            *out = s;
+        }
+    }
+}
+
 /// The two patches of one scan for one epoch: one with a nodule at a random position (None when
 /// the scan shows no nodule), one without any nodule voxel (None when 20 tries find none).
 pub fn sample_patches(
     scan: &Scan,
     p: usize,
     norm: &Normalization,
+    augment: &Augment,
     rng: &mut Rng,
 ) -> (Option<Patch>, Option<Patch>) {
     let boxes = nodule_boxes(scan);
@@ -136,14 +252,18 @@ pub fn sample_patches(
                 lo[a] as i64 - 4 - rng.below(room as usize + 1) as i64
             }
         });
-        rotate(&cut(scan, start, p, norm), rng)
+        let mut patch = rotate(&cut(scan, start, p, norm), rng);
+        augment.apply(&mut patch, norm, rng);
+        patch
     });
     let mut negative = None;
     for _ in 0..20 {
         let start = [0, 1, 2].map(|a| rng.below(size[a].saturating_sub(p) + 1) as i64);
         let patch = cut(scan, start, p, norm);
         if patch.labels.iter().all(|&l| l == 0) {
-            negative = Some(rotate(&patch, rng));
+            let mut patch = rotate(&patch, rng);
+            augment.apply(&mut patch, norm, rng);
+            negative = Some(patch);
             break;
         }
     }
@@ -227,7 +347,13 @@ mod tests {
         let mut rng = Rng::new(5);
         let mut offsets = std::collections::HashSet::new();
         for _ in 0..30 {
-            let (pos, neg) = sample_patches(&scan, 32, &Normalization::default(), &mut rng);
+            let (pos, neg) = sample_patches(
+                &scan,
+                32,
+                &Normalization::default(),
+                &Augment::default(),
+                &mut rng,
+            );
             let pos = pos.unwrap();
             // Rotation keeps the voxel count.
             assert_eq!(pos.labels.iter().filter(|&&l| l == 1).count(), 6 * 5 * 4);

@@ -10,6 +10,7 @@ pub mod loss;
 pub mod luna16;
 pub mod prepared;
 pub mod pseudo;
+pub mod real;
 pub mod trainer;
 
 use anyhow::Context;
@@ -42,6 +43,9 @@ pub struct TrainArgs {
     pub name: String,
     #[arg(long, default_value = "0.1.0")]
     pub version: String,
+    /// Where to train: cpu (bit-for-bit reproducible), cuda or cuda:N (a CUDA build).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// Runs `jnsc train`.
@@ -60,7 +64,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     if args.segmentation_only {
         config.joint = false;
     }
-    let mut trainer = Trainer::open(&args.dir, config.clone(), false)?;
+    let device = crate::jnsc::device::select(&args.device)?;
+    let mut trainer = Trainer::open_on(&args.dir, config.clone(), false, device)?;
     if trainer.epochs_done() > 0 {
         eprintln!(
             "resuming {} after epoch {}",

@@ -6,7 +6,7 @@
 //! line with the losses and the ETA.
 
 use super::adam::Adam;
-use super::data::{Patch, Source, SyntheticSource, sample_patches};
+use super::data::{Augment, Patch, Source, SyntheticSource, sample_patches};
 use super::loss::{ClassTarget, classification_loss, conditional_malignancy, segmentation_loss};
 use super::prepared::{PreparedScans, ScanStorage, ScanSummary};
 use super::pseudo::{LabelMode, update_pseudo_label};
@@ -69,6 +69,23 @@ pub struct TrainConfig {
     /// Predicted candidates per patch that match no nodule and are trained as non-nodules
     /// (the largest first).
     pub max_false_candidates: usize,
+    /// After the segmentation epochs: joint (segmentation and classification losses through
+    /// the whole network, the paper's) or staged (the classification path alone, on the
+    /// segmentation network's features, which no longer change).
+    pub schedule: Schedule,
+    /// Augmentation of the patches beyond the quarter turns (`[augment]`; all off by default).
+    pub augment: Augment,
+}
+
+/// What trains after the segmentation epochs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Both losses through the whole network (the paper).
+    #[default]
+    Joint,
+    /// The classification path only; the encoder and decoder are frozen.
+    Staged,
 }
 
 /// The training data (`[data]` in the TOML, `kind` = synthetic, luna16 or lidc).
@@ -83,6 +100,16 @@ pub enum DataConfig {
     Luna16 { root: PathBuf, subsets: Vec<usize> },
     /// LIDC-IDRI: every reader XML under `root`, with its DICOM series beside it.
     Lidc { root: PathBuf },
+    /// Phantoms (`phantom_fraction` of `scans`, of `scan_size`) and real chest CT backgrounds
+    /// with inserted nodules (the rest, `backgrounds` in turn; see `train::real`). `validation`
+    /// lists backgrounds kept out of training, for the record and for evaluation scripts.
+    #[serde(rename = "real-backgrounds")]
+    RealBackgrounds {
+        backgrounds: Vec<PathBuf>,
+        #[serde(default)]
+        validation: Vec<PathBuf>,
+        phantom_fraction: f64,
+    },
 }
 
 impl DataConfig {
@@ -98,6 +125,23 @@ impl DataConfig {
                 Box::new(super::luna16::Luna16Source::open(root, subsets)?)
             }
             DataConfig::Lidc { root } => Box::new(super::lidc::LidcSource::open(root)?),
+            DataConfig::RealBackgrounds {
+                backgrounds,
+                validation,
+                phantom_fraction,
+            } => {
+                anyhow::ensure!(
+                    backgrounds.iter().all(|b| !validation.contains(b)),
+                    "a validation background is also listed for training"
+                );
+                Box::new(super::real::RealBackgroundSource::open(
+                    config.seed,
+                    config.scans,
+                    *phantom_fraction,
+                    config.scan_size,
+                    backgrounds,
+                )?)
+            }
         })
     }
 
@@ -107,6 +151,10 @@ impl DataConfig {
             DataConfig::Synthetic => "synthetic chest CT phantoms (crate::synth), not patient data",
             DataConfig::Luna16 { .. } => "LUNA16 (LIDC-IDRI subset, MetaImage), patient data",
             DataConfig::Lidc { .. } => "LIDC-IDRI (DICOM and reader XML), patient data",
+            DataConfig::RealBackgrounds { .. } => {
+                "synthetic phantoms and real chest CT (LIDC-IDRI, TCIA) with inserted synthetic \
+                 nodules and their known real nodules"
+            }
         }
     }
 }
@@ -126,7 +174,7 @@ impl TrainConfig {
     /// The seed, count and size matter to synthetic scans only.
     fn scan_origin(&self) -> serde_json::Value {
         match self.data {
-            DataConfig::Synthetic => serde_json::json!({
+            DataConfig::Synthetic | DataConfig::RealBackgrounds { .. } => serde_json::json!({
                 "data": self.data,
                 "seed": self.seed,
                 "scans": self.scans,
@@ -162,6 +210,8 @@ impl Default for TrainConfig {
             nodule_voxel_weight: 50.0,
             class_weights: [0.1, 0.55, 0.35],
             max_false_candidates: 4,
+            schedule: Schedule::Joint,
+            augment: Augment::default(),
         }
     }
 }
@@ -223,8 +273,19 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Starts a run in `dir` (created), or resumes the one whose checkpoint is there.
+    /// Starts a run in `dir` (created) on the CPU, or resumes the one whose checkpoint is there.
     pub fn open(dir: &Path, config: TrainConfig, quiet: bool) -> anyhow::Result<Self> {
+        Self::open_on(dir, config, quiet, Device::Cpu)
+    }
+
+    /// As `open`, training on `device` (checkpoints are device-independent: a run may resume
+    /// on another device, though not bit for bit).
+    pub fn open_on(
+        dir: &Path,
+        config: TrainConfig,
+        quiet: bool,
+        device: Device,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let state_path = dir.join(CHECKPOINT_STATE);
         let resumed: Option<RunState> = if state_path.exists() {
@@ -242,7 +303,6 @@ impl Trainer {
         } else {
             None
         };
-        let device = Device::Cpu;
         let net_config = match config.preset.as_str() {
             "cpu" => Config::cpu(),
             "paper" => Config::paper(),
@@ -343,9 +403,19 @@ impl Trainer {
     ) -> anyhow::Result<EpochMetrics> {
         let c = self.config.clone();
         let epoch = self.state.epochs_done;
-        let lr = c.learning_rate * c.lr_decay.powi((epoch / c.lr_step_epochs.max(1)) as i32);
+        // Staged: the classification path starts its own learning-rate schedule.
+        let schedule_epoch = match c.schedule {
+            Schedule::Staged if c.joint && epoch >= c.segmentation_epochs => {
+                epoch - c.segmentation_epochs
+            }
+            _ => epoch,
+        };
+        let lr =
+            c.learning_rate * c.lr_decay.powi((schedule_epoch / c.lr_step_epochs.max(1)) as i32);
         self.adam.learning_rate = lr;
         let joint = c.joint && epoch >= c.segmentation_epochs;
+        // Staged: the segmentation network is frozen once the classification path trains.
+        let classify_only = joint && c.schedule == Schedule::Staged;
         let started = Instant::now();
         let mut rng = Rng::new(self.state.rng_state);
         let mut order: Vec<usize> = (0..self.scans.len()).collect();
@@ -368,7 +438,8 @@ impl Trainer {
             let mut patches: Vec<(usize, Patch, bool)> = Vec::new();
             for &s in group {
                 let scan = self.scans.scan(s)?;
-                let (pos, neg) = sample_patches(&scan, c.patch, &self.normalization, &mut rng);
+                let (pos, neg) =
+                    sample_patches(&scan, c.patch, &self.normalization, &c.augment, &mut rng);
                 patches.extend(pos.map(|p| (s, p, true)));
                 patches.extend(neg.map(|p| (s, p, false)));
             }
@@ -405,7 +476,7 @@ impl Trainer {
                     }
                 }
             }
-            let mut loss = seg_loss.clone();
+            let mut loss = (!classify_only).then(|| seg_loss.clone());
             seg_sum += f64::from(seg_loss.to_scalar::<f32>()?);
             steps += 1;
             if joint {
@@ -413,7 +484,12 @@ impl Trainer {
                 if !items.is_empty() {
                     let boxes: Vec<Candidate> = items.iter().map(|(b, _)| *b).collect();
                     let targets: Vec<ClassTarget> = items.iter().map(|(_, t)| *t).collect();
-                    let logits = self.net.classify(&out.encoder, &boxes)?;
+                    let encoder: Vec<Tensor> = if classify_only {
+                        out.encoder.iter().map(Tensor::detach).collect()
+                    } else {
+                        out.encoder.clone()
+                    };
+                    let logits = self.net.classify(&encoder, &boxes)?;
                     let cls_loss = classification_loss(&logits, &targets, c.class_weights)?;
                     cls_sum += f64::from(cls_loss.to_scalar::<f32>()?);
                     cls_steps += 1;
@@ -427,11 +503,16 @@ impl Trainer {
                             label.last_p = Some(p);
                         }
                     }
-                    loss = (loss + cls_loss)?;
+                    loss = Some(match loss {
+                        Some(l) => (l + cls_loss)?,
+                        None => cls_loss,
+                    });
                 }
             }
-            let grads = loss.backward()?;
-            self.adam.step(&grads, c.clip_norm)?;
+            if let Some(loss) = loss {
+                let grads = loss.backward()?;
+                self.adam.step(&grads, c.clip_norm)?;
+            }
             if !quiet {
                 let done = (epoch - first) as f64 + (g + 1) as f64 / groups.len() as f64;
                 let elapsed = run_start.elapsed().as_secs_f64();
