@@ -110,6 +110,10 @@ struct AnalyzeArgs {
     /// AE title named as the device observer in the results.
     #[arg(long, default_value = "JNSC")]
     ae_title: String,
+    /// Classify every finding (default: only those whose location probability reaches
+    /// --min-p-nodule, the only ones that can be reported).
+    #[arg(long)]
+    classify_all: bool,
 }
 
 #[derive(Subcommand)]
@@ -485,7 +489,10 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<()> {
     tiling.batch = args.batch;
     tiling.validate().map_err(anyhow::Error::msg)?;
     let device = jnsc::jnsc::device::select(&args.device)?;
-    let analyzer = Analyzer::new(&args.model, device, tiling)?;
+    let mut analyzer = Analyzer::new(&args.model, device, tiling)?;
+    if !args.classify_all {
+        analyzer.classify_min_p_location = args.min_p_nodule;
+    }
     let files = jnsc::volume::series::files_in(&args.dir)?;
     let analysis = analyzer.analyze(&files)?;
     let json = serde_json::to_string_pretty(&analysis.report)?;

@@ -168,12 +168,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
     let device = crate::jnsc::device::select(&config.model.device)?;
     let tiling = Tiling::named(&config.model.tiling).map_err(anyhow::Error::msg)?;
-    let analyzer = Analyzer::new(&config.model.path, device, tiling).with_context(|| {
+    let mut analyzer = Analyzer::new(&config.model.path, device, tiling).with_context(|| {
         format!(
             "cannot load the model {} (key model.path)",
             config.model.path.display()
         )
     })?;
+    // Only findings that can be reported are classified.
+    analyzer.classify_min_p_location = config.results.min_p_nodule;
     info!(
         model = %analyzer.model_info().name,
         version = %analyzer.model_info().version,

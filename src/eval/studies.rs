@@ -139,10 +139,10 @@ fn evaluate(reports: &[Report], truths: &[TruthFile], out: &Path) -> anyhow::Res
                 .iter()
                 .filter(|f| froc::hits(&finding, &f.center_mm))
                 .max_by(|a, b| a.p_nodule.total_cmp(&b.p_nodule));
-            if let Some(f) = best {
+            if let Some((f, p_malignant)) = best.and_then(|f| Some((f, f.p_malignant?))) {
                 rated.push(Rated {
                     median_rating: n.malignancy_median,
-                    p_malignant: f.p_malignant,
+                    p_malignant,
                     called_malignant: f.malignant,
                 });
             }

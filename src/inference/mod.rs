@@ -1,7 +1,10 @@
 //! Whole-scan inference: a CT series folder -> 1 mm volume and lung mask -> sliding-window
 //! nodule probability map over the lungs' bounding box (`tiles`) -> findings (`findings`) ->
-//! malignancy from the classification path on a 64^3 window centred on each finding. The
-//! `jnsc analyze` command and the node's worker both call [`Analyzer::analyze`].
+//! class probabilities from the classification path on a 64^3 window centred on each finding
+//! (windows batched), for the findings whose location probability is at least
+//! `classify_min_p_location` -> p(nodule) = location probability x (1 - p(non-nodule)), most
+//! probable first. The `jnsc analyze` command and the node's worker both call
+//! [`Analyzer::analyze`].
 
 pub mod findings;
 pub mod tiles;
@@ -21,6 +24,8 @@ use tiles::Tiling;
 
 /// Side of the window the classification path sees around each finding.
 pub const CLASSIFICATION_WINDOW: usize = 64;
+/// Classification windows per network call.
+const CLASSIFICATION_BATCH: usize = 4;
 
 /// Why a series could not be analysed.
 #[derive(Debug, thiserror::Error)]
@@ -54,13 +59,19 @@ pub struct Finding {
     /// Largest extent, mm.
     pub max_diameter_mm: f64,
     pub volume_mm3: f64,
-    /// Highest voxel probability of the segmentation inside the finding.
+    /// Probability that the finding is a nodule: `p_location` x (1 - `p_non_nodule`), the
+    /// location map and the classification path's false-positive reduction together. A finding
+    /// that was not classified (location probability under the analyzer's
+    /// `classify_min_p_location`) has its location probability here, an upper bound.
     pub p_nodule: f64,
-    /// Classification path: probability of the malignant class.
-    pub p_malignant: f64,
-    pub p_benign: f64,
-    pub p_non_nodule: f64,
-    /// The call: malignant when p(malignant) > p(benign).
+    /// Highest voxel probability of the segmentation (the nodule location map) inside it.
+    pub p_location: f64,
+    /// Classification path (None where the finding was not classified): probability of the
+    /// malignant, benign and non-nodule classes.
+    pub p_malignant: Option<f64>,
+    pub p_benign: Option<f64>,
+    pub p_non_nodule: Option<f64>,
+    /// The call: malignant when p(malignant) > p(benign) (false when not classified).
     pub malignant: bool,
     /// "left" or "right" lung (patient's side), from the centre's position against the lungs'
     /// midline.
@@ -119,6 +130,10 @@ pub struct Analyzer {
     device: Device,
     pub tiling: Tiling,
     pub post: PostProcessing,
+    /// Findings whose location probability is below this are not classified (0: all are).
+    /// Since p(nodule) never exceeds the location probability, a threshold at or below the
+    /// reporting threshold reports exactly what classifying every finding would.
+    pub classify_min_p_location: f64,
 }
 
 impl Analyzer {
@@ -135,6 +150,7 @@ impl Analyzer {
             device,
             tiling,
             post,
+            classify_min_p_location: 0.0,
         })
     }
 
@@ -161,34 +177,50 @@ impl Analyzer {
         let detections = detect(&map, &self.post);
         let detection = t.elapsed();
         let t = Instant::now();
-        let classes = self.classify(&volume.hu, &map, &detections)?;
+        let classified = detections
+            .iter()
+            .take_while(|d| f64::from(d.p_nodule) >= self.classify_min_p_location)
+            .count();
+        let mut classes: Vec<Option<[f32; 3]>> = self
+            .classify(&volume.hu, &map, &detections[..classified])?
+            .into_iter()
+            .map(Some)
+            .collect();
+        classes.resize(detections.len(), None);
         let classification = t.elapsed();
         let midline_x = {
             let g = volume.hu.geometry;
             let centre = [0, 1, 2].map(|a| (region.min[a] + region.max[a]) as f64 / 2.0);
             g.index_to_patient(centre)[0]
         };
-        let findings = detections
-            .iter()
+        let mut findings: Vec<(Finding, Detection)> = detections
+            .into_iter()
             .zip(&classes)
-            .map(|(d, p)| Finding {
-                center_mm: d.center_mm,
-                diameter_mm: d.equivalent_diameter_mm,
-                max_diameter_mm: d.max_diameter_mm,
-                volume_mm3: d.volume_mm3,
-                p_nodule: f64::from(d.p_nodule),
-                p_non_nodule: f64::from(p[0]),
-                p_benign: f64::from(p[1]),
-                p_malignant: f64::from(p[2]),
-                malignant: p[2] > p[1],
+            .map(|(d, p)| {
+                let p_location = f64::from(d.p_nodule);
+                let finding = Finding {
+                    center_mm: d.center_mm,
+                    diameter_mm: d.equivalent_diameter_mm,
+                    max_diameter_mm: d.max_diameter_mm,
+                    volume_mm3: d.volume_mm3,
+                    p_nodule: p.map_or(p_location, |p| p_location * f64::from(1.0 - p[0])),
+                    p_location,
+                    p_non_nodule: p.map(|p| f64::from(p[0])),
+                    p_benign: p.map(|p| f64::from(p[1])),
+                    p_malignant: p.map(|p| f64::from(p[2])),
+                    malignant: p.is_some_and(|p| p[2] > p[1]),
                 // LPS: +x is the patient's left.
-                lung_side: if d.center_mm[0] > midline_x {
-                    "left"
-                } else {
-                    "right"
-                },
+                    lung_side: if d.center_mm[0] > midline_x {
+                        "left"
+                    } else {
+                        "right"
+                    },
+                };
+                (finding, d)
             })
             .collect();
+        findings.sort_by(|a, b| b.0.p_nodule.total_cmp(&a.0.p_nodule));
+        let (findings, detections): (Vec<Finding>, Vec<Detection>) = findings.into_iter().unzip();
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
         let report = Report {
             series_uid: volume.series.series_uid.clone(),
@@ -233,19 +265,59 @@ impl Analyzer {
             .geometry
             .patient_to_index(map.geometry.origin)
             .map(|v| v.round() as i64);
-        detections
+        let boxes: Vec<ObjectBox> = detections
             .iter()
-            .map(|d| {
-                let lo = [0, 1, 2].map(|a| d.bounding_box.min[a] as i64 + offset[a]);
-                let hi = [0, 1, 2].map(|a| d.bounding_box.max[a] as i64 + offset[a]);
-                self.classify_box(hu, lo, hi, d.voxels.len())
+            .map(|d| ObjectBox {
+                lo: [0, 1, 2].map(|a| d.bounding_box.min[a] as i64 + offset[a]),
+                hi: [0, 1, 2].map(|a| d.bounding_box.max[a] as i64 + offset[a]),
+                voxels: d.voxels.len(),
             })
-            .collect()
+            .collect();
+        self.classify_boxes(hu, &boxes)
+    }
+
+    /// p(non-nodule), p(benign), p(malignant) of each object, `CLASSIFICATION_BATCH` windows
+    /// per network call (see `classify_box`).
+    pub fn classify_boxes(
+        &self,
+        hu: &Volume<f32>,
+        boxes: &[ObjectBox],
+    ) -> candle_core::Result<Vec<[f32; 3]>> {
+        let w = CLASSIFICATION_WINDOW;
+        let mut out = Vec::with_capacity(boxes.len());
+        for chunk in boxes.chunks(CLASSIFICATION_BATCH) {
+            let mut input = Vec::with_capacity(chunk.len() * w * w * w);
+            let mut candidates = Vec::with_capacity(chunk.len());
+            for (batch, b) in chunk.iter().enumerate() {
+                let start = [0, 1, 2].map(|a| {
+                    let centre = (b.lo[a] + b.hi[a]) / 2;
+                    let s = centre - (w / 2) as i64;
+                    let limit = hu.geometry.size[a] as i64 - w as i64;
+                    if limit < 0 { s } else { s.clamp(0, limit) }
+                });
+                input.extend(tiles::window(hu, start, w, &self.info.normalization));
+                let in_window = |v: i64| (v.clamp(0, w as i64 - 1)) as usize;
+                // Candidate boxes are [D, H, W] = (k, j, i) on the window.
+                candidates.push(Candidate {
+                    batch,
+                    min: [2, 1, 0].map(|a| in_window(b.lo[a] - start[a])),
+                    max: [2, 1, 0].map(|a| in_window(b.hi[a] - start[a])),
+                    voxels: b.voxels,
+                });
+            }
+            let x = Tensor::from_vec(input, (chunk.len(), 1, w, w, w), &self.device)?;
+            let seg = self.net.segment(&x, None)?;
+            let logits = self.net.classify(&seg.encoder, &candidates)?;
+            let p = candle_nn::ops::softmax(&logits, 1)?.to_vec2::<f32>()?;
+            out.extend(p.into_iter().map(|p| [p[0], p[1], p[2]]));
+        }
+        Ok(out)
     }
 
     /// p(non-nodule), p(benign), p(malignant) of the object in the box `lo..=hi` (voxel indices
     /// i, j, k of `hu`, a 1 mm volume) holding `voxels` voxels: the network segments the
-    /// classification window centred on the box and classifies the box from its encoder.
+    /// classification window centred on the box (clamped to the volume where it fits) and
+    /// classifies the box from its encoder.
     pub fn classify_box(
         &self,
         hu: &Volume<f32>,
@@ -253,33 +325,17 @@ impl Analyzer {
         hi: [i64; 3],
         voxels: usize,
     ) -> candle_core::Result<[f32; 3]> {
-        let w = CLASSIFICATION_WINDOW;
-        let start = [0, 1, 2].map(|a| {
-            let centre = (lo[a] + hi[a]) / 2;
-            let s = centre - (w / 2) as i64;
-            let limit = hu.geometry.size[a] as i64 - w as i64;
-            if limit < 0 { s } else { s.clamp(0, limit) }
-        });
-        let x = Tensor::from_vec(
-            tiles::window(hu, start, w, &self.info.normalization),
-            (1, 1, w, w, w),
-            &self.device,
-        )?;
-        let seg = self.net.segment(&x, None)?;
-        let in_window = |v: i64| (v.clamp(0, w as i64 - 1)) as usize;
-        // Candidate boxes are [D, H, W] = (k, j, i) on the window.
-        let candidate = Candidate {
-            batch: 0,
-            min: [2, 1, 0].map(|a| in_window(lo[a] - start[a])),
-            max: [2, 1, 0].map(|a| in_window(hi[a] - start[a])),
-            voxels,
-        };
-        let logits = self.net.classify(&seg.encoder, &[candidate])?;
-        let p = candle_nn::ops::softmax(&logits, 1)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        Ok([p[0], p[1], p[2]])
+        Ok(self.classify_boxes(hu, &[ObjectBox { lo, hi, voxels }])?[0])
     }
+}
+
+/// An object to classify: its box `lo..=hi` (voxel indices i, j, k of a 1 mm volume) and its
+/// voxel count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectBox {
+    pub lo: [i64; 3],
+    pub hi: [i64; 3],
+    pub voxels: usize,
 }
 
 /// The process's peak resident set size (VmHWM), MiB.

@@ -97,6 +97,9 @@ pub struct SegmentedFinding {
     /// Segment number and report order, from 1.
     pub number: usize,
     pub finding: Finding,
+    /// The classification path's probability of malignancy (only classified findings are
+    /// reported).
+    pub p_malignant: f64,
     pub tracking_uid: String,
     /// The source slices it touches, with its pixels there.
     pub slices: Vec<SliceMask>,
@@ -229,7 +232,7 @@ pub fn build(
                 max_diameter_mm: f.finding.max_diameter_mm,
                 volume_mm3: f.finding.volume_mm3,
                 p_nodule: f.finding.p_nodule,
-                p_malignant: f.finding.p_malignant,
+                p_malignant: f.p_malignant,
                 malignant: f.finding.malignant,
                 lung_side: f.finding.lung_side.to_owned(),
                 source_pixels: f.source_pixels(),
@@ -241,7 +244,9 @@ pub fn build(
 }
 
 /// The findings the policy reports, numbered, each with its mask carried onto the source slices.
-/// A finding whose mask covers no source pixel centre (thinner than the slices) is left out.
+/// A finding whose mask covers no source pixel centre (thinner than the slices) is left out, and
+/// so is one the analyzer did not classify (its location probability was under the analyzer's
+/// `classify_min_p_location`, which the node keeps at or below the reporting threshold).
 fn reported_findings(
     analysis: &Analysis,
     policy: &ReportPolicy,
@@ -264,9 +269,13 @@ fn reported_findings(
         if slices.is_empty() {
             continue;
         }
+        let Some(p_malignant) = analysis.report.findings[i].p_malignant else {
+            continue;
+        };
         let number = reported.len() + 1;
         reported.push(SegmentedFinding {
             number,
+            p_malignant,
             finding: analysis.report.findings[i].clone(),
             tracking_uid: uids.tracking(number),
             slices,

@@ -32,6 +32,9 @@ pub struct TrainConfig {
     /// Network preset: cpu or paper.
     pub preset: String,
     pub seed: u64,
+    /// Start from this model file's weights (fine-tuning; its preset must match) instead of the
+    /// seeded initialisation. Relative to the working directory.
+    pub init_from: Option<PathBuf>,
     /// Where the scans come from (`[data]`; synthetic by default).
     pub data: DataConfig,
     /// Synthetic training scans (rendered once at the start) and their size in 1 mm voxels.
@@ -190,6 +193,7 @@ impl Default for TrainConfig {
         Self {
             preset: "cpu".into(),
             seed: 1,
+            init_from: None,
             data: DataConfig::Synthetic,
             scans: 32,
             scan_size: [192, 192, 160],
@@ -317,6 +321,9 @@ impl Trainer {
         if resumed.is_some() {
             vars.load(dir.join(CHECKPOINT_WEIGHTS))?;
             adam.load(&dir.join(CHECKPOINT_OPTIMIZER))?;
+        } else if let Some(init) = &config.init_from {
+            vars.load(init)
+                .with_context(|| format!("cannot start from {}", init.display()))?;
         } else {
             crate::jnsc::network::seeded_init(&vars, config.seed)?;
         }
