@@ -3,14 +3,14 @@
 //! background's noise, and a background's known nodules are labelled as nodules.
 
 use jnsc::synth::calibration::Calibration;
-use jnsc::synth::insert::{Background, add_lesions, estimate_psf_sigma_mm};
+use jnsc::synth::insert::{Background, add_lesions, background_folder, estimate_psf_sigma_mm};
 use jnsc::synth::lesion::Lesion;
 use jnsc::synth::nodules::{Lungs, NoduleType, draw_nodules};
 use jnsc::synth::random::Rng;
 use jnsc::synth::render::Physics;
 use jnsc::synth::series::SeriesSpec;
 use jnsc::synth::study::{StudyOptions, write_study};
-use jnsc::train::real::{background_folder, insert_training_scan};
+use jnsc::train::real::insert_training_scan;
 use jnsc::volume::series::{files_in, load_series};
 use std::path::{Path, PathBuf};
 

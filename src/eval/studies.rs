@@ -28,6 +28,10 @@ pub struct StudiesArgs {
     /// fast or paper (see `jnsc analyze`).
     #[arg(long, default_value = "fast")]
     pub tiling: String,
+    /// The reporting threshold on p(nodule) at which the operating point is measured (which
+    /// nodules a reported finding hits, false positives reported per scan).
+    #[arg(long, default_value_t = crate::results::ReportPolicy::default().min_p_nodule)]
+    pub min_p_nodule: f64,
 }
 
 /// The parts of truth.json the evaluation reads.
@@ -35,9 +39,24 @@ pub struct StudiesArgs {
 struct TruthFile {
     series_uid: String,
     nodules: Vec<TruthNodule>,
+    /// The background's own nodules in an insertion study: part of the reference too.
+    #[serde(default)]
+    known_nodules: Vec<crate::synth::study::KnownNodule>,
 }
 
-#[derive(Debug, Deserialize)]
+impl TruthFile {
+    /// Every nodule of the reference standard.
+    fn reference(&self) -> Vec<TruthNodule> {
+        let known = self.known_nodules.iter().map(|k| TruthNodule {
+            center_mm: k.center_mm,
+            diameter_mm: k.diameter_mm,
+            malignancy_median: crate::malignancy::score(&k.ratings),
+        });
+        self.nodules.iter().cloned().chain(known).collect()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
 struct TruthNodule {
     center_mm: [f64; 3],
     diameter_mm: f64,
@@ -53,7 +72,35 @@ pub struct Summary {
     pub cpm: f64,
     pub sensitivity_at_fps: Vec<(f64, f64)>,
     pub classification: Metrics,
+    pub operating_point: OperatingPoint,
     pub mean_analyze_seconds: f64,
+}
+
+/// What the node would report at a threshold on p(nodule).
+#[derive(Debug, Serialize)]
+pub struct OperatingPoint {
+    pub min_p_nodule: f64,
+    /// Reported findings that hit no reference nodule, per scan (mean).
+    pub false_positives_per_scan: f64,
+    pub reported_per_scan: f64,
+    /// Reference nodules of 8 mm or more, and how many a reported finding hits.
+    pub nodules_8mm: usize,
+    pub nodules_8mm_reported: usize,
+    /// Every reference nodule: whether a reported finding hits it, and the best p(nodule) of
+    /// any finding that hits it.
+    pub nodules: Vec<NoduleOutcome>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NoduleOutcome {
+    pub series_uid: String,
+    pub center_mm: [f64; 3],
+    pub diameter_mm: f64,
+    pub malignancy_median: f64,
+    pub reported: bool,
+    pub best_p_nodule: Option<f64>,
+    /// Rank of that finding among the scan's findings (1: the most probable).
+    pub rank: Option<usize>,
 }
 
 /// The study folders under `dir` (those with a truth.json), sorted.
@@ -98,13 +145,13 @@ pub fn run(args: &StudiesArgs) -> anyhow::Result<()> {
             dirs.len(),
             dir.display(),
             report.findings.len(),
-            truth.nodules.len(),
+            truth.reference().len(),
             report.timings_ms.total / 1000.0
         );
         reports.push(report);
         truths.push(truth);
     }
-    let summary = evaluate(&reports, &truths, &args.out)?;
+    let summary = evaluate(&reports, &truths, args.min_p_nodule, &args.out)?;
     let json = serde_json::to_string_pretty(&summary)?;
     std::fs::write(args.out.join("metrics.json"), &json)?;
     println!("{json}");
@@ -112,11 +159,19 @@ pub fn run(args: &StudiesArgs) -> anyhow::Result<()> {
 }
 
 /// Writes the LUNA16 CSVs and the script's outputs into `out`, and returns the summary.
-fn evaluate(reports: &[Report], truths: &[TruthFile], out: &Path) -> anyhow::Result<Summary> {
+fn evaluate(
+    reports: &[Report],
+    truths: &[TruthFile],
+    min_p_nodule: f64,
+    out: &Path,
+) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(out)?;
     let mut reference = Reference::default();
     let mut marks = Vec::new();
     let mut rated = Vec::new();
+    let mut outcomes = Vec::new();
+    let mut false_positives = 0usize;
+    let mut reported_count = 0usize;
     for (report, truth) in reports.iter().zip(truths) {
         reference.series.push(truth.series_uid.clone());
         for f in &report.findings {
@@ -126,7 +181,18 @@ fn evaluate(reports: &[Report], truths: &[TruthFile], out: &Path) -> anyhow::Res
                 probability: f.p_nodule,
             });
         }
-        for n in &truth.nodules {
+        let nodules = truth.reference();
+        for f in report.findings.iter().filter(|f| f.p_nodule >= min_p_nodule) {
+            reported_count += 1;
+            let hit = nodules.iter().any(|n| {
+                let d: f64 = (0..3)
+                    .map(|a| (n.center_mm[a] - f.center_mm[a]).powi(2))
+                    .sum::<f64>();
+                d.sqrt() < n.diameter_mm / 2.0
+            });
+            false_positives += usize::from(!hit);
+        }
+        for n in &nodules {
             let finding = Finding {
                 series: truth.series_uid.clone(),
                 center: n.center_mm,
@@ -139,6 +205,21 @@ fn evaluate(reports: &[Report], truths: &[TruthFile], out: &Path) -> anyhow::Res
                 .iter()
                 .filter(|f| froc::hits(&finding, &f.center_mm))
                 .max_by(|a, b| a.p_nodule.total_cmp(&b.p_nodule));
+            outcomes.push(NoduleOutcome {
+                series_uid: truth.series_uid.clone(),
+                center_mm: n.center_mm,
+                diameter_mm: n.diameter_mm,
+                malignancy_median: n.malignancy_median,
+                reported: best.is_some_and(|f| f.p_nodule >= min_p_nodule),
+                best_p_nodule: best.map(|f| f.p_nodule),
+                rank: best.and_then(|b| {
+                    report
+                        .findings
+                        .iter()
+                        .position(|f| std::ptr::eq(f, b))
+                        .map(|r| r + 1)
+                }),
+            });
             if let Some((f, p_malignant)) = best.and_then(|f| Some((f, f.p_malignant?))) {
                 rated.push(Rated {
                     median_rating: n.malignancy_median,
@@ -159,6 +240,17 @@ fn evaluate(reports: &[Report], truths: &[TruthFile], out: &Path) -> anyhow::Res
         cpm,
         sensitivity_at_fps: froc::CPM_RATES.iter().copied().zip(at).collect(),
         classification: metrics(&rated),
+        operating_point: OperatingPoint {
+            min_p_nodule,
+            false_positives_per_scan: false_positives as f64 / reports.len().max(1) as f64,
+            reported_per_scan: reported_count as f64 / reports.len().max(1) as f64,
+            nodules_8mm: outcomes.iter().filter(|o| o.diameter_mm >= 8.0).count(),
+            nodules_8mm_reported: outcomes
+                .iter()
+                .filter(|o| o.diameter_mm >= 8.0 && o.reported)
+                .count(),
+            nodules: outcomes,
+        },
         mean_analyze_seconds: reports.iter().map(|r| r.timings_ms.total).sum::<f64>()
             / 1000.0
             / reports.len().max(1) as f64,

@@ -9,10 +9,10 @@
 
 use crate::synth::calibration::Calibration;
 use crate::synth::lesion::Lesion;
-use crate::synth::nodules::{Lungs, SegmentedLungs, draw_nodules};
+use crate::synth::nodules::{Lungs, Nodule, SegmentedLungs, draw_nodules};
 use crate::synth::random::Rng;
 use crate::synth::render::{Physics, gaussian_blur};
-use crate::synth::study::{Truth, truth_of, write_ground_truth};
+use crate::synth::study::{KnownNodule, Truth, truth_of, write_ground_truth};
 use crate::volume::geometry::Vec3;
 use crate::volume::lung::{BoundingBox, lung_mask};
 use crate::volume::resample::{Interpolation, resample_isotropic};
@@ -157,6 +157,53 @@ fn edge_rise_pixels(profile: &[f32]) -> Option<f64> {
     (high > low).then_some(high - low)
 }
 
+#[derive(serde::Deserialize)]
+struct KnownTruth {
+    nodules: Vec<KnownNodule>,
+}
+
+/// The DICOM folder and the known nodules of a background folder: a study folder (`dicom/` and
+/// `truth.json`, as `jnsc synth` and `../shared/data/real-ct` lay them out) or a DICOM folder.
+pub fn background_folder(dir: &Path) -> anyhow::Result<(PathBuf, Vec<KnownNodule>)> {
+    let truth = dir.join("truth.json");
+    if truth.exists() {
+        let text = std::fs::read(&truth).with_context(|| format!("{}", truth.display()))?;
+        let known: KnownTruth =
+            serde_json::from_slice(&text).with_context(|| format!("{}", truth.display()))?;
+        Ok((dir.join("dicom"), known.nodules))
+    } else {
+        Ok((dir.to_owned(), Vec::new()))
+    }
+}
+
+/// Inserted nodules keep this far (mm) from the surface of a known nodule.
+const KNOWN_CLEARANCE_MM: f64 = 10.0;
+
+/// Draws up to `count` nodules in `lungs`, each at least `KNOWN_CLEARANCE_MM` from the surface
+/// of every known nodule.
+pub fn draw_clear_of(
+    lungs: &impl Lungs,
+    known: &[KnownNodule],
+    calibration: &Calibration,
+    count: usize,
+    rng: &mut Rng,
+) -> Vec<Nodule> {
+    let clear = |n: &Nodule| {
+        known.iter().all(|k| {
+            let d = (0..3)
+                .map(|a| (k.center_mm[a] - n.centre[a]).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            d > k.diameter_mm / 2.0 + n.nominal_diameter_mm / 2.0 + KNOWN_CLEARANCE_MM
+        })
+    };
+    draw_nodules(lungs, calibration, count + 3, rng)
+        .into_iter()
+        .filter(clear)
+        .take(count)
+        .collect()
+}
+
 /// Adds `lesions` to the series' HU in place and returns the label of every acquired voxel
 /// (lesion n = n + 1, 0 elsewhere; a voxel is labelled where its centre is inside the lesion
 /// and in the lungs). Each lesion is rendered as its difference to `parenchyma_hu`, averaged
@@ -227,19 +274,22 @@ pub fn add_lesions(
     all_labels
 }
 
-/// Inserts `count` nodules into the series in `series_dir`; writes `out/dicom/*.dcm` and the
+/// Inserts `count` nodules into the series in `background_dir` (a DICOM folder, or a study
+/// folder whose `truth.json` names known nodules: the new ones keep clear of them, and they are
+/// carried into the new `truth.json` as `known_nodules`); writes `out/dicom/*.dcm` and the
 /// ground truth files beside them.
 pub fn insert_nodules(
-    series_dir: &Path,
+    background_dir: &Path,
     out: &Path,
     count: usize,
     seed: u64,
     calibration: &Calibration,
 ) -> anyhow::Result<Truth> {
-    let background = Background::load(series_dir)?;
+    let (series_dir, known) = background_folder(background_dir)?;
+    let background = Background::load(&series_dir)?;
     let real = background.segmented_lungs();
     let mut rng = Rng::new(seed);
-    let nodules = draw_nodules(&real, calibration, count, &mut rng);
+    let nodules = draw_clear_of(&real, &known, calibration, count, &mut rng);
     if nodules.len() < count {
         bail!("found room for only {} of {count} nodules", nodules.len());
     }
@@ -380,6 +430,7 @@ pub fn insert_nodules(
         study_uid,
         seed,
         nodules: truth_of(&nodules, &real),
+        known_nodules: known,
     };
     let hu = Volume {
         geometry,

@@ -55,7 +55,21 @@ pub struct Truth {
     pub study_uid: String,
     pub seed: u64,
     pub nodules: Vec<TruthNodule>,
+    /// Nodules the background of an insertion already held (`jnsc synth --into` a study folder
+    /// with a truth.json): part of the reference standard, not of the mask.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub known_nodules: Vec<KnownNodule>,
 }
+
+/// A nodule a real background is known to hold.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KnownNodule {
+    pub center_mm: Vec3,
+    pub diameter_mm: f64,
+    #[serde(default)]
+    pub ratings: Vec<u8>,
+}
+
 
 /// Anatomy and nodules of a study, before rendering.
 pub struct Phantom {
@@ -127,6 +141,7 @@ pub fn write_study(
     };
     let written = write_ct_series(&series_spec, &out.join("dicom"))?;
     let truth = Truth {
+        known_nodules: Vec::new(),
         series_uid: written.series_uid.clone(),
         study_uid: written.study_uid.clone(),
         seed: spec.seed,
@@ -146,10 +161,11 @@ pub fn write_ground_truth(
     std::fs::write(out.join("truth.json"), serde_json::to_vec_pretty(truth)?)?;
     metaimage::write(&out.join("truth_mask.mhd"), mask)?;
     let mut csv = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm\n");
-    for n in &truth.nodules {
+    let known = truth.known_nodules.iter().map(|k| (k.center_mm, k.diameter_mm));
+    for (c, d) in truth.nodules.iter().map(|n| (n.center_mm, n.diameter_mm)).chain(known) {
         csv.push_str(&format!(
             "{},{:.3},{:.3},{:.3},{:.3}\n",
-            truth.series_uid, n.center_mm[0], n.center_mm[1], n.center_mm[2], n.diameter_mm
+            truth.series_uid, c[0], c[1], c[2], d
         ));
     }
     std::fs::write(out.join("annotations.csv"), csv)?;

@@ -13,48 +13,19 @@
 
 use super::data::{NoduleLabel, Scan, Source, SyntheticSource};
 use crate::synth::calibration::Calibration;
-use crate::synth::insert::{Background, add_lesions};
+use crate::synth::insert::{Background, add_lesions, background_folder, draw_clear_of};
+use crate::synth::study::KnownNodule;
 use crate::synth::lesion::Lesion;
-use crate::synth::nodules::{Lungs, draw_nodules};
+use crate::synth::nodules::Lungs;
 use crate::synth::random::Rng;
 use crate::volume::Volume;
 use crate::volume::geometry::{Geometry, Vec3};
 use crate::volume::resample::{Interpolation, resample_isotropic};
-use anyhow::Context;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// Voxels kept around the lungs' bounding box when a real scan is cropped for training.
 const CROP_MARGIN: usize = 12;
-/// Inserted nodules keep this far (mm) from the surface of a known nodule.
-const KNOWN_CLEARANCE_MM: f64 = 10.0;
-
-/// A nodule a real background is known to hold.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-pub struct KnownNodule {
-    pub center_mm: Vec3,
-    pub diameter_mm: f64,
-    #[serde(default)]
-    pub ratings: Vec<u8>,
-}
-
-#[derive(serde::Deserialize)]
-struct KnownTruth {
-    nodules: Vec<KnownNodule>,
-}
-
-/// The DICOM folder and the known nodules of a background folder.
-pub fn background_folder(dir: &Path) -> anyhow::Result<(PathBuf, Vec<KnownNodule>)> {
-    let truth = dir.join("truth.json");
-    if truth.exists() {
-        let text = std::fs::read(&truth).with_context(|| format!("{}", truth.display()))?;
-        let known: KnownTruth =
-            serde_json::from_slice(&text).with_context(|| format!("{}", truth.display()))?;
-        Ok((dir.join("dicom"), known.nodules))
-    } else {
-        Ok((dir.to_owned(), Vec::new()))
-    }
-}
 
 struct Entry {
     dir: PathBuf,
@@ -165,17 +136,7 @@ pub fn insert_training_scan(
     let lungs = background.segmented_lungs();
     let mut rng = Rng::new(seed);
     let count = 1 + rng.below(3);
-    let clear_of_known = |centre: Vec3, diameter: f64| {
-        known.iter().all(|k| {
-            distance(k.center_mm, centre)
-                > k.diameter_mm / 2.0 + diameter / 2.0 + KNOWN_CLEARANCE_MM
-        })
-    };
-    let nodules: Vec<_> = draw_nodules(&lungs, calibration, count + 3, &mut rng)
-        .into_iter()
-        .filter(|n| clear_of_known(n.centre, n.nominal_diameter_mm))
-        .take(count)
-        .collect();
+    let nodules = draw_clear_of(&lungs, known, calibration, count, &mut rng);
     let lesions: Vec<&dyn Lesion> = nodules.iter().map(|n| n as &dyn Lesion).collect();
     let mut series = background.series.clone();
     add_lesions(
