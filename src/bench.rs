@@ -314,6 +314,7 @@ pub fn network(rounds: usize, device: &str) -> anyhow::Result<()> {
             std::process::id()
         ));
         let info = ModelInfo {
+            malignancy_calibration: None,
             name: format!("bench-{name}"),
             version: "0".into(),
             config: config.clone(),

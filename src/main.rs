@@ -127,6 +127,9 @@ enum EvalCommand {
     /// Classify every reference nodule of held-out synthetic scans with its true box (the
     /// classifier alone, apart from detection) and report the malignancy metrics.
     Nodules(jnsc::eval::nodules::NodulesArgs),
+    /// Fit Platt scaling of p(malignant | nodule) and the call's threshold on one nodules.csv
+    /// of `eval nodules`, check them on another (reliability diagram), write a calibrated model.
+    Calibrate(jnsc::eval::calibration::CalibrateArgs),
 }
 
 #[derive(Subcommand)]
@@ -209,6 +212,9 @@ fn main() -> ExitCode {
         Command::Eval {
             which: EvalCommand::Nodules(args),
         } => jnsc::eval::nodules::run(&args),
+        Command::Eval {
+            which: EvalCommand::Calibrate(args),
+        } => jnsc::eval::calibration::run(&args),
         Command::Bench {
             which: BenchCommand::Ingest(b),
         } => jnsc::bench::ingest(b.slices, b.size, b.rounds),
@@ -388,6 +394,7 @@ fn model_init(
     )?;
     jnsc::jnsc::network::seeded_init(&vars, 1)?;
     let info = ModelInfo {
+        malignancy_calibration: None,
         name: format!("jnsc-{preset}"),
         version: "0.0.0-untrained".into(),
         config,

@@ -1,8 +1,10 @@
 //! Evaluation tools: detection FROC/CPM by the LUNA16 rules (`froc`), malignancy classification
 //! metrics with M = 3 excluded (`classification`), the FROC plot (`plot`), evaluation of the
 //! model on synthetic studies with ground truth (`studies`), of its classifier alone on the
-//! reference nodules of held-out synthetic scans (`nodules`), and the `jnsc eval` commands.
+//! reference nodules of held-out synthetic scans (`nodules`), the calibration of the malignancy
+//! output with its reliability diagram (`calibration`), and the `jnsc eval` commands.
 
+pub mod calibration;
 pub mod classification;
 pub mod froc;
 pub mod nodules;

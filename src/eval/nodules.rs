@@ -84,12 +84,13 @@ pub fn run(args: &NodulesArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("classifying nodule {} of {}", nodule.label, scan.id))?;
             let median = malignancy::score(&nodule.ratings);
             let is_marginal = malignancy::is_marginal(&nodule.ratings);
-            // The box is a nodule: rank by p(malignant | nodule), the score the decision
-            // (malignant over benign) thresholds at 0.5 and the training targets.
+            // The box is a nodule: rank by p(malignant | nodule), calibrated where the model
+            // is, and call it as the analyzer does.
+            let (p_cancer, called_malignant) = analyzer.malignancy(p);
             let rated = Rated {
                 median_rating: median,
-                p_malignant: f64::from(p[2]) / f64::from(p[1] + p[2]).max(1e-12),
-                called_malignant: p[2] > p[1],
+                p_malignant: p_cancer,
+                called_malignant,
             };
             all.push(rated);
             if is_marginal {

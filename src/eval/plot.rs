@@ -1,7 +1,10 @@
-//! The FROC curve as a PNG: sensitivity against false positives per scan on a log2 axis from
-//! 1/8 to 8 (the CPM's range), grid lines at the CPM rates, the CPM points marked, and the CPM
-//! in the title. Text is drawn with a built-in 3x5 pixel font (no font files needed).
+//! Plots as PNG: the FROC curve (sensitivity against false positives per scan on a log2 axis
+//! from 1/8 to 8, the CPM's range, grid lines at the CPM rates, the CPM points marked, the CPM in
+//! the title) and the reliability diagram of a probability (observed frequency against mean
+//! predicted probability per bin, before and after calibration, with the diagonal). Text is
+//! drawn with a built-in 3x5 pixel font (no font files needed).
 
+use super::calibration::Bin;
 use super::froc::{CPM_RATES, FrocPoint, sensitivity_at};
 use std::path::Path;
 
@@ -47,6 +50,18 @@ impl Canvas {
                 }
             }
         }
+    }
+
+    fn write_png(&self, path: &Path) -> std::io::Result<()> {
+        let file = std::fs::File::create(path)?;
+        let mut encoder =
+            png::Encoder::new(std::io::BufWriter::new(file), WIDTH as u32, HEIGHT as u32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
+        writer
+            .write_image_data(&self.rgb)
+            .map_err(std::io::Error::other)
     }
 
     /// Text in the 3x5 font at `scale`, top-left at (x, y).
@@ -176,12 +191,53 @@ pub fn write_froc_png(path: &Path, curve: &[FrocPoint], title: &str) -> std::io:
         2,
     );
     canvas.text(6, TOP as i64 - 16, "SENSITIVITY", 2);
-    let file = std::fs::File::create(path)?;
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), WIDTH as u32, HEIGHT as u32);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
-    writer
-        .write_image_data(&canvas.rgb)
-        .map_err(std::io::Error::other)
+    canvas.write_png(path)
+}
+
+/// Writes the reliability diagram of `before` (grey) and `after` (blue) calibration: each bin's
+/// observed malignant fraction at its mean predicted probability, marker area by count.
+pub fn write_reliability_png(path: &Path, before: &[Bin], after: &[Bin]) -> std::io::Result<()> {
+    let mut canvas = Canvas::new();
+    let (x0, x1) = (LEFT as f64, (WIDTH - RIGHT) as f64);
+    let (y0, y1) = ((HEIGHT - BOTTOM) as f64, TOP as f64);
+    let px = |p: f64| x0 + p.clamp(0.0, 1.0) * (x1 - x0);
+    let py = |p: f64| y0 + p.clamp(0.0, 1.0) * (y1 - y0);
+    let grey = [210, 210, 210];
+    for tenth in 0..=10 {
+        let s = tenth as f64 / 10.0;
+        canvas.line((x0, py(s)), (x1, py(s)), grey, 1);
+        canvas.line((px(s), y0), (px(s), y1), grey, 1);
+        canvas.text(LEFT as i64 - 34, py(s) as i64 - 5, &format!("{s:.1}"), 2);
+        canvas.text(px(s) as i64 - 10, y0 as i64 + 8, &format!("{s:.1}"), 2);
+    }
+    canvas.line((x0, y0), (x1, y0), [0, 0, 0], 2);
+    canvas.line((x0, y0), (x0, y1), [0, 0, 0], 2);
+    canvas.line((px(0.0), py(0.0)), (px(1.0), py(1.0)), [120, 120, 120], 1);
+    let total: usize = after.iter().map(|b| b.count).sum::<usize>().max(1);
+    for (bins, colour) in [(before, [150, 150, 150]), (after, [31, 90, 180])] {
+        let points: Vec<(f64, f64, usize)> = bins
+            .iter()
+            .filter(|b| b.count > 0)
+            .map(|b| (px(b.mean_predicted), py(b.observed), b.count))
+            .collect();
+        for w in points.windows(2) {
+            canvas.line((w[0].0, w[0].1), (w[1].0, w[1].1), colour, 2);
+        }
+        for &(x, y, count) in &points {
+            let r = 3.0 + 12.0 * (count as f64 / total as f64).sqrt();
+            for step in 0..64 {
+                let t = step as f64 / 64.0 * std::f64::consts::TAU;
+                canvas.line((x, y), (x + r * t.cos(), y + r * t.sin()), colour, 1);
+            }
+        }
+    }
+    canvas.text(LEFT as i64, 10, "RELIABILITY  GREY: RAW  BLUE: CALIBRATED", 3);
+    canvas.text(
+        (WIDTH / 2) as i64 - 100,
+        (HEIGHT - 24) as i64,
+        "PREDICTED P MALIGNANT",
+        2,
+    );
+    canvas.text(6, TOP as i64 - 16, "OBSERVED MALIGNANT", 2);
+    canvas.write_png(path)
 }

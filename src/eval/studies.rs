@@ -220,7 +220,7 @@ fn evaluate(
                         .map(|r| r + 1)
                 }),
             });
-            if let Some((f, p_malignant)) = best.and_then(|f| Some((f, f.p_malignant?))) {
+            if let Some((f, p_malignant)) = best.and_then(|f| Some((f, f.p_cancer?))) {
                 rated.push(Rated {
                     median_rating: n.malignancy_median,
                     p_malignant,

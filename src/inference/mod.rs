@@ -71,7 +71,12 @@ pub struct Finding {
     pub p_malignant: Option<f64>,
     pub p_benign: Option<f64>,
     pub p_non_nodule: Option<f64>,
-    /// The call: malignant when p(malignant) > p(benign) (false when not classified).
+    /// Probability of cancer given that the finding is a nodule: p(malignant) / (p(benign) +
+    /// p(malignant)), calibrated where the model file carries a calibration (None when not
+    /// classified). This is what the SR reports.
+    pub p_cancer: Option<f64>,
+    /// The call: malignant when `p_cancer` reaches the model's calibrated threshold (0.5
+    /// without one, i.e. p(malignant) > p(benign)); false when not classified.
     pub malignant: bool,
     /// "left" or "right" lung (patient's side), from the centre's position against the lungs'
     /// midline.
@@ -208,7 +213,8 @@ impl Analyzer {
                     p_non_nodule: p.map(|p| f64::from(p[0])),
                     p_benign: p.map(|p| f64::from(p[1])),
                     p_malignant: p.map(|p| f64::from(p[2])),
-                    malignant: p.is_some_and(|p| p[2] > p[1]),
+                    p_cancer: p.map(|p| self.malignancy(p).0),
+                    malignant: p.is_some_and(|p| self.malignancy(p).1),
                 // LPS: +x is the patient's left.
                     lung_side: if d.center_mm[0] > midline_x {
                         "left"
@@ -312,6 +318,19 @@ impl Analyzer {
             out.extend(p.into_iter().map(|p| [p[0], p[1], p[2]]));
         }
         Ok(out)
+    }
+
+    /// p(cancer | nodule) of class probabilities (non-nodule, benign, malignant), calibrated
+    /// where the model carries a calibration, and the call.
+    pub fn malignancy(&self, p: [f32; 3]) -> (f64, bool) {
+        let raw = f64::from(p[2]) / f64::from(p[1] + p[2]).max(1e-12);
+        match &self.info.malignancy_calibration {
+            Some(c) => {
+                let calibrated = c.apply(raw);
+                (calibrated, calibrated >= c.threshold)
+            }
+            None => (raw, p[2] > p[1]),
+        }
     }
 
     /// p(non-nodule), p(benign), p(malignant) of the object in the box `lo..=hi` (voxel indices

@@ -1,7 +1,8 @@
 //! The model file: network weights in safetensors, with what is needed to use them in the
 //! file's metadata: model name and version, the network `Config`, the input `Normalization`,
-//! and the training provenance (data, schedule, seed, code version...). Loading checks all of
-//! it and fails with a message that names the file and what is wrong.
+//! the training provenance (data, schedule, seed, code version...) and, where fitted, the
+//! calibration of its malignancy output. Loading checks all of it and fails with a message that
+//! names the file and what is wrong.
 
 use crate::jnsc::network::{Config, Jnsc};
 use crate::volume::Normalization;
@@ -16,6 +17,7 @@ const VERSION: &str = "jnsc.model_version";
 const CONFIG: &str = "jnsc.config";
 const NORMALIZATION: &str = "jnsc.normalization";
 const PROVENANCE: &str = "jnsc.provenance";
+const MALIGNANCY_CALIBRATION: &str = "jnsc.malignancy_calibration";
 
 /// What a model file says about its weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +28,29 @@ pub struct ModelInfo {
     pub normalization: Normalization,
     /// Free-form training provenance (JSON object).
     pub provenance: serde_json::Value,
+    /// Calibration of p(malignant | nodule), where one was fitted (`jnsc eval calibrate`).
+    pub malignancy_calibration: Option<MalignancyCalibration>,
+}
+
+/// Platt scaling of the classification path's p(malignant | nodule) = p(malignant) /
+/// (p(benign) + p(malignant)): calibrated p = sigmoid(a logit(p) + b), and the call
+/// (malignant when the calibrated p is at least `threshold`), fitted on held-out nodules.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MalignancyCalibration {
+    pub a: f64,
+    pub b: f64,
+    pub threshold: f64,
+    /// What it was fitted on, in words.
+    pub fitted_on: String,
+}
+
+impl MalignancyCalibration {
+    /// The calibrated probability of a raw p(malignant | nodule).
+    pub fn apply(&self, p: f64) -> f64 {
+        let p = p.clamp(1e-6, 1.0 - 1e-6);
+        let z = self.a * (p / (1.0 - p)).ln() + self.b;
+        1.0 / (1.0 + (-z).exp())
+    }
 }
 
 /// A model file that cannot be written or used.
@@ -66,6 +91,10 @@ pub fn save(path: &Path, vars: &VarMap, info: &ModelInfo) -> Result<(), ModelFil
         (NORMALIZATION.to_owned(), json(&info.normalization)?),
         (PROVENANCE.to_owned(), json(&info.provenance)?),
     ]);
+    let mut metadata = metadata;
+    if let Some(c) = &info.malignancy_calibration {
+        metadata.insert(MALIGNANCY_CALIBRATION.to_owned(), json(c)?);
+    }
     let data = vars.data().lock().map_err(|e| write_error(e.to_string()))?;
     let tensors: Vec<(String, candle_core::Tensor)> = data
         .iter()
@@ -138,13 +167,55 @@ pub fn read_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, ModelFileError>
     let normalization_json = json(NORMALIZATION)?;
     let normalization: Normalization = serde_json::from_value(normalization_json.clone())
         .map_err(typed(NORMALIZATION, normalization_json))?;
+    let malignancy_calibration = match metadata.get(MALIGNANCY_CALIBRATION) {
+        None => None,
+        Some(_) => {
+            let value = json(MALIGNANCY_CALIBRATION)?;
+            Some(
+                serde_json::from_value(value.clone())
+                    .map_err(typed(MALIGNANCY_CALIBRATION, value))?,
+            )
+        }
+    };
     Ok(ModelInfo {
         name: text(NAME)?,
         version: text(VERSION)?,
         config,
         normalization,
         provenance: json(PROVENANCE)?,
+        malignancy_calibration,
     })
+}
+
+/// Copies the model file `from` to `to` with `calibration` in its metadata (weights and every
+/// other entry unchanged).
+pub fn write_calibrated(
+    from: &Path,
+    to: &Path,
+    calibration: &MalignancyCalibration,
+) -> Result<(), ModelFileError> {
+    let bytes = std::fs::read(from).map_err(|source| ModelFileError::Read {
+        path: from.to_owned(),
+        source,
+    })?;
+    read_info(from, &bytes)?;
+    let write_error = |reason: String| ModelFileError::Write {
+        path: to.to_owned(),
+        reason,
+    };
+    let not_safetensors = |e: safetensors::SafeTensorError| ModelFileError::NotSafetensors {
+        path: from.to_owned(),
+        reason: e.to_string(),
+    };
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(not_safetensors)?;
+    let mut metadata = header.metadata().clone().unwrap_or_default();
+    metadata.insert(
+        MALIGNANCY_CALIBRATION.to_owned(),
+        serde_json::to_string(calibration).map_err(|e| write_error(e.to_string()))?,
+    );
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(not_safetensors)?;
+    safetensors::serialize_to_file(tensors.tensors(), Some(metadata), to)
+        .map_err(|e| write_error(e.to_string()))
 }
 
 /// JSON encoding of the metadata values behind one object-safe trait.
@@ -167,6 +238,7 @@ mod tests {
 
     fn info() -> ModelInfo {
         ModelInfo {
+            malignancy_calibration: None,
             name: "jnsc-test".into(),
             version: "0.0.1".into(),
             config: Config {

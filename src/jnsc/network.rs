@@ -543,6 +543,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("model.safetensors");
         let info = ModelInfo {
+            malignancy_calibration: None,
             name: "cuda-check".into(),
             version: "0".into(),
             config,

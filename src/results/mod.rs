@@ -97,8 +97,8 @@ pub struct SegmentedFinding {
     /// Segment number and report order, from 1.
     pub number: usize,
     pub finding: Finding,
-    /// The classification path's probability of malignancy (only classified findings are
-    /// reported).
+    /// Probability of cancer given a nodule, calibrated where the model is (`Finding::p_cancer`;
+    /// only classified findings are reported).
     pub p_malignant: f64,
     pub tracking_uid: String,
     /// The source slices it touches, with its pixels there.
@@ -269,7 +269,7 @@ fn reported_findings(
         if slices.is_empty() {
             continue;
         }
-        let Some(p_malignant) = analysis.report.findings[i].p_malignant else {
+        let Some(p_malignant) = analysis.report.findings[i].p_cancer else {
             continue;
         };
         let number = reported.len() + 1;

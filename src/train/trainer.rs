@@ -710,6 +710,7 @@ impl Trainer {
     /// Writes the trained model file with its provenance.
     pub fn export(&self, path: &Path, name: &str, version: &str) -> anyhow::Result<()> {
         let info = ModelInfo {
+            malignancy_calibration: None,
             name: name.into(),
             version: version.into(),
             config: self.net.config().clone(),
