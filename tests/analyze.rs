@@ -122,6 +122,7 @@ fn analyze_writes_the_findings_json_and_explains_bad_input() {
         model.to_str().unwrap(),
         "--json",
         json.to_str().unwrap(),
+        "--classify-all",
     ]);
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["series_uid"], truth.series_uid.as_str());
@@ -133,13 +134,71 @@ fn analyze_writes_the_findings_json_and_explains_bad_input() {
             "diameter_mm",
             "volume_mm3",
             "p_nodule",
+            "p_location",
             "p_malignant",
+            "p_non_nodule",
+            "p_cancer",
             "malignant",
         ] {
             assert!(!f[key].is_null(), "finding without {key}: {f}");
         }
         assert!(f["diameter_mm"].as_f64().unwrap() >= 3.0);
+        // p(nodule): the location map times the classification path's nodule classes.
+        let expected = f["p_location"].as_f64().unwrap() * (1.0 - f["p_non_nodule"].as_f64().unwrap());
+        assert!((f["p_nodule"].as_f64().unwrap() - expected).abs() < 1e-6, "{f}");
     }
+    let p_nodule = |r: &serde_json::Value| -> Vec<f64> {
+        r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["p_nodule"].as_f64().unwrap())
+            .collect()
+    };
+    let all = p_nodule(&report);
+    assert!(all.windows(2).all(|w| w[0] >= w[1]), "most probable first: {all:?}");
+
+    // By default only findings whose location probability reaches the reporting threshold are
+    // classified; what reaches the threshold is the same as when all are classified.
+    let threshold = all.get(all.len() / 2).copied().unwrap_or(0.5);
+    let prefiltered = dir.path().join("prefiltered.json");
+    jnsc_ok(&[
+        "analyze",
+        study.join("dicom").to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        prefiltered.to_str().unwrap(),
+        "--min-p-nodule",
+        &threshold.to_string(),
+    ]);
+    let fast: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&prefiltered).unwrap()).unwrap();
+    for f in fast["findings"].as_array().unwrap() {
+        let classified = !f["p_malignant"].is_null();
+        assert_eq!(
+            classified,
+            f["p_location"].as_f64().unwrap() >= threshold,
+            "{f}"
+        );
+        if !classified {
+            assert_eq!(f["p_nodule"], f["p_location"]);
+        }
+    }
+    let reported = |v: Vec<f64>| -> Vec<String> {
+        v.into_iter()
+            .filter(|&p| p >= threshold)
+            .map(|p| format!("{p:.9}"))
+            .collect()
+    };
+    let fast_reported: Vec<f64> = fast["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| !f["p_malignant"].is_null())
+        .map(|f| f["p_nodule"].as_f64().unwrap())
+        .collect();
+    assert_eq!(reported(fast_reported), reported(all));
     for stage in [
         "load",
         "resample",
