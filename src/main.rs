@@ -176,6 +176,9 @@ enum BenchCommand {
         /// Windows per network call.
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// A real series folder to analyse instead of the synthetic study.
+        #[arg(long)]
+        series: Option<PathBuf>,
     },
     /// Times series -> volume -> 1 mm for a synthetic series, and SimpleITK doing the same in
     /// the same run; prints both and the ratio.
@@ -226,8 +229,16 @@ fn main() -> ExitCode {
                     model,
                     device,
                     batch,
+                    series,
                 },
-        } => jnsc::bench::analyze(slices, size, model.as_deref(), &device, batch),
+        } => jnsc::bench::analyze(
+            slices,
+            size,
+            model.as_deref(),
+            &device,
+            batch,
+            series.as_deref(),
+        ),
         Command::Bench {
             which: BenchCommand::Volume(b),
         } => jnsc::bench::volume(b.slices, b.size, b.rounds),
