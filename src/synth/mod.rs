@@ -6,6 +6,7 @@ pub mod anatomy;
 pub mod calibration;
 pub mod insert;
 pub mod lesion;
+pub mod lidc_shapes;
 pub mod nodules;
 pub mod preview;
 pub mod random;

@@ -209,7 +209,12 @@ pub fn group_marks(series: &AcquiredSeries, annotations: &LidcAnnotations) -> Ve
 }
 
 /// Pixels inside or on a closed outline (even-odd rule on pixel centres, plus the edge).
-fn fill(edge: &[(f64, f64)], columns: usize, rows: usize, mut set: impl FnMut(usize, usize)) {
+pub(crate) fn fill(
+    edge: &[(f64, f64)],
+    columns: usize,
+    rows: usize,
+    mut set: impl FnMut(usize, usize),
+) {
     if edge.is_empty() {
         return;
     }
