@@ -291,7 +291,6 @@ fn nodules_inserted_into_a_real_series_are_where_the_truth_says() {
         2,
         8,
         &Calibration::lidc(),
-        &Physics::default(),
     )
     .unwrap();
     assert_eq!(truth.nodules.len(), 2);
