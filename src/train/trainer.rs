@@ -756,3 +756,42 @@ fn initial_pseudo_labels(scans: &[ScanSummary]) -> BTreeMap<String, PseudoLabel>
     }
     out
 }
+
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests {
+    use super::*;
+
+    /// `jnsc train --device cuda` follows CPU training: the same seed, scans and patches give
+    /// the same losses within float tolerance over a few steps (run by scripts/gpu-check.sh).
+    #[test]
+    fn cuda_training_follows_cpu_training() {
+        let gpu = Device::new_cuda(0).expect("a CUDA build's tests need a GPU");
+        let config = TrainConfig {
+            scans: 2,
+            patch: 32,
+            epochs: 2,
+            segmentation_epochs: 1,
+            pseudo_warmup_epochs: 0,
+            ..TrainConfig::default()
+        };
+        let run = |device: Device| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut trainer = Trainer::open_on(dir.path(), config.clone(), true, device).unwrap();
+            trainer.run(2, true).unwrap()
+        };
+        let (cpu, cuda) = (run(Device::Cpu), run(gpu));
+        for (a, b) in cpu.iter().zip(&cuda) {
+            let diff = (a.segmentation_loss - b.segmentation_loss).abs();
+            println!(
+                "training epoch {}: CPU vs CUDA segmentation loss {:.6} vs {:.6} (diff {diff:.2e}), \
+                 classification loss {:.6} vs {:.6}",
+                a.epoch,
+                a.segmentation_loss,
+                b.segmentation_loss,
+                a.classification_loss,
+                b.classification_loss
+            );
+            assert!(diff < 1e-2 * a.segmentation_loss.max(1e-3), "epoch {}", a.epoch);
+        }
+    }
+}
