@@ -127,6 +127,10 @@ enum EvalCommand {
     /// Classify every reference nodule of held-out synthetic scans with its true box (the
     /// classifier alone, apart from detection) and report the malignancy metrics.
     Nodules(jnsc::eval::nodules::NodulesArgs),
+    /// Classify real LIDC-IDRI nodule shapes of held-out patients, inserted into a held-out real
+    /// background, with their true boxes; report the malignancy metrics against their readers'
+    /// ratings with bootstrap intervals.
+    Shapes(jnsc::eval::shapes::ShapesArgs),
     /// Fit Platt scaling of p(malignant | nodule) and the call's threshold on one nodules.csv
     /// of `eval nodules`, check them on another (reliability diagram), write a calibrated model.
     Calibrate(jnsc::eval::calibration::CalibrateArgs),
@@ -215,6 +219,9 @@ fn main() -> ExitCode {
         Command::Eval {
             which: EvalCommand::Nodules(args),
         } => jnsc::eval::nodules::run(&args),
+        Command::Eval {
+            which: EvalCommand::Shapes(args),
+        } => jnsc::eval::shapes::run(&args),
         Command::Eval {
             which: EvalCommand::Calibrate(args),
         } => jnsc::eval::calibration::run(&args),

@@ -1,14 +1,17 @@
 //! Evaluation tools: detection FROC/CPM by the LUNA16 rules (`froc`), malignancy classification
 //! metrics with M = 3 excluded (`classification`), the FROC plot (`plot`), evaluation of the
 //! model on synthetic studies with ground truth (`studies`), of its classifier alone on the
-//! reference nodules of held-out synthetic scans (`nodules`), the calibration of the malignancy
-//! output with its reliability diagram (`calibration`), and the `jnsc eval` commands.
+//! reference nodules of held-out synthetic scans (`nodules`) and on real LIDC-IDRI nodule shapes
+//! of held-out patients inserted into a held-out real background (`shapes`), the calibration of
+//! the malignancy output with its reliability diagram (`calibration`), and the `jnsc eval`
+//! commands.
 
 pub mod calibration;
 pub mod classification;
 pub mod froc;
 pub mod nodules;
 pub mod plot;
+pub mod shapes;
 pub mod studies;
 
 use anyhow::Context;

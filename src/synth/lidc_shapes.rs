@@ -721,6 +721,13 @@ pub fn is_validation_patient(patient_id: &str, fraction_percent: u32) -> bool {
     stable_hash(patient_id) % 100 < u64::from(fraction_percent)
 }
 
+/// Which half of the held-out patients a patient falls in, by a second stable hash (the id
+/// salted, so independent of `is_validation_patient`): `true` for the half that fits a
+/// calibration, `false` for the half that checks it.
+pub fn is_fit_half_patient(patient_id: &str) -> bool {
+    stable_hash(&format!("calibration-half:{patient_id}")).is_multiple_of(2)
+}
+
 /// Where and how a shape is placed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Placement {
@@ -742,7 +749,7 @@ impl Placement {
     }
 
     /// Mask frame (mm from the centroid) to patient offset.
-    fn forward(&self, m: Vec3) -> Vec3 {
+    pub fn forward(&self, m: Vec3) -> Vec3 {
         let mut v = if self.flip { [-m[0], m[1], m[2]] } else { m };
         for _ in 0..self.quarter_turns % 4 {
             v = [-v[1], v[0], v[2]];

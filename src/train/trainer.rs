@@ -105,13 +105,26 @@ pub enum DataConfig {
     Lidc { root: PathBuf },
     /// Phantoms (`phantom_fraction` of `scans`, of `scan_size`) and real chest CT backgrounds
     /// with inserted nodules (the rest, `backgrounds` in turn; see `train::real`). `validation`
-    /// lists backgrounds kept out of training, for the record and for evaluation scripts.
+    /// lists backgrounds kept out of training, for the record and for evaluation scripts. With
+    /// `lidc_shapes` (a library of `tools/export_lidc_shapes.py`), a `shape_fraction` of the
+    /// inserted lesions are real LIDC-IDRI outlines of the patients that
+    /// `shape_validation_percent` does not hold out (`train::real::TrainingShapes`); at the
+    /// defaults (none, 0) training is what it was without these keys.
     #[serde(rename = "real-backgrounds")]
     RealBackgrounds {
         backgrounds: Vec<PathBuf>,
         #[serde(default)]
         validation: Vec<PathBuf>,
         phantom_fraction: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lidc_shapes: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "super::real::is_zero")]
+        shape_fraction: f64,
+        #[serde(
+            default = "super::real::default_shape_validation_percent",
+            skip_serializing_if = "super::real::is_default_shape_validation_percent"
+        )]
+        shape_validation_percent: u32,
     },
 }
 
@@ -132,17 +145,35 @@ impl DataConfig {
                 backgrounds,
                 validation,
                 phantom_fraction,
+                lidc_shapes,
+                shape_fraction,
+                shape_validation_percent,
             } => {
                 anyhow::ensure!(
                     backgrounds.iter().all(|b| !validation.contains(b)),
                     "a validation background is also listed for training"
                 );
+                let shapes = match lidc_shapes {
+                    Some(path) => Some(super::real::TrainingShapes::load(
+                        path,
+                        *shape_fraction,
+                        *shape_validation_percent,
+                    )?),
+                    None => {
+                        anyhow::ensure!(
+                            *shape_fraction == 0.0,
+                            "shape_fraction without lidc_shapes"
+                        );
+                        None
+                    }
+                };
                 Box::new(super::real::RealBackgroundSource::open(
                     config.seed,
                     config.scans,
                     *phantom_fraction,
                     config.scan_size,
                     backgrounds,
+                    shapes,
                 )?)
             }
         })
