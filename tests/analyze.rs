@@ -144,8 +144,12 @@ fn analyze_writes_the_findings_json_and_explains_bad_input() {
         }
         assert!(f["diameter_mm"].as_f64().unwrap() >= 3.0);
         // p(nodule): the location map times the classification path's nodule classes.
-        let expected = f["p_location"].as_f64().unwrap() * (1.0 - f["p_non_nodule"].as_f64().unwrap());
-        assert!((f["p_nodule"].as_f64().unwrap() - expected).abs() < 1e-6, "{f}");
+        let expected =
+            f["p_location"].as_f64().unwrap() * (1.0 - f["p_non_nodule"].as_f64().unwrap());
+        assert!(
+            (f["p_nodule"].as_f64().unwrap() - expected).abs() < 1e-6,
+            "{f}"
+        );
     }
     let p_nodule = |r: &serde_json::Value| -> Vec<f64> {
         r["findings"]
@@ -156,7 +160,10 @@ fn analyze_writes_the_findings_json_and_explains_bad_input() {
             .collect()
     };
     let all = p_nodule(&report);
-    assert!(all.windows(2).all(|w| w[0] >= w[1]), "most probable first: {all:?}");
+    assert!(
+        all.windows(2).all(|w| w[0] >= w[1]),
+        "most probable first: {all:?}"
+    );
 
     // By default only findings whose location probability reaches the reporting threshold are
     // classified; what reaches the threshold is the same as when all are classified.

@@ -152,7 +152,10 @@ fn an_inserted_nodule_keeps_the_background_noise() {
          insertion ({:.3}), {pasted:.1} pasted; mean lift {lift:.0} HU",
         after / before
     );
-    assert!(lift > 400.0, "the nodule was inserted: mean lift {lift:.0} HU");
+    assert!(
+        lift > 400.0,
+        "the nodule was inserted: mean lift {lift:.0} HU"
+    );
     assert!(
         (after / before - 1.0).abs() <= 0.10,
         "noise power inside the nodule {after:.1} against {before:.1} outside"
@@ -189,7 +192,11 @@ fn known_nodules_are_labelled_never_background() {
     }
     // Inserted nodules follow with their own ratings, clear of the known ones.
     assert!(scan.nodules.len() > known.len());
-    assert!(scan.nodules[known.len()..].iter().all(|n| !n.ratings.is_empty()));
+    assert!(
+        scan.nodules[known.len()..]
+            .iter()
+            .all(|n| !n.ratings.is_empty())
+    );
     // Negative patches never hold a labelled voxel, so never a known nodule.
     let mut rng = Rng::new(3);
     let norm = jnsc::volume::Normalization::default();

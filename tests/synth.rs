@@ -285,14 +285,8 @@ fn nodules_inserted_into_a_real_series_are_where_the_truth_says() {
     let real =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ct/pancreatic-ct-cbct-seg");
     let out = scratch();
-    let truth = jnsc::synth::insert::insert_nodules(
-        &real,
-        &out,
-        2,
-        8,
-        &Calibration::lidc(),
-    )
-    .unwrap();
+    let truth =
+        jnsc::synth::insert::insert_nodules(&real, &out, 2, 8, &Calibration::lidc()).unwrap();
     assert_eq!(truth.nodules.len(), 2);
     let original = load_series(&files_in(&real).unwrap()).unwrap();
     let inserted = load_series(&files_in(&out.join("dicom")).unwrap()).unwrap();

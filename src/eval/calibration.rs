@@ -98,7 +98,10 @@ fn sigmoid(z: f64) -> f64 {
 pub fn fit_platt(nodules: &[Labelled]) -> (f64, f64) {
     let positives = nodules.iter().filter(|n| n.malignant).count() as f64;
     let negatives = nodules.len() as f64 - positives;
-    let (hi, lo) = ((positives + 1.0) / (positives + 2.0), 1.0 / (negatives + 2.0));
+    let (hi, lo) = (
+        (positives + 1.0) / (positives + 2.0),
+        1.0 / (negatives + 2.0),
+    );
     let (mut a, mut b) = (1.0, 0.0);
     for _ in 0..100 {
         let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 1e-9, 0.0, 1e-9);
@@ -323,7 +326,13 @@ mod tests {
 
     #[test]
     fn threshold_balances_the_classes() {
-        let nodules = [(0.1, false), (0.2, false), (0.3, true), (0.35, false), (0.8, true)];
+        let nodules = [
+            (0.1, false),
+            (0.2, false),
+            (0.3, true),
+            (0.35, false),
+            (0.8, true),
+        ];
         let t = balanced_threshold(&nodules);
         assert!((0.2..0.3).contains(&t), "{t}");
     }

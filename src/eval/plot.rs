@@ -231,7 +231,12 @@ pub fn write_reliability_png(path: &Path, before: &[Bin], after: &[Bin]) -> std:
             }
         }
     }
-    canvas.text(LEFT as i64, 10, "RELIABILITY  GREY: RAW  BLUE: CALIBRATED", 3);
+    canvas.text(
+        LEFT as i64,
+        10,
+        "RELIABILITY  GREY: RAW  BLUE: CALIBRATED",
+        3,
+    );
     canvas.text(
         (WIDTH / 2) as i64 - 100,
         (HEIGHT - 24) as i64,

@@ -182,7 +182,11 @@ fn evaluate(
             });
         }
         let nodules = truth.reference();
-        for f in report.findings.iter().filter(|f| f.p_nodule >= min_p_nodule) {
+        for f in report
+            .findings
+            .iter()
+            .filter(|f| f.p_nodule >= min_p_nodule)
+        {
             reported_count += 1;
             let hit = nodules.iter().any(|n| {
                 let d: f64 = (0..3)

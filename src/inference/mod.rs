@@ -215,7 +215,7 @@ impl Analyzer {
                     p_malignant: p.map(|p| f64::from(p[2])),
                     p_cancer: p.map(|p| self.malignancy(p).0),
                     malignant: p.is_some_and(|p| self.malignancy(p).1),
-                // LPS: +x is the patient's left.
+                    // LPS: +x is the patient's left.
                     lung_side: if d.center_mm[0] > midline_x {
                         "left"
                     } else {

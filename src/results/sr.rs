@@ -147,7 +147,11 @@ fn volumetric_group(ctx: &Context, finding: &SegmentedFinding) -> DataSet {
         ),
         diameter,
         number(codes::VOLUME, f.volume_mm3, codes::CUBIC_MILLIMETER),
-        number(codes::PROBABILITY_OF_CANCER, finding.p_malignant, codes::NO_UNITS),
+        number(
+            codes::PROBABILITY_OF_CANCER,
+            finding.p_malignant,
+            codes::NO_UNITS,
+        ),
         coded(Contains, codes::DIAGNOSIS, diagnosis),
     ]);
     container(Contains, codes::MEASUREMENT_GROUP, Some("1411"), children)

@@ -136,14 +136,19 @@ fn edge_rise_pixels(profile: &[f32]) -> Option<f64> {
     if c < 10 || c + 10 > profile.len() {
         return None;
     }
-    let mean = |a: usize, b: usize| profile[a..b].iter().map(|&v| f64::from(v)).sum::<f64>() / (b - a) as f64;
+    let mean = |a: usize, b: usize| {
+        profile[a..b].iter().map(|&v| f64::from(v)).sum::<f64>() / (b - a) as f64
+    };
     let (air, tissue) = (mean(c - 9, c - 5), mean(c + 5, c + 9));
     if air > -900.0 || tissue < -300.0 || tissue - air < 600.0 {
         return None;
     }
     // The step must be monotone across the edge window (no table or clothing edge inside it).
     let window = &profile[c - 5..c + 5];
-    if window.windows(2).any(|w| f64::from(w[1]) < f64::from(w[0]) - 40.0) {
+    if window
+        .windows(2)
+        .any(|w| f64::from(w[1]) < f64::from(w[0]) - 40.0)
+    {
         return None;
     }
     let crossing = |level: f64| -> Option<f64> {

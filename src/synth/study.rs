@@ -70,7 +70,6 @@ pub struct KnownNodule {
     pub ratings: Vec<u8>,
 }
 
-
 /// Anatomy and nodules of a study, before rendering.
 pub struct Phantom {
     pub anatomy: Anatomy,
@@ -161,8 +160,16 @@ pub fn write_ground_truth(
     std::fs::write(out.join("truth.json"), serde_json::to_vec_pretty(truth)?)?;
     metaimage::write(&out.join("truth_mask.mhd"), mask)?;
     let mut csv = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm\n");
-    let known = truth.known_nodules.iter().map(|k| (k.center_mm, k.diameter_mm));
-    for (c, d) in truth.nodules.iter().map(|n| (n.center_mm, n.diameter_mm)).chain(known) {
+    let known = truth
+        .known_nodules
+        .iter()
+        .map(|k| (k.center_mm, k.diameter_mm));
+    for (c, d) in truth
+        .nodules
+        .iter()
+        .map(|n| (n.center_mm, n.diameter_mm))
+        .chain(known)
+    {
         csv.push_str(&format!(
             "{},{:.3},{:.3},{:.3},{:.3}\n",
             truth.series_uid, c[0], c[1], c[2], d

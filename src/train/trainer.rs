@@ -448,8 +448,9 @@ impl Trainer {
             }
             _ => epoch,
         };
-        let lr =
-            c.learning_rate * c.lr_decay.powi((schedule_epoch / c.lr_step_epochs.max(1)) as i32);
+        let lr = c.learning_rate
+            * c.lr_decay
+                .powi((schedule_epoch / c.lr_step_epochs.max(1)) as i32);
         self.adam.learning_rate = lr;
         let joint = c.joint && epoch >= c.segmentation_epochs;
         // Staged: the segmentation network is frozen once the classification path trains.
@@ -822,7 +823,11 @@ mod cuda_tests {
                 a.classification_loss,
                 b.classification_loss
             );
-            assert!(diff < 1e-2 * a.segmentation_loss.max(1e-3), "epoch {}", a.epoch);
+            assert!(
+                diff < 1e-2 * a.segmentation_loss.max(1e-3),
+                "epoch {}",
+                a.epoch
+            );
         }
     }
 }
