@@ -1,31 +1,76 @@
-//! The shipped model file is what its model card says: it loads, it is the `cpu` preset with the
-//! default normalisation, and its provenance is the run of models/train.toml on synthetic data.
+//! The shipped model file and the files it was fine-tuned from are what the model card says:
+//! each loads, is the `cpu` preset with the default normalisation, and its provenance is the run
+//! of its training configuration (models/train.toml -> models/train-real.toml ->
+//! models/train-real-shapes.toml, each starting from the one before); the shipped file carries
+//! the malignancy calibration the card describes.
 
-use jnsc::jnsc::model_file::load;
+use jnsc::jnsc::model_file::{ModelInfo, load};
 use jnsc::jnsc::network::Config;
 use jnsc::train::trainer::TrainConfig;
 use jnsc::volume::Normalization;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Loads a model file and checks it against the training configuration it names.
+fn trained_by(model: &str, config: &str) -> ModelInfo {
+    let (_, info) = load(&root().join(model), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(info.config, Config::cpu(), "{model}");
+    assert_eq!(info.normalization, Normalization::default(), "{model}");
+    let trained: TrainConfig = serde_json::from_value(info.provenance["training"].clone()).unwrap();
+    let documented: TrainConfig =
+        toml::from_str(&std::fs::read_to_string(root().join(config)).unwrap()).unwrap();
+    assert_eq!(trained, documented, "{model} was trained by {config}");
+    assert_eq!(info.provenance["epochs_done"], documented.epochs, "{model}");
+    info
+}
 
 #[test]
 fn the_shipped_model_matches_its_card() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (_, info) = load(&root.join(jnsc::DEFAULT_MODEL), &candle_core::Device::Cpu).unwrap();
-    assert_eq!(info.name, "jnsc-synthetic");
-    assert_eq!(info.version, "0.1.0");
-    assert_eq!(info.config, Config::cpu());
-    assert_eq!(info.normalization, Normalization::default());
+    let phantoms = trained_by("models/jnsc-synthetic.safetensors", "models/train.toml");
+    assert_eq!(
+        (phantoms.name.as_str(), phantoms.version.as_str()),
+        ("jnsc-synthetic", "0.1.0")
+    );
     assert!(
-        info.provenance["data"]
+        phantoms.provenance["data"]
             .as_str()
             .unwrap()
             .contains("not patient data")
     );
-    let trained: TrainConfig = serde_json::from_value(info.provenance["training"].clone()).unwrap();
-    let documented: TrainConfig =
-        toml::from_str(&std::fs::read_to_string(root.join("models/train.toml")).unwrap()).unwrap();
-    assert_eq!(trained, documented);
-    assert_eq!(info.provenance["epochs_done"], documented.epochs);
-    let card = std::fs::read_to_string(root.join("models/README.md")).unwrap();
+    let stage1 = trained_by(
+        "models/jnsc-real-stage1.safetensors",
+        "models/train-real.toml",
+    );
+    let stage1_config: TrainConfig =
+        serde_json::from_value(stage1.provenance["training"].clone()).unwrap();
+    assert_eq!(
+        stage1_config.init_from,
+        Some(PathBuf::from("models/jnsc-synthetic.safetensors"))
+    );
+    let shipped = trained_by(jnsc::DEFAULT_MODEL, "models/train-real-shapes.toml");
+    assert_eq!(
+        (shipped.name.as_str(), shipped.version.as_str()),
+        ("jnsc-real-backgrounds", "0.2.0")
+    );
+    let shipped_config: TrainConfig =
+        serde_json::from_value(shipped.provenance["training"].clone()).unwrap();
+    assert_eq!(
+        shipped_config.init_from,
+        Some(PathBuf::from("models/jnsc-real-stage1.safetensors"))
+    );
+    let calibration = shipped
+        .malignancy_calibration
+        .expect("the shipped model carries its malignancy calibration");
+    assert!(calibration.a > 0.0 && (0.0..1.0).contains(&calibration.threshold));
+    assert!(
+        calibration
+            .fitted_on
+            .contains("held-out LIDC-IDRI patients")
+    );
+    let card = std::fs::read_to_string(root().join("models/README.md")).unwrap();
     assert!(card.contains("Not for clinical use"));
+    assert!(card.contains(&format!("{:.3}", calibration.threshold)));
 }
