@@ -220,7 +220,7 @@ async fn findings_reach_the_pacs_as_a_valid_seg_and_tid1500_sr() {
     // A low reporting threshold, so that the SEG has several segments.
     let node = Node::start(&peer_config(
         pacs_port,
-        "[results]\nmin_p_nodule = 0.99\nmax_findings = 4",
+        "[results]\nmin_p_nodule = 0.3\nmax_findings = 4",
     ));
     send_study(&node, &study);
 
@@ -306,7 +306,7 @@ async fn findings_reach_the_pacs_as_a_valid_seg_and_tid1500_sr() {
             "--json",
             "/dev/null",
             "--min-p-nodule",
-            "0.99",
+            "0.3",
             "--max-findings",
             "4",
         ])
