@@ -41,7 +41,7 @@ async fn endpoints_follow_a_study_from_reception_to_a_failed_send() {
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     let before = json(&node, "/status");
     assert_eq!(before["instances"], 0);
-    assert_eq!(before["model"]["name"], "jnsc-synthetic");
+    assert_eq!(before["model"]["name"], "jnsc-real-backgrounds");
     assert_eq!(before["associations_total"], 0);
 
     let files = files_of(&study);
