@@ -13,7 +13,6 @@ use crate::train::data::{Source, SyntheticSource, nodule_boxes};
 use crate::train::trainer::TrainConfig;
 use anyhow::Context;
 use serde::Serialize;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// `jnsc eval nodules`.
@@ -53,6 +52,53 @@ pub struct Summary {
     pub marginal_classification: Metrics,
 }
 
+/// The first columns of a nodules.csv (`eval nodules`, `eval shapes`; `eval calibrate` reads
+/// them).
+pub const CSV_COLUMNS: &str =
+    "scan,label,ratings,median_rating,marginal,p_non_nodule,p_benign,p_malignant,called_malignant";
+
+/// Classified reference nodules: their metrics inputs, all and marginal, and their CSV rows.
+#[derive(Default)]
+pub struct Classified {
+    pub all: Vec<Rated>,
+    pub marginal: Vec<Rated>,
+}
+
+impl Classified {
+    /// Records one nodule classified as `p` (non-nodule, benign, malignant) and returns its CSV
+    /// columns (`CSV_COLUMNS`): the call and p(cancer | nodule) are the analyzer's (calibrated
+    /// where the model is).
+    pub fn add(
+        &mut self,
+        analyzer: &Analyzer,
+        scan: &str,
+        label: impl std::fmt::Display,
+        ratings: &[u8],
+        p: [f32; 3],
+    ) -> String {
+        let median = malignancy::score(ratings);
+        let is_marginal = malignancy::is_marginal(ratings);
+        let (p_cancer, called_malignant) = analyzer.malignancy(p);
+        let rated = Rated {
+            median_rating: median,
+            p_malignant: p_cancer,
+            called_malignant,
+        };
+        self.all.push(rated);
+        if is_marginal {
+            self.marginal.push(rated);
+        }
+        let listed: Vec<String> = ratings.iter().map(u8::to_string).collect();
+        format!(
+            "{scan},{label},{},{median},{is_marginal},{:.6},{:.6},{:.6},{called_malignant}",
+            listed.join(" "),
+            p[0],
+            p[1],
+            p[2],
+        )
+    }
+}
+
 /// Runs `jnsc eval nodules`.
 pub fn run(args: &NodulesArgs) -> anyhow::Result<()> {
     let size: [usize; 3] = args
@@ -63,10 +109,8 @@ pub fn run(args: &NodulesArgs) -> anyhow::Result<()> {
     let device = crate::jnsc::device::select(&args.device)?;
     let analyzer = Analyzer::new(&args.model, device, crate::inference::tiles::Tiling::fast())?;
     let source = SyntheticSource::new(args.seed, args.scans, size);
-    let mut csv = String::from(
-        "scan,label,ratings,median_rating,marginal,p_non_nodule,p_benign,p_malignant,called_malignant\n",
-    );
-    let (mut all, mut marginal) = (Vec::new(), Vec::new());
+    let mut csv = format!("{CSV_COLUMNS}\n");
+    let mut classified = Classified::default();
     for index in 0..source.len() {
         let scan = source.scan(index)?;
         let boxes = nodule_boxes(&scan);
@@ -82,38 +126,15 @@ pub fn run(args: &NodulesArgs) -> anyhow::Result<()> {
                     b.voxels,
                 )
                 .with_context(|| format!("classifying nodule {} of {}", nodule.label, scan.id))?;
-            let median = malignancy::score(&nodule.ratings);
-            let is_marginal = malignancy::is_marginal(&nodule.ratings);
-            // The box is a nodule: rank by p(malignant | nodule), calibrated where the model
-            // is, and call it as the analyzer does.
-            let (p_cancer, called_malignant) = analyzer.malignancy(p);
-            let rated = Rated {
-                median_rating: median,
-                p_malignant: p_cancer,
-                called_malignant,
-            };
-            all.push(rated);
-            if is_marginal {
-                marginal.push(rated);
-            }
-            let ratings: Vec<String> = nodule.ratings.iter().map(u8::to_string).collect();
-            let _ = writeln!(
-                csv,
-                "{},{},{},{median},{is_marginal},{:.6},{:.6},{:.6},{}",
-                scan.id,
-                nodule.label,
-                ratings.join(" "),
-                p[0],
-                p[1],
-                p[2],
-                rated.called_malignant
-            );
+            let row = classified.add(&analyzer, &scan.id, nodule.label, &nodule.ratings, p);
+            csv.push_str(&row);
+            csv.push('\n');
         }
         eprint!(
             "\rscan {}/{}: {} nodules   ",
             index + 1,
             source.len(),
-            all.len()
+            classified.all.len()
         );
     }
     eprintln!();
@@ -121,9 +142,9 @@ pub fn run(args: &NodulesArgs) -> anyhow::Result<()> {
         model: args.model.display().to_string(),
         scans: args.scans,
         first_seed: args.seed,
-        nodules: all.len(),
-        classification: metrics(&all),
-        marginal_classification: metrics(&marginal),
+        nodules: classified.all.len(),
+        classification: metrics(&classified.all),
+        marginal_classification: metrics(&classified.marginal),
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -147,7 +168,7 @@ pub fn run(args: &NodulesArgs) -> anyhow::Result<()> {
         f(c.balanced_accuracy),
         f(c.auc),
         f(summary.marginal_classification.balanced_accuracy),
-        marginal.len()
+        classified.marginal.len()
     );
     Ok(())
 }

@@ -21,6 +21,7 @@
 //! accuracy and AUC.
 
 use super::classification::{Metrics, Rated, metrics};
+use super::nodules::{CSV_COLUMNS, Classified};
 use crate::inference::{Analyzer, ObjectBox};
 use crate::malignancy;
 use crate::synth::insert::{Background, background_folder};
@@ -190,11 +191,8 @@ pub fn run(args: &ShapesArgs) -> anyhow::Result<()> {
         .map(|k| (k.center_mm, k.diameter_mm / 2.0))
         .collect();
 
-    let mut csv = String::from(
-        "scan,label,ratings,median_rating,marginal,p_non_nodule,p_benign,p_malignant,\
-         called_malignant,diameter_mm,readers,insertion,voxels\n",
-    );
-    let (mut all, mut marginal) = (Vec::new(), Vec::new());
+    let mut csv = format!("{CSV_COLUMNS},diameter_mm,readers,insertion,voxels\n");
+    let mut rated = Classified::default();
     let mut patients = BTreeSet::new();
     let mut not_placed = Vec::new();
     let mut rng = Rng::new(args.seed);
@@ -263,37 +261,24 @@ pub fn run(args: &ShapesArgs) -> anyhow::Result<()> {
             .classify_boxes(&inserted.hu, &objects)
             .context("classifying the inserted nodules")?;
         for ((nodule, label, voxels), p) in classified.into_iter().zip(probabilities) {
-            let ratings = nodule.malignancy_ratings();
-            let median = malignancy::score(&ratings);
-            let is_marginal = malignancy::is_marginal(&ratings);
-            let (p_cancer, called_malignant) = analyzer.malignancy(p);
-            let rated = Rated {
-                median_rating: median,
-                p_malignant: p_cancer,
-                called_malignant,
-            };
-            all.push(rated);
-            if is_marginal {
-                marginal.push(rated);
-            }
+            let row = rated.add(
+                &analyzer,
+                &name(nodule),
+                label,
+                &nodule.malignancy_ratings(),
+                p,
+            );
             patients.insert(nodule.patient_id.clone());
-            let listed: Vec<String> = ratings.iter().map(u8::to_string).collect();
             let _ = writeln!(
                 csv,
-                "{},{label},{},{median},{is_marginal},{:.6},{:.6},{:.6},{called_malignant},{:.2},{},\
-                 {insertions},{voxels}",
-                name(nodule),
-                listed.join(" "),
-                p[0],
-                p[1],
-                p[2],
+                "{row},{:.2},{},{insertions},{voxels}",
                 nodule.diameter_mm,
                 nodule.readers(),
             );
         }
         eprint!(
             "\rinsertion {insertions}: {}/{} nodules classified, {} not placed   ",
-            all.len(),
+            rated.all.len(),
             nodules.len(),
             not_placed.len()
         );
@@ -310,13 +295,13 @@ pub fn run(args: &ShapesArgs) -> anyhow::Result<()> {
         per_insertion: args.per_insertion,
         seed: args.seed,
         patients: patients.len(),
-        nodules: all.len(),
+        nodules: rated.all.len(),
         insertions,
         not_placed,
-        classification: metrics(&all),
-        classification_intervals: bootstrap(&all, args.bootstrap, args.seed),
-        marginal_classification: metrics(&marginal),
-        marginal_intervals: bootstrap(&marginal, args.bootstrap, args.seed),
+        classification: metrics(&rated.all),
+        classification_intervals: bootstrap(&rated.all, args.bootstrap, args.seed),
+        marginal_classification: metrics(&rated.marginal),
+        marginal_intervals: bootstrap(&rated.marginal, args.bootstrap, args.seed),
         seconds: started.elapsed().as_secs_f64(),
     };
     std::fs::create_dir_all(&args.out)
@@ -348,7 +333,7 @@ pub fn run(args: &ShapesArgs) -> anyhow::Result<()> {
         f(c.auc),
         range(ci.auc),
         f(summary.marginal_classification.balanced_accuracy),
-        marginal.len()
+        rated.marginal.len()
     );
     Ok(())
 }
