@@ -282,6 +282,23 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
     assert_eq!(metrics["nodules"], 4);
     let cpm = metrics["cpm"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&cpm));
+    // The operating point: every reference nodule, each reported only if a finding at or above
+    // the threshold hits it; no more false positives than reported findings.
+    let op = &metrics["operating_point"];
+    let threshold = op["min_p_nodule"].as_f64().unwrap();
+    let outcomes = op["nodules"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 4);
+    for n in outcomes {
+        let reported = n["reported"].as_bool().unwrap();
+        assert_eq!(
+            reported,
+            n["best_p_nodule"].as_f64().is_some_and(|p| p >= threshold),
+            "{n}"
+        );
+        assert_eq!(n["rank"].is_null(), n["best_p_nodule"].is_null(), "{n}");
+    }
+    let reported = op["reported_per_scan"].as_f64().unwrap();
+    assert!(op["false_positives_per_scan"].as_f64().unwrap() <= reported);
     // The LUNA16-format inputs are there for the official script, and the script's outputs.
     let annotations = std::fs::read_to_string(out.join("annotations.csv")).unwrap();
     assert_eq!(annotations.lines().count(), 5);

@@ -2,6 +2,8 @@
 //! (`train::real`): the point-spread function is measured, an inserted nodule keeps the
 //! background's noise, and a background's known nodules are labelled as nodules.
 
+mod common;
+
 use jnsc::synth::calibration::Calibration;
 use jnsc::synth::insert::{Background, add_lesions, background_folder, estimate_psf_sigma_mm};
 use jnsc::synth::lesion::Lesion;
@@ -12,13 +14,6 @@ use jnsc::synth::series::SeriesSpec;
 use jnsc::synth::study::{StudyOptions, write_study};
 use jnsc::train::real::insert_training_scan;
 use jnsc::volume::series::{files_in, load_series};
-use std::path::{Path, PathBuf};
-
-fn real_ct(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/real-ct")
-        .join(name)
-}
 
 #[test]
 fn psf_is_measured_from_the_body_edge() {
@@ -54,7 +49,7 @@ fn psf_is_measured_from_the_body_edge() {
     assert!(estimates[1] > estimates[0] * 1.4, "{estimates:?}");
     // Real scanners: every real chest series gives a plausible PSF.
     for name in ["lidc-idri-0002", "lidc-idri-0063", "lidc-idri-0314"] {
-        let series = load_series(&files_in(&real_ct(name).join("dicom")).unwrap()).unwrap();
+        let series = load_series(&files_in(&common::real_ct(name).join("dicom")).unwrap()).unwrap();
         let estimate = estimate_psf_sigma_mm(&series);
         eprintln!("{name}: PSF sigma {estimate:?} mm");
         assert!(
@@ -82,7 +77,7 @@ fn noise_power(plane: &[f32], cols: usize, pixels: &[usize]) -> f64 {
 
 #[test]
 fn an_inserted_nodule_keeps_the_background_noise() {
-    let background = Background::load(&real_ct("lidc-idri-0314").join("dicom")).unwrap();
+    let background = Background::load(&common::real_ct("lidc-idri-0314").join("dicom")).unwrap();
     assert!(background.psf_measured);
     let lungs = background.segmented_lungs();
     let mut rng = Rng::new(11);
@@ -168,7 +163,7 @@ fn an_inserted_nodule_keeps_the_background_noise() {
 
 #[test]
 fn known_nodules_are_labelled_never_background() {
-    let (dicom, known) = background_folder(&real_ct("lidc-idri-0063")).unwrap();
+    let (dicom, known) = background_folder(&common::real_ct("lidc-idri-0063")).unwrap();
     assert_eq!(known.len(), 4);
     let background = Background::load(&dicom).unwrap();
     let scan =

