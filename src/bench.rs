@@ -407,14 +407,7 @@ pub fn analyze(
         }
     };
     std::fs::create_dir_all(&work)?;
-    let model = match model {
-        Some(m) => m.to_owned(),
-        None if Path::new(crate::DEFAULT_MODEL).exists() => PathBuf::from(crate::DEFAULT_MODEL),
-        None => bail!(
-            "no model: pass --model FILE (the shipped {} is missing)",
-            crate::DEFAULT_MODEL
-        ),
-    };
+    let source = crate::jnsc::model_file::ModelSource::from_option(model.map(Path::to_owned));
     let what = match series {
         Some(dir) => dir.display().to_string(),
         None => format!(
@@ -426,7 +419,7 @@ pub fn analyze(
     println!(
         "{what}; model {}; device {device}; {} rayon threads; reported: p(nodule) >= \
          {min_p_nodule}",
-        model.display(),
+        source,
         rayon::current_num_threads()
     );
     let stages = [
@@ -454,8 +447,12 @@ pub fn analyze(
         command
             .arg("analyze")
             .arg(&dicom)
-            .arg("--model")
-            .arg(&model)
+            .args(
+                model
+                    .map(|m| ["--model".as_ref(), m.as_os_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--device", device, "--tiling", tiling])
             .args(["--batch", &batch.to_string()])
             .arg("--json")

@@ -63,7 +63,7 @@ pub struct PeerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Root of the durable store.
+    /// Root of the durable store. Default: [`default_storage_dir`].
     pub dir: PathBuf,
     /// SQLite database file; `<dir>/jnsc.db` when unset.
     pub db: Option<PathBuf>,
@@ -85,8 +85,9 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Model file (safetensors with JNSC metadata); relative paths are from the working directory.
-    pub path: PathBuf,
+    /// Model file (safetensors with JNSC metadata); relative paths are from the working
+    /// directory. Unset: the shipped model embedded in the binary.
+    pub path: Option<PathBuf>,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// Sliding-window blending: `fast` or `paper`.
@@ -96,7 +97,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
-            path: PathBuf::from(crate::DEFAULT_MODEL),
+            path: None,
             device: "cpu".into(),
             tiling: "fast".into(),
         }
@@ -177,10 +178,36 @@ impl Default for DicomConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
-            dir: PathBuf::from("storage"),
+            dir: default_storage_dir(),
             db: None,
             min_free_mb: 1024,
         }
+    }
+}
+
+/// Where the node keeps its data when `storage.dir` is not set, so that the working directory
+/// never matters (a service started from `/` must not write to `/storage`):
+/// - `$STATE_DIRECTORY`, which systemd sets for a unit with `StateDirectory=` (the first entry);
+/// - else `$XDG_STATE_HOME/jnsc`, else `$HOME/.local/state/jnsc`;
+/// - else (no home) `storage` in the working directory.
+pub fn default_storage_dir() -> PathBuf {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dirs) = var("STATE_DIRECTORY") {
+        // systemd joins several StateDirectory= entries with ':'.
+        let first = dirs
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        return PathBuf::from(first);
+    }
+    if let Some(state) = var("XDG_STATE_HOME") {
+        return PathBuf::from(state).join("jnsc");
+    }
+    match var("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/state/jnsc"),
+        None => PathBuf::from("storage"),
     }
 }
 
@@ -452,9 +479,24 @@ mod tests {
         assert_eq!(config.dicom.max_associations, 16);
         assert_eq!(config.dicom.max_pdu, 65536);
         assert!(config.dicom.allow_unknown_callers);
-        assert_eq!(config.db_path(), PathBuf::from("storage/jnsc.db"));
+        assert_eq!(config.db_path(), default_storage_dir().join("jnsc.db"));
+        assert_eq!(config.model.path, None, "the embedded model");
         assert_eq!(config.pipeline.stable_age_secs, 10);
         assert_eq!(config.status.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn storage_defaults_to_the_state_directory_not_the_working_directory() {
+        let dir = default_storage_dir();
+        match std::env::var_os("STATE_DIRECTORY") {
+            Some(state) if !state.is_empty() => {
+                assert!(state.to_string_lossy().starts_with(&*dir.to_string_lossy()))
+            }
+            _ if std::env::var_os("HOME").is_some() => {
+                assert!(dir.is_absolute(), "{}", dir.display())
+            }
+            _ => assert_eq!(dir, PathBuf::from("storage")),
+        }
     }
 
     #[test]

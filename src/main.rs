@@ -86,9 +86,9 @@ struct AnalyzeArgs {
     /// Write the JSON here instead of stdout.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// The model file.
-    #[arg(long, default_value = jnsc::DEFAULT_MODEL)]
-    model: PathBuf,
+    /// The model file (default: the shipped model embedded in this binary).
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -514,7 +514,8 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<()> {
     tiling.batch = args.batch;
     tiling.validate().map_err(anyhow::Error::msg)?;
     let device = jnsc::jnsc::device::select(&args.device)?;
-    let mut analyzer = Analyzer::new(&args.model, device, tiling)?;
+    let model = jnsc::jnsc::model_file::ModelSource::from_option(args.model.clone());
+    let mut analyzer = Analyzer::new(&model, device, tiling)?;
     if !args.classify_all {
         analyzer.classify_min_p_location = args.min_p_nodule;
     }

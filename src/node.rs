@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::inference::Analyzer;
 use crate::inference::tiles::Tiling;
+use crate::jnsc::model_file::ModelSource;
 use crate::net::send::SendSettings;
 use crate::net::server;
 use crate::pipeline::worker::Worker;
@@ -28,6 +29,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )
     })?;
     let db_path = config.db_path();
+    info!(storage = %config.storage.dir.display(), database = %db_path.display(), "storage");
     let index = Index::open(&db_path)
         .await
         .with_context(|| format!("cannot open the database {}", db_path.display()))?;
@@ -168,18 +170,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
     let device = crate::jnsc::device::select(&config.model.device)?;
     let tiling = Tiling::named(&config.model.tiling).map_err(anyhow::Error::msg)?;
-    let mut analyzer = Analyzer::new(&config.model.path, device, tiling).with_context(|| {
-        format!(
-            "cannot load the model {} (key model.path)",
-            config.model.path.display()
-        )
-    })?;
+    let source = ModelSource::from_option(config.model.path.clone());
+    let mut analyzer = Analyzer::new(&source, device, tiling)
+        .with_context(|| format!("cannot load the model (key model.path): {source}"))?;
     // Only findings that can be reported are classified.
     analyzer.classify_min_p_location = config.results.min_p_nodule;
     info!(
         model = %analyzer.model_info().name,
         version = %analyzer.model_info().version,
         device = %config.model.device,
+        source = %source,
         "model loaded"
     );
     Ok(analyzer)

@@ -8,6 +8,7 @@
 
 use super::classification::{Metrics, Rated, metrics};
 use crate::inference::Analyzer;
+use crate::jnsc::model_file::ModelSource;
 use crate::malignancy;
 use crate::train::data::{Source, SyntheticSource, nodule_boxes};
 use crate::train::trainer::TrainConfig;
@@ -21,9 +22,9 @@ pub struct NodulesArgs {
     /// Write metrics.json and nodules.csv here.
     #[arg(long)]
     pub out: PathBuf,
-    /// The model file.
-    #[arg(long, default_value = crate::DEFAULT_MODEL)]
-    pub model: PathBuf,
+    /// The model file (default: the shipped model embedded in this binary).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// Held-out scans to render (1-4 nodules each).
     #[arg(long, default_value_t = 60)]
     pub scans: usize,
@@ -122,7 +123,11 @@ pub fn run(args: &NodulesArgs) -> anyhow::Result<()> {
         .try_into()
         .map_err(|_| anyhow::anyhow!("--size takes three numbers"))?;
     let device = crate::jnsc::device::select(&args.device)?;
-    let analyzer = Analyzer::new(&args.model, device, crate::inference::tiles::Tiling::fast())?;
+    let analyzer = Analyzer::new(
+        &ModelSource::from_option(args.model.clone()),
+        device,
+        crate::inference::tiles::Tiling::fast(),
+    )?;
     let source = SyntheticSource::new(args.seed, args.scans, size);
     let mut csv = format!("{CSV_COLUMNS}\n");
     let mut classified = Classified::default();
@@ -154,7 +159,7 @@ pub fn run(args: &NodulesArgs) -> anyhow::Result<()> {
     }
     eprintln!();
     let summary = Summary {
-        model: args.model.display().to_string(),
+        model: ModelSource::from_option(args.model.clone()).to_string(),
         scans: args.scans,
         first_seed: args.seed,
         nodules: classified.all.len(),

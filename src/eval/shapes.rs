@@ -23,6 +23,7 @@
 use super::classification::{Metrics, Rated, metrics};
 use super::nodules::{CSV_COLUMNS, Classified, write_outputs};
 use crate::inference::{Analyzer, ObjectBox};
+use crate::jnsc::model_file::ModelSource;
 use crate::malignancy;
 use crate::synth::insert::{Background, background_folder};
 use crate::synth::lidc_shapes::{
@@ -76,9 +77,9 @@ pub struct ShapesArgs {
     /// is the validation background of models/train-real.toml.
     #[arg(long, default_value = "../shared/data/real-ct/lidc-idri-0063")]
     pub background: PathBuf,
-    /// The model file.
-    #[arg(long, default_value = crate::DEFAULT_MODEL)]
-    pub model: PathBuf,
+    /// The model file (default: the shipped model embedded in this binary).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// Write metrics.json and nodules.csv here.
     #[arg(long)]
     pub out: PathBuf,
@@ -185,7 +186,11 @@ pub fn run(args: &ShapesArgs) -> anyhow::Result<()> {
     let background = Background::load(&dicom)?;
     let lungs = background.segmented_lungs();
     let device = crate::jnsc::device::select(&args.device)?;
-    let analyzer = Analyzer::new(&args.model, device, crate::inference::tiles::Tiling::fast())?;
+    let analyzer = Analyzer::new(
+        &ModelSource::from_option(args.model.clone()),
+        device,
+        crate::inference::tiles::Tiling::fast(),
+    )?;
     let known_spheres: Vec<(Vec3, f64)> = known
         .iter()
         .map(|k| (k.center_mm, k.diameter_mm / 2.0))
@@ -285,7 +290,7 @@ pub fn run(args: &ShapesArgs) -> anyhow::Result<()> {
     }
     eprintln!();
     let summary = Summary {
-        model: args.model.display().to_string(),
+        model: ModelSource::from_option(args.model.clone()).to_string(),
         shapes: args.shapes.display().to_string(),
         library_sqlite_sha256: library.source.sqlite_sha256.clone(),
         background: args.background.display().to_string(),

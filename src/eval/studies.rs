@@ -6,6 +6,7 @@
 use super::classification::{Metrics, Rated, metrics};
 use super::froc::{self, Finding, Mark, Reference};
 use crate::inference::{Analyzer, Report};
+use crate::jnsc::model_file::ModelSource;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -19,9 +20,9 @@ pub struct StudiesArgs {
     /// Write the CSVs, the script's outputs, froc.png and metrics.json here.
     #[arg(long)]
     pub out: PathBuf,
-    /// The model file.
-    #[arg(long, default_value = crate::DEFAULT_MODEL)]
-    pub model: PathBuf,
+    /// The model file (default: the shipped model embedded in this binary).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -119,7 +120,11 @@ pub fn run(args: &StudiesArgs) -> anyhow::Result<()> {
     let tiling =
         crate::inference::tiles::Tiling::named(&args.tiling).map_err(anyhow::Error::msg)?;
     let device = crate::jnsc::device::select(&args.device)?;
-    let analyzer = Analyzer::new(&args.model, device, tiling)?;
+    let analyzer = Analyzer::new(
+        &ModelSource::from_option(args.model.clone()),
+        device,
+        tiling,
+    )?;
     let dirs = study_dirs(&args.dir)?;
     anyhow::ensure!(
         !dirs.is_empty(),

@@ -9,7 +9,7 @@
 pub mod findings;
 pub mod tiles;
 
-use crate::jnsc::model_file::{ModelFileError, ModelInfo, load};
+use crate::jnsc::model_file::{ModelFileError, ModelInfo, ModelSource, load_from};
 use crate::jnsc::network::{Candidate, Jnsc};
 use crate::volume::Volume;
 use crate::volume::prepare::{PreparedVolume, prepare};
@@ -18,7 +18,7 @@ use crate::volume::series::SeriesError;
 use candle_core::{Device, Tensor};
 use findings::{Detection, PostProcessing, detect};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 use tiles::Tiling;
 
@@ -142,9 +142,13 @@ pub struct Analyzer {
 }
 
 impl Analyzer {
-    /// Loads a model file onto `device`.
-    pub fn new(model: &Path, device: Device, tiling: Tiling) -> Result<Self, ModelFileError> {
-        let (net, info) = load(model, &device)?;
+    /// Loads a model, the embedded one or a file, onto `device`.
+    pub fn new(
+        model: &ModelSource,
+        device: Device,
+        tiling: Tiling,
+    ) -> Result<Self, ModelFileError> {
+        let (net, info) = load_from(model, &device)?;
         let post = PostProcessing {
             threshold: info.config.threshold as f32,
             ..PostProcessing::default()

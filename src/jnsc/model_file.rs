@@ -3,6 +3,9 @@
 //! the training provenance (data, schedule, seed, code version...) and, where fitted, the
 //! calibration of its malignancy output. Loading checks all of it and fails with a message that
 //! names the file and what is wrong.
+//!
+//! The shipped model (`models/jnsc.safetensors`) is compiled into the binary: [`ModelSource`]
+//! is either that embedded copy, the default everywhere, or a file named by the user.
 
 use crate::jnsc::network::{Config, Jnsc};
 use crate::volume::Normalization;
@@ -18,6 +21,56 @@ const CONFIG: &str = "jnsc.config";
 const NORMALIZATION: &str = "jnsc.normalization";
 const PROVENANCE: &str = "jnsc.provenance";
 const MALIGNANCY_CALIBRATION: &str = "jnsc.malignancy_calibration";
+
+/// The shipped model's bytes, as they were in `models/jnsc.safetensors` when this binary was built.
+pub static EMBEDDED: &[u8] = include_bytes!("../../models/jnsc.safetensors");
+
+/// Where a model comes from: the copy compiled into the binary, or a file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ModelSource {
+    /// The shipped model embedded in this binary ([`EMBEDDED`]).
+    #[default]
+    Embedded,
+    /// A model file (relative paths are from the working directory).
+    File(PathBuf),
+}
+
+impl ModelSource {
+    /// A file when one is named, the embedded model otherwise.
+    pub fn from_option(path: Option<PathBuf>) -> Self {
+        path.map_or(Self::Embedded, Self::File)
+    }
+
+    /// How error messages name it (the path of a file).
+    pub fn label(&self) -> PathBuf {
+        match self {
+            Self::Embedded => PathBuf::from(format!("<embedded {}>", crate::DEFAULT_MODEL)),
+            Self::File(path) => path.clone(),
+        }
+    }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> Result<std::borrow::Cow<'static, [u8]>, ModelFileError> {
+        match self {
+            Self::Embedded => Ok(std::borrow::Cow::Borrowed(EMBEDDED)),
+            Self::File(path) => std::fs::read(path)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|error| ModelFileError::Read {
+                    path: path.clone(),
+                    error,
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded => write!(f, "the embedded shipped model ({})", crate::DEFAULT_MODEL),
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
 
 /// What a model file says about its weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,10 +109,12 @@ impl MalignancyCalibration {
 /// A model file that cannot be written or used.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelFileError {
-    #[error("cannot read model file {path}: {source}")]
+    // The I/O error is part of the message, not a `source`: printed with its chain it would
+    // otherwise appear twice.
+    #[error("cannot read model file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} is not a safetensors model file (wrong or truncated file?): {reason}")]
     NotSafetensors { path: PathBuf, reason: String },
@@ -106,10 +161,16 @@ pub fn save(path: &Path, vars: &VarMap, info: &ModelInfo) -> Result<(), ModelFil
 
 /// Loads a model file onto `device`.
 pub fn load(path: &Path, device: &Device) -> Result<(Jnsc, ModelInfo), ModelFileError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelFileError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    load_from(&ModelSource::File(path.to_owned()), device)
+}
+
+/// Loads a model, embedded or from a file, onto `device`.
+pub fn load_from(
+    source: &ModelSource,
+    device: &Device,
+) -> Result<(Jnsc, ModelInfo), ModelFileError> {
+    let bytes = source.bytes()?.into_owned();
+    let path = &source.label();
     let info = read_info(path, &bytes)?;
     let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(|e| {
         ModelFileError::NotSafetensors {
@@ -194,10 +255,7 @@ pub fn write_calibrated(
     to: &Path,
     calibration: &MalignancyCalibration,
 ) -> Result<(), ModelFileError> {
-    let bytes = std::fs::read(from).map_err(|source| ModelFileError::Read {
-        path: from.to_owned(),
-        source,
-    })?;
+    let bytes = ModelSource::File(from.to_owned()).bytes()?;
     read_info(from, &bytes)?;
     let write_error = |reason: String| ModelFileError::Write {
         path: to.to_owned(),
