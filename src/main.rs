@@ -528,14 +528,18 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = &args.results {
         use anyhow::Context;
-        use jnsc::results::{Equipment, ReportPolicy, build, source::SourceStudy, write};
+        use jnsc::results::{
+            Equipment, ReportPolicy, build, read_summary, source::SourceStudy, write,
+        };
         let first = files.first().context("the folder has no DICOM file")?;
         let source = SourceStudy::read(first, &analysis.volume.series)?;
         let policy = ReportPolicy {
             min_p_nodule: args.min_p_nodule,
             max_findings: args.max_findings,
         };
-        let objects = build(&analysis, &source, &policy, &Equipment::new(&args.ae_title));
+        let previous = read_summary(dir);
+        let equipment = Equipment::new(&args.ae_title);
+        let objects = build(&analysis, &source, &policy, &equipment, previous.as_ref());
         let written = write(&objects, dir)?;
         eprintln!(
             "jnsc: {} of {} findings reported; wrote {}{}",

@@ -303,7 +303,7 @@ fn eval_shapes_classifies_held_out_patients_only() {
     let args = |half: Half| ShapesArgs {
         shapes: path.clone(),
         background: common::real_ct("lidc-idri-0063"),
-        model: model.clone(),
+        model: Some(model.clone()),
         out: out.clone(),
         validation_percent: 20,
         half,

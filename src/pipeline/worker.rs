@@ -150,7 +150,9 @@ impl Worker {
                 .ok_or_else(|| failure("no_files", "the series has no files".into()))?;
             let source = SourceStudy::read(first, &analysis.volume.series)
                 .map_err(|e| failure("source", e.to_string()))?;
-            let objects = results::build(&analysis, &source, &policy, &equipment);
+            let previous = results::read_summary(&out_dir);
+            let objects =
+                results::build(&analysis, &source, &policy, &equipment, previous.as_ref());
             let written = results::write(&objects, &out_dir)
                 .map_err(|e| failure("results", format!("cannot write the results: {e}")))?;
             let timings = JobTimings {

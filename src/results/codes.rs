@@ -73,6 +73,15 @@ pub const DIAMETER: Code = code("81827009", "SCT", "Diameter");
 pub const DERIVATION: Code = code("121401", "DCM", "Derivation");
 pub const MAXIMUM: Code = code("56851009", "SCT", "Maximum");
 pub const VOLUME: Code = code("118565006", "SCT", "Volume");
+pub const LONG_AXIS: Code = code("103339001", "SCT", "Long Axis");
+pub const SHORT_AXIS: Code = code("103340004", "SCT", "Short Axis");
+pub const MEAN: Code = code("373098007", "SCT", "Mean");
+/// Concept of a SCOORD a measurement is inferred from, and of the image it is selected from.
+pub const SOURCE: Code = code("260753009", "SCT", "Source");
+pub const REFERENCED_SEGMENTATION_FRAME: Code =
+    code("121214", "DCM", "Referenced Segmentation Frame");
+pub const SOURCE_IMAGE_FOR_SEGMENTATION_FRAME: Code =
+    code("121233", "DCM", "Source image for segmentation");
 pub const PROBABILITY_OF_CANCER: Code = code("111047", "DCM", "Probability of cancer");
 pub const DIAGNOSIS: Code = code("439401001", "SCT", "Diagnosis");
 pub const BENIGN_NEOPLASM: Code = code("3898006", "SCT", "Benign neoplasm");

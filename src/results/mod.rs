@@ -4,8 +4,16 @@
 //!
 //! Which findings are reported is decided here, once: the analysis keeps every candidate (up to
 //! 100, as the LUNA16 evaluation wants), the report keeps those at or above the configured
-//! nodule probability, most probable first, up to a configured count.
+//! nodule probability, most probable first, up to a configured count. Each reported finding is
+//! also measured on its largest axial slice (`axes`).
+//!
+//! Re-analysis: the objects of a series' earlier analysis are read from its `results.json`. The
+//! same content gives the same objects (same UIDs); changed content gives a new revision: new
+//! SOP Instance UIDs in the same series, the Instance Number counting revisions, and an SR that
+//! names the one it replaces (Predecessor Documents Sequence). The earlier SEG stays valid for
+//! the earlier SR; the new SR references the new SEG.
 
+pub mod axes;
 pub mod codes;
 pub mod dataset;
 pub mod seg;
@@ -17,6 +25,7 @@ use crate::inference::{Analysis, Finding};
 use crate::volume::Volume;
 use crate::volume::geometry::Geometry;
 use crate::volume::mapping::{SliceMask, mask_footprint};
+use axes::{PixelGrid, PlanarAxes};
 use codes::Code;
 use dataset::DataSet;
 use dicom_core::VR;
@@ -85,6 +94,10 @@ pub struct Algorithm {
 pub struct Context<'a> {
     pub source: &'a SourceStudy,
     pub uids: ResultUids,
+    /// Revision of the series' results, from 1: the objects' Instance Number.
+    pub revision: u32,
+    /// The SR these results replace, when the content changed.
+    pub predecessor: Option<ObjectIds>,
     pub equipment: &'a Equipment,
     pub algorithm: Algorithm,
     /// Content date and time (UTC), DA and TM.
@@ -102,8 +115,21 @@ pub struct SegmentedFinding {
     /// only classified findings are reported).
     pub p_cancer: f64,
     pub tracking_uid: String,
+    /// Tracking UID of its axial measurement group (`ResultUids::axial_tracking`).
+    pub axial_tracking_uid: String,
     /// The source slices it touches, with its pixels there.
     pub slices: Vec<SliceMask>,
+    /// Long and short axis on the slice where it is largest.
+    pub axial: Option<AxialMeasurement>,
+}
+
+/// A finding's axes on one source image.
+#[derive(Debug, Clone)]
+pub struct AxialMeasurement {
+    pub axes: PlanarAxes,
+    pub sop_instance_uid: String,
+    /// 1-based frame of a multi-frame source image.
+    pub frame: Option<u32>,
 }
 
 impl SegmentedFinding {
@@ -137,13 +163,27 @@ pub struct ResultSummary {
     pub model_version: String,
     /// Findings the analysis produced, and those reported.
     pub candidates: usize,
+    /// Digest of the reported content (findings, measurements, masks): the same digest means
+    /// the same objects. Absent in results written before it existed.
+    #[serde(default)]
+    pub content_digest: Option<String>,
+    /// Revision of the series' results (the objects' Instance Number), from 1.
+    #[serde(default = "first_revision")]
+    pub revision: u32,
+    /// The SR this report replaced.
+    #[serde(default)]
+    pub predecessor: Option<ObjectIds>,
     pub seg: Option<ObjectIds>,
     pub sr: ObjectIds,
     pub findings: Vec<ReportedFinding>,
 }
 
+fn first_revision() -> u32 {
+    1
+}
+
 /// Identity of one result object.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectIds {
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
@@ -157,6 +197,13 @@ pub struct ReportedFinding {
     pub tracking_uid: String,
     pub center_mm: [f64; 3],
     pub max_diameter_mm: f64,
+    /// Long and short axis on its largest axial slice, and their mean (Lung-RADS).
+    #[serde(default)]
+    pub long_axis_mm: Option<f64>,
+    #[serde(default)]
+    pub short_axis_mm: Option<f64>,
+    #[serde(default)]
+    pub mean_diameter_mm: Option<f64>,
     pub volume_mm3: f64,
     pub p_nodule: f64,
     /// Probability of cancer given a nodule as the SR reports it (calibrated where the model is).
@@ -175,23 +222,48 @@ pub struct ResultObjects {
     pub summary: ResultSummary,
 }
 
-/// Builds SEG (when something is reported) and SR for an analysis.
+/// Builds SEG (when something is reported) and SR for an analysis. `previous` is what the
+/// series' last analysis produced (`read_summary`), if any.
 pub fn build(
     analysis: &Analysis,
     source: &SourceStudy,
     policy: &ReportPolicy,
     equipment: &Equipment,
+    previous: Option<&ResultSummary>,
 ) -> ResultObjects {
     let report = &analysis.report;
+    let (model, version) = (&report.model.name, &report.model.version);
+    let mut findings = reported_findings(analysis, policy);
+    let digest = content_digest(&findings);
+    let (revision, predecessor) = match previous {
+        None => (1, None),
+        // The same content from the same model: the same objects, UIDs included.
+        Some(p)
+            if &p.model == model
+                && &p.model_version == version
+                && p.content_digest.as_deref() == Some(digest.as_str()) =>
+        {
+            (p.revision, p.predecessor.clone())
+        }
+        Some(p) => (p.revision + 1, Some(p.sr.clone())),
+    };
     let uids = ResultUids::new(
         &source.series_uid,
-        &report.model.name,
-        &report.model.version,
+        model,
+        version,
+        &digest,
+        predecessor.as_ref().map(|p| p.sop_instance_uid.as_str()),
     );
+    for f in &mut findings {
+        f.tracking_uid = uids.tracking(f.number);
+        f.axial_tracking_uid = uids.axial_tracking(f.number);
+    }
     let now = time::OffsetDateTime::now_utc();
     let ctx = Context {
         source,
         uids,
+        revision,
+        predecessor,
         equipment,
         algorithm: Algorithm {
             name: report.model.name.clone(),
@@ -205,7 +277,6 @@ pub fn build(
         ),
         time: format!("{:02}{:02}{:02}", now.hour(), now.minute(), now.second()),
     };
-    let findings = reported_findings(analysis, policy, &ctx.uids);
     let seg = (!findings.is_empty())
         .then(|| seg::build(&ctx, &analysis.volume.series, &findings).into_inner());
     let sr = sr::build(&ctx, &findings).into_inner();
@@ -215,6 +286,9 @@ pub fn build(
         model: ctx.algorithm.name.clone(),
         model_version: ctx.algorithm.version.clone(),
         candidates: report.findings.len(),
+        content_digest: Some(digest),
+        revision: ctx.revision,
+        predecessor: ctx.predecessor.clone(),
         seg: seg.as_ref().map(|_| ObjectIds {
             sop_class_uid: sop::SEGMENTATION_STORAGE.into(),
             sop_instance_uid: ctx.uids.seg_instance.clone(),
@@ -232,6 +306,9 @@ pub fn build(
                 tracking_uid: f.tracking_uid.clone(),
                 center_mm: f.finding.center_mm,
                 max_diameter_mm: f.finding.max_diameter_mm,
+                long_axis_mm: f.axial.as_ref().map(|a| a.axes.long.length_mm),
+                short_axis_mm: f.axial.as_ref().map(|a| a.axes.short.length_mm),
+                mean_diameter_mm: f.axial.as_ref().map(|a| a.axes.mean_diameter_mm()),
                 volume_mm3: f.finding.volume_mm3,
                 p_nodule: f.finding.p_nodule,
                 p_malignant: f.p_cancer,
@@ -249,11 +326,14 @@ pub fn build(
 /// A finding whose mask covers no source pixel centre (thinner than the slices) is left out, and
 /// so is one the analyzer did not classify (its location probability was under the analyzer's
 /// `classify_min_p_location`, which the node keeps at or below the reporting threshold).
-fn reported_findings(
-    analysis: &Analysis,
-    policy: &ReportPolicy,
-    uids: &ResultUids,
-) -> Vec<SegmentedFinding> {
+/// Tracking UIDs are filled in by the caller, once the UIDs are known.
+fn reported_findings(analysis: &Analysis, policy: &ReportPolicy) -> Vec<SegmentedFinding> {
+    let series = &analysis.volume.series;
+    let grid = PixelGrid {
+        columns: series.columns,
+        column_spacing_mm: series.column_spacing_mm,
+        row_spacing_mm: series.row_spacing_mm,
+    };
     let mut order: Vec<usize> = (0..analysis.report.findings.len())
         .filter(|&i| analysis.report.findings[i].p_nodule >= policy.min_p_nodule)
         .collect();
@@ -274,16 +354,61 @@ fn reported_findings(
         let Some(p_cancer) = analysis.report.findings[i].p_cancer else {
             continue;
         };
-        let number = reported.len() + 1;
+        let axial = axes::measure(&slices, grid).map(|axes| {
+            let image = &series.slices[axes.series_slice];
+            AxialMeasurement {
+                axes,
+                sop_instance_uid: image.sop_instance_uid.clone(),
+                frame: image.frame,
+            }
+        });
         reported.push(SegmentedFinding {
-            number,
+            number: reported.len() + 1,
             p_cancer,
             finding: analysis.report.findings[i].clone(),
-            tracking_uid: uids.tracking(number),
+            tracking_uid: String::new(),
+            axial_tracking_uid: String::new(),
             slices,
+            axial,
         });
     }
     reported
+}
+
+/// A digest of everything the objects say about the findings (not the creation time).
+fn content_digest(findings: &[SegmentedFinding]) -> String {
+    let mut content = Vec::new();
+    for f in findings {
+        let d = &f.finding;
+        let axes = f.axial.as_ref().map(|a| (a.axes, &a.sop_instance_uid));
+        content.extend(
+            format!(
+                "{}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|",
+                f.number,
+                d.center_mm,
+                d.max_diameter_mm,
+                d.volume_mm3,
+                d.p_nodule,
+                f.p_cancer,
+                d.malignant,
+                d.lung_side,
+                axes
+            )
+            .bytes(),
+        );
+        for slice in &f.slices {
+            content.extend((slice.slice as u64).to_le_bytes());
+            content.extend(&slice.pixels);
+        }
+    }
+    uids::digest(&content)
+}
+
+/// The summary an earlier analysis left in `dir` (`None` when there is none or it cannot be
+/// read: the results are then a first revision).
+pub fn read_summary(dir: &Path) -> Option<ResultSummary> {
+    let bytes = std::fs::read(dir.join("results.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// A detection's voxels as a mask on a small grid around it (one voxel of margin).
@@ -345,7 +470,7 @@ fn common_modules(
         .text(tags::MANUFACTURER_MODEL_NAME, VR::LO, equipment.model_name)
         .text(tags::DEVICE_SERIAL_NUMBER, VR::LO, &equipment.device_name)
         .text(tags::SOFTWARE_VERSIONS, VR::LO, equipment.software_version)
-        .integer(tags::INSTANCE_NUMBER, 1)
+        .integer(tags::INSTANCE_NUMBER, i64::from(ctx.revision))
         .text(tags::CONTENT_DATE, VR::DA, &ctx.date)
         .text(tags::CONTENT_TIME, VR::TM, &ctx.time)
 }

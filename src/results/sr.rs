@@ -1,9 +1,12 @@
 //! The Comprehensive 3D SR: a TID 1500 Imaging Measurement Report with, per finding, one TID 1411
 //! volumetric group (tracking identifier and UID, finding Nodule, finding site, the SEG segment
 //! and its source series, diameter, volume, probability of cancer, a benign/malignant
-//! evaluation) and one TID 1410 group with the same tracking UID holding its centre as a
-//! SCOORD3D point (the item OHIF draws). A study without findings gets a complete report that
-//! says so.
+//! evaluation), one TID 1410 group with the same tracking UID holding its centre as a SCOORD3D
+//! point, and one TID 1410 group on the axial slice where it is largest, with its own tracking
+//! UID: its SEG frame there as the region, the long and short axis each a NUM inferred from a
+//! 2-point POLYLINE on that image (what viewers draw and label), and their mean (Lung-RADS'
+//! mean diameter). A study without findings gets a complete report that says so. An SR that
+//! replaces an earlier one names it in the Predecessor Documents Sequence.
 
 use super::codes::{self, Code};
 use super::dataset::DataSet;
@@ -20,6 +23,8 @@ enum Relationship {
     Contains,
     HasObsContext,
     HasConceptMod,
+    InferredFrom,
+    SelectedFrom,
 }
 
 impl Relationship {
@@ -28,11 +33,13 @@ impl Relationship {
             Relationship::Contains => "CONTAINS",
             Relationship::HasObsContext => "HAS OBS CONTEXT",
             Relationship::HasConceptMod => "HAS CONCEPT MOD",
+            Relationship::InferredFrom => "INFERRED FROM",
+            Relationship::SelectedFrom => "SELECTED FROM",
         }
     }
 }
 
-use Relationship::{Contains, HasConceptMod, HasObsContext};
+use Relationship::{Contains, HasConceptMod, HasObsContext, InferredFrom, SelectedFrom};
 
 /// A content item with its relationship, value type and concept name.
 fn content(relationship: Relationship, value_type: &str, name: Code) -> DataSet {
@@ -112,6 +119,110 @@ fn tracking(finding: &SegmentedFinding) -> [DataSet; 2] {
         text(HasObsContext, codes::TRACKING_IDENTIFIER, &finding.label()),
         uid_reference(HasObsContext, codes::TRACKING_UID, &finding.tracking_uid),
     ]
+}
+
+/// A Referenced SOP Sequence of one item: an instance, and its frame where it has frames.
+fn sop_reference(class: &str, instance: &str, frame: Option<u32>) -> Vec<DataSet> {
+    let mut item = DataSet::new()
+        .uid(tags::REFERENCED_SOP_CLASS_UID, class)
+        .uid(tags::REFERENCED_SOP_INSTANCE_UID, instance);
+    if let Some(frame) = frame {
+        item = item.integer(tags::REFERENCED_FRAME_NUMBER, i64::from(frame));
+    }
+    vec![item]
+}
+
+/// TID 1410 on the finding's largest axial slice: the SEG frame of its segment there, the long
+/// and short axis as 2-point polylines on the CT image, and the mean diameter. `seg_frame` is
+/// the SEG's frame number of that slice of this segment.
+fn axial_group(ctx: &Context, finding: &SegmentedFinding, seg_frame: usize) -> Option<DataSet> {
+    let axial = finding.axial.as_ref()?;
+    let image = || {
+        content(SelectedFrom, "IMAGE", codes::SOURCE).sequence(
+            tags::REFERENCED_SOP_SEQUENCE,
+            sop_reference(
+                &ctx.source.sop_class_uid,
+                &axial.sop_instance_uid,
+                axial.frame,
+            ),
+        )
+    };
+    let axis = |name: Code, axis: &super::axes::Axis| {
+        let line: Vec<f32> = [axis.from, axis.to]
+            .concat()
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        number(name, axis.length_mm, codes::MILLIMETER).sequence(
+            tags::CONTENT_SEQUENCE,
+            vec![
+                content(InferredFrom, "SCOORD", codes::SOURCE)
+                    .text(tags::GRAPHIC_TYPE, VR::CS, "POLYLINE")
+                    .floats(tags::GRAPHIC_DATA, &line)
+                    .sequence(tags::CONTENT_SEQUENCE, vec![image()]),
+            ],
+        )
+    };
+    let region = [
+        content(Contains, "IMAGE", codes::REFERENCED_SEGMENTATION_FRAME).sequence(
+            tags::REFERENCED_SOP_SEQUENCE,
+            vec![
+                DataSet::new()
+                    .uid(tags::REFERENCED_SOP_CLASS_UID, uids::SEGMENTATION_STORAGE)
+                    .uid(tags::REFERENCED_SOP_INSTANCE_UID, &ctx.uids.seg_instance)
+                    // The frame implies the segment (frames are per segment); the
+                    // SOP Instance Reference Macro forbids naming both.
+                    .integer(tags::REFERENCED_FRAME_NUMBER, seg_frame as i64),
+            ],
+        ),
+        content(
+            Contains,
+            "IMAGE",
+            codes::SOURCE_IMAGE_FOR_SEGMENTATION_FRAME,
+        )
+        .sequence(
+            tags::REFERENCED_SOP_SEQUENCE,
+            sop_reference(
+                &ctx.source.sop_class_uid,
+                &axial.sop_instance_uid,
+                axial.frame,
+            ),
+        ),
+    ];
+    let mut children = vec![
+        text(
+            HasObsContext,
+            codes::TRACKING_IDENTIFIER,
+            &format!("{} (axial)", finding.label()),
+        ),
+        uid_reference(
+            HasObsContext,
+            codes::TRACKING_UID,
+            &finding.axial_tracking_uid,
+        ),
+        coded(Contains, codes::FINDING, codes::NODULE),
+        finding_site(finding),
+    ];
+    children.extend(region);
+    children.extend([
+        axis(codes::LONG_AXIS, &axial.axes.long),
+        axis(codes::SHORT_AXIS, &axial.axes.short),
+        number(
+            codes::DIAMETER,
+            axial.axes.mean_diameter_mm(),
+            codes::MILLIMETER,
+        )
+        .sequence(
+            tags::CONTENT_SEQUENCE,
+            vec![coded(HasConceptMod, codes::DERIVATION, codes::MEAN)],
+        ),
+    ]);
+    Some(container(
+        Contains,
+        codes::MEASUREMENT_GROUP,
+        Some("1410"),
+        children,
+    ))
 }
 
 /// TID 1411: the finding's measurements, tied to its SEG segment.
@@ -214,10 +325,15 @@ pub fn build(ctx: &Context, findings: &[SegmentedFinding]) -> DataSet {
             ctx.equipment.model_name,
         ),
     ];
-    let measurements: Vec<DataSet> = findings
-        .iter()
-        .flat_map(|f| [volumetric_group(ctx, f), centre_group(ctx, f)])
-        .collect();
+    let mut measurements = Vec::new();
+    // The SEG's frames: by segment, then by slice (`seg::build`).
+    let mut first_frame = 1;
+    for f in findings {
+        measurements.extend([volumetric_group(ctx, f), centre_group(ctx, f)]);
+        let seg_frame = f.axial.as_ref().map_or(0, |a| a.axes.footprint_index) + first_frame;
+        measurements.extend(axial_group(ctx, f, seg_frame));
+        first_frame += f.slices.len();
+    }
     let mut root_children = vec![language];
     root_children.extend(observer);
     root_children.push(coded(
@@ -263,7 +379,7 @@ pub fn build(ctx: &Context, findings: &[SegmentedFinding]) -> DataSet {
         );
     }
 
-    common_modules(
+    let report = common_modules(
         ctx,
         uids::COMPREHENSIVE3_DSR_STORAGE,
         &ctx.uids.sr_instance,
@@ -302,5 +418,27 @@ pub fn build(ctx: &Context, findings: &[SegmentedFinding]) -> DataSet {
                 .text(tags::TEMPLATE_IDENTIFIER, VR::CS, "1500"),
         ],
     )
-    .sequence(tags::CONTENT_SEQUENCE, root_children)
+    .sequence(tags::CONTENT_SEQUENCE, root_children);
+    // Type 1C: present only when this SR replaces one.
+    match &ctx.predecessor {
+        None => report,
+        Some(p) => report.sequence(
+            tags::PREDECESSOR_DOCUMENTS_SEQUENCE,
+            vec![
+                DataSet::new()
+                    .uid(tags::STUDY_INSTANCE_UID, &source.study_uid)
+                    .sequence(
+                        tags::REFERENCED_SERIES_SEQUENCE,
+                        vec![
+                            DataSet::new()
+                                .uid(tags::SERIES_INSTANCE_UID, &p.series_uid)
+                                .sequence(
+                                    tags::REFERENCED_SOP_SEQUENCE,
+                                    sop_reference(&p.sop_class_uid, &p.sop_instance_uid, None),
+                                ),
+                        ],
+                    ),
+            ],
+        ),
+    }
 }

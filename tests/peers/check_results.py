@@ -29,6 +29,49 @@ def check_copied(obj, ct, what):
             fail(f"{what} {keyword} {getattr(obj, keyword, None)!r} != CT {getattr(ct, keyword, None)!r}")
 
 
+def check_axes(finding, group, ct_instances, spacing):
+    """The axial group of one finding: tracking, values against the node's record, the polylines
+    against their lengths. Returns (SEG frame number, image UID, long-axis ends)."""
+    n = finding["number"]
+    if group.tracking_identifier != f"Nodule {n} (axial)" or str(group.tracking_uid) == finding["tracking_uid"]:
+        fail(f"finding {n}: axial group tracking {group.tracking_identifier!r} {group.tracking_uid}")
+    measurements = {m.name.meaning: m for m in group.get_measurements()}
+    expected = {"Long Axis": "long_axis_mm", "Short Axis": "short_axis_mm", "Diameter": "mean_diameter_mm"}
+    for name, key in expected.items():
+        if name not in measurements or abs(float(measurements[name].value) - finding[key]) > 1e-6 * max(1.0, finding[key]):
+            fail(f"finding {n}: {name} {measurements.get(name) and measurements[name].value} != {finding[key]}")
+    if not finding["short_axis_mm"] <= finding["long_axis_mm"] + 1e-9:
+        fail(f"finding {n}: short axis longer than the long axis")
+    if abs(finding["mean_diameter_mm"] - (finding["long_axis_mm"] + finding["short_axis_mm"]) / 2) > 1e-6:
+        fail(f"finding {n}: the mean diameter is not the mean of the axes")
+    lines = {}
+    for name in ("Long Axis", "Short Axis"):
+        (coordinates,) = measurements[name].referenced_coordinates
+        if coordinates.graphic_type.value != "POLYLINE":
+            fail(f"finding {n}: {name} is a {coordinates.graphic_type}")
+        points = np.asarray(coordinates.value, dtype=float)
+        if points.shape != (2, 2):
+            fail(f"finding {n}: {name} has {points.shape} coordinates, not two points")
+        image = coordinates.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        if image not in ct_instances:
+            fail(f"finding {n}: {name} references {image}, not a CT image")
+        (dc, dr) = points[1] - points[0]
+        length = np.hypot(dc * spacing[1], dr * spacing[0])
+        # float32 coordinates: a few micrometres.
+        if abs(length - float(measurements[name].value)) > 1e-3:
+            fail(f"finding {n}: {name} drawn {length:.4f} mm, reported {measurements[name].value}")
+        lines[name] = (image, points)
+    if lines["Long Axis"][0] != lines["Short Axis"][0]:
+        fail(f"finding {n}: the axes are on different images")
+    long_mm = (lines["Long Axis"][1][1] - lines["Long Axis"][1][0]) * [spacing[1], spacing[0]]
+    short_mm = (lines["Short Axis"][1][1] - lines["Short Axis"][1][0]) * [spacing[1], spacing[0]]
+    if finding["short_axis_mm"] > 0 and abs(np.dot(long_mm, short_mm)) > 1e-3 * np.linalg.norm(long_mm) * np.linalg.norm(short_mm) + 1e-4:
+        fail(f"finding {n}: the axes are not perpendicular")
+    (segmentation_frame,) = [item for item in group.referenced_segmentation_frame if item.ConceptNameCodeSequence[0].CodeValue == "121214"]
+    frame_number = int(segmentation_frame.ReferencedSOPSequence[0].ReferencedFrameNumber)
+    return frame_number, lines["Long Axis"][0], lines["Long Axis"][1]
+
+
 def main():
     summary = json.loads(Path(sys.argv[1]).read_text())
     ct_files = sorted(Path(sys.argv[2]).glob("*.dcm"))
@@ -46,9 +89,15 @@ def main():
     if not isinstance(report, hd.sr.MeasurementReport):
         fail(f"SR content is {type(report).__name__}, not a TID 1500 MeasurementReport")
     groups = report.get_volumetric_roi_measurement_groups()
-    points = report.get_planar_roi_measurement_groups()
-    if len(groups) != len(findings) or len(points) != len(findings):
-        fail(f"{len(groups)} volumetric and {len(points)} planar groups for {len(findings)} findings")
+    planar = report.get_planar_roi_measurement_groups()
+    # Per finding: its centre (a SCOORD3D point, the finding's tracking UID) and its axes on
+    # the largest axial slice (a group of its own).
+    points = [g for g in planar if g.reference_type.value == "111030"]
+    axial = [g for g in planar if g.reference_type.value == "121214"]
+    if not (len(groups) == len(points) == len(axial) == len(findings)) or len(planar) != 2 * len(findings):
+        fail(f"{len(groups)} volumetric, {len(points)} centre and {len(axial)} axial groups "
+             f"({len(planar)} planar) for {len(findings)} findings")
+    spacing = [float(v) for v in ct.PixelSpacing]  # row spacing, column spacing
     evidence = {
         ref.ReferencedSOPInstanceUID
         for study in sr.CurrentRequestedProcedureEvidenceSequence
@@ -58,7 +107,9 @@ def main():
     if not ct_instances <= evidence:
         fail("the SR evidence does not list every CT image")
 
-    for finding, group, point in zip(findings, groups, points):
+    axes_of = {}
+    for finding, group, point, axes in zip(findings, groups, points, axial):
+        axes_of[finding["number"]] = check_axes(finding, axes, ct_instances, spacing)
         if str(group.tracking_uid) != finding["tracking_uid"] or str(point.tracking_uid) != finding["tracking_uid"]:
             fail(f"finding {finding['number']}: tracking UID mismatch")
         if group.finding_type.value != "27925004":
@@ -102,6 +153,24 @@ def main():
             nearest = np.linalg.norm(world - np.asarray(finding["center_mm"]), axis=1).min()
             if nearest > 2.0:
                 fail(f"segment {n}: its voxels are {nearest:.1f} mm from the reported centre")
+        # Each axial group's region is its segment's frame on the measured image, and the long
+        # axis lies on the segment there.
+        for finding in findings:
+            n = finding["number"]
+            frame_number, image_uid, long_axis = axes_of[n]
+            frame = seg.PerFrameFunctionalGroupsSequence[frame_number - 1]
+            segment = frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+            source = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            if segment != n or source != image_uid:
+                fail(f"finding {n}: SEG frame {frame_number} is segment {segment} on {source}, "
+                     f"not segment {n} on the measured image {image_uid}")
+            mask = seg.get_stored_frame(frame_number) if hasattr(seg, "get_stored_frame") else seg.pixel_array[frame_number - 1]
+            rows, columns = np.nonzero(mask)
+            for column, row in long_axis:
+                # Ends sit on pixel corners of the segment: within one pixel of a pixel centre.
+                gap = np.hypot(columns + 0.5 - column, rows + 0.5 - row).min()
+                if gap > 1.0:
+                    fail(f"finding {n}: a long-axis end ({column}, {row}) is {gap:.2f} px off the segment")
         referenced = {
             ref.ReferencedSOPInstanceUID
             for series in seg.ReferencedSeriesSequence
