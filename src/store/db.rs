@@ -402,13 +402,30 @@ impl Index {
         Ok(())
     }
 
-    /// Counts an instance that was already stored identically (idempotent re-send).
-    pub async fn record_duplicate(&self, association: i64) -> DbResult<()> {
+    /// Counts an instance that was already stored identically (idempotent re-send: no new
+    /// file), and re-opens its series as a new instance would: a PACS sending a series again
+    /// asks for it to be analysed again, and the results go to whoever sent it last.
+    pub async fn record_duplicate(
+        &self,
+        association: i64,
+        series_uid: &str,
+        source_ae: &str,
+    ) -> DbResult<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE associations SET instances_ok = instances_ok + 1 WHERE id = ?")
             .bind(association)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        sqlx::query(
+            "UPDATE series SET last_received_at = ?, source_ae = ?, state = 'receiving'
+             WHERE series_uid = ?",
+        )
+        .bind(now_ms())
+        .bind(source_ae)
+        .bind(series_uid)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
     }
 
     /// Logs a C-STORE answered with a failure status.

@@ -142,7 +142,13 @@ impl InstanceStore {
                 if p.transfer_syntax == received.transfer_syntax
                     && self.stored_data_set_equals(&p.path, &data_set).await?
                 {
-                    self.index.record_duplicate(received.association).await?;
+                    self.index
+                        .record_duplicate(
+                            received.association,
+                            attrs.series_uid.as_str(),
+                            received.calling_ae,
+                        )
+                        .await?;
                     return Ok(StoreOutcome::Duplicate);
                 }
                 self.next_free_version(attrs, p.version + 1)

@@ -350,51 +350,74 @@ pub fn data_set_of(path: &Path) -> (Vec<u8>, String) {
 
 /// A minimal HTTP/1.1 GET over a real TCP connection: (status code, body).
 pub fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let (code, body) = http_request(port, "GET", path, None, auth.as_deref());
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// An HTTP/1.1 request on loopback (`Connection: close`): (status, body). `authorization` is
+/// the header's value.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    authorization: Option<&str>,
+) -> (u16, Vec<u8>) {
     use std::io::{Read, Write};
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("status endpoint reachable");
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("HTTP server reachable");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let length = body
+        .map(|b| format!("Content-Length: {}\r\n", b.len()))
         .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{length}Connection: close\r\n\r\n"
     )
     .unwrap();
+    if let Some(body) = body {
+        stream.write_all(body).unwrap();
+    }
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(response.len());
+    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+    let body = response.get(split + 4..).unwrap_or_default().to_vec();
     let code = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(&body)
     } else {
-        body.to_owned()
+        body
     };
     (code, body)
 }
 
 /// Joins the chunks of a chunked HTTP body.
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..line_end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+        let rest = &body[line_end + 2..];
+        let Some(size) = size else { break };
         if size == 0 || rest.len() < size {
             break;
         }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
+        out.extend_from_slice(&rest[..size]);
+        body = rest[size..].strip_prefix(b"\r\n").unwrap_or(&rest[size..]);
     }
     out
 }
