@@ -500,6 +500,14 @@ mod tests {
     }
 
     #[test]
+    fn the_deployment_example_parses() {
+        let config = Config::parse(include_str!("../deploy/jnsc.toml")).unwrap();
+        assert!(!config.dicom.allow_unknown_callers);
+        assert_eq!(config.dicom.peers[0].ae_title, "ORTHANC");
+        assert_eq!(config.model.path, None);
+    }
+
+    #[test]
     fn issue_example_parses() {
         let config = Config::parse(
             r#"
