@@ -1,12 +1,16 @@
 //! JNSC node: a DICOM node for lung cancer screening. It receives chest CT series (C-STORE SCP),
 //! stores and indexes every instance durably, and queues complete series for analysis.
 //!
-//! Module map: `attributes` (reading data set values), `config` (TOML configuration), `net` (DICOM networking), `store` (files + SQLite
-//! index), `pipeline` (series completion and jobs), `node` (the `serve` command), `synth`
-//! (synthetic CT series), `bench` (benchmark commands),
-//! `eval` (FROC/CPM and classification metrics), `inference` (whole-scan
-//! analysis: findings from a series), `results` (the DICOM SEG and TID 1500 SR sent back), `status` (HTTP status endpoint and
-//! metrics).
+//! Module map, from the bottom up:
+//! - `attributes` (reading data set values), `encoding` (the structure of received data sets,
+//!   checked before parsing), `config` (TOML configuration);
+//! - `store` (files + SQLite index), `net` (DICOM networking), `volume` (series -> HU volume ->
+//!   1 mm grid -> lung mask), `jnsc` (the network, its model file and devices);
+//! - `inference` (whole-scan analysis: findings from a series), `malignancy`, `results` (the DICOM
+//!   SEG and TID 1500 SR sent back), `pipeline` (series completion, jobs, delivery);
+//! - `status` (HTTP status endpoint and metrics), `node` (the `serve` command);
+//! - `synth` (synthetic and inserted CT studies), `train`, `eval` (FROC/CPM, classification,
+//!   calibration), `bench` (benchmark commands).
 
 /// The model file the node and `analyze` use unless told otherwise.
 pub const DEFAULT_MODEL: &str = "models/jnsc.safetensors";
@@ -14,6 +18,7 @@ pub const DEFAULT_MODEL: &str = "models/jnsc.safetensors";
 pub mod attributes;
 pub mod bench;
 pub mod config;
+pub mod encoding;
 pub mod eval;
 pub mod inference;
 pub mod jnsc;

@@ -362,3 +362,165 @@ async fn invalid_configuration_fails_at_start_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("dicom.max_pdu"), "{stderr}");
 }
+
+/// An explicit VR little endian element header.
+fn header(group: u16, element: u16, vr: &[u8; 2], length: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend(group.to_le_bytes());
+    out.extend(element.to_le_bytes());
+    out.extend(vr);
+    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN") {
+        out.extend([0, 0]);
+        out.extend(length.to_le_bytes());
+    } else {
+        out.extend((length as u16).to_le_bytes());
+    }
+    out
+}
+
+fn item(length: u32) -> Vec<u8> {
+    let mut out = vec![0xFE, 0xFF, 0x00, 0xE0];
+    out.extend(length.to_le_bytes());
+    out
+}
+
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+const ITEM_END: [u8; 8] = [0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0];
+const SEQUENCE_END: [u8; 8] = [0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0];
+
+/// `depth` nested (0040,A730) sequences, of undefined or of defined lengths.
+fn nested(depth: usize, defined: bool) -> Vec<u8> {
+    if !defined {
+        let mut out = Vec::new();
+        for _ in 0..depth {
+            out.extend(header(0x0040, 0xA730, b"SQ", UNDEFINED));
+            out.extend(item(UNDEFINED));
+        }
+        for _ in 0..depth {
+            out.extend(ITEM_END);
+            out.extend(SEQUENCE_END);
+        }
+        return out;
+    }
+    let mut inner = Vec::new();
+    for _ in 0..depth {
+        let mut item_bytes = item(inner.len() as u32);
+        item_bytes.extend(&inner);
+        let mut sequence = header(0x0040, 0xA730, b"SQ", item_bytes.len() as u32);
+        sequence.extend(item_bytes);
+        inner = sequence;
+    }
+    inner
+}
+
+/// Defects found by a hostile probe: each of these used to abort the process (stack overflow),
+/// reserve gigabytes for a length that never arrived, or be acknowledged as Success and stored
+/// unreadable. Each is now refused with 0xC000 before it is parsed, memory stays bounded, and the
+/// association goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_structures_are_refused_before_parsing() {
+    let mut node = Node::start("");
+    let (valid, sop_uid, object) = valid_instance(&node.dir.join("a"), 3);
+    let rss_before = node.peak_rss_mib();
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+
+    // 2,000 nested sequences, both encodings of their lengths (42 KB; 1,500 used to be stored).
+    for defined in [false, true] {
+        let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, &nested(2000, defined), 16000);
+        assert_eq!(
+            response.status, CANNOT_UNDERSTAND,
+            "defined {defined}: {response:?}"
+        );
+    }
+    // 14 bytes declaring a 4 GB element.
+    let mut huge = header(0x0008, 0x0016, b"UN", 0xFFFF_FFF0);
+    huge.extend(b"12");
+    assert_eq!(huge.len(), 14);
+    let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, &huge, 4000);
+    assert_eq!(response.status, CANNOT_UNDERSTAND, "{response:?}");
+
+    // Native pixel data far shorter than rows x columns x 16 bits.
+    let mut short = object.clone();
+    short.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::from(vec![0u8; 1000]),
+    ));
+    let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, &encode(&short), 4000);
+    assert_eq!(response.status, CANNOT_UNDERSTAND, "{response:?}");
+    assert!(
+        response
+            .error_comment
+            .as_deref()
+            .unwrap_or("")
+            .contains("pixel data"),
+        "{response:?}"
+    );
+    scu.send_request(CT_IMAGE_STORAGE, &sop_uid, &valid, 4000, 900);
+    assert_eq!(scu.read_response().status, SUCCESS);
+    scu.release();
+
+    // Broken encapsulated pixel data on a JPEG 2000 context.
+    let mut without_pixels = object.clone();
+    without_pixels.remove_element(tags::PIXEL_DATA);
+    let head = encode(&without_pixels);
+    let encapsulated = |tail: &[u8]| {
+        let mut out = head.clone();
+        out.extend(header(0x7FE0, 0x0010, b"OB", UNDEFINED));
+        out.extend(tail);
+        out
+    };
+    let fragment = |bytes: &[u8]| {
+        let mut out = item(bytes.len() as u32);
+        out.extend(bytes);
+        out
+    };
+    let codestream = [0xFF, 0x4F, 0xFF, 0x51, 0, 0, 0, 0];
+    let whole = [fragment(&[]), fragment(&codestream), SEQUENCE_END.to_vec()].concat();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("no items at all", encapsulated(&SEQUENCE_END)),
+        (
+            "no sequence delimiter",
+            encapsulated(&whole[..whole.len() - 8]),
+        ),
+        ("cut mid-fragment", encapsulated(&whole[..12])),
+        (
+            "a fragment of 0x7FFFFFF0 bytes",
+            encapsulated(&[fragment(&[]), item(0x7FFF_FFF0), codestream.to_vec()].concat()),
+        ),
+    ];
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, uids::JPEG2000_LOSSLESS);
+    for (what, data_set) in &cases {
+        let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, data_set, 4000);
+        assert_eq!(response.status, CANNOT_UNDERSTAND, "{what}: {response:?}");
+    }
+    scu.release();
+
+    // A command set declaring a 4 GB element: refused, and the node does not reserve it.
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    let mut command = vec![0x00, 0x00, 0x02, 0x00];
+    command.extend(0xFFFF_FFF0u32.to_le_bytes());
+    command.extend(b"1.2");
+    scu.send_pdv(PDataValueType::Command, &command, true);
+    drop(scu);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(node.is_running(), "the node died:\n{}", node.log());
+    let rss_after = node.peak_rss_mib();
+    eprintln!("peak RSS of the node: {rss_before:.0} MiB before, {rss_after:.0} MiB after");
+    assert!(
+        rss_after - rss_before < 256.0,
+        "peak RSS grew from {rss_before:.0} to {rss_after:.0} MiB"
+    );
+    let echo = node.echoscu("ECHOSCU", "JNSC");
+    assert!(echo.status.success(), "{echo:?}");
+    let log = node.log();
+    // An association may be aborted (the command set is refused that way); the process never.
+    for word in ["panic", "overflow", "fatal", "abort"] {
+        assert!(
+            !log.lines()
+                .any(|l| l.contains(word) && !(word == "abort" && l.contains("association"))),
+            "{word} in the log:\n{log}"
+        );
+    }
+}

@@ -27,9 +27,10 @@ struct Failure {
 impl From<InstanceError> for Failure {
     fn from(error: InstanceError) -> Self {
         let status = match error {
-            InstanceError::UnsupportedTransferSyntax(_) | InstanceError::Unparseable(_) => {
-                status::CANNOT_UNDERSTAND
-            }
+            InstanceError::UnsupportedTransferSyntax(_)
+            | InstanceError::Unparseable(_)
+            | InstanceError::Structure(_)
+            | InstanceError::PixelDataLength { .. } => status::CANNOT_UNDERSTAND,
             InstanceError::MissingAttribute { .. }
             | InstanceError::InvalidUid { .. }
             | InstanceError::SopClassMismatch { .. }

@@ -50,8 +50,10 @@ pub enum CommandError {
     Missing(&'static str),
 }
 
-/// Reads a command set (always implicit VR little endian).
+/// Reads a command set (always implicit VR little endian), its structure checked first.
 fn read_command_set(bytes: &[u8]) -> Result<InMemDicomObject, CommandError> {
+    crate::encoding::check(bytes, crate::encoding::Encoding::ImplicitLittle)
+        .map_err(|e| CommandError::Unparseable(e.to_string()))?;
     InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
         .map_err(|e| CommandError::Unparseable(e.to_string()))
 }

@@ -17,6 +17,12 @@ pub enum InstanceError {
     UnsupportedTransferSyntax(String),
     #[error("data set cannot be parsed (not DICOM, or truncated): {0}")]
     Unparseable(String),
+    #[error("data set is malformed: {0}")]
+    Structure(#[from] crate::encoding::StructureError),
+    #[error(
+        "native pixel data holds {found} bytes; rows x columns x frames x samples x bits give {expected}"
+    )]
+    PixelDataLength { expected: u64, found: u64 },
     #[error("required attribute {name} {tag} is missing")]
     MissingAttribute { name: &'static str, tag: Tag },
     #[error("{name} {tag} is not a valid UID: {problem}")]
@@ -58,17 +64,86 @@ pub struct InstanceAttributes {
     pub number_of_frames: Option<i64>,
 }
 
-/// Parses `data_set` (encoded in `transfer_syntax`) and reads the index attributes.
+/// Largest data set accepted once inflated (Deflated Explicit VR Little Endian): no real CT
+/// image comes near it, and a decompression bomb stops there.
+const MAX_INFLATED_BYTES: u64 = 1 << 30;
+
+/// Checks the structure of `data_set` (encoded in `transfer_syntax`: `encoding::check`), parses
+/// it, checks native pixel data against the image's size, and reads the index attributes.
 pub fn parse_data_set(
     data_set: &[u8],
     transfer_syntax: &str,
 ) -> Result<InstanceAttributes, InstanceError> {
+    use crate::encoding::{Encoding, check};
     let ts = TransferSyntaxRegistry
         .get(transfer_syntax)
         .ok_or_else(|| InstanceError::UnsupportedTransferSyntax(transfer_syntax.to_owned()))?;
+    use dicom_dictionary_std::uids;
+    // Every other transfer syntax negotiated is explicit VR little endian.
+    let encoding = match ts.uid() {
+        uids::IMPLICIT_VR_LITTLE_ENDIAN => Encoding::ImplicitLittle,
+        _ => Encoding::ExplicitLittle,
+    };
+    if ts.uid() == uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
+        check(&inflate(data_set)?, encoding)?;
+    } else {
+        // Encapsulated pixel data included: its items and delimiter.
+        check(data_set, encoding)?;
+    }
     let object = InMemDicomObject::read_dataset_with_ts(data_set, ts)
         .map_err(|e| InstanceError::Unparseable(e.to_string()))?;
+    if !ts.is_encapsulated_pixel_data() {
+        check_native_pixel_data(&object)?;
+    }
     InstanceAttributes::from_object(&object)
+}
+
+/// Deflated data sets, inflated up to [`MAX_INFLATED_BYTES`].
+fn inflate(data_set: &[u8]) -> Result<Vec<u8>, InstanceError> {
+    use std::io::Read;
+    let mut inflated = Vec::new();
+    flate2::read::DeflateDecoder::new(data_set)
+        .take(MAX_INFLATED_BYTES + 1)
+        .read_to_end(&mut inflated)
+        .map_err(|e| InstanceError::Unparseable(format!("cannot inflate: {e}")))?;
+    if inflated.len() as u64 > MAX_INFLATED_BYTES {
+        return Err(InstanceError::Unparseable(format!(
+            "inflates to more than {MAX_INFLATED_BYTES} bytes"
+        )));
+    }
+    Ok(inflated)
+}
+
+/// Native (uncompressed) Pixel Data must hold rows x columns x frames x samples x bits allocated
+/// bits, rounded up to whole bytes and to an even length.
+fn check_native_pixel_data(object: &InMemDicomObject) -> Result<(), InstanceError> {
+    let Some(pixels) = object.element_opt(tags::PIXEL_DATA).ok().flatten() else {
+        return Ok(());
+    };
+    let found = dicom_core::header::HasLength::length(pixels)
+        .get()
+        .map_or(0, u64::from);
+    let number = |tag| integer(object, tag).and_then(|v| u64::try_from(v).ok());
+    let (Some(rows), Some(columns), Some(bits)) = (
+        number(tags::ROWS),
+        number(tags::COLUMNS),
+        number(tags::BITS_ALLOCATED),
+    ) else {
+        return Err(InstanceError::PixelDataLength { expected: 0, found });
+    };
+    let frames = number(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+    let samples = number(tags::SAMPLES_PER_PIXEL).unwrap_or(1).max(1);
+    let bits_total = rows
+        .saturating_mul(columns)
+        .saturating_mul(frames)
+        .saturating_mul(samples)
+        .saturating_mul(bits);
+    let expected = bits_total.div_ceil(8);
+    if found == expected || found == expected + expected % 2 {
+        Ok(())
+    } else {
+        Err(InstanceError::PixelDataLength { expected, found })
+    }
 }
 
 impl InstanceAttributes {

@@ -135,6 +135,18 @@ impl Node {
         self.dir.clone()
     }
 
+    /// Peak resident memory of the node process so far, MiB (VmHWM).
+    pub fn peak_rss_mib(&self) -> f64 {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib / 1024.0
+    }
+
     /// Whether the process is still running (it must never die on bad input).
     pub fn is_running(&mut self) -> bool {
         self.child
