@@ -1,6 +1,7 @@
 //! Reading attribute values out of data sets: trimmed text, integers, numbers and sequence
 //! items, each `None` when the element is absent, empty or of the wrong kind. One home for the
-//! store's index attributes and the volume loader's geometry.
+//! store's index attributes and the volume loader's geometry. Also the rule for AE titles
+//! (PS3.5 6.2), shared by the configuration and the association policy.
 
 use dicom_core::Tag;
 use dicom_object::InMemDicomObject;
@@ -35,4 +36,26 @@ pub fn items(object: &InMemDicomObject, tag: Tag) -> Option<&[InMemDicomObject]>
 /// The first item of a sequence element.
 pub fn first_item(object: &InMemDicomObject, tag: Tag) -> Option<&InMemDicomObject> {
     items(object, tag)?.first()
+}
+
+/// Checks an AE title (PS3.5 6.2, VR AE): 1-16 characters of the default repertoire, not only
+/// spaces, no control character and no backslash. The error says what is wrong, with the title
+/// escaped (it may hold control characters).
+pub fn check_ae_title(title: &str) -> Result<(), String> {
+    let trimmed = title.trim();
+    if trimmed.is_empty() {
+        return Err("is empty".into());
+    }
+    if title.len() > 16 {
+        return Err(format!("{title:?} is longer than 16 characters"));
+    }
+    if title
+        .chars()
+        .any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\')
+    {
+        return Err(format!(
+            "{title:?} may only hold printable ASCII characters other than backslash"
+        ));
+    }
+    Ok(())
 }

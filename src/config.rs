@@ -36,6 +36,12 @@ pub struct DicomConfig {
     pub max_pdu: u32,
     /// Seconds without a PDU from the peer before the association is aborted.
     pub read_timeout_secs: u64,
+    /// Seconds a new connection may take to send its A-ASSOCIATE-RQ before it is closed (a
+    /// silent socket must not hold an association slot).
+    pub associate_timeout_secs: u64,
+    /// Associations one host (IP address) may hold at once; 0: half of `max_associations`
+    /// (at least 1), so that one host cannot take every slot.
+    pub max_associations_per_host: usize,
     /// Seconds a write to the peer may block before the association is aborted.
     pub write_timeout_secs: u64,
     /// `false`: only AE titles listed in `peers` may associate, and only to our `ae_title`.
@@ -168,6 +174,8 @@ impl Default for DicomConfig {
             max_associations: 16,
             max_pdu: 65536,
             read_timeout_secs: 60,
+            associate_timeout_secs: 10,
+            max_associations_per_host: 0,
             write_timeout_secs: 60,
             allow_unknown_callers: true,
             peers: Vec::new(),
@@ -294,7 +302,7 @@ impl Config {
             key: key.into(),
             problem,
         };
-        if let Err(problem) = check_ae_title(&self.dicom.ae_title) {
+        if let Err(problem) = crate::attributes::check_ae_title(&self.dicom.ae_title) {
             return Err(invalid("dicom.ae_title", problem));
         }
         if self.dicom.max_associations == 0 {
@@ -307,6 +315,12 @@ impl Config {
             return Err(invalid(
                 "dicom.max_pdu",
                 format!("must be between {MIN_PDU} and {MAX_PDU}"),
+            ));
+        }
+        if self.dicom.associate_timeout_secs == 0 {
+            return Err(invalid(
+                "dicom.associate_timeout_secs",
+                "must be at least 1".into(),
             ));
         }
         if self.dicom.read_timeout_secs == 0 {
@@ -322,11 +336,11 @@ impl Config {
             ));
         }
         for (i, peer) in self.dicom.peers.iter().enumerate() {
-            if let Err(problem) = check_ae_title(&peer.ae_title) {
+            if let Err(problem) = crate::attributes::check_ae_title(&peer.ae_title) {
                 return Err(invalid(&format!("dicom.peers[{i}].ae_title"), problem));
             }
             if let Some(dest) = &peer.dest_ae_title
-                && let Err(problem) = check_ae_title(dest)
+                && let Err(problem) = crate::attributes::check_ae_title(dest)
             {
                 return Err(invalid(&format!("dicom.peers[{i}].dest_ae_title"), problem));
             }
@@ -434,6 +448,18 @@ impl Config {
             .find(|p| p.ae_title == calling_ae_title)
     }
 
+    pub fn associate_timeout(&self) -> Duration {
+        Duration::from_secs(self.dicom.associate_timeout_secs)
+    }
+
+    /// Associations one host may hold at once (`dicom.max_associations_per_host`, resolved).
+    pub fn max_associations_per_host(&self) -> usize {
+        match self.dicom.max_associations_per_host {
+            0 => (self.dicom.max_associations / 2).max(1),
+            n => n,
+        }
+    }
+
     pub fn read_timeout(&self) -> Duration {
         Duration::from_secs(self.dicom.read_timeout_secs)
     }
@@ -445,26 +471,6 @@ impl Config {
     pub fn stable_age(&self) -> Duration {
         Duration::from_secs(self.pipeline.stable_age_secs)
     }
-}
-
-/// An AE title is 1-16 characters of the default repertoire, no backslash, not all spaces.
-fn check_ae_title(title: &str) -> Result<(), String> {
-    let trimmed = title.trim();
-    if trimmed.is_empty() {
-        return Err("is empty".into());
-    }
-    if title.len() > 16 {
-        return Err(format!("`{title}` is longer than 16 characters"));
-    }
-    if title
-        .chars()
-        .any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\')
-    {
-        return Err(format!(
-            "`{title}` may only hold printable ASCII characters other than backslash"
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

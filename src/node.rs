@@ -22,6 +22,13 @@ use tracing::{info, warn};
 /// Runs the node until a shutdown signal arrives.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // First of all: a second node on the same storage must not touch it (recovery would run).
+    let _lock = crate::store::files::lock_storage(&config.storage.dir).with_context(|| {
+        format!(
+            "cannot lock the storage directory {} (key storage.dir)",
+            config.storage.dir.display()
+        )
+    })?;
     let files = FileStore::open(&config.storage.dir).with_context(|| {
         format!(
             "cannot open the storage directory {} (key storage.dir)",

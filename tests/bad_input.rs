@@ -524,3 +524,141 @@ async fn hostile_structures_are_refused_before_parsing() {
         );
     }
 }
+
+/// Connections that never send an A-ASSOCIATE-RQ are closed after `associate_timeout_secs`
+/// instead of holding a slot for the read timeout, and one host cannot hold every slot.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_sockets_do_not_hold_slots_and_one_host_cannot_take_them_all() {
+    use std::io::Read;
+    let node = Node::start(
+        "max_associations = 4\nmax_associations_per_host = 2\nassociate_timeout_secs = 1",
+    );
+    // Two silent sockets take this host's two slots...
+    let silent: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = node.echoscu("ECHOSCU", "JNSC");
+    assert!(
+        !refused.status.success(),
+        "a third association from the same host was accepted"
+    );
+    // ...until the node closes them, well before the 5 s read timeout.
+    let started = std::time::Instant::now();
+    for mut socket in silent {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            socket.read(&mut byte).unwrap_or(0),
+            0,
+            "the node sent something"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "silent sockets held for {:?}",
+        started.elapsed()
+    );
+    let echo = node.echoscu("ECHOSCU", "JNSC");
+    assert!(echo.status.success(), "{echo:?}");
+    // (The node gives a slot back just after the release.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Two real associations from this host are allowed, a third is refused as transient.
+    let first = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    let second = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    let third = node.echoscu("ECHOSCU", "JNSC");
+    assert!(!third.status.success());
+    let text = String::from_utf8_lossy(&third.stderr).to_string()
+        + &String::from_utf8_lossy(&third.stdout);
+    assert!(
+        text.contains("Transient") || text.contains("transient"),
+        "{text}"
+    );
+    first.release();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = node.echoscu("ECHOSCU", "JNSC");
+    assert!(again.status.success(), "{again:?}");
+    second.release();
+}
+
+/// A second node started on a storage directory in use stops before touching it: no recovery,
+/// no quarantine, and the first node goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_node_on_the_same_storage_stops_before_touching_it() {
+    let mut node = Node::start("");
+    let config = node.dir.join("second.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dicom]\nlisten = \"127.0.0.1:0\"\n[storage]\ndir = \"{}\"\n[status]\nlisten = \"127.0.0.1:0\"\n",
+            node.storage().display()
+        ),
+    )
+    .unwrap();
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_jnsc"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use by another jnsc node"), "{stderr}");
+    assert!(!stderr.contains("recovery"), "{stderr}");
+    assert!(!node.storage().join("quarantine").exists());
+    assert!(node.is_running());
+    let echo = node.echoscu("ECHOSCU", "JNSC");
+    assert!(echo.status.success(), "{echo:?}");
+}
+
+/// Text that is not what PS3.5 allows is refused: a UID with a leading-zero component gets
+/// 0xA900, and an AE title with a control character (which could forge a log line) is rejected
+/// at association time.
+#[tokio::test(flavor = "multi_thread")]
+async fn uids_and_ae_titles_follow_ps3_5() {
+    let node = Node::start("");
+    let (_valid, sop_uid, object) = valid_instance(&node.dir.join("a"), 5);
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    let mut zero = object.clone();
+    zero.put(DataElement::new(
+        tags::STUDY_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from("1.2.03"),
+    ));
+    let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, &encode(&zero), 4000);
+    assert_eq!(
+        response.status, DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        "{response:?}"
+    );
+    let logged = failures(&node).await;
+    assert!(
+        logged
+            .iter()
+            .any(|(_, _, reason)| reason.contains("leading zero")),
+        "{logged:?}"
+    );
+    scu.release();
+
+    let forged = "FORGED\nINFO";
+    let attempt = dicom_ul::association::client::ClientAssociationOptions::new()
+        .calling_ae_title(forged)
+        .called_ae_title("JNSC")
+        .with_presentation_context(uids::VERIFICATION, vec![EXPLICIT_VR_LE])
+        .establish(("127.0.0.1", node.port));
+    // Refused by the node (not by the client library): calling AE title not recognised.
+    match attempt {
+        Err(dicom_ul::association::Error::Rejected { association_rj, .. }) => assert_eq!(
+            association_rj.source,
+            dicom_ul::pdu::AssociationRJSource::ServiceUser(
+                dicom_ul::pdu::AssociationRJServiceUserReason::CallingAETitleNotRecognized
+            )
+        ),
+        other => panic!("an AE title with a newline: {other:?}"),
+    }
+    let log = node.log();
+    assert!(
+        !log.lines().any(|l| l.starts_with("INFO")),
+        "a forged log line:\n{log}"
+    );
+}

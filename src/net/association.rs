@@ -225,7 +225,7 @@ async fn abort(
     association: AsyncServerAssociation<TcpStream>,
     violation: ProtocolViolation,
 ) -> (AssociationEnd, Option<String>) {
-    warn!(reason = %violation, "aborting association");
+    warn!(reason = ?violation.to_string(), "aborting association");
     let _ = association.abort().await;
     (AssociationEnd::AbortedByUs, Some(violation.0))
 }

@@ -81,7 +81,7 @@ pub async fn handle(
                 association = ctx.association,
                 sop_instance = sop_instance,
                 status = format_args!("{:#06X}", failure.status),
-                reason = %failure.reason,
+                reason = ?failure.reason,
                 "C-STORE refused"
             );
             METRICS.instances_refused.inc();

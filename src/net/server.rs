@@ -14,8 +14,8 @@ use dicom_ul::pdu::{
     AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
     AssociationRJServiceUserReason, AssociationRJSource, UserIdentity,
 };
-use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,6 +38,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(config.dicom.max_associations));
+    let per_host = HostCounts::default();
     let mut tasks = JoinSet::new();
     loop {
         let (socket, peer) = tokio::select! {
@@ -65,21 +66,35 @@ pub async fn run(
                     config.storage.min_free_mb
                 ),
             )),
-            None => Arc::clone(&slots).try_acquire_owned().map_err(|_| {
-                (
+            None => match per_host.try_take(peer.ip(), config.max_associations_per_host()) {
+                None => Err((
                     AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-                    "rejected: all association slots are in use (local limit exceeded)".into(),
-                )
-            }),
+                    format!(
+                        "rejected: this host already holds {} associations \
+                         (dicom.max_associations_per_host; local limit exceeded)",
+                        config.max_associations_per_host()
+                    ),
+                )),
+                Some(host_slot) => Arc::clone(&slots)
+                    .try_acquire_owned()
+                    .map(|permit| (permit, host_slot))
+                    .map_err(|_| {
+                        (
+                            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+                            "rejected: all association slots are in use (local limit exceeded)"
+                                .into(),
+                        )
+                    }),
+            },
         };
         let store = Arc::clone(&store);
         match admission {
-            Ok(permit) => {
+            Ok((permit, host_slot)) => {
                 let config = Arc::clone(&config);
                 tasks.spawn(
                     async move {
                         handle_connection(socket, peer, &config, &store).await;
-                        drop(permit);
+                        drop((permit, host_slot));
                     }
                     .instrument(span),
                 );
@@ -111,6 +126,43 @@ pub async fn run(
     }
 }
 
+/// Associations held per host: a slot is given back when its `HostSlot` is dropped.
+#[derive(Clone, Default)]
+struct HostCounts(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+struct HostSlot {
+    counts: HostCounts,
+    host: IpAddr,
+}
+
+impl HostCounts {
+    /// One more association for `host`, unless it holds `limit` already.
+    fn try_take(&self, host: IpAddr, limit: usize) -> Option<HostSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let held = counts.entry(host).or_insert(0);
+        if *held >= limit {
+            return None;
+        }
+        *held += 1;
+        Some(HostSlot {
+            counts: self.clone(),
+            host,
+        })
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = counts.get_mut(&self.host) {
+            *held -= 1;
+            if *held == 0 {
+                counts.remove(&self.host);
+            }
+        }
+    }
+}
+
 /// Negotiates, serves and logs one association.
 async fn handle_connection(
     socket: TcpStream,
@@ -134,13 +186,22 @@ async fn handle_connection(
         options = options.with_transfer_syntax(*uid);
     }
 
-    let association = match options.establish_async(socket).await {
+    let negotiation =
+        tokio::time::timeout(config.associate_timeout(), options.establish_async(socket));
+    let Ok(negotiated) = negotiation.await else {
+        info!(
+            seconds = config.dicom.associate_timeout_secs,
+            "no A-ASSOCIATE-RQ in time: connection closed (dicom.associate_timeout_secs)"
+        );
+        return;
+    };
+    let association = match negotiated {
         Ok(association) => association,
         Err(UlError::Rejected { association_rj, .. }) => {
             let titles = seen_titles.lock().unwrap_or_else(|e| e.into_inner()).take();
             let (calling, called) = titles.unzip();
             let reason = format!("rejected: {}", association_rj.source);
-            warn!(calling_ae = ?calling, called_ae = ?called, %reason, "association rejected");
+            warn!(calling_ae = ?calling, called_ae = ?called, ?reason, "association rejected");
             log_rejection(store, calling.as_deref(), called.as_deref(), peer, &reason).await;
             return;
         }
@@ -164,7 +225,7 @@ async fn handle_connection(
             return;
         }
     };
-    info!(association = id, calling_ae = %calling_ae, "association established");
+    info!(association = id, calling_ae = ?calling_ae, "association established");
     METRICS.associations_total.inc();
     METRICS.associations_active.add(1);
     let started = std::time::Instant::now();
@@ -294,6 +355,14 @@ impl AccessControl for AccessPolicy {
         let called = called_ae_title.trim();
         *self.seen_titles.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((calling.to_owned(), called.to_owned()));
+        // Not an AE title at all (control characters, backslash: PS3.5 6.2): refused whatever
+        // the policy, before it reaches the association log.
+        if crate::attributes::check_ae_title(calling_ae_title).is_err() {
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+        }
+        if crate::attributes::check_ae_title(called_ae_title).is_err() {
+            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        }
         if self.allow_unknown_callers {
             return Ok(());
         }

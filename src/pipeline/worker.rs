@@ -97,7 +97,7 @@ impl Worker {
             }
             Err(failure) => {
                 METRICS.jobs_failed.inc();
-                warn!(job = job.id, study = %job.study_uid, series = %job.series_uid, code = failure.code, reason = %failure.message, "analysis failed");
+                warn!(job = job.id, study = %job.study_uid, series = %job.series_uid, code = failure.code, reason = ?failure.message, "analysis failed");
                 if failure.refusal
                     && let Err(e) = self
                         .index

@@ -17,6 +17,44 @@ const INSTANCES_DIR: &str = "instances";
 /// Subdirectory for files found unreadable at startup (partial writes of unacknowledged instances).
 const QUARANTINE_DIR: &str = "quarantine";
 
+/// Name of the lock file in the storage directory.
+const LOCK_FILE: &str = "jnsc.lock";
+
+/// An exclusive lock on a storage directory, held while a node runs (released when dropped, or
+/// by the kernel when the process dies).
+#[derive(Debug)]
+pub struct StorageLock {
+    _file: File,
+}
+
+/// Takes the storage directory's lock (creating the directory if needed), or fails at once if
+/// another process holds it: two nodes on one store would recover, index and quarantine each
+/// other's files.
+pub fn lock_storage(root: &Path) -> io::Result<StorageLock> {
+    use std::os::fd::AsRawFd;
+    fs::create_dir_all(root)?;
+    let path = root.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    // SAFETY: flock on a file descriptor this function owns; no memory is shared.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        let error = io::Error::last_os_error();
+        return Err(if error.kind() == io::ErrorKind::WouldBlock {
+            io::Error::other(format!(
+                "the storage directory is in use by another jnsc node (lock {})",
+                path.display()
+            ))
+        } else {
+            error
+        });
+    }
+    Ok(StorageLock { _file: file })
+}
+
 /// The on-disk store rooted at the configured storage directory.
 #[derive(Debug)]
 pub struct FileStore {

@@ -4,8 +4,7 @@
 use std::fmt;
 
 /// A syntactically valid DICOM UID (PS3.5 9.1): 1-64 characters, digit components separated by
-/// single dots. Leading zeros inside a component are tolerated (real scanners emit them), since
-/// they are harmless as file names.
+/// single dots, no component with a leading zero (`0` alone is a component; `03` is not).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Uid(String);
 
@@ -20,6 +19,8 @@ pub enum UidError {
     BadCharacter(char),
     #[error("has an empty component")]
     EmptyComponent,
+    #[error("has a component with a leading zero (`{0}`; PS3.5 9.1)")]
+    LeadingZero(String),
 }
 
 impl Uid {
@@ -37,6 +38,9 @@ impl Uid {
         }
         if value.split('.').any(str::is_empty) {
             return Err(UidError::EmptyComponent);
+        }
+        if let Some(component) = value.split('.').find(|c| c.len() > 1 && c.starts_with('0')) {
+            return Err(UidError::LeadingZero(component.to_owned()));
         }
         Ok(Self(value.to_owned()))
     }
@@ -68,7 +72,8 @@ mod tests {
             Uid::parse("1.2.840.10008.5.1.4.1.1.2\0").unwrap().as_str(),
             "1.2.840.10008.5.1.4.1.1.2"
         );
-        assert!(Uid::parse("2.25.0012").is_ok());
+        assert!(Uid::parse("2.25.0").is_ok());
+        assert!(Uid::parse("1.0.2").is_ok());
         assert!(Uid::parse(&format!("1.{}", "2".repeat(62))).is_ok());
     }
 
@@ -82,6 +87,14 @@ mod tests {
         assert_eq!(Uid::parse("1..2"), Err(UidError::EmptyComponent));
         assert_eq!(Uid::parse("1.2."), Err(UidError::EmptyComponent));
         assert_eq!(Uid::parse(""), Err(UidError::Empty));
+        assert_eq!(
+            Uid::parse("1.2.03"),
+            Err(UidError::LeadingZero("03".into()))
+        );
+        assert_eq!(
+            Uid::parse("2.25.0012"),
+            Err(UidError::LeadingZero("0012".into()))
+        );
         assert_eq!(Uid::parse("1.2 3"), Err(UidError::BadCharacter(' ')));
         assert_eq!(Uid::parse("1.2\\3"), Err(UidError::BadCharacter('\\')));
         assert_eq!(
