@@ -2,17 +2,19 @@
 # The OHIF viewer check (issue 16): a synthetic CT study goes to an Orthanc configured like
 # deploy/orthanc/orthanc.json, its Lua rule (deploy/orthanc/route-ct.lua) forwards the CT to a jnsc
 # node, the node sends its SEG and SR back to Orthanc, and OHIF 3.13 (scripts/ohif: served from
-# the same origin as a proxy to Orthanc's DICOMweb) must show them: the SR's own content in its
-# viewport (the first planar long/short axis drawn with its length, when the SR has them), the
+# the same origin as a proxy to Orthanc's DICOMweb) must show them: in the SR's own viewport, zoomed
+# in on the first finding, its long axis drawn with its length from results.json and, once the
+# SEG is laid over that viewport, the finding's segment around it (ohif-seg-and-axes.png; also
+# ohif-sr-axes.png without the SEG and ohif-segments.png with the segmentation panel); then the
 # SEG over the CT, the SR's tracked measurements in the panel, and at the first finding its
 # measurement drawn and segment 1's colour in the pixels (scripts/ohif/screenshot.js has the
 # details). Finally nothing may loop: the node got the CT once, the SEG and SR stay at Orthanc.
 #
 #   scripts/ohif-check.sh [DIR]          (screenshots; default: a new temporary folder, printed)
 #
-# OHIF_REQUIRE_LENGTH=1: the SR must have planar measurements. OHIF_REQUIRE_PANEL_LENGTH=1: OHIF
-# must also hydrate a length into its measurement panel (3.13 does so only for measurement groups
-# whose Tracking Identifier names a cornerstone tool, e.g. "...:Length" or "...:Bidirectional").
+# OHIF_REQUIRE_PANEL_LENGTH=1: OHIF must also hydrate a length into its measurement panel (3.13
+# does so only for measurement groups whose Tracking Identifier names a cornerstone tool, e.g.
+# "...:Length" or "...:Bidirectional"; the node's SR stays viewer-neutral, so this fails today).
 #
 # Uses the built binary ($JNSC_BIN, default target/release/jnsc; it never runs cargo), Debian's
 # orthanc, orthanc-dicomweb, chromium and dcmtk (apt-get installs what is missing), and the npm
@@ -188,7 +190,7 @@ done
 grep -q listening "$work/serve.log" || die "serve.js did not start"
 say "OHIF at http://127.0.0.1:$p_view"
 node scripts/ohif/screenshot.js --url "http://127.0.0.1:$p_view" --study "$study" --out "$out" \
-  --expect-segments "$findings" --expect-measurements "$findings" \
+  --results "$results" --expect-segments "$findings" --expect-measurements "$findings" \
   || die "the viewer check failed (screenshots in $out)"
 
 # --- Nothing loops: the node got the CT once, and the Lua rule kept the SEG and SR at Orthanc --------

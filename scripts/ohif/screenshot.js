@@ -3,29 +3,39 @@
 // and SR the way a reader would, with OHIF's default prompts; takes screenshots into --out and
 // checks what is on screen:
 //
-//   1. SR content (02-sr-viewport.png): double-click the SR thumbnail; OHIF's SR viewport draws the
-//      SR's own measurements on their CT images. When the SR has planar measurements (TID 1410
-//      long/short axis POLYLINEs), step to the first one: it must be drawn (SVG layer, and its
-//      colour in the pixels) with its length in mm.
-//   2. Reload, double-click the SEG thumbnail and answer "Yes" (03-seg.png): the SEG must be on the
+//   1. The SR in its own viewport: double-click the SR thumbnail, answer "No" to tracking. OHIF's
+//      SR viewport draws the SR's content on its CT images, including each finding's TID 1410
+//      axial group (long and short axis, 2-point POLYLINEs) labelled "L: <long> mm / W: ...".
+//      Step ("<" ">") to the first finding's group (the one labelled with results.json's
+//      findings[0].long_axis_mm, 2 decimals as OHIF writes it; its POLYLINE must be that long),
+//      zoom in on it with the cornerstone camera (--zoom-mm: millimetres from the centre to the
+//      top edge) and take the viewport (ohif-sr-axes.png). Then lay the SEG over that same
+//      viewport and take it again (ohif-seg-and-axes.png, the main picture): OHIF 3.13's data
+//      overlay menu offers no segmentation over an SR background, so the SEG display set is loaded
+//      and added as a labelmap representation through OHIF's segmentationService, the way OHIF
+//      hydrates a SEG. On both pictures the long axis must be drawn (an SVG line on the POLYLINE's
+//      end points, and its colour along it in the pixels) with its label showing the long axis
+//      (SVG text, and text pixels); on the second, the first finding's segment colour ("Nodule
+//      <number>") must be around the long axis (and not there without the SEG). Then the
+//      segmentation panel must list the segments (ohif-segments.png, the page).
+//   2. Reload, double-click the SEG thumbnail and answer "Yes" (02-seg.png): the SEG must be on the
 //      viewport with the node's number of segments.
-//   3. Double-click the SR thumbnail and answer "Yes" to tracking (04-sr-tracked.png): OHIF
+//   3. Double-click the SR thumbnail and answer "Yes" to tracking (03-sr-tracked.png): OHIF
 //      hydrates the measurements it has tools for (the SCOORD3D points, as Probe); the measurement
 //      panel must list them (at least the node's number of findings, labelled Nodule).
-//   4. The panel's first row, then the slice nearest that point (05-finding-1.png,
-//      06-finding-1-viewport.png): the first measurement must be drawn there (SVG layer, and its
+//   4. The panel's first row, then the slice nearest that point (04-finding-1.png,
+//      05-finding-1-viewport.png): the first measurement must be drawn there (SVG layer, and its
 //      colour in the pixels), and segment 1's colour must be in the viewport's pixels.
-//   5. The segmentation panel, for the record (07-segmentation-panel.png).
 //
-//   node screenshot.js --url http://127.0.0.1:3000 --study STUDY_UID --out DIR
-//        [--expect-segments N] [--expect-measurements N] [--require-length]
+//   node screenshot.js --url http://127.0.0.1:3000 --study STUDY_UID --results RESULTS_JSON
+//        --out DIR [--expect-segments N] [--expect-measurements N] [--zoom-mm 25]
 //        [--require-panel-length] [--chromium /usr/bin/chromium] [--timeout-s 180]
 //
-// --require-length (OHIF_REQUIRE_LENGTH=1): the SR must have a planar measurement (step 1).
-// --require-panel-length (OHIF_REQUIRE_PANEL_LENGTH=1): a tracked measurement must show a length
-// in mm in the panel and on the image (OHIF 3.13 only hydrates a length it has a tool for; see
-// scripts/ohif-check.sh). Exit status 0 when every check passes, 1 with "FAIL: ..." lines
-// otherwise. Never downloads a browser (puppeteer-core with Debian's chromium).
+// RESULTS_JSON is the node's results.json for the study. --require-panel-length
+// (OHIF_REQUIRE_PANEL_LENGTH=1): a tracked measurement must show a length in mm in the panel and
+// on the image (OHIF 3.13 only hydrates a length it has a tool for; see scripts/ohif-check.sh).
+// Exit status 0 when every check passes, 1 with "FAIL: ..." lines otherwise. Never downloads a
+// browser (puppeteer-core with Debian's chromium).
 'use strict';
 
 const fs = require('fs');
@@ -40,7 +50,8 @@ function parseArgs(argv) {
     out: null,
     expectSegments: null,
     expectMeasurements: null,
-    requireLength: process.env.OHIF_REQUIRE_LENGTH === '1',
+    results: null,
+    zoomMm: 25,
     requirePanelLength: process.env.OHIF_REQUIRE_PANEL_LENGTH === '1',
     chromium: process.env.CHROMIUM || '/usr/bin/chromium',
     timeoutS: 180,
@@ -53,7 +64,8 @@ function parseArgs(argv) {
     else if (a === '--out') o.out = next();
     else if (a === '--expect-segments') o.expectSegments = Number(next());
     else if (a === '--expect-measurements') o.expectMeasurements = Number(next());
-    else if (a === '--require-length') o.requireLength = true;
+    else if (a === '--results') o.results = next();
+    else if (a === '--zoom-mm') o.zoomMm = Number(next());
     else if (a === '--require-panel-length') o.requirePanelLength = true;
     else if (a === '--chromium') o.chromium = next();
     else if (a === '--timeout-s') o.timeoutS = Number(next());
@@ -62,8 +74,8 @@ function parseArgs(argv) {
       process.exit(2);
     }
   }
-  if (!o.study || !o.out) {
-    console.error('usage: screenshot.js --url URL --study STUDY_UID --out DIR [options]');
+  if (!o.study || !o.out || !o.results) {
+    console.error('usage: screenshot.js --url URL --study STUDY_UID --results RESULTS_JSON --out DIR [options]');
     process.exit(2);
   }
   return o;
@@ -296,8 +308,171 @@ function offPlaneSlices(state, point, spacing) {
   return d / spacing;
 }
 
+// In the page: the first finding's axial group as OHIF's SR viewport draws it, found by its label
+// ("L: ... <want>" in the SVG text of an annotation): its POLYLINEs (world lengths, the longest
+// first), the SVG line drawn for the long axis and the label's text and box. Coordinates are in
+// pixels of the viewport pane (what its element screenshot shows).
+function axisState(want) {
+  const out = { found: false, labels: [] };
+  const s = window.services;
+  const vpId = s.viewportGridService.getState().activeViewportId;
+  const vp = s.cornerstoneViewportService.getCornerstoneViewport(vpId);
+  if (!vp) return out;
+  out.imageIndex = vp.getCurrentImageIdIndex();
+  const svg = vp.element.querySelector('svg.svg-layer');
+  const pane = vp.element.closest('[data-cy="viewport-pane"]');
+  if (!svg || !pane) return out;
+  const pr = pane.getBoundingClientRect();
+  const sr = svg.getBoundingClientRect();
+  const ox = sr.left - pr.left;
+  const oy = sr.top - pr.top;
+  for (const g of svg.querySelectorAll('g[data-annotation-uid]')) {
+    const text = Array.from(g.querySelectorAll('tspan')).map((t) => t.textContent.trim());
+    if (!text.length) continue;
+    out.labels.push(text.join(' / '));
+    if (out.found || !text.some((t) => /^L\b/.test(t) && t.includes(` ${want}`))) continue;
+    const uid = g.getAttribute('data-annotation-uid');
+    const ann = window.cornerstoneTools.annotation.state.getAnnotation(uid);
+    const polylines = ((ann && ann.data && ann.data.renderableData && ann.data.renderableData.POLYLINE) || [])
+      .filter((p) => p.length >= 2)
+      .map((p) => ({ p, mm: Math.hypot(...p[1].map((v, k) => v - p[0][k])) }))
+      .sort((a, b) => b.mm - a.mm);
+    if (!polylines.length) continue;
+    const [a, b] = polylines[0].p;
+    const ca = vp.worldToCanvas(a);
+    const cb = vp.worldToCanvas(b);
+    const near = (x, y, c) => Math.hypot(x - c[0], y - c[1]) <= 2;
+    let line = null;
+    for (const l of svg.querySelectorAll('line')) {
+      const x1 = Number(l.getAttribute('x1')), y1 = Number(l.getAttribute('y1'));
+      const x2 = Number(l.getAttribute('x2')), y2 = Number(l.getAttribute('y2'));
+      if ((near(x1, y1, ca) && near(x2, y2, cb)) || (near(x1, y1, cb) && near(x2, y2, ca))) {
+        line = { x1: x1 + ox, y1: y1 + oy, x2: x2 + ox, y2: y2 + oy, stroke: getComputedStyle(l).stroke };
+        break;
+      }
+    }
+    const t = g.querySelector('text');
+    const tr = t.getBoundingClientRect();
+    out.found = true;
+    out.uid = uid;
+    out.text = text;
+    out.polylineMm = polylines.map((x) => x.mm);
+    out.mid = a.map((v, k) => (v + b[k]) / 2);
+    out.expected = { x1: ca[0] + ox, y1: ca[1] + oy, x2: cb[0] + ox, y2: cb[1] + oy };
+    out.line = line;
+    out.textBox = [tr.left - pr.left, tr.top - pr.top, tr.right - pr.left, tr.bottom - pr.top];
+    out.textColour = getComputedStyle(t).fill;
+  }
+  return out;
+}
+
+// In the page: centre the active viewport on a world point (in its plane) and show `mm`
+// millimetres from the centre to the top edge (cornerstone camera: parallelScale).
+function zoomTo(point, mm) {
+  const s = window.services;
+  const vp = s.cornerstoneViewportService.getCornerstoneViewport(s.viewportGridService.getState().activeViewportId);
+  const cam = vp.getCamera();
+  const n = cam.viewPlaneNormal;
+  const d0 = point.map((v, k) => v - cam.focalPoint[k]);
+  const dn = d0[0] * n[0] + d0[1] * n[1] + d0[2] * n[2];
+  const d = d0.map((v, k) => v - dn * n[k]);
+  vp.setCamera({
+    focalPoint: cam.focalPoint.map((v, k) => v + d[k]),
+    position: cam.position.map((v, k) => v + d[k]),
+    parallelScale: mm,
+  });
+  vp.render();
+}
+
+// In the page: the segment of finding `number` (labelled "... <number>", else segment <number>) of
+// the segmentation on the active viewport, and its colour there.
+function segmentColour(number) {
+  const s = window.services;
+  const vpId = s.viewportGridService.getState().activeViewportId;
+  const seg = window.cornerstoneTools.segmentation;
+  const reps = seg.state.getSegmentationRepresentations(vpId) || [];
+  if (!reps.length) return { error: 'no segmentation on the viewport' };
+  const id = reps[0].segmentationId;
+  const segments = (seg.state.getSegmentation(id) || {}).segments || {};
+  let index = number;
+  for (const [k, v] of Object.entries(segments)) {
+    if (v && v.label && new RegExp(`(^|\\D)${number}$`).test(v.label.trim())) index = Number(k);
+  }
+  try {
+    const colour = seg.config.color.getSegmentIndexColor(vpId, id, index);
+    return { index, label: segments[index] && segments[index].label, colour: colour && Array.from(colour) };
+  } catch (e) {
+    return { index, error: String(e) };
+  }
+}
+
+// OHIF's notifications (bottom right, over the viewport) are gone before a screenshot; logs what
+// they said.
+const toastsSeen = new Set();
+async function dismissToasts(page, timeoutMs = 12000) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const texts = await page.$$eval('[data-sonner-toast]', (els) => els.map((e) => e.innerText.replace(/\s+/g, ' ').trim()));
+    for (const t of texts) {
+      if (!toastsSeen.has(t)) {
+        toastsSeen.add(t);
+        log(`OHIF notification: "${t}"`);
+      }
+    }
+    if (!texts.length) return;
+    if (Date.now() > end) {
+      await page.$$eval('[data-sonner-toast]', (els) => els.forEach((e) => (e.style.visibility = 'hidden')));
+      log('hid a notification still shown for the screenshot');
+      return;
+    }
+    await sleep(500);
+  }
+}
+
+// Points along the line (one per pixel) with a pixel of colour rgb (within tol) within 1 pixel.
+function lineHits(px, l, rgb, tol) {
+  const len = Math.hypot(l.x2 - l.x1, l.y2 - l.y1);
+  const n = Math.max(1, Math.round(len));
+  let hits = 0;
+  for (let i = 0; i <= n; i++) {
+    const x = l.x1 + ((l.x2 - l.x1) * i) / n;
+    const y = l.y1 + ((l.y2 - l.y1) * i) / n;
+    if (countColour(px, rgb, tol, [x - 1, y - 1, x + 2, y + 2]) > 0) hits++;
+  }
+  return { samples: n + 1, hits, len };
+}
+
+// The long axis is drawn (an SVG line on the POLYLINE's end points, and its colour along it in
+// the screenshot) with its label showing `want` (in the SVG text, and text pixels in its box).
+function checkAxisDrawn(px, ax, want, where) {
+  if (!ax.line) {
+    const e = ax.expected;
+    fail(`${where}: no SVG line on the long-axis POLYLINE (expected from ${Math.round(e.x1)},${Math.round(e.y1)} to ${Math.round(e.x2)},${Math.round(e.y2)})`);
+    return;
+  }
+  const rgb = parseCssColour(ax.line.stroke) || [255, 255, 0];
+  const h = lineHits(px, ax.line, rgb, 60);
+  log(`${where}: long axis drawn ${Math.round(h.len)} px long in ${ax.line.stroke}, ` +
+    `${h.hits}/${h.samples} points along it in that colour`);
+  if (h.len < 60) fail(`${where}: the long axis is only ${Math.round(h.len)} px long (not zoomed in?)`);
+  if (h.hits < 0.3 * h.samples || h.hits < 15) {
+    fail(`${where}: the long axis is not in the pixels (${h.hits}/${h.samples} points along it in ${ax.line.stroke})`);
+  }
+  const label = ax.text.find((t) => /^L\b/.test(t)) || '';
+  const trgb = parseCssColour(ax.textColour) || rgb;
+  const nText = countColour(px, trgb, 60, ax.textBox);
+  log(`${where}: label "${ax.text.join(' / ')}" (${nText} pixels of ${ax.textColour} in its box)`);
+  if (!label.includes(` ${want}`)) fail(`${where}: the long-axis label "${label}" does not show ${want}`);
+  if (nText < 30) fail(`${where}: the label is not in the pixels (${nText} pixels of its colour in its box)`);
+}
+
 async function main() {
   fs.mkdirSync(opt.out, { recursive: true });
+  const finding = (JSON.parse(fs.readFileSync(opt.results, 'utf8')).findings || [])[0];
+  if (!finding || typeof finding.long_axis_mm !== 'number') {
+    throw new Error(`${opt.results} has no first finding with a long_axis_mm`);
+  }
+  log(`first finding (results.json): number ${finding.number}, long axis ${finding.long_axis_mm.toFixed(2)} mm`);
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'jnsc-ohif-chromium-'));
   const browser = await puppeteer.launch({
     executablePath: opt.chromium,
@@ -361,20 +536,25 @@ async function main() {
     await settle(page);
     await shot(page, '01-study.png');
 
-    // SR, as a reader opens it: double-click its thumbnail. OHIF shows the SR's own content (its
-    // measurements drawn on their images, "<" ">" step through them) and asks whether to track
-    // the measurements.
+    // SR, as a reader opens it: double-click its thumbnail and answer "No" to tracking. OHIF's SR
+    // viewport draws the SR's own content on its CT images ("<" ">" step through it), including
+    // each finding's TID 1410 axial group: the long and short axis POLYLINEs, labelled
+    // "L: <long> mm / W: <short> mm". Step to the first finding's, zoom in on it
+    // (ohif-sr-axes.png), then lay the SEG over that same viewport (ohif-seg-and-axes.png) and open
+    // the segmentation panel (ohif-segments.png).
+    const want = `${finding.long_axis_mm.toFixed(2)} mm`;
     const srOpened = await clickThumbnail(page, 'SR');
     if (!srOpened) fail('no SR thumbnail to open');
-    let srInfo = null;
     if (srOpened) {
       await page.waitForFunction(() => {
         const s = window.services;
         const ds = s && s.displaySetService.getActiveDisplaySets().find((d) => d.Modality === 'SR');
         return !!(ds && ds.isLoaded);
       }, { timeout: 60000 }).catch(() => fail('the SR was not loaded within 60 s'));
+      const declined = await answerPrompt(page, 'No', 6000);
+      log(declined ? 'answered "No" to tracking (the SR stays in its own viewport)' : 'no tracking prompt in the SR viewport');
       await settle(page, 1500);
-      srInfo = await page.evaluate(() => {
+      const srInfo = await page.evaluate(() => {
         const ds = window.services.displaySetService.getActiveDisplaySets().find((d) => d.Modality === 'SR');
         const ms = (ds && ds.measurements) || [];
         return {
@@ -386,34 +566,111 @@ async function main() {
       const kinds = {};
       for (const k of srInfo.kinds) kinds[k] = (kinds[k] || 0) + 1;
       log(`SR content: ${srInfo.measurements} measurements (${Object.entries(kinds).map(([k, n]) => `${n} ${k || 'no coordinates'}`).join(', ')})`);
-      const planar = srInfo.kinds.findIndex((k) => /SCOORD:POLYLINE/.test(k));
-      if (planar >= 0) log(`first planar SR measurement: ${srInfo.labels[planar]}`);
-      if (planar < 0 && opt.requireLength) fail('the SR has no planar (POLYLINE) measurement (--require-length)');
-      // Step to the first planar measurement (the SR viewport starts at the first one).
-      let srDrawn = [];
-      if (planar >= 0) {
-        for (let i = 0; i < Math.min(srInfo.measurements, 6); i++) {
-          srDrawn = await svgAnnotations(page);
-          if (srDrawn.some((g) => MM.test(g.text.join(' ')))) break;
-          const right = await page.$('[data-cy="viewport-action-arrows-right"]');
-          if (!right) break;
-          await right.click();
-          await settle(page, 1200);
-        }
+      const planar = srInfo.kinds.filter((k) => /SCOORD:POLYLINE/.test(k)).length;
+      if (!planar) fail('the SR has no planar (POLYLINE) measurement: no long/short axis to draw');
+      else if (!srInfo.labels.some((l) => l.includes(`=${want}`))) {
+        fail(`no SR measurement is labelled with the first finding's long axis ${want} (results.json)`);
       }
-      srDrawn = await svgAnnotations(page);
-      const srShot = await shot(page, '02-sr-viewport.png');
-      if (planar >= 0) {
-        const px = await pixelsOf(page, srShot);
-        const { ok, mm } = reportDrawn(px, srDrawn, null, 'SR viewport');
-        const want = (/=\s*(\d+(?:\.\d+)?\s*mm)/.exec(srInfo.labels[planar]) || [])[1];
-        const texts = srDrawn.map((g) => g.text.join(' ')).join(' | ');
-        if (!ok) fail('the SR viewport draws none of the SR\'s planar measurements (long/short axis)');
-        else if (!mm) fail('the SR viewport draws the planar measurement without a length in mm');
-        else if (want && !texts.includes(want)) fail(`the SR viewport does not draw the first planar measurement (${want})`);
-        else log(`SR viewport: the first planar measurement is drawn with its length (${want})`);
-      } else {
-        log('SR viewport: the SR has no planar measurement, nothing to check there');
+
+      // Step to the first finding's axial group: the one OHIF labels with its long axis.
+      let ax = await page.evaluate(axisState, want);
+      for (let i = 0; planar && !ax.found && i < srInfo.measurements; i++) {
+        const right = await page.$('[data-cy="viewport-action-arrows-right"]');
+        if (!right) break;
+        await right.click();
+        await settle(page, 1000);
+        ax = await page.evaluate(axisState, want);
+      }
+      if (planar && !ax.found) {
+        fail(`the SR viewport never draws the first finding's long axis labelled ${want} (labels seen: ${ax.labels.join('; ') || 'none'})`);
+      }
+      if (ax.found) {
+        log(`SR viewport: first finding's axial group ${ax.uid.slice(0, 12)}... on slice ${ax.imageIndex + 1}: ` +
+          `"${ax.text.join(' / ')}", POLYLINEs of ${ax.polylineMm.map((v) => v.toFixed(2)).join(' and ')} mm`);
+        if (Math.abs(ax.polylineMm[0] - finding.long_axis_mm) > 0.05) {
+          fail(`the long-axis POLYLINE is ${ax.polylineMm[0].toFixed(3)} mm long, results.json says ${finding.long_axis_mm.toFixed(3)} mm`);
+        }
+        // Zoom in (cornerstone camera) so that the nodule and its label are readable.
+        await page.evaluate(zoomTo, ax.mid, opt.zoomMm);
+        await settle(page, 1200);
+        await dismissToasts(page);
+        ax = await page.evaluate(axisState, want);
+        const pane = await page.$('[data-cy="viewport-pane"]');
+        const axesShot = await shot(page, 'ohif-sr-axes.png', pane);
+        const axesPx = await pixelsOf(page, axesShot);
+        checkAxisDrawn(axesPx, ax, want, 'ohif-sr-axes.png');
+
+        // The SEG over that same SR viewport. OHIF 3.13's data overlay menu offers no
+        // segmentation here (its background display set, the SR, is not reconstructable), so add
+        // the SEG display set the way OHIF hydrates one: load it and add its labelmap
+        // representation to this viewport (segmentationService).
+        const seg = await page.evaluate(async () => {
+          const s = window.services;
+          const vpId = s.viewportGridService.getState().activeViewportId;
+          const ds = s.displaySetService.getActiveDisplaySets().find((d) => d.Modality === 'SEG');
+          if (!ds) return { error: 'no SEG display set' };
+          try {
+            await ds.load({ headers: {} });
+            await s.segmentationService.addSegmentationRepresentation(vpId, { segmentationId: ds.displaySetInstanceUID });
+          } catch (e) {
+            return { error: String(e) };
+          }
+          return { id: ds.displaySetInstanceUID };
+        });
+        if (seg.error) fail(`could not lay the SEG over the SR viewport: ${seg.error}`);
+        await page.waitForFunction(() => {
+          const s = window.services;
+          const id = s.viewportGridService.getState().activeViewportId;
+          return s.segmentationService.getSegmentationRepresentations(id).length > 0;
+        }, { timeout: 30000 }).catch(() => fail('the SEG is not on the SR viewport within 30 s'));
+        await settle(page, 2000);
+        await dismissToasts(page);
+        const ax2 = await page.evaluate(axisState, want);
+        if (!ax2.found) fail('after the SEG was added, the SR viewport no longer draws the first finding\'s long axis');
+        const sc = await page.evaluate(segmentColour, finding.number);
+        const combinedShot = await shot(page, 'ohif-seg-and-axes.png', pane);
+        const px = await pixelsOf(page, combinedShot);
+        if (ax2.found) {
+          checkAxisDrawn(px, ax2, want, 'ohif-seg-and-axes.png');
+          if (!sc.colour) {
+            fail(`no colour for the first finding's segment (${sc.error || 'no representation'})`);
+          } else {
+            // Segment colour near the long axis: in its bounding box, widened by half its length.
+            const l = ax2.line;
+            const len = Math.hypot(l.x2 - l.x1, l.y2 - l.y1);
+            const m = Math.max(10, len / 2);
+            const box = [Math.min(l.x1, l.x2) - m, Math.min(l.y1, l.y2) - m, Math.max(l.x1, l.x2) + m, Math.max(l.y1, l.y2) + m];
+            const rgb = sc.colour.slice(0, 3);
+            const nWith = countColour(px, rgb, 40, box);
+            const nWithout = countColour(axesPx, rgb, 40, box);
+            log(`ohif-seg-and-axes.png: segment ${sc.index} "${sc.label}" colour rgb(${rgb.join(',')}): ${nWith} pixels ` +
+              `around the long axis (box ${box.map(Math.round).join(',')}; ${nWithout} there without the SEG)`);
+            if (nWith < 40 || nWith < 4 * nWithout) {
+              fail(`the first finding's segment colour rgb(${rgb.join(',')}) is not around its long axis in ohif-seg-and-axes.png (${nWith} pixels, ${nWithout} without the SEG)`);
+            }
+            if (sc.label && !new RegExp(`\\b${finding.number}\\b`).test(sc.label)) {
+              log(`note: segment ${sc.index} is labelled "${sc.label}"`);
+            }
+          }
+        }
+
+        // The segmentation panel next to it.
+        const segBtn = await page.$('[data-cy="panelSegmentation-btn"]');
+        if (segBtn) {
+          await segBtn.click();
+          await settle(page, 1000);
+        }
+        await page.evaluate(zoomTo, ax.mid, opt.zoomMm);
+        await settle(page, 800);
+        await dismissToasts(page);
+        const segRows = await page.$$eval('[data-cy="data-row"]', (els) =>
+          els.map((e) => e.innerText.replace(/\s+/g, ' ').trim()));
+        log(`segmentation panel rows (${segRows.length}): ${segRows.slice(0, 4).map((r) => `"${r}"`).join('; ')}${segRows.length > 4 ? '; ...' : ''}`);
+        if (opt.expectSegments != null && segRows.length < opt.expectSegments) {
+          fail(`the segmentation panel lists ${segRows.length} segments, the node reported ${opt.expectSegments}`);
+        }
+        if (sc.label && !segRows.some((r) => r.includes(sc.label))) fail(`the segmentation panel does not list "${sc.label}"`);
+        await shot(page, 'ohif-segments.png');
       }
     }
 
@@ -445,7 +702,7 @@ async function main() {
       }, { timeout: 60000 }).catch(() => fail('the SEG did not load onto the viewport within 60 s'));
     }
     await settle(page, 1500);
-    await shot(page, '03-seg.png');
+    await shot(page, '02-seg.png');
 
     // SR: double-click its thumbnail and answer "Yes" to tracking: OHIF hydrates the measurements
     // it can (tools it knows) and shows them on the CT and in the measurement panel.
@@ -468,7 +725,7 @@ async function main() {
     await page.waitForSelector('[data-cy^="measurement-table-row-"]', { timeout: srOpened ? 20000 : 3000 })
       .catch(() => fail('the measurement panel shows no measurement rows'));
     await settle(page, 500);
-    await shot(page, '04-sr-tracked.png');
+    await shot(page, '03-sr-tracked.png');
 
     // Go to the first finding: the panel's first row (OHIF jumps to the measurement), then to the
     // slice nearest its point (OHIF's jump may land on a neighbouring slice, where an off-slice 3D
@@ -533,10 +790,10 @@ async function main() {
     log(`measurements: ${st.measurements.length} (${[...new Set(st.measurements.map((m) => m.toolName))].join(', ')}); ` +
       `drawn on this slice: ${st.svgAnnotations.length}`);
 
-    const pageFile = await shot(page, '05-finding-1.png');
+    const pageFile = await shot(page, '04-finding-1.png');
     const pagePx = await pixelsOf(page, pageFile);
     const vpElement = await page.$('[data-cy="viewport-pane"]');
-    const vpFile = await shot(page, '06-finding-1-viewport.png', vpElement);
+    const vpFile = await shot(page, '05-finding-1-viewport.png', vpElement);
     const px = await pixelsOf(page, vpFile);
 
     // --- SEG checks ---
@@ -580,14 +837,6 @@ async function main() {
       if (!r.ok) fail('no measurement annotation of the SR has its colour in the viewport pixels');
       else if (first && !r.firstSeen) fail('the first measurement (the first finding) is not drawn on its own slice');
       if (opt.requirePanelLength && !r.mm) fail('no tracked measurement is drawn with a length in mm (--require-panel-length)');
-    }
-
-    // The segmentation panel, for the record.
-    const segBtn = await page.$('[data-cy="panelSegmentation-btn"]');
-    if (segBtn) {
-      await segBtn.click();
-      await settle(page, 800);
-      await shot(page, '07-segmentation-panel.png');
     }
 
     const relevant = errors.filter((e) => !/favicon|sw\.js|service.?worker/i.test(e));
