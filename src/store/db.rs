@@ -1,7 +1,8 @@
 //! The SQLite index (sqlx): associations, patients, studies, series, instances, failures and jobs.
 //!
 //! One writer connection: SQLite serialises writers anyway, and a single connection never meets
-//! SQLITE_BUSY. WAL with `synchronous = NORMAL`: a commit survives a crash of the process at
+//! SQLITE_BUSY. A connection that a failed write left inside a transaction is closed and replaced
+//! (`healthy_after_release`), so the index recovers from a full disk. WAL with `synchronous = NORMAL`: a commit survives a crash of the process at
 //! once, and a power cut from the next checkpoint on. The instance files are fsynced before
 //! Success is sent; `recovery` re-indexes, at start, any file newer than the last checkpoint
 //! mark, so the index never loses an acknowledged instance either.
@@ -88,6 +89,30 @@ impl AssociationEnd {
     }
 }
 
+/// Whether a connection given back to the pool may be used again. One still inside a
+/// transaction (a COMMIT or ROLLBACK that failed, e.g. on "database or disk is full") would hold
+/// the write lock for ever and make every later commit a savepoint of that transaction, never
+/// committed: it is closed instead (which rolls the transaction back), and the pool opens a fresh
+/// connection for the next write. SQLite's own state is checked too: BEGIN fails inside a
+/// transaction.
+async fn healthy_after_release(conn: &mut sqlx::SqliteConnection) -> DbResult<bool> {
+    use sqlx::Connection;
+    if conn.is_in_transaction() {
+        tracing::warn!("index connection left inside a transaction: reopening it");
+        return Ok(false);
+    }
+    match sqlx::query("BEGIN").execute(&mut *conn).await {
+        Ok(_) => {
+            sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+            Ok(true)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "index connection left inside a transaction: reopening it");
+            Ok(false)
+        }
+    }
+}
+
 impl Index {
     /// Opens (creating if needed) the database and applies pending migrations.
     pub async fn open(path: &Path) -> DbResult<Self> {
@@ -103,6 +128,7 @@ impl Index {
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
+            .after_release(|conn, _| Box::pin(healthy_after_release(conn)))
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;

@@ -1,0 +1,156 @@
+//! A real full file system under the SQLite index: a small tmpfs mounted by the test (as root).
+//! A store whose index commit fails for lack of space is answered 0xA700; once space is free
+//! again, every store answered Success must be in the index that another connection reads, and
+//! the index checkpoints again. (It used to be answered Success for ever after one "database or
+//! disk is full", with nothing committed and the database locked.)
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A tmpfs mounted on a fresh directory, unmounted when dropped.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(parent: &Path, size: &str) -> Tmpfs {
+        let path = parent.join("small-fs");
+        std::fs::create_dir_all(&path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs (the test suite runs as root)"
+        );
+        Tmpfs { path }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Fills the file system with one file until it is full; returns the file.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let block = vec![0u8; 4096];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+    path
+}
+
+const SUCCESS: u16 = 0x0000;
+const OUT_OF_RESOURCES: u16 = 0xA700;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_index_commits_again_after_the_disk_was_full() {
+    let dir = tempfile::Builder::new()
+        .prefix("jnsc-test-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let small = Tmpfs::mount(&dir, "2m");
+    let db = small.path.join("jnsc.db");
+    let mut node = Node::start_in_with(
+        &dir,
+        "",
+        &format!("db = \"{}\"\nmin_free_mb = 0", db.display()),
+    );
+    let series = synth_series(&dir.join("series"), 40, 32, 9);
+    let instances: Vec<(Vec<u8>, String)> = series
+        .files
+        .iter()
+        .map(|f| data_set_of(f).0)
+        .zip(series.sop_instance_uids.iter().cloned())
+        .collect();
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    let mut stored = Vec::new();
+    let (first, first_uid) = &instances[0];
+    assert_eq!(
+        scu.store(CT_IMAGE_STORAGE, first_uid, first, 8000).status,
+        SUCCESS
+    );
+    stored.push(first_uid.clone());
+
+    // The index's file system fills up: stores fail with 0xA700 (nothing acknowledged is lost:
+    // the files are on another file system, and failures are not acknowledged).
+    let filler = fill(&small.path);
+    let mut next = instances[1..].iter();
+    let mut refused = 0;
+    for (bytes, uid) in next.by_ref().take(20) {
+        match scu.store(CT_IMAGE_STORAGE, uid, bytes, 8000).status {
+            SUCCESS => stored.push(uid.clone()),
+            OUT_OF_RESOURCES => {
+                refused += 1;
+                if refused == 3 {
+                    break;
+                }
+            }
+            other => panic!("status {other:#06x} on a full index"),
+        }
+    }
+    assert!(refused > 0, "the full file system never failed a store");
+
+    // Space again: every store is answered Success and is in the index.
+    std::fs::remove_file(filler).unwrap();
+    for (bytes, uid) in next.take(10) {
+        let response = scu.store(CT_IMAGE_STORAGE, uid, bytes, 8000);
+        assert_eq!(response.status, SUCCESS, "{response:?}\n{}", node.log());
+        stored.push(uid.clone());
+    }
+    scu.release();
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&db)
+                .read_only(true),
+        )
+        .await
+        .unwrap();
+    let indexed: Vec<String> = sqlx::query_scalar("SELECT sop_instance_uid FROM instances")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    for uid in &stored {
+        assert!(
+            indexed.contains(uid),
+            "{uid} was answered Success but is not in the index ({} of {} indexed)\n{}",
+            indexed.len(),
+            stored.len(),
+            node.log()
+        );
+    }
+    // The association log of that period reached the index too.
+    let logged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM associations WHERE calling_ae = 'RAWSCU' AND ended_at IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(logged, 1, "{}", node.log());
+    pool.close().await;
+    // And the periodic checkpoint (every 10 s) succeeds again.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let log = node.log();
+    assert!(node.is_running());
+    assert!(
+        !log.lines()
+            .skip_while(|l| !l.contains("association ended"))
+            .any(|l| l.contains("index checkpoint failed")),
+        "{log}"
+    );
+    node.stop();
+    drop(small);
+}
