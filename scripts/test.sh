@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the third-party tools the tests use, checks formatting and
-# lints, then runs every unit and integration test (real DCMTK peers against the real binary).
+# lints, then runs every unit and integration test (real DCMTK peers against the real binary),
+# then the OHIF viewer check (scripts/ohif-check.sh, which installs chromium and npm packages).
 # Release mode: the volume tests resample real 512x512 series, far too slow unoptimised.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,3 +10,5 @@ bash scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --release --locked
+# The viewer check: Orthanc + the node + OHIF 3.13 in headless Chromium (about 3 minutes).
+bash scripts/ohif-check.sh
