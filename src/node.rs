@@ -66,7 +66,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         device: config.model.device.clone(),
     });
     let storage_root = files.root().to_owned();
-    let store = Arc::new(InstanceStore::new(files, index.clone()));
+    let store = Arc::new(
+        InstanceStore::new(files, index.clone())
+            .with_disk_floor(config.storage.min_free_mb.saturating_mul(1024 * 1024)),
+    );
     recovery::recover(&store)
         .await
         .context("cannot reconcile the index with the stored files")?;

@@ -154,3 +154,67 @@ async fn the_index_commits_again_after_the_disk_was_full() {
     node.stop();
     drop(small);
 }
+
+/// The disk floor holds during an association, not only when one starts: instances that would
+/// leave less than `storage.min_free_mb` free are refused with 0xA700, and the file system keeps
+/// that much free (for the index, the results and the other associations).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_disk_floor_holds_within_an_association() {
+    let dir = tempfile::Builder::new()
+        .prefix("jnsc-test-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let small = Tmpfs::mount(&dir, "8m");
+    let storage = small.path.join("storage");
+    std::fs::create_dir_all(&storage).unwrap();
+    let config = dir.join("jnsc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dicom]\nlisten = \"127.0.0.1:0\"\n[storage]\ndir = \"{}\"\nmin_free_mb = 4\n\
+             [status]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nanalyze = false\n",
+            storage.display()
+        ),
+    )
+    .unwrap();
+    let mut node = Node::start_with_config(&dir, &config);
+    // 256 x 256 x 16 bits: 128 KiB per instance.
+    let series = synth_series(&dir.join("series"), 40, 256, 11);
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    let (mut stored, mut refused) = (0, 0);
+    for (file, uid) in series.files.iter().zip(&series.sop_instance_uids) {
+        let response = scu.store(CT_IMAGE_STORAGE, uid, &data_set_of(file).0, 16000);
+        match response.status {
+            SUCCESS => stored += 1,
+            OUT_OF_RESOURCES => {
+                refused += 1;
+                assert!(
+                    response
+                        .error_comment
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("floor"),
+                    "{response:?}"
+                );
+            }
+            other => panic!("status {other:#06x}"),
+        }
+    }
+    scu.release();
+    assert!(
+        stored > 0 && refused > 0,
+        "stored {stored}, refused {refused}"
+    );
+    // The floor is checked before each instance file; the index rows that follow (a few KiB)
+    // are what it keeps room for.
+    let free = jnsc::store::files::disk_space(&storage).unwrap().free_bytes;
+    assert!(
+        free >= 4 * 1024 * 1024 - 512 * 1024,
+        "{} KiB left free with a 4 MiB floor",
+        free / 1024
+    );
+    assert!(node.is_running());
+    node.stop();
+    drop(small);
+}

@@ -203,6 +203,54 @@ pub fn build(ctx: &Context, series: &AcquiredSeries, findings: &[SegmentedFindin
     .bytes(tags::PIXEL_DATA, packer.finish())
 }
 
+/// Distinct sRGB colours for segments 1, 2, ... (then again from the first).
+const PALETTE: [[u8; 3]; 8] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+];
+
+/// Recommended Display CIELab Value of segment `number`: its palette colour as CIE L*a*b* (D65),
+/// scaled as PS3.3 C.10.7.1.1 wants (L* 0-100 and a*, b* -128-127 onto 0-65535).
+fn display_colour(number: usize) -> [u16; 3] {
+    let [r, g, b] = PALETTE[(number.max(1) - 1) % PALETTE.len()].map(|c| {
+        let c = f64::from(c) / 255.0;
+        if c <= 0.04045 {
+            c / 12.92
+        } else {
+            ((c + 0.055) / 1.055).powf(2.4)
+        }
+    });
+    // sRGB (D65) to XYZ, relative to the D65 white.
+    let x = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047;
+    let y = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    let z = (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883;
+    let f = |t: f64| {
+        if t > 216.0 / 24389.0 {
+            t.cbrt()
+        } else {
+            (24389.0 / 27.0 * t + 16.0) / 116.0
+        }
+    };
+    let (fx, fy, fz) = (f(x), f(y), f(z));
+    let lab = [116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)];
+    let scale = |v: f64, low: f64, high: f64| {
+        ((v - low) / (high - low) * 65535.0)
+            .round()
+            .clamp(0.0, 65535.0) as u16
+    };
+    [
+        scale(lab[0], 0.0, 100.0),
+        scale(lab[1], -128.0, 127.0),
+        scale(lab[2], -128.0, 127.0),
+    ]
+}
+
 /// One Segment Sequence item.
 fn segment_item(ctx: &Context, finding: &SegmentedFinding) -> DataSet {
     let f = &finding.finding;
@@ -224,6 +272,10 @@ fn segment_item(ctx: &Context, finding: &SegmentedFinding) -> DataSet {
                 "{:.1} mm, {:.0} mm3, probability of cancer {:.2}",
                 f.max_diameter_mm, f.volume_mm3, finding.p_cancer
             ),
+        )
+        .us(
+            tags::RECOMMENDED_DISPLAY_CIE_LAB_VALUE,
+            &display_colour(finding.number),
         )
         .text(tags::SEGMENT_ALGORITHM_TYPE, VR::CS, "AUTOMATIC")
         .text(tags::SEGMENT_ALGORITHM_NAME, VR::LO, &ctx.algorithm.name)
@@ -302,6 +354,20 @@ impl BitPacker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_colours_are_distinct_cielab_values() {
+        // Red is light-ish with a strongly positive a*; blue has a negative b*.
+        let red = display_colour(1);
+        assert!(red[1] > 40000 && red[0] > 25000, "{red:?}");
+        let blue = display_colour(4);
+        assert!(blue[2] < 32896, "{blue:?}");
+        let all: Vec<[u16; 3]> = (1..=8).map(display_colour).collect();
+        for (i, a) in all.iter().enumerate() {
+            assert!(all[i + 1..].iter().all(|b| b != a));
+        }
+        assert_eq!(display_colour(9), display_colour(1));
+    }
 
     #[test]
     fn bits_pack_continuously_across_frames() {

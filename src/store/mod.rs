@@ -48,6 +48,8 @@ pub enum StoreError {
     Index(#[from] sqlx::Error),
     #[error("cannot build the file meta group: {0}")]
     Meta(String),
+    #[error("{free_mib} MiB free on the storage file system, below the floor of {floor_mib} MiB")]
+    BelowDiskFloor { free_mib: u64, floor_mib: u64 },
 }
 
 /// A data set received over the network, with its context.
@@ -70,6 +72,9 @@ pub struct InstanceStore {
     files: Arc<FileStore>,
     index: Index,
     in_flight: Mutex<HashMap<String, InFlight>>,
+    /// Free bytes the storage file system must keep: checked before every file written, not
+    /// only when an association starts (one long association could otherwise fill the disk).
+    disk_floor_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -88,7 +93,14 @@ impl InstanceStore {
             files: Arc::new(files),
             index,
             in_flight: Mutex::new(HashMap::new()),
+            disk_floor_bytes: 0,
         }
+    }
+
+    /// Refuses (0xA700) to write an instance that would leave less than `bytes` free.
+    pub fn with_disk_floor(mut self, bytes: u64) -> Self {
+        self.disk_floor_bytes = bytes;
+        self
     }
 
     pub fn index(&self) -> &Index {
@@ -137,6 +149,16 @@ impl InstanceStore {
             .index
             .find_instance(attrs.sop_instance_uid.as_str())
             .await?;
+        let below_floor = |free: u64| StoreError::BelowDiskFloor {
+            free_mib: free / (1024 * 1024),
+            floor_mib: self.disk_floor_bytes / (1024 * 1024),
+        };
+        if self.disk_floor_bytes > 0 {
+            let free = files::disk_space(self.files.root())?.free_bytes;
+            if free < self.disk_floor_bytes.saturating_add(data_set.len() as u64) {
+                return Err(below_floor(free));
+            }
+        }
         let version = match &previous {
             Some(p) => {
                 if p.transfer_syntax == received.transfer_syntax

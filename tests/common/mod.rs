@@ -64,10 +64,16 @@ impl Node {
             ),
         )
         .unwrap();
+        Self::start_with_config(dir, &config)
+    }
+
+    /// Starts a node on a configuration file written by the test (its DICOM and status
+    /// addresses must be on port 0 of loopback); `dir` holds its log.
+    pub fn start_with_config(dir: &Path, config: &Path) -> Node {
         let stderr_log = dir.join(format!("node-{}.log", Instant::now().elapsed().as_nanos()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_jnsc"))
             .args(["serve", "--config"])
-            .arg(&config)
+            .arg(config)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).unwrap())
