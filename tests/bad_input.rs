@@ -662,3 +662,37 @@ async fn uids_and_ae_titles_follow_ps3_5() {
         "a forged log line:\n{log}"
     );
 }
+
+/// A stored file deleted by hand does not make its SOP Instance UID unstorable: the next send is
+/// stored again (as the next version), and the index points at a file that exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_file_deleted_by_hand_can_be_stored_again() {
+    let node = Node::start("");
+    let (valid, sop_uid, _) = valid_instance(&node.dir.join("a"), 6);
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    assert_eq!(
+        scu.store(CT_IMAGE_STORAGE, &sop_uid, &valid, 8000).status,
+        SUCCESS
+    );
+    let path_of = |db: sqlx::SqlitePool| {
+        let uid = sop_uid.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT path FROM instances WHERE sop_instance_uid = ?")
+                .bind(uid)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    let first = path_of(node.db().await).await;
+    std::fs::remove_file(node.storage().join(&first)).unwrap();
+    let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, &valid, 8000);
+    assert_eq!(response.status, SUCCESS, "{response:?}");
+    scu.release();
+    let second = path_of(node.db().await).await;
+    assert!(node.storage().join(&second).is_file(), "{second}");
+    assert_eq!(
+        jnsc::store::files::FileStore::read_data_set(&node.storage().join(&second)).unwrap(),
+        valid
+    );
+}

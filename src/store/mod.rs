@@ -241,9 +241,15 @@ impl InstanceStore {
     ) -> Result<bool, StoreError> {
         let path = self.files.absolute(Path::new(relative));
         let data_set = Arc::clone(data_set);
-        tokio::task::spawn_blocking(move || {
-            let stored = FileStore::read_data_set(&path)?;
-            Ok(stored == *data_set)
+        tokio::task::spawn_blocking(move || match FileStore::read_data_set(&path) {
+            Ok(stored) => Ok(stored == *data_set),
+            // The indexed file was removed by hand: what arrives is stored again as the next
+            // version, which the index then points at (never an instance unstorable for ever).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), "indexed file missing: storing the instance again");
+                Ok(false)
+            }
+            Err(e) => Err(StoreError::Write(e)),
         })
         .await
         .map_err(|e| StoreError::Write(std::io::Error::other(e)))?
