@@ -157,6 +157,8 @@ pub struct StatusConfig {
     pub listen: SocketAddr,
     /// When set, every endpoint but `/health` needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Seconds a client may take to send its request headers before the connection is closed.
+    pub header_timeout_secs: u64,
 }
 
 /// `[log]`: tracing filter, e.g. `info` or `jnsc=debug,info`; `RUST_LOG` overrides it.
@@ -233,6 +235,7 @@ impl Default for StatusConfig {
         Self {
             listen: "127.0.0.1:8080".parse().expect("literal address"),
             token: None,
+            header_timeout_secs: 10,
         }
     }
 }
@@ -315,6 +318,12 @@ impl Config {
             return Err(invalid(
                 "dicom.max_pdu",
                 format!("must be between {MIN_PDU} and {MAX_PDU}"),
+            ));
+        }
+        if self.status.header_timeout_secs == 0 {
+            return Err(invalid(
+                "status.header_timeout_secs",
+                "must be at least 1".into(),
             ));
         }
         if self.dicom.associate_timeout_secs == 0 {

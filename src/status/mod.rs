@@ -90,6 +90,7 @@ pub async fn serve(
     mut stopped: watch::Receiver<bool>,
 ) {
     let token = state.config.status.token.clone();
+    let header_timeout_secs = state.config.status.header_timeout_secs;
     let protected = Router::new()
         .route("/", get(home))
         .route("/ready", get(ready))
@@ -101,14 +102,32 @@ pub async fn serve(
         .route("/health", get(|| async { "ok\n" }))
         .merge(protected)
         .with_state(state);
-    let shutdown = async move {
-        let _ = stopped.changed().await;
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        warn!(error = %e, "status endpoint stopped");
+    // hyper directly rather than `axum::serve`, for the header timeout: a client that opens a
+    // connection and never finishes its request headers is dropped after `header_timeout`
+    // instead of holding a task and a socket for ever.
+    let header_timeout = std::time::Duration::from_secs(header_timeout_secs);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "status endpoint cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "status connection ended");
+            }
+        });
     }
 }
 
