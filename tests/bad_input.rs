@@ -696,3 +696,58 @@ async fn a_stored_file_deleted_by_hand_can_be_stored_again() {
         valid
     );
 }
+
+/// A-ASSOCIATE-RQs that break PS3.8 9.3.2.2 (no presentation context, an even or a repeated
+/// presentation context ID) are answered with A-ABORT (invalid PDU parameter value), not
+/// negotiated; a valid one still gets its A-ASSOCIATE-AC.
+#[tokio::test(flavor = "multi_thread")]
+async fn presentation_contexts_follow_ps3_8() {
+    use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, UserVariableItem};
+    use std::io::{Read, Write};
+    let node = Node::start("");
+    let request = |ids: &[u8]| {
+        let rq = dicom_ul::Pdu::AssociationRQ(AssociationRQ {
+            protocol_version: 1,
+            calling_ae_title: "RAW".into(),
+            called_ae_title: "JNSC".into(),
+            application_context_name: "1.2.840.10008.3.1.1.1".into(),
+            presentation_contexts: ids
+                .iter()
+                .map(|&id| PresentationContextProposed {
+                    id,
+                    abstract_syntax: uids::VERIFICATION.into(),
+                    transfer_syntaxes: vec![uids::IMPLICIT_VR_LITTLE_ENDIAN.into()],
+                })
+                .collect(),
+            user_variables: vec![UserVariableItem::MaxLength(16384)],
+        });
+        let mut bytes = Vec::new();
+        dicom_ul::write_pdu(&mut bytes, &rq).unwrap();
+        bytes
+    };
+    let answer = |bytes: Vec<u8>| {
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        socket.write_all(&bytes).unwrap();
+        let mut first = [0u8; 1];
+        socket.read_exact(&mut first).unwrap();
+        first[0]
+    };
+    const ASSOCIATE_AC: u8 = 0x02;
+    const ABORT: u8 = 0x07;
+    assert_eq!(answer(request(&[1, 3])), ASSOCIATE_AC);
+    for ids in [&[][..], &[2][..], &[1, 1][..], &[1, 3, 3][..]] {
+        assert_eq!(answer(request(ids)), ABORT, "contexts {ids:?}");
+    }
+    let refused: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM rejected_associations WHERE reason LIKE '%invalid A-ASSOCIATE-RQ%'",
+    )
+    .fetch_one(&node.db().await)
+    .await
+    .unwrap();
+    assert_eq!(refused, 4);
+    let echo = node.echoscu("ECHOSCU", "JNSC");
+    assert!(echo.status.success(), "{echo:?}");
+}

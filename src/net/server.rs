@@ -186,8 +186,16 @@ async fn handle_connection(
         options = options.with_transfer_syntax(*uid);
     }
 
-    let negotiation =
-        tokio::time::timeout(config.associate_timeout(), options.establish_async(socket));
+    let negotiation = tokio::time::timeout(config.associate_timeout(), async {
+        // PS3.8 rules dicom-ul does not enforce, checked on the request before it negotiates.
+        if let Err(problem) = check_proposal(&socket).await {
+            return Err(Refusal::Proposal(socket, problem));
+        }
+        options
+            .establish_async(socket)
+            .await
+            .map_err(Refusal::Negotiation)
+    });
     let Ok(negotiated) = negotiation.await else {
         info!(
             seconds = config.dicom.associate_timeout_secs,
@@ -197,7 +205,14 @@ async fn handle_connection(
     };
     let association = match negotiated {
         Ok(association) => association,
-        Err(UlError::Rejected { association_rj, .. }) => {
+        Err(Refusal::Proposal(socket, problem)) => {
+            abort_invalid(socket).await;
+            let reason = format!("aborted: invalid A-ASSOCIATE-RQ: {problem}");
+            warn!(reason = ?reason, "association refused");
+            log_rejection(store, None, None, peer, &reason).await;
+            return;
+        }
+        Err(Refusal::Negotiation(UlError::Rejected { association_rj, .. })) => {
             let titles = seen_titles.lock().unwrap_or_else(|e| e.into_inner()).take();
             let (calling, called) = titles.unzip();
             let reason = format!("rejected: {}", association_rj.source);
@@ -205,7 +220,7 @@ async fn handle_connection(
             log_rejection(store, calling.as_deref(), called.as_deref(), peer, &reason).await;
             return;
         }
-        Err(e) => {
+        Err(Refusal::Negotiation(e)) => {
             debug!(error = %e, "association not established");
             return;
         }
@@ -239,6 +254,84 @@ async fn handle_connection(
         .await
     {
         error!(association = id, error = %e, "cannot log the end of the association");
+    }
+}
+
+/// Why no association came of a connection.
+enum Refusal {
+    /// The request breaks PS3.8 (the socket, to answer it).
+    Proposal(TcpStream, String),
+    /// dicom-ul's negotiation failed or rejected it.
+    Negotiation(UlError),
+}
+
+/// Largest A-ASSOCIATE-RQ checked by `check_proposal` (larger ones are left to dicom-ul).
+const MAX_CHECKED_RQ_BYTES: usize = 64 * 1024;
+
+/// Checks the presentation contexts of the A-ASSOCIATE-RQ waiting on `socket`, without
+/// consuming it (PS3.8 9.3.2.2): at least one, each ID odd (1-255) and used once.
+async fn check_proposal(socket: &TcpStream) -> Result<(), String> {
+    let peek_exactly = |size: usize| async move {
+        let mut buffer = vec![0u8; size];
+        loop {
+            match socket.peek(&mut buffer).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) if n == size => return Some(buffer),
+                // Part of it has arrived: wait for the rest (the caller's timeout bounds this).
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    };
+    let Some(header) = peek_exactly(6).await else {
+        return Ok(());
+    };
+    let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+    if header[0] != 0x01 || length + 6 > MAX_CHECKED_RQ_BYTES {
+        return Ok(());
+    }
+    let Some(bytes) = peek_exactly(6 + length).await else {
+        return Ok(());
+    };
+    let Ok(Some(Pdu::AssociationRQ(rq))) =
+        dicom_ul::read_pdu(&bytes[..], MAX_CHECKED_RQ_BYTES as u32, false)
+    else {
+        return Ok(());
+    };
+    if rq.presentation_contexts.is_empty() {
+        return Err("no presentation context proposed".into());
+    }
+    let mut seen = HashSet::new();
+    for context in &rq.presentation_contexts {
+        if context.id % 2 == 0 {
+            return Err(format!("presentation context ID {} is even", context.id));
+        }
+        if !seen.insert(context.id) {
+            return Err(format!(
+                "presentation context ID {} is used twice",
+                context.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Answers an invalid A-ASSOCIATE-RQ with A-ABORT (service provider, invalid PDU parameter
+/// value), after reading the request off the socket.
+async fn abort_invalid(mut socket: TcpStream) {
+    use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource};
+    let mut header = [0u8; 6];
+    if socket.read_exact(&mut header).await.is_ok() {
+        let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+        let mut rest = vec![0u8; length.min(MAX_CHECKED_RQ_BYTES)];
+        let _ = socket.read_exact(&mut rest).await;
+    }
+    let abort = Pdu::AbortRQ {
+        source: AbortRQSource::ServiceProvider(AbortRQServiceProviderReason::InvalidPduParameter),
+    };
+    let mut bytes = Vec::new();
+    if dicom_ul::write_pdu(&mut bytes, &abort).is_ok() {
+        let _ = socket.write_all(&bytes).await;
+        let _ = socket.shutdown().await;
     }
 }
 
