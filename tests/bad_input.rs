@@ -741,13 +741,22 @@ async fn presentation_contexts_follow_ps3_8() {
     for ids in [&[][..], &[2][..], &[1, 1][..], &[1, 3, 3][..]] {
         assert_eq!(answer(request(ids)), ABORT, "contexts {ids:?}");
     }
-    let refused: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM rejected_associations WHERE reason LIKE '%invalid A-ASSOCIATE-RQ%'",
-    )
-    .fetch_one(&node.db().await)
-    .await
-    .unwrap();
-    assert_eq!(refused, 4);
+    // (Logged just after the A-ABORT is sent.)
+    let db = node.db().await;
+    eventually(Duration::from_secs(10), "4 refusals logged", || {
+        let db = db.clone();
+        async move {
+            let refused: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM rejected_associations \
+                 WHERE reason LIKE '%invalid A-ASSOCIATE-RQ%'",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            (refused == 4).then_some(())
+        }
+    })
+    .await;
     let echo = node.echoscu("ECHOSCU", "JNSC");
     assert!(echo.status.success(), "{echo:?}");
 }
