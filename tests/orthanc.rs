@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Node, STORESCU, free_port, http_request, small_study};
+use common::{Node, STORESCU, eventually, free_port, http_request, small_study};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -138,18 +138,6 @@ impl Drop for Orthanc {
     }
 }
 
-/// Polls until `check` gives a value.
-fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 /// The SR instances Orthanc holds, with their SOP Instance UIDs, Instance Numbers and files.
 fn srs(orthanc: &Orthanc) -> Vec<(String, i64, PathBuf)> {
     let Some(series) = orthanc.series_of("SR") else {
@@ -222,10 +210,11 @@ async fn orthanc_routes_ct_to_the_node_and_holds_every_revision_of_its_results()
         .to_owned();
 
     // SEG and SR come back into the same study.
-    let first = wait_for("the SEG and SR in Orthanc", ANALYSIS, || {
-        let (seg, sr) = (orthanc.series_of("SEG")?, orthanc.series_of("SR")?);
-        Some((seg, sr))
-    });
+    let first = eventually(ANALYSIS, "the SEG and SR in Orthanc", || {
+        let both = orthanc.series_of("SEG").zip(orthanc.series_of("SR"));
+        async move { both }
+    })
+    .await;
     for series in [&first.0, &first.1] {
         assert_eq!(
             series["ParentStudy"], ct["ParentStudy"],
@@ -273,10 +262,11 @@ async fn orthanc_routes_ct_to_the_node_and_holds_every_revision_of_its_results()
         "/modalities/jnsc/store",
         Some(&json!({ "Resources": [ct["ID"]], "Synchronous": true })),
     );
-    let two = wait_for("the second SR in Orthanc", ANALYSIS, || {
+    let two = eventually(ANALYSIS, "the second SR in Orthanc", || {
         let all = srs(&orthanc);
-        (all.len() == 2).then_some(all)
-    });
+        async move { (all.len() == 2).then_some(all) }
+    })
+    .await;
     let newest = two
         .iter()
         .find(|(_, number, _)| *number == 2)
@@ -306,7 +296,7 @@ async fn orthanc_routes_ct_to_the_node_and_holds_every_revision_of_its_results()
 
     // Nothing loops: after well over Orthanc's and the node's stable ages, the node has
     // analysed the CT exactly twice and never received its own results.
-    std::thread::sleep(Duration::from_secs(8));
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let db = node.db().await;
     let jobs: Vec<(String, String)> = sqlx::query_as("SELECT series_uid, state FROM jobs")
         .fetch_all(&db)

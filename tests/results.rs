@@ -239,6 +239,28 @@ fn assert_highdicom_consistent(summary: &Path, ct: &Path, sr: &Path, seg: Option
     );
 }
 
+/// `jnsc analyze --results DIR` on a series at p(nodule) >= 0.3 with at most `max_findings`
+/// reported; returns the `results.json` it wrote.
+fn analyze_into(series: &Path, dir: &Path, max_findings: usize) -> serde_json::Value {
+    let status = Command::new(env!("CARGO_BIN_EXE_jnsc"))
+        .arg("analyze")
+        .arg(series)
+        .args([
+            "--json",
+            "/dev/null",
+            "--min-p-nodule",
+            "0.3",
+            "--max-findings",
+        ])
+        .arg(max_findings.to_string())
+        .arg("--results")
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
+}
+
 /// The SOP Class UID of a received file.
 fn sop_class(path: &Path) -> String {
     let object = dicom_object::open_file(path).unwrap();
@@ -335,25 +357,7 @@ async fn findings_reach_the_pacs_as_a_valid_seg_and_tid1500_sr() {
     // Deterministic: `jnsc analyze --results` on the same series gives the same UIDs and findings,
     // so a re-analysis replaces the objects at the PACS instead of adding new ones.
     let again = tempfile::tempdir().unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_jnsc"))
-        .arg("analyze")
-        .arg(&study)
-        .args([
-            "--json",
-            "/dev/null",
-            "--min-p-nodule",
-            "0.3",
-            "--max-findings",
-            "4",
-        ])
-        .arg("--results")
-        .arg(again.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let cli: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(again.path().join("results.json")).unwrap())
-            .unwrap();
+    let cli = analyze_into(&study, again.path(), 4);
     assert_eq!(cli["sr"], summary["sr"]);
     assert_eq!(cli["seg"], summary["seg"]);
     assert_eq!(cli["findings"], summary["findings"]);
@@ -361,25 +365,7 @@ async fn findings_reach_the_pacs_as_a_valid_seg_and_tid1500_sr() {
     // Changed content (one finding reported instead of several): a new revision, with new
     // instance UIDs in the same series, which an archive keeping the first object under a UID
     // would otherwise drop; the SR names the one it replaces.
-    let status = Command::new(env!("CARGO_BIN_EXE_jnsc"))
-        .arg("analyze")
-        .arg(&study)
-        .args([
-            "--json",
-            "/dev/null",
-            "--min-p-nodule",
-            "0.3",
-            "--max-findings",
-            "1",
-        ])
-        .arg("--results")
-        .arg(again.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let changed: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(again.path().join("results.json")).unwrap())
-            .unwrap();
+    let changed = analyze_into(&study, again.path(), 1);
     assert_eq!(changed["findings"].as_array().unwrap().len(), 1);
     assert_eq!(changed["revision"], 2);
     assert_eq!(changed["predecessor"], summary["sr"]);

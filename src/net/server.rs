@@ -257,6 +257,11 @@ async fn handle_connection(
     }
 }
 
+/// The length field of a PDU header (type, reserved, 4-byte big-endian length).
+fn pdu_length(header: &[u8]) -> usize {
+    u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize
+}
+
 /// Why no association came of a connection.
 enum Refusal {
     /// The request breaks PS3.8 (the socket, to answer it).
@@ -285,7 +290,7 @@ async fn check_proposal(socket: &TcpStream) -> Result<(), String> {
     let Some(header) = peek_exactly(6).await else {
         return Ok(());
     };
-    let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+    let length = pdu_length(&header);
     if header[0] != 0x01 || length + 6 > MAX_CHECKED_RQ_BYTES {
         return Ok(());
     }
@@ -321,7 +326,7 @@ async fn abort_invalid(mut socket: TcpStream) {
     use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource};
     let mut header = [0u8; 6];
     if socket.read_exact(&mut header).await.is_ok() {
-        let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+        let length = pdu_length(&header);
         let mut rest = vec![0u8; length.min(MAX_CHECKED_RQ_BYTES)];
         let _ = socket.read_exact(&mut rest).await;
     }
@@ -360,7 +365,7 @@ async fn refuse(
     let read = async {
         let mut header = [0u8; 6];
         socket.read_exact(&mut header).await?;
-        let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+        let length = pdu_length(&header);
         if header[0] != 0x01 || length > MAX_REFUSED_RQ_BYTES {
             return Ok::<_, std::io::Error>(None);
         }
