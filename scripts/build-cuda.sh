@@ -5,7 +5,8 @@
 # there). Linking needs libcuda.so, which only the driver ships: a stub with the driver API's
 # symbols stands in here, and the real driver's library is used at run time.
 #
-#   bash scripts/build-cuda.sh     # -> target/cuda-bin/{jnsc,jnsc-lib-tests} (build in target/cuda-build)
+#   bash scripts/build-cuda.sh     # -> target/cuda-bin/{jnsc,jnsc-lib-tests} (build in target/cuda-build),
+#                                  #    packed as target/cuda-carry/bins.txz
 #
 # On the GPU machine, put the CUDA 13 runtime, cuBLAS, cuRAND and NVRTC libraries on LD_LIBRARY_PATH (any
 # PyTorch cu13 install has them under site-packages/nvidia/cu13/lib).
@@ -47,4 +48,8 @@ mkdir -p target/cuda-bin
 cp "$tests" target/cuda-bin/jnsc-lib-tests
 cp target/cuda-build/release/jnsc target/cuda-bin/jnsc
 strip target/cuda-bin/jnsc target/cuda-bin/jnsc-lib-tests
-ls -la target/cuda-bin
+# Packed for the GPU machine (`carry: target/cuda-carry`): xz keeps one copy of the Candle kernels
+# both binaries embed, so the pack (about 28 MB) fits the device tool's 64 MiB with the repository.
+mkdir -p target/cuda-carry
+tar cf - -C target/cuda-bin jnsc jnsc-lib-tests | xz -9 -T2 >target/cuda-carry/bins.txz
+ls -la target/cuda-bin target/cuda-carry

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs on a machine with an NVIDIA GPU the binaries that scripts/build-cuda.sh built elsewhere
-# (packed as target/cuda-carry/bins.tgz): the library's tests (CPU-vs-CUDA checks of every
+# (packed as target/cuda-carry/bins.txz): the library's tests (CPU-vs-CUDA checks of every
 # operator and of the network included), the network benchmark against PyTorch on the GPU, and
 # `analyze` on a 512x512x300 synthetic chest study with several settings. Logs go to $OUT (or
 # target/gpu-check). Each step has a time limit so that one slow step cannot hide the others.
 set -uo pipefail
 out="${OUT:-target/gpu-check}"
 mkdir -p /tmp/jnsc-gpu "$out"
-tar xzf target/cuda-carry/bins.tgz -C /tmp/jnsc-gpu
+# (Python's lzma: the machine may have no xz.)
+python3 -c "import tarfile; tarfile.open('target/cuda-carry/bins.txz').extractall('/tmp/jnsc-gpu')"
 bin=/tmp/jnsc-gpu
 # The CUDA 13 runtime, cuBLAS, cuRAND and NVRTC, wherever a PyTorch or a toolkit put them.
 LD_LIBRARY_PATH=$(find /opt /usr -xdev \( -name 'libcublas.so.13' -o -name 'libcublasLt.so.13' \
