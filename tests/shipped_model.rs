@@ -1,6 +1,6 @@
 //! The shipped model file and the files it was fine-tuned from are what the model card says:
 //! each loads, is the `cpu` preset with the default normalisation, and its provenance is the run
-//! of its training configuration (models/train.toml -> models/train-real.toml ->
+//! of its training configuration (models/train.toml -> models/train-real-joint.toml ->
 //! models/train-real-shapes.toml, each starting from the one before); the shipped file carries
 //! the malignancy calibration the card describes.
 
@@ -42,7 +42,7 @@ fn the_shipped_model_matches_its_card() {
     );
     let stage1 = trained_by(
         "models/jnsc-real-stage1.safetensors",
-        "models/train-real.toml",
+        "models/train-real-joint.toml",
     );
     let stage1_config: TrainConfig =
         serde_json::from_value(stage1.provenance["training"].clone()).unwrap();
@@ -53,7 +53,7 @@ fn the_shipped_model_matches_its_card() {
     let shipped = trained_by(jnsc::DEFAULT_MODEL, "models/train-real-shapes.toml");
     assert_eq!(
         (shipped.name.as_str(), shipped.version.as_str()),
-        ("jnsc-real-backgrounds", "0.2.0")
+        ("jnsc-real-backgrounds", "0.3.0")
     );
     let shipped_config: TrainConfig =
         serde_json::from_value(shipped.provenance["training"].clone()).unwrap();

@@ -29,6 +29,9 @@ pub struct TrainArgs {
     /// Override: labels of marginal nodules (hard, soft, pseudo).
     #[arg(long)]
     pub labels: Option<pseudo::LabelMode>,
+    /// Override: start from this model file (`init_from`), e.g. another stage 1 for an ablation.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
     /// Override: segmentation only (no classification loss).
     #[arg(long)]
     pub segmentation_only: bool,
@@ -60,6 +63,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     };
     if let Some(labels) = args.labels {
         config.labels = labels;
+    }
+    if let Some(init) = &args.init_from {
+        config.init_from = Some(init.clone());
     }
     if args.segmentation_only {
         config.joint = false;
