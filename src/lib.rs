@@ -3,7 +3,8 @@
 //!
 //! Module map, from the bottom up:
 //! - `attributes` (reading data set values), `encoding` (the structure of received data sets,
-//!   checked before parsing), `config` (TOML configuration);
+//!   checked before parsing), `write` (Part 10 file meta, files written whole), `config` (TOML
+//!   configuration);
 //! - `store` (files + SQLite index), `net` (DICOM networking), `volume` (series -> HU volume ->
 //!   1 mm grid -> lung mask), `jnsc` (the network, its model file and devices);
 //! - `inference` (whole-scan analysis: findings from a series), `malignancy`, `results` (the DICOM
@@ -32,3 +33,4 @@ pub mod store;
 pub mod synth;
 pub mod train;
 pub mod volume;
+pub mod write;

@@ -394,11 +394,7 @@ fn model_init(
 ) -> anyhow::Result<()> {
     use jnsc::jnsc::model_file::{ModelInfo, save};
     use jnsc::jnsc::network::{Config, Jnsc};
-    let mut config = match preset {
-        "cpu" => Config::cpu(),
-        "paper" => Config::paper(),
-        other => anyhow::bail!("--preset {other}: use cpu or paper"),
-    };
+    let mut config = Config::preset(preset).map_err(|e| anyhow::anyhow!("--preset: {e}"))?;
     if let Some(w) = widths {
         config.widths = w
             .try_into()

@@ -17,7 +17,7 @@ use crate::volume::resample::Interpolation;
 use crate::volume::series::SeriesError;
 use candle_core::{Device, Tensor};
 use findings::{Detection, PostProcessing, detect};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
 use tiles::Tiling;
@@ -78,9 +78,25 @@ pub struct Finding {
     /// The call: malignant when `p_cancer` reaches the model's calibrated threshold (0.5
     /// without one, i.e. p(malignant) > p(benign)); false when not classified.
     pub malignant: bool,
-    /// "left" or "right" lung (patient's side), from the centre's position against the lungs'
-    /// midline.
-    pub lung_side: &'static str,
+    /// The patient's side, from the centre's position against the lungs' midline.
+    pub lung_side: LungSide,
+}
+
+/// The patient's side of the chest a finding lies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LungSide {
+    Left,
+    Right,
+}
+
+impl std::fmt::Display for LungSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LungSide::Left => "left",
+            LungSide::Right => "right",
+        })
+    }
 }
 
 /// Milliseconds per stage.
@@ -221,9 +237,9 @@ impl Analyzer {
                     malignant: p.is_some_and(|p| self.malignancy(p).1),
                     // LPS: +x is the patient's left.
                     lung_side: if d.center_mm[0] > midline_x {
-                        "left"
+                        LungSide::Left
                     } else {
-                        "right"
+                        LungSide::Right
                     },
                 };
                 (finding, d)

@@ -13,9 +13,7 @@ use crate::volume::{Normalization, Volume};
 use candle_core::{Device, Tensor};
 
 /// How windows are blended.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Blend {
     /// Every window counts over its whole extent (the paper).

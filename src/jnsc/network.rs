@@ -69,6 +69,15 @@ impl Config {
         }
     }
 
+    /// A preset by name: `cpu` or `paper`.
+    pub fn preset(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "cpu" => Ok(Self::cpu()),
+            "paper" => Ok(Self::paper()),
+            other => Err(format!("unknown preset `{other}`: use cpu or paper")),
+        }
+    }
+
     /// Length of a candidate's feature vector (V1..V5 and the size feature).
     pub fn feature_length(&self) -> usize {
         self.feature_widths

@@ -9,11 +9,15 @@
 //! weights transposed (O <-> C) and flipped; the weight gradient is a tiled im2col product with
 //! its own kernel (`Conv3dWeightGrad`).
 //!
+//! `instance_norm_relu`: instance normalisation followed by ReLU, one fused custom op with its
+//! own CPU forward and backward (`InstanceNormRelu`, `InstanceNormReluGrad`); other devices and
+//! dtypes run the same arithmetic composed of Candle operations.
+//!
 //! The other operators are compositions of Candle operations (so Candle derives their
 //! gradients): 2x2x2 stride-2 down-convolution and transposed up-convolution as a reshape, a
-//! permutation and a matmul, 2x2x2 max-pooling as a reshape and a max, instance normalisation
-//! with ReLU, spatial dropout, and the crop and adaptive max-pooling of the classification path. Weight layouts are
-//! PyTorch's, so a PyTorch model's weights load unchanged.
+//! permutation and a matmul, 2x2x2 max-pooling as a reshape and a max, spatial dropout, and the
+//! crop and adaptive max-pooling of the classification path. Weight layouts are PyTorch's, so a
+//! PyTorch model's weights load unchanged.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};

@@ -26,6 +26,17 @@ pub mod status {
     pub const DATA_SET_DOES_NOT_MATCH_SOP_CLASS: u16 = 0xA900;
     /// Error: cannot understand.
     pub const CANNOT_UNDERSTAND: u16 = 0xC000;
+    /// Warning: requested optional attributes are not supported (PS3.7 C.4.2).
+    pub const OPTIONAL_ATTRIBUTES_NOT_SUPPORTED: u16 = 0x0001;
+    /// Failure: processing failure (PS3.7 C.4.2).
+    pub const PROCESSING_FAILURE: u16 = 0x0110;
+    /// Failure: duplicate invocation (PS3.7 C.4.2).
+    pub const DUPLICATE_INVOCATION: u16 = 0x0210;
+    /// Failure: resource limitation (PS3.7 C.4.2).
+    pub const RESOURCE_LIMITATION: u16 = 0x0213;
+    /// The high nibble of C-STORE's warnings (coercion of data elements, elements discarded,
+    /// data set does not match the SOP class: B000, B007, B006).
+    pub const WARNING_CLASS: u16 = 0xB000;
 }
 
 /// Command Data Set Type value meaning "no data set follows".

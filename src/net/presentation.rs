@@ -72,15 +72,6 @@ pub fn is_accepted_storage_class(uid: &str) -> bool {
     STORAGE_SOP_CLASSES.iter().any(|(u, _)| *u == uid)
 }
 
-/// Human name of a SOP class we accept (for logs), or the UID itself.
-pub fn sop_class_name(uid: &str) -> &str {
-    STORAGE_SOP_CLASSES
-        .iter()
-        .chain(std::iter::once(&(VERIFICATION, "Verification")))
-        .find(|(u, _)| *u == uid)
-        .map_or(uid, |(_, name)| name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

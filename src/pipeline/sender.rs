@@ -139,12 +139,18 @@ async fn deliver(
 /// Whether a DIMSE status is worth retrying (PS3.4 B.2.3, PS3.7 C): out of resources,
 /// processing failure, resource limitation, duplicate invocation.
 fn is_transient(status: u16) -> bool {
-    (status & 0xFF00) == status::OUT_OF_RESOURCES || matches!(status, 0x0110 | 0x0210 | 0x0213)
+    (status & 0xFF00) == status::OUT_OF_RESOURCES
+        || matches!(
+            status,
+            status::PROCESSING_FAILURE | status::DUPLICATE_INVOCATION | status::RESOURCE_LIMITATION
+        )
 }
 
 /// Success (0000) or a warning (0001, Bxxx): the object is stored.
 fn is_stored(status: u16) -> bool {
-    status == status::SUCCESS || status == 0x0001 || (status & 0xF000) == 0xB000
+    status == status::SUCCESS
+        || status == status::OPTIONAL_ATTRIBUTES_NOT_SUPPORTED
+        || (status & 0xF000) == status::WARNING_CLASS
 }
 
 /// A retry after back-off, unless `attempts` (before this one) used up the allowance.

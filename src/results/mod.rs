@@ -21,17 +21,17 @@ pub mod source;
 pub mod sr;
 pub mod uids;
 
-use crate::inference::{Analysis, Finding};
+use crate::inference::{Analysis, Finding, LungSide};
 use crate::volume::Volume;
 use crate::volume::geometry::Geometry;
 use crate::volume::mapping::{SliceMask, mask_footprint};
+use crate::write::{file_meta, write_whole};
 use axes::{PixelGrid, PlanarAxes};
 use codes::Code;
 use dataset::DataSet;
 use dicom_core::VR;
 use dicom_dictionary_std::{tags, uids as sop};
 use dicom_object::InMemDicomObject;
-use dicom_object::meta::FileMetaTableBuilder;
 use serde::{Deserialize, Serialize};
 use source::{PATIENT_OPTIONAL, PATIENT_TYPE2, STUDY_OPTIONAL, STUDY_TYPE2, SourceStudy};
 use std::path::{Path, PathBuf};
@@ -138,10 +138,9 @@ impl SegmentedFinding {
     }
 
     pub fn laterality(&self) -> Code {
-        if self.finding.lung_side == "left" {
-            codes::LEFT
-        } else {
-            codes::RIGHT
+        match self.finding.lung_side {
+            LungSide::Left => codes::LEFT,
+            LungSide::Right => codes::RIGHT,
         }
     }
 
@@ -209,7 +208,7 @@ pub struct ReportedFinding {
     /// Probability of cancer given a nodule as the SR reports it (calibrated where the model is).
     pub p_malignant: f64,
     pub malignant: bool,
-    pub lung_side: String,
+    pub lung_side: LungSide,
     /// Pixels of its segment on the source slices, and the number of those slices.
     pub source_pixels: usize,
     pub source_slices: usize,
@@ -313,7 +312,7 @@ pub fn build(
                 p_nodule: f.finding.p_nodule,
                 p_malignant: f.p_cancer,
                 malignant: f.finding.malignant,
-                lung_side: f.finding.lung_side.to_owned(),
+                lung_side: f.finding.lung_side,
                 source_pixels: f.source_pixels(),
                 source_slices: f.slices.len(),
             })
@@ -502,44 +501,23 @@ pub fn write(objects: &ResultObjects, dir: &Path) -> std::io::Result<WrittenResu
     let sr = write_part10(&objects.sr, &dir.join("sr.dcm"))?;
     let summary = dir.join("results.json");
     let json = serde_json::to_vec_pretty(&objects.summary).map_err(std::io::Error::other)?;
-    write_atomically(&summary, |file| std::io::Write::write_all(file, &json))?;
+    write_whole(&summary, |file| std::io::Write::write_all(file, &json))?;
     Ok(WrittenResults { seg, sr, summary })
 }
 
 fn write_part10(object: &InMemDicomObject, path: &Path) -> std::io::Result<PathBuf> {
     let text = |tag| crate::attributes::text(object, tag).unwrap_or_default();
-    let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(text(tags::SOP_CLASS_UID))
-        .media_storage_sop_instance_uid(text(tags::SOP_INSTANCE_UID))
-        .transfer_syntax(sop::EXPLICIT_VR_LITTLE_ENDIAN)
-        .implementation_class_uid(crate::store::IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(crate::store::IMPLEMENTATION_VERSION_NAME);
+    let meta = file_meta(
+        &text(tags::SOP_CLASS_UID),
+        &text(tags::SOP_INSTANCE_UID),
+        sop::EXPLICIT_VR_LITTLE_ENDIAN,
+    );
     let file = object
         .clone()
         .with_meta(meta)
         .map_err(std::io::Error::other)?;
-    write_atomically(path, |out| {
+    write_whole(path, |out| {
         file.write_all(out).map_err(std::io::Error::other)
     })?;
     Ok(path.to_owned())
-}
-
-/// Writes through `<path>.tmp`, fsyncs, and renames over `path`.
-fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let temporary = path.with_extension("tmp");
-    let file = std::fs::File::create(&temporary)?;
-    {
-        let mut out = std::io::BufWriter::new(&file);
-        write(&mut out)?;
-        std::io::Write::flush(&mut out)?;
-    }
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }

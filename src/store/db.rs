@@ -528,15 +528,4 @@ impl Index {
         tx.commit().await?;
         Ok(jobs)
     }
-
-    /// Jobs of a series, oldest first.
-    pub async fn jobs_for_series(&self, series_uid: &str) -> DbResult<Vec<Job>> {
-        sqlx::query_as(
-            "SELECT id, series_uid, state, instance_count FROM jobs
-             WHERE series_uid = ? ORDER BY id",
-        )
-        .bind(series_uid)
-        .fetch_all(&self.pool)
-        .await
-    }
 }

@@ -70,11 +70,6 @@ impl FileStore {
         })
     }
 
-    /// Directory of all instances, as `<study>/<series>/<file>`.
-    pub fn instances_dir(&self) -> PathBuf {
-        self.root.join(INSTANCES_DIR)
-    }
-
     /// Moves an unreadable file out of the instance tree into `quarantine/`, keeping it for
     /// inspection. Returns its new path.
     pub fn quarantine(&self, path: &Path) -> io::Result<PathBuf> {

@@ -15,17 +15,11 @@ pub mod uid;
 pub mod work;
 
 use db::{Index, NewFile};
-use dicom_object::meta::FileMetaTableBuilder;
 use files::FileStore;
 use instance::InstanceAttributes;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-
-/// Implementation Class UID written in the file meta of every file this node writes.
-pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.196855393622733409371129946052315226877";
-/// Implementation Version Name (at most 16 characters).
-pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("JNSC_", env!("CARGO_PKG_VERSION"));
 
 /// What became of a stored instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,16 +172,15 @@ impl InstanceStore {
             None => self.next_free_version(attrs, 1),
         };
 
-        let meta = FileMetaTableBuilder::new()
-            .media_storage_sop_class_uid(attrs.sop_class_uid.as_str())
-            .media_storage_sop_instance_uid(attrs.sop_instance_uid.as_str())
-            .transfer_syntax(received.transfer_syntax)
-            .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
-            .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
-            .source_application_entity_title(received.calling_ae)
-            .receiving_application_entity_title(received.called_ae)
-            .build()
-            .map_err(|e| StoreError::Meta(e.to_string()))?;
+        let meta = crate::write::file_meta(
+            attrs.sop_class_uid.as_str(),
+            attrs.sop_instance_uid.as_str(),
+            received.transfer_syntax,
+        )
+        .source_application_entity_title(received.calling_ae)
+        .receiving_application_entity_title(received.called_ae)
+        .build()
+        .map_err(|e| StoreError::Meta(e.to_string()))?;
         let relative = FileStore::instance_path(attrs, version);
         let started = std::time::Instant::now();
         let files = Arc::clone(&self.files);

@@ -72,14 +72,6 @@ pub enum SendOutcome {
     Failed { status: Option<u16>, error: String },
 }
 
-/// Outbox rows by state, for operators.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OutboxCounts {
-    pub pending: i64,
-    pub sent: i64,
-    pub failed: i64,
-}
-
 const NO_DESTINATION: &str = "no destination is configured for the calling AE title";
 
 impl Index {
@@ -310,24 +302,6 @@ impl Index {
         }
         tx.commit().await?;
         Ok(rows.len())
-    }
-
-    /// Outbox rows by state.
-    pub async fn outbox_counts(&self) -> DbResult<OutboxCounts> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM outbox GROUP BY state")
-                .fetch_all(self.pool())
-                .await?;
-        let mut counts = OutboxCounts::default();
-        for (state, n) in rows {
-            match state.as_str() {
-                "pending" => counts.pending = n,
-                "sent" => counts.sent = n,
-                "failed" => counts.failed = n,
-                _ => {}
-            }
-        }
-        Ok(counts)
     }
 }
 

@@ -223,11 +223,6 @@ impl Calibration {
         1.0 / (1.0 + (-Self::linear(&self.malignant, f)).exp())
     }
 
-    /// P(indeterminate, M = 3 | features).
-    pub fn p_indeterminate(&self, f: &NoduleFeatures) -> f64 {
-        1.0 / (1.0 + (-Self::linear(&self.indeterminate, f)).exp())
-    }
-
     /// Ratings 1-5 of 1-4 simulated readers whose median falls in `class`.
     pub fn draw_ratings(&self, class: MalignancyClass, rng: &mut Rng) -> Vec<u8> {
         let readers = 1 + rng.weighted(&self.reader_count_fractions);

@@ -21,7 +21,6 @@ use crate::volume::{Geometry, Volume};
 use anyhow::{Context, bail};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::meta::FileMetaTableBuilder;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -415,12 +414,11 @@ pub fn insert_nodules(
             VR::ST,
             s("Synthetic nodules inserted by jnsc synth --into (not a clinical image)"),
         ));
-        let meta = FileMetaTableBuilder::new()
-            .media_storage_sop_class_uid(uids::CT_IMAGE_STORAGE)
-            .media_storage_sop_instance_uid(sop_uid.as_str())
-            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-            .implementation_class_uid(crate::store::IMPLEMENTATION_CLASS_UID)
-            .implementation_version_name(crate::store::IMPLEMENTATION_VERSION_NAME);
+        let meta = crate::write::file_meta(
+            uids::CT_IMAGE_STORAGE,
+            sop_uid.as_str(),
+            uids::EXPLICIT_VR_LITTLE_ENDIAN,
+        );
         object
             .with_meta(meta)?
             .write_to_file(dicom_dir.join(format!("CT{:06}.dcm", k + 1)))?;

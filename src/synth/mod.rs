@@ -1,6 +1,8 @@
 //! Synthetic CT series written as real DICOM files, for tests, benchmarks and demonstrations on
-//! a network without patient data. This first version draws a simple chest-like phantom (body,
-//! two lungs, a spine); the anatomical phantom with nodules and ground truth builds on it.
+//! a network without patient data: the anatomical chest phantom (`anatomy`) with LIDC-calibrated
+//! nodules and their ground truth (`nodules`, `calibration`), lesions inserted into real series
+//! (`insert`, `lesion`, `lidc_shapes`), and the rendering and DICOM writing of whole studies
+//! (`render`, `series`, `study`).
 
 pub mod anatomy;
 pub mod calibration;

@@ -10,7 +10,6 @@ use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, Length, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
-use dicom_object::meta::FileMetaTableBuilder;
 use std::path::{Path, PathBuf};
 
 /// What the voxels hold.
@@ -248,12 +247,7 @@ fn write_part10(
     sop_uid: &str,
     path: &Path,
 ) -> std::io::Result<()> {
-    let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(sop_class)
-        .media_storage_sop_instance_uid(sop_uid)
-        .transfer_syntax(spec.transfer_syntax.as_str())
-        .implementation_class_uid(crate::store::IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(crate::store::IMPLEMENTATION_VERSION_NAME);
+    let meta = crate::write::file_meta(sop_class, sop_uid, spec.transfer_syntax.as_str());
     let file = object.with_meta(meta).map_err(std::io::Error::other)?;
     file.write_to_file(path).map_err(std::io::Error::other)
 }

@@ -160,12 +160,10 @@ fn scan_path(dir: &Path, index: usize, extension: &str) -> PathBuf {
     dir.join(format!("scan-{index:05}.{extension}"))
 }
 
-/// Writes to a temporary name, then renames: a file under its final name is whole.
+/// A file under its final name is whole (`crate::write::write_whole`).
 fn write_whole(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::write::write_bytes_whole(path, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn write_scan(dir: &Path, index: usize, scan: &Scan) -> anyhow::Result<ScanSummary> {

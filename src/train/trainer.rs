@@ -338,11 +338,7 @@ impl Trainer {
         } else {
             None
         };
-        let net_config = match config.preset.as_str() {
-            "cpu" => Config::cpu(),
-            "paper" => Config::paper(),
-            other => anyhow::bail!("unknown preset `{other}`: use cpu or paper"),
-        };
+        let net_config = Config::preset(&config.preset).map_err(anyhow::Error::msg)?;
         let mut vars = VarMap::new();
         let net = Jnsc::new(
             &net_config,
@@ -706,7 +702,7 @@ impl Trainer {
             serde_json::to_vec_pretty(&self.state)?,
         )?;
         for name in [CHECKPOINT_WEIGHTS, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE] {
-            std::fs::rename(tmp(name), self.dir.join(name))?;
+            crate::write::replace(&tmp(name), &self.dir.join(name))?;
         }
         Ok(())
     }
