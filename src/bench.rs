@@ -280,7 +280,7 @@ pub fn network(rounds: usize, device: &str) -> anyhow::Result<()> {
             let x = Tensor::randn(0f32, 1.0, (1, 1, size, size, size), &device)?;
             let mut times = Vec::new();
             let warm_up = usize::from(!device.is_cpu());
-            let mut dropout = crate::synth::random::Rng::new(1);
+            let mut dropout = crate::random::Rng::new(1);
             for round in 0..rounds + warm_up {
                 let start = Instant::now();
                 let out = net.segment(&x, backward.then_some(&mut dropout))?;

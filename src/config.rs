@@ -384,7 +384,7 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        if let Err(problem) = crate::jnsc::device::select(&self.model.device) {
+        if let Err(problem) = crate::jnsc::device::parse(&self.model.device) {
             return Err(invalid("model.device", problem.to_string()));
         }
         if let Err(problem) = crate::inference::tiles::Tiling::named(&self.model.tiling) {

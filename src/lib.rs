@@ -3,13 +3,14 @@
 //!
 //! Module map, from the bottom up:
 //! - `attributes` (reading data set values), `encoding` (the structure of received data sets,
-//!   checked before parsing), `write` (Part 10 file meta, files written whole), `config` (TOML
-//!   configuration);
+//!   checked before parsing), `write` (Part 10 file meta, files written whole), `metrics` (the
+//!   counters every service bumps), `random` (the seeded generator of phantoms, sampling and
+//!   dropout), `config` (TOML configuration);
 //! - `store` (files + SQLite index), `net` (DICOM networking), `volume` (series -> HU volume ->
 //!   1 mm grid -> lung mask), `jnsc` (the network, its model file and devices);
 //! - `inference` (whole-scan analysis: findings from a series), `malignancy`, `results` (the DICOM
 //!   SEG and TID 1500 SR sent back), `pipeline` (series completion, jobs, delivery);
-//! - `status` (HTTP status endpoint and metrics), `node` (the `serve` command);
+//! - `status` (HTTP status endpoint, serving `metrics`), `node` (the `serve` command);
 //! - `synth` (synthetic and inserted CT studies), `train`, `eval` (FROC/CPM, classification,
 //!   calibration), `bench` (benchmark commands).
 
@@ -24,9 +25,11 @@ pub mod eval;
 pub mod inference;
 pub mod jnsc;
 pub mod malignancy;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod pipeline;
+pub mod random;
 pub mod results;
 pub mod status;
 pub mod store;

@@ -4,11 +4,11 @@
 
 mod common;
 
+use jnsc::random::Rng;
 use jnsc::synth::calibration::Calibration;
 use jnsc::synth::insert::{Background, add_lesions, background_folder, estimate_psf_sigma_mm};
 use jnsc::synth::lesion::Lesion;
 use jnsc::synth::nodules::{Lungs, NoduleType, draw_nodules};
-use jnsc::synth::random::Rng;
 use jnsc::synth::render::Physics;
 use jnsc::synth::series::SeriesSpec;
 use jnsc::synth::study::{StudyOptions, write_study};

@@ -8,10 +8,10 @@
 mod common;
 
 use jnsc::eval::shapes::{Half, ShapesArgs, held_out_nodules};
+use jnsc::random::Rng;
 use jnsc::synth::calibration::Calibration;
 use jnsc::synth::insert::{Background, background_folder};
 use jnsc::synth::lidc_shapes::{is_fit_half_patient, is_validation_patient};
-use jnsc::synth::random::Rng;
 use jnsc::train::data::Source;
 use jnsc::train::real::{
     InsertedLesion, RealBackgroundSource, TrainingShapes, draw_training_lesions, is_shape_size,

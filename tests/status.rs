@@ -88,7 +88,7 @@ async fn endpoints_follow_a_study_from_reception_to_a_failed_send() {
     assert_eq!(history["series"][0]["source_ae"], "TESTSCU");
     let job = &history["jobs"][0];
     assert_eq!(job["state"], "done");
-    for stage in jnsc::status::metrics::STAGES {
+    for stage in jnsc::metrics::STAGES {
         assert!(job["timings"][stage].as_f64().is_some(), "{stage}: {job}");
     }
     let results = history["results"].as_array().unwrap();

@@ -2,8 +2,8 @@
 //! voxels, bit-for-bit reproducibility, and malignancy statistics that follow LIDC-IDRI.
 
 use jnsc::malignancy::score as median;
+use jnsc::random::Rng;
 use jnsc::synth::calibration::Calibration;
-use jnsc::synth::random::Rng;
 use jnsc::synth::render::Physics;
 use jnsc::synth::series::SeriesSpec;
 use jnsc::synth::study::{StudyOptions, Truth, render_training_volume, write_study};

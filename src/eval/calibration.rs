@@ -303,7 +303,7 @@ mod tests {
     fn platt_scaling_recovers_a_known_distortion() {
         // True probability q; the model reports p = sigmoid(2 logit(q) - 1): overconfident and
         // shifted. Platt must find a ~ 0.5, b ~ 0.5.
-        let mut rng = crate::synth::random::Rng::new(4);
+        let mut rng = crate::random::Rng::new(4);
         let nodules: Vec<Labelled> = (0..20_000)
             .map(|_| {
                 let q = rng.range(0.02, 0.98);

@@ -120,7 +120,7 @@ fn bootstrap_cpm(
     args: &FrocArgs,
     rounds: usize,
 ) -> (f64, f64) {
-    let mut rng = crate::synth::random::Rng::new(args.seed);
+    let mut rng = crate::random::Rng::new(args.seed);
     let n = reference.series.len();
     let mut scores: Vec<f64> = (0..rounds)
         .map(|_| {

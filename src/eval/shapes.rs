@@ -25,11 +25,11 @@ use super::nodules::{CSV_COLUMNS, Classified, write_outputs};
 use crate::inference::{Analyzer, ObjectBox};
 use crate::jnsc::model_file::ModelSource;
 use crate::malignancy;
+use crate::random::Rng;
 use crate::synth::insert::{Background, background_folder};
 use crate::synth::lidc_shapes::{
     LidcNodule, PlacedShape, ShapeLibrary, is_fit_half_patient, is_validation_patient,
 };
-use crate::synth::random::Rng;
 use crate::train::real::{
     InsertedLesion, insert_and_label, is_shape_size, place_shape, shape_radius_mm,
 };

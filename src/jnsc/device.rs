@@ -14,10 +14,19 @@ pub enum DeviceError {
     Unavailable { device: String, reason: String },
 }
 
-/// Parses and opens a device.
-pub fn select(spec: &str) -> Result<Device, DeviceError> {
+/// A device by name, not yet opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    /// A GPU by ordinal.
+    Cuda(usize),
+}
+
+/// Parses a device name, checking that this build can use it, without opening it (so that a
+/// configuration can be validated on a machine whose GPU is busy or absent).
+pub fn parse(spec: &str) -> Result<DeviceSpec, DeviceError> {
     let ordinal = match spec {
-        "cpu" => return Ok(Device::Cpu),
+        "cpu" => return Ok(DeviceSpec::Cpu),
         "cuda" => 0,
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => n,
@@ -27,10 +36,20 @@ pub fn select(spec: &str) -> Result<Device, DeviceError> {
     if !candle_core::utils::cuda_is_available() {
         return Err(DeviceError::NotCompiled(spec.to_owned()));
     }
-    Device::new_cuda(ordinal).map_err(|e| DeviceError::Unavailable {
-        device: spec.to_owned(),
-        reason: e.to_string(),
-    })
+    Ok(DeviceSpec::Cuda(ordinal))
+}
+
+/// Parses and opens a device.
+pub fn select(spec: &str) -> Result<Device, DeviceError> {
+    match parse(spec)? {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Cuda(ordinal) => {
+            Device::new_cuda(ordinal).map_err(|e| DeviceError::Unavailable {
+                device: spec.to_owned(),
+                reason: e.to_string(),
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -42,6 +61,16 @@ mod tests {
         assert!(select("cpu").unwrap().is_cpu());
         assert!(matches!(select("gpu"), Err(DeviceError::Unknown(_))));
         assert!(matches!(select("cuda:x"), Err(DeviceError::Unknown(_))));
+        assert_eq!(parse("cpu").unwrap(), DeviceSpec::Cpu);
+        assert!(matches!(parse("cuda:-1"), Err(DeviceError::Unknown(_))));
+    }
+
+    /// Validating a name opens nothing: a CUDA build parses `cuda:7` whether or not that GPU
+    /// exists; opening it is `select`'s job.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn parsing_a_gpu_name_does_not_open_it() {
+        assert_eq!(parse("cuda:7").unwrap(), DeviceSpec::Cuda(7));
     }
 
     #[cfg(not(feature = "cuda"))]

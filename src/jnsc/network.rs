@@ -306,7 +306,7 @@ impl Jnsc {
     pub fn segment(
         &self,
         x: &Tensor,
-        mut dropout: Option<&mut crate::synth::random::Rng>,
+        mut dropout: Option<&mut crate::random::Rng>,
     ) -> Result<Segmentation> {
         let (_, channels, d, h, w) = x.dims5()?;
         if channels != 1 || !d.is_multiple_of(16) || !h.is_multiple_of(16) || !w.is_multiple_of(16)
@@ -384,7 +384,7 @@ pub fn seeded_init(vars: &candle_nn::VarMap, seed: u64) -> Result<()> {
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
-    let mut rng = crate::synth::random::Rng::new(seed);
+    let mut rng = crate::random::Rng::new(seed);
     for name in names {
         let var = &data[name];
         let dims = var.dims().to_vec();
@@ -460,7 +460,7 @@ mod tests {
             let net = Jnsc::new(&config, vb).unwrap();
             let x = Tensor::randn(0f32, 1.0, (2, 1, 32, 32, 32), &Device::Cpu).unwrap();
             let out = net
-                .segment(&x, Some(&mut crate::synth::random::Rng::new(1)))
+                .segment(&x, Some(&mut crate::random::Rng::new(1)))
                 .unwrap();
             assert_eq!(out.logits.dims(), [2, 1, 32, 32, 32]);
             let sizes: Vec<usize> = out.encoder.iter().map(|e| e.dim(2).unwrap()).collect();

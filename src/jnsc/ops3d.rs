@@ -686,7 +686,7 @@ impl candle_core::CustomOp3 for InstanceNormReluGrad {
 
 /// Spatial dropout: whole channels zeroed with probability `p`, the rest scaled by 1/(1-p). The
 /// mask comes from `rng`, so a training run is reproducible from its seed.
-pub fn spatial_dropout(x: &Tensor, p: f64, rng: &mut crate::synth::random::Rng) -> Result<Tensor> {
+pub fn spatial_dropout(x: &Tensor, p: f64, rng: &mut crate::random::Rng) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
@@ -1271,7 +1271,7 @@ mod tests {
     #[test]
     fn spatial_dropout_drops_whole_channels() {
         let x = Tensor::ones((2, 16, 2, 2, 2), DType::F32, &Device::Cpu).unwrap();
-        let rng = &mut crate::synth::random::Rng::new(4);
+        let rng = &mut crate::random::Rng::new(4);
         let y = flat(&spatial_dropout(&x, 0.5, rng).unwrap());
         for channel in y.chunks(8) {
             assert!(channel.iter().all(|v| *v == 0.0) || channel.iter().all(|v| *v == 2.0));
@@ -1282,8 +1282,7 @@ mod tests {
             "{dropped} of 32 channels dropped"
         );
         // The same seed gives the same mask.
-        let again =
-            flat(&spatial_dropout(&x, 0.5, &mut crate::synth::random::Rng::new(4)).unwrap());
+        let again = flat(&spatial_dropout(&x, 0.5, &mut crate::random::Rng::new(4)).unwrap());
         assert_eq!(again, y);
         assert_eq!(flat(&spatial_dropout(&x, 0.0, rng).unwrap()), flat(&x));
     }

@@ -2,9 +2,9 @@
 //! hands it to the durable store, and answers with the status that says what happened.
 //! Success is only sent after the store has the file on disk and the row in the index.
 
+use crate::metrics::METRICS;
 use crate::net::dimse::{Command, Response, command_field, status};
 use crate::net::presentation::is_accepted_storage_class;
-use crate::status::metrics::METRICS;
 use crate::store::instance::{InstanceError, parse_data_set};
 use crate::store::{InstanceStore, ReceivedInstance, StoreOutcome};
 use tracing::{info, warn};

@@ -3,9 +3,9 @@
 //! Each established association is served by `association::serve` in its own task.
 
 use crate::config::Config;
+use crate::metrics::METRICS;
 use crate::net::association;
 use crate::net::presentation::{STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION};
-use crate::status::metrics::METRICS;
 use crate::store::InstanceStore;
 use dicom_ul::Pdu;
 use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};

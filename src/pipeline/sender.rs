@@ -3,9 +3,9 @@
 //! after an exponential back-off, or failed for good. Every attempt is recorded.
 
 use crate::config::SenderConfig;
+use crate::metrics::METRICS;
 use crate::net::dimse::status;
 use crate::net::send::{AssociationFailure, Delivery, Outgoing, SendSettings, send};
-use crate::status::metrics::METRICS;
 use crate::store::db::{Index, now_ms};
 use crate::store::work::{Destination, OutboxItem, SendOutcome};
 use std::path::PathBuf;

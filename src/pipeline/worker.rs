@@ -5,9 +5,9 @@
 
 use crate::config::Config;
 use crate::inference::{AnalyzeError, Analyzer};
+use crate::metrics::METRICS;
 use crate::results::source::SourceStudy;
 use crate::results::{self, Equipment};
-use crate::status::metrics::METRICS;
 use crate::store::db::Index;
 use crate::store::work::{ClaimedJob, JobSuccess, NewResult};
 use serde::Serialize;

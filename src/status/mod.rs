@@ -4,10 +4,10 @@
 //! With `status.token` set, everything but `/health` needs `Authorization: Bearer <token>`.
 //! Patient IDs and UIDs appear; patient names never do.
 
-pub mod metrics;
 mod page;
 
 use crate::config::Config;
+use crate::metrics::METRICS;
 use crate::store::db::Index;
 use crate::store::files::{DiskSpace, disk_space};
 use crate::store::overview::Overview;
@@ -17,7 +17,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
-use metrics::METRICS;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! drawn from a seed (positions, sizes and branching jitter), so studies differ but stay
 //! anatomically ordered.
 
-use crate::synth::random::Rng;
+use crate::random::Rng;
 use crate::volume::geometry::Vec3;
 
 /// Tissue labels painted into the label volume (later paint wins).

@@ -10,8 +10,8 @@
 //! until the median falls in the class. The fitted logistic model gives the probability of
 //! malignancy recorded with each nodule.
 
+use crate::random::Rng;
 use crate::synth::nodules::{NoduleFeatures, NoduleType};
-use crate::synth::random::Rng;
 use serde_json::Value;
 
 /// The calibration file shipped with the generator.

@@ -7,10 +7,10 @@
 //! --into` writes the result as a new derived series; training (`train::real`) uses it in
 //! memory.
 
+use crate::random::Rng;
 use crate::synth::calibration::Calibration;
 use crate::synth::lesion::Lesion;
 use crate::synth::nodules::{Lungs, Nodule, SegmentedLungs, draw_nodules};
-use crate::synth::random::Rng;
 use crate::synth::render::{Physics, gaussian_blur};
 use crate::synth::study::{KnownNodule, Truth, truth_of, write_ground_truth};
 use crate::volume::geometry::Vec3;

@@ -11,7 +11,6 @@ pub mod lesion;
 pub mod lidc_shapes;
 pub mod nodules;
 pub mod preview;
-pub mod random;
 pub mod render;
 pub mod series;
 pub mod study;

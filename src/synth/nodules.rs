@@ -3,9 +3,9 @@
 //! a logistic model fitted on the LIDC-IDRI reader annotations (see `calibration`), and 1-4
 //! simulated readers rate each one 1-5 with the disagreement seen in LIDC-IDRI.
 
+use crate::random::Rng;
 use crate::synth::anatomy::{Anatomy, Capsule};
 use crate::synth::calibration::Calibration;
-use crate::synth::random::Rng;
 use crate::volume::Volume;
 use crate::volume::geometry::Vec3;
 

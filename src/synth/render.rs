@@ -4,9 +4,9 @@
 //! correlated noise at a dose-like level. Slices are independent, so they render in parallel,
 //! each with its own random stream: the result does not depend on the thread count.
 
+use crate::random::Rng;
 use crate::synth::anatomy::{Anatomy, Capsule};
 use crate::synth::nodules::Nodule;
-use crate::synth::random::Rng;
 use crate::synth::series::SeriesSpec;
 use crate::volume::geometry::Vec3;
 use rayon::prelude::*;

@@ -4,7 +4,7 @@
 //! consistent patient/study/series modules. Everything is derived from a seed, so the same spec
 //! always gives the same files and UIDs. Used by tests, benchmarks and `jnsc synth`.
 
-use crate::synth::random::Rng;
+use crate::random::Rng;
 use crate::volume::geometry::{Vec3, cross, dot};
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, Length, PrimitiveValue, Tag, VR};

@@ -4,11 +4,11 @@
 //! gives the same study bit for bit. `render_training_volume` gives the same kind of data on a
 //! 1 mm grid in memory, for training without writing DICOM.
 
+use crate::random::Rng;
 use crate::synth::anatomy::Anatomy;
 use crate::synth::calibration::Calibration;
 use crate::synth::nodules::{Location, Lungs, Margin, Nodule, NoduleType, draw_nodules, measure};
 use crate::synth::preview::write_preview;
-use crate::synth::random::Rng;
 use crate::synth::render::{Physics, Scene, render};
 use crate::synth::series::{Content, SeriesSpec, write_ct_series};
 use crate::volume::geometry::Vec3;

@@ -4,8 +4,8 @@
 //! each rotated by a multiple of 90 degrees in a random plane, and, where configured
 //! (`Augment`), flipped, rescaled in intensity, given extra noise and blurred or sharpened.
 
+use crate::random::Rng;
 use crate::synth::calibration::Calibration;
-use crate::synth::random::Rng;
 use crate::synth::render::Physics;
 use crate::volume::morphology::{LabelBox, label_boxes};
 use crate::volume::{Normalization, Volume};

@@ -49,7 +49,7 @@ mod tests {
 
     #[test]
     fn pseudo_labels_stay_in_the_unit_interval_under_many_updates() {
-        let mut rng = crate::synth::random::Rng::new(3);
+        let mut rng = crate::random::Rng::new(3);
         for _ in 0..200 {
             let target = crate::malignancy::soft_label(rng.range(1.0, 5.0));
             let mut q = target;

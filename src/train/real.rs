@@ -28,12 +28,12 @@
 //! ratings of all of its readers.
 
 use super::data::{NoduleLabel, Scan, Source, SyntheticSource};
+use crate::random::Rng;
 use crate::synth::calibration::Calibration;
 use crate::synth::insert::{Background, add_lesions, background_folder, draw_clear_of};
 use crate::synth::lesion::Lesion;
 use crate::synth::lidc_shapes::{LidcNodule, Mask, PlacedShape, Placement, ShapeLibrary};
 use crate::synth::nodules::{Lungs, Nodule};
-use crate::synth::random::Rng;
 use crate::synth::study::KnownNodule;
 use crate::volume::Volume;
 use crate::volume::geometry::{Geometry, Vec3};

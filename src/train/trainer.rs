@@ -13,7 +13,7 @@ use super::pseudo::{LabelMode, update_pseudo_label};
 use crate::jnsc::model_file::{ModelInfo, save};
 use crate::jnsc::network::{Candidate, Config, Jnsc, candidates};
 use crate::malignancy;
-use crate::synth::random::Rng;
+use crate::random::Rng;
 use crate::volume::Normalization;
 use crate::volume::morphology::label_boxes;
 use anyhow::Context;

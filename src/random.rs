@@ -1,5 +1,6 @@
-//! A small deterministic random generator (SplitMix64) for the synthetic data: the same seed
-//! gives the same study on every machine and thread count.
+//! A small deterministic random generator (SplitMix64) for synthetic data, training samples,
+//! augmentation and dropout: the same seed gives the same result on every machine and thread
+//! count.
 
 /// SplitMix64 with the few distributions the generator needs.
 #[derive(Debug, Clone)]
