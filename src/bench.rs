@@ -422,19 +422,18 @@ pub fn analyze(
         source,
         rayon::current_num_threads()
     );
-    let stages = [
-        "load",
-        "resample",
-        "lung_mask",
-        "segmentation",
-        "detection",
-        "classification",
-        "total",
-    ];
+    // The analysis' stages (writing results is the worker's, not `analyze`'s).
+    let stages: Vec<&str> = crate::metrics::STAGES
+        .into_iter()
+        .filter(|s| *s != "results")
+        .collect();
     println!(
         "{:<14} {}  {:>9} {:>8} {:>8}",
         "setting",
-        stages.map(|s| format!("{s:>16}")).join(""),
+        stages
+            .iter()
+            .map(|s| format!("{s:>16}"))
+            .collect::<String>(),
         "peak MiB",
         "findings",
         "reported"
@@ -474,8 +473,9 @@ pub fn analyze(
         println!(
             "{name:<14} {}  {:>9.0} {:>8} {:>8}",
             stages
-                .map(|s| format!("{:>14.2} s", t[s].as_f64().unwrap_or(f64::NAN) / 1000.0))
-                .join(""),
+                .iter()
+                .map(|s| format!("{:>14.2} s", t[*s].as_f64().unwrap_or(f64::NAN) / 1000.0))
+                .collect::<String>(),
             report["peak_memory_mib"].as_f64().unwrap_or(f64::NAN),
             findings.len(),
             reported.len()
