@@ -9,7 +9,7 @@ use crate::metrics::METRICS;
 use crate::results::source::SourceStudy;
 use crate::results::{self, Equipment};
 use crate::store::db::Index;
-use crate::store::work::{ClaimedJob, JobSuccess, NewResult};
+use crate::store::work::{ClaimedJob, JobSuccess, NewResult, ResultKind};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -181,14 +181,14 @@ impl Worker {
             objects.push(NewResult {
                 sop_instance_uid: seg.sop_instance_uid.clone(),
                 sop_class_uid: seg.sop_class_uid.clone(),
-                kind: "seg".into(),
+                kind: ResultKind::Seg,
                 path: relative(path),
             });
         }
         objects.push(NewResult {
             sop_instance_uid: summary.sr.sop_instance_uid.clone(),
             sop_class_uid: summary.sr.sop_class_uid.clone(),
-            kind: "sr".into(),
+            kind: ResultKind::Sr,
             path: relative(&written.sr),
         });
         // Serialised once: the job row keeps it, the stage histograms read it.

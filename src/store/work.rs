@@ -20,10 +20,39 @@ pub struct ClaimedJob {
 pub struct NewResult {
     pub sop_instance_uid: String,
     pub sop_class_uid: String,
-    /// "seg" or "sr".
-    pub kind: String,
+    pub kind: ResultKind,
     /// Relative to the storage directory.
     pub path: String,
+}
+
+/// Which result object a row holds (the `kind` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultKind {
+    /// The DICOM Segmentation.
+    Seg,
+    /// The TID 1500 Structured Report.
+    Sr,
+}
+
+impl ResultKind {
+    /// The value stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultKind::Seg => "seg",
+            ResultKind::Sr => "sr",
+        }
+    }
+
+    /// The kind a `kind` column holds.
+    pub fn from_column(value: &str) -> Result<Self, sqlx::Error> {
+        match value {
+            "seg" => Ok(ResultKind::Seg),
+            "sr" => Ok(ResultKind::Sr),
+            other => Err(sqlx::Error::Decode(
+                format!("unknown result kind `{other}`").into(),
+            )),
+        }
+    }
 }
 
 /// Where results for a calling AE go; `None` when no peer is configured for it.
@@ -140,7 +169,7 @@ impl Index {
             .bind(job.id)
             .bind(&job.study_uid)
             .bind(&job.series_uid)
-            .bind(&result.kind)
+            .bind(result.kind.as_str())
             .bind(&result.sop_class_uid)
             .bind(&result.path)
             .bind(now)
@@ -295,7 +324,7 @@ impl Index {
             let result = NewResult {
                 sop_instance_uid: sop_instance_uid.clone(),
                 sop_class_uid: sop_class_uid.clone(),
-                kind: kind.clone(),
+                kind: ResultKind::from_column(kind)?,
                 path: path.clone(),
             };
             enqueue(&mut tx, &claimed, &result, resolve(source_ae).as_ref(), now).await?;
