@@ -29,7 +29,6 @@ export LD_LIBRARY_PATH
 # The PyTorch peer of the network benchmark is found by the path compiled into the binary.
 mkdir -p /work && [ -e /work/main ] || ln -s "$PWD" /work/main
 finish() {
-  cp models/train-paper-gpu.toml "$logs/" 2>/dev/null
   cp $work/run/metrics.csv $work/run/state.json "$logs/" 2>/dev/null
   tar czf "$out/logs.tgz" -C $work logs
   if [ -f $work/paper.safetensors ]; then
@@ -60,9 +59,10 @@ echo "== 3. train the paper preset ($(left) s left)"
 # An epoch is 48 steps of two 64^3 patches, plus candidates and pseudo-labels (x1.6, a guess);
 # keep 150 s for the evaluations and 60 s for preparing the scans.
 epochs=$(python3 -c "import sys; t=float(sys.argv[1] or 1); a=$(left)-210; print(max(4, min(60, int(a/(48*2*t*1.6)))))" "${t_fb:-}")
-python3 - "$epochs" <<'EOF'
+# The scaled copy goes with the logs; the tracked config is left as it is.
+python3 - "$epochs" "$logs/train-paper-gpu.toml" <<'EOF'
 import re, sys
-e = int(sys.argv[1]); path = "models/train-paper-gpu.toml"; text = open(path).read()
+e, path = int(sys.argv[1]), sys.argv[2]; text = open("models/train-paper-gpu.toml").read()
 keys = {"epochs": e, "segmentation_epochs": max(1, round(e * 0.15)),
         "pseudo_warmup_epochs": max(1, round(e * 0.15)), "lr_step_epochs": max(1, round(e * 0.4))}
 for k, v in keys.items():
@@ -72,7 +72,7 @@ print("epochs:", keys)
 EOF
 t_train=$(($(left) - 150)); [ $t_train -lt 30 ] && t_train=30
 timeout $t_train "$bin/jnsc" train --device cuda --dir $work/run \
-  --config models/train-paper-gpu.toml --export $work/paper.safetensors \
+  --config "$logs/train-paper-gpu.toml" --export $work/paper.safetensors \
   --name jnsc-paper-gpu --version 0.3.0 >"$logs/train.log" 2>&1
 echo "train exit $?"
 tail -c 300 "$logs/train.log"; echo

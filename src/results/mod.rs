@@ -25,7 +25,7 @@ use crate::inference::{Analysis, Finding, LungSide};
 use crate::volume::Volume;
 use crate::volume::geometry::Geometry;
 use crate::volume::mapping::{SliceMask, mask_footprint};
-use crate::write::{file_meta, write_whole};
+use crate::write::{file_meta, write_bytes_whole, write_whole};
 use axes::{PixelGrid, PlanarAxes};
 use codes::Code;
 use dataset::DataSet;
@@ -501,7 +501,7 @@ pub fn write(objects: &ResultObjects, dir: &Path) -> std::io::Result<WrittenResu
     let sr = write_part10(&objects.sr, &dir.join("sr.dcm"))?;
     let summary = dir.join("results.json");
     let json = serde_json::to_vec_pretty(&objects.summary).map_err(std::io::Error::other)?;
-    write_whole(&summary, |file| std::io::Write::write_all(file, &json))?;
+    write_bytes_whole(&summary, &json)?;
     Ok(WrittenResults { seg, sr, summary })
 }
 
