@@ -303,7 +303,8 @@ impl Analyzer {
     }
 
     /// p(non-nodule), p(benign), p(malignant) of each object, `CLASSIFICATION_BATCH` windows
-    /// per network call (see `classify_box`).
+    /// per network call (see `classify_box`). Only the encoder runs on these windows: the
+    /// classification path reads its features, never the decoder's.
     pub fn classify_boxes(
         &self,
         hu: &Volume<f32>,
@@ -332,8 +333,8 @@ impl Analyzer {
                 });
             }
             let x = Tensor::from_vec(input, (chunk.len(), 1, w, w, w), &self.device)?;
-            let seg = self.net.segment(&x, None)?;
-            let logits = self.net.classify(&seg.encoder, &candidates)?;
+            let encoder = self.net.encode(&x, None)?;
+            let logits = self.net.classify(&encoder, &candidates)?;
             let p = candle_nn::ops::softmax(&logits, 1)?.to_vec2::<f32>()?;
             out.extend(p.into_iter().map(|p| [p[0], p[1], p[2]]));
         }
@@ -354,9 +355,9 @@ impl Analyzer {
     }
 
     /// p(non-nodule), p(benign), p(malignant) of the object in the box `lo..=hi` (voxel indices
-    /// i, j, k of `hu`, a 1 mm volume) holding `voxels` voxels: the network segments the
+    /// i, j, k of `hu`, a 1 mm volume) holding `voxels` voxels: the network encodes the
     /// classification window centred on the box (clamped to the volume where it fits) and
-    /// classifies the box from its encoder.
+    /// classifies the box from the encoder's features.
     pub fn classify_box(
         &self,
         hu: &Volume<f32>,

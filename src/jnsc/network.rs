@@ -306,8 +306,27 @@ impl Jnsc {
     pub fn segment(
         &self,
         x: &Tensor,
-        mut dropout: Option<&mut crate::random::Rng>,
+        dropout: Option<&mut crate::random::Rng>,
     ) -> Result<Segmentation> {
+        let encoder = self.encode(x, dropout)?;
+        let mut y = encoder[LEVELS - 1].clone();
+        for (i, level) in (0..LEVELS - 1).rev().enumerate() {
+            let up = self.ups[i].forward(&y)?;
+            let joined = Tensor::cat(&[&up, &encoder[level]], 1)?;
+            y = self.decoder[i].forward(&joined, &up)?;
+        }
+        let logits = conv3d(&y, &self.head_weight)?
+            .broadcast_add(&self.head_bias.reshape((1, 1, 1, 1, 1))?)?;
+        Ok(Segmentation { logits, encoder })
+    }
+
+    /// The encoder features E1..E5 of a batch [N, 1, D, H, W] (sizes divisible by 16): the
+    /// first half of `segment`, all the classification path needs.
+    pub fn encode(
+        &self,
+        x: &Tensor,
+        mut dropout: Option<&mut crate::random::Rng>,
+    ) -> Result<Vec<Tensor>> {
         let (_, channels, d, h, w) = x.dims5()?;
         if channels != 1 || !d.is_multiple_of(16) || !h.is_multiple_of(16) || !w.is_multiple_of(16)
         {
@@ -329,21 +348,12 @@ impl Jnsc {
             if let Some(rng) = dropout.as_deref_mut() {
                 out = spatial_dropout(&out, self.config.dropout, rng)?;
             }
-            encoder.push(out.clone());
             if level + 1 < LEVELS {
                 y = self.downs[level].forward(&out)?;
-            } else {
-                y = out;
             }
+            encoder.push(out);
         }
-        for (i, level) in (0..LEVELS - 1).rev().enumerate() {
-            let up = self.ups[i].forward(&y)?;
-            let joined = Tensor::cat(&[&up, &encoder[level]], 1)?;
-            y = self.decoder[i].forward(&joined, &up)?;
-        }
-        let logits = conv3d(&y, &self.head_weight)?
-            .broadcast_add(&self.head_bias.reshape((1, 1, 1, 1, 1))?)?;
-        Ok(Segmentation { logits, encoder })
+        Ok(encoder)
     }
 
     /// Class logits [K, 3] for `candidates` (boxes on the input grid) from the encoder features.

@@ -15,10 +15,11 @@
 //!
 //! The other operators are compositions of Candle operations (so Candle derives their
 //! gradients): 2x2x2 stride-2 down-convolution and transposed up-convolution as a reshape, a
-//! permutation and a matmul, 2x2x2 max-pooling as a reshape and a max, spatial dropout, and the
+//! permutation (`permute::permuted`, a custom op only for speed) and a matmul, 2x2x2 max-pooling as a reshape and a max, spatial dropout, and the
 //! crop and adaptive max-pooling of the classification path. Weight layouts are PyTorch's, so a
 //! PyTorch model's weights load unchanged.
 
+use super::permute::permuted;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -462,15 +463,15 @@ pub fn down_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, c, d, h, wd) = even_spatial(x, "down_conv")?;
     let o = w.dim(0)?;
     let (d2, h2, w2) = (d / 2, h / 2, wd / 2);
-    let patches = x
-        .reshape(vec![n, c, d2, 2, h2, 2, w2, 2])?
-        .permute(vec![0, 2, 4, 6, 1, 3, 5, 7])?
-        .reshape((n * d2 * h2 * w2, c * 8))?;
-    patches
+    let patches = permuted(
+        &x.reshape(vec![n, c, d2, 2, h2, 2, w2, 2])?,
+        &[0, 2, 4, 6, 1, 3, 5, 7],
+    )?
+    .reshape((n * d2 * h2 * w2, c * 8))?;
+    let y = patches
         .matmul(&w.reshape((o, c * 8))?.t()?)?
-        .reshape((n, d2, h2, w2, o))?
-        .permute((0, 4, 1, 2, 3))?
-        .contiguous()
+        .reshape((n, d2, h2, w2, o))?;
+    permuted(&y, &[0, 4, 1, 2, 3])
 }
 
 /// 2x2x2 transposed convolution with stride 2 (V-Net's up-convolution): x [N, C, D, H, W],
@@ -478,12 +479,11 @@ pub fn down_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 pub fn up_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, c, d, h, wd) = x.dims5()?;
     let o = w.dim(1)?;
-    x.permute((0, 2, 3, 4, 1))?
+    let y = permuted(x, &[0, 2, 3, 4, 1])?
         .reshape((n * d * h * wd, c))?
         .matmul(&w.reshape((c, o * 8))?)?
-        .reshape(vec![n, d, h, wd, o, 2, 2, 2])?
-        .permute(vec![0, 4, 1, 5, 2, 6, 3, 7])?
-        .reshape((n, o, 2 * d, 2 * h, 2 * wd))
+        .reshape(vec![n, d, h, wd, o, 2, 2, 2])?;
+    permuted(&y, &[0, 4, 1, 5, 2, 6, 3, 7])?.reshape((n, o, 2 * d, 2 * h, 2 * wd))
 }
 
 /// 2x2x2 max-pooling with stride 2: [N, C, D, H, W] (even sizes) -> [N, C, D/2, H/2, W/2].

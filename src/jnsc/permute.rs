@@ -1,0 +1,208 @@
+//! Axis permutation into a new contiguous tensor, fast on the CPU.
+//!
+//! The network's 2x2x2 down- and up-convolutions (`ops3d`) are a layout change, a matmul and
+//! another layout change. Candle materialises a permuted tensor element by element through a
+//! generic strided index, about 9% of an analysis on 2 cores. [`permuted`] does the same
+//! gather with the strides worked out once per row, rows in parallel. It only moves values, so
+//! every result (inference and training) is unchanged. Its gradient is the inverse
+//! permutation. Other devices and dtypes use Candle's `permute` + `contiguous`.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+/// Output elements per parallel task (at least one row).
+const TASK_ELEMENTS: usize = 1 << 16;
+
+/// `x` with its axes in the order `dims` (output axis i is input axis `dims[i]`), contiguous.
+pub fn permuted(x: &Tensor, dims: &[usize]) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.apply_op1(Permute {
+            dims: dims.to_vec(),
+        })
+    } else {
+        x.permute(dims)?.contiguous()
+    }
+}
+
+struct Permute {
+    dims: Vec<usize>,
+}
+
+impl CustomOp1 for Permute {
+    fn name(&self) -> &'static str {
+        "permute"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            bail!("permute: expected f32, got {:?}", storage.dtype());
+        };
+        let shape = layout.dims();
+        let mut seen = vec![false; shape.len()];
+        for &d in &self.dims {
+            if d >= shape.len() || std::mem::replace(&mut seen[d], true) {
+                bail!(
+                    "permute: {:?} is not a permutation of {shape:?}'s axes",
+                    self.dims
+                );
+            }
+        }
+        if self.dims.len() != shape.len() {
+            bail!(
+                "permute: {:?} is not a permutation of {shape:?}'s axes",
+                self.dims
+            );
+        }
+        let sizes: Vec<usize> = self.dims.iter().map(|&d| shape[d]).collect();
+        let strides: Vec<usize> = self.dims.iter().map(|&d| layout.stride()[d]).collect();
+        let out = gather(data, layout.start_offset(), &sizes, &strides);
+        Ok((CpuStorage::F32(out), Shape::from(sizes)))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let mut inverse = vec![0; self.dims.len()];
+        for (i, &d) in self.dims.iter().enumerate() {
+            inverse[d] = i;
+        }
+        Ok(Some(permuted(grad_res, &inverse)?))
+    }
+}
+
+/// The contiguous array of `sizes` whose element at index (i0, i1, ...) is
+/// `source[start + i0 * strides[0] + i1 * strides[1] + ...]`.
+fn gather(source: &[f32], start: usize, sizes: &[usize], strides: &[usize]) -> Vec<f32> {
+    let total: usize = sizes.iter().product();
+    let mut out = vec![0f32; total];
+    if total == 0 {
+        return out;
+    }
+    // Rows are the last two axes (padded with size-1 axes); the rest is walked like an odometer.
+    let r = sizes.len();
+    let axis = |a: usize| {
+        if a < r {
+            (sizes[a], strides[a])
+        } else {
+            (1, 0)
+        }
+    };
+    let (n1, s1) = axis(r.wrapping_sub(1));
+    let (n2, s2) = axis(r.wrapping_sub(2));
+    let outer = r.saturating_sub(2);
+    let (outer_sizes, outer_strides) = (&sizes[..outer], &strides[..outer]);
+    let row = n1 * n2;
+    let rows_per_task = (TASK_ELEMENTS / row).max(1);
+    out.par_chunks_mut(row * rows_per_task)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            let mut index = vec![0usize; outer];
+            let mut rest = task * rows_per_task;
+            for a in (0..outer).rev() {
+                index[a] = rest % outer_sizes[a];
+                rest /= outer_sizes[a];
+            }
+            let mut base = start
+                + index
+                    .iter()
+                    .zip(outer_strides)
+                    .map(|(i, s)| i * s)
+                    .sum::<usize>();
+            for rows in chunk.chunks_mut(row) {
+                for (i, line) in rows.chunks_mut(n1).enumerate() {
+                    let at = base + i * s2;
+                    if s1 == 1 {
+                        line.copy_from_slice(&source[at..at + n1]);
+                    } else {
+                        for (j, v) in line.iter_mut().enumerate() {
+                            *v = source[at + j * s1];
+                        }
+                    }
+                }
+                for a in (0..outer).rev() {
+                    index[a] += 1;
+                    base += outer_strides[a];
+                    if index[a] < outer_sizes[a] {
+                        break;
+                    }
+                    base -= outer_strides[a] * outer_sizes[a];
+                    index[a] = 0;
+                }
+            }
+        });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn values(n: usize) -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * 0.37).sin()).collect()
+    }
+
+    #[test]
+    fn matches_candles_permute_on_every_shape_the_network_uses() {
+        let cases: [(&[usize], &[usize]); 5] = [
+            (&[2, 3, 4, 6, 2], &[0, 2, 3, 4, 1]),
+            (&[2, 4, 6, 2, 3], &[0, 4, 1, 2, 3]),
+            (&[1, 3, 2, 2, 3, 2, 2, 2], &[0, 2, 4, 6, 1, 3, 5, 7]),
+            (&[2, 2, 3, 1, 3, 2, 2, 2], &[0, 4, 1, 5, 2, 6, 3, 7]),
+            (&[5], &[0]),
+        ];
+        for (shape, dims) in cases {
+            let n = shape.iter().product();
+            let x = Tensor::from_vec(values(n), shape, &Device::Cpu).unwrap();
+            let ours = permuted(&x, dims).unwrap();
+            let candle = x.permute(dims).unwrap().contiguous().unwrap();
+            assert_eq!(ours.dims(), candle.dims());
+            assert_eq!(
+                ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                candle.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{shape:?} {dims:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reads_strided_inputs_and_large_ones_across_tasks() {
+        // A transposed (non-contiguous) view, and enough elements for several tasks.
+        let x = Tensor::from_vec(values(3 * 70 * 700), (3, 70, 700), &Device::Cpu).unwrap();
+        let view = x.transpose(1, 2).unwrap();
+        let ours = permuted(&view, &[2, 0, 1]).unwrap();
+        let candle = view.permute((2, 0, 1)).unwrap().contiguous().unwrap();
+        assert_eq!(
+            ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            candle.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_gradient_is_the_inverse_permutation() {
+        let x = Var::from_vec(values(24), (2, 3, 4), &Device::Cpu).unwrap();
+        let weights = Tensor::from_vec(values(24), (4, 2, 3), &Device::Cpu)
+            .unwrap()
+            .affine(2.0, 1.0)
+            .unwrap();
+        let ours = permuted(x.as_tensor(), &[2, 0, 1]).unwrap();
+        let loss = (ours * &weights).unwrap().sum_all().unwrap();
+        let grad = loss.backward().unwrap();
+        let expected = weights.permute((1, 2, 0)).unwrap().contiguous().unwrap();
+        assert_eq!(
+            grad.get(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            expected.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_wrong_permutation_is_an_error() {
+        let x = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(permuted(&x, &[0, 0]).is_err());
+        assert!(permuted(&x, &[0]).is_err());
+    }
+}
