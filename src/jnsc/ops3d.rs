@@ -118,20 +118,48 @@ fn matmul(
     accumulate: bool,
 ) {
     assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    // SAFETY: the assert keeps every row of dst, n apart, in the slice.
+    unsafe {
+        matmul_raw(
+            dst.as_mut_ptr(),
+            n,
+            lhs,
+            rhs,
+            [m, n, k],
+            rhs_transposed,
+            accumulate,
+        )
+    }
+}
+
+/// `matmul` into the m rows of n values at `dst`, row `r` at `dst + r * dst_row_stride`.
+///
+/// # Safety
+/// Those m x n values must be valid for writes and not accessed elsewhere meanwhile.
+unsafe fn matmul_raw(
+    dst: *mut f32,
+    dst_row_stride: usize,
+    lhs: &[f32],
+    rhs: &[f32],
+    [m, n, k]: [usize; 3],
+    rhs_transposed: bool,
+    accumulate: bool,
+) {
+    assert!(lhs.len() >= m * k && rhs.len() >= k * n);
     let (rhs_rs, rhs_cs) = if rhs_transposed {
         (1, k as isize)
     } else {
         (n as isize, 1)
     };
-    // SAFETY: the asserts above keep every index gemm computes from these strides in bounds.
+    // SAFETY: lhs and rhs are in bounds by the assert; dst by the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
+            dst_row_stride as isize,
             accumulate,
             lhs.as_ptr(),
             1,
@@ -146,6 +174,20 @@ fn matmul(
             false,
             gemm::Parallelism::None,
         );
+    }
+}
+
+/// The output buffer the forward's tiles write into, each its own columns (see `Conv3d`).
+struct Output(*mut f32);
+
+// SAFETY: shared only while tiles write disjoint parts of the buffer, which outlives them.
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+impl Output {
+    fn at(&self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the buffer.
+        unsafe { self.0.add(offset) }
     }
 }
 
@@ -216,37 +258,30 @@ impl CustomOp2 for Conv3d {
         let tiles: Vec<(usize, usize)> = (0..dims.batch)
             .flat_map(|n| (0..positions).step_by(TILE).map(move |s| (n, s)))
             .collect();
-        let results: Vec<Vec<f32>> = tiles
-            .par_iter()
-            .map_init(
-                || vec![0f32; patch * TILE],
-                |block, &(n, start)| {
-                    let len = TILE.min(positions - start);
-                    let item = &input[n * volume_in..(n + 1) * volume_in];
-                    dims.im2col(item, start, len, &mut block[..patch * len]);
-                    let mut out = vec![0f32; outputs * len];
-                    matmul(
-                        &mut out,
+        let mut output = vec![0f32; dims.batch * outputs * positions];
+        let out = Output(output.as_mut_ptr());
+        tiles.par_iter().for_each_init(
+            || vec![0f32; patch * TILE],
+            |block, &(n, start)| {
+                let len = TILE.min(positions - start);
+                let item = &input[n * volume_in..(n + 1) * volume_in];
+                dims.im2col(item, start, len, &mut block[..patch * len]);
+                // SAFETY: the tile writes positions start..start + len of each of item n's
+                // output channels, row o at (n * outputs + o) * positions + start: inside
+                // `output`, and no other tile writes them.
+                unsafe {
+                    matmul_raw(
+                        out.at(n * outputs * positions + start),
+                        positions,
                         weight,
                         &block[..patch * len],
-                        outputs,
-                        len,
-                        patch,
+                        [outputs, len, patch],
                         false,
                         false,
-                    );
-                    out
-                },
-            )
-            .collect();
-        let mut output = vec![0f32; dims.batch * outputs * positions];
-        for (&(n, start), tile) in tiles.iter().zip(&results) {
-            let len = tile.len() / outputs;
-            for o in 0..outputs {
-                let at = (n * outputs + o) * positions + start;
-                output[at..at + len].copy_from_slice(&tile[o * len..(o + 1) * len]);
-            }
-        }
+                    )
+                };
+            },
+        );
         let shape = Shape::from(vec![
             dims.batch,
             outputs,

@@ -37,11 +37,97 @@ pub fn label_boxes<L: Copy + Into<u32>>(labels: &[L], size: [usize; 3]) -> BTree
     boxes
 }
 
+/// Masks smaller than this are labelled in one piece (splitting costs more than it saves).
+const PARALLEL_MIN_VOXELS: usize = 1 << 20;
+
 /// Labels the 6-connected components of `mask` (1 = foreground); returns labels (0 =
-/// background) and each label's size (index 0 unused).
+/// background) and each label's size (index 0 unused). Labels are numbered in the order of
+/// each component's first voxel. Large masks are labelled in slabs of k-slices in parallel,
+/// then the pieces that touch across slab faces are joined: the same labels as one pass.
 pub fn components(mask: &[u8], size: [usize; 3]) -> (Vec<u32>, Vec<usize>) {
+    let slabs = if mask.len() < PARALLEL_MIN_VOXELS {
+        1
+    } else {
+        rayon::current_num_threads() * 2
+    };
+    components_in_slabs(mask, size, slabs)
+}
+
+fn components_in_slabs(mask: &[u8], size: [usize; 3], slabs: usize) -> (Vec<u32>, Vec<usize>) {
     let [ni, nj, nk] = size;
+    let slice = ni * nj;
     let mut labels = vec![0u32; mask.len()];
+    if mask.is_empty() {
+        return (labels, vec![0]);
+    }
+    let slab = nk.div_ceil(slabs.clamp(1, nk)) * slice;
+    // Each slab on its own: labels from 1 per slab, in the order of their first voxel.
+    let pieces: Vec<Vec<usize>> = labels
+        .par_chunks_mut(slab)
+        .zip(mask.par_chunks(slab))
+        .map(|(labels, mask)| flood(mask, labels, [ni, nj, mask.len() / slice]))
+        .collect();
+    if pieces.len() == 1 {
+        return (labels, pieces.into_iter().next().unwrap_or_default());
+    }
+    // Provisional ids: slab by slab, so a smaller id never holds a later first voxel.
+    let mut piece_sizes = vec![0usize];
+    let mut offsets = Vec::with_capacity(pieces.len());
+    for sizes in &pieces {
+        offsets.push(piece_sizes.len() as u32 - 1);
+        piece_sizes.extend(&sizes[1..]);
+    }
+    labels
+        .par_chunks_mut(slab)
+        .zip(&offsets)
+        .for_each(|(labels, &offset)| {
+            labels
+                .iter_mut()
+                .filter(|l| **l != 0)
+                .for_each(|l| *l += offset);
+        });
+    // Pieces touching across a slab face are one component; its root is its smallest id.
+    let mut parent: Vec<u32> = (0..piece_sizes.len() as u32).collect();
+    fn root(parent: &mut [u32], mut x: u32) -> u32 {
+        while parent[x as usize] != x {
+            parent[x as usize] = parent[parent[x as usize] as usize];
+            x = parent[x as usize];
+        }
+        x
+    }
+    for face in (slab..labels.len()).step_by(slab) {
+        let below = &labels[face - slice..face];
+        let above = &labels[face..face + slice];
+        for (&a, &b) in below.iter().zip(above) {
+            if a != 0 && b != 0 {
+                let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+                parent[ra.max(rb) as usize] = ra.min(rb);
+            }
+        }
+    }
+    // Final labels in the order of the roots, i.e. of the components' first voxels.
+    let mut final_label = vec![0u32; piece_sizes.len()];
+    let mut sizes = vec![0usize];
+    for p in 1..piece_sizes.len() as u32 {
+        let r = root(&mut parent, p);
+        if r == p {
+            final_label[p as usize] = sizes.len() as u32;
+            sizes.push(0);
+        } else {
+            final_label[p as usize] = final_label[r as usize];
+        }
+        sizes[final_label[p as usize] as usize] += piece_sizes[p as usize];
+    }
+    labels
+        .par_iter_mut()
+        .for_each(|l| *l = final_label[*l as usize]);
+    (labels, sizes)
+}
+
+/// One pass of flood fills over `mask` (of `size`), labels written into `labels` (all 0 on
+/// entry); returns each label's size (index 0 unused).
+fn flood(mask: &[u8], labels: &mut [u32], size: [usize; 3]) -> Vec<usize> {
+    let [ni, nj, nk] = size;
     let mut sizes = vec![0usize];
     let mut stack = Vec::new();
     for start in 0..mask.len() {
@@ -84,7 +170,7 @@ pub fn components(mask: &[u8], size: [usize; 3]) -> (Vec<u32>, Vec<usize>) {
         }
         sizes.push(count);
     }
-    (labels, sizes)
+    sizes
 }
 
 /// Fills, in every k-slice, the background not connected to the slice border.
@@ -155,5 +241,55 @@ pub fn dilate(mask: &mut [u8], size: [usize; 3], radius: usize) {
                     }
                 }
             });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slabs_give_the_labels_and_sizes_of_one_pass() {
+        let mut rng = crate::random::Rng::new(5);
+        for (size, density) in [
+            ([9, 7, 23], 0.45),
+            ([16, 16, 16], 0.3),
+            ([5, 4, 40], 0.6),
+            ([12, 3, 2], 0.5),
+            ([1, 1, 9], 0.7),
+        ] {
+            let n = size.iter().product();
+            let mask: Vec<u8> = (0..n).map(|_| u8::from(rng.uniform() < density)).collect();
+            let one = components_in_slabs(&mask, size, 1);
+            assert!(one.1.len() > 2, "{size:?}: too few components to test");
+            for slabs in 2..=8 {
+                assert_eq!(
+                    components_in_slabs(&mask, size, slabs),
+                    one,
+                    "{size:?} {slabs}"
+                );
+            }
+        }
+        assert_eq!(components_in_slabs(&[], [0, 0, 0], 4), (vec![], vec![0]));
+    }
+
+    #[test]
+    fn a_component_joined_only_across_slabs_is_one_label() {
+        // A U shape in (i, k): two columns that meet only in the last slice.
+        let size = [3, 1, 8];
+        let mut mask = vec![0u8; 24];
+        for k in 0..8 {
+            mask[k * 3] = 1;
+            mask[k * 3 + 2] = 1;
+        }
+        mask[7 * 3 + 1] = 1;
+        let (labels, sizes) = components_in_slabs(&mask, size, 4);
+        assert_eq!(sizes, vec![0, 17]);
+        assert!(
+            labels
+                .iter()
+                .zip(&mask)
+                .all(|(&l, &m)| (l == 1) == (m == 1))
+        );
     }
 }
