@@ -12,7 +12,8 @@
 //!   SEG and TID 1500 SR sent back), `pipeline` (series completion, jobs, delivery);
 //! - `status` (HTTP status endpoint, serving `metrics`), `node` (the `serve` command);
 //! - `synth` (synthetic and inserted CT studies), `train`, `eval` (FROC/CPM, classification,
-//!   calibration), `bench` (benchmark commands).
+//!   calibration), `fuzz` (mutation fuzzing of what the network parses), `bench` (benchmark
+//!   commands).
 
 /// The model file the node and `analyze` use unless told otherwise.
 pub const DEFAULT_MODEL: &str = "models/jnsc.safetensors";
@@ -22,6 +23,7 @@ pub mod bench;
 pub mod config;
 pub mod encoding;
 pub mod eval;
+pub mod fuzz;
 pub mod inference;
 pub mod jnsc;
 pub mod malignancy;

@@ -202,6 +202,9 @@ enum BenchCommand {
     /// Times series -> volume -> 1 mm for a synthetic series, and SimpleITK doing the same in
     /// the same run; prints both and the ratio.
     Volume(SeriesBench),
+    /// Mutation fuzzing of what the node parses from the network (association streams,
+    /// command sets, data sets) for a time per target; prints executions and crashes.
+    Fuzz(jnsc::fuzz::FuzzArgs),
 }
 
 /// The synthetic series a benchmark uses, and how many rounds it runs.
@@ -265,6 +268,9 @@ fn main() -> ExitCode {
         Command::Bench {
             which: BenchCommand::Volume(b),
         } => jnsc::bench::volume(b.slices, b.size, b.rounds),
+        Command::Bench {
+            which: BenchCommand::Fuzz(args),
+        } => jnsc::fuzz::run_bench(&args),
         Command::Model {
             which:
                 ModelCommand::Init {

@@ -187,8 +187,13 @@ fn refusal(spec: SeriesSpec, edit: impl Fn(&Path)) -> SeriesError {
 
 /// Rewrites one element of a file with dcmodify from DCMTK.
 fn dcmodify(file: &Path, assignment: &str) {
+    dcmodify_with(file, "-m", assignment);
+}
+
+/// dcmodify with `mode`: `-m` modifies an element, `-i` inserts or modifies it.
+fn dcmodify_with(file: &Path, mode: &str, assignment: &str) {
     let status = std::process::Command::new("/usr/bin/dcmodify")
-        .args(["-nb", "-m", assignment])
+        .args(["-nb", mode, assignment])
         .arg(file)
         .status()
         .unwrap();
@@ -278,6 +283,51 @@ fn series_that_cannot_be_analysed_are_refused_with_a_reason() {
 
     // Every refusal has a stable code for the database.
     assert_eq!(e.code(), "mixed_orientation");
+}
+
+/// What `jnsc bench fuzz --target series` found (each aborted or panicked before the fix): a
+/// frame count, a pixel spacing or a position that a file states is checked before anything is
+/// reserved or computed from it.
+#[test]
+fn hostile_geometry_is_refused_before_anything_is_reserved() {
+    let base = || SeriesSpec {
+        slices: 12,
+        rows: 32,
+        columns: 32,
+        ..SeriesSpec::default()
+    };
+    let all = |assignment: &'static str| {
+        move |dir: &Path| {
+            for file in files_in(dir).unwrap() {
+                dcmodify_with(&file, "-i", assignment);
+            }
+        }
+    };
+    // Reserved 463 GB for the frames (the process aborted).
+    let e = refusal(base(), all("(0028,0008)=2147483647"));
+    assert!(matches!(e, SeriesError::UnsupportedPixels { .. }), "{e}");
+    assert!(e.to_string().contains("2147483647 frames"), "{e}");
+    // A 1 mm grid of 248 GB (aborted in the resampling).
+    let e = jnsc::volume::prepare::prepare(
+        &{
+            let dir = scratch();
+            write_ct_series(&base(), &dir).unwrap();
+            all("(0028,0030)=1e9\\1e9")(&dir);
+            files_in(&dir).unwrap()
+        },
+        Interpolation::Linear,
+    )
+    .unwrap_err();
+    assert!(matches!(e, SeriesError::InvalidAttribute { .. }), "{e}");
+    assert_eq!(e.code(), "invalid_attribute");
+    // NaN positions (an index out of bounds in the resampling).
+    let e = refusal(base(), all("(0020,0032)=NaN\\0\\0"));
+    assert!(matches!(e, SeriesError::InvalidAttribute { .. }), "{e}");
+    // Degenerate orientation, negative rows, non-finite rescale.
+    let e = refusal(base(), all("(0020,0037)=0\\0\\0\\0\\0\\0"));
+    assert!(matches!(e, SeriesError::InvalidAttribute { .. }), "{e}");
+    let e = refusal(base(), all("(0028,1053)=NaN"));
+    assert!(matches!(e, SeriesError::InvalidAttribute { .. }), "{e}");
 }
 
 #[test]

@@ -18,7 +18,7 @@ const MAX_DATA_SET_BYTES: usize = 2 << 30;
 
 /// A DIMSE message being reassembled from PDV fragments.
 #[derive(Debug)]
-struct PendingMessage {
+pub(crate) struct PendingMessage {
     presentation_context_id: u8,
     command_bytes: Vec<u8>,
     /// Set once the last command fragment arrived and the data set is awaited.
@@ -27,16 +27,16 @@ struct PendingMessage {
 }
 
 /// A complete message ready for its service.
-struct Message {
+pub(crate) struct Message {
     presentation_context_id: u8,
     command: Command,
-    data_set: Option<Vec<u8>>,
+    pub(crate) data_set: Option<Vec<u8>>,
 }
 
 /// A violation of the DIMSE/upper layer protocol by the peer: the association is aborted.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct ProtocolViolation(String);
+pub(crate) struct ProtocolViolation(String);
 
 /// Serves `association` until it is released, aborted or lost; returns how it ended.
 pub async fn serve(
@@ -100,7 +100,7 @@ pub async fn serve(
 }
 
 /// Adds one PDV to the message being assembled; returns the message once it is complete.
-fn accept_fragment(
+pub(crate) fn accept_fragment(
     pending: &mut Option<PendingMessage>,
     pdv: PDataValue,
 ) -> Result<Option<Message>, ProtocolViolation> {

@@ -12,7 +12,7 @@ use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
 use dicom_ul::association::{Association, Error as UlError};
 use dicom_ul::pdu::{
     AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
-    AssociationRJServiceUserReason, AssociationRJSource, UserIdentity,
+    AssociationRJServiceUserReason, AssociationRJSource, PresentationContextProposed, UserIdentity,
 };
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -302,11 +302,17 @@ async fn check_proposal(socket: &TcpStream) -> Result<(), String> {
     else {
         return Ok(());
     };
-    if rq.presentation_contexts.is_empty() {
+    check_contexts(&rq.presentation_contexts)
+}
+
+/// PS3.8 9.3.2.2 on the presentation contexts an A-ASSOCIATE-RQ proposes: at least one, each ID
+/// odd and used once.
+pub(crate) fn check_contexts(contexts: &[PresentationContextProposed]) -> Result<(), String> {
+    if contexts.is_empty() {
         return Err("no presentation context proposed".into());
     }
     let mut seen = HashSet::new();
-    for context in &rq.presentation_contexts {
+    for context in contexts {
         if context.id % 2 == 0 {
             return Err(format!("presentation context ID {} is even", context.id));
         }

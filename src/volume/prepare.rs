@@ -3,13 +3,16 @@
 
 use crate::volume::Volume;
 use crate::volume::lung::{LungMask, lung_mask};
-use crate::volume::resample::{Interpolation, resample_isotropic};
+use crate::volume::resample::{Interpolation, isotropic_geometry, resample_isotropic};
 use crate::volume::series::{AcquiredSeries, SeriesError, load_series};
 use std::path::PathBuf;
 use std::time::Instant;
 
 /// Spacing of the grid JNSC works on (paper, section IV.B).
 pub const NETWORK_SPACING_MM: f64 = 1.0;
+/// Most voxels of the 1 mm grid: 600 x 600 x 1100 mm, far beyond a chest. Larger series are
+/// refused before anything is allocated for them.
+pub const MAX_GRID_VOXELS: u64 = 400_000_000;
 
 /// A series ready for inference.
 #[derive(Debug)]
@@ -36,6 +39,19 @@ pub fn prepare(
 ) -> Result<PreparedVolume, SeriesError> {
     let started = Instant::now();
     let series = load_series(files)?;
+    let grid = isotropic_geometry(&series, NETWORK_SPACING_MM);
+    let voxels = grid
+        .size
+        .iter()
+        .try_fold(1u64, |n, &s| n.checked_mul(s as u64))
+        .unwrap_or(u64::MAX);
+    if voxels > MAX_GRID_VOXELS {
+        return Err(SeriesError::TooLarge {
+            extent_mm: grid.size.map(|s| s as f64 * NETWORK_SPACING_MM),
+            voxels,
+            max: MAX_GRID_VOXELS,
+        });
+    }
     let loaded = started.elapsed();
     let hu = resample_isotropic(&series, NETWORK_SPACING_MM, interpolation);
     let resampled = started.elapsed();

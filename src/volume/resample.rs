@@ -59,7 +59,7 @@ pub fn isotropic_geometry(series: &AcquiredSeries, spacing_mm: f64) -> Geometry 
         origin: series.slices[0].position,
         spacing: [spacing_mm; 3],
         direction: [series.row_direction, series.column_direction, series.normal],
-        size: extent.map(|e| (e / spacing_mm + 1e-6).floor() as usize + 1),
+        size: extent.map(|e| ((e / spacing_mm + 1e-6).floor() as usize).saturating_add(1)),
     }
 }
 

@@ -80,6 +80,21 @@ pub enum SeriesError {
     TooCoarse { spacing_mm: f64, max_mm: f64 },
     #[error("unsupported pixel data in {file}: {reason}")]
     UnsupportedPixels { file: String, reason: String },
+    #[error("{file}: {name} {tag} is invalid: {reason}")]
+    InvalidAttribute {
+        file: String,
+        name: &'static str,
+        tag: Tag,
+        reason: String,
+    },
+    #[error(
+        "the series spans {extent_mm:?} mm: {voxels} voxels at 1 mm, more than the {max} a chest CT needs"
+    )]
+    TooLarge {
+        extent_mm: [f64; 3],
+        voxels: u64,
+        max: u64,
+    },
 }
 
 impl SeriesError {
@@ -98,6 +113,8 @@ impl SeriesError {
             Self::MissingSlices { .. } => "missing_slices",
             Self::TooCoarse { .. } => "too_coarse",
             Self::UnsupportedPixels { .. } => "unsupported_pixels",
+            Self::InvalidAttribute { .. } => "invalid_attribute",
+            Self::TooLarge { .. } => "too_large",
         }
     }
 }
@@ -426,9 +443,14 @@ fn read_frames(path: &Path) -> Result<Vec<Frame>, SeriesError> {
     let sop_instance_uid = ctx.required_text(tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
     let series_uid = ctx.required_text(tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
     let modality = text(&object, tags::MODALITY).unwrap_or_default();
-    let rows = ctx.required_number(tags::ROWS, "Rows")? as usize;
-    let columns = ctx.required_number(tags::COLUMNS, "Columns")? as usize;
-    let frame_count = integer(&object, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1) as u32;
+    let rows = ctx.required_number(tags::ROWS, "Rows")?;
+    let columns = ctx.required_number(tags::COLUMNS, "Columns")?;
+    let frame_count = integer(&object, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+    let bits_allocated = integer(&object, tags::BITS_ALLOCATED).unwrap_or(16);
+    let samples = integer(&object, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    // Before anything is decoded or reserved: the size the pixels claim.
+    let (rows, columns, frame_count) =
+        decoded_size_within_limits(&ctx, [rows, columns, frame_count, samples, bits_allocated])?;
     let image_type_localizer = text(&object, tags::IMAGE_TYPE)
         .is_some_and(|t| t.split('\\').any(|v| v.trim() == "LOCALIZER"));
     let shared = first_item(&object, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
@@ -463,8 +485,9 @@ fn read_frames(path: &Path) -> Result<Vec<Frame>, SeriesError> {
             .filter(|v| v.len() == 3)
             .ok_or_else(|| ctx.missing("Image Position (Patient)", tags::IMAGE_POSITION_PATIENT))?;
         let pixel_spacing = lookup(tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING)
-            .filter(|v| v.len() == 2 && v[0] > 0.0 && v[1] > 0.0)
+            .filter(|v| v.len() == 2)
             .ok_or_else(|| ctx.missing("Pixel Spacing", tags::PIXEL_SPACING))?;
+        check_geometry(&ctx, &orientation, &position, &pixel_spacing)?;
         let slope = lookup(
             tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
             tags::RESCALE_SLOPE,
@@ -477,6 +500,13 @@ fn read_frames(path: &Path) -> Result<Vec<Frame>, SeriesError> {
         )
         .and_then(|v| v.first().copied())
         .unwrap_or(0.0);
+        if !slope.is_finite() || !intercept.is_finite() {
+            return Err(ctx.invalid(
+                "Rescale Slope/Intercept",
+                tags::RESCALE_SLOPE,
+                format!("{slope} / {intercept}"),
+            ));
+        }
         let frame_localizer = [frame_groups, shared]
             .into_iter()
             .flatten()
@@ -508,6 +538,83 @@ fn read_frames(path: &Path) -> Result<Vec<Frame>, SeriesError> {
     Ok(frames)
 }
 
+/// Coarsest in-plane pixel spacing accepted, mm.
+pub const MAX_PIXEL_SPACING_MM: f64 = 10.0;
+
+/// Orientation, position and pixel spacing of a frame: finite, two orthogonal unit vectors,
+/// spacing in (0, [`MAX_PIXEL_SPACING_MM`]].
+fn check_geometry(
+    ctx: &FileContext<'_>,
+    orientation: &[f64],
+    position: &[f64],
+    pixel_spacing: &[f64],
+) -> Result<(), SeriesError> {
+    let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+    let (row, column) = (
+        [orientation[0], orientation[1], orientation[2]],
+        [orientation[3], orientation[4], orientation[5]],
+    );
+    let unit = |v: Vec3| (norm(v) - 1.0).abs() < 0.01;
+    if !finite(orientation) || !unit(row) || !unit(column) || dot(row, column).abs() > 0.01 {
+        return Err(ctx.invalid(
+            "Image Orientation (Patient)",
+            tags::IMAGE_ORIENTATION_PATIENT,
+            format!("{orientation:?} is not two orthogonal unit vectors"),
+        ));
+    }
+    if !finite(position) {
+        return Err(ctx.invalid(
+            "Image Position (Patient)",
+            tags::IMAGE_POSITION_PATIENT,
+            format!("{position:?} is not finite"),
+        ));
+    }
+    if !pixel_spacing
+        .iter()
+        .all(|&s| s > 0.0 && s <= MAX_PIXEL_SPACING_MM)
+    {
+        return Err(ctx.invalid(
+            "Pixel Spacing",
+            tags::PIXEL_SPACING,
+            format!("{pixel_spacing:?} is not in (0, {MAX_PIXEL_SPACING_MM}] mm"),
+        ));
+    }
+    Ok(())
+}
+
+/// Most frames a file may hold (an enhanced CT of a whole body at 0.5 mm has about 4,000).
+pub const MAX_FRAMES: i64 = 10_000;
+/// Most bytes a file's pixels may decode to (2,000 frames of 512x512 at 16 bits is 1 GiB).
+pub const MAX_DECODED_BYTES: i64 = 4 << 30;
+
+/// Rows, columns and frames of a file (with its samples per pixel and bits allocated), checked
+/// before anything is decoded or reserved: each positive, at most [`MAX_FRAMES`] frames, at most
+/// [`MAX_DECODED_BYTES`] in all. Values from a file are never trusted as allocation sizes.
+fn decoded_size_within_limits(
+    ctx: &FileContext<'_>,
+    [rows, columns, frames, samples, bits]: [i64; 5],
+) -> Result<(usize, usize, u32), SeriesError> {
+    if rows <= 0 || columns <= 0 || samples <= 0 || bits <= 0 {
+        return Err(ctx.unsupported(format!(
+            "{rows} rows, {columns} columns, {samples} samples per pixel, {bits} bits allocated"
+        )));
+    }
+    if frames > MAX_FRAMES {
+        return Err(ctx.unsupported(format!("{frames} frames (at most {MAX_FRAMES} per file)")));
+    }
+    let bytes = [rows, columns, frames, samples, (bits + 7) / 8]
+        .into_iter()
+        .try_fold(1i64, i64::checked_mul)
+        .filter(|&b| b <= MAX_DECODED_BYTES);
+    if bytes.is_none() {
+        return Err(ctx.unsupported(format!(
+            "{rows} x {columns} x {frames} frames would decode to more than {MAX_DECODED_BYTES} \
+             bytes"
+        )));
+    }
+    Ok((rows as usize, columns as usize, frames as u32))
+}
+
 /// The file being read, for error messages.
 struct FileContext<'a> {
     file: &'a str,
@@ -529,6 +636,15 @@ impl FileContext<'_> {
 
     fn required_number(&self, tag: Tag, name: &'static str) -> Result<i64, SeriesError> {
         integer(self.object, tag).ok_or_else(|| self.missing(name, tag))
+    }
+
+    fn invalid(&self, name: &'static str, tag: Tag, reason: String) -> SeriesError {
+        SeriesError::InvalidAttribute {
+            file: self.file.to_owned(),
+            name,
+            tag,
+            reason,
+        }
     }
 
     fn unsupported(&self, reason: String) -> SeriesError {
