@@ -553,6 +553,48 @@ pub fn instance_norm_relu(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -
         .relu()
 }
 
+/// Item-channels whose moments are summed in lock-step (see `all_moments`).
+const MOMENT_LANES: usize = 4;
+
+/// Mean and 1/sqrt(variance + eps) of each item-channel of `x` (`spatial` values each), the
+/// same bits as `moments` on each. The sums are sequential chains of f64 additions, so one
+/// channel at a time waits on each addition; here four channels' chains run in lock-step,
+/// each in its own unchanged order, and the CPU overlaps them.
+fn all_moments(x: &[f32], spatial: usize, eps: f64) -> Vec<(f32, f32)> {
+    let groups: Vec<Vec<(f32, f32)>> = x
+        .par_chunks(spatial * MOMENT_LANES)
+        .map(|group| {
+            let lanes: Vec<&[f32]> = group.chunks(spatial).collect();
+            let &[a, b, c, d] = lanes.as_slice() else {
+                return lanes.iter().map(|v| moments(v, eps)).collect();
+            };
+            let n = spatial as f64;
+            let mut sums = [-0.0f64; MOMENT_LANES];
+            for (((&a, &b), &c), &d) in a.iter().zip(b).zip(c).zip(d) {
+                sums[0] += f64::from(a);
+                sums[1] += f64::from(b);
+                sums[2] += f64::from(c);
+                sums[3] += f64::from(d);
+            }
+            let means = sums.map(|s| s / n);
+            let mut squares = [-0.0f64; MOMENT_LANES];
+            for (((&a, &b), &c), &d) in a.iter().zip(b).zip(c).zip(d) {
+                squares[0] += (f64::from(a) - means[0]).powi(2);
+                squares[1] += (f64::from(b) - means[1]).powi(2);
+                squares[2] += (f64::from(c) - means[2]).powi(2);
+                squares[3] += (f64::from(d) - means[3]).powi(2);
+            }
+            (0..MOMENT_LANES)
+                .map(|l| {
+                    let inv = 1.0 / (squares[l] / n + eps).sqrt();
+                    (means[l] as f32, inv as f32)
+                })
+                .collect()
+        })
+        .collect();
+    groups.concat()
+}
+
 /// Mean and 1/sqrt(variance + eps) of one item-channel.
 fn moments(values: &[f32], eps: f64) -> (f32, f32) {
     let n = values.len() as f64;
@@ -602,13 +644,14 @@ impl candle_core::CustomOp3 for InstanceNormRelu {
         let gamma = f32_slice(s2, l2, "gamma")?;
         let beta = f32_slice(s3, l3, "beta")?;
         let (channels, spatial) = channels_and_spatial(l1)?;
+        let stats = all_moments(x, spatial, self.eps);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(spatial)
             .zip(x.par_chunks(spatial))
             .enumerate()
             .for_each(|(item, (out, values))| {
                 let c = item % channels;
-                let (mean, inv) = moments(values, self.eps);
+                let (mean, inv) = stats[item];
                 let (scale, shift) = (gamma[c] * inv, beta[c] - gamma[c] * inv * mean);
                 for (o, &v) in out.iter_mut().zip(values) {
                     *o = (v * scale + shift).max(0.0);
@@ -665,6 +708,7 @@ impl candle_core::CustomOp3 for InstanceNormReluGrad {
         let grad = f32_slice(s3, l3, "gradient")?;
         let (channels, spatial) = channels_and_spatial(l1)?;
         let (gamma, beta) = scale_shift.split_at(channels);
+        let stats = all_moments(x, spatial, self.eps);
         let mut dx = vec![0f32; x.len()];
         // Per item-channel: dx, and its contributions to dgamma and dbeta.
         let partial: Vec<(f64, f64)> = dx
@@ -674,7 +718,7 @@ impl candle_core::CustomOp3 for InstanceNormReluGrad {
             .enumerate()
             .map(|(item, ((out, values), g))| {
                 let c = item % channels;
-                let (mean, inv) = moments(values, self.eps);
+                let (mean, inv) = stats[item];
                 // g through the ReLU, then through the affine step.
                 let (mut sum_g, mut sum_g_hat, mut sum_dhat, mut sum_dhat_hat) =
                     (0f64, 0f64, 0f64, 0f64);
@@ -1264,6 +1308,21 @@ mod tests {
     }
 
     /// The fused f32 CPU op against the composite (f64) version, values and gradients.
+    #[test]
+    fn moments_in_lock_step_are_the_bits_of_one_channel_at_a_time() {
+        let spatial = 1000;
+        // 11 channels: two groups of four and a remainder; one all zero, one constant.
+        let mut x = values(11 * spatial, 9);
+        x[3 * spatial..4 * spatial].fill(0.0);
+        x[5 * spatial..6 * spatial].fill(-2.5);
+        let lock_step = all_moments(&x, spatial, 1e-5);
+        let one_at_a_time: Vec<(f32, f32)> = x.chunks(spatial).map(|c| moments(c, 1e-5)).collect();
+        let bits = |v: &[(f32, f32)]| -> Vec<(u32, u32)> {
+            v.iter().map(|(m, i)| (m.to_bits(), i.to_bits())).collect()
+        };
+        assert_eq!(bits(&lock_step), bits(&one_at_a_time));
+    }
+
     #[test]
     fn fused_instance_norm_matches_the_composite() {
         let (n, c, d, h, w) = (2, 3, 3, 4, 5);
