@@ -191,6 +191,22 @@ impl Output {
     }
 }
 
+/// A vector of `len` values written by `fill`, without zeroing them first (zeroing the
+/// network's large outputs, then overwriting them, was 7% of an analysis).
+///
+/// # Safety
+/// `fill` must write every element of the slice it is given.
+pub(crate) unsafe fn written_vec(
+    len: usize,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>]),
+) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's `fill` wrote all `len` elements.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// A contiguous f32 slice of a CPU tensor argument, or an error saying why not.
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
@@ -258,30 +274,34 @@ impl CustomOp2 for Conv3d {
         let tiles: Vec<(usize, usize)> = (0..dims.batch)
             .flat_map(|n| (0..positions).step_by(TILE).map(move |s| (n, s)))
             .collect();
-        let mut output = vec![0f32; dims.batch * outputs * positions];
-        let out = Output(output.as_mut_ptr());
-        tiles.par_iter().for_each_init(
-            || vec![0f32; patch * TILE],
-            |block, &(n, start)| {
-                let len = TILE.min(positions - start);
-                let item = &input[n * volume_in..(n + 1) * volume_in];
-                dims.im2col(item, start, len, &mut block[..patch * len]);
-                // SAFETY: the tile writes positions start..start + len of each of item n's
-                // output channels, row o at (n * outputs + o) * positions + start: inside
-                // `output`, and no other tile writes them.
-                unsafe {
-                    matmul_raw(
-                        out.at(n * outputs * positions + start),
-                        positions,
-                        weight,
-                        &block[..patch * len],
-                        [outputs, len, patch],
-                        false,
-                        false,
-                    )
-                };
-            },
-        );
+        let fill = |output: &mut [std::mem::MaybeUninit<f32>]| {
+            let out = Output(output.as_mut_ptr().cast());
+            tiles.par_iter().for_each_init(
+                || vec![0f32; patch * TILE],
+                |block, &(n, start)| {
+                    let len = TILE.min(positions - start);
+                    let item = &input[n * volume_in..(n + 1) * volume_in];
+                    dims.im2col(item, start, len, &mut block[..patch * len]);
+                    // SAFETY: the tile writes (gemm without reading them) positions
+                    // start..start + len of each of item n's output channels, row o at
+                    // (n * outputs + o) * positions + start: inside `output`, and no other tile
+                    // writes them.
+                    unsafe {
+                        matmul_raw(
+                            out.at(n * outputs * positions + start),
+                            positions,
+                            weight,
+                            &block[..patch * len],
+                            [outputs, len, patch],
+                            false,
+                            false,
+                        )
+                    };
+                },
+            );
+        };
+        // SAFETY: the tiles cover every position of every item and output channel.
+        let output = unsafe { written_vec(dims.batch * outputs * positions, fill) };
         let shape = Shape::from(vec![
             dims.batch,
             outputs,
@@ -645,18 +665,21 @@ impl candle_core::CustomOp3 for InstanceNormRelu {
         let beta = f32_slice(s3, l3, "beta")?;
         let (channels, spatial) = channels_and_spatial(l1)?;
         let stats = all_moments(x, spatial, self.eps);
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(spatial)
-            .zip(x.par_chunks(spatial))
-            .enumerate()
-            .for_each(|(item, (out, values))| {
-                let c = item % channels;
-                let (mean, inv) = stats[item];
-                let (scale, shift) = (gamma[c] * inv, beta[c] - gamma[c] * inv * mean);
-                for (o, &v) in out.iter_mut().zip(values) {
-                    *o = (v * scale + shift).max(0.0);
-                }
-            });
+        let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
+            y.par_chunks_mut(spatial)
+                .zip(x.par_chunks(spatial))
+                .enumerate()
+                .for_each(|(item, (out, values))| {
+                    let c = item % channels;
+                    let (mean, inv) = stats[item];
+                    let (scale, shift) = (gamma[c] * inv, beta[c] - gamma[c] * inv * mean);
+                    for (o, &v) in out.iter_mut().zip(values) {
+                        o.write((v * scale + shift).max(0.0));
+                    }
+                });
+        };
+        // SAFETY: the chunks of x and y pair up one to one, each element written.
+        let y = unsafe { written_vec(x.len(), fill) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

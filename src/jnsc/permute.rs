@@ -7,9 +7,11 @@
 //! every result (inference and training) is unchanged. Its gradient is the inverse
 //! permutation. Other devices and dtypes use Candle's `permute` + `contiguous`.
 
+use super::ops3d::written_vec;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Output elements per parallel task (at least one row).
 const TASK_ELEMENTS: usize = 1 << 16;
@@ -73,9 +75,8 @@ impl CustomOp1 for Permute {
 /// `source[start + i0 * strides[0] + i1 * strides[1] + ...]`.
 fn gather(source: &[f32], start: usize, sizes: &[usize], strides: &[usize]) -> Vec<f32> {
     let total: usize = sizes.iter().product();
-    let mut out = vec![0f32; total];
     if total == 0 {
-        return out;
+        return Vec::new();
     }
     // Rows are the last two axes (padded with size-1 axes); the rest is walked like an odometer.
     let r = sizes.len();
@@ -92,44 +93,50 @@ fn gather(source: &[f32], start: usize, sizes: &[usize], strides: &[usize]) -> V
     let (outer_sizes, outer_strides) = (&sizes[..outer], &strides[..outer]);
     let row = n1 * n2;
     let rows_per_task = (TASK_ELEMENTS / row).max(1);
-    out.par_chunks_mut(row * rows_per_task)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            let mut index = vec![0usize; outer];
-            let mut rest = task * rows_per_task;
-            for a in (0..outer).rev() {
-                index[a] = rest % outer_sizes[a];
-                rest /= outer_sizes[a];
-            }
-            let mut base = start
-                + index
-                    .iter()
-                    .zip(outer_strides)
-                    .map(|(i, s)| i * s)
-                    .sum::<usize>();
-            for rows in chunk.chunks_mut(row) {
-                for (i, line) in rows.chunks_mut(n1).enumerate() {
-                    let at = base + i * s2;
-                    if s1 == 1 {
-                        line.copy_from_slice(&source[at..at + n1]);
-                    } else {
-                        for (j, v) in line.iter_mut().enumerate() {
-                            *v = source[at + j * s1];
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(row * rows_per_task)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                let mut index = vec![0usize; outer];
+                let mut rest = task * rows_per_task;
+                for a in (0..outer).rev() {
+                    index[a] = rest % outer_sizes[a];
+                    rest /= outer_sizes[a];
+                }
+                let mut base = start
+                    + index
+                        .iter()
+                        .zip(outer_strides)
+                        .map(|(i, s)| i * s)
+                        .sum::<usize>();
+                for rows in chunk.chunks_mut(row) {
+                    for (i, line) in rows.chunks_mut(n1).enumerate() {
+                        let at = base + i * s2;
+                        if s1 == 1 {
+                            for (v, &s) in line.iter_mut().zip(&source[at..at + n1]) {
+                                v.write(s);
+                            }
+                        } else {
+                            for (j, v) in line.iter_mut().enumerate() {
+                                v.write(source[at + j * s1]);
+                            }
                         }
                     }
-                }
-                for a in (0..outer).rev() {
-                    index[a] += 1;
-                    base += outer_strides[a];
-                    if index[a] < outer_sizes[a] {
-                        break;
+                    for a in (0..outer).rev() {
+                        index[a] += 1;
+                        base += outer_strides[a];
+                        if index[a] < outer_sizes[a] {
+                            break;
+                        }
+                        base -= outer_strides[a] * outer_sizes[a];
+                        index[a] = 0;
                     }
-                    base -= outer_strides[a] * outer_sizes[a];
-                    index[a] = 0;
                 }
-            }
-        });
-    out
+            });
+    };
+    // SAFETY: the chunks cover the output; every row's lines cover the row (n1 x n2 = row, and
+    // each line of n1 values is written whole, or the source index panics before set_len).
+    unsafe { written_vec(total, fill) }
 }
 
 #[cfg(test)]
