@@ -335,7 +335,7 @@ fn wg04_encodings_decode_to_the_uncompressed_pixels() {
     let wg04 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ct/wg04");
     for slice in ["CT1", "CT2"] {
         let reference = decode_hu(&wg04.join(format!("{slice}_UNC"))).unwrap();
-        for lossless in ["RLE", "JPLL", "J2KR"] {
+        for lossless in ["RLE", "JPLL", "J2KR", "JLSL"] {
             let decoded = decode_hu(&wg04.join(format!("{slice}_{lossless}"))).unwrap();
             assert!(
                 decoded == reference,
@@ -344,9 +344,137 @@ fn wg04_encodings_decode_to_the_uncompressed_pixels() {
         }
         let lossy = decode_hu(&wg04.join(format!("{slice}_J2KI"))).unwrap();
         assert_eq!(lossy[0].len(), reference[0].len());
-        // JPEG-LS is not accepted by the node; decoding it is refused, not guessed.
-        assert!(decode_hu(&wg04.join(format!("{slice}_JLSL"))).is_err());
+        // JPEG-LS near-lossless: every pixel within the encoder's NEAR (4 here) of the
+        // original, except padding: a padding value moved by the lossy coding is no longer the
+        // Pixel Padding Value and reads as its raw value, far below air (as with J2KI).
+        let near = decode_hu(&wg04.join(format!("{slice}_JLSN"))).unwrap();
+        let padding = jnsc::volume::series::PADDING_HU;
+        let worst = near[0]
+            .iter()
+            .zip(&reference[0])
+            .filter(|(_, r)| **r != padding)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst > 0.0 && worst <= 4.0, "{slice}_JLSN: {worst} HU");
+        assert!(
+            near[0]
+                .iter()
+                .zip(&reference[0])
+                .all(|(a, r)| *r != padding || *a <= padding + 4.0),
+            "{slice}_JLSN: padding decoded above air"
+        );
     }
+}
+
+/// HTJ2K (High-Throughput JPEG 2000) is not accepted, and this is why. WG04 has no HTJ2K file, so
+/// the test encodes CT1's pixels losslessly with OpenJPH's `ojph_compress` (Debian
+/// openjph-tools; `ojph_expand` gives them back exactly) and wraps the codestream in a copy of
+/// CT1_UNC. The decoder the node has (openjp2) returns every pixel right except the negative
+/// stored values (CT1's padding, -2000), which come back as 32767. A decoder that is wrong on
+/// some pixels of signed images is worse than none; when this test fails, openjp2 decodes HTJ2K
+/// correctly and the transfer syntaxes can be accepted.
+#[test]
+fn htj2k_is_not_accepted_because_its_decoder_gets_signed_values_wrong() {
+    use dicom_core::value::{PixelFragmentSequence, Value};
+    use dicom_core::{DataElement, VR};
+    use dicom_dictionary_std::{tags, uids};
+    use jnsc::net::presentation::TRANSFER_SYNTAXES;
+    for ht in [uids::HTJ2K_LOSSLESS, uids::HTJ2K] {
+        assert!(TRANSFER_SYNTAXES.iter().all(|(uid, _)| *uid != ht));
+    }
+    let unc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ct/wg04/CT1_UNC");
+    let dir = scratch();
+    let mut object = dicom_object::open_file(&unc).unwrap();
+    let raw = object
+        .element(tags::PIXEL_DATA)
+        .unwrap()
+        .to_bytes()
+        .unwrap()
+        .to_vec();
+    std::fs::write(dir.join("ct1.raw"), &raw).unwrap();
+    let status = std::process::Command::new("/usr/bin/ojph_compress")
+        .arg("-i")
+        .arg(dir.join("ct1.raw"))
+        .arg("-o")
+        .arg(dir.join("ct1.j2c"))
+        .args([
+            "-reversible",
+            "true",
+            "-dims",
+            "{512,512}",
+            "-num_comps",
+            "1",
+        ])
+        .args(["-signed", "true", "-bit_depth", "16", "-downsamp", "{1,1}"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut codestream = std::fs::read(dir.join("ct1.j2c")).unwrap();
+    if codestream.len() % 2 == 1 {
+        codestream.push(0);
+    }
+    object.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        Value::PixelSequence(PixelFragmentSequence::new(
+            Vec::<u32>::new(),
+            vec![codestream],
+        )),
+    ));
+    object.meta_mut().set_transfer_syntax(
+        &dicom_transfer_syntax_registry::entries::HIGH_THROUGHPUT_JPEG_2000_IMAGE_COMPRESSION_LOSSLESS_ONLY,
+    );
+    object.meta_mut().update_information_group_length();
+    let file = dir.join("CT1_HTJ2K");
+    object.write_to_file(&file).unwrap();
+    let (ht, reference) = (decode_hu(&file).unwrap(), decode_hu(&unc).unwrap());
+    let wrong: Vec<(f32, f32)> = ht[0]
+        .iter()
+        .zip(&reference[0])
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| (*a, *b))
+        .collect();
+    // Only the padding (stored -2000, read as -1000 HU) is wrong: 32767 - 1024 HU.
+    assert!(
+        !wrong.is_empty(),
+        "openjp2 now decodes HTJ2K right: accept it"
+    );
+    assert!(
+        wrong.iter().all(|&(a, b)| a == 31743.0 && b == -1000.0),
+        "{:?}",
+        &wrong[..wrong.len().min(5)]
+    );
+}
+
+/// JPEG Extended (Process 2 & 4) is not accepted, and this is why: a 12-bit slice encoded by
+/// DCMTK's `dcmcjpeg +ee` does not decode. When this test fails, it does: accept it.
+#[test]
+fn jpeg_extended_12_bit_is_not_accepted_because_it_does_not_decode() {
+    use dicom_dictionary_std::uids;
+    use jnsc::net::presentation::TRANSFER_SYNTAXES;
+    assert!(
+        TRANSFER_SYNTAXES
+            .iter()
+            .all(|(uid, _)| *uid != uids::JPEG_EXTENDED12_BIT)
+    );
+    let dir = scratch();
+    let spec = SeriesSpec {
+        slices: 1,
+        rows: 64,
+        columns: 64,
+        ..SeriesSpec::default()
+    };
+    let written = write_ct_series(&spec, &dir).unwrap();
+    let encoded = dir.join("extended.dcm");
+    let status = std::process::Command::new("/usr/bin/dcmcjpeg")
+        .arg("+ee")
+        .arg(&written.files[0])
+        .arg(&encoded)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(decode_hu(&written.files[0]).is_ok());
+    assert!(decode_hu(&encoded).is_err());
 }
 
 fn real_series(name: &str) -> AcquiredSeries {

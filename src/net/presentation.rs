@@ -26,8 +26,10 @@ pub const STORAGE_SOP_CLASSES: &[(&str, &str)] = &[
 ];
 
 /// Transfer syntaxes accepted, in our order of preference (the SCU's proposal order decides
-/// among those it offers). Each one decodes in pure Rust; JPEG extended (12-bit fails to decode)
-/// and JPEG-LS (needs a C++ codec) are deliberately absent.
+/// among those it offers). Each one decodes to the uncompressed file's HU in tests/volume.rs
+/// (JPEG-LS through CharLS, built from source; the rest in Rust). Deliberately absent: JPEG
+/// extended 12-bit (fails to decode), HTJ2K (decodes negative stored values wrongly; see
+/// tests/volume.rs), explicit VR big endian (retired), JPEG XL (no decoder).
 pub const TRANSFER_SYNTAXES: &[(&str, &str)] = &[
     (uids::EXPLICIT_VR_LITTLE_ENDIAN, "Explicit VR Little Endian"),
     (uids::IMPLICIT_VR_LITTLE_ENDIAN, "Implicit VR Little Endian"),
@@ -50,6 +52,11 @@ pub const TRANSFER_SYNTAXES: &[(&str, &str)] = &[
         "JPEG 2000 Image Compression (Lossless Only)",
     ),
     (uids::JPEG2000, "JPEG 2000 Image Compression"),
+    (uids::JPEGLS_LOSSLESS, "JPEG-LS Lossless Image Compression"),
+    (
+        uids::JPEGLS_NEAR_LOSSLESS,
+        "JPEG-LS Lossy (Near-Lossless) Image Compression",
+    ),
 ];
 
 /// Storage SOP classes the node sends as SCU: its result objects.
