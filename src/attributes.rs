@@ -1,7 +1,8 @@
 //! Reading attribute values out of data sets: trimmed text, integers, numbers and sequence
 //! items, each `None` when the element is absent, empty or of the wrong kind. One home for the
 //! store's index attributes and the volume loader's geometry. Also the rule for AE titles
-//! (PS3.5 6.2), shared by the configuration and the association policy.
+//! (PS3.5 6.2), shared by the configuration and the association policy, and the one writer of
+//! DS values (`decimal_string`, the 16-character rule), shared by the results and the phantoms.
 
 use dicom_core::Tag;
 use dicom_object::InMemDicomObject;
@@ -58,4 +59,35 @@ pub fn check_ae_title(title: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A DS value: the shortest decimal that fits in 16 characters.
+pub fn decimal_string(value: f64) -> String {
+    for precision in (0..=10).rev() {
+        let s = format!("{value:.precision$}");
+        let s = if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_owned()
+        } else {
+            s
+        };
+        if s.len() <= 16 {
+            return if s == "-0" { "0".into() } else { s };
+        }
+    }
+    format!("{value:.3e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_strings_fit_sixteen_characters() {
+        assert_eq!(decimal_string(0.5), "0.5");
+        assert_eq!(decimal_string(-0.00000000001), "0");
+        assert_eq!(decimal_string(-0.0000000001), "-0.0000000001");
+        assert_eq!(decimal_string(12.0), "12");
+        assert_eq!(decimal_string(-123456.123456789), "-123456.12345679");
+        assert!(decimal_string(1.0e300).len() <= 16);
+    }
 }

@@ -143,6 +143,20 @@ pub fn run(
     Ok(tally)
 }
 
+/// `count` inputs as a run with `seed` makes them: each a mutation of one of `seeds`, with the
+/// index of that seed (for sending them over a real association in tests).
+pub fn mutations(seeds: &[Seed], count: usize, seed: u64) -> Vec<(usize, Vec<u8>)> {
+    let mut rng = Rng::new(seed);
+    (0..count)
+        .map(|_| {
+            let from = rng.below(seeds.len());
+            let mut input = seeds[from].bytes.clone();
+            mutate(&mut input, &mut rng, seeds);
+            (from, input)
+        })
+        .collect()
+}
+
 /// How long a run goes on.
 #[derive(Debug, Clone, Copy)]
 pub enum Budget {

@@ -771,3 +771,82 @@ async fn presentation_contexts_follow_ps3_8() {
     let echo = node.echoscu("ECHOSCU", "JNSC");
     assert!(echo.status.success(), "{echo:?}");
 }
+
+/// The fuzz harness's mutations of real data sets (WG04 in every accepted encoding, and the other
+/// CT files of ../shared/data/ct), sent over real associations, one per transfer syntax: each is
+/// answered with a documented status, the node stays up (C-ECHO after every 50), its peak RSS
+/// stays bounded, and nothing in its log says panic.
+#[tokio::test(flavor = "multi_thread")]
+async fn fuzzed_data_sets_over_real_associations_get_documented_statuses() {
+    use jnsc::fuzz::{Target, mutations, seeds};
+    use jnsc::net::presentation::TRANSFER_SYNTAXES;
+    const PER_TRANSFER_SYNTAX: usize = 60;
+    let mut node = Node::start("");
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ct");
+    let all = seeds(Target::DataSet, Some(&corpus));
+    let rss_before = node.peak_rss_mib();
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut sent = 0;
+    for (ts, _) in TRANSFER_SYNTAXES {
+        let group: Vec<_> = all
+            .iter()
+            .filter(|s| s.transfer_syntax == *ts)
+            .cloned()
+            .collect();
+        if group.is_empty() {
+            continue;
+        }
+        let uid_of = |bytes: &[u8]| {
+            jnsc::store::instance::parse_data_set(bytes, ts)
+                .map(|a| a.sop_instance_uid.to_string())
+                .unwrap_or_else(|_| "1.2.3.4".into())
+        };
+        let uids: Vec<String> = group.iter().map(|s| uid_of(&s.bytes)).collect();
+        let mut scu = node.raw_scu(CT_IMAGE_STORAGE, ts);
+        for (i, (from, data_set)) in mutations(&group, PER_TRANSFER_SYNTAX, 11)
+            .into_iter()
+            .enumerate()
+        {
+            let response = scu.store(CT_IMAGE_STORAGE, &uids[from], &data_set, 16000);
+            assert!(
+                [
+                    SUCCESS,
+                    DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                    CANNOT_UNDERSTAND
+                ]
+                .contains(&response.status),
+                "{ts} input {i}: {response:?}"
+            );
+            *statuses.entry(response.status).or_insert(0) += 1;
+            sent += 1;
+            if sent % 50 == 0 {
+                let echo = node.echoscu("ECHOSCU", "JNSC");
+                assert!(echo.status.success(), "after {sent} inputs: {echo:?}");
+            }
+        }
+        scu.release();
+    }
+    assert!(sent >= 4 * PER_TRANSFER_SYNTAX, "only {sent} inputs");
+    assert!(node.is_running(), "the node died:\n{}", node.log());
+    let echo = node.echoscu("ECHOSCU", "JNSC");
+    assert!(echo.status.success(), "{echo:?}");
+    let rss_after = node.peak_rss_mib();
+    let answered: Vec<String> = statuses
+        .iter()
+        .map(|(status, n)| format!("{status:#06X} x {n}"))
+        .collect();
+    eprintln!(
+        "{sent} fuzzed data sets over real associations: {}; peak RSS {rss_before:.0} MiB \
+         before, {rss_after:.0} MiB after",
+        answered.join(", ")
+    );
+    assert!(statuses.len() >= 2, "{statuses:?}");
+    assert!(
+        rss_after - rss_before < 512.0,
+        "peak RSS grew from {rss_before:.0} to {rss_after:.0} MiB"
+    );
+    let log = node.log();
+    for word in ["panic", "overflow", "fatal"] {
+        assert!(!log.contains(word), "{word} in the log:\n{log}");
+    }
+}

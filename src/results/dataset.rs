@@ -50,7 +50,10 @@ impl DataSet {
 
     /// Decimal strings (DS), written with at most 16 characters each.
     pub fn decimals(mut self, tag: Tag, values: &[f64]) -> Self {
-        let values = values.iter().map(|&v| decimal_string(v)).collect();
+        let values = values
+            .iter()
+            .map(|&v| crate::attributes::decimal_string(v))
+            .collect();
         self.0
             .put(DataElement::new(tag, VR::DS, PrimitiveValue::Strs(values)));
         self
@@ -139,36 +142,5 @@ impl DataSet {
 
     pub fn into_inner(self) -> InMemDicomObject {
         self.0
-    }
-}
-
-/// A DS value: the shortest decimal that fits in 16 characters.
-pub fn decimal_string(value: f64) -> String {
-    for precision in (0..=10).rev() {
-        let s = format!("{value:.precision$}");
-        let s = if s.contains('.') {
-            s.trim_end_matches('0').trim_end_matches('.').to_owned()
-        } else {
-            s
-        };
-        if s.len() <= 16 {
-            return if s == "-0" { "0".into() } else { s };
-        }
-    }
-    format!("{value:.3e}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decimal_strings_fit_sixteen_characters() {
-        assert_eq!(decimal_string(0.5), "0.5");
-        assert_eq!(decimal_string(-0.00000000001), "0");
-        assert_eq!(decimal_string(-0.0000000001), "-0.0000000001");
-        assert_eq!(decimal_string(12.0), "12");
-        assert_eq!(decimal_string(-123456.123456789), "-123456.12345679");
-        assert!(decimal_string(1.0e300).len() <= 16);
     }
 }

@@ -4,6 +4,7 @@
 //! consistent patient/study/series modules. Everything is derived from a seed, so the same spec
 //! always gives the same files and UIDs. Used by tests, benchmarks and `jnsc synth`.
 
+use crate::attributes::decimal_string;
 use crate::random::Rng;
 use crate::volume::geometry::{Vec3, cross, dot};
 use dicom_core::value::DataSetSequence;
@@ -123,7 +124,7 @@ fn strs<const N: usize>(values: [&str; N]) -> PrimitiveValue {
 }
 
 fn decimals(values: &[f64]) -> PrimitiveValue {
-    PrimitiveValue::Strs(values.iter().map(|v| format!("{v:.6}")).collect())
+    PrimitiveValue::Strs(values.iter().map(|&v| decimal_string(v)).collect())
 }
 
 fn sequence(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
@@ -179,7 +180,7 @@ fn common_attributes(spec: &SeriesSpec, ids: &SeriesIds, sop_class: &str) -> InM
         &mut o,
         tags::SLICE_THICKNESS,
         VR::DS,
-        s(&format!("{}", spec.slice_spacing_mm)),
+        decimals(&[spec.slice_spacing_mm]),
     );
     put(&mut o, tags::KVP, VR::DS, s("120"));
     put(
@@ -305,7 +306,7 @@ pub fn write_ct_series(spec: &SeriesSpec, dir: &Path) -> std::io::Result<Written
             &mut o,
             tags::SLICE_LOCATION,
             VR::DS,
-            s(&format!("{:.4}", dot(position, spec.normal()))),
+            decimals(&[dot(position, spec.normal())]),
         );
         put(
             &mut o,
@@ -424,7 +425,7 @@ pub fn write_enhanced_ct(spec: &SeriesSpec, path: &Path) -> std::io::Result<Writ
             (
                 tags::SLICE_THICKNESS,
                 VR::DS,
-                s(&format!("{}", spec.slice_spacing_mm)),
+                decimals(&[spec.slice_spacing_mm]),
             ),
         ])],
     ));
