@@ -105,6 +105,16 @@ impl Drop for Guard {
 }
 
 fn run_jnsc_round(dir: &Path, data: &Path, slices: usize, nodelay: bool) -> anyhow::Result<f64> {
+    let (guard, port) = start_node(dir)?;
+    let rate = send(data, "JNSC", port, slices, nodelay)?;
+    drop(guard);
+    Ok(rate)
+}
+
+/// Starts `jnsc serve` with its storage under `dir` (kept from an earlier start, if any) on a free
+/// loopback port; returns the process (killed with SIGKILL when dropped) once it listens, and
+/// the port.
+fn start_node(dir: &Path) -> anyhow::Result<(Guard, u16)> {
     std::fs::create_dir_all(dir)?;
     let config = dir.join("jnsc.toml");
     std::fs::write(
@@ -131,9 +141,176 @@ fn run_jnsc_round(dir: &Path, data: &Path, slices: usize, nodelay: bool) -> anyh
         .and_then(|(head, _)| head.rsplit_once(':'))
         .and_then(|(_, port)| port.parse::<u16>().ok())
         .with_context(|| format!("unexpected first line from jnsc serve: {line:?}"))?;
-    let rate = send(data, "JNSC", port, slices, nodelay)?;
+    Ok((guard, port))
+}
+
+/// `bench crash`: kill -9 during transfers. Each round starts the node on fresh storage and
+/// sends a synthetic series with `storescu` (one association, files in order), kills the node
+/// with SIGKILL at a random moment of the transfer, starts it again on the same storage (startup
+/// recovery), and checks every instance `storescu` saw acknowledged (Success): indexed, and its
+/// stored data set byte for byte the one sent. Prints acknowledged against present per round and
+/// in all; fails when an acknowledged instance is missing or differs.
+pub fn crash(rounds: usize, slices: usize, size: u16, seed: u64) -> anyhow::Result<()> {
+    if !Path::new(STORESCU).exists() {
+        bail!("{STORESCU} not found: install DCMTK (apt-get install -y dcmtk)");
+    }
+    let work = std::env::temp_dir().join(format!("jnsc-bench-crash-{}", std::process::id()));
+    let spec = SeriesSpec {
+        slices,
+        rows: size,
+        columns: size,
+        ..SeriesSpec::default()
+    };
+    let series = write_ct_series(&spec, &work.join("series"))?;
+    // One uninterrupted transfer: how long a whole one takes.
+    let (guard, port) = start_node(&work.join("calibration"))?;
+    let started = Instant::now();
+    let (acknowledged, _) = store_until_killed(&series.files, port, None)?;
+    let whole = started.elapsed();
     drop(guard);
-    Ok(rate)
+    if acknowledged != slices {
+        bail!("the uninterrupted transfer was acknowledged for {acknowledged} of {slices}");
+    }
+    println!(
+        "{slices} slices of {size}x{size} in {:.2} s uninterrupted; {rounds} rounds killed at a \
+         random moment of the transfer",
+        whole.as_secs_f64()
+    );
+    let mut rng = crate::random::Rng::new(seed);
+    let (mut total_acknowledged, mut total_present) = (0, 0);
+    for round in 1..=rounds {
+        let dir = work.join(format!("round-{round}"));
+        let (guard, port) = start_node(&dir)?;
+        let at = whole.mul_f64(rng.range(0.05, 0.95));
+        let (acknowledged, _) = store_until_killed(&series.files, port, Some((guard, at)))?;
+        // Start again on the same storage: recovery runs before the node listens.
+        let (guard, _) = start_node(&dir)?;
+        let check = check_stored(&dir.join("storage"), &series, acknowledged)?;
+        drop(guard);
+        println!(
+            "round {round}: killed at {:.0} ms; acknowledged {acknowledged}, present and \
+             identical {}, missing {}, differing {}; stored beyond the acknowledged {}; \
+             quarantined {}",
+            at.as_secs_f64() * 1000.0,
+            check.identical,
+            check.missing,
+            check.differing,
+            check.beyond,
+            check.quarantined
+        );
+        total_acknowledged += acknowledged;
+        total_present += check.identical;
+    }
+    println!(
+        "in all: {total_present} of {total_acknowledged} acknowledged instances present, indexed \
+         and byte-identical"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    if total_present != total_acknowledged {
+        bail!("acknowledged instances were lost");
+    }
+    Ok(())
+}
+
+/// Sends `files` with `storescu -v` in one association; with `kill`, the node's process is killed
+/// (SIGKILL) that long after the transfer starts. Returns how many instances were acknowledged
+/// with Success (storescu sends them one at a time, in order, so these are the first ones) and
+/// storescu's log.
+fn store_until_killed(
+    files: &[PathBuf],
+    port: u16,
+    kill: Option<(Guard, Duration)>,
+) -> anyhow::Result<(usize, String)> {
+    let child = Command::new(STORESCU)
+        .env("TCP_NODELAY", "1")
+        .args(["-v", "-aec", "JNSC", "127.0.0.1", &port.to_string()])
+        .args(files)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start storescu")?;
+    if let Some((node, after)) = kill {
+        std::thread::sleep(after);
+        drop(node);
+    }
+    let out = child.wait_with_output()?;
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let acknowledged = log
+        .lines()
+        .filter(|l| l.contains("Received Store Response (Success)"))
+        .count();
+    Ok((acknowledged, log))
+}
+
+/// What a storage directory holds of a sent series.
+struct StoredCheck {
+    identical: usize,
+    missing: usize,
+    differing: usize,
+    beyond: usize,
+    quarantined: usize,
+}
+
+/// Checks the first `acknowledged` instances of `series` in the index of `storage` and on disk.
+fn check_stored(
+    storage: &Path,
+    series: &crate::synth::series::WrittenSeries,
+    acknowledged: usize,
+) -> anyhow::Result<StoredCheck> {
+    use crate::encoding::part10_data_set;
+    let db = storage.join("jnsc.db");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let indexed: Vec<(String, String)> = runtime.block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&db)
+            .read_only(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await?;
+        let rows = sqlx::query_as("SELECT sop_instance_uid, path FROM instances")
+            .fetch_all(&pool)
+            .await?;
+        pool.close().await;
+        anyhow::Ok(rows)
+    })?;
+    let paths: std::collections::HashMap<String, String> = indexed.into_iter().collect();
+    let data_set = |bytes: &[u8]| part10_data_set(bytes).map(|(start, _)| bytes[start..].to_vec());
+    let mut check = StoredCheck {
+        identical: 0,
+        missing: 0,
+        differing: 0,
+        beyond: 0,
+        quarantined: 0,
+    };
+    for (i, (uid, file)) in series
+        .sop_instance_uids
+        .iter()
+        .zip(&series.files)
+        .enumerate()
+    {
+        let stored = paths
+            .get(uid)
+            .and_then(|p| std::fs::read(storage.join(p)).ok());
+        match (i < acknowledged, stored) {
+            (true, None) => check.missing += 1,
+            (true, Some(stored)) => {
+                if data_set(&stored).is_some()
+                    && data_set(&stored) == data_set(&std::fs::read(file)?)
+                {
+                    check.identical += 1;
+                } else {
+                    check.differing += 1;
+                }
+            }
+            (false, Some(_)) => check.beyond += 1,
+            (false, None) => {}
+        }
+    }
+    check.quarantined = std::fs::read_dir(storage.join("quarantine"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    Ok(check)
 }
 
 fn run_storescp_round(

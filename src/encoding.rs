@@ -95,6 +95,17 @@ impl Frame {
     }
 }
 
+/// Where the data set of a Part 10 file's `bytes` starts (after the preamble, `DICM` and the
+/// file meta group) and its transfer syntax UID; `None` when the bytes are not a Part 10 file.
+pub fn part10_data_set(bytes: &[u8]) -> Option<(usize, String)> {
+    if bytes.get(128..132) != Some(b"DICM") {
+        return None;
+    }
+    let meta = dicom_object::meta::FileMetaTable::from_reader(bytes.get(128..)?).ok()?;
+    let start = 132 + 12 + meta.information_group_length as usize;
+    (start <= bytes.len()).then(|| (start, meta.transfer_syntax().to_owned()))
+}
+
 /// Walks `bytes`, a whole data set (or command set) in `encoding`.
 pub fn check(bytes: &[u8], encoding: Encoding) -> Result<(), StructureError> {
     let mut stack: Vec<Frame> = Vec::new();

@@ -457,14 +457,10 @@ fn file_data_set(path: &Path) -> Option<Seed> {
     use dicom_encoding::TransferSyntaxIndex;
     use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
     let bytes = std::fs::read(path).ok()?;
-    if bytes.get(128..132) != Some(b"DICM") {
-        return None;
-    }
-    let meta = dicom_object::meta::FileMetaTable::from_reader(&bytes[128..]).ok()?;
-    let start = 132 + 12 + meta.information_group_length as usize;
-    let ts = TransferSyntaxRegistry.get(meta.transfer_syntax())?.uid();
+    let (start, ts) = crate::encoding::part10_data_set(&bytes)?;
+    let ts = TransferSyntaxRegistry.get(&ts)?.uid();
     Some(Seed {
-        bytes: bytes.get(start..)?.to_vec(),
+        bytes: bytes[start..].to_vec(),
         transfer_syntax: ts,
     })
 }

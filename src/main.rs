@@ -202,6 +202,19 @@ enum BenchCommand {
     /// Times series -> volume -> 1 mm for a synthetic series, and SimpleITK doing the same in
     /// the same run; prints both and the ratio.
     Volume(SeriesBench),
+    /// kill -9 during transfers: sends a synthetic series with storescu, kills the node at a
+    /// random moment, starts it again, and checks every acknowledged instance is there.
+    Crash {
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        #[arg(long, default_value_t = 200)]
+        slices: usize,
+        #[arg(long, default_value_t = 512)]
+        size: u16,
+        /// Seed of the moments the node is killed at.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Mutation fuzzing of what the node parses from the network (association streams,
     /// command sets, data sets) for a time per target; prints executions and crashes.
     Fuzz(jnsc::fuzz::FuzzArgs),
@@ -271,6 +284,15 @@ fn main() -> ExitCode {
         Command::Bench {
             which: BenchCommand::Fuzz(args),
         } => jnsc::fuzz::run_bench(&args),
+        Command::Bench {
+            which:
+                BenchCommand::Crash {
+                    rounds,
+                    slices,
+                    size,
+                    seed,
+                },
+        } => jnsc::bench::crash(rounds, slices, size, seed),
         Command::Model {
             which:
                 ModelCommand::Init {
