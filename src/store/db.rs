@@ -8,6 +8,7 @@
 //! mark, so the index never loses an acknowledged instance either.
 
 use crate::store::instance::InstanceAttributes;
+use crate::store::state::JobState;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, SqlitePool};
 use std::collections::HashSet;
@@ -63,7 +64,7 @@ pub struct NewFile<'a> {
 pub struct Job {
     pub id: i64,
     pub series_uid: String,
-    pub state: String,
+    pub state: JobState,
     pub instance_count: i64,
 }
 
@@ -501,22 +502,24 @@ impl Index {
         for (series_uid, instance_count) in idle {
             let refreshed: Option<Job> = sqlx::query_as(
                 "UPDATE jobs SET instance_count = ?, updated_at = ?
-                 WHERE series_uid = ? AND state = 'queued'
+                 WHERE series_uid = ? AND state = ?
                  RETURNING id, series_uid, state, instance_count",
             )
             .bind(instance_count)
             .bind(now)
             .bind(&series_uid)
+            .bind(JobState::Queued)
             .fetch_optional(&mut *tx)
             .await?;
             let job = match refreshed {
                 Some(job) => job,
                 None => sqlx::query_as(
                     "INSERT INTO jobs (series_uid, state, instance_count, created_at, updated_at)
-                         VALUES (?, 'queued', ?, ?, ?)
+                         VALUES (?, ?, ?, ?, ?)
                          RETURNING id, series_uid, state, instance_count",
                 )
                 .bind(&series_uid)
+                .bind(JobState::Queued)
                 .bind(instance_count)
                 .bind(now)
                 .bind(now)

@@ -11,6 +11,7 @@ pub mod files;
 pub mod instance;
 pub mod overview;
 pub mod recovery;
+pub mod state;
 pub mod uid;
 pub mod work;
 

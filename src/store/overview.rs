@@ -2,6 +2,7 @@
 //! (series, jobs, results, deliveries with every attempt). Patient IDs and UIDs only: no names.
 
 use crate::store::db::{DbResult, Index};
+use crate::store::state::OutboxState;
 use serde::Serialize;
 use sqlx::FromRow;
 use std::collections::BTreeMap;
@@ -152,11 +153,11 @@ impl Index {
                     COALESCE(j.state, 'receiving') AS state, j.findings, j.error_code, j.error,
                     j.timings,
                     (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = st.study_uid
-                        AND o.state = 'sent') AS sent,
+                        AND o.state = ?) AS sent,
                     (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = st.study_uid
-                        AND o.state = 'failed') AS send_failed,
+                        AND o.state = ?) AS send_failed,
                     (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = st.study_uid
-                        AND o.state = 'pending') AS send_pending
+                        AND o.state = ?) AS send_pending
              FROM studies st
              JOIN patients p ON p.id = st.patient
              LEFT JOIN jobs j ON j.id = (
@@ -164,6 +165,9 @@ impl Index {
                  WHERE ss.study_uid = st.study_uid ORDER BY jj.id DESC LIMIT 1)
              ORDER BY last_received_at DESC LIMIT ?",
         )
+        .bind(OutboxState::Sent)
+        .bind(OutboxState::Failed)
+        .bind(OutboxState::Pending)
         .bind(recent)
         .fetch_all(pool)
         .await?;

@@ -3,6 +3,7 @@
 //! change is one transaction, so a crash leaves either the old state or the new one.
 
 use crate::store::db::{DbResult, Index, now_ms};
+pub use crate::store::state::{JobState, OutboxState};
 use sqlx::FromRow;
 
 /// A job the worker took, with what it needs about its series.
@@ -107,10 +108,11 @@ impl Index {
     /// Puts jobs left running by a previous process back in the queue; returns how many.
     pub async fn requeue_interrupted_jobs(&self) -> DbResult<u64> {
         let done = sqlx::query(
-            "UPDATE jobs SET state = 'queued', updated_at = ?, started_at = NULL
-             WHERE state = 'running'",
+            "UPDATE jobs SET state = ?, updated_at = ?, started_at = NULL WHERE state = ?",
         )
+        .bind(JobState::Queued)
         .bind(now_ms())
+        .bind(JobState::Running)
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected())
@@ -120,17 +122,19 @@ impl Index {
     pub async fn claim_next_job(&self) -> DbResult<Option<ClaimedJob>> {
         let now = now_ms();
         sqlx::query_as(
-            "UPDATE jobs SET state = 'running', started_at = ?, updated_at = ?,
+            "UPDATE jobs SET state = ?, started_at = ?, updated_at = ?,
                     attempts = attempts + 1, error = NULL, error_code = NULL
-             WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at, id LIMIT 1)
+             WHERE id = (SELECT id FROM jobs WHERE state = ? ORDER BY created_at, id LIMIT 1)
              RETURNING id, series_uid,
                  (SELECT study_uid FROM series WHERE series.series_uid = jobs.series_uid)
                      AS study_uid,
                  (SELECT source_ae FROM series WHERE series.series_uid = jobs.series_uid)
                      AS source_ae",
         )
+        .bind(JobState::Running)
         .bind(now)
         .bind(now)
+        .bind(JobState::Queued)
         .fetch_optional(self.pool())
         .await
     }
@@ -151,11 +155,12 @@ impl Index {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE outbox SET state = 'superseded', updated_at = ?
-             WHERE series_uid = ? AND state = 'pending'",
+            "UPDATE outbox SET state = ?, updated_at = ? WHERE series_uid = ? AND state = ?",
         )
+        .bind(OutboxState::Superseded)
         .bind(now)
         .bind(&job.series_uid)
+        .bind(OutboxState::Pending)
         .execute(&mut *tx)
         .await?;
         for result in success.results {
@@ -178,10 +183,11 @@ impl Index {
             enqueue(&mut tx, job, result, destination, now).await?;
         }
         sqlx::query(
-            "UPDATE jobs SET state = 'done', finished_at = ?, updated_at = ?, timings = ?,
+            "UPDATE jobs SET state = ?, finished_at = ?, updated_at = ?, timings = ?,
                     candidates = ?, findings = ?
              WHERE id = ?",
         )
+        .bind(JobState::Done)
         .bind(now)
         .bind(now)
         .bind(success.timings_json)
@@ -197,10 +203,11 @@ impl Index {
     pub async fn fail_job(&self, job_id: i64, code: &str, message: &str) -> DbResult<()> {
         let now = now_ms();
         sqlx::query(
-            "UPDATE jobs SET state = 'failed', finished_at = ?, updated_at = ?, error_code = ?,
+            "UPDATE jobs SET state = ?, finished_at = ?, updated_at = ?, error_code = ?,
                     error = ?
              WHERE id = ?",
         )
+        .bind(JobState::Failed)
         .bind(now)
         .bind(now)
         .bind(code)
@@ -217,9 +224,10 @@ impl Index {
             "SELECT id, sop_instance_uid, sop_class_uid, path, dest_ae, dest_host, dest_port,
                     attempts
              FROM outbox
-             WHERE state = 'pending' AND next_attempt_at <= ? AND dest_host IS NOT NULL
+             WHERE state = ? AND next_attempt_at <= ? AND dest_host IS NOT NULL
              ORDER BY next_attempt_at, id LIMIT ?",
         )
+        .bind(OutboxState::Pending)
         .bind(now_ms())
         .bind(limit)
         .fetch_all(self.pool())
@@ -229,9 +237,9 @@ impl Index {
     /// When the next pending row falls due (Unix ms), if any.
     pub async fn next_outbox_due(&self) -> DbResult<Option<i64>> {
         sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM outbox
-             WHERE state = 'pending' AND dest_host IS NOT NULL",
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE state = ? AND dest_host IS NOT NULL",
         )
+        .bind(OutboxState::Pending)
         .fetch_one(self.pool())
         .await
     }
@@ -245,21 +253,25 @@ impl Index {
     ) -> DbResult<()> {
         let now = now_ms();
         let (state, status, error, next, label) = match outcome {
-            SendOutcome::Sent { status } => ("sent", Some(*status), None, None, "sent"),
+            SendOutcome::Sent { status } => (OutboxState::Sent, Some(*status), None, None, "sent"),
             SendOutcome::Retry {
                 status,
                 error,
                 next_attempt_at,
             } => (
-                "pending",
+                OutboxState::Pending,
                 *status,
                 Some(error.as_str()),
                 Some(*next_attempt_at),
                 "retry",
             ),
-            SendOutcome::Failed { status, error } => {
-                ("failed", *status, Some(error.as_str()), None, "failed")
-            }
+            SendOutcome::Failed { status, error } => (
+                OutboxState::Failed,
+                *status,
+                Some(error.as_str()),
+                None,
+                "failed",
+            ),
         };
         let mut tx = self.pool().begin().await?;
         sqlx::query(
@@ -278,17 +290,18 @@ impl Index {
             "UPDATE outbox SET state = ?, attempts = attempts + 1, updated_at = ?,
                     last_status = ?, last_error = ?,
                     next_attempt_at = COALESCE(?, next_attempt_at),
-                    sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END
-             WHERE id = ? AND state = 'pending'",
+                    sent_at = CASE WHEN ? THEN ? ELSE sent_at END
+             WHERE id = ? AND state = ?",
         )
         .bind(state)
         .bind(now)
         .bind(status.map(i64::from))
         .bind(error)
         .bind(next)
-        .bind(state)
+        .bind(state == OutboxState::Sent)
         .bind(now)
         .bind(outbox_id)
+        .bind(OutboxState::Pending)
         .execute(&mut *tx)
         .await?;
         tx.commit().await
@@ -344,17 +357,18 @@ async fn enqueue(
     now: i64,
 ) -> DbResult<()> {
     sqlx::query(
-        "UPDATE outbox SET state = 'superseded', updated_at = ?
-         WHERE sop_instance_uid = ? AND state = 'pending'",
+        "UPDATE outbox SET state = ?, updated_at = ? WHERE sop_instance_uid = ? AND state = ?",
     )
+    .bind(OutboxState::Superseded)
     .bind(now)
     .bind(&result.sop_instance_uid)
+    .bind(OutboxState::Pending)
     .execute(&mut *tx)
     .await?;
     let (state, error) = match destination {
-        Some(_) => ("pending", None),
+        Some(_) => (OutboxState::Pending, None),
         None => (
-            "failed",
+            OutboxState::Failed,
             Some(format!("{NO_DESTINATION} {}", job.source_ae)),
         ),
     };
