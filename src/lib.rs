@@ -5,7 +5,7 @@
 //! - `attributes` (reading data set values), `encoding` (the structure of received data sets,
 //!   checked before parsing), `write` (Part 10 file meta, files written whole), `metrics` (the
 //!   counters every service bumps), `random` (the seeded generator of phantoms, sampling and
-//!   dropout), `config` (TOML configuration);
+//!   dropout), `config` (TOML configuration), `luna16_csv` (the LUNA16 challenge's CSV files);
 //! - `store` (files + SQLite index), `net` (DICOM networking), `volume` (series -> HU volume ->
 //!   1 mm grid -> lung mask), `jnsc` (the network, its model file and devices);
 //! - `inference` (whole-scan analysis: findings from a series), `malignancy`, `results` (the DICOM
@@ -26,6 +26,7 @@ pub mod eval;
 pub mod fuzz;
 pub mod inference;
 pub mod jnsc;
+pub mod luna16_csv;
 pub mod malignancy;
 pub mod metrics;
 pub mod net;

@@ -11,7 +11,7 @@
 //! malignancy recorded with each nodule.
 
 use crate::random::Rng;
-use crate::synth::nodules::{NoduleFeatures, NoduleType};
+use crate::synth::features::{NoduleFeatures, NoduleType};
 use serde_json::Value;
 
 /// The calibration file shipped with the generator.

@@ -6,33 +6,9 @@
 use crate::random::Rng;
 use crate::synth::anatomy::{Anatomy, Capsule};
 use crate::synth::calibration::Calibration;
+pub use crate::synth::features::{Location, Margin, NoduleFeatures, NoduleType};
 use crate::volume::Volume;
 use crate::volume::geometry::Vec3;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NoduleType {
-    Solid,
-    PartSolid,
-    GroundGlass,
-    Calcified,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Margin {
-    Round,
-    Lobulated,
-    Spiculated,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Location {
-    Isolated,
-    JuxtaVascular,
-    JuxtaPleural,
-}
 
 /// An ellipsoidal lobe of a nodule.
 #[derive(Debug, Clone, Copy)]
@@ -207,28 +183,6 @@ pub fn draw_nodules(
         nodules.push(nodule);
     }
     nodules
-}
-
-/// Features a nodule is drawn with (LIDC's: spiculation and lobulation ratings >= 3).
-#[derive(Debug, Clone, Copy)]
-pub struct NoduleFeatures {
-    pub diameter_mm: f64,
-    pub kind: NoduleType,
-    pub spiculated: bool,
-    pub lobulated: bool,
-}
-
-impl NoduleFeatures {
-    /// The margin shown: spiculated wins over lobulated.
-    pub fn margin(&self) -> Margin {
-        if self.spiculated {
-            Margin::Spiculated
-        } else if self.lobulated {
-            Margin::Lobulated
-        } else {
-            Margin::Round
-        }
-    }
 }
 
 fn distance(a: Vec3, b: Vec3) -> f64 {

@@ -6,7 +6,7 @@
 //! only. `annotations_excluded.csv` lists findings the challenge neither counts nor penalises;
 //! they are not labelled.
 
-use crate::eval::froc::parse_findings;
+use crate::luna16_csv::parse_findings;
 use crate::train::data::{NoduleLabel, Scan, Source};
 use crate::volume::Volume;
 use crate::volume::metaimage;
