@@ -1330,7 +1330,6 @@ mod tests {
         assert!(crop(&x, [0, 0, 0], [5, 1, 1]).is_err());
     }
 
-    /// The fused f32 CPU op against the composite (f64) version, values and gradients.
     #[test]
     fn moments_in_lock_step_are_the_bits_of_one_channel_at_a_time() {
         let spatial = 1000;
@@ -1346,6 +1345,7 @@ mod tests {
         assert_eq!(bits(&lock_step), bits(&one_at_a_time));
     }
 
+    /// The fused f32 CPU op against the composite (f64) version, values and gradients.
     #[test]
     fn fused_instance_norm_matches_the_composite() {
         let (n, c, d, h, w) = (2, 3, 3, 4, 5);
