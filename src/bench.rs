@@ -236,11 +236,14 @@ fn store_until_killed(
     let out = child.wait_with_output()?;
     let log =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let acknowledged = log
-        .lines()
+    Ok((acknowledged_by_storescu(&log), log))
+}
+
+/// How many instances a `storescu -v` log (stdout and stderr) shows acknowledged with Success.
+pub fn acknowledged_by_storescu(log: &str) -> usize {
+    log.lines()
         .filter(|l| l.contains("Received Store Response (Success)"))
-        .count();
-    Ok((acknowledged, log))
+        .count()
 }
 
 /// What a storage directory holds of a sent series.

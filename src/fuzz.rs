@@ -96,6 +96,24 @@ pub struct Tally {
     pub panics: Vec<Vec<u8>>,
 }
 
+impl Tally {
+    /// Counts one execution; for a panic, `keep(n)` (n: the execution's number) saves the input
+    /// where it belongs and returns what the tally keeps of it.
+    fn count(
+        &mut self,
+        outcome: std::thread::Result<bool>,
+        keep: impl FnOnce(u64) -> std::io::Result<Vec<u8>>,
+    ) -> std::io::Result<()> {
+        self.executions += 1;
+        match outcome {
+            Ok(true) => self.accepted += 1,
+            Ok(false) => self.refused += 1,
+            Err(_) => self.panics.push(keep(self.executions)?),
+        }
+        Ok(())
+    }
+}
+
 /// Runs `target` on mutations of `seeds` (none for the series target) until `budget` is spent:
 /// a number of executions or a time. `crashes`: where panicking inputs (and the current input)
 /// are written.
@@ -127,18 +145,12 @@ pub fn run(
             std::fs::write(dir.join(format!("current-{}.bin", target.name())), &input)?;
         }
         let outcome = std::panic::catch_unwind(|| execute(target, &input, transfer_syntax));
-        tally.executions += 1;
-        match outcome {
-            Ok(true) => tally.accepted += 1,
-            Ok(false) => tally.refused += 1,
-            Err(_) => {
-                if let Some(dir) = crashes {
-                    let name = format!("crash-{}-{}.bin", target.name(), tally.executions);
-                    std::fs::write(dir.join(name), &input)?;
-                }
-                tally.panics.push(input);
+        tally.count(outcome, |n| {
+            if let Some(dir) = crashes {
+                std::fs::write(dir.join(format!("crash-{}-{n}.bin", target.name())), &input)?;
             }
-        }
+            Ok(input)
+        })?;
     }
     Ok(tally)
 }
@@ -312,10 +324,12 @@ fn structure_header(rng: &mut Rng) -> Vec<u8> {
 /// The seeds of `target`: built-in ones, plus the DICOM files under `corpus` (recursively)
 /// where it exists.
 pub fn seeds(target: Target, corpus: Option<&Path>) -> Vec<Seed> {
-    let mut data_sets = vec![synthetic_data_set()];
-    if let Some(dir) = corpus {
-        data_sets.extend(corpus_data_sets(dir));
-    }
+    // Read only by the targets that take data sets.
+    let data_sets = || {
+        let mut all = vec![synthetic_data_set()];
+        all.extend(corpus.map(corpus_data_sets).unwrap_or_default());
+        all
+    };
     let command = |sop: &str, id: u16| {
         StoreRequest {
             message_id: id,
@@ -326,7 +340,7 @@ pub fn seeds(target: Target, corpus: Option<&Path>) -> Vec<Seed> {
     };
     match target {
         Target::Series => vec![],
-        Target::DataSet => data_sets,
+        Target::DataSet => data_sets(),
         Target::Command => vec![
             Seed {
                 bytes: command("1.2.3.4", 1),
@@ -338,7 +352,8 @@ pub fn seeds(target: Target, corpus: Option<&Path>) -> Vec<Seed> {
             },
         ],
         Target::Stream => {
-            let native: Vec<&Seed> = data_sets
+            let all = data_sets();
+            let native: Vec<&Seed> = all
                 .iter()
                 .filter(|s| {
                     STREAM_CONTEXTS
@@ -467,23 +482,10 @@ fn file_data_set(path: &Path) -> Option<Seed> {
 
 /// Every DICOM file's data set under `dir`, in a fixed order.
 fn corpus_data_sets(dir: &Path) -> Vec<Seed> {
-    let mut files = Vec::new();
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(d) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files.iter().filter_map(|f| file_data_set(f)).collect()
+    crate::volume::series::files_under(dir)
+        .iter()
+        .filter_map(|f| file_data_set(f))
+        .collect()
 }
 
 /// The attribute edits of the series target: a tag, its VR, and the values tried (`None`: the
@@ -652,22 +654,17 @@ pub fn run_series(budget: Budget, seed: u64, crashes: Option<&Path>) -> std::io:
             std::fs::write(dir.join("current-series.txt"), &edits)?;
         }
         let outcome = std::panic::catch_unwind(|| prepare(&files, Interpolation::BSpline).is_ok());
-        tally.executions += 1;
-        match outcome {
-            Ok(true) => tally.accepted += 1,
-            Ok(false) => tally.refused += 1,
-            Err(_) => {
-                if let Some(dir) = crashes {
-                    let kept = dir.join(format!("crash-series-{}", tally.executions));
-                    std::fs::create_dir_all(&kept)?;
-                    for f in &files {
-                        std::fs::copy(f, kept.join(f.file_name().unwrap_or_default()))?;
-                    }
-                    std::fs::write(kept.join("edits.txt"), &edits)?;
+        tally.count(outcome, |n| {
+            if let Some(dir) = crashes {
+                let kept = dir.join(format!("crash-series-{n}"));
+                std::fs::create_dir_all(&kept)?;
+                for f in &files {
+                    std::fs::copy(f, kept.join(f.file_name().unwrap_or_default()))?;
                 }
-                tally.panics.push(edits.into_bytes());
+                std::fs::write(kept.join("edits.txt"), &edits)?;
             }
-        }
+            Ok(edits.into_bytes())
+        })?;
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(tally)

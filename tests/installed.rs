@@ -61,7 +61,7 @@ fn serve_from_root_with_no_configuration_analyses_with_the_embedded_model() {
     let state = home.path().join(".local/state/jnsc");
     let deadline = Instant::now() + Duration::from_secs(300);
     let summary = loop {
-        let found = walk(&state.join("results"))
+        let found = jnsc::volume::series::files_under(&state.join("results"))
             .into_iter()
             .find(|p| p.ends_with("results.json"));
         if let Some(path) = found {
@@ -116,7 +116,7 @@ fn serve_from_root_with_no_configuration_analyses_with_the_embedded_model() {
         state.display()
     );
     assert!(
-        walk(&state.join("results"))
+        jnsc::volume::series::files_under(&state.join("results"))
             .iter()
             .any(|p| p.ends_with("sr.dcm"))
     );
@@ -129,24 +129,4 @@ fn serve_from_root_with_no_configuration_analyses_with_the_embedded_model() {
     assert!(status_page.contains(&shipped.name), "{status_page}");
     // No peer is configured: the results are kept, and the log says why they were not sent.
     assert!(log.contains("no destination configured"), "{log}");
-}
-
-/// Every file under `dir` (none if it does not exist).
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
 }

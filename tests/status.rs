@@ -268,10 +268,7 @@ async fn a_shutdown_during_a_transfer_loses_no_acknowledged_instance() {
     let out = storescu.wait_with_output().unwrap();
     let log =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let acknowledged = log
-        .lines()
-        .filter(|l| l.contains("Received Store Response (Success)"))
-        .count();
+    let acknowledged = jnsc::bench::acknowledged_by_storescu(&log);
     assert!(acknowledged >= 5, "{log}");
 
     // After a restart every acknowledged instance is in the index and on disk, intact.

@@ -248,6 +248,27 @@ pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Every file below `dir` at any depth, sorted (folders that cannot be read are skipped).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 /// HU of every frame of one image file (single-frame files give one frame), as stored: no
 /// geometry checks. For tools and tests that look at single images.
 pub fn decode_hu(path: &Path) -> Result<Vec<Vec<f32>>, SeriesError> {
