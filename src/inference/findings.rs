@@ -2,10 +2,8 @@
 //! above the threshold, 3-D connected components (6-connected; components that touch are one
 //! finding), centre of mass, non-maximum suppression of findings whose centre lies inside a
 //! stronger finding's sphere, and findings under the minimum diameter dropped. Each finding
-//! carries its size measures in mm on the map's grid. Unlike the paper, a region that is not
-//! compact (a nodule fused with a vessel) is first split into its thick parts (`split`).
+//! carries its size measures in mm on the map's grid.
 
-use super::split::split_region;
 use crate::volume::Volume;
 use crate::volume::geometry::Vec3;
 use crate::volume::lung::BoundingBox;
@@ -20,8 +18,6 @@ pub struct PostProcessing {
     pub min_diameter_mm: f64,
     /// At most this many findings are kept, strongest first (LUNA16 scores 100 per scan).
     pub max_findings: usize,
-    /// Split regions that are not compact into their thick parts (`split::split_region`).
-    pub split: bool,
 }
 
 impl Default for PostProcessing {
@@ -30,7 +26,6 @@ impl Default for PostProcessing {
             threshold: 0.4,
             min_diameter_mm: 3.0,
             max_findings: 100,
-            split: true,
         }
     }
 }
@@ -72,18 +67,9 @@ pub fn detect(probability: &Volume<f32>, settings: &PostProcessing) -> Vec<Detec
     }
     let voxel_mm3 = g.spacing[0] * g.spacing[1] * g.spacing[2];
     let index_of = |v: usize| [v % ni, (v / ni) % nj, v / (ni * nj)];
-    // Splitting assumes the map's isotropic 1 mm grid; it measures in its smallest spacing.
-    let spacing_mm = g.spacing[0].min(g.spacing[1]).min(g.spacing[2]);
     let mut found: Vec<Detection> = members
         .into_iter()
         .skip(1)
-        .flat_map(|voxels| {
-            if settings.split {
-                split_region(&voxels, g.size, spacing_mm)
-            } else {
-                vec![voxels]
-            }
-        })
         .map(|voxels| {
             let mut sum = [0.0; 3];
             let mut lo = [usize::MAX; 3];
@@ -249,12 +235,7 @@ mod tests {
         let mut v = map([40, 30, 30]);
         ball(&mut v, [12.0, 15.0, 15.0], 4.0, 0.8);
         ball(&mut v, [20.0, 15.0, 15.0], 4.0, 0.95);
-        // Without splitting (which cuts them apart at their waist: `split`'s tests).
-        let unsplit = PostProcessing {
-            split: false,
-            ..PostProcessing::default()
-        };
-        let found = detect(&v, &unsplit);
+        let found = detect(&v, &PostProcessing::default());
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].p_nodule, 0.95);
         assert!((found[0].center_index[0] - 16.0).abs() < 1e-9);
@@ -271,7 +252,6 @@ mod tests {
             threshold: 0.3,
             min_diameter_mm: 2.0,
             max_findings: 100,
-            split: true,
         };
         assert_eq!(detect(&v, &lenient).len(), 2);
         let capped = PostProcessing {

@@ -7,7 +7,6 @@
 //! [`Analyzer::analyze`].
 
 pub mod findings;
-pub mod split;
 pub mod tiles;
 
 use crate::jnsc::model_file::{ModelFileError, ModelInfo, ModelSource, load_from};
