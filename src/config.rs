@@ -48,6 +48,29 @@ pub struct DicomConfig {
     pub allow_unknown_callers: bool,
     /// Known peers: where results for studies sent by this calling AE title go.
     pub peers: Vec<PeerConfig>,
+    /// `[dicom.tls]`: DICOM TLS (PS3.15 B.9, the BCP 195 profile) for a second listener and for
+    /// deliveries to peers marked `tls = true`.
+    pub tls: TlsConfig,
+}
+
+/// `[dicom.tls]`: this node's certificate and the trust anchors it checks peers against (PEM
+/// files). Without `listen`, no TLS listener is opened; the plain `dicom.listen` stays (bind it
+/// to 127.0.0.1 to accept TLS only from the network).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// TCP address of the TLS listener (2762 is DICOM's registered port for TLS).
+    pub listen: Option<SocketAddr>,
+    /// This node's certificate chain (leaf first): the server certificate of the TLS listener
+    /// and the client certificate of TLS deliveries.
+    pub certificate: Option<PathBuf>,
+    /// The certificate's private key (PKCS#8, PKCS#1 or SEC1; unencrypted).
+    pub private_key: Option<PathBuf>,
+    /// Trust anchors: certificates of the CAs (or the peers' own certificates) that peers'
+    /// certificates must chain to. Required for TLS deliveries and for client certificates.
+    pub ca: Option<PathBuf>,
+    /// The TLS listener accepts only callers with a certificate that chains to `ca`.
+    pub require_client_certificate: bool,
 }
 
 /// `[[dicom.peers]]`: a calling AE title and the destination of its results.
@@ -63,6 +86,13 @@ pub struct PeerConfig {
     /// AE title of the peer's C-STORE SCP; defaults to `ae_title`.
     #[serde(default)]
     pub dest_ae_title: Option<String>,
+    /// Deliver results over DICOM TLS (`dicom.tls`: `ca` verifies the peer's certificate; this
+    /// node presents its `certificate` when it has one).
+    #[serde(default)]
+    pub tls: bool,
+    /// The name the peer's certificate must hold (DNS name or IP address); defaults to `host`.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 /// `[storage]`: where instances, results and the SQLite index live.
@@ -181,6 +211,7 @@ impl Default for DicomConfig {
             write_timeout_secs: 60,
             allow_unknown_callers: true,
             peers: Vec::new(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -375,6 +406,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_tls()?;
         if self.storage.dir.as_os_str().is_empty() {
             return Err(invalid("storage.dir", "is empty".into()));
         }
@@ -424,6 +456,46 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("is not a valid filter: {e}")));
+        }
+        Ok(())
+    }
+
+    /// `[dicom.tls]` names what each use of TLS needs (the files are read at start).
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let tls = &self.dicom.tls;
+        let missing = |key: &str, why: &str| ConfigError::Invalid {
+            key: format!("dicom.tls.{key}"),
+            problem: format!("is required {why}"),
+        };
+        match (&tls.certificate, &tls.private_key) {
+            (Some(_), None) => return Err(missing("private_key", "with dicom.tls.certificate")),
+            (None, Some(_)) => return Err(missing("certificate", "with dicom.tls.private_key")),
+            _ => {}
+        }
+        if tls.listen.is_some() && tls.certificate.is_none() {
+            return Err(missing(
+                "certificate",
+                "for the TLS listener (dicom.tls.listen)",
+            ));
+        }
+        if tls.require_client_certificate {
+            if tls.listen.is_none() {
+                return Err(missing(
+                    "listen",
+                    "with dicom.tls.require_client_certificate",
+                ));
+            }
+            if tls.ca.is_none() {
+                return Err(missing("ca", "to verify client certificates"));
+            }
+        }
+        if let Some(i) = self.dicom.peers.iter().position(|p| p.tls)
+            && tls.ca.is_none()
+        {
+            return Err(missing(
+                "ca",
+                &format!("to verify dicom.peers[{i}] (tls = true)"),
+            ));
         }
         Ok(())
     }

@@ -84,6 +84,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         })?;
     let address = listener.local_addr()?;
     info!(%address, ae_title = %config.dicom.ae_title, "DICOM SCP listening");
+    let tls_server = crate::net::tls::server_config(&config.dicom.tls)
+        .context("cannot set up the TLS listener (dicom.tls)")?;
+    let tls_listener = match (&tls_server, config.dicom.tls.listen) {
+        (Some(_), Some(listen)) => {
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen} (key dicom.tls.listen)"))?;
+            info!(address = %listener.local_addr()?, "DICOM TLS SCP listening");
+            Some(listener)
+        }
+        _ => None,
+    };
+    let client_tls = crate::net::tls::ClientTls::from_config(&config)
+        .context("cannot set up TLS for deliveries (dicom.tls, dicom.peers)")?;
     let status_listener = TcpListener::bind(config.status.listen)
         .await
         .with_context(|| {
@@ -103,6 +117,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             "jnsc: DICOM SCP listening on {address} as AE {}; status on http://{status_address}",
             config.dicom.ae_title
         );
+        if let Some(tls) = tls_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            let _ = writeln!(std::io::stdout(), "jnsc: DICOM TLS SCP listening on {tls}");
+        }
     }
 
     let (stop, stopped) = watch::channel(false);
@@ -146,12 +163,23 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             connect_timeout: std::time::Duration::from_secs(config.sender.connect_timeout_secs),
             response_timeout: std::time::Duration::from_secs(config.sender.response_timeout_secs),
             max_pdu: config.dicom.max_pdu,
+            tls: client_tls,
         },
         outbox,
         stopped.clone(),
     ));
+    let tls_scp = tls_listener.map(|listener| {
+        tokio::spawn(server::run(
+            listener,
+            tls_server,
+            Arc::clone(&config),
+            Arc::clone(&store),
+            stopped.clone(),
+        ))
+    });
     let scp = tokio::spawn(server::run(
         listener,
+        None,
         Arc::clone(&config),
         Arc::clone(&store),
         stopped,
@@ -161,6 +189,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     info!("shutdown requested");
     let _ = stop.send(true);
     let _ = scp.await;
+    if let Some(tls_scp) = tls_scp {
+        let _ = tls_scp.await;
+    }
     let _ = completion.await;
     if let Some(worker) = worker {
         let _ = worker.await;

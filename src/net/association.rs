@@ -2,6 +2,7 @@
 //! DIMSE messages, dispatches them to the service files (C-ECHO, C-STORE) and sends responses
 //! split to the peer's maximum PDU length. Nothing else reads from or writes to the socket.
 
+use crate::net::Stream;
 use crate::net::c_echo;
 use crate::net::c_store::{self, StoreContext};
 use crate::net::dimse::{self, Command, command_field};
@@ -10,7 +11,6 @@ use crate::store::db::AssociationEnd;
 use dicom_ul::Pdu;
 use dicom_ul::association::{Association, AsyncServerAssociation, Error as UlError};
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
-use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 /// Largest data set accepted in one C-STORE (an enhanced CT of 2000 512x512 frames is ~1 GiB).
@@ -39,8 +39,8 @@ pub(crate) struct Message {
 pub(crate) struct ProtocolViolation(String);
 
 /// Serves `association` until it is released, aborted or lost; returns how it ended.
-pub async fn serve(
-    mut association: AsyncServerAssociation<TcpStream>,
+pub async fn serve<S: Stream>(
+    mut association: AsyncServerAssociation<S>,
     store: &InstanceStore,
     association_id: i64,
 ) -> (AssociationEnd, Option<String>) {
@@ -167,8 +167,8 @@ pub(crate) fn accept_fragment(
 }
 
 /// Runs the service for `message` and sends its response.
-async fn dispatch(
-    association: &mut AsyncServerAssociation<TcpStream>,
+async fn dispatch<S: Stream>(
+    association: &mut AsyncServerAssociation<S>,
     ctx: StoreContext<'_>,
     message: Message,
 ) -> Result<(), ProtocolViolation> {
@@ -221,8 +221,8 @@ async fn dispatch(
     Ok(())
 }
 
-async fn abort(
-    association: AsyncServerAssociation<TcpStream>,
+async fn abort<S: Stream>(
+    association: AsyncServerAssociation<S>,
     violation: ProtocolViolation,
 ) -> (AssociationEnd, Option<String>) {
     warn!(reason = ?violation.to_string(), "aborting association");

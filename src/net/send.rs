@@ -1,10 +1,13 @@
 //! C-STORE SCU: delivers stored Part 10 files to one destination over one association. It
 //! proposes the result SOP classes with explicit and implicit VR little endian, re-encodes each
 //! data set in the transfer syntax the destination accepted, and reports per object what the
-//! destination answered. Whether to retry is the outbox's decision (`pipeline::sender`).
+//! destination answered, over plain TCP or DICOM TLS (`tls::ClientTls` says which destinations
+//! get TLS). Whether to retry is the outbox's decision (`pipeline::sender`).
 
+use crate::net::Stream;
 use crate::net::dimse::{self, ReceivedResponse, StoreRequest, command_field};
 use crate::net::presentation::{PROPOSED_TRANSFER_SYNTAXES, RESULT_SOP_CLASSES};
+use crate::net::tls::ClientTls;
 use crate::store::work::Destination;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
@@ -14,7 +17,6 @@ use dicom_ul::association::{AsyncClientAssociation, Error as UlError};
 use dicom_ul::pdu::{AssociationRJResult, PDataValueType, PresentationContextResultReason};
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// How this node presents itself and how long it waits.
 #[derive(Debug, Clone)]
@@ -24,6 +26,8 @@ pub struct SendSettings {
     pub response_timeout: Duration,
     /// Largest PDU we accept from the destination.
     pub max_pdu: u32,
+    /// The destinations reached over TLS, and how.
+    pub tls: Option<ClientTls>,
 }
 
 /// One object to deliver.
@@ -80,26 +84,53 @@ pub async fn send(
         );
     }
     let address = (destination.host.as_str(), destination.port);
-    let mut association = match tokio::time::timeout(
-        settings.connect_timeout,
-        options.establish_async(address),
-    )
-    .await
-    {
-        Err(_) => {
-            return Err(AssociationFailure {
-                transient: true,
-                message: format!(
-                    "no association with {} within {:?}",
-                    describe(destination),
-                    settings.connect_timeout
-                ),
-            });
+    let tls = settings
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.for_destination(&destination.host, destination.port));
+    match tls {
+        Some((tls_config, server_name)) => {
+            let establish = options
+                .tls_config(tls_config)
+                .server_name(server_name)
+                .establish_tls_async(address);
+            let association = open(destination, settings, establish).await?;
+            Ok(exchange(association, objects, settings).await)
         }
-        Ok(Err(error)) => return Err(association_failure(destination, &error)),
-        Ok(Ok(association)) => association,
-    };
+        None => {
+            let association = open(destination, settings, options.establish_async(address)).await?;
+            Ok(exchange(association, objects, settings).await)
+        }
+    }
+}
 
+/// Awaits the association being opened, within the connect timeout.
+async fn open<S>(
+    destination: &Destination,
+    settings: &SendSettings,
+    establish: impl Future<Output = Result<AsyncClientAssociation<S>, UlError>>,
+) -> Result<AsyncClientAssociation<S>, AssociationFailure> {
+    match tokio::time::timeout(settings.connect_timeout, establish).await {
+        Err(_) => Err(AssociationFailure {
+            transient: true,
+            message: format!(
+                "no association with {} within {:?}",
+                describe(destination),
+                settings.connect_timeout
+            ),
+        }),
+        Ok(Err(error)) => Err(association_failure(destination, &error)),
+        Ok(Ok(association)) => Ok(association),
+    }
+}
+
+/// Sends `objects` in order on an open association, then releases it (or aborts it once one is
+/// lost).
+async fn exchange<S: Stream>(
+    mut association: AsyncClientAssociation<S>,
+    objects: &[Outgoing],
+    settings: &SendSettings,
+) -> Vec<Delivery> {
     let mut deliveries = Vec::with_capacity(objects.len());
     let mut lost: Option<String> = None;
     for (index, object) in objects.iter().enumerate() {
@@ -119,12 +150,12 @@ pub async fn send(
     } else {
         let _ = tokio::time::timeout(settings.response_timeout, association.release()).await;
     }
-    Ok(deliveries)
+    deliveries
 }
 
 /// Sends one object on an open association and waits for its response.
-async fn send_one(
-    association: &mut AsyncClientAssociation<TcpStream>,
+async fn send_one<S: Stream>(
+    association: &mut AsyncClientAssociation<S>,
     object: &Outgoing,
     message_id: u16,
     settings: &SendSettings,
@@ -251,7 +282,7 @@ fn association_failure(destination: &Destination, error: &UlError) -> Associatio
             false,
             "the destination accepted none of the proposed SOP classes".to_owned(),
         ),
-        other => (true, other.to_string()),
+        other => (true, crate::net::with_causes(other)),
     };
     AssociationFailure {
         transient,

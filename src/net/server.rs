@@ -1,11 +1,13 @@
 //! The SCP's listener: owns the TCP socket, the bound on concurrent associations, the access
 //! policy (allow-list of calling AE titles, called AE title), the association log and shutdown.
-//! Each established association is served by `association::serve` in its own task.
+//! Each established association is served by `association::serve` in its own task. A listener
+//! with a TLS configuration (`tls`) runs the TLS handshake first, within the same time limit as
+//! the A-ASSOCIATE-RQ.
 
 use crate::config::Config;
 use crate::metrics::METRICS;
-use crate::net::association;
 use crate::net::presentation::{STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION};
+use crate::net::{Stream, association, with_causes};
 use crate::store::InstanceStore;
 use dicom_ul::Pdu;
 use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
@@ -33,6 +35,7 @@ const MAX_REFUSED_RQ_BYTES: usize = 1 << 20;
 /// finish for a grace period.
 pub async fn run(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     config: Arc<Config>,
     store: Arc<InstanceStore>,
     mut shutdown: watch::Receiver<bool>,
@@ -91,9 +94,10 @@ pub async fn run(
         match admission {
             Ok((permit, host_slot)) => {
                 let config = Arc::clone(&config);
+                let tls = tls.clone();
                 tasks.spawn(
                     async move {
-                        handle_connection(socket, peer, &config, &store).await;
+                        handle_connection(socket, peer, tls, &config, &store).await;
                         drop((permit, host_slot));
                     }
                     .instrument(span),
@@ -167,6 +171,7 @@ impl Drop for HostSlot {
 async fn handle_connection(
     socket: TcpStream,
     peer: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     config: &Config,
     store: &InstanceStore,
 ) {
@@ -186,17 +191,62 @@ async fn handle_connection(
         options = options.with_transfer_syntax(*uid);
     }
 
-    let negotiation = tokio::time::timeout(config.associate_timeout(), async {
-        // PS3.8 rules dicom-ul does not enforce, checked on the request before it negotiates.
-        if let Err(problem) = check_proposal(&socket).await {
-            return Err(Refusal::Proposal(socket, problem));
+    match tls {
+        None => {
+            let negotiated = tokio::time::timeout(config.associate_timeout(), async {
+                // PS3.8 rules dicom-ul does not enforce, checked on the request before it
+                // negotiates.
+                if let Err(problem) = check_proposal(&socket).await {
+                    abort_invalid(socket).await;
+                    return Err(Refusal::Proposal(problem));
+                }
+                options
+                    .establish_async(socket)
+                    .await
+                    .map_err(Refusal::Negotiation)
+            })
+            .await;
+            conclude(negotiated, config, &seen_titles, peer, store).await;
         }
-        options
-            .establish_async(socket)
-            .await
-            .map_err(Refusal::Negotiation)
-    });
-    let Ok(negotiated) = negotiation.await else {
+        Some(tls) => {
+            let options = options.tls_config(tls);
+            let negotiated = tokio::time::timeout(config.associate_timeout(), async {
+                let association = options
+                    .establish_tls_async(socket)
+                    .await
+                    .map_err(Refusal::Negotiation)?;
+                // The request is encrypted and cannot be read before dicom-ul negotiates: the
+                // same PS3.8 rules, checked on what it accepted (each proposed context has a
+                // result), abort right after the A-ASSOCIATE-AC.
+                let ids: Vec<u8> = association
+                    .presentation_contexts()
+                    .iter()
+                    .map(|pc| pc.id)
+                    .collect();
+                if let Err(problem) = check_context_ids(&ids) {
+                    let _ = association.abort().await;
+                    return Err(Refusal::Proposal(problem));
+                }
+                Ok(association)
+            })
+            .await;
+            conclude(negotiated, config, &seen_titles, peer, store).await;
+        }
+    }
+}
+
+/// Serves a negotiated association, or logs why there is none.
+async fn conclude<S: Stream>(
+    negotiated: Result<
+        Result<dicom_ul::association::AsyncServerAssociation<S>, Refusal>,
+        tokio::time::error::Elapsed,
+    >,
+    config: &Config,
+    seen_titles: &Mutex<Option<(String, String)>>,
+    peer: SocketAddr,
+    store: &InstanceStore,
+) {
+    let Ok(negotiated) = negotiated else {
         info!(
             seconds = config.dicom.associate_timeout_secs,
             "no A-ASSOCIATE-RQ in time: connection closed (dicom.associate_timeout_secs)"
@@ -205,27 +255,51 @@ async fn handle_connection(
     };
     let association = match negotiated {
         Ok(association) => association,
-        Err(Refusal::Proposal(socket, problem)) => {
-            abort_invalid(socket).await;
+        Err(refusal) => {
+            log_refusal(refusal, seen_titles, peer, store).await;
+            return;
+        }
+    };
+    serve_established(association, peer, store).await;
+}
+
+/// Logs why a connection gave no association.
+async fn log_refusal(
+    refusal: Refusal,
+    seen_titles: &Mutex<Option<(String, String)>>,
+    peer: SocketAddr,
+    store: &InstanceStore,
+) {
+    match refusal {
+        Refusal::Proposal(problem) => {
             let reason = format!("aborted: invalid A-ASSOCIATE-RQ: {problem}");
             warn!(reason = ?reason, "association refused");
             log_rejection(store, None, None, peer, &reason).await;
-            return;
         }
-        Err(Refusal::Negotiation(UlError::Rejected { association_rj, .. })) => {
+        Refusal::Negotiation(UlError::Rejected { association_rj, .. }) => {
             let titles = seen_titles.lock().unwrap_or_else(|e| e.into_inner()).take();
             let (calling, called) = titles.unzip();
             let reason = format!("rejected: {}", association_rj.source);
             warn!(calling_ae = ?calling, called_ae = ?called, ?reason, "association rejected");
             log_rejection(store, calling.as_deref(), called.as_deref(), peer, &reason).await;
-            return;
         }
-        Err(Refusal::Negotiation(e)) => {
+        Refusal::Negotiation(e @ (UlError::TlsHandshake { .. } | UlError::TlsNotSupported)) => {
+            let reason = format!("TLS handshake failed: {}", with_causes(&e));
+            warn!(reason = ?reason, "association refused");
+            log_rejection(store, None, None, peer, &reason).await;
+        }
+        Refusal::Negotiation(e) => {
             debug!(error = %e, "association not established");
-            return;
         }
-    };
+    }
+}
 
+/// Logs, serves and logs the end of an established association.
+async fn serve_established<S: Stream>(
+    association: dicom_ul::association::AsyncServerAssociation<S>,
+    peer: SocketAddr,
+    store: &InstanceStore,
+) {
     let calling_ae = association.peer_ae_title().trim().to_owned();
     let called_ae = association.called_ae_title().trim().to_owned();
     let id = match store
@@ -264,8 +338,8 @@ fn pdu_length(header: &[u8]) -> usize {
 
 /// Why no association came of a connection.
 enum Refusal {
-    /// The request breaks PS3.8 (the socket, to answer it).
-    Proposal(TcpStream, String),
+    /// The request breaks PS3.8 (it has been answered with A-ABORT).
+    Proposal(String),
     /// dicom-ul's negotiation failed or rejected it.
     Negotiation(UlError),
 }
@@ -308,19 +382,21 @@ async fn check_proposal(socket: &TcpStream) -> Result<(), String> {
 /// PS3.8 9.3.2.2 on the presentation contexts an A-ASSOCIATE-RQ proposes: at least one, each ID
 /// odd and used once.
 pub(crate) fn check_contexts(contexts: &[PresentationContextProposed]) -> Result<(), String> {
-    if contexts.is_empty() {
+    check_context_ids(&contexts.iter().map(|c| c.id).collect::<Vec<_>>())
+}
+
+/// `check_contexts` on the presentation context IDs.
+fn check_context_ids(ids: &[u8]) -> Result<(), String> {
+    if ids.is_empty() {
         return Err("no presentation context proposed".into());
     }
     let mut seen = HashSet::new();
-    for context in contexts {
-        if context.id % 2 == 0 {
-            return Err(format!("presentation context ID {} is even", context.id));
+    for &id in ids {
+        if id % 2 == 0 {
+            return Err(format!("presentation context ID {id} is even"));
         }
-        if !seen.insert(context.id) {
-            return Err(format!(
-                "presentation context ID {} is used twice",
-                context.id
-            ));
+        if !seen.insert(id) {
+            return Err(format!("presentation context ID {id} is used twice"));
         }
     }
     Ok(())

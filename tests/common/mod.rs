@@ -23,6 +23,8 @@ pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 /// A running `jnsc serve` with its own storage directory.
 pub struct Node {
     pub port: u16,
+    /// Port of the DICOM TLS listener, when the configuration has one.
+    pub tls_port: Option<u16>,
     /// Port of the HTTP status endpoint.
     pub status_port: u16,
     pub dir: PathBuf,
@@ -80,9 +82,8 @@ impl Node {
             .spawn()
             .expect("cannot start jnsc");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
         let port = line
             .trim()
             .rsplit_once(" as AE ")
@@ -100,8 +101,25 @@ impl Node {
             .and_then(|(_, address)| address.rsplit_once(':'))
             .and_then(|(_, port)| port.parse().ok())
             .unwrap_or_else(|| panic!("no status address in {line:?}"));
+        // A TLS listener announces itself on the next line.
+        let text = std::fs::read_to_string(config).unwrap_or_default();
+        let has_tls_listener = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("dicom")?.get("tls")?.get("listen").cloned())
+            .is_some();
+        let tls_port = has_tls_listener.then(|| {
+            let mut tls_line = String::new();
+            stdout.read_line(&mut tls_line).unwrap();
+            tls_line
+                .trim()
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse().ok())
+                .unwrap_or_else(|| panic!("no TLS address in {tls_line:?}"))
+        });
         Node {
             port,
+            tls_port,
             status_port,
             dir: dir.to_owned(),
             child: Some(child),
