@@ -650,4 +650,22 @@ mod tests {
                     [[dicom.peers]]\nae_title = \"A\"\nhost = \"h\"\nport = 2\n";
         assert!(error_of(text).contains("dicom.peers[1].ae_title"));
     }
+
+    #[test]
+    fn tls_keys_name_what_is_missing() {
+        let tls = |body: &str| error_of(&format!("[dicom.tls]\n{body}"));
+        assert!(tls("listen = \"0.0.0.0:2762\"").contains("dicom.tls.certificate"));
+        assert!(tls("certificate = \"a.crt\"").contains("dicom.tls.private_key"));
+        assert!(
+            tls(
+                "listen = \"0.0.0.0:2762\"\ncertificate = \"a\"\nprivate_key = \"b\"\n\
+                 require_client_certificate = true"
+            )
+            .contains("dicom.tls.ca")
+        );
+        let peer = "[[dicom.peers]]\nae_title = \"A\"\nhost = \"h\"\nport = 1\ntls = true\n";
+        assert!(error_of(peer).contains("dicom.tls.ca"));
+        let with_ca = format!("{peer}[dicom.tls]\nca = \"ca.crt\"\n");
+        assert!(Config::parse(&with_ca).unwrap().dicom.peers[0].tls);
+    }
 }

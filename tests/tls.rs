@@ -386,3 +386,31 @@ async fn results_are_delivered_over_tls_and_only_to_a_trusted_destination() {
     assert!(!log.contains("panic"), "{log}");
     node.stop();
 }
+
+#[test]
+fn a_missing_certificate_stops_the_node_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("jnsc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dicom]\nlisten = \"127.0.0.1:0\"\n[dicom.tls]\nlisten = \"127.0.0.1:0\"\n\
+             certificate = \"{0}/none.crt\"\nprivate_key = \"{0}/none.key\"\n\
+             [storage]\ndir = \"{0}/storage\"\n[status]\nlisten = \"127.0.0.1:0\"\n\
+             [pipeline]\nanalyze = false\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_jnsc"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("dicom.tls.certificate") && text.contains("none.crt"),
+        "{text}"
+    );
+}
