@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite drives on a fresh Debian machine: DCMTK (echoscu, storescu,
-# storescp, dcmcjpeg, dcmcrle, dcmdump, dcmodify), OpenJPH's ojph_compress (an HTJ2K encoder,
+# storescp, dcmcjpeg, dcmcrle, dcmdump, dcmodify; built with OpenSSL, for DICOM TLS), the openssl
+# command (test certificates of tests/tls.rs), OpenJPH's ojph_compress (an HTJ2K encoder,
 # openjph-tools), dicom3tools (dciodvfy), PixelMed's SR
 # validator (pixelmed-apps, with Java), Orthanc with its DICOMweb plugin (the PACS of
 # tests/orthanc.rs and of the OHIF check; the package's own service is not used), SimpleITK
@@ -14,15 +15,16 @@ for tool in echoscu storescu storescp dcmcjpeg dcmcrle dcmdump dcmodify; do
   [ -x "/usr/bin/$tool" ] || missing+=("$tool")
 done
 [ -x /usr/bin/dciodvfy ] || missing+=(dciodvfy)
+command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/bin/ojph_compress ] || missing+=(ojph_compress)
 [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
 [ -f /usr/share/java/pixelmed.jar ] && command -v java >/dev/null || missing+=(pixelmed)
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing dcmtk, openjph-tools, dicom3tools, pixelmed-apps and orthanc (missing: ${missing[*]})"
+  echo "installing dcmtk, openssl, openjph-tools, dicom3tools, pixelmed-apps and orthanc (missing: ${missing[*]})"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dcmtk openjph-tools dicom3tools pixelmed-apps \
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dcmtk openssl openjph-tools dicom3tools pixelmed-apps \
     default-jre-headless orthanc orthanc-dicomweb >/dev/null
 fi
 
