@@ -545,7 +545,7 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("jnsc")
         .build()?;
-    runtime.block_on(jnsc::node::serve(config))
+    runtime.block_on(jnsc::node::serve(config, jnsc::node::shutdown_signal()))
 }
 
 fn analyze(args: &AnalyzeArgs) -> anyhow::Result<()> {

@@ -1,5 +1,10 @@
-//! `jnsc serve`: assembles the running node (store, index, DICOM listener, series completion,
-//! worker, outbox sender) from a configuration and runs it until SIGINT or SIGTERM.
+//! The node as an object. [`start`] assembles it from a configuration (storage lock, store,
+//! index, recovery, DICOM listeners, series completion, worker, outbox sender, status endpoint,
+//! checkpoints) and returns [`Running`], with the addresses it bound (port 0 picks free ones).
+//! [`Running::shutdown`] stops it; [`serve`] runs one until a future completes (SIGINT or
+//! SIGTERM for `jnsc serve`). Every task is supervised (`Supervisor`): one that panics, or ends
+//! before it was asked to stop, is logged, marks the node not ready (`/ready`), and stops the
+//! node with an error, so that `jnsc serve` exits non-zero and systemd restarts it.
 
 use crate::config::Config;
 use crate::inference::Analyzer;
@@ -10,17 +15,57 @@ use crate::net::server;
 use crate::pipeline::worker::Worker;
 use crate::pipeline::{completion, sender};
 use crate::results::Equipment;
+use crate::status::TaskFailures;
 use crate::store::db::Index;
 use crate::store::files::FileStore;
 use crate::store::{InstanceStore, recovery};
 use anyhow::Context;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tracing::{info, warn};
+use tokio::task::{Id, JoinSet};
+use tracing::{error, info, warn};
 
-/// Runs the node until a shutdown signal arrives.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Starts a node, prints where it listens on stdout (one line, stable for scripts; a TLS
+/// listener on a second line), and runs it until `shutdown` completes or a task fails.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    // A closed stdout must not stop the node, hence no println!.
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
+            "jnsc: DICOM SCP listening on {} as AE {}; status on http://{}",
+            running.dicom_address,
+            running.ae_title,
+            running.status_address
+        );
+        if let Some(tls) = running.dicom_tls_address {
+            let _ = writeln!(std::io::stdout(), "jnsc: DICOM TLS SCP listening on {tls}");
+        }
+    }
+    running.run_until(shutdown).await
+}
+
+/// A started node: where it listens, and its supervised tasks.
+pub struct Running {
+    pub ae_title: String,
+    pub dicom_address: SocketAddr,
+    /// The TLS listener's address, when `dicom.tls.listen` is set.
+    pub dicom_tls_address: Option<SocketAddr>,
+    pub status_address: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Supervisor,
+    store: Arc<InstanceStore>,
+    index: Index,
+    /// Held until the node has stopped.
+    _lock: crate::store::files::StorageLock,
+}
+
+/// Starts every part of a node; returns once it listens.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     // First of all: a second node on the same storage must not touch it (recovery would run).
     let _lock = crate::store::files::lock_storage(&config.storage.dir).with_context(|| {
@@ -108,41 +153,35 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         })?;
     let status_address = status_listener.local_addr()?;
     info!(address = %status_address, "status endpoint listening");
-    // A stable line on stdout for scripts and tests that start the node on port 0 (a closed
-    // stdout must not stop the node, hence no println!).
-    {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stdout(),
-            "jnsc: DICOM SCP listening on {address} as AE {}; status on http://{status_address}",
-            config.dicom.ae_title
-        );
-        if let Some(tls) = tls_listener.as_ref().and_then(|l| l.local_addr().ok()) {
-            let _ = writeln!(std::io::stdout(), "jnsc: DICOM TLS SCP listening on {tls}");
-        }
-    }
-
     let (stop, stopped) = watch::channel(false);
-    let status = tokio::spawn(crate::status::serve(
-        status_listener,
-        Arc::new(crate::status::StatusState {
-            index: index.clone(),
-            config: Arc::clone(&config),
-            started: std::time::Instant::now(),
-            model: model_status,
-            storage_root: storage_root.clone(),
-        }),
-        stopped.clone(),
-    ));
-    let completion = tokio::spawn(completion::run(
-        index.clone(),
-        config.stable_age(),
-        stopped.clone(),
-    ));
-    let checkpoints = tokio::spawn(checkpoint_periodically(Arc::clone(&store), stopped.clone()));
+    let mut tasks = Supervisor::default();
+    tasks.spawn(
+        "status endpoint",
+        crate::status::serve(
+            status_listener,
+            Arc::new(crate::status::StatusState {
+                index: index.clone(),
+                config: Arc::clone(&config),
+                started: std::time::Instant::now(),
+                model: model_status,
+                storage_root: storage_root.clone(),
+                failed_tasks: tasks.failures(),
+            }),
+            stopped.clone(),
+        ),
+    );
+    tasks.spawn(
+        "series completion",
+        completion::run(index.clone(), config.stable_age(), stopped.clone()),
+    );
+    tasks.spawn(
+        "index checkpoints",
+        checkpoint_periodically(Arc::clone(&store), stopped.clone()),
+    );
     let outbox = Arc::new(Notify::new());
-    let worker = analyzer.map(|analyzer| {
-        tokio::spawn(
+    if let Some(analyzer) = analyzer {
+        tasks.spawn(
+            "analysis worker",
             Worker {
                 index: index.clone(),
                 storage_root: storage_root.clone(),
@@ -152,59 +191,171 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 outbox: Arc::clone(&outbox),
             }
             .run(stopped.clone()),
-        )
-    });
-    let sender = tokio::spawn(sender::run(
-        index.clone(),
-        storage_root,
-        config.sender.clone(),
-        SendSettings {
-            calling_ae_title: config.dicom.ae_title.clone(),
-            connect_timeout: std::time::Duration::from_secs(config.sender.connect_timeout_secs),
-            response_timeout: std::time::Duration::from_secs(config.sender.response_timeout_secs),
-            max_pdu: config.dicom.max_pdu,
-            tls: client_tls,
-        },
-        outbox,
-        stopped.clone(),
-    ));
-    let tls_scp = tls_listener.map(|listener| {
-        tokio::spawn(server::run(
+        );
+    }
+    tasks.spawn(
+        "outbox sender",
+        sender::run(
+            index.clone(),
+            storage_root,
+            config.sender.clone(),
+            SendSettings {
+                calling_ae_title: config.dicom.ae_title.clone(),
+                connect_timeout: std::time::Duration::from_secs(config.sender.connect_timeout_secs),
+                response_timeout: std::time::Duration::from_secs(
+                    config.sender.response_timeout_secs,
+                ),
+                max_pdu: config.dicom.max_pdu,
+                tls: client_tls,
+            },
+            outbox,
+            stopped.clone(),
+        ),
+    );
+    let dicom_tls_address = match tls_listener {
+        Some(listener) => {
+            let address = listener.local_addr()?;
+            tasks.spawn(
+                "DICOM TLS listener",
+                server::run(
+                    listener,
+                    tls_server,
+                    Arc::clone(&config),
+                    Arc::clone(&store),
+                    stopped.clone(),
+                ),
+            );
+            Some(address)
+        }
+        None => None,
+    };
+    tasks.spawn(
+        "DICOM listener",
+        server::run(
             listener,
-            tls_server,
+            None,
             Arc::clone(&config),
             Arc::clone(&store),
-            stopped.clone(),
-        ))
-    });
-    let scp = tokio::spawn(server::run(
-        listener,
-        None,
-        Arc::clone(&config),
-        Arc::clone(&store),
-        stopped,
-    ));
+            stopped,
+        ),
+    );
+    Ok(Running {
+        ae_title: config.dicom.ae_title.clone(),
+        dicom_address: address,
+        dicom_tls_address,
+        status_address,
+        stop,
+        tasks,
+        store,
+        index,
+        _lock,
+    })
+}
 
-    shutdown_signal().await;
-    info!("shutdown requested");
-    let _ = stop.send(true);
-    let _ = scp.await;
-    if let Some(tls_scp) = tls_scp {
-        let _ = tls_scp.await;
+impl Running {
+    /// Runs until `shutdown` completes or a task fails, then stops the node.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = shutdown => info!("shutdown requested"),
+            failure = self.tasks.first_failure() => {
+                error!(failure = %failure, "a task of the node failed; stopping");
+            }
+        }
+        self.shutdown().await
     }
-    let _ = completion.await;
-    if let Some(worker) = worker {
-        let _ = worker.await;
+
+    /// Asks every task to stop and waits for them (open associations get a grace period);
+    /// then checkpoints and closes the index. An error names every task that failed.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.tasks.join_all().await;
+        if let Err(e) = self.store.checkpoint().await {
+            warn!(error = %e, "final checkpoint failed; the next start re-checks recent files");
+        }
+        self.index.pool().close().await;
+        let failures = self
+            .tasks
+            .failures
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        if failures.is_empty() {
+            info!("stopped");
+            Ok(())
+        } else {
+            anyhow::bail!("the node stopped after failures: {}", failures.join("; "))
+        }
     }
-    let _ = sender.await;
-    let _ = status.await;
-    let _ = checkpoints.await;
-    if let Err(e) = store.checkpoint().await {
-        warn!(error = %e, "final checkpoint failed; the next start re-checks recent files");
+}
+
+/// The node's tasks, by name. A task is expected to run until the node stops: one that
+/// returns before, or panics, is a failure.
+#[derive(Default)]
+struct Supervisor {
+    set: JoinSet<()>,
+    names: HashMap<Id, &'static str>,
+    failures: TaskFailures,
+    stopping: bool,
+}
+
+impl Supervisor {
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
     }
-    index.pool().close().await;
-    info!("stopped");
-    Ok(())
+
+    fn failures(&self) -> TaskFailures {
+        Arc::clone(&self.failures)
+    }
+
+    /// Waits for the first task to end (every one ending before shutdown is a failure); records
+    /// and returns what failed. Pends for ever if there are no tasks.
+    async fn first_failure(&mut self) -> String {
+        match self.set.join_next_with_id().await {
+            Some(joined) => self.record(joined),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Waits for every task (after the stop request).
+    async fn join_all(&mut self) {
+        self.stopping = true;
+        while let Some(joined) = self.set.join_next_with_id().await {
+            self.record(joined);
+        }
+    }
+
+    /// Logs and records a task's end if it is a failure; returns its description.
+    fn record(&mut self, joined: Result<(Id, ()), tokio::task::JoinError>) -> String {
+        let (id, failure) = match joined {
+            Ok((id, ())) if self.stopping => (id, None),
+            Ok((id, ())) => (id, Some("ended before the node was stopped".to_owned())),
+            Err(e) if e.is_panic() => (e.id(), Some(format!("panicked: {}", panic_text(e)))),
+            Err(e) => (e.id(), Some(format!("was cancelled: {e}"))),
+        };
+        let name = self.names.remove(&id).unwrap_or("a task");
+        match failure {
+            Some(what) => {
+                let text = format!("{name} {what}");
+                error!(task = name, failure = %text, "task failed");
+                if let Ok(mut failures) = self.failures.lock() {
+                    failures.push(text.clone());
+                }
+                text
+            }
+            None => format!("{name} stopped"),
+        }
+    }
+}
+
+/// The message of a panic, where it was a string.
+fn panic_text(error: tokio::task::JoinError) -> String {
+    let payload = error.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// Loads the configured model onto the configured device.
@@ -242,7 +393,8 @@ async fn checkpoint_periodically(store: Arc<InstanceStore>, mut stopped: watch::
     }
 }
 
-async fn shutdown_signal() {
+/// SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
@@ -254,5 +406,48 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_is_a_named_failure_and_the_others_stop() {
+        let (stop, mut stopped) = watch::channel(false);
+        let mut tasks = Supervisor::default();
+        tasks.spawn("steady", async move {
+            let _ = stopped.changed().await;
+        });
+        tasks.spawn("fragile", async {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            panic!("index gone");
+        });
+        let failure = tasks.first_failure().await;
+        assert_eq!(failure, "fragile panicked: index gone");
+        let _ = stop.send(true);
+        tasks.join_all().await;
+        assert_eq!(
+            *tasks.failures.lock().unwrap(),
+            ["fragile panicked: index gone"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_early_is_a_failure_but_not_after_the_stop() {
+        let mut tasks = Supervisor::default();
+        tasks.spawn("listener", async {});
+        assert_eq!(
+            tasks.first_failure().await,
+            "listener ended before the node was stopped"
+        );
+        tasks.spawn("sender", async {});
+        tasks.join_all().await;
+        assert_eq!(
+            tasks.failures.lock().unwrap().len(),
+            1,
+            "the stop was asked for"
+        );
     }
 }

@@ -44,7 +44,12 @@ pub struct StatusState {
     /// `None` when analysis is off (`pipeline.analyze = false`).
     pub model: Option<ModelStatus>,
     pub storage_root: PathBuf,
+    /// Tasks of the node that failed (`node::Supervisor`); any makes the node not ready.
+    pub failed_tasks: TaskFailures,
 }
+
+/// What failed among the node's tasks, one line each.
+pub type TaskFailures = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// `/status`.
 #[derive(Debug, Serialize)]
@@ -328,6 +333,20 @@ async fn ready(State(state): State<Arc<StatusState>>) -> Response {
             name: "disk",
             ok: false,
             detail: e.to_string(),
+        },
+    });
+    let failed = state
+        .failed_tasks
+        .lock()
+        .map(|f| f.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
+    checks.push(Check {
+        name: "tasks",
+        ok: failed.is_empty(),
+        detail: if failed.is_empty() {
+            "every task running".into()
+        } else {
+            failed.join("; ")
         },
     });
     let ready = checks.iter().all(|c| c.ok);

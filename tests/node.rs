@@ -1,0 +1,77 @@
+//! The node as an object, in process: `node::start` on port 0 binds free ports and reports them
+//! (no stdout parsing), real DCMTK peers talk to it, `/ready` lists its supervised tasks, the
+//! storage lock keeps a second node off the same storage while it runs, and `shutdown` stops
+//! it cleanly so that the same storage can be started again.
+
+mod common;
+
+use common::{ECHOSCU, STORESCU, http_get, synth_series};
+use jnsc::config::Config;
+use std::path::Path;
+use std::process::Command;
+
+fn config(storage: &Path) -> Config {
+    Config::parse(&format!(
+        "[dicom]\nlisten = \"127.0.0.1:0\"\n[status]\nlisten = \"127.0.0.1:0\"\n\
+         [storage]\ndir = \"{}\"\n[pipeline]\nanalyze = false\n",
+        storage.display()
+    ))
+    .unwrap()
+}
+
+/// Runs a blocking command off the runtime's threads.
+async fn run(mut command: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_in_process_listens_on_free_ports_answers_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let running = jnsc::node::start(config(&storage)).await.unwrap();
+    assert_ne!(running.dicom_address.port(), 0);
+    assert_ne!(running.status_address.port(), 0);
+    let port = running.dicom_address.port().to_string();
+
+    let mut echo = Command::new(ECHOSCU);
+    echo.args(["-aec", "JNSC", "127.0.0.1", &port]);
+    assert!(run(echo).await.status.success(), "C-ECHO");
+    let series = dir.path().join("series");
+    synth_series(&series, 3, 64, 5);
+    let mut store = Command::new(STORESCU);
+    store
+        .args(["-aec", "JNSC", "-aet", "TESTSCU", "+sd", "127.0.0.1", &port])
+        .arg(&series);
+    let out = run(store).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let status_port = running.status_address.port();
+    let (code, body) = tokio::task::spawn_blocking(move || http_get(status_port, "/ready", None))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"name\":\"tasks\",\"ok\":true"), "{body}");
+
+    // The storage is locked while the node runs.
+    let second = jnsc::node::start(config(&storage)).await;
+    let error = format!(
+        "{:#}",
+        second.err().expect("a second node on the same storage")
+    );
+    assert!(error.contains("lock"), "{error}");
+
+    running.shutdown().await.unwrap();
+    // Stopped: its storage can be started again, with what it stored.
+    let again = jnsc::node::start(config(&storage)).await.unwrap();
+    let stored = std::fs::read_dir(storage.join("instances"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(stored > 0, "instances kept");
+    again.shutdown().await.unwrap();
+}
