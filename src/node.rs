@@ -4,11 +4,12 @@
 //! [`Running::shutdown`] stops it; [`serve`] runs one until a future completes (SIGINT or
 //! SIGTERM for `jnsc serve`). Every task is supervised (`Supervisor`): one that panics, or ends
 //! before it was asked to stop, is logged, marks the node not ready (`/ready`), and stops the
-//! node with an error, so that `jnsc serve` exits non-zero and systemd restarts it.
+//! node with an error, so that `jnsc serve` exits non-zero and systemd restarts it. Also the
+//! node's two commands: `jnsc serve` (`serve_command`) and `jnsc resend` (`resend`).
 
 use crate::config::Config;
 use crate::inference::Analyzer;
-use crate::inference::tiles::Tiling;
+use crate::inference::command::AnalyzerArgs;
 use crate::jnsc::model_file::ModelSource;
 use crate::net::send::SendSettings;
 use crate::net::server;
@@ -360,18 +361,16 @@ fn panic_text(error: tokio::task::JoinError) -> String {
 
 /// Loads the configured model onto the configured device.
 fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
-    let device = crate::jnsc::device::select(&config.model.device)?;
-    let tiling = Tiling::named(&config.model.tiling).map_err(anyhow::Error::msg)?;
-    let source = ModelSource::from_option(config.model.path.clone());
-    let mut analyzer = Analyzer::new(&source, device, tiling)
-        .with_context(|| format!("cannot load the model (key model.path): {source}"))?;
+    let mut analyzer = AnalyzerArgs::from_config(&config.model)
+        .load()
+        .context("key model.path, model.device or model.tiling")?;
     // Only findings that can be reported are classified.
     analyzer.classify_min_p_location = config.results.min_p_nodule;
     info!(
         model = %analyzer.model_info().name,
         version = %analyzer.model_info().version,
         device = %config.model.device,
-        source = %source,
+        source = %ModelSource::from_option(config.model.path.clone()),
         "model loaded"
     );
     Ok(analyzer)
@@ -407,6 +406,45 @@ pub async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// `jnsc resend`: queues a study's latest results for delivery again (to the destination the
+/// configuration now names for the AE that sent it); a running node sends them within seconds.
+pub fn resend(study_uid: &str, config_path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let queued = runtime.block_on(async {
+        let index = Index::open(&config.db_path()).await?;
+        let queued = index
+            .resend_study(study_uid, |ae| config.destination(ae))
+            .await?;
+        index.pool().close().await;
+        anyhow::Ok(queued)
+    })?;
+    if queued == 0 {
+        anyhow::bail!("no results are recorded for study {study_uid}");
+    }
+    println!("jnsc: {queued} result objects of study {study_uid} queued for delivery");
+    Ok(())
+}
+
+/// `jnsc serve`: loads the configuration, logs to stderr, and runs the node until SIGINT or
+/// SIGTERM.
+pub fn serve_command(config_path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("jnsc")
+        .build()?;
+    runtime.block_on(serve(config, shutdown_signal()))
 }
 
 #[cfg(test)]

@@ -303,13 +303,15 @@ fn eval_shapes_classifies_held_out_patients_only() {
     let args = |half: Half| ShapesArgs {
         shapes: path.clone(),
         background: common::real_ct("lidc-idri-0063"),
-        model: Some(model.clone()),
+        model: jnsc::inference::command::ModelArgs {
+            model: Some(model.clone()),
+            device: "cpu".into(),
+        },
         out: out.clone(),
         validation_percent: 20,
         half,
         per_insertion: 6,
         seed: 1,
-        device: "cpu".into(),
         limit: None,
         exclude_patients: Vec::new(),
         bootstrap: 10,

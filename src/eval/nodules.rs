@@ -8,7 +8,6 @@
 
 use super::classification::{Metrics, Rated, metrics};
 use crate::inference::Analyzer;
-use crate::jnsc::model_file::ModelSource;
 use crate::malignancy;
 use crate::train::data::{Source, SyntheticSource, nodule_boxes};
 use crate::train::trainer::TrainConfig;
@@ -22,9 +21,8 @@ pub struct NodulesArgs {
     /// Write metrics.json and nodules.csv here.
     #[arg(long)]
     pub out: PathBuf,
-    /// The model file (default: the shipped model embedded in this binary).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: crate::inference::command::ModelArgs,
     /// Held-out scans to render (1-4 nodules each).
     #[arg(long, default_value_t = 60)]
     pub scans: usize,
@@ -35,9 +33,6 @@ pub struct NodulesArgs {
     /// Scan size in 1 mm voxels (the training default).
     #[arg(long, num_args = 3, default_values_t = TrainConfig::default().scan_size)]
     pub size: Vec<usize>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 /// What metrics.json holds.
@@ -122,12 +117,7 @@ pub fn run(args: &NodulesArgs) -> anyhow::Result<()> {
         .clone()
         .try_into()
         .map_err(|_| anyhow::anyhow!("--size takes three numbers"))?;
-    let device = crate::jnsc::device::select(&args.device)?;
-    let analyzer = Analyzer::new(
-        &ModelSource::from_option(args.model.clone()),
-        device,
-        crate::inference::tiles::Tiling::fast(),
-    )?;
+    let analyzer = args.model.load(crate::inference::tiles::Tiling::fast())?;
     let source = SyntheticSource::new(args.seed, args.scans, size);
     let mut csv = format!("{CSV_COLUMNS}\n");
     let mut classified = Classified::default();
@@ -159,7 +149,7 @@ pub fn run(args: &NodulesArgs) -> anyhow::Result<()> {
     }
     eprintln!();
     let summary = Summary {
-        model: ModelSource::from_option(args.model.clone()).to_string(),
+        model: args.model.source().to_string(),
         scans: args.scans,
         first_seed: args.seed,
         nodules: classified.all.len(),

@@ -22,8 +22,7 @@
 
 use super::classification::{Metrics, Rated, metrics};
 use super::nodules::{CSV_COLUMNS, Classified, write_outputs};
-use crate::inference::{Analyzer, ObjectBox};
-use crate::jnsc::model_file::ModelSource;
+use crate::inference::ObjectBox;
 use crate::malignancy;
 use crate::random::Rng;
 use crate::synth::insert::{Background, background_folder};
@@ -77,9 +76,8 @@ pub struct ShapesArgs {
     /// is the validation background of models/train-real.toml.
     #[arg(long, default_value = "../shared/data/real-ct/lidc-idri-0063")]
     pub background: PathBuf,
-    /// The model file (default: the shipped model embedded in this binary).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: crate::inference::command::ModelArgs,
     /// Write metrics.json and nodules.csv here.
     #[arg(long)]
     pub out: PathBuf,
@@ -95,9 +93,6 @@ pub struct ShapesArgs {
     /// Seed of the placements and of the bootstrap.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
     /// At most this many nodules (the first of the library's order).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -185,12 +180,7 @@ pub fn run(args: &ShapesArgs) -> anyhow::Result<()> {
     let (dicom, known) = background_folder(&args.background)?;
     let background = Background::load(&dicom)?;
     let lungs = background.segmented_lungs();
-    let device = crate::jnsc::device::select(&args.device)?;
-    let analyzer = Analyzer::new(
-        &ModelSource::from_option(args.model.clone()),
-        device,
-        crate::inference::tiles::Tiling::fast(),
-    )?;
+    let analyzer = args.model.load(crate::inference::tiles::Tiling::fast())?;
     let known_spheres: Vec<(Vec3, f64)> = known
         .iter()
         .map(|k| (k.center_mm, k.diameter_mm / 2.0))
@@ -290,7 +280,7 @@ pub fn run(args: &ShapesArgs) -> anyhow::Result<()> {
     }
     eprintln!();
     let summary = Summary {
-        model: ModelSource::from_option(args.model.clone()).to_string(),
+        model: args.model.source().to_string(),
         shapes: args.shapes.display().to_string(),
         library_sqlite_sha256: library.source.sqlite_sha256.clone(),
         background: args.background.display().to_string(),

@@ -5,8 +5,7 @@
 
 use super::classification::{Metrics, Rated, metrics};
 use super::froc::{self, Finding, Mark, Reference};
-use crate::inference::{Analyzer, Report};
-use crate::jnsc::model_file::ModelSource;
+use crate::inference::Report;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -20,15 +19,8 @@ pub struct StudiesArgs {
     /// Write the CSVs, the script's outputs, froc.png and metrics.json here.
     #[arg(long)]
     pub out: PathBuf,
-    /// The model file (default: the shipped model embedded in this binary).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// fast or paper (see `jnsc analyze`).
-    #[arg(long, default_value = "fast")]
-    pub tiling: String,
+    #[command(flatten)]
+    pub analyzer: crate::inference::command::AnalyzerArgs,
     /// The reporting threshold on p(nodule) at which the operating point is measured (which
     /// nodules a reported finding hits, false positives reported per scan).
     #[arg(long, default_value_t = crate::results::ReportPolicy::default().min_p_nodule)]
@@ -117,14 +109,7 @@ pub fn study_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Runs `jnsc eval studies`.
 pub fn run(args: &StudiesArgs) -> anyhow::Result<()> {
-    let tiling =
-        crate::inference::tiles::Tiling::named(&args.tiling).map_err(anyhow::Error::msg)?;
-    let device = crate::jnsc::device::select(&args.device)?;
-    let analyzer = Analyzer::new(
-        &ModelSource::from_option(args.model.clone()),
-        device,
-        tiling,
-    )?;
+    let analyzer = args.analyzer.load()?;
     let dirs = study_dirs(&args.dir)?;
     anyhow::ensure!(
         !dirs.is_empty(),

@@ -6,6 +6,7 @@
 //! probable first. The `jnsc analyze` command and the node's worker both call
 //! [`Analyzer::analyze`].
 
+pub mod command;
 pub mod findings;
 pub mod tiles;
 

@@ -289,6 +289,40 @@ mod erased {
     }
 }
 
+/// `jnsc model init`: writes a freshly initialised (untrained) model of `preset` (encoder widths
+/// overridden by `widths`) to `out`.
+pub fn write_untrained(
+    out: &std::path::Path,
+    preset: &str,
+    widths: Option<Vec<usize>>,
+) -> anyhow::Result<()> {
+    use crate::jnsc::network::{Config, Jnsc};
+    let mut config = Config::preset(preset).map_err(|e| anyhow::anyhow!("--preset: {e}"))?;
+    if let Some(w) = widths {
+        config.widths = w
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("--widths needs 5 values"))?;
+    }
+    let device = candle_core::Device::Cpu;
+    let vars = candle_nn::VarMap::new();
+    Jnsc::new(
+        &config,
+        candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &device),
+    )?;
+    crate::jnsc::network::seeded_init(&vars, 1)?;
+    let info = ModelInfo {
+        malignancy_calibration: None,
+        name: format!("jnsc-{preset}"),
+        version: "0.0.0-untrained".into(),
+        config,
+        normalization: crate::volume::Normalization::default(),
+        provenance: serde_json::json!({"trained": false, "init": "kaiming normal", "jnsc": env!("CARGO_PKG_VERSION")}),
+    };
+    save(out, &vars, &info)?;
+    println!("wrote untrained model {} to {}", info.name, out.display());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 
 pub mod anatomy;
 pub mod calibration;
+pub mod command;
 pub mod features;
 pub mod insert;
 pub mod lesion;

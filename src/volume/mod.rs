@@ -7,6 +7,7 @@
 // Geometry code indexes three axes at once (index[a], spacing[a], size[a]): ranges read better.
 #![allow(clippy::needless_range_loop)]
 
+pub mod command;
 pub mod geometry;
 pub mod lung;
 pub mod mapping;
