@@ -10,6 +10,8 @@ bash scripts/build-deps.sh
 bash scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+# Dependencies between modules point one way (docs/modules.svg is drawn from the same code).
+python3 scripts/module-graph.py --check
 cargo test --release --locked
 # The viewer check: Orthanc + the node + OHIF 3.13 in headless Chromium (about 3 minutes).
 bash scripts/ohif-check.sh

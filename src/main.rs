@@ -64,7 +64,7 @@ enum Command {
     },
     /// Find nodules in one CT series folder: findings with malignancy as JSON (stdout or
     /// --json FILE), with the time of each stage.
-    Analyze(jnsc::inference::command::AnalyzeArgs),
+    Analyze(jnsc::pipeline::analyze::AnalyzeArgs),
     /// Train JNSC on synthetic scans (segmentation pre-training, joint training, pseudo-labels);
     /// resumable, with metrics.csv and a model file at the end.
     Train(jnsc::train::TrainArgs),
@@ -189,7 +189,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => jnsc::node::serve_command(config.as_deref()),
         Command::Resend { study_uid, config } => jnsc::node::resend(&study_uid, config.as_deref()),
         Command::Synth(args) => jnsc::synth::command::run(args),
-        Command::Analyze(args) => jnsc::inference::command::run(&args),
+        Command::Analyze(args) => jnsc::pipeline::analyze::run(&args),
         Command::Train(args) => jnsc::train::run(&args),
         Command::Eval {
             which: EvalCommand::Froc(args),

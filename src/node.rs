@@ -9,7 +9,7 @@
 
 use crate::config::Config;
 use crate::inference::Analyzer;
-use crate::inference::command::AnalyzerArgs;
+use crate::inference::command::{AnalyzerArgs, ModelArgs};
 use crate::jnsc::model_file::ModelSource;
 use crate::net::send::SendSettings;
 use crate::net::server;
@@ -361,9 +361,17 @@ fn panic_text(error: tokio::task::JoinError) -> String {
 
 /// Loads the configured model onto the configured device.
 fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
-    let mut analyzer = AnalyzerArgs::from_config(&config.model)
-        .load()
-        .context("key model.path, model.device or model.tiling")?;
+    let model = &config.model;
+    let mut analyzer = AnalyzerArgs {
+        model: ModelArgs {
+            model: model.path.clone(),
+            device: model.device.clone(),
+        },
+        tiling: model.tiling.clone(),
+        batch: 1,
+    }
+    .load()
+    .context("key model.path, model.device or model.tiling")?;
     // Only findings that can be reported are classified.
     analyzer.classify_min_p_location = config.results.min_p_nodule;
     info!(

@@ -40,8 +40,8 @@
 //!   on every machine and build.
 
 use crate::synth::lesion::Lesion;
-use crate::train::lidc::fill;
 use crate::volume::geometry::Vec3;
+use crate::volume::morphology::fill_outline;
 use anyhow::Context;
 use serde::Deserialize;
 use std::path::Path;
@@ -547,7 +547,7 @@ impl Annotation {
                     })
                     .collect();
                 let plane = k as usize * grid.size[0] * grid.size[1];
-                fill(&edge, grid.size[0], grid.size[1], |x, y| {
+                fill_outline(&edge, grid.size[0], grid.size[1], |x, y| {
                     mask.data[plane + y * grid.size[0] + x] = inclusion;
                 });
             }

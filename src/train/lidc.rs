@@ -8,6 +8,7 @@
 use crate::train::data::{NoduleLabel, Scan, Source};
 use crate::volume::Volume;
 use crate::volume::geometry::Vec3;
+use crate::volume::morphology::fill_outline;
 use crate::volume::resample::{Interpolation, resample_isotropic};
 use crate::volume::series::{AcquiredSeries, files_in, load_series};
 use anyhow::Context;
@@ -208,47 +209,6 @@ pub fn group_marks(series: &AcquiredSeries, annotations: &LidcAnnotations) -> Ve
     nodules
 }
 
-/// Pixels inside or on a closed outline (even-odd rule on pixel centres, plus the edge).
-pub(crate) fn fill(
-    edge: &[(f64, f64)],
-    columns: usize,
-    rows: usize,
-    mut set: impl FnMut(usize, usize),
-) {
-    if edge.is_empty() {
-        return;
-    }
-    let (min_y, max_y) = edge.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
-        (lo.min(p.1), hi.max(p.1))
-    });
-    for y in (min_y.floor().max(0.0) as usize)..=(max_y.ceil() as usize).min(rows - 1) {
-        let yc = y as f64;
-        let mut crossings: Vec<f64> = Vec::new();
-        for i in 0..edge.len() {
-            let (a, b) = (edge[i], edge[(i + 1) % edge.len()]);
-            if (a.1 <= yc && b.1 > yc) || (b.1 <= yc && a.1 > yc) {
-                crossings.push(a.0 + (yc - a.1) / (b.1 - a.1) * (b.0 - a.0));
-            }
-        }
-        crossings.sort_by(f64::total_cmp);
-        for pair in crossings.chunks(2) {
-            if let [x0, x1] = pair {
-                for x in (x0.ceil().max(0.0) as usize)..=(x1.floor().max(0.0) as usize) {
-                    if x < columns {
-                        set(x, y);
-                    }
-                }
-            }
-        }
-    }
-    for &(x, y) in edge {
-        let (x, y) = (x.round(), y.round());
-        if x >= 0.0 && y >= 0.0 && (x as usize) < columns && (y as usize) < rows {
-            set(x as usize, y as usize);
-        }
-    }
-}
-
 /// Nodule labels on the source grid (label n = nodule n): pixels inside the outlines of at
 /// least half of the nodule's readers (holes removed per reader).
 pub fn consensus_labels(
@@ -268,7 +228,7 @@ pub fn consensus_labels(
             for inclusion in [true, false] {
                 for roi in mark.rois.iter().filter(|r| r.inclusion == inclusion) {
                     let slice = slice_of(series, roi);
-                    fill(&roi.edge, series.columns, series.rows, |x, y| {
+                    fill_outline(&roi.edge, series.columns, series.rows, |x, y| {
                         let at = slice * plane + y * series.columns + x;
                         if inclusion {
                             mine.insert(at);

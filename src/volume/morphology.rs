@@ -244,6 +244,47 @@ pub fn dilate(mask: &mut [u8], size: [usize; 3], radius: usize) {
     }
 }
 
+/// Calls `set(x, y)` for the pixels of a `columns` x `rows` grid inside or on a closed outline (even-odd rule on pixel centres, plus the edge).
+pub fn fill_outline(
+    edge: &[(f64, f64)],
+    columns: usize,
+    rows: usize,
+    mut set: impl FnMut(usize, usize),
+) {
+    if edge.is_empty() {
+        return;
+    }
+    let (min_y, max_y) = edge.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+        (lo.min(p.1), hi.max(p.1))
+    });
+    for y in (min_y.floor().max(0.0) as usize)..=(max_y.ceil() as usize).min(rows - 1) {
+        let yc = y as f64;
+        let mut crossings: Vec<f64> = Vec::new();
+        for i in 0..edge.len() {
+            let (a, b) = (edge[i], edge[(i + 1) % edge.len()]);
+            if (a.1 <= yc && b.1 > yc) || (b.1 <= yc && a.1 > yc) {
+                crossings.push(a.0 + (yc - a.1) / (b.1 - a.1) * (b.0 - a.0));
+            }
+        }
+        crossings.sort_by(f64::total_cmp);
+        for pair in crossings.chunks(2) {
+            if let [x0, x1] = pair {
+                for x in (x0.ceil().max(0.0) as usize)..=(x1.floor().max(0.0) as usize) {
+                    if x < columns {
+                        set(x, y);
+                    }
+                }
+            }
+        }
+    }
+    for &(x, y) in edge {
+        let (x, y) = (x.round(), y.round());
+        if x >= 0.0 && y >= 0.0 && (x as usize) < columns && (y as usize) < rows {
+            set(x as usize, y as usize);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
