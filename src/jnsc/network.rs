@@ -277,8 +277,22 @@ impl Jnsc {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let classifier =
-            candle_nn::linear(config.feature_length(), CLASSES.len(), vb.pp("classifier"))?;
+        // Uniform in +-1/sqrt(fan-in), weight and bias alike (what `seeded_init` draws; Candle's
+        // `linear` would draw the weight Kaiming-normal).
+        let fan_in = config.feature_length();
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let uniform = Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let classifier = Linear::new(
+            vb.pp("classifier")
+                .get_with_hints((CLASSES.len(), fan_in), "weight", uniform)?,
+            Some(
+                vb.pp("classifier")
+                    .get_with_hints(CLASSES.len(), "bias", uniform)?,
+            ),
+        );
         Ok(Self {
             config: config.clone(),
             encoder,
@@ -383,7 +397,8 @@ impl Jnsc {
 }
 
 /// Re-draws every variable of a freshly built network from `seed`, with the distributions
-/// `Jnsc::new` asks for (Candle's own initialisation cannot be seeded on the CPU): convolution
+/// `Jnsc::new` asks for (Candle's own initialisation cannot be seeded on the CPU; the test
+/// `seeded_init_draws_what_the_constructor_asks_for` keeps the two in step): convolution
 /// weights Kaiming-normal (fan-in, ReLU gain), norm scales 1, biases of norms and head 0, the
 /// classifier uniform in +-1/sqrt(fan-in). The same seed gives the same network everywhere.
 pub fn seeded_init(vars: &candle_nn::VarMap, seed: u64) -> Result<()> {
@@ -454,6 +469,78 @@ mod tests {
     use super::*;
     use candle_core::Device;
     use candle_nn::VarMap;
+
+    /// Per variable: min, max, mean, standard deviation and count.
+    fn moments(vars: &VarMap) -> std::collections::BTreeMap<String, [f64; 5]> {
+        let data = vars.data().lock().unwrap();
+        data.iter()
+            .map(|(name, var)| {
+                let v: Vec<f32> = var.flatten_all().unwrap().to_vec1().unwrap();
+                let n = v.len() as f64;
+                let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+                let var_ = v
+                    .iter()
+                    .map(|&x| (f64::from(x) - mean).powi(2))
+                    .sum::<f64>()
+                    / n;
+                let lo = v.iter().fold(f64::MAX, |a, &x| a.min(f64::from(x)));
+                let hi = v.iter().fold(f64::MIN, |a, &x| a.max(f64::from(x)));
+                (name.clone(), [lo, hi, mean, var_.sqrt(), n])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn seeded_init_draws_what_the_constructor_asks_for() {
+        let config = Config::preset("cpu").unwrap();
+        let build = || {
+            let vars = VarMap::new();
+            Jnsc::new(
+                &config,
+                VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+            )
+            .unwrap();
+            vars
+        };
+        let hinted = moments(&build());
+        let seeded_vars = build();
+        seeded_init(&seeded_vars, 7).unwrap();
+        let seeded = moments(&seeded_vars);
+        assert_eq!(
+            hinted.keys().collect::<Vec<_>>(),
+            seeded.keys().collect::<Vec<_>>()
+        );
+        let mut compared = 0;
+        for (name, [lo, hi, mean, std, n]) in &hinted {
+            let [s_lo, s_hi, s_mean, s_std, _] = seeded[name];
+            if std == &0.0 {
+                assert_eq!([lo, hi], [&s_lo, &s_hi], "{name}: the same constant");
+                continue;
+            }
+            // Candle's draws are not seeded: compare laws only where the sample is large.
+            if *n < 300.0 {
+                continue;
+            }
+            compared += 1;
+            // The same family and scale: spread within 30%; a uniform law's range is at most
+            // 2 sqrt(3) = 3.5 std, a normal sample of 300 or more spans well over 4.2.
+            assert!(
+                (s_std / std - 1.0).abs() < 0.25,
+                "{name}: std {std} vs {s_std}"
+            );
+            assert!(
+                (mean - s_mean).abs() < 0.5 * std,
+                "{name}: mean {mean} vs {s_mean}"
+            );
+            let uniform = |lo: f64, hi: f64, std: f64| (hi - lo) / std < 4.2;
+            assert_eq!(
+                uniform(*lo, *hi, *std),
+                uniform(s_lo, s_hi, s_std),
+                "{name}: uniform in one, not the other ({lo}..{hi} vs {s_lo}..{s_hi})"
+            );
+        }
+        assert!(compared > 10, "{compared} variables compared");
+    }
 
     #[test]
     fn both_presets_segment_and_classify_with_the_right_shapes() {
