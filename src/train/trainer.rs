@@ -294,6 +294,69 @@ const METRICS: &str = "metrics.csv";
 /// Where `scan_storage = "disk"` keeps the prepared scans, under the run directory.
 const PREPARED: &str = "prepared";
 
+/// What one epoch trains, and at which learning rate.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    learning_rate: f64,
+    /// The classification path trains (after the segmentation epochs).
+    joint: bool,
+    /// Only the classification path trains (staged schedule): the segmentation network is
+    /// frozen and its loss not back-propagated.
+    classify_only: bool,
+}
+
+/// An epoch's running sums: losses, and the Dice of the positive patches (thresholded at 0.5
+/// and soft).
+#[derive(Debug, Default)]
+struct EpochSums {
+    segmentation: f64,
+    classification: f64,
+    steps: usize,
+    classification_steps: usize,
+    dice: (f64, f64),
+    soft_dice: (f64, f64),
+}
+
+impl EpochSums {
+    /// Adds the Dice terms of the positive patches (`p3` voxels each).
+    fn add_dice(
+        &mut self,
+        patches: &[(usize, Patch, bool)],
+        probability: &[f32],
+        target: &[f32],
+        p3: usize,
+    ) {
+        for (i, (_, _, positive)) in patches.iter().enumerate() {
+            if *positive {
+                for v in i * p3..(i + 1) * p3 {
+                    let (p, t) = (f64::from(probability[v]), f64::from(target[v]));
+                    let pred = f64::from(u8::from(p > 0.5));
+                    self.dice.0 += 2.0 * pred * t;
+                    self.dice.1 += pred + t;
+                    self.soft_dice.0 += 2.0 * p * t;
+                    self.soft_dice.1 += p + t;
+                }
+            }
+        }
+    }
+
+    fn segmentation_loss(&self) -> f64 {
+        self.segmentation / self.steps.max(1) as f64
+    }
+
+    fn classification_loss(&self) -> f64 {
+        self.classification / self.classification_steps.max(1) as f64
+    }
+
+    fn finish(&self, metrics: &mut EpochMetrics) {
+        let ratio = |(num, den): (f64, f64)| if den > 0.0 { num / den } else { 0.0 };
+        metrics.segmentation_loss = self.segmentation_loss();
+        metrics.classification_loss = self.classification_loss();
+        metrics.dice = ratio(self.dice);
+        metrics.soft_dice = ratio(self.soft_dice);
+    }
+}
+
 /// A training run in a directory.
 pub struct Trainer {
     config: TrainConfig,
@@ -435,119 +498,24 @@ impl Trainer {
         first: usize,
         until: usize,
     ) -> anyhow::Result<EpochMetrics> {
-        let c = self.config.clone();
         let epoch = self.state.epochs_done;
-        // Staged: the classification path starts its own learning-rate schedule.
-        let schedule_epoch = match c.schedule {
-            Schedule::Staged if c.joint && epoch >= c.segmentation_epochs => {
-                epoch - c.segmentation_epochs
-            }
-            _ => epoch,
-        };
-        let lr = c.learning_rate
-            * c.lr_decay
-                .powi((schedule_epoch / c.lr_step_epochs.max(1)) as i32);
-        self.adam.learning_rate = lr;
-        let joint = c.joint && epoch >= c.segmentation_epochs;
-        // Staged: the segmentation network is frozen once the classification path trains.
-        let classify_only = joint && c.schedule == Schedule::Staged;
+        let phase = self.phase(epoch);
+        self.adam.learning_rate = phase.learning_rate;
         let started = Instant::now();
         let mut rng = Rng::new(self.state.rng_state);
-        let mut order: Vec<usize> = (0..self.scans.len()).collect();
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.below(i + 1));
-        }
+        let groups = self.shuffled_groups(&mut rng);
         let mut metrics = EpochMetrics {
             epoch: epoch + 1,
-            learning_rate: lr,
+            learning_rate: phase.learning_rate,
             ..EpochMetrics::default()
         };
-        let (mut seg_sum, mut cls_sum, mut steps, mut cls_steps) = (0.0, 0.0, 0usize, 0usize);
-        let (mut dice_num, mut dice_den) = (0.0, 0.0);
-        let (mut soft_num, mut soft_den) = (0.0, 0.0);
-        let groups: Vec<Vec<usize>> = order
-            .chunks(c.scans_per_step.max(1))
-            .map(<[usize]>::to_vec)
-            .collect();
+        let mut sums = EpochSums::default();
         for (g, group) in groups.iter().enumerate() {
-            let mut patches: Vec<(usize, Patch, bool)> = Vec::new();
-            for &s in group {
-                let scan = self.scans.scan(s)?;
-                let (pos, neg) =
-                    sample_patches(&scan, c.patch, &self.normalization, &c.augment, &mut rng);
-                patches.extend(pos.map(|p| (s, p, true)));
-                patches.extend(neg.map(|p| (s, p, false)));
-            }
+            let patches = self.sample_group(group, &mut rng)?;
             if patches.is_empty() {
                 continue;
             }
-            let n = patches.len();
-            let p3 = c.patch.pow(3);
-            let input: Vec<f32> = patches
-                .iter()
-                .flat_map(|(_, p, _)| p.input.clone())
-                .collect();
-            let target: Vec<f32> = patches
-                .iter()
-                .flat_map(|(_, p, _)| p.labels.iter().map(|&l| f32::from(u8::from(l > 0))))
-                .collect();
-            let shape = (n, 1, c.patch, c.patch, c.patch);
-            let x = Tensor::from_vec(input, shape, &self.device)?;
-            let t = Tensor::from_vec(target.clone(), shape, &self.device)?;
-            let out = self.net.segment(&x, Some(&mut rng))?;
-            let seg_loss = segmentation_loss(&out.logits, &t, c.nodule_voxel_weight)?;
-            let probability = candle_nn::ops::sigmoid(&out.logits.detach())?;
-            // Dice on positive patches.
-            let p_values = probability.flatten_all()?.to_vec1::<f32>()?;
-            for (i, (_, _, positive)) in patches.iter().enumerate() {
-                if *positive {
-                    for v in i * p3..(i + 1) * p3 {
-                        let (p, t) = (f64::from(p_values[v]), f64::from(target[v]));
-                        let pred = f64::from(u8::from(p > 0.5));
-                        dice_num += 2.0 * pred * t;
-                        dice_den += pred + t;
-                        soft_num += 2.0 * p * t;
-                        soft_den += p + t;
-                    }
-                }
-            }
-            let mut loss = (!classify_only).then(|| seg_loss.clone());
-            seg_sum += f64::from(seg_loss.to_scalar::<f32>()?);
-            steps += 1;
-            if joint {
-                let (items, keys) = self.class_items(&patches, &probability)?;
-                if !items.is_empty() {
-                    let boxes: Vec<Candidate> = items.iter().map(|(b, _)| *b).collect();
-                    let targets: Vec<ClassTarget> = items.iter().map(|(_, t)| *t).collect();
-                    let encoder: Vec<Tensor> = if classify_only {
-                        out.encoder.iter().map(Tensor::detach).collect()
-                    } else {
-                        out.encoder.clone()
-                    };
-                    let logits = self.net.classify(&encoder, &boxes)?;
-                    let cls_loss = classification_loss(&logits, &targets, c.class_weights)?;
-                    cls_sum += f64::from(cls_loss.to_scalar::<f32>()?);
-                    cls_steps += 1;
-                    metrics.candidates += items.len();
-                    // Remember p for the marginal nodules' pseudo-label update.
-                    let p = conditional_malignancy(&logits.detach())?;
-                    for (key, p) in keys.iter().zip(p) {
-                        if let Some(k) = key
-                            && let Some(label) = self.state.pseudo_labels.get_mut(k)
-                        {
-                            label.last_p = Some(p);
-                        }
-                    }
-                    loss = Some(match loss {
-                        Some(l) => (l + cls_loss)?,
-                        None => cls_loss,
-                    });
-                }
-            }
-            if let Some(loss) = loss {
-                let grads = loss.backward()?;
-                self.adam.step(&grads, c.clip_norm)?;
-            }
+            self.step(&patches, phase, &mut rng, &mut sums, &mut metrics)?;
             if !quiet {
                 let done = (epoch - first) as f64 + (g + 1) as f64 / groups.len() as f64;
                 let elapsed = run_start.elapsed().as_secs_f64();
@@ -558,20 +526,147 @@ impl Trainer {
                     until,
                     g + 1,
                     groups.len(),
-                    seg_sum / steps as f64,
-                    if cls_steps > 0 {
-                        cls_sum / cls_steps as f64
-                    } else {
-                        0.0
-                    },
+                    sums.segmentation_loss(),
+                    sums.classification_loss(),
                     elapsed,
                     eta
                 );
             }
         }
-        // Pseudo-labels: once per epoch, after the warm-up of joint training.
+        self.update_pseudo_labels(epoch, phase);
+        self.state.rng_state = rng.state();
+        self.state.epochs_done += 1;
+        sums.finish(&mut metrics);
+        metrics.seconds = started.elapsed().as_secs_f64();
+        Ok(metrics)
+    }
+
+    /// What trains in `epoch`, and at which learning rate.
+    fn phase(&self, epoch: usize) -> Phase {
+        let c = &self.config;
+        // Staged: the classification path starts its own learning-rate schedule.
+        let schedule_epoch = match c.schedule {
+            Schedule::Staged if c.joint && epoch >= c.segmentation_epochs => {
+                epoch - c.segmentation_epochs
+            }
+            _ => epoch,
+        };
+        let learning_rate = c.learning_rate
+            * c.lr_decay
+                .powi((schedule_epoch / c.lr_step_epochs.max(1)) as i32);
+        let joint = c.joint && epoch >= c.segmentation_epochs;
+        Phase {
+            learning_rate,
+            joint,
+            // Staged: the segmentation network is frozen once the classification path trains.
+            classify_only: joint && c.schedule == Schedule::Staged,
+        }
+    }
+
+    /// The epoch's scans in a shuffled order (Fisher-Yates), `scans_per_step` per step.
+    fn shuffled_groups(&self, rng: &mut Rng) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..self.scans.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        order
+            .chunks(self.config.scans_per_step.max(1))
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+
+    /// The patches of one step: each scan's positive and negative patches, augmented, with the
+    /// scan they came from and whether they are positive.
+    fn sample_group(
+        &mut self,
+        group: &[usize],
+        rng: &mut Rng,
+    ) -> anyhow::Result<Vec<(usize, Patch, bool)>> {
+        let c = &self.config;
+        let mut patches = Vec::new();
+        for &s in group {
+            let scan = self.scans.scan(s)?;
+            let (pos, neg) = sample_patches(&scan, c.patch, &self.normalization, &c.augment, rng);
+            patches.extend(pos.map(|p| (s, p, true)));
+            patches.extend(neg.map(|p| (s, p, false)));
+        }
+        Ok(patches)
+    }
+
+    /// One optimisation step on `patches`: segmentation loss (unless the phase trains the
+    /// classification path only), classification loss of the candidates in joint phases, one
+    /// Adam step on their sum.
+    fn step(
+        &mut self,
+        patches: &[(usize, Patch, bool)],
+        phase: Phase,
+        rng: &mut Rng,
+        sums: &mut EpochSums,
+        metrics: &mut EpochMetrics,
+    ) -> anyhow::Result<()> {
+        let c = self.config.clone();
+        let n = patches.len();
+        let input: Vec<f32> = patches
+            .iter()
+            .flat_map(|(_, p, _)| p.input.clone())
+            .collect();
+        let target: Vec<f32> = patches
+            .iter()
+            .flat_map(|(_, p, _)| p.labels.iter().map(|&l| f32::from(u8::from(l > 0))))
+            .collect();
+        let shape = (n, 1, c.patch, c.patch, c.patch);
+        let x = Tensor::from_vec(input, shape, &self.device)?;
+        let t = Tensor::from_vec(target.clone(), shape, &self.device)?;
+        let out = self.net.segment(&x, Some(rng))?;
+        let seg_loss = segmentation_loss(&out.logits, &t, c.nodule_voxel_weight)?;
+        let probability = candle_nn::ops::sigmoid(&out.logits.detach())?;
+        let p_values = probability.flatten_all()?.to_vec1::<f32>()?;
+        sums.add_dice(patches, &p_values, &target, c.patch.pow(3));
+        let mut loss = (!phase.classify_only).then(|| seg_loss.clone());
+        sums.segmentation += f64::from(seg_loss.to_scalar::<f32>()?);
+        sums.steps += 1;
+        if phase.joint {
+            let (items, keys) = self.class_items(patches, &probability)?;
+            if !items.is_empty() {
+                let boxes: Vec<Candidate> = items.iter().map(|(b, _)| *b).collect();
+                let targets: Vec<ClassTarget> = items.iter().map(|(_, t)| *t).collect();
+                let encoder: Vec<Tensor> = if phase.classify_only {
+                    out.encoder.iter().map(Tensor::detach).collect()
+                } else {
+                    out.encoder.clone()
+                };
+                let logits = self.net.classify(&encoder, &boxes)?;
+                let cls_loss = classification_loss(&logits, &targets, c.class_weights)?;
+                sums.classification += f64::from(cls_loss.to_scalar::<f32>()?);
+                sums.classification_steps += 1;
+                metrics.candidates += items.len();
+                // Remember p for the marginal nodules' pseudo-label update.
+                let p = conditional_malignancy(&logits.detach())?;
+                for (key, p) in keys.iter().zip(p) {
+                    if let Some(k) = key
+                        && let Some(label) = self.state.pseudo_labels.get_mut(k)
+                    {
+                        label.last_p = Some(p);
+                    }
+                }
+                loss = Some(match loss {
+                    Some(l) => (l + cls_loss)?,
+                    None => cls_loss,
+                });
+            }
+        }
+        if let Some(loss) = loss {
+            let grads = loss.backward()?;
+            self.adam.step(&grads, c.clip_norm)?;
+        }
+        Ok(())
+    }
+
+    /// Pseudo-labels: once per epoch, after the warm-up of joint training.
+    fn update_pseudo_labels(&mut self, epoch: usize, phase: Phase) {
+        let c = &self.config;
         if c.labels == LabelMode::Pseudo
-            && joint
+            && phase.joint
             && epoch >= c.segmentation_epochs + c.pseudo_warmup_epochs
         {
             for label in self.state.pseudo_labels.values_mut() {
@@ -581,22 +676,6 @@ impl Trainer {
                 }
             }
         }
-        self.state.rng_state = rng.state();
-        self.state.epochs_done += 1;
-        metrics.segmentation_loss = seg_sum / steps.max(1) as f64;
-        metrics.classification_loss = cls_sum / cls_steps.max(1) as f64;
-        metrics.dice = if dice_den > 0.0 {
-            dice_num / dice_den
-        } else {
-            0.0
-        };
-        metrics.soft_dice = if soft_den > 0.0 {
-            soft_num / soft_den
-        } else {
-            0.0
-        };
-        metrics.seconds = started.elapsed().as_secs_f64();
-        Ok(metrics)
     }
 
     /// The classification items of a batch: every labelled nodule's box (its target from the
