@@ -125,17 +125,17 @@ pub struct ModelConfig {
     /// directory. Unset: the shipped model embedded in the binary.
     pub path: Option<PathBuf>,
     /// `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
+    pub device: crate::jnsc::device::DeviceSpec,
     /// Sliding-window blending: `fast` or `paper`.
-    pub tiling: String,
+    pub tiling: crate::inference::tiles::TilingName,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             path: None,
-            device: "cpu".into(),
-            tiling: "fast".into(),
+            device: crate::jnsc::device::DeviceSpec::Cpu,
+            tiling: crate::inference::tiles::TilingName::Fast,
         }
     }
 }
@@ -416,11 +416,8 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        if let Err(problem) = crate::jnsc::device::parse(&self.model.device) {
+        if let Err(problem) = self.model.device.check() {
             return Err(invalid("model.device", problem.to_string()));
-        }
-        if let Err(problem) = crate::inference::tiles::Tiling::named(&self.model.tiling) {
-            return Err(invalid("model.tiling", problem));
         }
         if !(0.0..=1.0).contains(&self.results.min_p_nodule) {
             return Err(invalid(

@@ -107,8 +107,8 @@ enum ModelCommand {
         #[arg(long)]
         out: PathBuf,
         /// cpu or paper.
-        #[arg(long, default_value = "cpu")]
-        preset: String,
+        #[arg(long, value_enum, default_value_t = jnsc::jnsc::network::Preset::Cpu)]
+        preset: jnsc::jnsc::network::Preset,
         /// Override the encoder widths, e.g. 4,8,8,16,16.
         #[arg(long, value_delimiter = ',')]
         widths: Option<Vec<usize>>,
@@ -249,7 +249,7 @@ fn main() -> ExitCode {
                     preset,
                     widths,
                 },
-        } => jnsc::jnsc::model_file::write_untrained(&out, &preset, widths),
+        } => jnsc::jnsc::model_file::write_untrained(&out, preset, widths),
         Command::Bench {
             which: BenchCommand::Network { rounds, device },
         } => jnsc::bench::network(rounds, &device),

@@ -109,7 +109,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let model_status = analyzer.as_ref().map(|a| crate::status::ModelStatus {
         name: a.model_info().name.clone(),
         version: a.model_info().version.clone(),
-        device: config.model.device.clone(),
+        device: config.model.device.to_string(),
     });
     let storage_root = files.root().to_owned();
     let store = Arc::new(
@@ -365,9 +365,9 @@ fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
     let mut analyzer = AnalyzerArgs {
         model: ModelArgs {
             model: model.path.clone(),
-            device: model.device.clone(),
+            device: model.device,
         },
-        tiling: model.tiling.clone(),
+        tiling: model.tiling,
         batch: 1,
     }
     .load()

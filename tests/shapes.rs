@@ -305,7 +305,7 @@ fn eval_shapes_classifies_held_out_patients_only() {
         background: common::real_ct("lidc-idri-0063"),
         model: jnsc::inference::command::ModelArgs {
             model: Some(model.clone()),
-            device: "cpu".into(),
+            device: jnsc::jnsc::device::DeviceSpec::Cpu,
         },
         out: out.clone(),
         validation_percent: 20,

@@ -2,7 +2,8 @@
 //! tiling), shared by `jnsc analyze`, `jnsc eval` and, from `[model]`, the node.
 
 use super::Analyzer;
-use super::tiles::Tiling;
+use super::tiles::{Tiling, TilingName};
+use crate::jnsc::device::DeviceSpec;
 use crate::jnsc::model_file::ModelSource;
 use std::path::PathBuf;
 
@@ -14,7 +15,7 @@ pub struct ModelArgs {
     pub model: Option<PathBuf>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceSpec,
 }
 
 impl ModelArgs {
@@ -24,7 +25,7 @@ impl ModelArgs {
 
     /// The analyzer of this model on this device, with `tiling`.
     pub fn load(&self, tiling: Tiling) -> anyhow::Result<Analyzer> {
-        let device = crate::jnsc::device::select(&self.device)?;
+        let device = self.device.open()?;
         let source = self.source();
         Analyzer::new(&source, device, tiling)
             .map_err(|e| anyhow::anyhow!("cannot load the model {source}: {e}"))
@@ -37,8 +38,8 @@ pub struct AnalyzerArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// fast (128^3 windows, 16-voxel margins) or paper (64^3 windows shifted by 32, averaged).
-    #[arg(long, default_value = "fast")]
-    pub tiling: String,
+    #[arg(long, value_enum, default_value_t = TilingName::Fast)]
+    pub tiling: TilingName,
     /// Windows per network call (more is faster on a GPU).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -46,7 +47,7 @@ pub struct AnalyzerArgs {
 
 impl AnalyzerArgs {
     pub fn load(&self) -> anyhow::Result<Analyzer> {
-        let mut tiling = Tiling::named(&self.tiling).map_err(anyhow::Error::msg)?;
+        let mut tiling = Tiling::named(self.tiling);
         tiling.batch = self.batch;
         tiling.validate().map_err(anyhow::Error::msg)?;
         self.model.load(tiling)

@@ -54,12 +54,11 @@ impl Tiling {
         }
     }
 
-    /// `fast` or `paper`.
-    pub fn named(name: &str) -> Result<Self, String> {
+    /// The setting a name stands for.
+    pub fn named(name: TilingName) -> Self {
         match name {
-            "fast" => Ok(Self::fast()),
-            "paper" => Ok(Self::paper()),
-            other => Err(format!("unknown tiling `{other}`: use fast or paper")),
+            TilingName::Fast => Self::fast(),
+            TilingName::Paper => Self::paper(),
         }
     }
 
@@ -203,6 +202,27 @@ pub fn window(
         .into_iter()
         .map(|v| normalization.apply(v))
         .collect()
+}
+
+/// The named sliding-window settings (`[model] tiling`, `--tiling`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TilingName {
+    /// 128^3 windows with 16-voxel margins, each voxel predicted once.
+    #[default]
+    Fast,
+    /// The paper's: 64^3 windows shifted by 32, predictions averaged.
+    Paper,
 }
 
 #[cfg(test)]

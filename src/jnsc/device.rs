@@ -1,5 +1,6 @@
-//! Run-time device selection: `cpu`, `cuda` or `cuda:N`, with a clear error when CUDA was not
-//! compiled in (cargo feature `cuda`) or no such GPU is present.
+//! Run-time device selection: `cpu`, `cuda` or `cuda:N` as a type (`DeviceSpec`: parsed from
+//! the command line and the configuration, written back the same way), with a clear error when
+//! CUDA was not compiled in (cargo feature `cuda`) or no such GPU is present.
 
 use candle_core::Device;
 
@@ -14,42 +15,88 @@ pub enum DeviceError {
     Unavailable { device: String, reason: String },
 }
 
-/// A device by name, not yet opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A device by name, not yet opened: `cpu`, `cuda` (GPU 0) or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum DeviceSpec {
+    #[default]
     Cpu,
     /// A GPU by ordinal.
     Cuda(usize),
 }
 
-/// Parses a device name, checking that this build can use it, without opening it (so that a
-/// configuration can be validated on a machine whose GPU is busy or absent).
-pub fn parse(spec: &str) -> Result<DeviceSpec, DeviceError> {
-    let ordinal = match spec {
-        "cpu" => return Ok(DeviceSpec::Cpu),
-        "cuda" => 0,
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => n,
-            _ => return Err(DeviceError::Unknown(spec.to_owned())),
-        },
-    };
-    if !candle_core::utils::cuda_is_available() {
-        return Err(DeviceError::NotCompiled(spec.to_owned()));
+impl std::str::FromStr for DeviceSpec {
+    type Err = DeviceError;
+
+    /// The name's syntax only (whether this build has CUDA is `check`'s question).
+    fn from_str(spec: &str) -> Result<Self, DeviceError> {
+        match spec {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+                _ => Err(DeviceError::Unknown(spec.to_owned())),
+            },
+        }
     }
-    Ok(DeviceSpec::Cuda(ordinal))
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = DeviceError;
+    fn try_from(spec: String) -> Result<Self, DeviceError> {
+        spec.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(spec: DeviceSpec) -> String {
+        spec.to_string()
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Checks that this build can use the device, without opening it (so that a configuration
+    /// can be validated on a machine whose GPU is busy or absent).
+    pub fn check(self) -> Result<Self, DeviceError> {
+        match self {
+            DeviceSpec::Cuda(_) if !candle_core::utils::cuda_is_available() => {
+                Err(DeviceError::NotCompiled(self.to_string()))
+            }
+            _ => Ok(self),
+        }
+    }
+
+    /// Checks and opens the device.
+    pub fn open(self) -> Result<Device, DeviceError> {
+        match self.check()? {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(ordinal) => {
+                Device::new_cuda(ordinal).map_err(|e| DeviceError::Unavailable {
+                    device: self.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// Parses a device name and checks that this build can use it, without opening it.
+pub fn parse(spec: &str) -> Result<DeviceSpec, DeviceError> {
+    spec.parse::<DeviceSpec>()?.check()
 }
 
 /// Parses and opens a device.
 pub fn select(spec: &str) -> Result<Device, DeviceError> {
-    match parse(spec)? {
-        DeviceSpec::Cpu => Ok(Device::Cpu),
-        DeviceSpec::Cuda(ordinal) => {
-            Device::new_cuda(ordinal).map_err(|e| DeviceError::Unavailable {
-                device: spec.to_owned(),
-                reason: e.to_string(),
-            })
-        }
-    }
+    parse(spec)?.open()
 }
 
 #[cfg(test)]
@@ -63,6 +110,8 @@ mod tests {
         assert!(matches!(select("cuda:x"), Err(DeviceError::Unknown(_))));
         assert_eq!(parse("cpu").unwrap(), DeviceSpec::Cpu);
         assert!(matches!(parse("cuda:-1"), Err(DeviceError::Unknown(_))));
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
     }
 
     /// Validating a name opens nothing: a CUDA build parses `cuda:7` whether or not that GPU

@@ -293,11 +293,11 @@ mod erased {
 /// overridden by `widths`) to `out`.
 pub fn write_untrained(
     out: &std::path::Path,
-    preset: &str,
+    preset: crate::jnsc::network::Preset,
     widths: Option<Vec<usize>>,
 ) -> anyhow::Result<()> {
     use crate::jnsc::network::{Config, Jnsc};
-    let mut config = Config::preset(preset).map_err(|e| anyhow::anyhow!("--preset: {e}"))?;
+    let mut config = Config::preset(preset);
     if let Some(w) = widths {
         config.widths = w
             .try_into()

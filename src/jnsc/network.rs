@@ -68,12 +68,11 @@ impl Config {
         }
     }
 
-    /// A preset by name: `cpu` or `paper`.
-    pub fn preset(name: &str) -> std::result::Result<Self, String> {
-        match name {
-            "cpu" => Ok(Self::cpu()),
-            "paper" => Ok(Self::paper()),
-            other => Err(format!("unknown preset `{other}`: use cpu or paper")),
+    /// The architecture of a preset.
+    pub fn preset(preset: Preset) -> Self {
+        match preset {
+            Preset::Cpu => Self::cpu(),
+            Preset::Paper => Self::paper(),
         }
     }
 
@@ -85,6 +84,25 @@ impl Config {
             .map(|(level, w)| w * pooled_size(level).pow(3))
             .sum::<usize>()
             + 1
+    }
+}
+
+/// The named architectures (`preset` of a training configuration, `--preset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// Half the widths, fewer convolutions: for training on CPUs.
+    Cpu,
+    /// The paper's widths (16-256) and convolutions per block (1-2-3-3-3).
+    Paper,
+}
+
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Preset::Cpu => "cpu",
+            Preset::Paper => "paper",
+        })
     }
 }
 
@@ -492,7 +510,7 @@ mod tests {
 
     #[test]
     fn seeded_init_draws_what_the_constructor_asks_for() {
-        let config = Config::preset("cpu").unwrap();
+        let config = Config::preset(Preset::Cpu);
         let build = || {
             let vars = VarMap::new();
             Jnsc::new(

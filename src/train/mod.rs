@@ -48,7 +48,7 @@ pub struct TrainArgs {
     pub version: String,
     /// Where to train: cpu (bit-for-bit reproducible), cuda or cuda:N (a CUDA build).
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: crate::jnsc::device::DeviceSpec,
 }
 
 /// Runs `jnsc train`.
@@ -70,7 +70,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     if args.segmentation_only {
         config.joint = false;
     }
-    let device = crate::jnsc::device::select(&args.device)?;
+    let device = args.device.open()?;
     let mut trainer = Trainer::open_on(&args.dir, config.clone(), false, device)?;
     if trainer.epochs_done() > 0 {
         eprintln!(

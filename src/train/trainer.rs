@@ -30,7 +30,7 @@ use std::time::Instant;
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// Network preset: cpu or paper.
-    pub preset: String,
+    pub preset: crate::jnsc::network::Preset,
     pub seed: u64,
     /// Start from this model file's weights (fine-tuning; its preset must match) instead of the
     /// seeded initialisation. Relative to the working directory.
@@ -222,7 +222,7 @@ impl TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            preset: "cpu".into(),
+            preset: crate::jnsc::network::Preset::Cpu,
             seed: 1,
             init_from: None,
             data: DataConfig::Synthetic,
@@ -401,7 +401,7 @@ impl Trainer {
         } else {
             None
         };
-        let net_config = Config::preset(&config.preset).map_err(anyhow::Error::msg)?;
+        let net_config = Config::preset(config.preset);
         let mut vars = VarMap::new();
         let net = Jnsc::new(
             &net_config,
