@@ -2,11 +2,13 @@
 //! ../shared/testvectors/luna16-froc byte for byte (CAD analysis, raw FROC curve, missed
 //! nodules) and its CPM; bad CSVs are clear errors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn vectors() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testvectors/luna16-froc")
+    common::shared_path("testvectors/luna16-froc")
 }
 
 fn eval(case: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -28,6 +30,7 @@ fn eval(case: &Path, out: &Path, extra: &[&str]) -> Output {
 
 #[test]
 fn the_official_outputs_are_reproduced_exactly() {
+    let _data = shared_or_skip!("testvectors/luna16-froc");
     for (case, cpm, sensitivities) in [
         (
             "toy",
@@ -66,6 +69,7 @@ fn the_official_outputs_are_reproduced_exactly() {
 
 #[test]
 fn the_bootstrap_interval_brackets_the_cpm() {
+    let _data = shared_or_skip!("testvectors/luna16-froc");
     let out = tempfile::tempdir().unwrap();
     let run = eval(&vectors().join("toy2"), out.path(), &["--bootstrap", "200"]);
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -86,6 +90,7 @@ fn the_bootstrap_interval_brackets_the_cpm() {
 
 #[test]
 fn a_malformed_submission_names_file_and_line() {
+    let _data = shared_or_skip!("testvectors/luna16-froc");
     let dir = tempfile::tempdir().unwrap();
     let case = vectors().join("toy");
     for file in [

@@ -17,6 +17,7 @@ use jnsc::volume::series::{files_in, load_series};
 
 #[test]
 fn psf_is_measured_from_the_body_edge() {
+    let _data = shared_or_skip!("data/real-ct");
     let mut estimates = Vec::new();
     for psf in [0.45, 0.9] {
         let dir = tempfile::tempdir().unwrap();
@@ -77,6 +78,7 @@ fn noise_power(plane: &[f32], cols: usize, pixels: &[usize]) -> f64 {
 
 #[test]
 fn an_inserted_nodule_keeps_the_background_noise() {
+    let _data = shared_or_skip!("data/real-ct");
     let background = Background::load(&common::real_ct("lidc-idri-0314").join("dicom")).unwrap();
     assert!(background.psf_measured);
     let lungs = background.segmented_lungs();
@@ -163,6 +165,7 @@ fn an_inserted_nodule_keeps_the_background_noise() {
 
 #[test]
 fn known_nodules_are_labelled_never_background() {
+    let _data = shared_or_skip!("data/real-ct");
     let (dicom, known) = background_folder(&common::real_ct("lidc-idri-0063")).unwrap();
     assert_eq!(known.len(), 4);
     let background = Background::load(&dicom).unwrap();

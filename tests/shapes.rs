@@ -67,6 +67,7 @@ fn configurations_without_the_shape_keys_serialise_as_before() {
 
 #[test]
 fn training_inserts_shapes_of_training_patients_with_their_readers_ratings() {
+    let _data = shared_or_skip!("data/real-ct/lidc-idri-0063");
     let (_dir, path, library) = common::export_lidc_shapes(Some(20));
     let (dicom, known) = background_folder(&common::real_ct("lidc-idri-0063")).unwrap();
     let background = Background::load(&dicom).unwrap();
@@ -212,6 +213,7 @@ fn training_inserts_shapes_of_training_patients_with_their_readers_ratings() {
 
 #[test]
 fn eval_shapes_classifies_held_out_patients_only() {
+    let _data = shared_or_skip!("data/real-ct/lidc-idri-0063");
     let (dir, path, library) = common::export_lidc_shapes(Some(20));
     let model = dir.path().join("untrained.safetensors");
     let jnsc = |args: &[&str]| {

@@ -1,6 +1,8 @@
 //! The phantom generator: valid DICOM, the geometry asked for, ground truth that matches the
 //! voxels, bit-for-bit reproducibility, and malignancy statistics that follow LIDC-IDRI.
 
+mod common;
+
 use jnsc::malignancy::score as median;
 use jnsc::random::Rng;
 use jnsc::synth::calibration::Calibration;
@@ -282,8 +284,8 @@ fn training_volumes_come_without_dicom_and_label_their_nodules() {
 
 #[test]
 fn nodules_inserted_into_a_real_series_are_where_the_truth_says() {
-    let real =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ct/pancreatic-ct-cbct-seg");
+    let _data = shared_or_skip!("data/ct/pancreatic-ct-cbct-seg");
+    let real = _data;
     let out = scratch();
     let truth =
         jnsc::synth::insert::insert_nodules(&real, &out, 2, 8, &Calibration::lidc()).unwrap();

@@ -1,6 +1,8 @@
 //! Series -> volume -> 1 mm on generated series of known geometry and content, the refusals,
 //! WG04 decoding, the lung mask on real CT, and the way back to the original slices.
 
+mod common;
+
 use jnsc::synth::series::{Content, SeriesSpec, write_ct_series, write_enhanced_ct};
 use jnsc::volume::geometry::{Vec3, cross, dot};
 use jnsc::volume::lung::lung_mask;
@@ -332,7 +334,8 @@ fn hostile_geometry_is_refused_before_anything_is_reserved() {
 
 #[test]
 fn wg04_encodings_decode_to_the_uncompressed_pixels() {
-    let wg04 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ct/wg04");
+    let _data = shared_or_skip!("data/ct/wg04");
+    let wg04 = _data;
     for slice in ["CT1", "CT2"] {
         let reference = decode_hu(&wg04.join(format!("{slice}_UNC"))).unwrap();
         for lossless in ["RLE", "JPLL", "J2KR", "JLSL"] {
@@ -375,6 +378,7 @@ fn wg04_encodings_decode_to_the_uncompressed_pixels() {
 /// correctly and the transfer syntaxes can be accepted.
 #[test]
 fn htj2k_is_not_accepted_because_its_decoder_gets_signed_values_wrong() {
+    let _data = shared_or_skip!("data/ct/wg04/CT1_UNC");
     use dicom_core::value::{PixelFragmentSequence, Value};
     use dicom_core::{DataElement, VR};
     use dicom_dictionary_std::{tags, uids};
@@ -382,7 +386,7 @@ fn htj2k_is_not_accepted_because_its_decoder_gets_signed_values_wrong() {
     for ht in [uids::HTJ2K_LOSSLESS, uids::HTJ2K] {
         assert!(TRANSFER_SYNTAXES.iter().all(|(uid, _)| *uid != ht));
     }
-    let unc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ct/wg04/CT1_UNC");
+    let unc = _data;
     let dir = scratch();
     let mut object = dicom_object::open_file(&unc).unwrap();
     let raw = object
@@ -478,14 +482,13 @@ fn jpeg_extended_12_bit_is_not_accepted_because_it_does_not_decode() {
 }
 
 fn real_series(name: &str) -> AcquiredSeries {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/ct")
-        .join(name);
+    let dir = common::shared_path("data/ct").join(name);
     load_series(&files_in(&dir).unwrap()).unwrap()
 }
 
 #[test]
 fn lung_mask_on_real_chest_ct_is_plausible_and_inside_the_body() {
+    let _data = shared_or_skip!("data/ct");
     // (series, plausible lung volume in ml: whole lungs / lung bases only)
     for (name, range) in [
         ("lung-pet-ct-dx-a0002", 1500.0..7000.0),

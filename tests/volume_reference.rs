@@ -2,10 +2,11 @@
 //! B-spline resampler) on the real CT series in ../shared/data/ct. Geometry must match exactly
 //! (to the precision of the stored decimal strings); HU inside the body must agree closely.
 
+mod common;
+
 use jnsc::volume::lung::lung_mask;
 use jnsc::volume::resample::{Interpolation, resample_isotropic};
 use jnsc::volume::series::{files_in, load_series};
-use std::path::Path;
 use std::process::Command;
 
 #[derive(serde::Deserialize)]
@@ -23,9 +24,7 @@ struct Reference {
 }
 
 fn compare(name: &str, interpolation: &str) -> (f64, f64) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/ct")
-        .join(name);
+    let dir = common::shared_path("data/ct").join(name);
     let scratch = tempfile::tempdir().unwrap();
     let prefix = scratch.path().join(name);
     let out = Command::new("python3")
@@ -113,6 +112,7 @@ fn compare(name: &str, interpolation: &str) -> (f64, f64) {
 /// real interpolation difference (an off-by-half-voxel shift alone gives tens of HU).
 #[test]
 fn bspline_resampling_agrees_with_simpleitk_on_real_series() {
+    let _data = shared_or_skip!("data/ct");
     for name in ["lung-pet-ct-dx-a0002", "pancreatic-ct-cbct-seg"] {
         let (max, mean) = compare(name, "bspline");
         println!("{name}: max |diff| {max:.4} HU, mean {mean:.5} HU");
@@ -123,6 +123,7 @@ fn bspline_resampling_agrees_with_simpleitk_on_real_series() {
 
 #[test]
 fn linear_resampling_agrees_with_simpleitk() {
+    let _data = shared_or_skip!("data/ct");
     let (max, mean) = compare("lung-pet-ct-dx-a0002", "linear");
     println!("linear: max |diff| {max:.4} HU, mean {mean:.5} HU");
     assert!(mean < 0.001 && max < 0.01, "max {max}, mean {mean}");

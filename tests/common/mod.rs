@@ -529,11 +529,46 @@ pub fn small_study(seed: u64, nodules: usize) -> (tempfile::TempDir, PathBuf) {
     (dir, dicom)
 }
 
-/// A real chest CT study folder of the development set (`../shared/data/real-ct/NAME`).
+/// The one rule for test data that is not generated: `rel` under `$JNSC_SHARED_DATA`, by
+/// default `../shared` beside the checkout (real CT series, the development set, test vectors).
+pub fn shared_path(rel: &str) -> PathBuf {
+    std::env::var_os("JNSC_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+        .join(rel)
+}
+
+/// `shared_path(rel)` if it exists. If not, the test is skipped with a printed reason
+/// (`shared_or_skip!`), except under `CI=true`, where a missing data set fails it.
+pub fn shared_data(rel: &str) -> Option<PathBuf> {
+    let path = shared_path(rel);
+    if path.exists() {
+        return Some(path);
+    }
+    let reason = format!(
+        "test data {} not found (set JNSC_SHARED_DATA to the folder holding data/ and testvectors/)",
+        path.display()
+    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{reason}");
+    eprintln!("skipped: {reason}");
+    None
+}
+
+/// The shared data a test needs, or an early return (a skip) when it is absent (see
+/// `shared_data`).
+#[macro_export]
+macro_rules! shared_or_skip {
+    ($rel:expr) => {
+        match common::shared_data($rel) {
+            Some(path) => path,
+            None => return,
+        }
+    };
+}
+
+/// A real chest CT study folder of the development set (`data/real-ct/NAME` of the shared data).
 pub fn real_ct(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/real-ct")
-        .join(name)
+    shared_path("data/real-ct").join(name)
 }
 
 /// Runs `tools/export_lidc_shapes.py` (the first `patients` patients, or all) into a new
