@@ -444,26 +444,46 @@ function lineHits(px, l, rgb, tol) {
 
 // The long axis is drawn (an SVG line on the POLYLINE's end points, and its colour along it in
 // the screenshot) with its label showing `want` (in the SVG text, and text pixels in its box).
-function checkAxisDrawn(px, ax, want, where) {
+// Whether the long axis and its label are in the screenshot's pixels where the viewport's SVG
+// says; each problem is a failure unless `quiet` (a retry follows).
+function checkAxisDrawn(px, ax, want, where, quiet = false) {
+  const problems = [];
   if (!ax.line) {
     const e = ax.expected;
-    fail(`${where}: no SVG line on the long-axis POLYLINE (expected from ${Math.round(e.x1)},${Math.round(e.y1)} to ${Math.round(e.x2)},${Math.round(e.y2)})`);
-    return;
+    problems.push(`${where}: no SVG line on the long-axis POLYLINE (expected from ${Math.round(e.x1)},${Math.round(e.y1)} to ${Math.round(e.x2)},${Math.round(e.y2)})`);
+  } else {
+    const rgb = parseCssColour(ax.line.stroke) || [255, 255, 0];
+    const h = lineHits(px, ax.line, rgb, 60);
+    log(`${where}: long axis drawn ${Math.round(h.len)} px long in ${ax.line.stroke}, ` +
+      `${h.hits}/${h.samples} points along it in that colour`);
+    if (h.len < 60) problems.push(`${where}: the long axis is only ${Math.round(h.len)} px long (not zoomed in?)`);
+    if (h.hits < 0.3 * h.samples || h.hits < 15) {
+      problems.push(`${where}: the long axis is not in the pixels (${h.hits}/${h.samples} points along it in ${ax.line.stroke})`);
+    }
+    const label = ax.text.find((t) => /^L\b/.test(t)) || '';
+    const trgb = parseCssColour(ax.textColour) || rgb;
+    const nText = countColour(px, trgb, 60, ax.textBox);
+    log(`${where}: label "${ax.text.join(' / ')}" (${nText} pixels of ${ax.textColour} in its box)`);
+    if (!label.includes(` ${want}`)) problems.push(`${where}: the long-axis label "${label}" does not show ${want}`);
+    if (nText < 30) problems.push(`${where}: the label is not in the pixels (${nText} pixels of its colour in its box)`);
   }
-  const rgb = parseCssColour(ax.line.stroke) || [255, 255, 0];
-  const h = lineHits(px, ax.line, rgb, 60);
-  log(`${where}: long axis drawn ${Math.round(h.len)} px long in ${ax.line.stroke}, ` +
-    `${h.hits}/${h.samples} points along it in that colour`);
-  if (h.len < 60) fail(`${where}: the long axis is only ${Math.round(h.len)} px long (not zoomed in?)`);
-  if (h.hits < 0.3 * h.samples || h.hits < 15) {
-    fail(`${where}: the long axis is not in the pixels (${h.hits}/${h.samples} points along it in ${ax.line.stroke})`);
+  if (!quiet) problems.forEach(fail);
+  return problems.length === 0;
+}
+
+// Screenshot of `pane` with the long axis checked in it. The viewport can still be re-laid out
+// (a side panel opening resizes the canvas) between reading where the SVG draws the axis and
+// taking the picture: up to three tries, reading both again, before a failure.
+async function shotWithAxis(page, name, pane, want) {
+  for (let attempt = 1; ; attempt++) {
+    const ax = await page.evaluate(axisState, want);
+    const file = await shot(page, name, pane);
+    const px = await pixelsOf(page, file);
+    const last = attempt === 3;
+    if (checkAxisDrawn(px, ax, want, name, !last) || last) return { ax, px };
+    log(`${name}: not drawn where the viewport says (layout still settling?); try ${attempt + 1} of 3`);
+    await settle(page, 1500);
   }
-  const label = ax.text.find((t) => /^L\b/.test(t)) || '';
-  const trgb = parseCssColour(ax.textColour) || rgb;
-  const nText = countColour(px, trgb, 60, ax.textBox);
-  log(`${where}: label "${ax.text.join(' / ')}" (${nText} pixels of ${ax.textColour} in its box)`);
-  if (!label.includes(` ${want}`)) fail(`${where}: the long-axis label "${label}" does not show ${want}`);
-  if (nText < 30) fail(`${where}: the label is not in the pixels (${nText} pixels of its colour in its box)`);
 }
 
 async function main() {
@@ -594,11 +614,9 @@ async function main() {
         await page.evaluate(zoomTo, ax.mid, opt.zoomMm);
         await settle(page, 1200);
         await dismissToasts(page);
-        ax = await page.evaluate(axisState, want);
         const pane = await page.$('[data-cy="viewport-pane"]');
-        const axesShot = await shot(page, 'ohif-sr-axes.png', pane);
-        const axesPx = await pixelsOf(page, axesShot);
-        checkAxisDrawn(axesPx, ax, want, 'ohif-sr-axes.png');
+        let axesPx;
+        ({ ax, px: axesPx } = await shotWithAxis(page, 'ohif-sr-axes.png', pane, want));
 
         // The SEG over that same SR viewport. OHIF 3.13's data overlay menu offers no
         // segmentation here (its background display set, the SR, is not reconstructable), so add
@@ -625,13 +643,10 @@ async function main() {
         }, { timeout: 30000 }).catch(() => fail('the SEG is not on the SR viewport within 30 s'));
         await settle(page, 2000);
         await dismissToasts(page);
-        const ax2 = await page.evaluate(axisState, want);
-        if (!ax2.found) fail('after the SEG was added, the SR viewport no longer draws the first finding\'s long axis');
         const sc = await page.evaluate(segmentColour, finding.number);
-        const combinedShot = await shot(page, 'ohif-seg-and-axes.png', pane);
-        const px = await pixelsOf(page, combinedShot);
+        const { ax: ax2, px } = await shotWithAxis(page, 'ohif-seg-and-axes.png', pane, want);
+        if (!ax2.found) fail('after the SEG was added, the SR viewport no longer draws the first finding\'s long axis');
         if (ax2.found) {
-          checkAxisDrawn(px, ax2, want, 'ohif-seg-and-axes.png');
           if (!sc.colour) {
             fail(`no colour for the first finding's segment (${sc.error || 'no representation'})`);
           } else {
