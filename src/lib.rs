@@ -37,6 +37,7 @@ pub mod results;
 pub mod status;
 pub mod store;
 pub mod synth;
+pub mod test_data;
 pub mod train;
 pub mod volume;
 pub mod write;

@@ -529,30 +529,9 @@ pub fn small_study(seed: u64, nodules: usize) -> (tempfile::TempDir, PathBuf) {
     (dir, dicom)
 }
 
-/// The one rule for test data that is not generated: `rel` under `$JNSC_SHARED_DATA`, by
-/// default `../shared` beside the checkout (real CT series, the development set, test vectors).
-pub fn shared_path(rel: &str) -> PathBuf {
-    std::env::var_os("JNSC_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
-        .join(rel)
-}
-
-/// `shared_path(rel)` if it exists. If not, the test is skipped with a printed reason
-/// (`shared_or_skip!`), except under `CI=true`, where a missing data set fails it.
-pub fn shared_data(rel: &str) -> Option<PathBuf> {
-    let path = shared_path(rel);
-    if path.exists() {
-        return Some(path);
-    }
-    let reason = format!(
-        "test data {} not found (set JNSC_SHARED_DATA to the folder holding data/ and testvectors/)",
-        path.display()
-    );
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{reason}");
-    eprintln!("skipped: {reason}");
-    None
-}
+/// The one rule for test data that is not generated (`jnsc::test_data`).
+#[allow(unused_imports)]
+pub use jnsc::test_data::{shared_data, shared_path};
 
 /// The shared data a test needs, or an early return (a skip) when it is absent (see
 /// `shared_data`).
