@@ -21,6 +21,7 @@ pub const DEFAULT_MODEL: &str = "models/jnsc.safetensors";
 pub mod attributes;
 pub mod bench;
 pub mod config;
+pub mod datasets;
 pub mod encoding;
 pub mod eval;
 pub mod fuzz;

@@ -1,6 +1,6 @@
 //! The LUNA16 challenge's CSV files: annotations.csv and annotations_excluded.csv (the
 //! reference standard's findings), submission.csv (a CAD system's marks) and seriesuids.csv.
-//! Read by the evaluation (`eval::froc`) and by the LUNA16 training reader (`train::luna16`).
+//! Read by the evaluation (`eval::froc`) and by the LUNA16 training reader (`datasets::luna16`).
 
 /// One finding of a reference standard (annotations.csv or annotations_excluded.csv).
 #[derive(Debug, Clone, PartialEq)]

@@ -317,7 +317,7 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
 
 #[test]
 fn eval_nodules_classifies_every_reference_nodule_the_scans_show() {
-    use jnsc::train::data::{Source, SyntheticSource, nodule_boxes};
+    use jnsc::datasets::{Source, SyntheticSource, nodule_boxes};
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("nodules");
     jnsc_ok(&[

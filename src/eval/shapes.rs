@@ -1,12 +1,12 @@
 //! Evaluation of the malignancy classifier on real nodule shapes (`jnsc eval shapes`): the 50%
 //! consensus outlines of the LIDC-IDRI nodules (3-30 mm) of patients held out of training
-//! (`synth::lidc_shapes::is_validation_patient`, the split `train::real::TrainingShapes` trains
+//! (`synth::lidc_shapes::is_validation_patient`, the split `datasets::real::TrainingShapes` trains
 //! on the rest of), labelled with their real readers' malignancy ratings, are inserted into a
 //! real background kept out of training, up to `per_insertion` at a time: each at a random
 //! parenchyma point with a random quarter turn and mirror, wholly inside the lung mask and
-//! `train::real::CLEARANCE_MM` clear of the others and of the background's known nodules
-//! (`train::real::place_shape`), added on the series' acquired grid (`synth::insert::
-//! add_lesions`) and resampled to 1 mm as analysis resamples (`train::real::insert_and_label`).
+//! `datasets::real::CLEARANCE_MM` clear of the others and of the background's known nodules
+//! (`datasets::real::place_shape`), added on the series' acquired grid (`synth::insert::
+//! add_lesions`) and resampled to 1 mm as analysis resamples (`datasets::real::insert_and_label`).
 //! Each is then classified with its true box on the 1 mm grid (its labelled voxels: inside the
 //! outline and in the parenchyma), as `eval nodules` classifies its phantoms.
 //!
@@ -22,15 +22,15 @@
 
 use super::classification::{Metrics, Rated, metrics};
 use super::nodules::{CSV_COLUMNS, Classified, write_outputs};
+use crate::datasets::real::{
+    InsertedLesion, insert_and_label, is_shape_size, place_shape, shape_radius_mm,
+};
 use crate::inference::ObjectBox;
 use crate::malignancy;
 use crate::random::Rng;
 use crate::synth::insert::{Background, background_folder};
 use crate::synth::lidc_shapes::{
     LidcNodule, PlacedShape, ShapeLibrary, is_fit_half_patient, is_validation_patient,
-};
-use crate::train::real::{
-    InsertedLesion, insert_and_label, is_shape_size, place_shape, shape_radius_mm,
 };
 use crate::volume::geometry::Vec3;
 use crate::volume::morphology::label_boxes;

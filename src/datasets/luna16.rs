@@ -6,8 +6,8 @@
 //! only. `annotations_excluded.csv` lists findings the challenge neither counts nor penalises;
 //! they are not labelled.
 
+use crate::datasets::{NoduleLabel, Scan, Source};
 use crate::luna16_csv::parse_findings;
-use crate::train::data::{NoduleLabel, Scan, Source};
 use crate::volume::Volume;
 use crate::volume::metaimage;
 use crate::volume::resample::{Interpolation, resample_isotropic};

@@ -27,7 +27,7 @@
 //! on the 1 mm voxels whose centre is inside it and in the parenchyma, with the malignancy
 //! ratings of all of its readers.
 
-use super::data::{NoduleLabel, Scan, Source, SyntheticSource};
+use crate::datasets::{NoduleLabel, Scan, Source, SyntheticSource};
 use crate::random::Rng;
 use crate::synth::calibration::Calibration;
 use crate::synth::insert::{Background, add_lesions, background_folder, draw_clear_of};

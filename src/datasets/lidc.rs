@@ -5,7 +5,7 @@
 //! outlines on the source slices, and its ratings are those of the readers who marked it.
 //! Marks of nodules under 3 mm (a single point, no ratings) and non-nodules are not labelled.
 
-use crate::train::data::{NoduleLabel, Scan, Source};
+use crate::datasets::{NoduleLabel, Scan, Source};
 use crate::volume::Volume;
 use crate::volume::geometry::Vec3;
 use crate::volume::morphology::fill_outline;

@@ -1,94 +1,12 @@
-//! Training data: scans on a 1 mm grid with a nodule label volume and per-nodule reader ratings,
-//! from any [`Source`], and the paper's sampling (section IV.B): per scan and epoch, one 64^3
+//! The paper's sampling of training patches from the scans of any `datasets::Source`
+//! (section IV.B): per scan and epoch, one 64^3
 //! patch holding a nodule at a random (not centred) position and one from a nodule-free region,
 //! each rotated by a multiple of 90 degrees in a random plane, and, where configured
 //! (`Augment`), flipped, rescaled in intensity, given extra noise and blurred or sharpened.
 
+use crate::datasets::{Scan, nodule_boxes};
 use crate::random::Rng;
-use crate::synth::calibration::Calibration;
-use crate::synth::render::Physics;
-use crate::volume::morphology::{LabelBox, label_boxes};
-use crate::volume::{Normalization, Volume};
-use std::collections::BTreeMap;
-
-/// One nodule of a scan's reference standard.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct NoduleLabel {
-    /// Its label value in the scan's label volume.
-    pub label: u8,
-    /// The readers' malignancy ratings (empty where the data set has none, e.g. LUNA16).
-    pub ratings: Vec<u8>,
-}
-
-/// A scan ready for sampling: HU and labels on one 1 mm grid (label n = nodule n, 0 elsewhere).
-#[derive(Debug, Clone)]
-pub struct Scan {
-    pub id: String,
-    pub hu: Volume<f32>,
-    pub labels: Volume<u8>,
-    pub nodules: Vec<NoduleLabel>,
-}
-
-/// Where scans come from. Implementations: synthetic phantoms here; LUNA16 and LIDC-IDRI
-/// readers at sites that hold those data sets.
-pub trait Source: Send + Sync {
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    fn scan(&self, index: usize) -> anyhow::Result<Scan>;
-}
-
-/// Synthetic chest phantoms (`crate::synth`), rendered on demand from `seed + index`, with 1-4
-/// nodules each and LIDC-calibrated reader ratings.
-pub struct SyntheticSource {
-    pub seed: u64,
-    pub scans: usize,
-    /// Voxels of each rendered volume (1 mm), centred on the chest.
-    pub size: [usize; 3],
-    calibration: Calibration,
-}
-
-impl SyntheticSource {
-    pub fn new(seed: u64, scans: usize, size: [usize; 3]) -> Self {
-        Self {
-            seed,
-            scans,
-            size,
-            calibration: Calibration::lidc(),
-        }
-    }
-}
-
-impl Source for SyntheticSource {
-    fn len(&self) -> usize {
-        self.scans
-    }
-
-    fn scan(&self, index: usize) -> anyhow::Result<Scan> {
-        let seed = self.seed.wrapping_add(index as u64);
-        let count = 1 + Rng::new(seed).fork(77).below(4);
-        let (hu, labels, truth) = crate::synth::study::render_training_volume(
-            seed,
-            self.size,
-            Some(count),
-            &self.calibration,
-            &Physics::default(),
-        );
-        Ok(Scan {
-            id: format!("synthetic-{seed}"),
-            hu,
-            labels,
-            nodules: truth
-                .iter()
-                .map(|n| NoduleLabel {
-                    label: n.label,
-                    ratings: n.ratings.clone(),
-                })
-                .collect(),
-        })
-    }
-}
+use crate::volume::Normalization;
 
 /// A training patch: normalised input and nodule labels (label n = nodule n), both p^3, k
 /// slowest (the network's [D, H, W]).
@@ -106,11 +24,6 @@ fn cut(scan: &Scan, start: [i64; 3], p: usize, norm: &Normalization) -> Patch {
         labels: scan.labels.block(start, p, 0),
         size: p,
     }
-}
-
-/// The box of each nodule label the scan shows, by label.
-pub fn nodule_boxes(scan: &Scan) -> BTreeMap<u32, LabelBox> {
-    label_boxes(&scan.labels.data, scan.labels.geometry.size)
 }
 
 /// Augmentation of training patches beyond the quarter turns (`[augment]` of the training
@@ -310,6 +223,8 @@ fn rotate_once(patch: &Patch, plane: usize) -> Patch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datasets::{NoduleLabel, Source, SyntheticSource};
+    use crate::volume::Volume;
     use crate::volume::geometry::Geometry;
 
     fn scan_with_cube() -> Scan {
