@@ -339,9 +339,10 @@ impl Supervisor {
             Some(what) => {
                 let text = format!("{name} {what}");
                 error!(task = name, failure = %text, "task failed");
-                if let Ok(mut failures) = self.failures.lock() {
-                    failures.push(text.clone());
-                }
+                self.failures
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(text.clone());
                 text
             }
             None => format!("{name} stopped"),

@@ -778,12 +778,11 @@ async fn presentation_contexts_follow_ps3_8() {
 /// stays bounded, and nothing in its log says panic.
 #[tokio::test(flavor = "multi_thread")]
 async fn fuzzed_data_sets_over_real_associations_get_documented_statuses() {
-    let _data = shared_or_skip!("data/ct");
     use jnsc::fuzz::{Target, mutations, seeds};
     use jnsc::net::presentation::TRANSFER_SYNTAXES;
     const PER_TRANSFER_SYNTAX: usize = 60;
+    let corpus = shared_or_skip!("data/ct");
     let mut node = Node::start("");
-    let corpus = _data;
     let all = seeds(Target::DataSet, Some(&corpus));
     let rss_before = node.peak_rss_mib();
     let mut statuses = std::collections::BTreeMap::new();

@@ -207,9 +207,8 @@ async fn late_instance_requeues_a_completed_series() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn compressed_transfer_syntaxes_are_accepted_and_decode() {
-    let _data = shared_or_skip!("data/ct/wg04");
+    let wg04 = shared_or_skip!("data/ct/wg04");
     let node = Node::start("");
-    let wg04 = _data;
     // (file suffix, storescu option proposing its transfer syntax, lossless?)
     let encodings = [
         ("RLE", "-xr", true),

@@ -284,8 +284,7 @@ fn training_volumes_come_without_dicom_and_label_their_nodules() {
 
 #[test]
 fn nodules_inserted_into_a_real_series_are_where_the_truth_says() {
-    let _data = shared_or_skip!("data/ct/pancreatic-ct-cbct-seg");
-    let real = _data;
+    let real = shared_or_skip!("data/ct/pancreatic-ct-cbct-seg");
     let out = scratch();
     let truth =
         jnsc::synth::insert::insert_nodules(&real, &out, 2, 8, &Calibration::lidc()).unwrap();

@@ -26,50 +26,37 @@ impl Pki {
             .tempdir()
             .unwrap();
         let pki = Pki { dir };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=JNSC test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
+        pki.ca("ca", "JNSC test CA");
         for name in ["node", "pacs", "modality"] {
             pki.leaf(name, "ca");
         }
         // A rogue CA nobody trusts, and a certificate it signed.
-        pki.openssl(&[
+        pki.ca("rogue-ca", "Rogue CA");
+        pki.leaf("rogue", "rogue-ca");
+        pki
+    }
+
+    /// A self-signed CA: NAME.key and NAME.crt, with common name `cn`.
+    fn ca(&self, name: &str, cn: &str) {
+        self.openssl(&[
             "req",
             "-x509",
             "-newkey",
             "rsa:2048",
             "-nodes",
             "-keyout",
-            "rogue-ca.key",
+            &format!("{name}.key"),
             "-out",
-            "rogue-ca.crt",
+            &format!("{name}.crt"),
             "-days",
             "2",
             "-subj",
-            "/CN=Rogue CA",
+            &format!("/CN={cn}"),
             "-addext",
             "basicConstraints=critical,CA:TRUE",
             "-addext",
             "keyUsage=critical,keyCertSign,cRLSign",
         ]);
-        pki.leaf("rogue", "rogue-ca");
-        pki
     }
 
     /// NAME.key and NAME.crt for localhost and 127.0.0.1, for servers and clients, signed by

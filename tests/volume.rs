@@ -334,8 +334,7 @@ fn hostile_geometry_is_refused_before_anything_is_reserved() {
 
 #[test]
 fn wg04_encodings_decode_to_the_uncompressed_pixels() {
-    let _data = shared_or_skip!("data/ct/wg04");
-    let wg04 = _data;
+    let wg04 = shared_or_skip!("data/ct/wg04");
     for slice in ["CT1", "CT2"] {
         let reference = decode_hu(&wg04.join(format!("{slice}_UNC"))).unwrap();
         for lossless in ["RLE", "JPLL", "J2KR", "JLSL"] {
@@ -378,7 +377,6 @@ fn wg04_encodings_decode_to_the_uncompressed_pixels() {
 /// correctly and the transfer syntaxes can be accepted.
 #[test]
 fn htj2k_is_not_accepted_because_its_decoder_gets_signed_values_wrong() {
-    let _data = shared_or_skip!("data/ct/wg04/CT1_UNC");
     use dicom_core::value::{PixelFragmentSequence, Value};
     use dicom_core::{DataElement, VR};
     use dicom_dictionary_std::{tags, uids};
@@ -386,7 +384,7 @@ fn htj2k_is_not_accepted_because_its_decoder_gets_signed_values_wrong() {
     for ht in [uids::HTJ2K_LOSSLESS, uids::HTJ2K] {
         assert!(TRANSFER_SYNTAXES.iter().all(|(uid, _)| *uid != ht));
     }
-    let unc = _data;
+    let unc = shared_or_skip!("data/ct/wg04/CT1_UNC");
     let dir = scratch();
     let mut object = dicom_object::open_file(&unc).unwrap();
     let raw = object

@@ -89,19 +89,19 @@ impl DeviceSpec {
     }
 }
 
-/// Parses a device name and checks that this build can use it, without opening it.
-pub fn parse(spec: &str) -> Result<DeviceSpec, DeviceError> {
-    spec.parse::<DeviceSpec>()?.check()
-}
-
 /// Parses and opens a device.
 pub fn select(spec: &str) -> Result<Device, DeviceError> {
-    parse(spec)?.open()
+    spec.parse::<DeviceSpec>()?.open()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name parsed and checked, not opened.
+    fn parse(spec: &str) -> Result<DeviceSpec, DeviceError> {
+        spec.parse::<DeviceSpec>()?.check()
+    }
 
     #[test]
     fn cpu_is_always_there_and_unknown_names_are_refused() {

@@ -338,8 +338,8 @@ async fn ready(State(state): State<Arc<StatusState>>) -> Response {
     let failed = state
         .failed_tasks
         .lock()
-        .map(|f| f.clone())
-        .unwrap_or_else(|e| e.into_inner().clone());
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     checks.push(Check {
         name: "tasks",
         ok: failed.is_empty(),
