@@ -141,8 +141,9 @@ pub struct Analysis {
     pub report: Report,
     pub volume: PreparedVolume,
     pub detections: Vec<Detection>,
-    /// The grid of the detections' voxel offsets.
-    pub map_geometry: crate::volume::geometry::Geometry,
+    /// The nodule location map over the lung region: p(nodule) per voxel; its grid is the one
+    /// of the detections' voxel offsets.
+    pub map: Volume<f32>,
 }
 
 /// A loaded model on a device, with the inference settings.
@@ -275,7 +276,7 @@ impl Analyzer {
             report,
             volume,
             detections,
-            map_geometry: map.geometry,
+            map,
         })
     }
 

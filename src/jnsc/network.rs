@@ -12,8 +12,9 @@
 //! append the size feature cbrt(P)/10, then a linear layer (softmax in the loss).
 //! Weight names follow the module structure one to one (`enc1.conv1.weight`, ...).
 
-use crate::jnsc::norm::instance_norm_relu;
-use crate::jnsc::ops3d::{adaptive_max_pool, conv3d, crop, down_conv, spatial_dropout, up_conv};
+use crate::jnsc::ops3d::{
+    adaptive_max_pool, conv3d, crop, down_conv, instance_norm_relu, spatial_dropout, up_conv,
+};
 use crate::volume::morphology::{components, label_boxes};
 use candle_core::{DType, Module, Result, Tensor, bail};
 use candle_nn::{Init, Linear, VarBuilder};

@@ -14,6 +14,10 @@ pub struct AnalyzeArgs {
     pub json: Option<PathBuf>,
     #[command(flatten)]
     pub analyzer: crate::inference::command::AnalyzerArgs,
+    /// Also write the nodule location map (p(nodule) per voxel over the lung region, 1 mm) here
+    /// as MetaImage (.mhd, with a .raw beside it), to look at in 3D Slicer or ITK-SNAP.
+    #[arg(long)]
+    pub map: Option<PathBuf>,
     /// Also write the result objects the node would send (seg.dcm, sr.dcm, results.json) here.
     #[arg(long)]
     pub results: Option<PathBuf>,
@@ -44,6 +48,9 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
     match &args.json {
         Some(path) => std::fs::write(path, json + "\n")?,
         None => println!("{json}"),
+    }
+    if let Some(path) = &args.map {
+        crate::volume::metaimage::write(path, &analysis.map)?;
     }
     if let Some(dir) = &args.results {
         use crate::results::{

@@ -345,7 +345,7 @@ fn reported_findings(analysis: &Analysis, policy: &ReportPolicy) -> Vec<Segmente
         if reported.len() == policy.max_findings {
             break;
         }
-        let mask = detection_mask(&analysis.map_geometry, &analysis.detections[i]);
+        let mask = detection_mask(&analysis.map.geometry, &analysis.detections[i]);
         let slices = mask_footprint(&mask, &analysis.volume.series);
         if slices.is_empty() {
             continue;

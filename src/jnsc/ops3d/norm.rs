@@ -2,7 +2,7 @@
 //! its own CPU forward and backward (`InstanceNormRelu`, `InstanceNormReluGrad`); other devices
 //! and dtypes run the same arithmetic composed of Candle operations.
 
-use super::ops3d::{f32_slice, written_vec};
+use super::{f32_slice, written_vec};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
@@ -116,9 +116,9 @@ impl candle_core::CustomOp3 for InstanceNormRelu {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "input")?;
-        let gamma = f32_slice(s2, l2, "gamma")?;
-        let beta = f32_slice(s3, l3, "beta")?;
+        let x = f32_slice(s1, l1, "instance_norm_relu: input")?;
+        let gamma = f32_slice(s2, l2, "instance_norm_relu: gamma")?;
+        let beta = f32_slice(s3, l3, "instance_norm_relu: beta")?;
         let (channels, spatial) = channels_and_spatial(l1)?;
         let stats = all_moments(x, spatial, self.eps);
         let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
@@ -182,9 +182,9 @@ impl candle_core::CustomOp3 for InstanceNormReluGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "input")?;
-        let scale_shift = f32_slice(s2, l2, "gamma and beta")?;
-        let grad = f32_slice(s3, l3, "gradient")?;
+        let x = f32_slice(s1, l1, "instance_norm_relu: input")?;
+        let scale_shift = f32_slice(s2, l2, "instance_norm_relu: gamma and beta")?;
+        let grad = f32_slice(s3, l3, "instance_norm_relu: gradient")?;
         let (channels, spatial) = channels_and_spatial(l1)?;
         let (gamma, beta) = scale_shift.split_at(channels);
         let stats = all_moments(x, spatial, self.eps);
@@ -300,6 +300,34 @@ mod tests {
                 .map(|(p, q)| (p - q).abs())
                 .fold(0f32, f32::max);
             assert!(diff < 1e-4, "{what}: max diff {diff}");
+        }
+    }
+
+    #[test]
+    fn instance_norm_relu_matches_the_naive_reference() {
+        let (n, c, d, h, w) = (2, 3, 4, 2, 6);
+        let xs = values(n * c * d * h * w, 71);
+        let x = tensor(&xs, &[n, c, d, h, w]);
+        let gamma = values(c, 72);
+        let beta = values(c, 73);
+        let y = flat(
+            &instance_norm_relu(&x, &tensor(&gamma, &[c]), &tensor(&beta, &[c]), 1e-5).unwrap(),
+        );
+        let m = d * h * w;
+        for item in 0..n * c {
+            let v: Vec<f64> = xs[item * m..(item + 1) * m]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
+            let mean = v.iter().sum::<f64>() / m as f64;
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / m as f64;
+            let ch = item % c;
+            for (j, x) in v.iter().enumerate() {
+                let expected = ((x - mean) / (var + 1e-5).sqrt() * f64::from(gamma[ch])
+                    + f64::from(beta[ch]))
+                .max(0.0);
+                assert!((f64::from(y[item * m + j]) - expected).abs() < 1e-4);
+            }
         }
     }
 }

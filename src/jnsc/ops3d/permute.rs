@@ -1,13 +1,13 @@
 //! Axis permutation into a new contiguous tensor, fast on the CPU.
 //!
-//! The network's 2x2x2 down- and up-convolutions (`ops3d`) are a layout change, a matmul and
+//! The network's 2x2x2 down- and up-convolutions (`resize`) are a layout change, a matmul and
 //! another layout change. Candle materialises a permuted tensor element by element through a
 //! generic strided index, about 9% of an analysis on 2 cores. [`permuted`] does the same
 //! gather with the strides worked out once per row, rows in parallel. It only moves values, so
 //! every result (inference and training) is unchanged. Its gradient is the inverse
 //! permutation. Other devices and dtypes use Candle's `permute` + `contiguous`.
 
-use super::ops3d::written_vec;
+use super::written_vec;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;

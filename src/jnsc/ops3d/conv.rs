@@ -1,25 +1,15 @@
-//! 3-D operators Candle lacks, as custom ops with their own CPU kernels.
+//! 3-D convolution: k x k x k, stride 1, "same" zero padding, no bias, f32, on
+//! [N, C, D, H, W] inputs and [O, C, k, k, k] weights.
 //!
-//! `conv3d`: k x k x k convolution, stride 1, "same" zero padding, no bias, f32, on
-//! [N, C, D, H, W] inputs and [O, C, k, k, k] weights. The CPU kernel never builds a
-//! whole-volume im2col: positions are cut into tiles of `TILE` output voxels, each tile's
-//! im2col block (C k^3 x TILE) is built and multiplied by the weights with the `gemm` crate,
-//! tiles run in parallel with rayon (see ../shared/DESIGN.md for the measurements behind this).
-//! Backward: the input gradient is the same convolution of the output gradient with the
-//! weights transposed (O <-> C) and flipped; the weight gradient is a tiled im2col product with
-//! its own kernel (`Conv3dWeightGrad`).
-//!
-//! Instance normalisation with ReLU is in `norm`.
-//!
-//! The other operators are compositions of Candle operations (so Candle derives their
-//! gradients): 2x2x2 stride-2 down-convolution and transposed up-convolution as a reshape, a
-//! permutation (`permute::permuted`, a custom op only for speed) and a matmul, 2x2x2
-//! max-pooling as a reshape and a max, spatial dropout, and the crop and adaptive max-pooling of
-//! the classification path. Weight layouts are PyTorch's, so a
-//! PyTorch model's weights load unchanged.
+//! The CPU kernel never builds a whole-volume im2col: positions are cut into tiles of `TILE`
+//! output voxels, each tile's im2col block (C k^3 x TILE) is built and multiplied by the
+//! weights with the `gemm` crate, tiles run in parallel with rayon (see ../shared/DESIGN.md for
+//! the measurements behind this). Backward: the input gradient is the same convolution of the
+//! output gradient with the weights transposed (O <-> C) and flipped; the weight gradient is a
+//! tiled im2col product with its own kernel (`Conv3dWeightGrad`). Other devices and dtypes run
+//! the same convolution as Candle operations (`conv3d_composite`).
 
-use super::permute::permuted;
-use candle_core::backend::BackendStorage;
+use super::{f32_slice, written_vec};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
@@ -190,37 +180,6 @@ impl Output {
     }
 }
 
-/// A vector of `len` values written by `fill`, without zeroing them first (zeroing the
-/// network's large outputs, then overwriting them, was 7% of an analysis).
-///
-/// # Safety
-/// `fill` must write every element of the slice it is given.
-pub(crate) unsafe fn written_vec(
-    len: usize,
-    fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>]),
-) -> Vec<f32> {
-    let mut v: Vec<f32> = Vec::with_capacity(len);
-    fill(&mut v.spare_capacity_mut()[..len]);
-    // SAFETY: the caller's `fill` wrote all `len` elements.
-    unsafe { v.set_len(len) };
-    v
-}
-
-/// A contiguous f32 slice of a CPU tensor argument, or an error saying why not.
-pub(super) fn f32_slice<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    what: &str,
-) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        bail!("conv3d: {what} must be f32, got {:?}", storage.dtype());
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("conv3d: {what} must be contiguous");
-    };
-    Ok(&data[start..end])
-}
-
 fn input_dims(layout: &Layout, kernel: usize) -> Result<Dims> {
     let &[batch, channels, depth, height, width] = layout.shape().dims() else {
         bail!(
@@ -269,8 +228,8 @@ impl CustomOp2 for Conv3d {
                 dims.channels
             );
         }
-        let input = f32_slice(s1, l1, "input")?;
-        let weight = f32_slice(s2, l2, "weight")?;
+        let input = f32_slice(s1, l1, "conv3d: input")?;
+        let weight = f32_slice(s2, l2, "conv3d: weight")?;
         let positions = dims.positions();
         let volume_in = channels * positions;
         let patch = dims.patch();
@@ -366,8 +325,8 @@ impl CustomOp2 for Conv3dWeightGrad {
                 l1.shape()
             );
         }
-        let input = f32_slice(s1, l1, "input")?;
-        let grad = f32_slice(s2, l2, "gradient")?;
+        let input = f32_slice(s1, l1, "conv3d: input")?;
+        let grad = f32_slice(s2, l2, "conv3d: gradient")?;
         let positions = dims.positions();
         let patch = dims.patch();
         let volume_in = dims.channels * positions;
@@ -506,104 +465,10 @@ fn conv3d_in_slabs(x: &Tensor, w: &Tensor, block_elements: usize) -> Result<Tens
     Tensor::cat(&slabs, 2)
 }
 
-/// The three spatial sizes of an [N, C, D, H, W] tensor, which must all be even.
-fn even_spatial(x: &Tensor, op: &str) -> Result<(usize, usize, usize, usize, usize)> {
-    let (n, c, d, h, w) = x.dims5()?;
-    if d % 2 != 0 || h % 2 != 0 || w % 2 != 0 {
-        bail!("{op}: spatial size {d}x{h}x{w} must be even");
-    }
-    Ok((n, c, d, h, w))
-}
-
-/// 2x2x2 convolution with stride 2 (V-Net's down-convolution): x [N, C, D, H, W] (even sizes),
-/// w [O, C, 2, 2, 2] -> [N, O, D/2, H/2, W/2].
-pub fn down_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (n, c, d, h, wd) = even_spatial(x, "down_conv")?;
-    let o = w.dim(0)?;
-    let (d2, h2, w2) = (d / 2, h / 2, wd / 2);
-    let patches = permuted(
-        &x.reshape(vec![n, c, d2, 2, h2, 2, w2, 2])?,
-        &[0, 2, 4, 6, 1, 3, 5, 7],
-    )?
-    .reshape((n * d2 * h2 * w2, c * 8))?;
-    let y = patches
-        .matmul(&w.reshape((o, c * 8))?.t()?)?
-        .reshape((n, d2, h2, w2, o))?;
-    permuted(&y, &[0, 4, 1, 2, 3])
-}
-
-/// 2x2x2 transposed convolution with stride 2 (V-Net's up-convolution): x [N, C, D, H, W],
-/// w [C, O, 2, 2, 2] (PyTorch's ConvTranspose3d layout) -> [N, O, 2D, 2H, 2W].
-pub fn up_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (n, c, d, h, wd) = x.dims5()?;
-    let o = w.dim(1)?;
-    let y = permuted(x, &[0, 2, 3, 4, 1])?
-        .reshape((n * d * h * wd, c))?
-        .matmul(&w.reshape((c, o * 8))?)?
-        .reshape(vec![n, d, h, wd, o, 2, 2, 2])?;
-    permuted(&y, &[0, 4, 1, 5, 2, 6, 3, 7])?.reshape((n, o, 2 * d, 2 * h, 2 * wd))
-}
-
-/// 2x2x2 max-pooling with stride 2: [N, C, D, H, W] (even sizes) -> [N, C, D/2, H/2, W/2].
-pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
-    let (n, c, d, h, w) = even_spatial(x, "max_pool2")?;
-    x.reshape(vec![n, c, d / 2, 2, h / 2, 2, w / 2, 2])?
-        .max(7)?
-        .max(5)?
-        .max(3)
-}
-
-/// Spatial dropout: whole channels zeroed with probability `p`, the rest scaled by 1/(1-p). The
-/// mask comes from `rng`, so a training run is reproducible from its seed.
-pub fn spatial_dropout(x: &Tensor, p: f64, rng: &mut crate::random::Rng) -> Result<Tensor> {
-    if p <= 0.0 {
-        return Ok(x.clone());
-    }
-    let (n, c, ..) = x.dims5()?;
-    let scale = (1.0 / (1.0 - p)) as f32;
-    let keep: Vec<f32> = (0..n * c)
-        .map(|_| if rng.uniform() >= p { scale } else { 0.0 })
-        .collect();
-    let keep = Tensor::from_vec(keep, (n, c, 1, 1, 1), x.device())?.to_dtype(x.dtype())?;
-    x.broadcast_mul(&keep)
-}
-
-/// Crops [N, C, D, H, W] to the box `start..=end` (inclusive, per spatial axis).
-pub fn crop(x: &Tensor, start: [usize; 3], end: [usize; 3]) -> Result<Tensor> {
-    let mut region = x.clone();
-    for axis in 0..3 {
-        if end[axis] < start[axis] || end[axis] >= x.dim(axis + 2)? {
-            bail!("crop: box {start:?}..={end:?} outside {:?}", x.dims());
-        }
-        region = region.narrow(axis + 2, start[axis], end[axis] - start[axis] + 1)?;
-    }
-    Ok(region)
-}
-
-/// Max-pools [N, C, D, H, W] to `size`^3 with PyTorch's adaptive bins (bin i of an axis of
-/// length L covers floor(i L / size) .. ceil((i + 1) L / size)).
-pub fn adaptive_max_pool(x: &Tensor, size: usize) -> Result<Tensor> {
-    let mut pooled = x.clone();
-    for axis in 0..3 {
-        let dim = axis + 2;
-        let length = pooled.dim(dim)?;
-        let bins = (0..size)
-            .map(|i| {
-                let lo = i * length / size;
-                let hi = ((i + 1) * length).div_ceil(size);
-                pooled.narrow(dim, lo, hi - lo)?.max_keepdim(dim)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        pooled = Tensor::cat(&bins, dim)?;
-    }
-    Ok(pooled)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jnsc::norm::instance_norm_relu;
-    use crate::jnsc::testing::{flat, tensor, values};
+    use crate::jnsc::testing::values;
     use candle_core::{DType, Device, Var};
 
     struct Case {
@@ -922,294 +787,5 @@ mod tests {
         let e = x64.apply_op2(&w, Conv3d).unwrap_err().to_string();
         assert!(e.contains("f32"), "{e}");
         assert_eq!(conv3d(&x64, &w).unwrap().dims(), [1, 3, 4, 4, 4]);
-    }
-
-    #[test]
-    fn down_conv_matches_the_naive_strided_convolution() {
-        let (n, c, o, d, h, w) = (2, 3, 4, 4, 6, 2);
-        let xs = values(n * c * d * h * w, 51);
-        let ws = values(o * c * 8, 52);
-        let y = flat(
-            &down_conv(
-                &tensor(&xs, &[n, c, d, h, w]),
-                &tensor(&ws, &[o, c, 2, 2, 2]),
-            )
-            .unwrap(),
-        );
-        let (d2, h2, w2) = (d / 2, h / 2, w / 2);
-        for b in 0..n {
-            for oc in 0..o {
-                for z in 0..d2 {
-                    for yy in 0..h2 {
-                        for x in 0..w2 {
-                            let mut s = 0f64;
-                            for ic in 0..c {
-                                for k in 0..8 {
-                                    let (kz, ky, kx) = (k / 4, (k / 2) % 2, k % 2);
-                                    let xi = (((b * c + ic) * d + 2 * z + kz) * h + 2 * yy + ky)
-                                        * w
-                                        + 2 * x
-                                        + kx;
-                                    s += f64::from(xs[xi]) * f64::from(ws[(oc * c + ic) * 8 + k]);
-                                }
-                            }
-                            let got = y[(((b * o + oc) * d2 + z) * h2 + yy) * w2 + x];
-                            assert!((f64::from(got) - s).abs() < 1e-5, "{got} vs {s}");
-                        }
-                    }
-                }
-            }
-        }
-        assert!(
-            down_conv(
-                &tensor(&values(27, 1), &[1, 1, 3, 3, 3]),
-                &tensor(&ws[..8], &[1, 1, 2, 2, 2])
-            )
-            .is_err()
-        );
-    }
-
-    #[test]
-    fn up_conv_matches_the_naive_transposed_convolution() {
-        let (n, c, o, d, h, w) = (2, 3, 2, 3, 2, 5);
-        let xs = values(n * c * d * h * w, 61);
-        let ws = values(c * o * 8, 62);
-        let y = flat(
-            &up_conv(
-                &tensor(&xs, &[n, c, d, h, w]),
-                &tensor(&ws, &[c, o, 2, 2, 2]),
-            )
-            .unwrap(),
-        );
-        let (dd, hh, ww) = (2 * d, 2 * h, 2 * w);
-        for b in 0..n {
-            for oc in 0..o {
-                for z in 0..dd {
-                    for yy in 0..hh {
-                        for x in 0..ww {
-                            let k = (z % 2) * 4 + (yy % 2) * 2 + x % 2;
-                            let s: f64 = (0..c)
-                                .map(|ic| {
-                                    let xi = (((b * c + ic) * d + z / 2) * h + yy / 2) * w + x / 2;
-                                    f64::from(xs[xi]) * f64::from(ws[(ic * o + oc) * 8 + k])
-                                })
-                                .sum();
-                            let got = y[(((b * o + oc) * dd + z) * hh + yy) * ww + x];
-                            assert!((f64::from(got) - s).abs() < 1e-5, "{got} vs {s}");
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn max_pool_and_instance_norm_match_naive_references() {
-        let (n, c, d, h, w) = (2, 3, 4, 2, 6);
-        let xs = values(n * c * d * h * w, 71);
-        let x = tensor(&xs, &[n, c, d, h, w]);
-        let pooled = flat(&max_pool2(&x).unwrap());
-        for (i, got) in pooled.iter().enumerate() {
-            // Pooled shape [2, 3, 2, 1, 3]: x fastest, one row, two slices per item-channel.
-            let (x2, z2, ch) = (i % 3, (i / 3) % 2, i / 6);
-            let mut best = f32::MIN;
-            for k in 0..8 {
-                let (kz, ky, kx) = (k / 4, (k / 2) % 2, k % 2);
-                best = best.max(xs[((ch * d + 2 * z2 + kz) * h + ky) * w + 2 * x2 + kx]);
-            }
-            assert_eq!(*got, best);
-        }
-        let gamma = values(c, 72);
-        let beta = values(c, 73);
-        let y = flat(
-            &instance_norm_relu(&x, &tensor(&gamma, &[c]), &tensor(&beta, &[c]), 1e-5).unwrap(),
-        );
-        let m = d * h * w;
-        for item in 0..n * c {
-            let v: Vec<f64> = xs[item * m..(item + 1) * m]
-                .iter()
-                .map(|&v| f64::from(v))
-                .collect();
-            let mean = v.iter().sum::<f64>() / m as f64;
-            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / m as f64;
-            let ch = item % c;
-            for (j, x) in v.iter().enumerate() {
-                let expected = ((x - mean) / (var + 1e-5).sqrt() * f64::from(gamma[ch])
-                    + f64::from(beta[ch]))
-                .max(0.0);
-                assert!((f64::from(y[item * m + j]) - expected).abs() < 1e-4);
-            }
-        }
-    }
-
-    #[test]
-    fn crop_and_adaptive_pool_use_pytorch_bins() {
-        let (d, h, w) = (5, 6, 7);
-        let xs = values(2 * d * h * w, 81);
-        let x = tensor(&xs, &[1, 2, d, h, w]);
-        let (start, end) = ([1, 0, 2], [3, 4, 6]);
-        let pooled = flat(&adaptive_max_pool(&crop(&x, start, end).unwrap(), 2).unwrap());
-        let bins = |lo: usize, hi: usize| {
-            let len = hi - lo + 1;
-            [(lo, lo + len.div_ceil(2)), (lo + len / 2, hi + 1)]
-        };
-        let (bz, by, bx) = (bins(1, 3), bins(0, 4), bins(2, 6));
-        let mut i = 0;
-        for ch in 0..2 {
-            for z in bz {
-                for y in by {
-                    for xr in bx {
-                        let mut best = f32::MIN;
-                        for zz in z.0..z.1 {
-                            for yy in y.0..y.1 {
-                                for xx in xr.0..xr.1 {
-                                    best = best.max(xs[((ch * d + zz) * h + yy) * w + xx]);
-                                }
-                            }
-                        }
-                        assert_eq!(pooled[i], best);
-                        i += 1;
-                    }
-                }
-            }
-        }
-        let single = flat(&adaptive_max_pool(&crop(&x, [2, 2, 2], [2, 2, 2]).unwrap(), 2).unwrap());
-        assert!(single[..8].iter().all(|v| *v == xs[(2 * h + 2) * w + 2]));
-        assert!(crop(&x, [0, 0, 0], [5, 1, 1]).is_err());
-    }
-
-    #[test]
-    fn spatial_dropout_drops_whole_channels() {
-        let x = Tensor::ones((2, 16, 2, 2, 2), DType::F32, &Device::Cpu).unwrap();
-        let rng = &mut crate::random::Rng::new(4);
-        let y = flat(&spatial_dropout(&x, 0.5, rng).unwrap());
-        for channel in y.chunks(8) {
-            assert!(channel.iter().all(|v| *v == 0.0) || channel.iter().all(|v| *v == 2.0));
-        }
-        let dropped = y.chunks(8).filter(|c| c[0] == 0.0).count();
-        assert!(
-            (4..=28).contains(&dropped),
-            "{dropped} of 32 channels dropped"
-        );
-        // The same seed gives the same mask.
-        let again = flat(&spatial_dropout(&x, 0.5, &mut crate::random::Rng::new(4)).unwrap());
-        assert_eq!(again, y);
-        assert_eq!(flat(&spatial_dropout(&x, 0.0, rng).unwrap()), flat(&x));
-    }
-
-    /// Autograd of the composite ops against central differences, in f64.
-    #[test]
-    fn composite_op_gradients_match_finite_differences() {
-        let xs: Vec<f64> = values(2 * 2 * 4 * 4 * 4, 91)
-            .iter()
-            .map(|&v| f64::from(v))
-            .collect();
-        let wd: Vec<f64> = values(3 * 2 * 8, 92)
-            .iter()
-            .map(|&v| f64::from(v))
-            .collect();
-        let wu: Vec<f64> = values(3 * 2 * 8, 93)
-            .iter()
-            .map(|&v| f64::from(v))
-            .collect();
-        let gamma = Tensor::new(&[1.2f64, 0.7, 1.0], &Device::Cpu).unwrap();
-        let beta = Tensor::new(&[0.1f64, -0.2, 0.3], &Device::Cpu).unwrap();
-        let loss = |x: &Tensor| -> Tensor {
-            let w1 = Tensor::from_slice(&wd, (3, 2, 2, 2, 2), &Device::Cpu).unwrap();
-            let w2 = Tensor::from_slice(&wu, (3, 2, 2, 2, 2), &Device::Cpu).unwrap();
-            let down = down_conv(x, &w1).unwrap();
-            let normed = instance_norm_relu(&down, &gamma, &beta, 1e-5).unwrap();
-            let up = up_conv(&normed, &w2).unwrap();
-            let pooled = max_pool2(&up).unwrap();
-            let feature = adaptive_max_pool(&crop(&up, [0, 1, 0], [2, 3, 3]).unwrap(), 2).unwrap();
-            (pooled.sqr().unwrap().sum_all().unwrap() + feature.sum_all().unwrap()).unwrap()
-        };
-        let x = Var::from_tensor(&Tensor::from_slice(&xs, (2, 2, 4, 4, 4), &Device::Cpu).unwrap())
-            .unwrap();
-        let grads = loss(x.as_tensor()).backward().unwrap();
-        let g = grads
-            .get(x.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let eps = 1e-6;
-        for j in (0..xs.len()).step_by(19) {
-            let at = |delta: f64| {
-                let mut v = xs.clone();
-                v[j] += delta;
-                loss(&Tensor::from_slice(&v, (2, 2, 4, 4, 4), &Device::Cpu).unwrap())
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
-            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
-            assert!(
-                (numeric - g[j]).abs() < 1e-4 * numeric.abs().max(1.0),
-                "x[{j}]: {numeric} vs {}",
-                g[j]
-            );
-        }
-    }
-
-    /// With `--features cuda` (run on a machine with a GPU): every operator's output and
-    /// gradients on CUDA match the CPU's on the same random inputs.
-    #[cfg(feature = "cuda")]
-    #[test]
-    fn cuda_matches_the_cpu_forward_and_backward() {
-        let gpu = Device::new_cuda(0).expect("a CUDA build's tests need a GPU");
-        let random = |shape: &[usize], seed: u64| {
-            let n = shape.iter().product();
-            Tensor::from_vec(values(n, seed), shape, &Device::Cpu).unwrap()
-        };
-        let x = random(&[2, 3, 6, 10, 8], 1);
-        let w3 = random(&[4, 3, 3, 3, 3], 2);
-        let wd = random(&[5, 4, 2, 2, 2], 3);
-        let wu = random(&[5, 4, 2, 2, 2], 4);
-        let gamma = random(&[5], 5);
-        let beta = random(&[5], 6);
-        let g = random(&[2, 4, 6, 10, 8], 7);
-        // One loss through every operator; its value and the gradients of all inputs.
-        let run = |device: &Device| -> Vec<Vec<f32>> {
-            let vars: Vec<Var> = [&x, &w3, &wd, &wu, &gamma, &beta]
-                .iter()
-                .map(|t| Var::from_tensor(&t.to_device(device).unwrap()).unwrap())
-                .collect();
-            let t: Vec<&Tensor> = vars.iter().map(Var::as_tensor).collect();
-            let conv = conv3d(t[0], t[1]).unwrap();
-            let down = down_conv(&conv, t[2]).unwrap();
-            let normed = instance_norm_relu(&down, t[4], t[5], 1e-5).unwrap();
-            let up = up_conv(&normed, t[3]).unwrap();
-            let pooled = max_pool2(&up).unwrap();
-            let feature = adaptive_max_pool(&crop(&up, [1, 2, 0], [4, 7, 5]).unwrap(), 2).unwrap();
-            let loss = ((conv * g.to_device(device).unwrap())
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                + pooled.sqr().unwrap().sum_all().unwrap()
-                + feature.sum_all().unwrap())
-            .unwrap();
-            let grads = loss.backward().unwrap();
-            let mut out = vec![flat(&loss.to_device(&Device::Cpu).unwrap())];
-            for v in &vars {
-                out.push(flat(
-                    &grads
-                        .get(v.as_tensor())
-                        .unwrap()
-                        .to_device(&Device::Cpu)
-                        .unwrap(),
-                ));
-            }
-            out
-        };
-        let (cpu, cuda) = (run(&Device::Cpu), run(&gpu));
-        for (i, (a, b)) in cpu.iter().zip(&cuda).enumerate() {
-            let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
-            let diff = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-            assert!(
-                diff <= 1e-4 * scale,
-                "output {i}: CPU vs CUDA max diff {diff} (scale {scale})"
-            );
-        }
     }
 }
