@@ -28,8 +28,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     default-jre-headless orthanc orthanc-dicomweb >/dev/null
 fi
 
-if ! python3 -c "import SimpleITK, numpy, highdicom, pynetdicom, importlib.util, sys
+if ! python3 -c "import SimpleITK, numpy, highdicom, pynetdicom, prometheus_client, importlib.util, sys
 sys.exit(importlib.util.find_spec('pylidc') is None)" 2>/dev/null; then
-  echo "installing SimpleITK, numpy, highdicom, pynetdicom and pylidc"
-  python3 -m pip install --quiet SimpleITK numpy highdicom pynetdicom pylidc
+  echo "installing SimpleITK, numpy, highdicom, pynetdicom, prometheus-client and pylidc"
+  python3 -m pip install --quiet SimpleITK numpy highdicom pynetdicom prometheus-client pylidc
 fi

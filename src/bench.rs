@@ -603,9 +603,10 @@ pub fn analyze(
         rayon::current_num_threads()
     );
     // The analysis' stages (writing results is the worker's, not `analyze`'s).
-    let stages: Vec<&str> = crate::metrics::STAGES
-        .into_iter()
-        .filter(|s| *s != "results")
+    let stages: Vec<&str> = crate::metrics::Stage::ALL
+        .iter()
+        .filter(|s| **s != crate::metrics::Stage::Results)
+        .map(|s| s.name())
         .collect();
     println!(
         "{:<14} {}  {:>9} {:>8} {:>8}",

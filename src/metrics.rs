@@ -1,253 +1,219 @@
-//! The node's in-process counters and latency histograms, exported in the Prometheus text format
-//! at `/metrics`. One static registry: the services bump it where the event happens (listener,
-//! C-STORE, worker, sender) and the status endpoint reads it. Counters start at zero with the
-//! process, as Prometheus expects; durable history is in SQLite.
+//! The node's in-process counters and latency histograms, exported at `/metrics` in the
+//! OpenMetrics text format by `prometheus-client`, the Prometheus project's Rust client. One
+//! static set: the services bump it where the event happens (listener, C-STORE, worker, sender)
+//! and the status endpoint encodes it, with the gauges it reads from the database. Counters
+//! start at zero with the process, as Prometheus expects; durable history is in SQLite.
+//!
+//! Label values are enums (`InstanceOutcome`, `JobOutcome`, `DeliveryOutcome`, `Stage`), each
+//! spelled once; every value of each is exported from the start, at zero.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::LazyLock;
 use std::time::Duration;
 
-/// A monotonically increasing count.
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    const fn new() -> Self {
-        Self(AtomicU64::new(0))
-    }
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A value that goes up and down.
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    const fn new() -> Self {
-        Self(AtomicI64::new(0))
-    }
-    pub fn add(&self, delta: i64) {
-        self.0.fetch_add(delta, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of the latency buckets: 10 ms to 30 min.
 const BOUNDS: [f64; 14] = [
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0, 1800.0,
 ];
 
-/// A latency histogram with fixed buckets.
-pub struct Histogram {
-    buckets: [AtomicU64; BOUNDS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+fn latency_histogram() -> Histogram {
+    Histogram::new(BOUNDS)
 }
 
-impl Histogram {
-    const fn new() -> Self {
-        Self {
-            buckets: [const { AtomicU64::new(0) }; BOUNDS.len()],
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
+/// An enum of label values under one label name: its names, and its encoding as a label set.
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident, $label:literal { $($variant:ident => $value:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant),+
         }
-    }
 
-    pub fn observe(&self, duration: Duration) {
-        let seconds = duration.as_secs_f64();
-        for (bound, bucket) in BOUNDS.iter().zip(&self.buckets) {
-            if seconds <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
+        impl $name {
+            pub const ALL: &[Self] = &[$(Self::$variant),+];
+
+            /// The label value.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $value),+
+                }
             }
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(duration.as_micros() as u64, Ordering::Relaxed);
-    }
 
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// Writes the `_bucket`, `_sum` and `_count` series with `labels` (may be empty).
-    fn write(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (bound, bucket) in BOUNDS.iter().zip(&self.buckets) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
+        impl EncodeLabelSet for $name {
+            fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+                [($label, self.name())].encode(encoder)
+            }
         }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {count}");
+    };
+}
+
+label_values!(
+    /// How a C-STORE request was answered.
+    InstanceOutcome, "outcome" { Stored => "stored", Refused => "refused" }
+);
+label_values!(
+    /// How an analysis job ended.
+    JobOutcome, "outcome" { Done => "done", Failed => "failed" }
+);
+label_values!(
+    /// How a delivery attempt ended.
+    DeliveryOutcome, "outcome" { Sent => "sent", Retry => "retry", Failed => "failed" }
+);
+label_values!(
+    /// Stages of a job whose durations are recorded (the keys of a job's timings).
+    Stage, "stage" {
+        Load => "load",
+        Resample => "resample",
+        LungMask => "lung_mask",
+        Segmentation => "segmentation",
+        Detection => "detection",
+        Classification => "classification",
+        Results => "results",
+        Total => "total",
+    }
+);
+
+impl Stage {
+    /// The stage of a timings key, if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|s| s.name() == name)
     }
 }
 
-/// Stages of a job whose durations are recorded.
-pub const STAGES: [&str; 8] = [
-    "load",
-    "resample",
-    "lung_mask",
-    "segmentation",
-    "detection",
-    "classification",
-    "results",
-    "total",
-];
-
 /// Every metric of the node.
+#[derive(Debug)]
 pub struct Metrics {
     pub associations_total: Counter,
     pub associations_active: Gauge,
     pub associations_rejected: Counter,
     pub association_seconds: Histogram,
-    pub instances_stored: Counter,
-    pub instances_refused: Counter,
-    pub jobs_done: Counter,
-    pub jobs_failed: Counter,
-    /// One histogram per entry of `STAGES`.
-    pub stage_seconds: [Histogram; STAGES.len()],
-    pub sends_sent: Counter,
-    pub sends_retried: Counter,
-    pub sends_failed: Counter,
+    pub instances: Family<InstanceOutcome, Counter>,
+    pub jobs: Family<JobOutcome, Counter>,
+    pub stage_seconds: Family<Stage, Histogram, fn() -> Histogram>,
+    pub sends: Family<DeliveryOutcome, Counter>,
     pub send_seconds: Histogram,
 }
 
 /// The process's metrics.
-pub static METRICS: Metrics = Metrics {
-    associations_total: Counter::new(),
-    associations_active: Gauge::new(),
-    associations_rejected: Counter::new(),
-    association_seconds: Histogram::new(),
-    instances_stored: Counter::new(),
-    instances_refused: Counter::new(),
-    jobs_done: Counter::new(),
-    jobs_failed: Counter::new(),
-    stage_seconds: [const { Histogram::new() }; STAGES.len()],
-    sends_sent: Counter::new(),
-    sends_retried: Counter::new(),
-    sends_failed: Counter::new(),
-    send_seconds: Histogram::new(),
-};
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
-impl Metrics {
-    /// Records the duration of a job stage (unknown names are ignored).
-    pub fn observe_stage(&self, stage: &str, duration: Duration) {
-        if let Some(i) = STAGES.iter().position(|s| *s == stage) {
-            self.stage_seconds[i].observe(duration);
-        }
+/// A family with a series for every label value, so each is exported (at zero) from the start.
+fn family_of_all<S, M, C>(all: &[S], family: Family<S, M, C>) -> Family<S, M, C>
+where
+    S: Clone + std::hash::Hash + Eq,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    for label in all {
+        drop(family.get_or_create(label));
     }
-
-    /// The Prometheus text exposition (format 0.0.4), plus the gauges `extra` computed by the
-    /// caller from the database (queue depth, outbox...), each `(name, help, value)`.
-    pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
-        let mut out = String::new();
-        type Series<'a> = Vec<(&'a str, u64)>;
-        let counters: [(&str, &str, Series); 5] = [
-            (
-                "jnsc_associations_total",
-                "Associations established.",
-                vec![("", self.associations_total.get())],
-            ),
-            (
-                "jnsc_associations_rejected_total",
-                "Association requests rejected (access policy, limits, disk space).",
-                vec![("", self.associations_rejected.get())],
-            ),
-            (
-                "jnsc_instances_total",
-                "C-STORE requests answered, by outcome.",
-                vec![
-                    ("outcome=\"stored\"", self.instances_stored.get()),
-                    ("outcome=\"refused\"", self.instances_refused.get()),
-                ],
-            ),
-            (
-                "jnsc_jobs_total",
-                "Analysis jobs finished, by outcome.",
-                vec![
-                    ("outcome=\"done\"", self.jobs_done.get()),
-                    ("outcome=\"failed\"", self.jobs_failed.get()),
-                ],
-            ),
-            (
-                "jnsc_sends_total",
-                "Result delivery attempts, by outcome.",
-                vec![
-                    ("outcome=\"sent\"", self.sends_sent.get()),
-                    ("outcome=\"retry\"", self.sends_retried.get()),
-                    ("outcome=\"failed\"", self.sends_failed.get()),
-                ],
-            ),
-        ];
-        for (name, help, series) in counters {
-            header(&mut out, name, help, "counter");
-            for (labels, value) in series {
-                let braces = if labels.is_empty() {
-                    String::new()
-                } else {
-                    format!("{{{labels}}}")
-                };
-                let _ = writeln!(out, "{name}{braces} {value}");
-            }
-        }
-        let active = [(
-            "jnsc_associations_active",
-            "Associations open now.",
-            self.associations_active.get() as f64,
-        )];
-        for (name, help, value) in active.iter().chain(extra) {
-            header(&mut out, name, help, "gauge");
-            let _ = writeln!(out, "{name} {value}");
-        }
-        header(
-            &mut out,
-            "jnsc_association_seconds",
-            "Duration of associations, establishment to end.",
-            "histogram",
-        );
-        self.association_seconds
-            .write(&mut out, "jnsc_association_seconds", "");
-        header(
-            &mut out,
-            "jnsc_stage_seconds",
-            "Duration of each job stage.",
-            "histogram",
-        );
-        for (stage, h) in STAGES.iter().zip(&self.stage_seconds) {
-            h.write(
-                &mut out,
-                "jnsc_stage_seconds",
-                &format!("stage=\"{stage}\""),
-            );
-        }
-        header(
-            &mut out,
-            "jnsc_send_seconds",
-            "Duration of one delivery round to a destination.",
-            "histogram",
-        );
-        self.send_seconds.write(&mut out, "jnsc_send_seconds", "");
-        out
-    }
+    family
 }
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+impl Metrics {
+    fn new() -> Self {
+        Self {
+            associations_total: Counter::default(),
+            associations_active: Gauge::default(),
+            associations_rejected: Counter::default(),
+            association_seconds: latency_histogram(),
+            instances: family_of_all(InstanceOutcome::ALL, Family::default()),
+            jobs: family_of_all(JobOutcome::ALL, Family::default()),
+            stage_seconds: family_of_all(
+                Stage::ALL,
+                Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            ),
+            sends: family_of_all(DeliveryOutcome::ALL, Family::default()),
+            send_seconds: latency_histogram(),
+        }
+    }
+
+    pub fn instance(&self, outcome: InstanceOutcome) {
+        self.instances.get_or_create(&outcome).inc();
+    }
+
+    pub fn job(&self, outcome: JobOutcome) {
+        self.jobs.get_or_create(&outcome).inc();
+    }
+
+    pub fn send(&self, outcome: DeliveryOutcome) {
+        self.sends.get_or_create(&outcome).inc();
+    }
+
+    /// Records the duration of a job stage.
+    pub fn observe_stage(&self, stage: Stage, duration: Duration) {
+        self.stage_seconds
+            .get_or_create(&stage)
+            .observe(duration.as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]), plus the gauges `extra` computed by
+    /// the caller from the database (queue depth, outbox...), each `(name, help, value)`. Help
+    /// texts are sentences without the final full stop, which the encoder adds.
+    pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
+        let mut registry = Registry::default();
+        // Clones share the values: the registry is a view, built per scrape.
+        registry.register(
+            "jnsc_associations",
+            "Associations established",
+            self.associations_total.clone(),
+        );
+        registry.register(
+            "jnsc_associations_rejected",
+            "Association requests rejected (access policy, limits, disk space)",
+            self.associations_rejected.clone(),
+        );
+        registry.register(
+            "jnsc_instances",
+            "C-STORE requests answered, by outcome",
+            self.instances.clone(),
+        );
+        registry.register(
+            "jnsc_jobs",
+            "Analysis jobs finished, by outcome",
+            self.jobs.clone(),
+        );
+        registry.register(
+            "jnsc_sends",
+            "Result delivery attempts, by outcome",
+            self.sends.clone(),
+        );
+        registry.register(
+            "jnsc_associations_active",
+            "Associations open now",
+            self.associations_active.clone(),
+        );
+        for (name, help, value) in extra {
+            registry.register(*name, *help, ConstGauge::new(*value));
+        }
+        registry.register(
+            "jnsc_association_seconds",
+            "Duration of associations, establishment to end",
+            self.association_seconds.clone(),
+        );
+        registry.register(
+            "jnsc_stage_seconds",
+            "Duration of each job stage",
+            self.stage_seconds.clone(),
+        );
+        registry.register(
+            "jnsc_send_seconds",
+            "Duration of one delivery round to a destination",
+            self.send_seconds.clone(),
+        );
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -255,17 +221,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histograms_are_cumulative_and_render_in_prometheus_format() {
-        let h = Histogram::new();
-        h.observe(Duration::from_millis(30));
-        h.observe(Duration::from_secs(3));
-        let mut out = String::new();
-        h.write(&mut out, "x_seconds", "stage=\"load\"");
-        assert!(out.contains("x_seconds_bucket{stage=\"load\",le=\"0.01\"} 0\n"));
-        assert!(out.contains("x_seconds_bucket{stage=\"load\",le=\"0.05\"} 1\n"));
-        assert!(out.contains("x_seconds_bucket{stage=\"load\",le=\"5\"} 2\n"));
-        assert!(out.contains("x_seconds_bucket{stage=\"load\",le=\"+Inf\"} 2\n"));
-        assert!(out.contains("x_seconds_sum{stage=\"load\"} 3.03\n"));
-        assert!(out.contains("x_seconds_count{stage=\"load\"} 2\n"));
+    fn every_series_renders_with_its_documented_name_and_labels() {
+        let m = Metrics::new();
+        m.observe_stage(Stage::LungMask, Duration::from_millis(30));
+        m.observe_stage(Stage::LungMask, Duration::from_secs(3));
+        m.instance(InstanceOutcome::Stored);
+        m.instance(InstanceOutcome::Stored);
+        m.associations_total.inc();
+        let out = m.render(&[("jnsc_queue_depth", "Jobs waiting", 4.0)]);
+        for line in [
+            "# TYPE jnsc_associations counter",
+            "jnsc_associations_total 1",
+            "jnsc_associations_rejected_total 0",
+            "jnsc_instances_total{outcome=\"stored\"} 2",
+            "jnsc_instances_total{outcome=\"refused\"} 0",
+            "jnsc_jobs_total{outcome=\"failed\"} 0",
+            "jnsc_sends_total{outcome=\"retry\"} 0",
+            "jnsc_associations_active 0",
+            "# HELP jnsc_queue_depth Jobs waiting.",
+            "jnsc_queue_depth 4.0",
+            "jnsc_stage_seconds_bucket{le=\"0.01\",stage=\"lung_mask\"} 0",
+            "jnsc_stage_seconds_bucket{le=\"0.05\",stage=\"lung_mask\"} 1",
+            "jnsc_stage_seconds_bucket{le=\"5.0\",stage=\"lung_mask\"} 2",
+            "jnsc_stage_seconds_bucket{le=\"+Inf\",stage=\"lung_mask\"} 2",
+            "jnsc_stage_seconds_sum{stage=\"lung_mask\"} 3.03",
+            "jnsc_stage_seconds_count{stage=\"lung_mask\"} 2",
+            "jnsc_stage_seconds_count{stage=\"results\"} 0",
+            "jnsc_send_seconds_count 0",
+            "# EOF",
+        ] {
+            assert!(out.lines().any(|l| l == line), "no line {line:?} in\n{out}");
+        }
+    }
+
+    #[test]
+    fn stage_names_round_trip() {
+        for stage in Stage::ALL {
+            assert_eq!(Stage::from_name(stage.name()), Some(*stage));
+        }
+        assert_eq!(Stage::from_name("warp"), None);
     }
 }

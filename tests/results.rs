@@ -305,7 +305,7 @@ async fn findings_reach_the_pacs_as_a_valid_seg_and_tid1500_sr() {
             .unwrap();
     assert_eq!(state, "done");
     let timings: serde_json::Value = serde_json::from_str(&timings).unwrap();
-    for stage in jnsc::metrics::STAGES {
+    for stage in jnsc::metrics::Stage::ALL.iter().map(|s| s.name()) {
         assert!(
             timings[stage].as_f64().is_some_and(|ms| ms >= 0.0),
             "stage {stage}: {timings}"

@@ -88,7 +88,8 @@ async fn endpoints_follow_a_study_from_reception_to_a_failed_send() {
     assert_eq!(history["series"][0]["source_ae"], "TESTSCU");
     let job = &history["jobs"][0];
     assert_eq!(job["state"], "done");
-    for stage in jnsc::metrics::STAGES {
+    for stage in jnsc::metrics::Stage::ALL {
+        let stage = stage.name();
         assert!(job["timings"][stage].as_f64().is_some(), "{stage}: {job}");
     }
     let results = history["results"].as_array().unwrap();
@@ -119,7 +120,7 @@ async fn endpoints_follow_a_study_from_reception_to_a_failed_send() {
         "jnsc_jobs_total{outcome=\"done\"} 1",
         "jnsc_stage_seconds_count{stage=\"segmentation\"} 1",
         "jnsc_association_seconds_count 1",
-        "jnsc_queue_depth 0",
+        "jnsc_queue_depth 0.0",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
@@ -128,7 +129,8 @@ async fn endpoints_follow_a_study_from_reception_to_a_failed_send() {
     }
     let failed_sends = format!("jnsc_sends_total{{outcome=\"failed\"}} {}", sends.len());
     assert!(metrics.contains(&failed_sends), "{metrics}");
-    assert!(metrics.contains(&format!("jnsc_outbox_failed {}", sends.len())));
+    assert!(metrics.contains(&format!("jnsc_outbox_failed {}.0", sends.len())));
+    common::parse_openmetrics(&metrics);
 
     // The page for people shows the same, and no response carries the patient's name.
     let (code, page) = node.get("/", None);

@@ -2,7 +2,7 @@
 //! hands it to the durable store, and answers with the status that says what happened.
 //! Success is only sent after the store has the file on disk and the row in the index.
 
-use crate::metrics::METRICS;
+use crate::metrics::{InstanceOutcome, METRICS};
 use crate::net::dimse::{Command, Response, command_field, status};
 use crate::net::presentation::is_accepted_storage_class;
 use crate::store::instance::{InstanceError, parse_data_set};
@@ -73,7 +73,7 @@ pub async fn handle(
                 ?outcome,
                 "instance stored"
             );
-            METRICS.instances_stored.inc();
+            METRICS.instance(InstanceOutcome::Stored);
             (status::SUCCESS, None)
         }
         Err(failure) => {
@@ -84,7 +84,7 @@ pub async fn handle(
                 reason = ?failure.reason,
                 "C-STORE refused"
             );
-            METRICS.instances_refused.inc();
+            METRICS.instance(InstanceOutcome::Refused);
             if let Err(e) = ctx
                 .store
                 .index()

@@ -316,11 +316,13 @@ async fn serve_established<S: Stream>(
     };
     info!(association = id, calling_ae = ?calling_ae, "association established");
     METRICS.associations_total.inc();
-    METRICS.associations_active.add(1);
+    METRICS.associations_active.inc();
     let started = std::time::Instant::now();
     let (end, reason) = association::serve(association, store, id).await;
-    METRICS.associations_active.add(-1);
-    METRICS.association_seconds.observe(started.elapsed());
+    METRICS.associations_active.dec();
+    METRICS
+        .association_seconds
+        .observe(started.elapsed().as_secs_f64());
     info!(association = id, end = end.as_str(), reason = ?reason, "association ended");
     if let Err(e) = store
         .index()

@@ -3,7 +3,7 @@
 //! after an exponential back-off, or failed for good. Every attempt is recorded.
 
 use crate::config::SenderConfig;
-use crate::metrics::METRICS;
+use crate::metrics::{DeliveryOutcome, METRICS};
 use crate::net::dimse::status;
 use crate::net::send::{AssociationFailure, Delivery, Outgoing, SendSettings, send};
 use crate::store::db::{Index, now_ms};
@@ -85,7 +85,9 @@ async fn deliver(
             .collect();
         let started = Instant::now();
         let result = send(&destination, &outgoing, settings).await;
-        METRICS.send_seconds.observe(started.elapsed());
+        METRICS
+            .send_seconds
+            .observe(started.elapsed().as_secs_f64());
         let elapsed = started.elapsed().as_millis() as i64;
         for (i, item) in items.iter().enumerate() {
             let outcome = match &result {
@@ -94,7 +96,7 @@ async fn deliver(
             };
             match &outcome {
                 SendOutcome::Sent { status } => {
-                    METRICS.sends_sent.inc();
+                    METRICS.send(DeliveryOutcome::Sent);
                     info!(
                     outbox = item.id,
                     sop_instance_uid = %item.sop_instance_uid,
@@ -108,7 +110,7 @@ async fn deliver(
                     next_attempt_at,
                     ..
                 } => {
-                    METRICS.sends_retried.inc();
+                    METRICS.send(DeliveryOutcome::Retry);
                     warn!(
                     outbox = item.id,
                     destination = %destination.ae_title,
@@ -119,7 +121,7 @@ async fn deliver(
                     );
                 }
                 SendOutcome::Failed { error, .. } => {
-                    METRICS.sends_failed.inc();
+                    METRICS.send(DeliveryOutcome::Failed);
                     warn!(
                     outbox = item.id,
                     destination = %destination.ae_title,

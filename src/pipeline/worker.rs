@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::inference::{AnalyzeError, Analyzer};
-use crate::metrics::METRICS;
+use crate::metrics::{JobOutcome, METRICS, Stage};
 use crate::results::source::SourceStudy;
 use crate::results::{self, Equipment};
 use crate::store::db::Index;
@@ -85,7 +85,7 @@ impl Worker {
         let started = Instant::now();
         match self.analyse(job).await {
             Ok(reported) => {
-                METRICS.jobs_done.inc();
+                METRICS.job(JobOutcome::Done);
                 info!(
                     job = job.id,
                     study = %job.study_uid,
@@ -96,7 +96,7 @@ impl Worker {
                 )
             }
             Err(failure) => {
-                METRICS.jobs_failed.inc();
+                METRICS.job(JobOutcome::Failed);
                 warn!(job = job.id, study = %job.study_uid, series = %job.series_uid, code = failure.code, reason = ?failure.message, "analysis failed");
                 if failure.refusal
                     && let Err(e) = self
@@ -195,7 +195,7 @@ impl Worker {
         let timings = serde_json::to_value(&timings).unwrap_or_default();
         if let Some(stages) = timings.as_object() {
             for (stage, ms) in stages {
-                if let Some(ms) = ms.as_f64() {
+                if let (Some(stage), Some(ms)) = (Stage::from_name(stage), ms.as_f64()) {
                     METRICS.observe_stage(stage, Duration::from_secs_f64(ms.max(0.0) / 1000.0));
                 }
             }

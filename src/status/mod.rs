@@ -7,7 +7,7 @@
 mod page;
 
 use crate::config::Config;
-use crate::metrics::METRICS;
+use crate::metrics::{self, InstanceOutcome, METRICS};
 use crate::store::db::Index;
 use crate::store::files::{DiskSpace, disk_space};
 use crate::store::overview::Overview;
@@ -190,7 +190,10 @@ pub async fn report(state: &StatusState) -> Result<StatusReport, sqlx::Error> {
         uptime_seconds: state.started.elapsed().as_secs(),
         associations_active: METRICS.associations_active.get(),
         associations_total: METRICS.associations_total.get(),
-        instances_received: METRICS.instances_stored.get(),
+        instances_received: METRICS
+            .instances
+            .get_or_create(&InstanceOutcome::Stored)
+            .get(),
         disk,
         index,
     })
@@ -227,39 +230,39 @@ async fn prometheus(State(state): State<Arc<StatusState>>) -> Response {
     let mut extra = vec![
         (
             "jnsc_queue_depth",
-            "Jobs waiting for the worker.",
+            "Jobs waiting for the worker",
             overview.queue_depth as f64,
         ),
         (
             "jnsc_jobs_running",
-            "Jobs being analysed.",
+            "Jobs being analysed",
             overview.jobs_by_state.get("running").copied().unwrap_or(0) as f64,
         ),
         (
             "jnsc_outbox_pending",
-            "Result objects waiting for delivery.",
+            "Result objects waiting for delivery",
             outbox("pending"),
         ),
         (
             "jnsc_outbox_failed",
-            "Result objects that failed for good.",
+            "Result objects that failed for good",
             outbox("failed"),
         ),
         (
             "jnsc_uptime_seconds",
-            "Seconds since the node started.",
+            "Seconds since the node started",
             state.started.elapsed().as_secs_f64(),
         ),
     ];
     if let Ok(space) = disk_space(&state.storage_root) {
         extra.push((
             "jnsc_disk_free_bytes",
-            "Free bytes on the storage file system.",
+            "Free bytes on the storage file system",
             space.free_bytes as f64,
         ));
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         METRICS.render(&extra),
     )
         .into_response()

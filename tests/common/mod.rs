@@ -550,6 +550,38 @@ pub fn real_ct(name: &str) -> PathBuf {
     shared_path("data/real-ct").join(name)
 }
 
+/// Parses a `/metrics` body with the Prometheus project's Python client's strict OpenMetrics
+/// parser (what a scraper negotiating OpenMetrics reads); panics with its complaint.
+pub fn parse_openmetrics(body: &str) {
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys\n\
+             from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+             families = list(text_string_to_metric_families(sys.stdin.read()))\n\
+             print(len(families), 'metric families')",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused /metrics (bash scripts/install-test-deps.sh installs \
+         prometheus-client): {}\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs `tools/export_lidc_shapes.py` (the first `patients` patients, or all) into a new
 /// directory and reads the library back.
 pub fn export_lidc_shapes(
