@@ -34,7 +34,7 @@ pub struct CalibrateArgs {
     /// What the fit set is, in words (stored in the model file).
     #[arg(long)]
     pub fitted_on: String,
-    /// Write calibration.json and reliability.png here.
+    /// Write calibration.json and reliability.svg here.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -270,8 +270,8 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
             "check": result,
         }))?,
     )?;
-    super::plot::write_reliability_png(
-        &args.out.join("reliability.png"),
+    super::plot::write_reliability_svg(
+        &args.out.join("reliability.svg"),
         &result.bins_before,
         &result.bins_after,
     )?;

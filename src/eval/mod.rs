@@ -80,7 +80,7 @@ pub fn run_froc(args: &FrocArgs) -> anyhow::Result<()> {
 }
 
 /// Prints the CAD analysis and the CPM; with `out`, writes the script's three files and
-/// froc.png there. Returns the sensitivities at the CPM rates and the CPM.
+/// froc.svg there. Returns the sensitivities at the CPM rates and the CPM.
 pub fn print_and_write(
     analysis: &froc::Analysis,
     name: &str,
@@ -106,9 +106,9 @@ pub fn print_and_write(
             std::fs::write(&path, text)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
-        let png = out.join("froc.png");
-        plot::write_froc_png(&png, &analysis.curve, name)
-            .with_context(|| format!("cannot write {}", png.display()))?;
+        let svg = out.join("froc.svg");
+        plot::write_froc_svg(&svg, &analysis.curve, name)
+            .with_context(|| format!("cannot write {}", svg.display()))?;
     }
     Ok((at, score))
 }

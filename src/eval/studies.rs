@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 pub struct StudiesArgs {
     /// Folder whose sub-folders are studies (dicom/ and truth.json each).
     pub dir: PathBuf,
-    /// Write the CSVs, the script's outputs, froc.png and metrics.json here.
+    /// Write the CSVs, the script's outputs, froc.svg and metrics.json here.
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]
