@@ -219,18 +219,72 @@ struct Frame {
     pixel_spacing: [f64; 2],
     rows: usize,
     columns: usize,
-    hu: Vec<f32>,
+    /// Where its pixels are: the file (index into the paths read) and the frame in it (0-based).
+    file: usize,
+    n: u32,
+    slope: f32,
+    intercept: f32,
 }
 
-/// Reads the image files of one series and builds its acquired grid.
+/// Reads the image files of one series and builds its acquired grid, in two passes: the
+/// headers of every file first (no pixel data read), which place each frame; then each file's
+/// pixels, decoded straight into its slices of the volume. Peak memory is the volume plus one
+/// decoded file per thread, never a second copy of the volume.
 pub fn load_series(paths: &[PathBuf]) -> Result<AcquiredSeries, SeriesError> {
-    let per_file: Vec<Result<Vec<Frame>, SeriesError>> =
-        paths.par_iter().map(|p| read_frames(p)).collect();
+    let per_file: Vec<Result<Vec<Frame>, SeriesError>> = paths
+        .par_iter()
+        .enumerate()
+        .map(|(i, p)| read_frames(p, i))
+        .collect();
     let mut frames = Vec::new();
     for result in per_file {
         frames.extend(result?);
     }
-    assemble(frames)
+    let (mut series, frames) = assemble(frames)?;
+    let slice = series.rows * series.columns;
+    let mut hu = vec![0f32; slice * frames.len()];
+    // Each slice of the volume handed to the file that holds it.
+    let mut targets: Vec<Vec<(&Frame, &mut [f32])>> = paths.iter().map(|_| Vec::new()).collect();
+    for (frame, target) in frames.iter().zip(hu.chunks_exact_mut(slice)) {
+        targets[frame.file].push((frame, target));
+    }
+    targets
+        .into_par_iter()
+        .enumerate()
+        .filter(|(_, t)| !t.is_empty())
+        .try_for_each(|(file, targets)| decode_into(&paths[file], targets))?;
+    series.hu = hu;
+    Ok(series)
+}
+
+/// Decodes one file's pixels into the slices `targets` (each frame of it the series keeps).
+fn decode_into(path: &Path, targets: Vec<(&Frame, &mut [f32])>) -> Result<(), SeriesError> {
+    let file = path.display().to_string();
+    let object = open(path, &file, false)?;
+    let ctx = FileContext {
+        file: &file,
+        object: &object,
+    };
+    let pixels = PixelSource::decode(&ctx)?;
+    for (frame, target) in targets {
+        pixels.frame_hu(&ctx, frame.n, frame.slope, frame.intercept, target)?;
+    }
+    Ok(())
+}
+
+fn open(path: &Path, file: &str, headers_only: bool) -> Result<DefaultDicomObject, SeriesError> {
+    let options = dicom_object::OpenFileOptions::new();
+    let options = if headers_only {
+        options.read_until(tags::PIXEL_DATA)
+    } else {
+        options
+    };
+    options
+        .open_file(path)
+        .map_err(|e| SeriesError::Unreadable {
+            file: file.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// Every `.dcm` (or extension-less) file in a directory, for tools that read a folder.
@@ -272,10 +326,24 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// HU of every frame of one image file (single-frame files give one frame), as stored: no
 /// geometry checks. For tools and tests that look at single images.
 pub fn decode_hu(path: &Path) -> Result<Vec<Vec<f32>>, SeriesError> {
-    Ok(read_frames(path)?.into_iter().map(|f| f.hu).collect())
+    let frames = read_frames(path, 0)?;
+    let mut hu: Vec<Vec<f32>> = frames
+        .iter()
+        .map(|f| vec![0f32; f.rows * f.columns])
+        .collect();
+    decode_into(
+        path,
+        frames
+            .iter()
+            .zip(hu.iter_mut().map(|h| &mut h[..]))
+            .collect(),
+    )?;
+    Ok(hu)
 }
 
-fn assemble(mut frames: Vec<Frame>) -> Result<AcquiredSeries, SeriesError> {
+/// Checks and sorts the frames of a series: its grid, with the frames in slice order (the
+/// volume's pixels are not read yet: `hu` is empty).
+fn assemble(mut frames: Vec<Frame>) -> Result<(AcquiredSeries, Vec<Frame>), SeriesError> {
     let mut notes = Vec::new();
     if frames.is_empty() {
         return Err(SeriesError::NoImages);
@@ -407,17 +475,15 @@ fn assemble(mut frames: Vec<Frame>) -> Result<AcquiredSeries, SeriesError> {
         ));
     }
 
-    let mut hu = Vec::with_capacity(rows * columns * frames.len());
-    let mut slices = Vec::with_capacity(frames.len());
-    for f in frames {
-        hu.extend_from_slice(&f.hu);
-        slices.push(SourceSlice {
-            sop_instance_uid: f.sop_instance_uid,
+    let slices = frames
+        .iter()
+        .map(|f| SourceSlice {
+            sop_instance_uid: f.sop_instance_uid.clone(),
             frame: f.frame,
             position: f.position,
-        });
-    }
-    Ok(AcquiredSeries {
+        })
+        .collect();
+    let series = AcquiredSeries {
         series_uid,
         rows,
         columns,
@@ -428,9 +494,10 @@ fn assemble(mut frames: Vec<Frame>) -> Result<AcquiredSeries, SeriesError> {
         normal,
         slice_offsets_mm: offsets,
         slices,
-        hu,
+        hu: Vec::new(),
         notes,
-    })
+    };
+    Ok((series, frames))
 }
 
 fn same_orientation(a: &[f64; 6], b: &[f64; 6]) -> bool {
@@ -450,13 +517,11 @@ fn scale(v: Vec3, s: f64) -> Vec3 {
     [v[0] * s, v[1] * s, v[2] * s]
 }
 
-/// Reads one file: every image frame in it, decoded to HU.
-fn read_frames(path: &Path) -> Result<Vec<Frame>, SeriesError> {
+/// Reads the headers of one file (`file`: its index in the paths read): every image frame in
+/// it, placed, with how to turn its stored values into HU; the pixels are not read.
+fn read_frames(path: &Path, file_index: usize) -> Result<Vec<Frame>, SeriesError> {
     let file = path.display().to_string();
-    let object = dicom_object::open_file(path).map_err(|e| SeriesError::Unreadable {
-        file: file.clone(),
-        reason: e.to_string(),
-    })?;
+    let object = open(path, &file, true)?;
     let ctx = FileContext {
         file: &file,
         object: &object,
@@ -478,7 +543,6 @@ fn read_frames(path: &Path) -> Result<Vec<Frame>, SeriesError> {
     let per_frame = items(&object, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
     let multi_frame = per_frame.is_some();
 
-    let pixels = PixelSource::decode(&ctx)?;
     let mut frames = Vec::with_capacity(frame_count as usize);
     for n in 0..frame_count {
         let frame_groups = per_frame.and_then(|items| items.get(n as usize));
@@ -534,7 +598,6 @@ fn read_frames(path: &Path) -> Result<Vec<Frame>, SeriesError> {
             .find_map(|g| first_item(g, tags::CT_IMAGE_FRAME_TYPE_SEQUENCE))
             .and_then(|i| text(i, tags::FRAME_TYPE))
             .is_some_and(|t| t.split('\\').any(|v| v.trim() == "LOCALIZER"));
-        let hu = pixels.frame_hu(&ctx, n, rows * columns, slope as f32, intercept as f32)?;
         frames.push(Frame {
             sop_instance_uid: sop_instance_uid.clone(),
             frame: multi_frame.then_some(n + 1),
@@ -553,7 +616,10 @@ fn read_frames(path: &Path) -> Result<Vec<Frame>, SeriesError> {
             pixel_spacing: [pixel_spacing[0], pixel_spacing[1]],
             rows,
             columns,
-            hu,
+            file: file_index,
+            n,
+            slope: slope as f32,
+            intercept: intercept as f32,
         });
     }
     Ok(frames)
@@ -721,17 +787,17 @@ impl PixelSource {
         })
     }
 
-    /// HU of frame `n` (0-based).
+    /// HU of frame `n` (0-based) into `out` (one value per pixel).
     fn frame_hu(
         &self,
         ctx: &FileContext<'_>,
         n: u32,
-        pixels: usize,
         slope: f32,
         intercept: f32,
-    ) -> Result<Vec<f32>, SeriesError> {
+        out: &mut [f32],
+    ) -> Result<(), SeriesError> {
         let bytes_per_pixel = usize::from(self.bits_allocated / 8);
-        let frame_bytes = pixels * bytes_per_pixel;
+        let frame_bytes = out.len() * bytes_per_pixel;
         let start = n as usize * frame_bytes;
         let raw = self
             .data
@@ -751,12 +817,15 @@ impl PixelSource {
                 _ => stored as f32 * slope + intercept,
             }
         };
-        Ok(if bytes_per_pixel == 2 {
-            raw.chunks_exact(2)
-                .map(|b| to_hu(value(u32::from(u16::from_le_bytes([b[0], b[1]])))))
-                .collect()
+        if bytes_per_pixel == 2 {
+            for (o, b) in out.iter_mut().zip(raw.chunks_exact(2)) {
+                *o = to_hu(value(u32::from(u16::from_le_bytes([b[0], b[1]]))));
+            }
         } else {
-            raw.iter().map(|&b| to_hu(value(u32::from(b)))).collect()
-        })
+            for (o, &b) in out.iter_mut().zip(raw) {
+                *o = to_hu(value(u32::from(b)));
+            }
+        }
+        Ok(())
     }
 }
