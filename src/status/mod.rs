@@ -11,6 +11,7 @@ use crate::metrics::{self, InstanceOutcome, METRICS};
 use crate::store::db::Index;
 use crate::store::files::{DiskSpace, disk_space};
 use crate::store::overview::Overview;
+use crate::store::state::{JobState, OutboxState};
 use axum::Router;
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -226,7 +227,7 @@ async fn prometheus(State(state): State<Arc<StatusState>>) -> Response {
         Ok(overview) => overview,
         Err(e) => return internal(e),
     };
-    let outbox = |s: &str| overview.outbox_by_state.get(s).copied().unwrap_or(0) as f64;
+
     let mut extra = vec![
         (
             "jnsc_queue_depth",
@@ -236,17 +237,17 @@ async fn prometheus(State(state): State<Arc<StatusState>>) -> Response {
         (
             "jnsc_jobs_running",
             "Jobs being analysed",
-            overview.jobs_by_state.get("running").copied().unwrap_or(0) as f64,
+            overview.jobs(JobState::Running) as f64,
         ),
         (
             "jnsc_outbox_pending",
             "Result objects waiting for delivery",
-            outbox("pending"),
+            overview.outbox(OutboxState::Pending) as f64,
         ),
         (
             "jnsc_outbox_failed",
             "Result objects that failed for good",
-            outbox("failed"),
+            overview.outbox(OutboxState::Failed) as f64,
         ),
         (
             "jnsc_uptime_seconds",

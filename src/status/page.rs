@@ -2,6 +2,7 @@
 //! server-side HTML with inline CSS, no script, everything escaped.
 
 use super::StatusReport;
+use crate::store::state::{JobState, OutboxState};
 use std::fmt::Write;
 
 /// HTML-escapes text.
@@ -37,11 +38,8 @@ fn when(ms: i64) -> String {
 pub fn render(report: &StatusReport) -> String {
     let mut html = String::new();
     let index = &report.index;
-    let count = |map: &std::collections::BTreeMap<String, i64>, key: &str| {
-        map.get(key).copied().unwrap_or(0)
-    };
-    let failed_jobs = count(&index.jobs_by_state, "failed");
-    let failed_sends = count(&index.outbox_by_state, "failed");
+    let failed_jobs = index.jobs(JobState::Failed);
+    let failed_sends = index.outbox(OutboxState::Failed);
     let disk_low = report
         .disk
         .as_ref()
@@ -99,15 +97,12 @@ th {{ background: #eaeef2; }} td.uid {{ font-family: monospace; font-size: 12px;
         ("Instances stored", index.instances.to_string()),
         ("Studies", index.studies.to_string()),
         ("Queue depth", index.queue_depth.to_string()),
-        (
-            "Jobs running",
-            count(&index.jobs_by_state, "running").to_string(),
-        ),
-        ("Jobs done", count(&index.jobs_by_state, "done").to_string()),
+        ("Jobs running", index.jobs(JobState::Running).to_string()),
+        ("Jobs done", index.jobs(JobState::Done).to_string()),
         ("Jobs failed", failed_jobs.to_string()),
         (
             "Outbox pending",
-            count(&index.outbox_by_state, "pending").to_string(),
+            index.outbox(OutboxState::Pending).to_string(),
         ),
         ("Sends failed", failed_sends.to_string()),
         (

@@ -2,7 +2,7 @@
 //! (series, jobs, results, deliveries with every attempt). Patient IDs and UIDs only: no names.
 
 use crate::store::db::{DbResult, Index};
-use crate::store::state::OutboxState;
+use crate::store::state::{JobState, OutboxState};
 use serde::Serialize;
 use sqlx::FromRow;
 use std::collections::BTreeMap;
@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 pub struct Overview {
     pub instances: i64,
     pub studies: i64,
-    pub jobs_by_state: BTreeMap<String, i64>,
+    pub jobs_by_state: BTreeMap<JobState, i64>,
     /// Jobs waiting for the worker.
     pub queue_depth: i64,
-    pub outbox_by_state: BTreeMap<String, i64>,
+    pub outbox_by_state: BTreeMap<OutboxState, i64>,
     pub associations_logged: i64,
     pub associations_rejected: i64,
     /// Bytes of received instances (current versions).
@@ -133,6 +133,18 @@ fn as_json<S: serde::Serializer>(text: &Option<String>, s: S) -> Result<S::Ok, S
     serde::Serialize::serialize(&value, s)
 }
 
+impl Overview {
+    /// Jobs in `state`.
+    pub fn jobs(&self, state: JobState) -> i64 {
+        self.jobs_by_state.get(&state).copied().unwrap_or(0)
+    }
+
+    /// Outbox rows in `state`.
+    pub fn outbox(&self, state: OutboxState) -> i64 {
+        self.outbox_by_state.get(&state).copied().unwrap_or(0)
+    }
+}
+
 impl Index {
     /// Counts and the `recent` most recently received studies.
     pub async fn overview(&self, recent: i64) -> DbResult<Overview> {
@@ -140,11 +152,19 @@ impl Index {
         let count = |sql: &'static str| async move {
             sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await
         };
-        let by_state = |sql: &'static str| async move {
-            let rows: Vec<(String, i64)> = sqlx::query_as(sql).fetch_all(pool).await?;
-            Ok::<_, sqlx::Error>(rows.into_iter().collect::<BTreeMap<_, _>>())
-        };
-        let jobs_by_state = by_state("SELECT state, COUNT(*) FROM jobs GROUP BY state").await?;
+        let jobs_by_state: BTreeMap<JobState, i64> =
+            sqlx::query_as::<_, (JobState, i64)>("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .collect();
+        let outbox_by_state: BTreeMap<OutboxState, i64> = sqlx::query_as::<_, (OutboxState, i64)>(
+            "SELECT state, COUNT(*) FROM outbox GROUP BY state",
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
         let recent_studies = sqlx::query_as(
             "SELECT st.study_uid, p.patient_id, st.accession_number,
                     (SELECT MAX(last_received_at) FROM series s WHERE s.study_uid = st.study_uid)
@@ -174,9 +194,9 @@ impl Index {
         Ok(Overview {
             instances: count("SELECT COUNT(*) FROM instances").await?,
             studies: count("SELECT COUNT(*) FROM studies").await?,
-            queue_depth: jobs_by_state.get("queued").copied().unwrap_or(0),
+            queue_depth: jobs_by_state.get(&JobState::Queued).copied().unwrap_or(0),
             jobs_by_state,
-            outbox_by_state: by_state("SELECT state, COUNT(*) FROM outbox GROUP BY state").await?,
+            outbox_by_state,
             associations_logged: count("SELECT COUNT(*) FROM associations").await?,
             associations_rejected: count("SELECT COUNT(*) FROM rejected_associations").await?,
             instance_bytes: count("SELECT COALESCE(SUM(size_bytes), 0) FROM instances").await?,

@@ -3,8 +3,9 @@
 //! value in the index.
 
 /// A job's state (the `jobs.state` column; migration 0003 refuses any other value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, sqlx::Type, serde::Serialize)]
 #[sqlx(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting for the worker.
     Queued,
@@ -24,8 +25,9 @@ impl JobState {
 }
 
 /// An outbox row's state (the `outbox.state` column; migration 0003 refuses any other value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, sqlx::Type, serde::Serialize)]
 #[sqlx(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum OutboxState {
     /// To be sent (again) at `next_attempt_at`.
     Pending,
