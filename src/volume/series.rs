@@ -5,6 +5,8 @@
 //! padding are applied per slice. Each reason to refuse a series is a `SeriesError` whose message
 //! tells an operator what is wrong with the data. Tilted acquisitions are refused rather than
 //! corrected; irregular spacing up to a limit is kept and resampled on the true positions.
+//! Files are read twice: headers first (every check above), then pixels, decoded straight into
+//! the volume, so a series is never held twice in memory.
 
 use crate::attributes::{first_item, integer, items, numbers, text};
 use crate::volume::geometry::{Geometry, Vec3, cross, dot, norm, sub};
