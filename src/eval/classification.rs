@@ -77,17 +77,19 @@ pub fn metrics(nodules: &[Rated]) -> Metrics {
     }
 }
 
+/// A rated nodule called malignant above 0.5, for tests.
+#[cfg(test)]
+pub(crate) fn rated(median_rating: f64, p_malignant: f64) -> Rated {
+    Rated {
+        median_rating,
+        p_malignant,
+        called_malignant: p_malignant > 0.5,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rated(m: f64, p: f64) -> Rated {
-        Rated {
-            median_rating: m,
-            p_malignant: p,
-            called_malignant: p > 0.5,
-        }
-    }
 
     #[test]
     fn hand_computed_metrics_leave_out_uncertain_nodules() {

@@ -368,14 +368,7 @@ fn percentiles(mut values: Vec<f64>, rounds: usize) -> Option<[f64; 2]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rated(m: f64, p: f64) -> Rated {
-        Rated {
-            median_rating: m,
-            p_malignant: p,
-            called_malignant: p > 0.5,
-        }
-    }
+    use crate::eval::classification::rated;
 
     #[test]
     fn bootstrap_intervals_hold_the_estimate_and_are_seeded() {
