@@ -96,22 +96,30 @@ def svg(modules, uses, layer):
     return "\n".join(out) + "\n"
 
 
+def dot(modules, uses):
+    lines = ["digraph modules {", "  rankdir=TB;"]
+    lines += [f"  {m} -> {u};" for m in modules for u in uses[m]]
+    return "\n".join(lines + ["}"]) + "\n"
+
+
 def main():
     modules, uses = modules_and_uses()
     layer = layers(modules, uses)
-    if "--check" in sys.argv:
-        print(f"module graph: {len(modules)} modules, "
-              f"{sum(len(u) for u in uses.values())} dependencies, no cycle")
-        return
     docs = os.path.join(ROOT, "docs")
-    with open(os.path.join(docs, "modules.svg"), "w") as f:
-        f.write(svg(modules, uses, layer))
-    with open(os.path.join(docs, "modules.dot"), "w") as f:
-        f.write("digraph modules {\n  rankdir=TB;\n")
-        for m in modules:
-            for u in uses[m]:
-                f.write(f"  {m} -> {u};\n")
-        f.write("}\n")
+    pictures = {"modules.svg": svg(modules, uses, layer), "modules.dot": dot(modules, uses)}
+    if "--check" in sys.argv:
+        stale = [name for name, text in pictures.items()
+                 if not os.path.exists(os.path.join(docs, name))
+                 or open(os.path.join(docs, name)).read() != text]
+        if stale:
+            sys.exit(f"docs/{', docs/'.join(stale)} no longer match the code: "
+                     "run python3 scripts/module-graph.py")
+        print(f"module graph: {len(modules)} modules, "
+              f"{sum(len(u) for u in uses.values())} dependencies, no cycle, docs/ up to date")
+        return
+    for name, text in pictures.items():
+        with open(os.path.join(docs, name), "w") as f:
+            f.write(text)
     for level in sorted(set(layer.values()), reverse=True):
         print(f"layer {level}: " + ", ".join(m for m in modules if layer[m] == level))
 
