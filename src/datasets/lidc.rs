@@ -329,17 +329,12 @@ impl Source for LidcSource {
             id: annotations.series_uid.clone(),
             hu,
             labels,
-            nodules: nodules
-                .iter()
-                .enumerate()
-                .map(|(n, marks)| NoduleLabel {
-                    label: (n + 1) as u8,
-                    ratings: marks
-                        .iter()
-                        .filter_map(|&m| annotations.marks[m].malignancy)
-                        .collect(),
-                })
-                .collect(),
+            nodules: NoduleLabel::numbered(nodules.iter().map(|marks| {
+                marks
+                    .iter()
+                    .filter_map(|&m| annotations.marks[m].malignancy)
+                    .collect()
+            })),
         })
     }
 }

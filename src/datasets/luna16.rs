@@ -103,12 +103,7 @@ impl Source for Luna16Source {
             id: id.clone(),
             hu,
             labels,
-            nodules: (1..=annotations.len())
-                .map(|label| NoduleLabel {
-                    label: label as u8,
-                    ratings: Vec::new(),
-                })
-                .collect(),
+            nodules: NoduleLabel::numbered(annotations.iter().map(|_| Vec::new())),
         })
     }
 }

@@ -23,6 +23,20 @@ pub struct NoduleLabel {
     pub ratings: Vec<u8>,
 }
 
+impl NoduleLabel {
+    /// Nodules labelled 1, 2, ... in the order of their ratings (a label volume's convention).
+    pub fn numbered(ratings: impl IntoIterator<Item = Vec<u8>>) -> Vec<NoduleLabel> {
+        ratings
+            .into_iter()
+            .enumerate()
+            .map(|(n, ratings)| NoduleLabel {
+                label: (n + 1) as u8,
+                ratings,
+            })
+            .collect()
+    }
+}
+
 /// A scan ready for sampling: HU and labels on one 1 mm grid (label n = nodule n, 0 elsewhere).
 #[derive(Debug, Clone)]
 pub struct Scan {

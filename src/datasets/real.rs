@@ -505,14 +505,7 @@ pub fn insert_and_label(
     Inserted {
         hu,
         labels,
-        nodules: ratings
-            .into_iter()
-            .enumerate()
-            .map(|(n, ratings)| NoduleLabel {
-                label: (n + 1) as u8,
-                ratings,
-            })
-            .collect(),
+        nodules: NoduleLabel::numbered(ratings),
     }
 }
 
