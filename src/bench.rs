@@ -10,6 +10,7 @@
 //! file write (`FileStore::write_part10`: file and directory fsynced) of the same data sets,
 //! alone, one after another, with no network and no index.
 
+use crate::jnsc::device::DeviceSpec;
 use crate::synth::series::{SeriesSpec, write_ct_series};
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -40,6 +41,7 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
         bytes as f64 / 1e6
     );
 
+    let files = crate::volume::series::files_in(&data)?;
     for (nodelay, associations) in [(false, 1), (true, 1), (true, PARALLEL_ASSOCIATIONS)] {
         let setting = match (nodelay, associations) {
             (false, _) => "DCMTK as shipped (Nagle on)".to_owned(),
@@ -52,8 +54,7 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
         for round in 0..rounds {
             let tag = format!("{}-{associations}-{round}", u8::from(nodelay));
             let sending = Sending {
-                data: &data,
-                slices,
+                files: &files,
                 nodelay,
                 associations,
             };
@@ -84,7 +85,7 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
         "-- the durable-write limit (the node's file write alone: file and directory fsynced)"
     );
     let mut limits: Vec<f64> = (0..rounds)
-        .map(|round| durable_write_rate(&work.join(format!("fsync-{round}")), &data))
+        .map(|round| durable_write_rate(&work.join(format!("fsync-{round}")), &files))
         .collect::<anyhow::Result<_>>()?;
     println!(
         "median: {:.1} inst/s written durably, one after another",
@@ -99,18 +100,18 @@ const PARALLEL_ASSOCIATIONS: usize = 4;
 
 /// How a round sends the series.
 struct Sending<'a> {
-    data: &'a Path,
-    slices: usize,
+    /// The series' files.
+    files: &'a [PathBuf],
     nodelay: bool,
     /// The files are dealt round-robin to this many `storescu`, started at once.
     associations: usize,
 }
 
-/// The node's own durable file write (`FileStore::write_part10`) of every data set of the
-/// series in `data`, one after another, into a fresh store under `dir`: instances per second.
-fn durable_write_rate(dir: &Path, data: &Path) -> anyhow::Result<f64> {
+/// The node's own durable file write (`FileStore::write_part10`) of the data set of every file
+/// in `files`, one after another, into a fresh store under `dir`: instances per second.
+fn durable_write_rate(dir: &Path, files: &[PathBuf]) -> anyhow::Result<f64> {
     use crate::store::files::FileStore;
-    let files = crate::volume::series::files_in(data)?;
+    use dicom_dictionary_std::uids;
     let data_sets: Vec<Vec<u8>> = files
         .iter()
         .map(|f| FileStore::read_data_set(f))
@@ -118,9 +119,9 @@ fn durable_write_rate(dir: &Path, data: &Path) -> anyhow::Result<f64> {
     let store = FileStore::open(dir)?;
     let meta = |i: usize| {
         crate::write::file_meta(
-            "1.2.840.10008.5.1.4.1.1.2",
+            uids::CT_IMAGE_STORAGE,
             &format!("2.25.{}", 1000 + i),
-            "1.2.840.10008.1.2.1",
+            uids::EXPLICIT_VR_LITTLE_ENDIAN,
         )
         .build()
         .map_err(|e| anyhow::anyhow!("file meta: {e}"))
@@ -408,7 +409,6 @@ fn run_storescp_round(dir: &Path, sending: &Sending) -> anyhow::Result<f64> {
 /// Sends every file of the series, over `sending.associations` associations at once (the
 /// files dealt round-robin); returns instances per second.
 fn send(sending: &Sending, called_ae: &str, port: u16) -> anyhow::Result<f64> {
-    let files = crate::volume::series::files_in(sending.data)?;
     // Flush what earlier rounds left dirty, so it does not slow this round's fsyncs.
     Command::new("sync").status()?;
     let start = Instant::now();
@@ -417,7 +417,13 @@ fn send(sending: &Sending, called_ae: &str, port: u16) -> anyhow::Result<f64> {
             Command::new(STORESCU)
                 .env("TCP_NODELAY", if sending.nodelay { "1" } else { "0" })
                 .args(["-aec", called_ae, "127.0.0.1", &port.to_string()])
-                .args(files.iter().skip(part).step_by(sending.associations))
+                .args(
+                    sending
+                        .files
+                        .iter()
+                        .skip(part)
+                        .step_by(sending.associations),
+                )
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -430,7 +436,7 @@ fn send(sending: &Sending, called_ae: &str, port: u16) -> anyhow::Result<f64> {
             bail!("storescu to {called_ae} on port {port} failed: {status}");
         }
     }
-    Ok(sending.slices as f64 / start.elapsed().as_secs_f64())
+    Ok(sending.files.len() as f64 / start.elapsed().as_secs_f64())
 }
 
 /// The SimpleITK reference script (read + B-spline resample).
@@ -492,12 +498,12 @@ const TORCH_REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/jnsc_r
 /// Times the network's forward pass and a forward+backward (training) step on one 64^3 patch,
 /// and a larger forward tile, for both presets, and prints GFLOP/s of the convolutions; then
 /// PyTorch (CPU, 2 threads) on the same architecture and weights, and the ratios.
-pub fn network(rounds: usize, device: &str) -> anyhow::Result<()> {
+pub fn network(rounds: usize, device: DeviceSpec) -> anyhow::Result<()> {
     use crate::jnsc::model_file::{ModelInfo, save};
     use crate::jnsc::network::{Config, Jnsc};
     use candle_core::{DType, Tensor};
     use candle_nn::{VarBuilder, VarMap};
-    let device = crate::jnsc::device::select(device)?;
+    let device = device.open()?;
     if device.is_cpu() {
         println!(
             "CPU, {} rayon threads (set RAYON_NUM_THREADS to change)",
@@ -616,7 +622,7 @@ pub fn analyze(
     slices: usize,
     size: u16,
     model: Option<&Path>,
-    device: &str,
+    device: DeviceSpec,
     batch: usize,
     series: Option<&Path>,
 ) -> anyhow::Result<()> {
@@ -689,7 +695,7 @@ pub fn analyze(
                     .into_iter()
                     .flatten(),
             )
-            .args(["--device", device, "--tiling", tiling])
+            .args(["--device", &device.to_string(), "--tiling", tiling])
             .args(["--batch", &batch.to_string()])
             .arg("--json")
             .arg(&json);

@@ -126,7 +126,7 @@ enum BenchCommand {
         rounds: usize,
         /// cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
         #[arg(long, default_value = "cpu")]
-        device: String,
+        device: jnsc::jnsc::device::DeviceSpec,
     },
     /// Runs `analyze` on a synthetic chest study with the paper's sliding window and the fast
     /// setting; prints each stage's time and the peak memory.
@@ -140,7 +140,7 @@ enum BenchCommand {
         model: Option<PathBuf>,
         /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
-        device: String,
+        device: jnsc::jnsc::device::DeviceSpec,
         /// Windows per network call.
         #[arg(long, default_value_t = 1)]
         batch: usize,
@@ -223,7 +223,7 @@ fn main() -> ExitCode {
             slices,
             size,
             model.as_deref(),
-            &device,
+            device,
             batch,
             series.as_deref(),
         ),
@@ -252,7 +252,7 @@ fn main() -> ExitCode {
         } => jnsc::jnsc::model_file::write_untrained(&out, preset, widths),
         Command::Bench {
             which: BenchCommand::Network { rounds, device },
-        } => jnsc::bench::network(rounds, &device),
+        } => jnsc::bench::network(rounds, device),
         Command::Volume(args) => jnsc::volume::command::run(&args),
     };
     match result {

@@ -89,11 +89,6 @@ impl DeviceSpec {
     }
 }
 
-/// Parses and opens a device.
-pub fn select(spec: &str) -> Result<Device, DeviceError> {
-    spec.parse::<DeviceSpec>()?.open()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +96,11 @@ mod tests {
     /// A name parsed and checked, not opened.
     fn parse(spec: &str) -> Result<DeviceSpec, DeviceError> {
         spec.parse::<DeviceSpec>()?.check()
+    }
+
+    /// A name parsed and opened.
+    fn select(spec: &str) -> Result<Device, DeviceError> {
+        spec.parse::<DeviceSpec>()?.open()
     }
 
     #[test]
@@ -115,7 +115,7 @@ mod tests {
     }
 
     /// Validating a name opens nothing: a CUDA build parses `cuda:7` whether or not that GPU
-    /// exists; opening it is `select`'s job.
+    /// exists; opening it is `DeviceSpec::open`'s job.
     #[cfg(feature = "cuda")]
     #[test]
     fn parsing_a_gpu_name_does_not_open_it() {
