@@ -541,7 +541,7 @@ mod tests {
                 continue;
             }
             compared += 1;
-            // The same family and scale: spread within 30%; a uniform law's range is at most
+            // The same family and scale: spread within 25%; a uniform law's range is at most
             // 2 sqrt(3) = 3.5 std, a normal sample of 300 or more spans well over 4.2.
             assert!(
                 (s_std / std - 1.0).abs() < 0.25,

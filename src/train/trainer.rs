@@ -605,24 +605,30 @@ impl Trainer {
         sums: &mut EpochSums,
         metrics: &mut EpochMetrics,
     ) -> anyhow::Result<()> {
-        let c = self.config.clone();
+        let TrainConfig {
+            patch,
+            nodule_voxel_weight,
+            class_weights,
+            clip_norm,
+            ..
+        } = self.config;
         let n = patches.len();
         let input: Vec<f32> = patches
             .iter()
-            .flat_map(|(_, p, _)| p.input.clone())
+            .flat_map(|(_, p, _)| p.input.iter().copied())
             .collect();
         let target: Vec<f32> = patches
             .iter()
             .flat_map(|(_, p, _)| p.labels.iter().map(|&l| f32::from(u8::from(l > 0))))
             .collect();
-        let shape = (n, 1, c.patch, c.patch, c.patch);
+        let shape = (n, 1, patch, patch, patch);
         let x = Tensor::from_vec(input, shape, &self.device)?;
         let t = Tensor::from_vec(target.clone(), shape, &self.device)?;
         let out = self.net.segment(&x, Some(rng))?;
-        let seg_loss = segmentation_loss(&out.logits, &t, c.nodule_voxel_weight)?;
+        let seg_loss = segmentation_loss(&out.logits, &t, nodule_voxel_weight)?;
         let probability = candle_nn::ops::sigmoid(&out.logits.detach())?;
         let p_values = probability.flatten_all()?.to_vec1::<f32>()?;
-        sums.add_dice(patches, &p_values, &target, c.patch.pow(3));
+        sums.add_dice(patches, &p_values, &target, patch.pow(3));
         let mut loss = (!phase.classify_only).then(|| seg_loss.clone());
         sums.segmentation += f64::from(seg_loss.to_scalar::<f32>()?);
         sums.steps += 1;
@@ -637,7 +643,7 @@ impl Trainer {
                     out.encoder.clone()
                 };
                 let logits = self.net.classify(&encoder, &boxes)?;
-                let cls_loss = classification_loss(&logits, &targets, c.class_weights)?;
+                let cls_loss = classification_loss(&logits, &targets, class_weights)?;
                 sums.classification += f64::from(cls_loss.to_scalar::<f32>()?);
                 sums.classification_steps += 1;
                 metrics.candidates += items.len();
@@ -658,7 +664,7 @@ impl Trainer {
         }
         if let Some(loss) = loss {
             let grads = loss.backward()?;
-            self.adam.step(&grads, c.clip_norm)?;
+            self.adam.step(&grads, clip_norm)?;
         }
         Ok(())
     }
