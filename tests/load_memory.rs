@@ -14,13 +14,18 @@ struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
+/// `bytes` more are live.
+fn grew(bytes: usize) {
+    let live = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK.fetch_max(live, Ordering::Relaxed);
+}
+
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded unchanged to the system allocator.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
+            grew(layout.size());
         }
         p
     }
@@ -29,8 +34,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: forwarded unchanged to the system allocator.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
+            grew(layout.size());
         }
         p
     }
@@ -46,8 +50,7 @@ unsafe impl GlobalAlloc for Counting {
         let q = unsafe { System.realloc(p, layout, new_size) };
         if !q.is_null() {
             LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-            let live = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
-            PEAK.fetch_max(live, Ordering::Relaxed);
+            grew(new_size);
         }
         q
     }
@@ -73,7 +76,7 @@ fn loading_a_series_peaks_at_the_volume_plus_a_few_slices() {
     let volume_bytes = slice_bytes * slices;
     assert_eq!(series.hu.len() * 4, volume_bytes);
     let threads = rayon::current_num_threads();
-    // Per thread: one file's object and its decoded pixels (2-byte stored values, twice).
+    // Per thread: one file's object and its decoded pixels (2-byte stored values).
     let allowed = volume_bytes * 12 / 10 + threads * slice_bytes;
     println!(
         "peak {:.1} MiB while loading a {:.1} MiB volume ({threads} threads; allowed {:.1} MiB)",

@@ -745,16 +745,16 @@ impl FileContext<'_> {
 }
 
 /// Decoded stored values of every frame, and how to read them.
-struct PixelSource {
-    data: Vec<u8>,
+struct PixelSource<'a> {
+    decoded: dicom_pixeldata::DecodedPixelData<'a>,
     bits_allocated: u16,
     bits_stored: u16,
     signed: bool,
     padding: Option<(i32, i32)>,
 }
 
-impl PixelSource {
-    fn decode(ctx: &FileContext<'_>) -> Result<Self, SeriesError> {
+impl<'a> PixelSource<'a> {
+    fn decode(ctx: &FileContext<'a>) -> Result<Self, SeriesError> {
         let decoded = ctx
             .object
             .decode_pixel_data()
@@ -782,10 +782,10 @@ impl PixelSource {
         });
         Ok(Self {
             bits_stored: decoded.bits_stored().clamp(1, bits_allocated),
-            data: decoded.data().to_vec(),
             bits_allocated,
             signed,
             padding,
+            decoded,
         })
     }
 
@@ -802,7 +802,8 @@ impl PixelSource {
         let frame_bytes = out.len() * bytes_per_pixel;
         let start = n as usize * frame_bytes;
         let raw = self
-            .data
+            .decoded
+            .data()
             .get(start..start + frame_bytes)
             .ok_or_else(|| ctx.unsupported(format!("frame {} is missing or short", n + 1)))?;
         let shift = 32 - u32::from(self.bits_stored);
