@@ -106,8 +106,31 @@ pub fn part10_data_set(bytes: &[u8]) -> Option<(usize, String)> {
     (start <= bytes.len()).then(|| (start, meta.transfer_syntax().to_owned()))
 }
 
+/// Where a data set's top-level Pixel Data element is, from `layout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PixelDataAt {
+    /// Byte offset of its header: the elements before it end here.
+    pub offset: usize,
+    /// Its declared length; `None` for undefined (encapsulated pixel data).
+    pub length: Option<u32>,
+}
+
+/// What the walk found besides the structure being sound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Layout {
+    /// The top-level Pixel Data (7FE0,0010), if the data set has one.
+    pub pixel_data: Option<PixelDataAt>,
+}
+
 /// Walks `bytes`, a whole data set (or command set) in `encoding`.
 pub fn check(bytes: &[u8], encoding: Encoding) -> Result<(), StructureError> {
+    layout(bytes, encoding).map(|_| ())
+}
+
+/// `check`, and where the top-level Pixel Data is: a parser that needs only the attributes
+/// before it can stop there (C-STORE reads the index attributes, never the pixels).
+pub fn layout(bytes: &[u8], encoding: Encoding) -> Result<Layout, StructureError> {
+    let mut found = Layout::default();
     let mut stack: Vec<Frame> = Vec::new();
     let mut at = 0;
     loop {
@@ -125,7 +148,7 @@ pub fn check(bytes: &[u8], encoding: Encoding) -> Result<(), StructureError> {
             .unwrap_or(bytes.len());
         if at == bytes.len() {
             return match stack.last() {
-                None => Ok(()),
+                None => Ok(found),
                 Some(Frame::Sequence { .. }) => {
                     Err(StructureError::Unterminated { what: "a sequence" })
                 }
@@ -202,6 +225,12 @@ pub fn check(bytes: &[u8], encoding: Encoding) -> Result<(), StructureError> {
                 return Err(misplaced(header.tag, at, "a sequence holds only items"));
             }
             (tag, _) => {
+                if tag == PIXEL_DATA && stack.is_empty() {
+                    found.pixel_data = Some(PixelDataAt {
+                        offset: at,
+                        length: (header.length != UNDEFINED).then_some(header.length),
+                    });
+                }
                 let sequence = header.vr == Some(VR::SQ)
                     || (header.length == UNDEFINED && tag != PIXEL_DATA)
                     || (header.vr.is_none() && is_sequence(tag));
@@ -475,6 +504,48 @@ mod tests {
             check(&huge, Encoding::ExplicitLittle),
             Err(StructureError::LengthBeyondEnd { .. })
         ));
+    }
+
+    #[test]
+    fn layout_finds_the_top_level_pixel_data_only() {
+        let mut data = element(0x0008, 0x0016, b"UI", 4);
+        data.extend(b"1.2\0");
+        // Pixel Data nested in an item (an icon image) is not the image's.
+        let mut icon = element(0x7FE0, 0x0010, b"OB", 2);
+        icon.extend([7, 7]);
+        data.extend(element(0x0088, 0x0200, b"SQ", (8 + icon.len()) as u32));
+        data.extend(item(icon.len() as u32));
+        data.extend(&icon);
+        assert_eq!(
+            layout(&data, Encoding::ExplicitLittle),
+            Ok(Layout { pixel_data: None })
+        );
+        let offset = data.len();
+        data.extend(element(0x7FE0, 0x0010, b"OW", 4));
+        data.extend([1, 2, 3, 4]);
+        data.extend(element(0xFFFC, 0xFFFC, b"OB", 2));
+        data.extend([0, 0]);
+        let expected = PixelDataAt {
+            offset,
+            length: Some(4),
+        };
+        assert_eq!(
+            layout(&data, Encoding::ExplicitLittle).map(|l| l.pixel_data),
+            Ok(Some(expected))
+        );
+        let mut encapsulated = data[..offset].to_vec();
+        encapsulated.extend(element(0x7FE0, 0x0010, b"OB", UNDEFINED));
+        encapsulated.extend(item(0));
+        encapsulated.extend(item(2));
+        encapsulated.extend([9, 9]);
+        encapsulated.extend(SEQUENCE_END_BYTES);
+        assert_eq!(
+            layout(&encapsulated, Encoding::ExplicitLittle).map(|l| l.pixel_data),
+            Ok(Some(PixelDataAt {
+                offset,
+                length: None
+            }))
+        );
     }
 
     #[test]

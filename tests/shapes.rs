@@ -15,7 +15,9 @@ use jnsc::eval::shapes::{Half, ShapesArgs, held_out_nodules};
 use jnsc::random::Rng;
 use jnsc::synth::calibration::Calibration;
 use jnsc::synth::insert::{Background, background_folder};
-use jnsc::synth::lidc_shapes::{is_fit_half_patient, is_validation_patient};
+use jnsc::synth::lidc_shapes::{
+    Calcification, Texture, is_fit_half_patient, is_validation_patient,
+};
 use jnsc::train::trainer::{DataConfig, TrainConfig};
 use std::path::Path;
 use std::process::Command;
@@ -63,6 +65,15 @@ fn configurations_without_the_shape_keys_serialise_as_before() {
     ))
     .unwrap();
     assert!(orphan.data.source(&orphan).is_err());
+    // So do cavities.
+    let hollow: TrainConfig = toml::from_str(&text.replace(
+        "phantom_fraction = 0.5",
+        "phantom_fraction = 0.5\ncavity_fraction = 0.25",
+    ))
+    .unwrap();
+    assert!(hollow.data.source(&hollow).is_err());
+    let value = serde_json::to_value(&hollow.data).unwrap();
+    assert_eq!(value["cavity_fraction"], 0.25);
 }
 
 #[test]
@@ -161,6 +172,41 @@ fn training_inserts_shapes_of_training_patients_with_their_readers_ratings() {
             assert_eq!(x.ratings(), y.ratings());
         }
     }
+
+    // Cavities: at fraction 1, only solid uncalcified shapes are hollowed, keeping their ratings.
+    let hollowing = TrainingShapes::from_library(&library, 1.0, 20)
+        .unwrap()
+        .with_cavities(1.0)
+        .unwrap();
+    let (mut cavitary, mut solid) = (0, 0);
+    for seed in 0..20 {
+        for lesion in draw_training_lesions(
+            &background,
+            &known,
+            &calibration,
+            Some(&hollowing),
+            &mut Rng::new(seed),
+        ) {
+            let InsertedLesion::Shape { shape, .. } = &lesion else {
+                panic!("fraction 1: every lesion is a shape");
+            };
+            let a = shape.appearance();
+            if shape.is_cavitary() {
+                cavitary += 1;
+                assert_eq!(a.texture, Texture::Solid);
+                assert_eq!(a.calcification, Calcification::Absent);
+            }
+            solid += usize::from(a.texture == Texture::Solid);
+        }
+    }
+    eprintln!("{cavitary} of {solid} solid shapes hollowed");
+    assert!(cavitary > 0, "no cavity in 20 scans");
+    assert!(
+        TrainingShapes::from_library(&library, 1.0, 20)
+            .unwrap()
+            .with_cavities(1.5)
+            .is_err()
+    );
 
     // A real scan of the source: the shapes are labelled, with their readers' ratings.
     let shapes = TrainingShapes::load(&path, 1.0, 20).unwrap();

@@ -24,6 +24,8 @@ pub(crate) struct PendingMessage {
     /// Set once the last command fragment arrived and the data set is awaited.
     command: Option<Command>,
     data_set: Vec<u8>,
+    /// When its first fragment arrived.
+    started: std::time::Instant,
 }
 
 /// A complete message ready for its service.
@@ -31,6 +33,8 @@ pub(crate) struct Message {
     presentation_context_id: u8,
     command: Command,
     pub(crate) data_set: Option<Vec<u8>>,
+    /// From its first fragment to its last (debug timing).
+    received: std::time::Duration,
 }
 
 /// A violation of the DIMSE/upper layer protocol by the peer: the association is aborted.
@@ -109,6 +113,7 @@ pub(crate) fn accept_fragment(
         command_bytes: Vec::new(),
         command: None,
         data_set: Vec::new(),
+        started: std::time::Instant::now(),
     });
     if message.presentation_context_id != pdv.presentation_context_id {
         return Err(ProtocolViolation(format!(
@@ -128,12 +133,14 @@ pub(crate) fn accept_fragment(
                 message.command = Some(command);
                 return Ok(None);
             }
-            let presentation_context_id = message.presentation_context_id;
+            let (presentation_context_id, started) =
+                (message.presentation_context_id, message.started);
             *pending = None;
             Ok(Some(Message {
                 presentation_context_id,
                 command,
                 data_set: None,
+                received: started.elapsed(),
             }))
         }
         (PDataValueType::Data, Some(_)) => {
@@ -155,6 +162,7 @@ pub(crate) fn accept_fragment(
                 presentation_context_id: done.presentation_context_id,
                 command: done.command.expect("command was parsed"),
                 data_set: Some(done.data_set),
+                received: done.started.elapsed(),
             }))
         }
         (PDataValueType::Data, None) => Err(ProtocolViolation(
@@ -208,6 +216,7 @@ async fn dispatch<S: Stream>(
         }
     };
     debug!(
+        received_us = message.received.as_micros() as u64,
         handled_us = dispatch_started.elapsed().as_micros() as u64,
         "handled"
     );

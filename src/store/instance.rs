@@ -68,32 +68,44 @@ pub struct InstanceAttributes {
 /// image comes near it, and a decompression bomb stops there.
 const MAX_INFLATED_BYTES: u64 = 1 << 30;
 
-/// Checks the structure of `data_set` (encoded in `transfer_syntax`: `encoding::check`), parses
-/// it, checks native pixel data against the image's size, and reads the index attributes.
+/// Checks the structure of `data_set` (encoded in `transfer_syntax`: `encoding::layout`), checks
+/// native pixel data against the image's size, and reads the index attributes. Only the elements
+/// before the top-level Pixel Data are parsed: the pixels are never copied or decoded here.
 pub fn parse_data_set(
     data_set: &[u8],
     transfer_syntax: &str,
 ) -> Result<InstanceAttributes, InstanceError> {
-    use crate::encoding::{Encoding, check};
+    use crate::encoding::{Encoding, layout};
+    use dicom_dictionary_std::uids;
     let ts = TransferSyntaxRegistry
         .get(transfer_syntax)
         .ok_or_else(|| InstanceError::UnsupportedTransferSyntax(transfer_syntax.to_owned()))?;
-    use dicom_dictionary_std::uids;
     // Every other transfer syntax negotiated is explicit VR little endian.
     let encoding = match ts.uid() {
         uids::IMPLICIT_VR_LITTLE_ENDIAN => Encoding::ImplicitLittle,
         _ => Encoding::ExplicitLittle,
     };
-    if ts.uid() == uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
-        check(&inflate(data_set)?, encoding)?;
+    // A deflated data set is checked and parsed inflated, as the explicit VR little endian
+    // data set it is.
+    let inflated;
+    let (bytes, parse_ts) = if ts.uid() == uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
+        inflated = inflate(data_set)?;
+        let explicit = TransferSyntaxRegistry
+            .get(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+            .expect("explicit VR little endian is built in");
+        (inflated.as_slice(), explicit)
     } else {
-        // Encapsulated pixel data included: its items and delimiter.
-        check(data_set, encoding)?;
-    }
-    let object = InMemDicomObject::read_dataset_with_ts(data_set, ts)
+        (data_set, ts)
+    };
+    // Encapsulated pixel data included: its items and delimiter.
+    let found = layout(bytes, encoding)?;
+    let head = &bytes[..found.pixel_data.map_or(bytes.len(), |p| p.offset)];
+    let object = InMemDicomObject::read_dataset_with_ts(head, parse_ts)
         .map_err(|e| InstanceError::Unparseable(e.to_string()))?;
-    if !ts.is_encapsulated_pixel_data() {
-        check_native_pixel_data(&object)?;
+    if let Some(pixels) = found.pixel_data
+        && !ts.is_encapsulated_pixel_data()
+    {
+        check_native_pixel_data(&object, pixels.length)?;
     }
     InstanceAttributes::from_object(&object)
 }
@@ -114,15 +126,14 @@ fn inflate(data_set: &[u8]) -> Result<Vec<u8>, InstanceError> {
     Ok(inflated)
 }
 
-/// Native (uncompressed) Pixel Data must hold rows x columns x frames x samples x bits allocated
-/// bits, rounded up to whole bytes and to an even length.
-fn check_native_pixel_data(object: &InMemDicomObject) -> Result<(), InstanceError> {
-    let Some(pixels) = object.element_opt(tags::PIXEL_DATA).ok().flatten() else {
-        return Ok(());
-    };
-    let found = dicom_core::header::HasLength::length(pixels)
-        .get()
-        .map_or(0, u64::from);
+/// Native (uncompressed) Pixel Data of declared `length` (`None`: undefined) must hold rows x
+/// columns x frames x samples x bits allocated bits, rounded up to whole bytes and to an even
+/// length; `object` holds the image attributes.
+fn check_native_pixel_data(
+    object: &InMemDicomObject,
+    length: Option<u32>,
+) -> Result<(), InstanceError> {
+    let found = length.map_or(0, u64::from);
     let number = |tag| integer(object, tag).and_then(|v| u64::try_from(v).ok());
     let (Some(rows), Some(columns), Some(bits)) = (
         number(tags::ROWS),

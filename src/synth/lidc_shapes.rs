@@ -33,6 +33,8 @@
 //!   of it for LIDC's "solid" calcification pattern (3), else a core of a solid body. The core is
 //!   the voxels farther from the outside than 40% of the mask's largest such distance (Euclidean,
 //!   voxel centres).
+//!   `PlacedShape::hollow` makes a shape cavitary for training: a solid wall of a given
+//!   thickness around air (-950 HU), the shape's outline unchanged.
 //! - Labels: `LidcNodule::malignancy_ratings` are the readers' malignancy ratings, for the rules
 //!   of `crate::malignancy`.
 //! - Split: `is_validation_patient` holds patients out by a stable hash of the patient id (FNV-1a
@@ -55,6 +57,10 @@ pub const CALCIFIED_HU: f64 = 400.0;
 /// The core (solid part of a part-solid nodule, calcification of a partly calcified one): voxels
 /// farther from the outside than this fraction of the mask's largest distance from the outside.
 pub const CORE_FRACTION: f64 = 0.4;
+/// Attenuation of the air inside a cavitary nodule (`PlacedShape::hollow`), HU.
+pub const CAVITY_HU: f64 = -950.0;
+/// The fewest air voxels (1 mm) a cavity holds: about a sphere of 2.5 mm across.
+pub const MIN_CAVITY_VOXELS: usize = 8;
 
 /// The shape library written by `tools/export_lidc_shapes.py`.
 #[derive(Debug, Clone, Deserialize)]
@@ -774,6 +780,8 @@ pub struct PlacedShape {
     mask: Mask,
     /// Per mask voxel: in the core (see `CORE_FRACTION`).
     core: Vec<bool>,
+    /// Per mask voxel: air inside a cavity (`hollow`); empty for a shape without one.
+    cavity: Vec<bool>,
     appearance: Appearance,
     placement: Placement,
     bounds: (Vec3, Vec3),
@@ -810,6 +818,7 @@ impl PlacedShape {
         PlacedShape {
             mask: mask_1mm,
             core,
+            cavity: Vec::new(),
             appearance,
             placement,
             bounds: (lo, hi),
@@ -832,6 +841,34 @@ impl PlacedShape {
             Appearance::of_ratings(&nodule.annotations[reader].ratings),
             placement,
         )
+    }
+
+    /// Makes the shape a cavitary nodule: a solid wall `wall_mm` thick around air (`CAVITY_HU`),
+    /// the voxels farther than `wall_mm` from the outside. Leaves it unchanged and returns false
+    /// when fewer than `MIN_CAVITY_VOXELS` are that deep (too small for such a wall). The
+    /// outline, and so the label, stays the whole shape, as readers outline a cavitary nodule.
+    pub fn hollow(&mut self, wall_mm: f64) -> bool {
+        let cavity: Vec<bool> = self
+            .mask
+            .inner_distance_mm()
+            .iter()
+            .map(|&d| d > wall_mm)
+            .collect();
+        if cavity.iter().filter(|&&c| c).count() < MIN_CAVITY_VOXELS {
+            return false;
+        }
+        self.cavity = cavity;
+        self.core.iter_mut().for_each(|c| *c = false);
+        self.appearance = Appearance {
+            texture: Texture::Solid,
+            calcification: Calcification::Absent,
+        };
+        true
+    }
+
+    /// Whether the shape holds a cavity (`hollow`).
+    pub fn is_cavitary(&self) -> bool {
+        !self.cavity.is_empty()
     }
 
     /// The 1 mm mask (frame: mm from the centroid, before the placement's flip and turns).
@@ -874,8 +911,10 @@ impl Lesion for PlacedShape {
     }
 
     fn hu_at(&self, p: Vec3) -> f64 {
-        let core = self.voxel(p).is_some_and(|o| self.core[o]);
-        self.appearance.hu(core)
+        match self.voxel(p) {
+            Some(o) if self.cavity.get(o) == Some(&true) => CAVITY_HU,
+            voxel => self.appearance.hu(voxel.is_some_and(|o| self.core[o])),
+        }
     }
 }
 
@@ -1137,6 +1176,34 @@ mod tests {
         }
         assert_eq!(plain.hu_at(centre), SOLID_HU);
         assert!(!plain.contains([100.0, 0.0, 0.0]));
+    }
+
+    #[test]
+    fn a_hollowed_shape_is_a_solid_wall_around_air_with_its_outline_kept() {
+        // A cylinder 11 mm across and 10 mm high, part-solid.
+        let a = annotation(
+            (0..10)
+                .map(|k| contour(k, true, circle(20, 20, 5.0)))
+                .collect(),
+        );
+        let iso = a.mask(1.0, 1.0).to_isotropic_1mm();
+        let centre = [0.0, 0.0, 0.0];
+        let part = Appearance::of_ratings(&ratings(3, 6, 4));
+        let mut shape = PlacedShape::new(iso.clone(), part, Placement::at(centre));
+        assert_eq!(shape.hu_at(centre), SOLID_HU);
+        assert!(shape.hollow(2.0));
+        assert!(shape.is_cavitary());
+        assert_eq!(shape.hu_at(centre), CAVITY_HU);
+        // The wall: 1 mm inside the outline, solid (not the ground-glass body it had).
+        assert!(shape.contains([4.0, 0.0, 0.0]));
+        assert_eq!(shape.hu_at([4.0, 0.0, 0.0]), SOLID_HU);
+        assert_eq!(shape.mask().voxels(), iso.voxels());
+        // A wall thicker than the shape's depth leaves it as it was.
+        let mut thick = PlacedShape::new(iso, part, Placement::at(centre));
+        assert!(!thick.hollow(6.0));
+        assert!(!thick.is_cavitary());
+        assert_eq!(thick.hu_at(centre), SOLID_HU);
+        assert_eq!(thick.appearance(), part);
     }
 
     #[test]

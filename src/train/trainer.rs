@@ -126,6 +126,10 @@ pub enum DataConfig {
             skip_serializing_if = "crate::datasets::real::is_default_shape_validation_percent"
         )]
         shape_validation_percent: u32,
+        /// Probability that a solid, uncalcified inserted shape is made cavitary
+        /// (`TrainingShapes::with_cavities`).
+        #[serde(default, skip_serializing_if = "crate::datasets::real::is_zero")]
+        cavity_fraction: f64,
     },
 }
 
@@ -149,21 +153,25 @@ impl DataConfig {
                 lidc_shapes,
                 shape_fraction,
                 shape_validation_percent,
+                cavity_fraction,
             } => {
                 anyhow::ensure!(
                     backgrounds.iter().all(|b| !validation.contains(b)),
                     "a validation background is also listed for training"
                 );
                 let shapes = match lidc_shapes {
-                    Some(path) => Some(crate::datasets::real::TrainingShapes::load(
-                        path,
-                        *shape_fraction,
-                        *shape_validation_percent,
-                    )?),
+                    Some(path) => Some(
+                        crate::datasets::real::TrainingShapes::load(
+                            path,
+                            *shape_fraction,
+                            *shape_validation_percent,
+                        )?
+                        .with_cavities(*cavity_fraction)?,
+                    ),
                     None => {
                         anyhow::ensure!(
-                            *shape_fraction == 0.0,
-                            "shape_fraction without lidc_shapes"
+                            *shape_fraction == 0.0 && *cavity_fraction == 0.0,
+                            "shape_fraction or cavity_fraction without lidc_shapes"
                         );
                         None
                     }
