@@ -64,6 +64,9 @@ fn finding_centres_land_on_the_nodules_of_an_oblique_study() {
     assert_eq!(truth.nodules.len(), 3);
     let files = files_in(&dir.path().join("dicom")).unwrap();
     let prepared = prepare(&files, Interpolation::BSpline).unwrap();
+    // The acquired pixels are freed once resampled; the slices stay for mapping back.
+    assert!(prepared.series.hu.is_empty());
+    assert_eq!(prepared.series.slices.len(), 90);
     // A probability map that is exactly the truth mask, sampled on the 1 mm grid the network
     // sees: what a perfect network would output.
     let mask = metaimage::read(&dir.path().join("truth_mask.mhd")).unwrap();

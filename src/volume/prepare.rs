@@ -1,5 +1,6 @@
 //! The volume stage as the worker and the command line run it: series files -> HU on the
-//! acquired grid -> 1 mm isotropic -> lung mask, with the time each step took.
+//! acquired grid -> 1 mm isotropic -> lung mask, with the time each step took. The acquired
+//! pixels are freed once resampled, so the lung mask and inference do not hold them.
 
 use crate::volume::Volume;
 use crate::volume::lung::{LungMask, lung_mask};
@@ -17,6 +18,8 @@ pub const MAX_GRID_VOXELS: u64 = 400_000_000;
 /// A series ready for inference.
 #[derive(Debug)]
 pub struct PreparedVolume {
+    /// The acquired series' geometry and slices, its pixels released (`hu` is empty): what
+    /// follows maps findings back to its slices and never reads its pixels.
     pub series: AcquiredSeries,
     /// HU on the isotropic grid.
     pub hu: Volume<f32>,
@@ -38,7 +41,7 @@ pub fn prepare(
     interpolation: Interpolation,
 ) -> Result<PreparedVolume, SeriesError> {
     let started = Instant::now();
-    let series = load_series(files)?;
+    let mut series = load_series(files)?;
     let grid = isotropic_geometry(&series, NETWORK_SPACING_MM);
     let voxels = grid
         .size
@@ -54,6 +57,7 @@ pub fn prepare(
     }
     let loaded = started.elapsed();
     let hu = resample_isotropic(&series, NETWORK_SPACING_MM, interpolation);
+    series.release_pixels();
     let resampled = started.elapsed();
     let lungs = lung_mask(&hu);
     let done = started.elapsed();

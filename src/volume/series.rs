@@ -148,13 +148,20 @@ pub struct AcquiredSeries {
     /// Offsets of the slices along the normal from the first one, ascending, mm.
     pub slice_offsets_mm: Vec<f64>,
     pub slices: Vec<SourceSlice>,
-    /// HU, column index fastest, then row, then slice.
+    /// HU, column index fastest, then row, then slice. Empty once `release_pixels` ran, as in
+    /// a `PreparedVolume`, whose series serves only for its geometry after resampling.
     pub hu: Vec<f32>,
     /// What was noticed and handled (skipped localizers, irregular spacing...), for the log.
     pub notes: Vec<String>,
 }
 
 impl AcquiredSeries {
+    /// Frees the acquired pixels (`hu` becomes empty), keeping the geometry, the slices and the
+    /// notes: a 600-slice 512x512 series holds 600 MiB of them.
+    pub fn release_pixels(&mut self) {
+        self.hu = Vec::new();
+    }
+
     /// Median distance between neighbouring slices, mm.
     pub fn median_slice_spacing(&self) -> f64 {
         let mut gaps: Vec<f64> = self
