@@ -212,3 +212,107 @@ impl InstanceAttributes {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::uids;
+
+    /// A 4 x 4 CT image of 16-bit pixels whose Pixel Data holds `pixel_bytes` bytes.
+    fn ct(pixel_bytes: usize) -> InMemDicomObject {
+        let mut object = InMemDicomObject::new_empty();
+        for (tag, vr, value) in [
+            (tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE),
+            (tags::SOP_INSTANCE_UID, VR::UI, "1.2.826.0.1.5"),
+            (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.826.0.1.3"),
+            (tags::SERIES_INSTANCE_UID, VR::UI, "1.2.826.0.1.4"),
+            (tags::MODALITY, VR::CS, "CT"),
+        ] {
+            object.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+        }
+        for tag in [tags::ROWS, tags::COLUMNS] {
+            object.put(DataElement::new(tag, VR::US, PrimitiveValue::from(4u16)));
+        }
+        object.put(DataElement::new(
+            tags::BITS_ALLOCATED,
+            VR::US,
+            PrimitiveValue::from(16u16),
+        ));
+        object.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PrimitiveValue::from(vec![7u8; pixel_bytes]),
+        ));
+        object
+    }
+
+    fn encode(object: &InMemDicomObject, transfer_syntax: &str) -> Vec<u8> {
+        let ts = TransferSyntaxRegistry.get(transfer_syntax).unwrap();
+        let mut bytes = Vec::new();
+        object.write_dataset_with_ts(&mut bytes, ts).unwrap();
+        bytes
+    }
+
+    fn deflate(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn the_index_attributes_are_read_without_the_pixels_in_every_encoding() {
+        let explicit = encode(&ct(32), uids::EXPLICIT_VR_LITTLE_ENDIAN);
+        let implicit = encode(&ct(32), uids::IMPLICIT_VR_LITTLE_ENDIAN);
+        for (bytes, ts) in [
+            (explicit.clone(), uids::EXPLICIT_VR_LITTLE_ENDIAN),
+            (implicit, uids::IMPLICIT_VR_LITTLE_ENDIAN),
+            (deflate(&explicit), uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN),
+        ] {
+            let attributes = parse_data_set(&bytes, ts).unwrap();
+            assert_eq!(
+                attributes.sop_instance_uid.as_str(),
+                "1.2.826.0.1.5",
+                "{ts}"
+            );
+            assert_eq!((attributes.rows, attributes.columns), (Some(4), Some(4)));
+        }
+        // Elements after Pixel Data (trailing padding) are checked, not needed.
+        let mut padded = explicit.clone();
+        padded.extend([0xFC, 0xFF, 0xFC, 0xFF, b'O', b'B', 0, 0, 2, 0, 0, 0, 0, 0]);
+        assert!(parse_data_set(&padded, uids::EXPLICIT_VR_LITTLE_ENDIAN).is_ok());
+        // ... and structurally: one declaring more than is left is refused.
+        let mut beyond = explicit;
+        beyond.extend([0xFC, 0xFF, 0xFC, 0xFF, b'O', b'B', 0, 0, 200, 0, 0, 0, 0, 0]);
+        assert!(matches!(
+            parse_data_set(&beyond, uids::EXPLICIT_VR_LITTLE_ENDIAN),
+            Err(InstanceError::Structure(_))
+        ));
+    }
+
+    #[test]
+    fn native_pixel_data_must_hold_the_image_in_every_encoding() {
+        let short = encode(&ct(30), uids::EXPLICIT_VR_LITTLE_ENDIAN);
+        for (bytes, ts) in [
+            (short.clone(), uids::EXPLICIT_VR_LITTLE_ENDIAN),
+            (deflate(&short), uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN),
+            (
+                encode(&ct(30), uids::IMPLICIT_VR_LITTLE_ENDIAN),
+                uids::IMPLICIT_VR_LITTLE_ENDIAN,
+            ),
+        ] {
+            assert!(
+                matches!(
+                    parse_data_set(&bytes, ts),
+                    Err(InstanceError::PixelDataLength {
+                        expected: 32,
+                        found: 30
+                    })
+                ),
+                "{ts}"
+            );
+        }
+    }
+}
