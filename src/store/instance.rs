@@ -1,5 +1,6 @@
-//! A received composite instance: the data set parsed once to validate it and to read the
-//! attributes the index needs. The encoded bytes are kept as received, so what is stored is
+//! A received composite instance: the data set's structure checked whole, then parsed once up to
+//! its Pixel Data to validate it and to read the attributes the index needs (the pixels are
+//! never parsed or copied here). The encoded bytes are kept as received, so what is stored is
 //! bit for bit what the sender sent.
 
 use crate::attributes::{integer, text};
