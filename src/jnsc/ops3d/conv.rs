@@ -353,13 +353,16 @@ impl CustomOp2 for Conv3dWeightGrad {
                         let at = (n * outputs + o) * positions + start;
                         g[o * len..(o + 1) * len].copy_from_slice(&grad[at..at + len]);
                     }
-                    // acc (O x patch) += g (O x len) x block^T (len x patch)
+                    // acc^T (patch x O) += block (patch x len) x g^T (len x O): the long
+                    // dimension (patch) where gemm's microkernel has its many rows, O where it
+                    // has its few columns. Each element is the same sum, in the same order, as
+                    // acc (O x patch) += g x block^T.
                     matmul(
                         &mut acc,
-                        &g[..outputs * len],
                         &block[..patch * len],
-                        outputs,
+                        &g[..outputs * len],
                         patch,
+                        outputs,
                         len,
                         true,
                         true,
@@ -368,9 +371,16 @@ impl CustomOp2 for Conv3dWeightGrad {
                 acc
             })
             .collect();
-        let mut total = vec![0f32; outputs * patch];
+        let mut sum = vec![0f32; patch * outputs];
         for partial in &partials {
-            total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
+            sum.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
+        }
+        // patch x O -> O x patch.
+        let mut total = vec![0f32; outputs * patch];
+        for (row, values) in sum.chunks(outputs).enumerate() {
+            for (o, &v) in values.iter().enumerate() {
+                total[o * patch + row] = v;
+            }
         }
         let k = self.kernel;
         Ok((
