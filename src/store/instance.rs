@@ -232,14 +232,13 @@ mod tests {
         ] {
             object.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
         }
-        for tag in [tags::ROWS, tags::COLUMNS] {
-            object.put(DataElement::new(tag, VR::US, PrimitiveValue::from(4u16)));
+        for (tag, value) in [
+            (tags::ROWS, 4u16),
+            (tags::COLUMNS, 4),
+            (tags::BITS_ALLOCATED, 16),
+        ] {
+            object.put(DataElement::new(tag, VR::US, PrimitiveValue::from(value)));
         }
-        object.put(DataElement::new(
-            tags::BITS_ALLOCATED,
-            VR::US,
-            PrimitiveValue::from(16u16),
-        ));
         object.put(DataElement::new(
             tags::PIXEL_DATA,
             VR::OB,

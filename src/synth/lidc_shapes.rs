@@ -858,7 +858,7 @@ impl PlacedShape {
             return false;
         }
         self.cavity = cavity;
-        self.core.iter_mut().for_each(|c| *c = false);
+        // Solid and uncalcified: the same attenuation in and out of the core.
         self.appearance = Appearance {
             texture: Texture::Solid,
             calcification: Calcification::Absent,
