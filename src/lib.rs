@@ -2,7 +2,7 @@
 //! stores and indexes every instance durably, and queues complete series for analysis.
 //!
 //! Module map, from the bottom up:
-//! - `attributes` (reading data set values), `encoding` (the structure of received data sets,
+//! - `alloc` (the allocator every binary of the crate uses), `attributes` (reading data set values), `encoding` (the structure of received data sets,
 //!   checked before parsing), `write` (Part 10 file meta, files written whole), `metrics` (the
 //!   counters every service bumps), `random` (the seeded generator of phantoms, sampling and
 //!   dropout), `config` (TOML configuration), `luna16_csv` (the LUNA16 challenge's CSV files);
@@ -18,6 +18,7 @@
 /// The model file the node and `analyze` use unless told otherwise.
 pub const DEFAULT_MODEL: &str = "models/jnsc.safetensors";
 
+pub mod alloc;
 pub mod attributes;
 pub mod bench;
 pub mod config;

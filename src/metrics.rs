@@ -1,8 +1,10 @@
 //! The node's in-process counters and latency histograms, exported at `/metrics` in the
 //! OpenMetrics text format by `prometheus-client`, the Prometheus project's Rust client. One
-//! static set: the services bump it where the event happens (listener, C-STORE, worker, sender)
-//! and the status endpoint encodes it, with the gauges it reads from the database. Counters
-//! start at zero with the process, as Prometheus expects; durable history is in SQLite.
+//! set per node, made by `node::start` and shared by its services (no global: two nodes in one
+//! process, as in the tests, count apart): they bump it where the event happens (listener,
+//! C-STORE, worker, sender) and the status endpoint encodes it, with the gauges it reads from
+//! the database. Counters start at zero with the node, as Prometheus expects; durable history
+//! is in SQLite.
 //!
 //! Label values are enums (`InstanceOutcome`, `JobOutcome`, `DeliveryOutcome`, `Stage`), each
 //! spelled once; every value of each is exported from the start, at zero.
@@ -13,7 +15,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 /// The content type of [`Metrics::render`]'s output.
@@ -103,9 +104,6 @@ pub struct Metrics {
     pub send_seconds: Histogram,
 }
 
-/// The process's metrics.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-
 /// A family with a series for every label value, so each is exported (at zero) from the start.
 fn family_of_all<S, M, C>(all: &[S], family: Family<S, M, C>) -> Family<S, M, C>
 where
@@ -118,8 +116,15 @@ where
     family
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
-    fn new() -> Self {
+    /// Every series at zero.
+    pub fn new() -> Self {
         Self {
             associations_total: Counter::default(),
             associations_active: Gauge::default(),

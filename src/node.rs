@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::inference::Analyzer;
 use crate::inference::command::{AnalyzerArgs, ModelArgs};
 use crate::jnsc::model_file::ModelSource;
+use crate::metrics::Metrics;
 use crate::net::send::SendSettings;
 use crate::net::server;
 use crate::pipeline::worker::Worker;
@@ -155,6 +156,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let status_address = status_listener.local_addr()?;
     info!(address = %status_address, "status endpoint listening");
     let (stop, stopped) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
     let mut tasks = Supervisor::default();
     tasks.spawn(
         "status endpoint",
@@ -166,6 +168,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 started: std::time::Instant::now(),
                 model: model_status,
                 storage_root: storage_root.clone(),
+                metrics: Arc::clone(&metrics),
                 failed_tasks: tasks.failures(),
             }),
             stopped.clone(),
@@ -190,6 +193,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 config: Arc::clone(&config),
                 equipment: Equipment::new(&config.dicom.ae_title),
                 outbox: Arc::clone(&outbox),
+                metrics: Arc::clone(&metrics),
             }
             .run(stopped.clone()),
         );
@@ -210,6 +214,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 tls: client_tls,
             },
             outbox,
+            Arc::clone(&metrics),
             stopped.clone(),
         ),
     );
@@ -223,6 +228,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     tls_server,
                     Arc::clone(&config),
                     Arc::clone(&store),
+                    Arc::clone(&metrics),
                     stopped.clone(),
                 ),
             );
@@ -237,6 +243,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             None,
             Arc::clone(&config),
             Arc::clone(&store),
+            metrics,
             stopped,
         ),
     );

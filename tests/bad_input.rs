@@ -45,7 +45,7 @@ async fn failures(node: &Node) -> Vec<(Option<String>, i64, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_data_sets_get_failure_statuses_and_the_association_goes_on() {
-    let mut node = Node::start("");
+    let mut node = Node::process("");
     let (valid, sop_uid, object) = valid_instance(&node.dir.join("a"), 1);
     let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
 
@@ -205,7 +205,7 @@ async fn same_instance_twice_is_idempotent_and_a_different_object_is_kept_as_a_v
 
 #[tokio::test(flavor = "multi_thread")]
 async fn disk_write_failure_gets_out_of_resources_and_loses_nothing() {
-    let mut node = Node::start("");
+    let mut node = Node::process("");
     let (valid, sop_uid, object) = valid_instance(&node.dir.join("a"), 3);
     let study_uid = object
         .element(tags::STUDY_INSTANCE_UID)
@@ -303,7 +303,7 @@ async fn associations_beyond_the_limit_are_rejected_as_transient() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn peer_that_stops_mid_transfer_loses_nothing_acknowledged() {
-    let mut node = Node::start("");
+    let mut node = Node::process("");
     let (valid, sop_uid, _) = valid_instance(&node.dir.join("a"), 4);
     let (second, second_uid, _) = valid_instance(&node.dir.join("b"), 5);
     let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
@@ -419,7 +419,7 @@ fn nested(depth: usize, defined: bool) -> Vec<u8> {
 /// association goes on.
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_structures_are_refused_before_parsing() {
-    let mut node = Node::start("");
+    let mut node = Node::process("");
     let (valid, sop_uid, object) = valid_instance(&node.dir.join("a"), 3);
     let rss_before = node.peak_rss_mib();
     let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
@@ -598,7 +598,7 @@ async fn silent_sockets_do_not_hold_slots_and_one_host_cannot_take_them_all() {
 /// no quarantine, and the first node goes on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_node_on_the_same_storage_stops_before_touching_it() {
-    let mut node = Node::start("");
+    let mut node = Node::process("");
     let config = node.dir.join("second.toml");
     std::fs::write(
         &config,
@@ -628,7 +628,7 @@ async fn a_second_node_on_the_same_storage_stops_before_touching_it() {
 /// at association time.
 #[tokio::test(flavor = "multi_thread")]
 async fn uids_and_ae_titles_follow_ps3_5() {
-    let node = Node::start("");
+    let node = Node::process("");
     let (_valid, sop_uid, object) = valid_instance(&node.dir.join("a"), 5);
     let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
     let mut zero = object.clone();
@@ -782,7 +782,7 @@ async fn fuzzed_data_sets_over_real_associations_get_documented_statuses() {
     use jnsc::net::presentation::TRANSFER_SYNTAXES;
     const PER_TRANSFER_SYNTAX: usize = 60;
     let corpus = shared_or_skip!("data/ct");
-    let mut node = Node::start("");
+    let mut node = Node::process("");
     let all = seeds(Target::DataSet, Some(&corpus));
     let rss_before = node.peak_rss_mib();
     let mut statuses = std::collections::BTreeMap::new();

@@ -62,7 +62,7 @@ async fn the_index_commits_again_after_the_disk_was_full() {
         .keep();
     let small = Tmpfs::mount(&dir, "2m");
     let db = small.path.join("jnsc.db");
-    let mut node = Node::start_in_with(
+    let mut node = Node::process_in_with(
         &dir,
         "",
         &format!("db = \"{}\"\nmin_free_mb = 0", db.display()),
@@ -190,7 +190,7 @@ async fn the_disk_floor_holds_within_an_association() {
         ),
     )
     .unwrap();
-    let mut node = Node::start_with_config(&dir, &config);
+    let mut node = Node::process_with_config(&dir, &config);
     // 256 x 256 x 16 bits: 128 KiB per instance.
     let series = synth_series(&dir.join("series"), 40, 256, 11);
     let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);

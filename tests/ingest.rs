@@ -376,7 +376,7 @@ async fn five_associations_at_once_all_succeed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_after_a_crash_keeps_every_acknowledged_instance() {
-    let node = Node::start("[pipeline]\nstable_age_secs = 3\nanalyze = false");
+    let node = Node::process("[pipeline]\nstable_age_secs = 3\nanalyze = false");
     let series = synth_series(&node.dir.join("sent"), 10, 64, 31);
     let out = node.storescu(&["+sd"], &[node.dir.join("sent").as_path()]);
     assert!(out.status.success());

@@ -1,9 +1,7 @@
 //! Loading a series never holds the volume twice: the heap's peak while `load_series` runs, as
 //! counted by this test binary's own allocator, stays within 1.2 x the volume plus a few
 //! decoded files (one per thread). A test binary of its own, so no other test allocates
-//! meanwhile.
-
-mod common;
+//! meanwhile (and without the shared harness, which brings the node's allocator).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,7 +61,17 @@ static ALLOCATOR: Counting = Counting;
 fn loading_a_series_peaks_at_the_volume_plus_a_few_slices() {
     let dir = tempfile::tempdir().unwrap();
     let (slices, size) = (96, 256u16);
-    common::synth_series(dir.path(), slices, size, 3);
+    jnsc::synth::series::write_ct_series(
+        &jnsc::synth::series::SeriesSpec {
+            slices,
+            rows: size,
+            columns: size,
+            seed: 3,
+            ..Default::default()
+        },
+        dir.path(),
+    )
+    .unwrap();
     let files = jnsc::volume::series::files_in(dir.path()).unwrap();
     assert_eq!(files.len(), slices);
 

@@ -48,7 +48,7 @@ async fn files_missing_from_the_index_are_reindexed_and_partial_files_quarantine
     let partial = series_dir.join("2.25.999.dcm");
     std::fs::write(&partial, &whole[..whole.len() / 3]).unwrap();
 
-    let node = Node::start_in(&dir, "");
+    let node = Node::process_in(&dir, "");
     let db = node.db().await;
     for (uid, path) in lost.iter().zip(&stored_paths) {
         let (indexed_path, association): (String, Option<i64>) =

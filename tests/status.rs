@@ -32,7 +32,7 @@ async fn endpoints_follow_a_study_from_reception_to_a_failed_send() {
     // one attempt is allowed: the send fails for good and must show up everywhere.
     let (_study_dir, study) = small_study(21, 2);
     let dead_port = free_port();
-    let node = Node::start(&format!(
+    let node = Node::process(&format!(
         "[[dicom.peers]]\nae_title = \"TESTSCU\"\nhost = \"127.0.0.1\"\nport = {dead_port}\n\
          [pipeline]\nstable_age_secs = 1\n[sender]\nmax_attempts = 1\n"
     ));

@@ -178,7 +178,7 @@ async fn rejection_reasons(node: &Node) -> Vec<String> {
 #[tokio::test]
 async fn storescu_over_tls_with_client_certificates() {
     let pki = Pki::new();
-    let node = Node::start(&format!(
+    let node = Node::process(&format!(
         "[pipeline]\nanalyze = false\n{}",
         pki.node_section("listen = \"127.0.0.1:0\"\nrequire_client_certificate = true")
     ));
@@ -312,7 +312,7 @@ async fn results_are_delivered_over_tls_and_only_to_a_trusted_destination() {
              dest_ae_title = \"PACS\"\ntls = true\ntls_server_name = \"localhost\"\n"
         )
     };
-    let node = Node::start(&format!(
+    let node = Node::process(&format!(
         "{}{}[pipeline]\nstable_age_secs = 1\n[sender]\nretry_base_secs = 1\n\
          retry_max_secs = 1\nmax_attempts = 2\n{}",
         peer("TESTSCU", good_port),

@@ -2,6 +2,7 @@
 //! DIMSE messages, dispatches them to the service files (C-ECHO, C-STORE) and sends responses
 //! split to the peer's maximum PDU length. Nothing else reads from or writes to the socket.
 
+use crate::metrics::Metrics;
 use crate::net::Stream;
 use crate::net::c_echo;
 use crate::net::c_store::{self, StoreContext};
@@ -46,12 +47,14 @@ pub(crate) struct ProtocolViolation(String);
 pub async fn serve<S: Stream>(
     mut association: AsyncServerAssociation<S>,
     store: &InstanceStore,
+    metrics: &Metrics,
     association_id: i64,
 ) -> (AssociationEnd, Option<String>) {
     let calling_ae = association.peer_ae_title().trim().to_owned();
     let called_ae = association.called_ae_title().trim().to_owned();
     let ctx = StoreContext {
         store,
+        metrics,
         association: association_id,
         calling_ae: &calling_ae,
         called_ae: &called_ae,

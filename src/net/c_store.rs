@@ -2,7 +2,7 @@
 //! hands it to the durable store, and answers with the status that says what happened.
 //! Success is only sent after the store has the file on disk and the row in the index.
 
-use crate::metrics::{InstanceOutcome, METRICS};
+use crate::metrics::{InstanceOutcome, Metrics};
 use crate::net::dimse::{Command, Response, command_field, status};
 use crate::net::presentation::is_accepted_storage_class;
 use crate::store::instance::{InstanceError, parse_data_set};
@@ -13,6 +13,8 @@ use tracing::{info, warn};
 #[derive(Debug, Clone, Copy)]
 pub struct StoreContext<'a> {
     pub store: &'a InstanceStore,
+    /// The node's metrics, counting answered requests.
+    pub metrics: &'a Metrics,
     pub association: i64,
     pub calling_ae: &'a str,
     pub called_ae: &'a str,
@@ -73,7 +75,7 @@ pub async fn handle(
                 ?outcome,
                 "instance stored"
             );
-            METRICS.instance(InstanceOutcome::Stored);
+            ctx.metrics.instance(InstanceOutcome::Stored);
             (status::SUCCESS, None)
         }
         Err(failure) => {
@@ -84,7 +86,7 @@ pub async fn handle(
                 reason = ?failure.reason,
                 "C-STORE refused"
             );
-            METRICS.instance(InstanceOutcome::Refused);
+            ctx.metrics.instance(InstanceOutcome::Refused);
             if let Err(e) = ctx
                 .store
                 .index()

@@ -5,7 +5,7 @@
 //! the A-ASSOCIATE-RQ.
 
 use crate::config::Config;
-use crate::metrics::METRICS;
+use crate::metrics::Metrics;
 use crate::net::presentation::{STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION};
 use crate::net::{Stream, association, with_causes};
 use crate::store::InstanceStore;
@@ -38,6 +38,7 @@ pub async fn run(
     tls: Option<Arc<rustls::ServerConfig>>,
     config: Arc<Config>,
     store: Arc<InstanceStore>,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(config.dicom.max_associations));
@@ -91,13 +92,14 @@ pub async fn run(
             },
         };
         let store = Arc::clone(&store);
+        let metrics = Arc::clone(&metrics);
         match admission {
             Ok((permit, host_slot)) => {
                 let config = Arc::clone(&config);
                 let tls = tls.clone();
                 tasks.spawn(
                     async move {
-                        handle_connection(socket, peer, tls, &config, &store).await;
+                        handle_connection(socket, peer, tls, &config, &store, &metrics).await;
                         drop((permit, host_slot));
                     }
                     .instrument(span),
@@ -105,7 +107,7 @@ pub async fn run(
             }
             Err((reason, text)) => {
                 tasks.spawn(
-                    async move { refuse(socket, peer, &store, reason, &text).await }
+                    async move { refuse(socket, peer, &store, &metrics, reason, &text).await }
                         .instrument(span),
                 );
             }
@@ -174,6 +176,7 @@ async fn handle_connection(
     tls: Option<Arc<rustls::ServerConfig>>,
     config: &Config,
     store: &InstanceStore,
+    metrics: &Metrics,
 ) {
     let policy = AccessPolicy::new(config);
     let seen_titles = Arc::clone(&policy.seen_titles);
@@ -206,7 +209,7 @@ async fn handle_connection(
                     .map_err(Refusal::Negotiation)
             })
             .await;
-            conclude(negotiated, config, &seen_titles, peer, store).await;
+            conclude(negotiated, config, &seen_titles, peer, store, metrics).await;
         }
         Some(tls) => {
             let options = options.tls_config(tls);
@@ -230,7 +233,7 @@ async fn handle_connection(
                 Ok(association)
             })
             .await;
-            conclude(negotiated, config, &seen_titles, peer, store).await;
+            conclude(negotiated, config, &seen_titles, peer, store, metrics).await;
         }
     }
 }
@@ -245,6 +248,7 @@ async fn conclude<S: Stream>(
     seen_titles: &Mutex<Option<(String, String)>>,
     peer: SocketAddr,
     store: &InstanceStore,
+    metrics: &Metrics,
 ) {
     let Ok(negotiated) = negotiated else {
         info!(
@@ -256,11 +260,11 @@ async fn conclude<S: Stream>(
     let association = match negotiated {
         Ok(association) => association,
         Err(refusal) => {
-            log_refusal(refusal, seen_titles, peer, store).await;
+            log_refusal(refusal, seen_titles, peer, store, metrics).await;
             return;
         }
     };
-    serve_established(association, peer, store).await;
+    serve_established(association, peer, store, metrics).await;
 }
 
 /// Logs why a connection gave no association.
@@ -269,24 +273,33 @@ async fn log_refusal(
     seen_titles: &Mutex<Option<(String, String)>>,
     peer: SocketAddr,
     store: &InstanceStore,
+    metrics: &Metrics,
 ) {
     match refusal {
         Refusal::Proposal(problem) => {
             let reason = format!("aborted: invalid A-ASSOCIATE-RQ: {problem}");
             warn!(reason = ?reason, "association refused");
-            log_rejection(store, None, None, peer, &reason).await;
+            log_rejection(store, metrics, None, None, peer, &reason).await;
         }
         Refusal::Negotiation(UlError::Rejected { association_rj, .. }) => {
             let titles = seen_titles.lock().unwrap_or_else(|e| e.into_inner()).take();
             let (calling, called) = titles.unzip();
             let reason = format!("rejected: {}", association_rj.source);
             warn!(calling_ae = ?calling, called_ae = ?called, ?reason, "association rejected");
-            log_rejection(store, calling.as_deref(), called.as_deref(), peer, &reason).await;
+            log_rejection(
+                store,
+                metrics,
+                calling.as_deref(),
+                called.as_deref(),
+                peer,
+                &reason,
+            )
+            .await;
         }
         Refusal::Negotiation(e @ (UlError::TlsHandshake { .. } | UlError::TlsNotSupported)) => {
             let reason = format!("TLS handshake failed: {}", with_causes(&e));
             warn!(reason = ?reason, "association refused");
-            log_rejection(store, None, None, peer, &reason).await;
+            log_rejection(store, metrics, None, None, peer, &reason).await;
         }
         Refusal::Negotiation(e) => {
             debug!(error = %e, "association not established");
@@ -299,6 +312,7 @@ async fn serve_established<S: Stream>(
     association: dicom_ul::association::AsyncServerAssociation<S>,
     peer: SocketAddr,
     store: &InstanceStore,
+    metrics: &Metrics,
 ) {
     let calling_ae = association.peer_ae_title().trim().to_owned();
     let called_ae = association.called_ae_title().trim().to_owned();
@@ -315,12 +329,12 @@ async fn serve_established<S: Stream>(
         }
     };
     info!(association = id, calling_ae = ?calling_ae, "association established");
-    METRICS.associations_total.inc();
-    METRICS.associations_active.inc();
+    metrics.associations_total.inc();
+    metrics.associations_active.inc();
     let started = std::time::Instant::now();
-    let (end, reason) = association::serve(association, store, id).await;
-    METRICS.associations_active.dec();
-    METRICS
+    let (end, reason) = association::serve(association, store, metrics, id).await;
+    metrics.associations_active.dec();
+    metrics
         .association_seconds
         .observe(started.elapsed().as_secs_f64());
     info!(association = id, end = end.as_str(), reason = ?reason, "association ended");
@@ -443,6 +457,7 @@ async fn refuse(
     mut socket: TcpStream,
     peer: SocketAddr,
     store: &InstanceStore,
+    metrics: &Metrics,
     reason: AssociationRJServiceProviderPresentationReason,
     text: &str,
 ) {
@@ -481,17 +496,26 @@ async fn refuse(
         let _ = socket.shutdown().await;
     }
     warn!(calling_ae = ?calling, reason = text, "association rejected");
-    log_rejection(store, calling.as_deref(), called.as_deref(), peer, text).await;
+    log_rejection(
+        store,
+        metrics,
+        calling.as_deref(),
+        called.as_deref(),
+        peer,
+        text,
+    )
+    .await;
 }
 
 async fn log_rejection(
     store: &InstanceStore,
+    metrics: &Metrics,
     calling: Option<&str>,
     called: Option<&str>,
     peer: SocketAddr,
     reason: &str,
 ) {
-    METRICS.associations_rejected.inc();
+    metrics.associations_rejected.inc();
     if let Err(e) = store
         .index()
         .record_rejected_association(calling, called, &peer.to_string(), reason)

@@ -3,7 +3,7 @@
 //! after an exponential back-off, or failed for good. Every attempt is recorded.
 
 use crate::config::SenderConfig;
-use crate::metrics::{DeliveryOutcome, METRICS};
+use crate::metrics::{DeliveryOutcome, Metrics};
 use crate::net::dimse::status;
 use crate::net::send::{AssociationFailure, Delivery, Outgoing, SendSettings, send};
 use crate::store::db::{Index, now_ms};
@@ -26,6 +26,7 @@ pub async fn run(
     config: SenderConfig,
     settings: SendSettings,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
@@ -34,7 +35,7 @@ pub async fn run(
         }
         match index.due_outbox(BATCH).await {
             Ok(due) if !due.is_empty() => {
-                deliver(&index, &storage_root, &config, &settings, due).await;
+                deliver(&index, &storage_root, &config, &settings, &metrics, due).await;
                 continue;
             }
             Ok(_) => {}
@@ -60,6 +61,7 @@ async fn deliver(
     storage_root: &std::path::Path,
     config: &SenderConfig,
     settings: &SendSettings,
+    metrics: &Metrics,
     due: Vec<OutboxItem>,
 ) {
     let mut groups: Vec<(Destination, Vec<OutboxItem>)> = Vec::new();
@@ -85,7 +87,7 @@ async fn deliver(
             .collect();
         let started = Instant::now();
         let result = send(&destination, &outgoing, settings).await;
-        METRICS
+        metrics
             .send_seconds
             .observe(started.elapsed().as_secs_f64());
         let elapsed = started.elapsed().as_millis() as i64;
@@ -96,7 +98,7 @@ async fn deliver(
             };
             match &outcome {
                 SendOutcome::Sent { status } => {
-                    METRICS.send(DeliveryOutcome::Sent);
+                    metrics.send(DeliveryOutcome::Sent);
                     info!(
                     outbox = item.id,
                     sop_instance_uid = %item.sop_instance_uid,
@@ -110,7 +112,7 @@ async fn deliver(
                     next_attempt_at,
                     ..
                 } => {
-                    METRICS.send(DeliveryOutcome::Retry);
+                    metrics.send(DeliveryOutcome::Retry);
                     warn!(
                     outbox = item.id,
                     destination = %destination.ae_title,
@@ -121,7 +123,7 @@ async fn deliver(
                     );
                 }
                 SendOutcome::Failed { error, .. } => {
-                    METRICS.send(DeliveryOutcome::Failed);
+                    metrics.send(DeliveryOutcome::Failed);
                     warn!(
                     outbox = item.id,
                     destination = %destination.ae_title,

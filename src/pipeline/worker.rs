@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::inference::{AnalyzeError, Analyzer};
-use crate::metrics::{JobOutcome, METRICS, Stage};
+use crate::metrics::{JobOutcome, Metrics, Stage};
 use crate::results::source::SourceStudy;
 use crate::results::{self, Equipment};
 use crate::store::db::Index;
@@ -29,6 +29,8 @@ pub struct Worker {
     pub equipment: Equipment,
     /// Told when results are queued for delivery.
     pub outbox: Arc<Notify>,
+    /// The node's metrics: jobs by outcome, stage durations.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a job failed: a stable code and a message for operators.
@@ -85,7 +87,7 @@ impl Worker {
         let started = Instant::now();
         match self.analyse(job).await {
             Ok(reported) => {
-                METRICS.job(JobOutcome::Done);
+                self.metrics.job(JobOutcome::Done);
                 info!(
                     job = job.id,
                     study = %job.study_uid,
@@ -96,7 +98,7 @@ impl Worker {
                 )
             }
             Err(failure) => {
-                METRICS.job(JobOutcome::Failed);
+                self.metrics.job(JobOutcome::Failed);
                 warn!(job = job.id, study = %job.study_uid, series = %job.series_uid, code = failure.code, reason = ?failure.message, "analysis failed");
                 if failure.refusal
                     && let Err(e) = self
@@ -196,7 +198,8 @@ impl Worker {
         if let Some(stages) = timings.as_object() {
             for (stage, ms) in stages {
                 if let (Some(stage), Some(ms)) = (Stage::from_name(stage), ms.as_f64()) {
-                    METRICS.observe_stage(stage, Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+                    self.metrics
+                        .observe_stage(stage, Duration::from_secs_f64(ms.max(0.0) / 1000.0));
                 }
             }
         }

@@ -7,7 +7,7 @@
 mod page;
 
 use crate::config::Config;
-use crate::metrics::{self, InstanceOutcome, METRICS};
+use crate::metrics::{self, InstanceOutcome, Metrics};
 use crate::store::db::Index;
 use crate::store::files::{DiskSpace, disk_space};
 use crate::store::overview::Overview;
@@ -45,6 +45,8 @@ pub struct StatusState {
     /// `None` when analysis is off (`pipeline.analyze = false`).
     pub model: Option<ModelStatus>,
     pub storage_root: PathBuf,
+    /// The node's counters and histograms.
+    pub metrics: Arc<Metrics>,
     /// Tasks of the node that failed (`node::Supervisor`); any makes the node not ready.
     pub failed_tasks: TaskFailures,
 }
@@ -189,9 +191,10 @@ pub async fn report(state: &StatusState) -> Result<StatusReport, sqlx::Error> {
         ae_title: state.config.dicom.ae_title.clone(),
         model: state.model.clone(),
         uptime_seconds: state.started.elapsed().as_secs(),
-        associations_active: METRICS.associations_active.get(),
-        associations_total: METRICS.associations_total.get(),
-        instances_received: METRICS
+        associations_active: state.metrics.associations_active.get(),
+        associations_total: state.metrics.associations_total.get(),
+        instances_received: state
+            .metrics
             .instances
             .get_or_create(&InstanceOutcome::Stored)
             .get(),
@@ -264,7 +267,7 @@ async fn prometheus(State(state): State<Arc<StatusState>>) -> Response {
     }
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        METRICS.render(&extra),
+        state.metrics.render(&extra),
     )
         .into_response()
 }

@@ -1,5 +1,5 @@
-//! Shared harness for the integration tests: starts the real `jnsc` binary on a free loopback
-//! port with its own storage directory, runs the real DCMTK tools against it, and reads its
+//! Shared harness for the integration tests: starts a node on free loopback ports with its own
+//! storage directory (in process by default, or the real `jnsc` binary), runs the real DCMTK tools against it, and reads its
 //! SQLite index. Also a minimal SCU on dicom-ul for the malformed requests DCMTK will not send.
 #![allow(dead_code)]
 
@@ -15,12 +15,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The allocator of `jnsc serve`, for the nodes started in process.
+#[global_allocator]
+static ALLOCATOR: jnsc::alloc::Allocator = jnsc::alloc::Allocator {};
+
 pub const STORESCU: &str = "/usr/bin/storescu";
 pub const ECHOSCU: &str = "/usr/bin/echoscu";
 pub const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
 pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 
-/// A running `jnsc serve` with its own storage directory.
+/// A running node with its own storage directory: in this process (`node::start` on its own
+/// runtime and thread, the default), or a `jnsc serve` process (the `process*` constructors),
+/// for tests that read its log, kill it, measure its memory or send it signals.
 pub struct Node {
     pub port: u16,
     /// Port of the DICOM TLS listener, when the configuration has one.
@@ -28,50 +34,136 @@ pub struct Node {
     /// Port of the HTTP status endpoint.
     pub status_port: u16,
     pub dir: PathBuf,
-    child: Option<Child>,
-    stderr_log: PathBuf,
+    run: Run,
+}
+
+/// How a test node runs.
+enum Run {
+    Process { child: Child, stderr_log: PathBuf },
+    InProcess(InProcess),
+    Stopped,
+}
+
+/// A node started by `jnsc::node::start` on a thread with its own tokio runtime.
+struct InProcess {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+/// The configuration file of a test node: loopback port 0 for DICOM and (unless `extra` has a
+/// `[status]` section) the status endpoint, storage in `dir/storage`.
+fn write_config(dir: &Path, extra: &str, storage_keys: &str) -> PathBuf {
+    let config = dir.join("jnsc.toml");
+    let status = if extra.contains("[status]") {
+        ""
+    } else {
+        "[status]\nlisten = \"127.0.0.1:0\"\n"
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "[dicom]\nlisten = \"127.0.0.1:0\"\nread_timeout_secs = 5\n{extra}\n\
+             [storage]\ndir = \"{}\"\n{storage_keys}\n{status}",
+            dir.join("storage").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn fresh_dir() -> PathBuf {
+    tempfile::Builder::new()
+        .prefix("jnsc-test-")
+        .tempdir()
+        .unwrap()
+        .keep()
 }
 
 impl Node {
-    /// Starts a node in a fresh directory; `extra` is appended to the TOML configuration.
+    /// Starts a node in process in a fresh directory; `extra` is appended to the TOML
+    /// configuration.
     pub fn start(extra: &str) -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix("jnsc-test-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        Self::start_in(&dir, extra)
+        Self::start_in(&fresh_dir(), extra)
     }
 
-    /// Starts a node on an existing directory (e.g. after a restart).
+    /// Starts a node in process on an existing directory (e.g. after a restart).
     pub fn start_in(dir: &Path, extra: &str) -> Node {
         Self::start_in_with(dir, extra, "")
     }
 
-    /// Starts a node with `storage_keys` added to its `[storage]` section. The status endpoint
-    /// listens on a free port unless `extra` has a `[status]` section.
+    /// Starts a node in process with `storage_keys` added to its `[storage]` section. The
+    /// status endpoint listens on a free port unless `extra` has a `[status]` section.
     pub fn start_in_with(dir: &Path, extra: &str, storage_keys: &str) -> Node {
-        let config = dir.join("jnsc.toml");
-        let status = if extra.contains("[status]") {
-            ""
-        } else {
-            "[status]\nlisten = \"127.0.0.1:0\"\n"
-        };
-        std::fs::write(
-            &config,
-            format!(
-                "[dicom]\nlisten = \"127.0.0.1:0\"\nread_timeout_secs = 5\n{extra}\n\
-                 [storage]\ndir = \"{}\"\n{storage_keys}\n{status}",
-                dir.join("storage").display()
-            ),
-        )
-        .unwrap();
+        let config = write_config(dir, extra, storage_keys);
         Self::start_with_config(dir, &config)
     }
 
-    /// Starts a node on a configuration file written by the test (its DICOM and status
-    /// addresses must be on port 0 of loopback); `dir` holds its log.
+    /// Starts a node in process on a configuration file written by the test (its DICOM and
+    /// status addresses on port 0 of loopback).
     pub fn start_with_config(dir: &Path, config: &Path) -> Node {
+        let config = jnsc::config::Config::load(Some(config)).expect("test configuration");
+        // As `jnsc serve` does.
+        jnsc::alloc::keep_freed_memory();
+        let (started, addresses) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let running = match jnsc::node::start(config).await {
+                    Ok(running) => running,
+                    Err(e) => {
+                        let _ = started.send(Err(format!("{e:#}")));
+                        return Err(e);
+                    }
+                };
+                let _ = started.send(Ok((
+                    running.dicom_address,
+                    running.dicom_tls_address,
+                    running.status_address,
+                )));
+                running
+                    .run_until(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+            })
+        });
+        let (dicom, tls, status) = addresses
+            .recv()
+            .expect("the node's thread ended before it started")
+            .unwrap_or_else(|e| panic!("node did not start: {e}"));
+        Node {
+            port: dicom.port(),
+            tls_port: tls.map(|a| a.port()),
+            status_port: status.port(),
+            dir: dir.to_owned(),
+            run: Run::InProcess(InProcess { stop, thread }),
+        }
+    }
+
+    /// Starts a `jnsc serve` process in a fresh directory.
+    pub fn process(extra: &str) -> Node {
+        Self::process_in(&fresh_dir(), extra)
+    }
+
+    /// Starts a `jnsc serve` process on an existing directory.
+    pub fn process_in(dir: &Path, extra: &str) -> Node {
+        Self::process_in_with(dir, extra, "")
+    }
+
+    /// Starts a `jnsc serve` process with `storage_keys` added to its `[storage]` section.
+    pub fn process_in_with(dir: &Path, extra: &str, storage_keys: &str) -> Node {
+        let config = write_config(dir, extra, storage_keys);
+        Self::process_with_config(dir, &config)
+    }
+
+    /// Starts a `jnsc serve` process on a configuration file written by the test (its DICOM
+    /// and status addresses must be on port 0 of loopback); `dir` holds its log. The ports
+    /// are read from the line the node prints on stdout, as a script would.
+    pub fn process_with_config(dir: &Path, config: &Path) -> Node {
         let stderr_log = dir.join(format!("node-{}.log", Instant::now().elapsed().as_nanos()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_jnsc"))
             .args(["serve", "--config"])
@@ -122,8 +214,15 @@ impl Node {
             tls_port,
             status_port,
             dir: dir.to_owned(),
-            child: Some(child),
-            stderr_log,
+            run: Run::Process { child, stderr_log },
+        }
+    }
+
+    /// The process of a `jnsc serve` node; a test that needs one starts it with `process*`.
+    fn child(&mut self) -> &mut Child {
+        match &mut self.run {
+            Run::Process { child, .. } => child,
+            _ => panic!("this needs a node process: start it with Node::process*"),
         }
     }
 
@@ -131,37 +230,58 @@ impl Node {
         self.dir.join("storage")
     }
 
-    /// The node's log so far (stderr).
+    /// The node's log so far (stderr of a node process).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+        match &self.run {
+            Run::Process { stderr_log, .. } => {
+                std::fs::read_to_string(stderr_log).unwrap_or_default()
+            }
+            _ => panic!("an in-process node has no log of its own: start it with Node::process*"),
+        }
     }
 
-    /// Stops with SIGTERM and waits for a clean exit.
+    /// Stops the node (SIGTERM for a process) and waits for a clean end.
     pub fn stop(mut self) -> PathBuf {
-        let mut child = self.child.take().unwrap();
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let status = child.wait().unwrap();
-        assert!(
-            status.success(),
-            "node exited with {status}:\n{}",
-            self.log()
-        );
+        match std::mem::replace(&mut self.run, Run::Stopped) {
+            Run::Process {
+                mut child,
+                stderr_log,
+            } => {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let status = child.wait().unwrap();
+                assert!(
+                    status.success(),
+                    "node exited with {status}:\n{}",
+                    std::fs::read_to_string(stderr_log).unwrap_or_default()
+                );
+            }
+            Run::InProcess(node) => {
+                let _ = node.stop.send(());
+                match node.thread.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => panic!("the node stopped with an error: {e:#}"),
+                    Err(_) => panic!("the node's thread panicked"),
+                }
+            }
+            Run::Stopped => {}
+        }
         self.dir.clone()
     }
 
-    /// Kills with SIGKILL, as a crash or power cut would.
+    /// Kills the process with SIGKILL, as a crash or power cut would.
     pub fn crash(mut self) -> PathBuf {
-        let mut child = self.child.take().unwrap();
+        let child = self.child();
         child.kill().unwrap();
         child.wait().unwrap();
+        self.run = Run::Stopped;
         self.dir.clone()
     }
 
     /// Peak resident memory of the node process so far, MiB (VmHWM).
-    pub fn peak_rss_mib(&self) -> f64 {
-        let pid = self.child.as_ref().unwrap().id();
+    pub fn peak_rss_mib(&mut self) -> f64 {
+        let pid = self.child().id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let kib: f64 = status
             .lines()
@@ -171,11 +291,13 @@ impl Node {
         kib / 1024.0
     }
 
-    /// Whether the process is still running (it must never die on bad input).
+    /// Whether the node is still running (it must never die on bad input).
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
+        match &mut self.run {
+            Run::Process { child, .. } => child.try_wait().unwrap().is_none(),
+            Run::InProcess(node) => !node.thread.is_finished(),
+            Run::Stopped => false,
+        }
     }
 
     /// GET `path` from the status endpoint: (HTTP status, body).
@@ -241,10 +363,18 @@ impl Node {
 }
 
 impl Drop for Node {
+    /// Kills a process; asks an in-process node to stop without waiting for it (a failing
+    /// test must not hang on open associations).
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        match std::mem::replace(&mut self.run, Run::Stopped) {
+            Run::Process { mut child, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Run::InProcess(node) => {
+                let _ = node.stop.send(());
+            }
+            Run::Stopped => {}
         }
     }
 }
