@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::store::db::DbLocation;
+
 /// The whole configuration, one section per concern.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -95,14 +97,15 @@ pub struct PeerConfig {
     pub tls_server_name: Option<String>,
 }
 
-/// `[storage]`: where instances, results and the SQLite index live.
+/// `[storage]`: where instances, results and the index live.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Root of the durable store. Default: [`default_storage_dir`].
     pub dir: PathBuf,
-    /// SQLite database file; `<dir>/jnsc.db` when unset.
-    pub db: Option<PathBuf>,
+    /// The index: an SQLite file (a path, or `sqlite:PATH`; `<dir>/jnsc.db` when unset), or a
+    /// PostgreSQL server (`postgres://user@host:port/database`) that several nodes share.
+    pub db: Option<DbLocation>,
     /// Free space (MiB) below which new associations are refused and `/ready` fails.
     pub min_free_mb: u64,
 }
@@ -497,12 +500,12 @@ impl Config {
         Ok(())
     }
 
-    /// The SQLite database path (explicit, or inside the storage directory).
-    pub fn db_path(&self) -> PathBuf {
+    /// Where the index lives (explicit, or an SQLite file inside the storage directory).
+    pub fn db(&self) -> DbLocation {
         self.storage
             .db
             .clone()
-            .unwrap_or_else(|| self.storage.dir.join("jnsc.db"))
+            .unwrap_or_else(|| DbLocation::Sqlite(self.storage.dir.join("jnsc.db")))
     }
 
     /// Where results of series sent by `calling_ae_title` go, if a peer is configured for it.
@@ -563,10 +566,39 @@ mod tests {
         assert_eq!(config.dicom.max_associations, 16);
         assert_eq!(config.dicom.max_pdu, 65536);
         assert!(config.dicom.allow_unknown_callers);
-        assert_eq!(config.db_path(), default_storage_dir().join("jnsc.db"));
+        assert_eq!(
+            config.db(),
+            DbLocation::Sqlite(default_storage_dir().join("jnsc.db"))
+        );
         assert_eq!(config.model.path, None, "the embedded model");
         assert_eq!(config.pipeline.stable_age_secs, 10);
         assert_eq!(config.status.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn the_index_location_is_a_file_or_a_postgres_url_whose_password_is_never_shown() {
+        let parse = |db: &str| {
+            Config::parse(&format!("[storage]\ndir = \"/data\"\ndb = \"{db}\"\n"))
+                .unwrap()
+                .db()
+        };
+        assert_eq!(
+            parse("/var/jnsc.db"),
+            DbLocation::Sqlite("/var/jnsc.db".into())
+        );
+        assert_eq!(parse("sqlite:idx.db"), DbLocation::Sqlite("idx.db".into()));
+        let url = "postgres://jnsc:s3cret@db.example:5432/jnsc";
+        assert_eq!(parse(url), DbLocation::Postgres(url.into()));
+        let shown = format!("{} {:?}", parse(url), parse(url));
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("postgres://jnsc:***@db.example:5432/jnsc"),
+            "{shown}"
+        );
+        assert_eq!(
+            parse("postgresql://jnsc@127.0.0.1/jnsc").to_string(),
+            "postgresql://jnsc@127.0.0.1/jnsc"
+        );
     }
 
     #[test]

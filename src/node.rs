@@ -82,11 +82,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.storage.dir.display()
         )
     })?;
-    let db_path = config.db_path();
-    info!(storage = %config.storage.dir.display(), database = %db_path.display(), "storage");
-    let index = Index::open(&db_path)
+    let db = config.db();
+    info!(storage = %config.storage.dir.display(), database = %db, "storage");
+    let index = Index::connect(&db)
         .await
-        .with_context(|| format!("cannot open the database {}", db_path.display()))?;
+        .with_context(|| format!("cannot open the database {db} (key storage.db)"))?;
     let dangling = index.close_dangling_associations().await?;
     if dangling > 0 {
         warn!(
@@ -280,7 +280,7 @@ impl Running {
         if let Err(e) = self.store.checkpoint().await {
             warn!(error = %e, "final checkpoint failed; the next start re-checks recent files");
         }
-        self.index.pool().close().await;
+        self.index.close().await;
         let failures = self
             .tasks
             .failures
@@ -432,11 +432,11 @@ pub fn resend(study_uid: &str, config_path: Option<&std::path::Path>) -> anyhow:
         .enable_all()
         .build()?;
     let queued = runtime.block_on(async {
-        let index = Index::open(&config.db_path()).await?;
+        let index = Index::connect(&config.db()).await?;
         let queued = index
             .resend_study(study_uid, |ae| config.destination(ae))
             .await?;
-        index.pool().close().await;
+        index.close().await;
         anyhow::Ok(queued)
     })?;
     if queued == 0 {

@@ -25,6 +25,9 @@ async fn a_series_with_missing_slices_is_refused_and_the_reason_recorded() {
     let dir = node.stop();
 
     let index = Index::open(&dir.join("storage/jnsc.db")).await.unwrap();
+    let jnsc::store::db::Pool::Sqlite(sqlite) = index.pool() else {
+        unreachable!("an SQLite file")
+    };
     let paths: Vec<_> = index
         .series_files(&written.series_uid)
         .await
@@ -40,9 +43,9 @@ async fn a_series_with_missing_slices_is_refused_and_the_reason_recorded() {
         .await
         .unwrap();
     let (code, message): (String, String) =
-        sqlx::query_as("SELECT refusal_code, refusal FROM series WHERE series_uid = ?")
+        sqlx::query_as("SELECT refusal_code, refusal FROM series WHERE series_uid = $1")
             .bind(&written.series_uid)
-            .fetch_one(index.pool())
+            .fetch_one(sqlite)
             .await
             .unwrap();
     assert_eq!(code, "missing_slices");

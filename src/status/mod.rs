@@ -6,7 +6,7 @@
 
 mod page;
 
-use crate::config::Config;
+use crate::config::{Config, DbLocation};
 use crate::metrics::{self, InstanceOutcome, Metrics};
 use crate::store::db::Index;
 use crate::store::files::{DiskSpace, disk_space};
@@ -274,17 +274,18 @@ async fn prometheus(State(state): State<Arc<StatusState>>) -> Response {
 
 async fn ready(State(state): State<Arc<StatusState>>) -> Response {
     let mut checks = Vec::new();
-    // Database: answers, and its file is writable.
-    let db_path = state.config.db_path();
-    let query = sqlx::query_scalar::<_, i64>("SELECT 1")
-        .fetch_one(state.index.pool())
-        .await;
-    let writable = std::fs::metadata(&db_path).map(|m| !m.permissions().readonly());
+    // Database: answers, and (SQLite) its file is writable.
+    let db = state.config.db();
+    let query = state.index.ping().await;
+    let writable = match &db {
+        DbLocation::Sqlite(path) => std::fs::metadata(path).map(|m| !m.permissions().readonly()),
+        DbLocation::Postgres(_) => Ok(true),
+    };
     checks.push(match (query, writable) {
-        (Ok(_), Ok(true)) => Check {
+        (Ok(()), Ok(true)) => Check {
             name: "database",
             ok: true,
-            detail: db_path.display().to_string(),
+            detail: db.to_string(),
         },
         (Err(e), _) => Check {
             name: "database",
@@ -294,12 +295,12 @@ async fn ready(State(state): State<Arc<StatusState>>) -> Response {
         (_, Ok(false)) => Check {
             name: "database",
             ok: false,
-            detail: format!("{} is read-only", db_path.display()),
+            detail: format!("{db} is read-only"),
         },
         (_, Err(e)) => Check {
             name: "database",
             ok: false,
-            detail: format!("{}: {e}", db_path.display()),
+            detail: format!("{db}: {e}"),
         },
     });
     checks.push(Check {

@@ -1,22 +1,107 @@
-//! The SQLite index (sqlx): associations, patients, studies, series, instances, failures and jobs.
+//! The index (sqlx): associations, patients, studies, series, instances, failures and jobs, in
+//! SQLite (embedded, the default) or PostgreSQL (shared by several nodes). Each query is written
+//! once, in the SQL both engines speak (`$N` parameters, `ON CONFLICT`, `RETURNING`), and
+//! compiled for both by [`on_pool!`]; the few statements that differ (checkpoints) match on
+//! [`Pool`]. The schemas are `migrations/` and `migrations/postgres/`, kept in step (checked by
+//! tests/postgres.rs).
 //!
-//! One writer connection: SQLite serialises writers anyway, and a single connection never meets
-//! SQLITE_BUSY. A connection that a failed write left inside a transaction is closed and replaced
-//! (`healthy_after_release`), so the index recovers from a full disk. WAL with `synchronous = NORMAL`: a commit survives a crash of the process at
-//! once, and a power cut from the next checkpoint on. The instance files are fsynced before
-//! Success is sent; `recovery` re-indexes, at start, any file newer than the last checkpoint
-//! mark, so the index never loses an acknowledged instance either.
+//! SQLite: one writer connection: SQLite serialises writers anyway, and a single connection
+//! never meets SQLITE_BUSY. A connection that a failed write left inside a transaction is closed
+//! and replaced (`healthy_after_release`), so the index recovers from a full disk. WAL with
+//! `synchronous = NORMAL`: a commit survives a crash of the process at once, and a power cut
+//! from the next checkpoint on. The instance files are fsynced before Success is sent;
+//! `recovery` re-indexes, at start, any file newer than the last checkpoint mark, so the index
+//! never loses an acknowledged instance either. PostgreSQL: a commit is durable when it
+//! returns.
 
 use crate::store::instance::InstanceAttributes;
 use crate::store::state::JobState;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, SqlitePool};
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub type DbResult<T> = Result<T, sqlx::Error>;
+
+/// Where the index lives (`storage.db`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum DbLocation {
+    /// An SQLite file, embedded in the node.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (libpq's form; a password in it is never logged).
+    Postgres(String),
+}
+
+impl DbLocation {
+    /// `postgres://...` or `postgresql://...` is PostgreSQL; anything else an SQLite file, with
+    /// or without a `sqlite:` (or `sqlite://`) prefix.
+    pub fn parse(text: &str) -> Self {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Self::Postgres(text.to_owned());
+        }
+        let path = text
+            .strip_prefix("sqlite://")
+            .or_else(|| text.strip_prefix("sqlite:"))
+            .unwrap_or(text);
+        Self::Sqlite(PathBuf::from(path))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DbLocation {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Self::parse(&<String as serde::Deserialize>::deserialize(
+            deserializer,
+        )?))
+    }
+}
+
+/// The path, or the URL with its password masked: safe for logs and `/status`.
+impl std::fmt::Display for DbLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "{}", path.display()),
+            Self::Postgres(url) => {
+                let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+                match rest.split_once('@') {
+                    Some((user_info, host)) => {
+                        let user = user_info.split_once(':').map_or(user_info, |(u, _)| u);
+                        let masked = if user_info.contains(':') { ":***" } else { "" };
+                        write!(f, "{scheme}://{user}{masked}@{host}")
+                    }
+                    None => write!(f, "{scheme}://{rest}"),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for DbLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DbLocation({self})")
+    }
+}
+
+/// The connection pool of the index's database.
+#[derive(Debug, Clone)]
+pub enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Evaluates `$body` with `$pool` bound to the pool `$on` holds: one query text, compiled for
+/// SQLite and for PostgreSQL.
+macro_rules! on_pool {
+    ($on:expr, $pool:ident => $body:expr) => {
+        match $on {
+            $crate::store::db::Pool::Sqlite($pool) => $body,
+            $crate::store::db::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
 
 /// Milliseconds since the Unix epoch, the unit of every time column.
 pub fn now_ms() -> i64 {
@@ -29,7 +114,7 @@ pub fn now_ms() -> i64 {
 /// Handle to the index database.
 #[derive(Debug, Clone)]
 pub struct Index {
-    pool: SqlitePool,
+    pool: Pool,
     /// Studies whose patient and study rows this process has written: later instances of the
     /// same study skip those two statements (one less round trip each on the ingest path).
     recorded_studies: Arc<Mutex<HashSet<String>>>,
@@ -115,7 +200,24 @@ async fn healthy_after_release(conn: &mut sqlx::SqliteConnection) -> DbResult<bo
 }
 
 impl Index {
-    /// Opens (creating if needed) the database and applies pending migrations.
+    /// Opens the index where the configuration says (`storage.db`), creating an SQLite file if
+    /// needed, and applies pending migrations.
+    pub async fn connect(location: &DbLocation) -> DbResult<Self> {
+        match location {
+            DbLocation::Sqlite(path) => Self::open(path).await,
+            DbLocation::Postgres(url) => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(url)
+                    .await?;
+                sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+                Ok(Self::with_pool(Pool::Postgres(pool)))
+            }
+        }
+    }
+
+    /// Opens (creating if needed) an SQLite index and applies pending migrations.
     pub async fn open(path: &Path) -> DbResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
@@ -133,14 +235,30 @@ impl Index {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self {
+        Ok(Self::with_pool(Pool::Sqlite(pool)))
+    }
+
+    fn with_pool(pool: Pool) -> Self {
+        Self {
             pool,
             recorded_studies: Arc::default(),
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> DbResult<()> {
+        on_pool!(self.pool(), pool => {
+            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool).await.map(drop)
         })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// Closes every connection (at shutdown).
+    pub async fn close(&self) {
+        on_pool!(self.pool(), pool => pool.close().await)
     }
 
     /// Starts a row in the association log; returns its id.
@@ -150,16 +268,18 @@ impl Index {
         called_ae: &str,
         peer_addr: &str,
     ) -> DbResult<i64> {
-        sqlx::query_scalar(
-            "INSERT INTO associations (calling_ae, called_ae, peer_addr, started_at)
-             VALUES (?, ?, ?, ?) RETURNING id",
-        )
-        .bind(calling_ae)
-        .bind(called_ae)
-        .bind(peer_addr)
-        .bind(now_ms())
-        .fetch_one(&self.pool)
-        .await
+        on_pool!(self.pool(), pool => {
+            sqlx::query_scalar(
+                "INSERT INTO associations (calling_ae, called_ae, peer_addr, started_at)
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(calling_ae)
+            .bind(called_ae)
+            .bind(peer_addr)
+            .bind(now_ms())
+            .fetch_one(pool)
+            .await
+        })
     }
 
     pub async fn end_association(
@@ -168,28 +288,32 @@ impl Index {
         end: AssociationEnd,
         reason: Option<&str>,
     ) -> DbResult<()> {
-        sqlx::query(
-            "UPDATE associations SET ended_at = ?, end_state = ?, end_reason = ? WHERE id = ?",
-        )
-        .bind(now_ms())
-        .bind(end.as_str())
-        .bind(reason)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "UPDATE associations SET ended_at = $1, end_state = $2, end_reason = $3 WHERE id = $4",
+            )
+            .bind(now_ms())
+            .bind(end.as_str())
+            .bind(reason)
+            .bind(id)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Associations left 'open' by a process that stopped without closing them.
     pub async fn close_dangling_associations(&self) -> DbResult<u64> {
-        let done = sqlx::query(
-            "UPDATE associations SET ended_at = ?, end_state = 'connection_lost',
-             end_reason = 'node stopped while the association was open' WHERE end_state = 'open'",
-        )
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        on_pool!(self.pool(), pool => {
+            let done = sqlx::query(
+                "UPDATE associations SET ended_at = $1, end_state = 'connection_lost',
+                 end_reason = 'node stopped while the association was open' WHERE end_state = 'open'",
+            )
+            .bind(now_ms())
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
     }
 
     pub async fn record_rejected_association(
@@ -199,29 +323,33 @@ impl Index {
         peer_addr: &str,
         reason: &str,
     ) -> DbResult<()> {
-        sqlx::query(
-            "INSERT INTO rejected_associations (calling_ae, called_ae, peer_addr, at, reason)
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(calling_ae)
-        .bind(called_ae)
-        .bind(peer_addr)
-        .bind(now_ms())
-        .bind(reason)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "INSERT INTO rejected_associations (calling_ae, called_ae, peer_addr, at, reason)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(calling_ae)
+            .bind(called_ae)
+            .bind(peer_addr)
+            .bind(now_ms())
+            .bind(reason)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// The current version of an instance, if it was stored before.
     pub async fn find_instance(&self, sop_instance_uid: &str) -> DbResult<Option<StoredInstance>> {
-        sqlx::query_as(
-            "SELECT series_uid, path, version, size_bytes, transfer_syntax
-             FROM instances WHERE sop_instance_uid = ?",
-        )
-        .bind(sop_instance_uid)
-        .fetch_optional(&self.pool)
-        .await
+        on_pool!(self.pool(), pool => {
+            sqlx::query_as(
+                "SELECT series_uid, path, version, size_bytes, transfer_syntax
+                 FROM instances WHERE sop_instance_uid = $1",
+            )
+            .bind(sop_instance_uid)
+            .fetch_optional(pool)
+            .await
+        })
     }
 
     /// Indexes a stored file in one transaction: patient, study and series rows are created or
@@ -233,181 +361,207 @@ impl Index {
         association: Option<i64>,
         source_ae: &str,
     ) -> DbResult<()> {
-        let now = now_ms();
-        let study_uid = attrs.study_uid.as_str();
-        let study_recorded = self
-            .recorded_studies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(study_uid);
-        let mut tx = self.pool.begin().await?;
-        if !study_recorded {
-            let patient: i64 = sqlx::query_scalar(
-                "INSERT INTO patients (patient_id, issuer, birth_date, sex) VALUES (?, ?, ?, ?)
-                 ON CONFLICT (patient_id, issuer) DO UPDATE SET
-                   birth_date = coalesce(excluded.birth_date, birth_date),
-                   sex = coalesce(excluded.sex, sex)
-                 RETURNING id",
-            )
-            .bind(&attrs.patient_id)
-            .bind(&attrs.issuer_of_patient_id)
-            .bind(&attrs.patient_birth_date)
-            .bind(&attrs.patient_sex)
-            .fetch_one(&mut *tx)
-            .await?;
+        on_pool!(self.pool(), pool => {
+            let now = now_ms();
+            let study_uid = attrs.study_uid.as_str();
+            let study_recorded = self
+                .recorded_studies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(study_uid);
+            let mut tx = pool.begin().await?;
+            if !study_recorded {
+                let patient: i64 = sqlx::query_scalar(
+                    "INSERT INTO patients (patient_id, issuer, birth_date, sex) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (patient_id, issuer) DO UPDATE SET
+                       birth_date = coalesce(excluded.birth_date, patients.birth_date),
+                       sex = coalesce(excluded.sex, patients.sex)
+                     RETURNING id",
+                )
+                .bind(&attrs.patient_id)
+                .bind(&attrs.issuer_of_patient_id)
+                .bind(&attrs.patient_birth_date)
+                .bind(&attrs.patient_sex)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO studies (study_uid, patient, study_date, study_time,
+                                          accession_number, study_id, description, first_received_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (study_uid) DO NOTHING",
+                )
+                .bind(study_uid)
+                .bind(patient)
+                .bind(&attrs.study_date)
+                .bind(&attrs.study_time)
+                .bind(&attrs.accession_number)
+                .bind(&attrs.study_id)
+                .bind(&attrs.study_description)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
             sqlx::query(
-                "INSERT INTO studies (study_uid, patient, study_date, study_time,
-                                      accession_number, study_id, description, first_received_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (study_uid) DO NOTHING",
+                "INSERT INTO series (series_uid, study_uid, modality, series_number, description,
+                                     body_part, frame_of_reference_uid, source_ae, instance_count,
+                                     first_received_at, last_received_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (series_uid) DO UPDATE SET
+                   last_received_at = excluded.last_received_at,
+                   source_ae = excluded.source_ae,
+                   instance_count = series.instance_count + excluded.instance_count,
+                   state = 'receiving'",
             )
-            .bind(study_uid)
-            .bind(patient)
-            .bind(&attrs.study_date)
-            .bind(&attrs.study_time)
-            .bind(&attrs.accession_number)
-            .bind(&attrs.study_id)
-            .bind(&attrs.study_description)
+            .bind(attrs.series_uid.as_str())
+            .bind(attrs.study_uid.as_str())
+            .bind(&attrs.modality)
+            .bind(attrs.series_number)
+            .bind(&attrs.series_description)
+            .bind(&attrs.body_part)
+            .bind(&attrs.frame_of_reference_uid)
+            .bind(source_ae)
+            .bind(i64::from(file.new_instance))
+            .bind(now)
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        }
-        sqlx::query(
-            "INSERT INTO series (series_uid, study_uid, modality, series_number, description,
-                                 body_part, frame_of_reference_uid, source_ae, instance_count,
-                                 first_received_at, last_received_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (series_uid) DO UPDATE SET
-               last_received_at = excluded.last_received_at,
-               source_ae = excluded.source_ae,
-               instance_count = instance_count + excluded.instance_count,
-               state = 'receiving'",
-        )
-        .bind(attrs.series_uid.as_str())
-        .bind(attrs.study_uid.as_str())
-        .bind(&attrs.modality)
-        .bind(attrs.series_number)
-        .bind(&attrs.series_description)
-        .bind(&attrs.body_part)
-        .bind(&attrs.frame_of_reference_uid)
-        .bind(source_ae)
-        .bind(i64::from(file.new_instance))
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO instances (sop_instance_uid, series_uid, sop_class_uid, transfer_syntax,
-                                    instance_number, rows, columns, number_of_frames, path,
-                                    size_bytes, version, received_at, association)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (sop_instance_uid) DO UPDATE SET
-               series_uid = excluded.series_uid, sop_class_uid = excluded.sop_class_uid,
-               transfer_syntax = excluded.transfer_syntax,
-               instance_number = excluded.instance_number, rows = excluded.rows,
-               columns = excluded.columns, number_of_frames = excluded.number_of_frames,
-               path = excluded.path, size_bytes = excluded.size_bytes,
-               version = excluded.version, received_at = excluded.received_at,
-               association = excluded.association
-             WHERE excluded.version >= instances.version",
-        )
-        .bind(attrs.sop_instance_uid.as_str())
-        .bind(attrs.series_uid.as_str())
-        .bind(attrs.sop_class_uid.as_str())
-        .bind(file.transfer_syntax)
-        .bind(attrs.instance_number)
-        .bind(attrs.rows)
-        .bind(attrs.columns)
-        .bind(attrs.number_of_frames)
-        .bind(file.path)
-        .bind(file.size_bytes)
-        .bind(file.version)
-        .bind(now)
-        .bind(association)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO instance_versions
-               (sop_instance_uid, version, path, received_at, association)
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(attrs.sop_instance_uid.as_str())
-        .bind(file.version)
-        .bind(file.path)
-        .bind(now)
-        .bind(association)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(association) = association {
-            sqlx::query("UPDATE associations SET instances_ok = instances_ok + 1 WHERE id = ?")
-                .bind(association)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        if !study_recorded {
-            let mut recorded = self
-                .recorded_studies
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if recorded.len() >= RECORDED_STUDIES_MAX {
-                recorded.clear();
+            sqlx::query(
+                "INSERT INTO instances (sop_instance_uid, series_uid, sop_class_uid, transfer_syntax,
+                                        instance_number, rows, columns, number_of_frames, path,
+                                        size_bytes, version, received_at, association)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 ON CONFLICT (sop_instance_uid) DO UPDATE SET
+                   series_uid = excluded.series_uid, sop_class_uid = excluded.sop_class_uid,
+                   transfer_syntax = excluded.transfer_syntax,
+                   instance_number = excluded.instance_number, rows = excluded.rows,
+                   columns = excluded.columns, number_of_frames = excluded.number_of_frames,
+                   path = excluded.path, size_bytes = excluded.size_bytes,
+                   version = excluded.version, received_at = excluded.received_at,
+                   association = excluded.association
+                 WHERE excluded.version >= instances.version",
+            )
+            .bind(attrs.sop_instance_uid.as_str())
+            .bind(attrs.series_uid.as_str())
+            .bind(attrs.sop_class_uid.as_str())
+            .bind(file.transfer_syntax)
+            .bind(attrs.instance_number)
+            .bind(attrs.rows)
+            .bind(attrs.columns)
+            .bind(attrs.number_of_frames)
+            .bind(file.path)
+            .bind(file.size_bytes)
+            .bind(file.version)
+            .bind(now)
+            .bind(association)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO instance_versions
+                   (sop_instance_uid, version, path, received_at, association)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(attrs.sop_instance_uid.as_str())
+            .bind(file.version)
+            .bind(file.path)
+            .bind(now)
+            .bind(association)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(association) = association {
+                sqlx::query("UPDATE associations SET instances_ok = instances_ok + 1 WHERE id = $1")
+                    .bind(association)
+                    .execute(&mut *tx)
+                    .await?;
             }
-            recorded.insert(study_uid.to_owned());
-        }
-        Ok(())
+            tx.commit().await?;
+            if !study_recorded {
+                let mut recorded = self
+                    .recorded_studies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if recorded.len() >= RECORDED_STUDIES_MAX {
+                    recorded.clear();
+                }
+                recorded.insert(study_uid.to_owned());
+            }
+            Ok(())
+        })
     }
 
     /// Makes everything committed so far durable (WAL checkpoint, which fsyncs) and then records
     /// `mark`: files created before it are known to be in the durable index.
     pub async fn checkpoint(&self, mark: i64) -> DbResult<()> {
-        sqlx::query("PRAGMA wal_checkpoint(FULL)")
-            .execute(&self.pool)
-            .await?;
-        sqlx::query(
-            "INSERT INTO store_state (key, value) VALUES ('index_durable_until', ?)
-             ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-        )
-        .bind(mark)
-        .execute(&self.pool)
-        .await?;
+        // PostgreSQL's commits are durable when they return (synchronous_commit); SQLite's WAL
+        // commits from the next checkpoint on, and its scalar max() is PostgreSQL's GREATEST.
+        match self.pool() {
+            Pool::Sqlite(pool) => {
+                sqlx::query("PRAGMA wal_checkpoint(FULL)")
+                    .execute(pool)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO store_state (key, value) VALUES ('index_durable_until', $1)
+                     ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                )
+                .bind(mark)
+                .execute(pool)
+                .await?;
+            }
+            Pool::Postgres(pool) => {
+                sqlx::query(
+                    "INSERT INTO store_state (key, value) VALUES ('index_durable_until', $1)
+                     ON CONFLICT (key) DO UPDATE
+                     SET value = GREATEST(store_state.value, excluded.value)",
+                )
+                .bind(mark)
+                .execute(pool)
+                .await?;
+            }
+        }
         Ok(())
     }
 
     /// The last mark recorded by `checkpoint`, if any.
     pub async fn durable_mark(&self) -> DbResult<Option<i64>> {
-        sqlx::query_scalar("SELECT value FROM store_state WHERE key = 'index_durable_until'")
-            .fetch_optional(&self.pool)
-            .await
+        on_pool!(self.pool(), pool => {
+            sqlx::query_scalar("SELECT value FROM store_state WHERE key = 'index_durable_until'")
+                .fetch_optional(pool)
+                .await
+        })
     }
 
     /// Paths of every indexed version under a directory prefix (relative to the store root).
     pub async fn indexed_paths_under(&self, prefix: &str) -> DbResult<Vec<String>> {
-        // Prefixes are built from validated UIDs (digits and dots): no LIKE wildcards in them.
-        sqlx::query_scalar("SELECT path FROM instance_versions WHERE path LIKE ? || '/%'")
-            .bind(prefix)
-            .fetch_all(&self.pool)
-            .await
+        on_pool!(self.pool(), pool => {
+            // Prefixes are built from validated UIDs (digits and dots): no LIKE wildcards in them.
+            sqlx::query_scalar("SELECT path FROM instance_versions WHERE path LIKE $1 || '/%'")
+                .bind(prefix)
+                .fetch_all(pool)
+                .await
+        })
     }
 
     /// Recomputes a series' instance count from its instance rows (after recovery).
     pub async fn recount_series(&self, series_uid: &str) -> DbResult<()> {
-        sqlx::query(
-            "UPDATE series SET instance_count =
-               (SELECT count(*) FROM instances WHERE series_uid = ?1) WHERE series_uid = ?1",
-        )
-        .bind(series_uid)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "UPDATE series SET instance_count =
+                   (SELECT count(*) FROM instances WHERE series_uid = $1) WHERE series_uid = $1",
+            )
+            .bind(series_uid)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Paths (relative to the store root) of the current version of every instance of a series.
     pub async fn series_files(&self, series_uid: &str) -> DbResult<Vec<String>> {
-        sqlx::query_scalar("SELECT path FROM instances WHERE series_uid = ? ORDER BY path")
-            .bind(series_uid)
-            .fetch_all(&self.pool)
-            .await
+        on_pool!(self.pool(), pool => {
+            sqlx::query_scalar("SELECT path FROM instances WHERE series_uid = $1 ORDER BY path")
+                .bind(series_uid)
+                .fetch_all(pool)
+                .await
+        })
     }
 
     /// Records why a series cannot be analysed, for operators and the status endpoint.
@@ -417,16 +571,18 @@ impl Index {
         code: &str,
         message: &str,
     ) -> DbResult<()> {
-        sqlx::query(
-            "UPDATE series SET refusal_code = ?, refusal = ?, refused_at = ? WHERE series_uid = ?",
-        )
-        .bind(code)
-        .bind(message)
-        .bind(now_ms())
-        .bind(series_uid)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "UPDATE series SET refusal_code = $1, refusal = $2, refused_at = $3 WHERE series_uid = $4",
+            )
+            .bind(code)
+            .bind(message)
+            .bind(now_ms())
+            .bind(series_uid)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Counts an instance that was already stored identically (idempotent re-send: no new
@@ -438,21 +594,23 @@ impl Index {
         series_uid: &str,
         source_ae: &str,
     ) -> DbResult<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE associations SET instances_ok = instances_ok + 1 WHERE id = ?")
-            .bind(association)
+        on_pool!(self.pool(), pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE associations SET instances_ok = instances_ok + 1 WHERE id = $1")
+                .bind(association)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE series SET last_received_at = $1, source_ae = $2, state = 'receiving'
+                 WHERE series_uid = $3",
+            )
+            .bind(now_ms())
+            .bind(source_ae)
+            .bind(series_uid)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE series SET last_received_at = ?, source_ae = ?, state = 'receiving'
-             WHERE series_uid = ?",
-        )
-        .bind(now_ms())
-        .bind(source_ae)
-        .bind(series_uid)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await
+            tx.commit().await
+        })
     }
 
     /// Logs a C-STORE answered with a failure status.
@@ -464,71 +622,75 @@ impl Index {
         status: u16,
         reason: &str,
     ) -> DbResult<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO store_failures
-               (association, sop_instance_uid, sop_class_uid, status, reason, at)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(association)
-        .bind(sop_instance_uid)
-        .bind(sop_class_uid)
-        .bind(i64::from(status))
-        .bind(reason)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE associations SET failures = failures + 1 WHERE id = ?")
+        on_pool!(self.pool(), pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO store_failures
+                   (association, sop_instance_uid, sop_class_uid, status, reason, at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
             .bind(association)
+            .bind(sop_instance_uid)
+            .bind(sop_class_uid)
+            .bind(i64::from(status))
+            .bind(reason)
+            .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await
+            sqlx::query("UPDATE associations SET failures = failures + 1 WHERE id = $1")
+                .bind(association)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        })
     }
 
     /// Marks every series idle since `idle_since_ms` complete and gives it a queued job (one
     /// queued job per series at most: a re-completed series refreshes its queued job).
     pub async fn complete_idle_series(&self, idle_since_ms: i64) -> DbResult<Vec<Job>> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let idle: Vec<(String, i64)> = sqlx::query_as(
-            "UPDATE series SET state = 'complete'
-             WHERE state = 'receiving' AND last_received_at <= ?
-             RETURNING series_uid, instance_count",
-        )
-        .bind(idle_since_ms)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut jobs = Vec::with_capacity(idle.len());
-        for (series_uid, instance_count) in idle {
-            let refreshed: Option<Job> = sqlx::query_as(
-                "UPDATE jobs SET instance_count = ?, updated_at = ?
-                 WHERE series_uid = ? AND state = ?
-                 RETURNING id, series_uid, state, instance_count",
+        on_pool!(self.pool(), pool => {
+            let now = now_ms();
+            let mut tx = pool.begin().await?;
+            let idle: Vec<(String, i64)> = sqlx::query_as(
+                "UPDATE series SET state = 'complete'
+                 WHERE state = 'receiving' AND last_received_at <= $1
+                 RETURNING series_uid, instance_count",
             )
-            .bind(instance_count)
-            .bind(now)
-            .bind(&series_uid)
-            .bind(JobState::Queued)
-            .fetch_optional(&mut *tx)
+            .bind(idle_since_ms)
+            .fetch_all(&mut *tx)
             .await?;
-            let job = match refreshed {
-                Some(job) => job,
-                None => sqlx::query_as(
-                    "INSERT INTO jobs (series_uid, state, instance_count, created_at, updated_at)
-                         VALUES (?, ?, ?, ?, ?)
-                         RETURNING id, series_uid, state, instance_count",
+            let mut jobs = Vec::with_capacity(idle.len());
+            for (series_uid, instance_count) in idle {
+                let refreshed: Option<Job> = sqlx::query_as(
+                    "UPDATE jobs SET instance_count = $1, updated_at = $2
+                     WHERE series_uid = $3 AND state = $4
+                     RETURNING id, series_uid, state, instance_count",
                 )
-                .bind(&series_uid)
-                .bind(JobState::Queued)
                 .bind(instance_count)
                 .bind(now)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?,
-            };
-            jobs.push(job);
-        }
-        tx.commit().await?;
-        Ok(jobs)
+                .bind(&series_uid)
+                .bind(JobState::Queued)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let job = match refreshed {
+                    Some(job) => job,
+                    None => sqlx::query_as(
+                        "INSERT INTO jobs (series_uid, state, instance_count, created_at, updated_at)
+                             VALUES ($1, $2, $3, $4, $5)
+                             RETURNING id, series_uid, state, instance_count",
+                    )
+                    .bind(&series_uid)
+                    .bind(JobState::Queued)
+                    .bind(instance_count)
+                    .bind(now)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?,
+                };
+                jobs.push(job);
+            }
+            tx.commit().await?;
+            Ok(jobs)
+        })
     }
 }

@@ -1,7 +1,7 @@
 //! What operators read from the index: counts for the status page and one study's full history
 //! (series, jobs, results, deliveries with every attempt). Patient IDs and UIDs only: no names.
 
-use crate::store::db::{DbResult, Index};
+use crate::store::db::{DbResult, Index, on_pool};
 use crate::store::state::{JobState, OutboxState};
 use serde::Serialize;
 use sqlx::FromRow;
@@ -148,126 +148,128 @@ impl Overview {
 impl Index {
     /// Counts and the `recent` most recently received studies.
     pub async fn overview(&self, recent: i64) -> DbResult<Overview> {
-        let pool = self.pool();
-        let count = |sql: &'static str| async move {
-            sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await
-        };
-        let jobs_by_state: BTreeMap<JobState, i64> =
-            sqlx::query_as::<_, (JobState, i64)>("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .collect();
-        let outbox_by_state: BTreeMap<OutboxState, i64> = sqlx::query_as::<_, (OutboxState, i64)>(
-            "SELECT state, COUNT(*) FROM outbox GROUP BY state",
-        )
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .collect();
-        let recent_studies = sqlx::query_as(
-            "SELECT st.study_uid, p.patient_id, st.accession_number,
-                    (SELECT MAX(last_received_at) FROM series s WHERE s.study_uid = st.study_uid)
-                        AS last_received_at,
-                    j.series_uid,
-                    COALESCE(j.state, 'receiving') AS state, j.findings, j.error_code, j.error,
-                    j.timings,
-                    (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = st.study_uid
-                        AND o.state = ?) AS sent,
-                    (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = st.study_uid
-                        AND o.state = ?) AS send_failed,
-                    (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = st.study_uid
-                        AND o.state = ?) AS send_pending
-             FROM studies st
-             JOIN patients p ON p.id = st.patient
-             LEFT JOIN jobs j ON j.id = (
-                 SELECT jj.id FROM jobs jj JOIN series ss ON ss.series_uid = jj.series_uid
-                 WHERE ss.study_uid = st.study_uid ORDER BY jj.id DESC LIMIT 1)
-             ORDER BY last_received_at DESC LIMIT ?",
-        )
-        .bind(OutboxState::Sent)
-        .bind(OutboxState::Failed)
-        .bind(OutboxState::Pending)
-        .bind(recent)
-        .fetch_all(pool)
-        .await?;
-        Ok(Overview {
-            instances: count("SELECT COUNT(*) FROM instances").await?,
-            studies: count("SELECT COUNT(*) FROM studies").await?,
-            queue_depth: jobs_by_state.get(&JobState::Queued).copied().unwrap_or(0),
-            jobs_by_state,
-            outbox_by_state,
-            associations_logged: count("SELECT COUNT(*) FROM associations").await?,
-            associations_rejected: count("SELECT COUNT(*) FROM rejected_associations").await?,
-            instance_bytes: count("SELECT COALESCE(SUM(size_bytes), 0) FROM instances").await?,
-            recent_studies,
+        on_pool!(self.pool(), pool => {
+            let count = |sql: &'static str| async move {
+                sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await
+            };
+            let jobs_by_state: BTreeMap<JobState, i64> =
+                sqlx::query_as::<_, (JobState, i64)>("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+                    .fetch_all(pool)
+                    .await?
+                    .into_iter()
+                    .collect();
+            let outbox_by_state: BTreeMap<OutboxState, i64> = sqlx::query_as::<_, (OutboxState, i64)>(
+                "SELECT state, COUNT(*) FROM outbox GROUP BY state",
+            )
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+            let recent_studies = sqlx::query_as(
+                "SELECT st.study_uid, p.patient_id, st.accession_number,
+                        (SELECT MAX(last_received_at) FROM series s WHERE s.study_uid = st.study_uid)
+                            AS last_received_at,
+                        j.series_uid,
+                        COALESCE(j.state, 'receiving') AS state, j.findings, j.error_code, j.error,
+                        j.timings,
+                        (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = st.study_uid
+                            AND o.state = $1) AS sent,
+                        (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = st.study_uid
+                            AND o.state = $2) AS send_failed,
+                        (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = st.study_uid
+                            AND o.state = $3) AS send_pending
+                 FROM studies st
+                 JOIN patients p ON p.id = st.patient
+                 LEFT JOIN jobs j ON j.id = (
+                     SELECT jj.id FROM jobs jj JOIN series ss ON ss.series_uid = jj.series_uid
+                     WHERE ss.study_uid = st.study_uid ORDER BY jj.id DESC LIMIT 1)
+                 ORDER BY last_received_at DESC LIMIT $4",
+            )
+            .bind(OutboxState::Sent)
+            .bind(OutboxState::Failed)
+            .bind(OutboxState::Pending)
+            .bind(recent)
+            .fetch_all(pool)
+            .await?;
+            Ok(Overview {
+                instances: count("SELECT COUNT(*) FROM instances").await?,
+                studies: count("SELECT COUNT(*) FROM studies").await?,
+                queue_depth: jobs_by_state.get(&JobState::Queued).copied().unwrap_or(0),
+                jobs_by_state,
+                outbox_by_state,
+                associations_logged: count("SELECT COUNT(*) FROM associations").await?,
+                associations_rejected: count("SELECT COUNT(*) FROM rejected_associations").await?,
+                instance_bytes: count("SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM instances").await?,
+                recent_studies,
+            })
         })
     }
 
     /// The whole history of a study, `None` when the index does not know it.
     pub async fn study_history(&self, study_uid: &str) -> DbResult<Option<StudyHistory>> {
-        let pool = self.pool();
-        let head: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT p.patient_id, st.accession_number, st.study_date
-             FROM studies st JOIN patients p ON p.id = st.patient WHERE st.study_uid = ?",
-        )
-        .bind(study_uid)
-        .fetch_optional(pool)
-        .await?;
-        let Some((patient_id, accession_number, study_date)) = head else {
-            return Ok(None);
-        };
-        let series = sqlx::query_as(
-            "SELECT series_uid, modality, series_number, source_ae, instance_count, state,
-                    first_received_at, last_received_at, refusal_code, refusal
-             FROM series WHERE study_uid = ? ORDER BY first_received_at",
-        )
-        .bind(study_uid)
-        .fetch_all(pool)
-        .await?;
-        let jobs = sqlx::query_as(
-            "SELECT j.id, j.series_uid, j.state, j.instance_count, j.attempts, j.created_at,
-                    j.started_at, j.finished_at, j.candidates, j.findings, j.error_code, j.error,
-                    j.timings
-             FROM jobs j JOIN series s ON s.series_uid = j.series_uid
-             WHERE s.study_uid = ? ORDER BY j.id",
-        )
-        .bind(study_uid)
-        .fetch_all(pool)
-        .await?;
-        let results = sqlx::query_as(
-            "SELECT sop_instance_uid, series_uid, kind, job, created_at
-             FROM results WHERE study_uid = ? ORDER BY series_uid, kind",
-        )
-        .bind(study_uid)
-        .fetch_all(pool)
-        .await?;
-        let mut sends: Vec<SendRow> = sqlx::query_as(
-            "SELECT id, sop_instance_uid, sop_class_uid, dest_ae, dest_host, dest_port, state,
-                    attempts, last_status, last_error, created_at, sent_at
-             FROM outbox WHERE study_uid = ? ORDER BY id",
-        )
-        .bind(study_uid)
-        .fetch_all(pool)
-        .await?;
-        for send in &mut sends {
-            send.history = sqlx::query_as(
-                "SELECT at, duration_ms, status, outcome, error FROM send_attempts
-                 WHERE outbox = ? ORDER BY id",
+        on_pool!(self.pool(), pool => {
+            let head: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT p.patient_id, st.accession_number, st.study_date
+                 FROM studies st JOIN patients p ON p.id = st.patient WHERE st.study_uid = $1",
             )
-            .bind(send.id)
+            .bind(study_uid)
+            .fetch_optional(pool)
+            .await?;
+            let Some((patient_id, accession_number, study_date)) = head else {
+                return Ok(None);
+            };
+            let series = sqlx::query_as(
+                "SELECT series_uid, modality, series_number, source_ae, instance_count, state,
+                        first_received_at, last_received_at, refusal_code, refusal
+                 FROM series WHERE study_uid = $1 ORDER BY first_received_at",
+            )
+            .bind(study_uid)
             .fetch_all(pool)
             .await?;
-        }
-        Ok(Some(StudyHistory {
-            study_uid: study_uid.to_owned(),
-            patient_id,
-            accession_number,
-            study_date,
-            series,
-            jobs,
-            results,
-            sends,
-        }))
+            let jobs = sqlx::query_as(
+                "SELECT j.id, j.series_uid, j.state, j.instance_count, j.attempts, j.created_at,
+                        j.started_at, j.finished_at, j.candidates, j.findings, j.error_code, j.error,
+                        j.timings
+                 FROM jobs j JOIN series s ON s.series_uid = j.series_uid
+                 WHERE s.study_uid = $1 ORDER BY j.id",
+            )
+            .bind(study_uid)
+            .fetch_all(pool)
+            .await?;
+            let results = sqlx::query_as(
+                "SELECT sop_instance_uid, series_uid, kind, job, created_at
+                 FROM results WHERE study_uid = $1 ORDER BY series_uid, kind",
+            )
+            .bind(study_uid)
+            .fetch_all(pool)
+            .await?;
+            let mut sends: Vec<SendRow> = sqlx::query_as(
+                "SELECT id, sop_instance_uid, sop_class_uid, dest_ae, dest_host, dest_port, state,
+                        attempts, last_status, last_error, created_at, sent_at
+                 FROM outbox WHERE study_uid = $1 ORDER BY id",
+            )
+            .bind(study_uid)
+            .fetch_all(pool)
+            .await?;
+            for send in &mut sends {
+                send.history = sqlx::query_as(
+                    "SELECT at, duration_ms, status, outcome, error FROM send_attempts
+                     WHERE outbox = $1 ORDER BY id",
+                )
+                .bind(send.id)
+                .fetch_all(pool)
+                .await?;
+            }
+            Ok(Some(StudyHistory {
+                study_uid: study_uid.to_owned(),
+                patient_id,
+                accession_number,
+                study_date,
+                series,
+                jobs,
+                results,
+                sends,
+            }))
+        })
     }
 }

@@ -4,7 +4,7 @@
 
 /// A job's state (the `jobs.state` column; migration 0003 refuses any other value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, sqlx::Type, serde::Serialize)]
-#[sqlx(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting for the worker.
@@ -26,7 +26,7 @@ impl JobState {
 
 /// An outbox row's state (the `outbox.state` column; migration 0003 refuses any other value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, sqlx::Type, serde::Serialize)]
-#[sqlx(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum OutboxState {
     /// To be sent (again) at `next_attempt_at`.
@@ -50,23 +50,25 @@ impl OutboxState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::db::Index;
+    use crate::store::db::{Index, Pool};
 
     #[tokio::test]
     async fn the_index_takes_every_state_and_refuses_any_other() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(&dir.path().join("jnsc.db")).await.unwrap();
-        let pool = index.pool();
+        let Pool::Sqlite(pool) = index.pool() else {
+            unreachable!("an SQLite file")
+        };
         // Rows without their series and study: only the state is under test.
         sqlx::query("PRAGMA foreign_keys = OFF")
             .execute(pool)
             .await
             .unwrap();
         let job = "INSERT INTO jobs (series_uid, state, instance_count, created_at, updated_at)
-                   VALUES ('1.2', ?, 1, 0, 0)";
+                   VALUES ('1.2', $1, 1, 0, 0)";
         let outbox = "INSERT INTO outbox (sop_instance_uid, sop_class_uid, study_uid, series_uid,
                           path, source_ae, state, next_attempt_at, created_at, updated_at)
-                      VALUES ('1.3', '1.4', '1.1', '1.2', 'p', 'AE', ?, 0, 0, 0)";
+                      VALUES ('1.3', '1.4', '1.1', '1.2', 'p', 'AE', $1, 0, 0, 0)";
         for state in JobState::ALL {
             sqlx::query(job).bind(state).execute(pool).await.unwrap();
         }

@@ -2,7 +2,7 @@
 //! objects it wrote, and the outbox the sender drains, with every delivery attempt. Each state
 //! change is one transaction, so a crash leaves either the old state or the new one.
 
-use crate::store::db::{DbResult, Index, now_ms};
+use crate::store::db::{DbResult, Index, now_ms, on_pool};
 pub use crate::store::state::{JobState, OutboxState};
 use sqlx::FromRow;
 
@@ -104,39 +104,99 @@ pub enum SendOutcome {
 
 const NO_DESTINATION: &str = "no destination is configured for the calling AE title";
 
+/// Inserts a pending outbox row for `result` (or a failed one when there is no destination),
+/// superseding undelivered rows of the same object: `enqueue!(tx, job: &ClaimedJob,
+/// result: &NewResult, destination: Option<&Destination>, now: i64)`, a `DbResult<()>`. A macro,
+/// so that one text serves the transactions of both engines.
+macro_rules! enqueue {
+    ($tx:expr, $job:expr, $result:expr, $destination:expr, $now:expr) => {{
+        let tx = &mut *$tx;
+        let job: &ClaimedJob = $job;
+        let result: &NewResult = $result;
+        let destination: Option<&Destination> = $destination;
+        let now: i64 = $now;
+            sqlx::query(
+                "UPDATE outbox SET state = $1, updated_at = $2 WHERE sop_instance_uid = $3 AND state = $4",
+            )
+            .bind(OutboxState::Superseded)
+            .bind(now)
+            .bind(&result.sop_instance_uid)
+            .bind(OutboxState::Pending)
+            .execute(&mut *tx)
+            .await?;
+            let (state, error) = match destination {
+                Some(_) => (OutboxState::Pending, None),
+                None => (
+                    OutboxState::Failed,
+                    Some(format!("{NO_DESTINATION} {}", job.source_ae)),
+                ),
+            };
+            sqlx::query(
+                "INSERT INTO outbox
+                     (sop_instance_uid, sop_class_uid, study_uid, series_uid, path, job, source_ae,
+                      dest_ae, dest_host, dest_port, state, next_attempt_at, last_error, created_at,
+                      updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            )
+            .bind(&result.sop_instance_uid)
+            .bind(&result.sop_class_uid)
+            .bind(&job.study_uid)
+            .bind(&job.series_uid)
+            .bind(&result.path)
+            .bind(job.id)
+            .bind(&job.source_ae)
+            .bind(destination.map(|d| d.ae_title.as_str()))
+            .bind(destination.map(|d| d.host.as_str()))
+            .bind(destination.map(|d| i64::from(d.port)))
+            .bind(state)
+            .bind(now)
+            .bind(error)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+
+        DbResult::Ok(())
+    }};
+}
+
 impl Index {
     /// Puts jobs left running by a previous process back in the queue; returns how many.
     pub async fn requeue_interrupted_jobs(&self) -> DbResult<u64> {
-        let done = sqlx::query(
-            "UPDATE jobs SET state = ?, updated_at = ?, started_at = NULL WHERE state = ?",
-        )
-        .bind(JobState::Queued)
-        .bind(now_ms())
-        .bind(JobState::Running)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected())
+        on_pool!(self.pool(), pool => {
+            let done = sqlx::query(
+                "UPDATE jobs SET state = $1, updated_at = $2, started_at = NULL WHERE state = $3",
+            )
+            .bind(JobState::Queued)
+            .bind(now_ms())
+            .bind(JobState::Running)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
     }
 
     /// Takes the oldest queued job, if any, and marks it running.
     pub async fn claim_next_job(&self) -> DbResult<Option<ClaimedJob>> {
-        let now = now_ms();
-        sqlx::query_as(
-            "UPDATE jobs SET state = ?, started_at = ?, updated_at = ?,
-                    attempts = attempts + 1, error = NULL, error_code = NULL
-             WHERE id = (SELECT id FROM jobs WHERE state = ? ORDER BY created_at, id LIMIT 1)
-             RETURNING id, series_uid,
-                 (SELECT study_uid FROM series WHERE series.series_uid = jobs.series_uid)
-                     AS study_uid,
-                 (SELECT source_ae FROM series WHERE series.series_uid = jobs.series_uid)
-                     AS source_ae",
-        )
-        .bind(JobState::Running)
-        .bind(now)
-        .bind(now)
-        .bind(JobState::Queued)
-        .fetch_optional(self.pool())
-        .await
+        on_pool!(self.pool(), pool => {
+            let now = now_ms();
+            sqlx::query_as(
+                "UPDATE jobs SET state = $1, started_at = $2, updated_at = $3,
+                        attempts = attempts + 1, error = NULL, error_code = NULL
+                 WHERE id = (SELECT id FROM jobs WHERE state = $4 ORDER BY created_at, id LIMIT 1)
+                 RETURNING id, series_uid,
+                     (SELECT study_uid FROM series WHERE series.series_uid = jobs.series_uid)
+                         AS study_uid,
+                     (SELECT source_ae FROM series WHERE series.series_uid = jobs.series_uid)
+                         AS source_ae",
+            )
+            .bind(JobState::Running)
+            .bind(now)
+            .bind(now)
+            .bind(JobState::Queued)
+            .fetch_optional(pool)
+            .await
+        })
     }
 
     /// Records a finished job, its result objects and their outbox rows, in one transaction.
@@ -147,101 +207,114 @@ impl Index {
         success: &JobSuccess<'_>,
         destination: Option<&Destination>,
     ) -> DbResult<()> {
-        let now = now_ms();
-        let mut tx = self.pool().begin().await?;
-        // This analysis replaces the series' earlier results (a SEG may no longer exist).
-        sqlx::query("DELETE FROM results WHERE series_uid = ?")
-            .bind(&job.series_uid)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE outbox SET state = ?, updated_at = ? WHERE series_uid = ? AND state = ?",
-        )
-        .bind(OutboxState::Superseded)
-        .bind(now)
-        .bind(&job.series_uid)
-        .bind(OutboxState::Pending)
-        .execute(&mut *tx)
-        .await?;
-        for result in success.results {
+        on_pool!(self.pool(), pool => {
+            let now = now_ms();
+            let mut tx = pool.begin().await?;
+            // This analysis replaces the series' earlier results (a SEG may no longer exist).
+            sqlx::query("DELETE FROM results WHERE series_uid = $1")
+                .bind(&job.series_uid)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(
-                "INSERT OR REPLACE INTO results
-                     (sop_instance_uid, job, study_uid, series_uid, kind, sop_class_uid, path,
-                      created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "UPDATE outbox SET state = $1, updated_at = $2 WHERE series_uid = $3 AND state = $4",
             )
-            .bind(&result.sop_instance_uid)
-            .bind(job.id)
-            .bind(&job.study_uid)
-            .bind(&job.series_uid)
-            .bind(result.kind.as_str())
-            .bind(&result.sop_class_uid)
-            .bind(&result.path)
+            .bind(OutboxState::Superseded)
             .bind(now)
+            .bind(&job.series_uid)
+            .bind(OutboxState::Pending)
             .execute(&mut *tx)
             .await?;
-            enqueue(&mut tx, job, result, destination, now).await?;
-        }
-        sqlx::query(
-            "UPDATE jobs SET state = ?, finished_at = ?, updated_at = ?, timings = ?,
-                    candidates = ?, findings = ?
-             WHERE id = ?",
-        )
-        .bind(JobState::Done)
-        .bind(now)
-        .bind(now)
-        .bind(success.timings_json)
-        .bind(success.candidates as i64)
-        .bind(success.findings as i64)
-        .bind(job.id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await
+            for result in success.results {
+                sqlx::query(
+                    "INSERT INTO results
+                         (sop_instance_uid, job, study_uid, series_uid, kind, sop_class_uid, path,
+                          created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (sop_instance_uid) DO UPDATE SET
+                       job = excluded.job, study_uid = excluded.study_uid,
+                       series_uid = excluded.series_uid, kind = excluded.kind,
+                       sop_class_uid = excluded.sop_class_uid, path = excluded.path,
+                       created_at = excluded.created_at",
+                )
+                .bind(&result.sop_instance_uid)
+                .bind(job.id)
+                .bind(&job.study_uid)
+                .bind(&job.series_uid)
+                .bind(result.kind.as_str())
+                .bind(&result.sop_class_uid)
+                .bind(&result.path)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                enqueue!(tx, job, result, destination, now)?;
+            }
+            sqlx::query(
+                "UPDATE jobs SET state = $1, finished_at = $2, updated_at = $3, timings = $4,
+                        candidates = $5, findings = $6
+                 WHERE id = $7",
+            )
+            .bind(JobState::Done)
+            .bind(now)
+            .bind(now)
+            .bind(success.timings_json)
+            .bind(success.candidates as i64)
+            .bind(success.findings as i64)
+            .bind(job.id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        })
     }
 
     /// Records a failed job with a stable code and a message for operators.
     pub async fn fail_job(&self, job_id: i64, code: &str, message: &str) -> DbResult<()> {
-        let now = now_ms();
-        sqlx::query(
-            "UPDATE jobs SET state = ?, finished_at = ?, updated_at = ?, error_code = ?,
-                    error = ?
-             WHERE id = ?",
-        )
-        .bind(JobState::Failed)
-        .bind(now)
-        .bind(now)
-        .bind(code)
-        .bind(message)
-        .bind(job_id)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        on_pool!(self.pool(), pool => {
+            let now = now_ms();
+            sqlx::query(
+                "UPDATE jobs SET state = $1, finished_at = $2, updated_at = $3, error_code = $4,
+                        error = $5
+                 WHERE id = $6",
+            )
+            .bind(JobState::Failed)
+            .bind(now)
+            .bind(now)
+            .bind(code)
+            .bind(message)
+            .bind(job_id)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Outbox rows whose next attempt is due, oldest first.
     pub async fn due_outbox(&self, limit: i64) -> DbResult<Vec<OutboxItem>> {
-        sqlx::query_as(
-            "SELECT id, sop_instance_uid, sop_class_uid, path, dest_ae, dest_host, dest_port,
-                    attempts
-             FROM outbox
-             WHERE state = ? AND next_attempt_at <= ? AND dest_host IS NOT NULL
-             ORDER BY next_attempt_at, id LIMIT ?",
-        )
-        .bind(OutboxState::Pending)
-        .bind(now_ms())
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await
+        on_pool!(self.pool(), pool => {
+            sqlx::query_as(
+                "SELECT id, sop_instance_uid, sop_class_uid, path, dest_ae, dest_host, dest_port,
+                        attempts
+                 FROM outbox
+                 WHERE state = $1 AND next_attempt_at <= $2 AND dest_host IS NOT NULL
+                 ORDER BY next_attempt_at, id LIMIT $3",
+            )
+            .bind(OutboxState::Pending)
+            .bind(now_ms())
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })
     }
 
     /// When the next pending row falls due (Unix ms), if any.
     pub async fn next_outbox_due(&self) -> DbResult<Option<i64>> {
-        sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM outbox WHERE state = ? AND dest_host IS NOT NULL",
-        )
-        .bind(OutboxState::Pending)
-        .fetch_one(self.pool())
-        .await
+        on_pool!(self.pool(), pool => {
+            sqlx::query_scalar(
+                "SELECT MIN(next_attempt_at) FROM outbox WHERE state = $1 AND dest_host IS NOT NULL",
+            )
+            .bind(OutboxState::Pending)
+            .fetch_one(pool)
+            .await
+        })
     }
 
     /// Records one delivery attempt and moves the row on.
@@ -251,60 +324,62 @@ impl Index {
         outcome: &SendOutcome,
         duration_ms: i64,
     ) -> DbResult<()> {
-        let now = now_ms();
-        let (state, status, error, next, label) = match outcome {
-            SendOutcome::Sent { status } => (OutboxState::Sent, Some(*status), None, None, "sent"),
-            SendOutcome::Retry {
-                status,
-                error,
-                next_attempt_at,
-            } => (
-                OutboxState::Pending,
-                *status,
-                Some(error.as_str()),
-                Some(*next_attempt_at),
-                "retry",
-            ),
-            SendOutcome::Failed { status, error } => (
-                OutboxState::Failed,
-                *status,
-                Some(error.as_str()),
-                None,
-                "failed",
-            ),
-        };
-        let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO send_attempts (outbox, at, duration_ms, status, outcome, error)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(outbox_id)
-        .bind(now)
-        .bind(duration_ms)
-        .bind(status.map(i64::from))
-        .bind(label)
-        .bind(error)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE outbox SET state = ?, attempts = attempts + 1, updated_at = ?,
-                    last_status = ?, last_error = ?,
-                    next_attempt_at = COALESCE(?, next_attempt_at),
-                    sent_at = CASE WHEN ? THEN ? ELSE sent_at END
-             WHERE id = ? AND state = ?",
-        )
-        .bind(state)
-        .bind(now)
-        .bind(status.map(i64::from))
-        .bind(error)
-        .bind(next)
-        .bind(state == OutboxState::Sent)
-        .bind(now)
-        .bind(outbox_id)
-        .bind(OutboxState::Pending)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await
+        on_pool!(self.pool(), pool => {
+            let now = now_ms();
+            let (state, status, error, next, label) = match outcome {
+                SendOutcome::Sent { status } => (OutboxState::Sent, Some(*status), None, None, "sent"),
+                SendOutcome::Retry {
+                    status,
+                    error,
+                    next_attempt_at,
+                } => (
+                    OutboxState::Pending,
+                    *status,
+                    Some(error.as_str()),
+                    Some(*next_attempt_at),
+                    "retry",
+                ),
+                SendOutcome::Failed { status, error } => (
+                    OutboxState::Failed,
+                    *status,
+                    Some(error.as_str()),
+                    None,
+                    "failed",
+                ),
+            };
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO send_attempts (outbox, at, duration_ms, status, outcome, error)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(outbox_id)
+            .bind(now)
+            .bind(duration_ms)
+            .bind(status.map(i64::from))
+            .bind(label)
+            .bind(error)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE outbox SET state = $1, attempts = attempts + 1, updated_at = $2,
+                        last_status = $3, last_error = $4,
+                        next_attempt_at = COALESCE($5, next_attempt_at),
+                        sent_at = CASE WHEN $6 THEN $7 ELSE sent_at END
+                 WHERE id = $8 AND state = $9",
+            )
+            .bind(state)
+            .bind(now)
+            .bind(status.map(i64::from))
+            .bind(error)
+            .bind(next)
+            .bind(state == OutboxState::Sent)
+            .bind(now)
+            .bind(outbox_id)
+            .bind(OutboxState::Pending)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        })
     }
 
     /// Queues a study's latest result objects again, to the destination `resolve` gives for the
@@ -315,86 +390,37 @@ impl Index {
         study_uid: &str,
         resolve: impl Fn(&str) -> Option<Destination>,
     ) -> DbResult<usize> {
-        type Row = (String, String, String, String, i64, String, String);
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT r.sop_instance_uid, r.sop_class_uid, r.kind, r.path, r.job, r.series_uid,
-                    s.source_ae
-             FROM results r JOIN series s ON s.series_uid = r.series_uid
-             WHERE r.study_uid = ? ORDER BY r.series_uid, r.kind",
-        )
-        .bind(study_uid)
-        .fetch_all(self.pool())
-        .await?;
-        let now = now_ms();
-        let mut tx = self.pool().begin().await?;
-        for (sop_instance_uid, sop_class_uid, kind, path, job, series_uid, source_ae) in &rows {
-            let claimed = ClaimedJob {
-                id: *job,
-                series_uid: series_uid.clone(),
-                study_uid: study_uid.to_owned(),
-                source_ae: source_ae.clone(),
-            };
-            let result = NewResult {
-                sop_instance_uid: sop_instance_uid.clone(),
-                sop_class_uid: sop_class_uid.clone(),
-                kind: ResultKind::from_column(kind)?,
-                path: path.clone(),
-            };
-            enqueue(&mut tx, &claimed, &result, resolve(source_ae).as_ref(), now).await?;
-        }
-        tx.commit().await?;
-        Ok(rows.len())
+        on_pool!(self.pool(), pool => {
+            type Row = (String, String, String, String, i64, String, String);
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT r.sop_instance_uid, r.sop_class_uid, r.kind, r.path, r.job, r.series_uid,
+                        s.source_ae
+                 FROM results r JOIN series s ON s.series_uid = r.series_uid
+                 WHERE r.study_uid = $1 ORDER BY r.series_uid, r.kind",
+            )
+            .bind(study_uid)
+            .fetch_all(pool)
+            .await?;
+            let now = now_ms();
+            let mut tx = pool.begin().await?;
+            for (sop_instance_uid, sop_class_uid, kind, path, job, series_uid, source_ae) in &rows {
+                let claimed = ClaimedJob {
+                    id: *job,
+                    series_uid: series_uid.clone(),
+                    study_uid: study_uid.to_owned(),
+                    source_ae: source_ae.clone(),
+                };
+                let result = NewResult {
+                    sop_instance_uid: sop_instance_uid.clone(),
+                    sop_class_uid: sop_class_uid.clone(),
+                    kind: ResultKind::from_column(kind)?,
+                    path: path.clone(),
+                };
+                let destination = resolve(source_ae);
+                enqueue!(tx, &claimed, &result, destination.as_ref(), now)?;
+            }
+            tx.commit().await?;
+            Ok(rows.len())
+        })
     }
-}
-
-/// Inserts a pending outbox row for `result` (or a failed one when there is no destination),
-/// superseding undelivered rows of the same object.
-async fn enqueue(
-    tx: &mut sqlx::SqliteConnection,
-    job: &ClaimedJob,
-    result: &NewResult,
-    destination: Option<&Destination>,
-    now: i64,
-) -> DbResult<()> {
-    sqlx::query(
-        "UPDATE outbox SET state = ?, updated_at = ? WHERE sop_instance_uid = ? AND state = ?",
-    )
-    .bind(OutboxState::Superseded)
-    .bind(now)
-    .bind(&result.sop_instance_uid)
-    .bind(OutboxState::Pending)
-    .execute(&mut *tx)
-    .await?;
-    let (state, error) = match destination {
-        Some(_) => (OutboxState::Pending, None),
-        None => (
-            OutboxState::Failed,
-            Some(format!("{NO_DESTINATION} {}", job.source_ae)),
-        ),
-    };
-    sqlx::query(
-        "INSERT INTO outbox
-             (sop_instance_uid, sop_class_uid, study_uid, series_uid, path, job, source_ae,
-              dest_ae, dest_host, dest_port, state, next_attempt_at, last_error, created_at,
-              updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&result.sop_instance_uid)
-    .bind(&result.sop_class_uid)
-    .bind(&job.study_uid)
-    .bind(&job.series_uid)
-    .bind(&result.path)
-    .bind(job.id)
-    .bind(&job.source_ae)
-    .bind(destination.map(|d| d.ae_title.as_str()))
-    .bind(destination.map(|d| d.host.as_str()))
-    .bind(destination.map(|d| i64::from(d.port)))
-    .bind(state)
-    .bind(now)
-    .bind(error)
-    .bind(now)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }

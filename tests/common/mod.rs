@@ -3,6 +3,8 @@
 //! SQLite index. Also a minimal SCU on dicom-ul for the malformed requests DCMTK will not send.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use dicom_ul::Pdu;
 use dicom_ul::association::ClientAssociation;
 use dicom_ul::association::client::ClientAssociationOptions;
