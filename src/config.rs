@@ -14,6 +14,7 @@ pub use crate::store::db::DbLocation;
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    pub node: NodeConfig,
     pub dicom: DicomConfig,
     pub storage: StorageConfig,
     pub pipeline: PipelineConfig,
@@ -22,6 +23,30 @@ pub struct Config {
     pub sender: SenderConfig,
     pub status: StatusConfig,
     pub log: LogConfig,
+}
+
+/// `[node]`: this node among the nodes that share one database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// A stable name, unique among the nodes on one database: it marks the jobs the node holds
+    /// (a restarted node takes its own interrupted jobs back at once). Default: the host name.
+    pub name: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self { name: host_name() }
+    }
+}
+
+/// The machine's host name (`jnsc` where it has none).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "jnsc".to_owned())
 }
 
 /// `[dicom]`: the SCP's identity, limits and known peers.
@@ -118,6 +143,12 @@ pub struct PipelineConfig {
     pub stable_age_secs: u64,
     /// `false`: receive and queue only (no model is loaded; jobs wait for a node that analyses).
     pub analyze: bool,
+    /// Seconds a claimed job stays this node's without its worker renewing the claim (it does,
+    /// three times per period, while it analyses). A job whose node stopped (killed, cut off)
+    /// is queued again once its lease runs out.
+    pub lease_secs: u64,
+    /// Claims of a job (the first included) before one whose lease runs out fails it for good.
+    pub max_attempts: u32,
 }
 
 /// `[model]`: the network the worker runs.
@@ -260,6 +291,8 @@ impl Default for PipelineConfig {
         Self {
             stable_age_secs: 10,
             analyze: true,
+            lease_secs: 60,
+            max_attempts: 3,
         }
     }
 }

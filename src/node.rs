@@ -20,6 +20,7 @@ use crate::results::Equipment;
 use crate::status::TaskFailures;
 use crate::store::db::Index;
 use crate::store::files::FileStore;
+use crate::store::work::Claimant;
 use crate::store::{InstanceStore, recovery};
 use anyhow::Context;
 use std::collections::HashMap;
@@ -94,7 +95,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             "associations left open by the previous run were closed in the log"
         );
     }
-    let requeued = index.requeue_interrupted_jobs().await?;
+    let requeued = index.requeue_interrupted_jobs(&config.node.name).await?;
     if requeued > 0 {
         warn!(
             requeued,
@@ -194,6 +195,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 equipment: Equipment::new(&config.dicom.ae_title),
                 outbox: Arc::clone(&outbox),
                 metrics: Arc::clone(&metrics),
+                claimant: Claimant {
+                    node: config.node.name.clone(),
+                    lease: std::time::Duration::from_secs(config.pipeline.lease_secs.max(1)),
+                },
+                max_attempts: i64::from(config.pipeline.max_attempts.max(1)),
             }
             .run(stopped.clone()),
         );

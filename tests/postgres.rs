@@ -2,7 +2,10 @@
 //! Debian's packages started by the test: both engines' migrations give the same tables and
 //! columns, and a node on PostgreSQL receives a series from DCMTK, indexes it, queues its job,
 //! and takes it through claim, results, delivery attempts and a re-send with the same queries
-//! as on SQLite, its state CHECK constraints refusing what the SQLite triggers refuse.
+//! as on SQLite, its state CHECK constraints refusing what the SQLite triggers refuse. Claims
+//! and leases behave the same on both engines: concurrent workers take each job once, a job
+//! whose lease ran out goes to another worker and only that one can finish it, and one whose
+//! leases keep running out fails for good.
 
 mod common;
 
@@ -10,10 +13,39 @@ use common::postgres::Postgres;
 use common::{Node, eventually, synth_series};
 use jnsc::store::db::{Index, Pool};
 use jnsc::store::work::{
-    Destination, JobState, JobSuccess, NewResult, OutboxState, ResultKind, SendOutcome,
+    Claimant, ClaimedJob, Destination, JobState, JobSuccess, NewResult, OutboxState, ResultKind,
+    SendOutcome,
 };
 use std::collections::BTreeSet;
 use std::time::Duration;
+
+fn claimant(node: &str, lease_ms: u64) -> Claimant {
+    Claimant {
+        node: node.into(),
+        lease: Duration::from_millis(lease_ms),
+    }
+}
+
+/// The series received again and complete: a new job, claimed by `claimant`.
+async fn analyse_again(index: &Index, series_uid: &str, claimant: &Claimant) -> ClaimedJob {
+    let Pool::Postgres(pool) = index.pool() else {
+        unreachable!()
+    };
+    sqlx::query("UPDATE series SET state = 'receiving' WHERE series_uid = $1")
+        .bind(series_uid)
+        .execute(pool)
+        .await
+        .unwrap();
+    index
+        .complete_idle_series(jnsc::store::db::now_ms())
+        .await
+        .unwrap();
+    index
+        .claim_next_job(claimant)
+        .await
+        .unwrap()
+        .expect("the new job")
+}
 
 /// (table, column) of every table the migrations made.
 async fn columns(index: &Index) -> BTreeSet<(String, String)> {
@@ -118,11 +150,16 @@ async fn a_node_on_postgresql_indexes_queues_and_delivers_through_the_same_queri
     );
 
     // The worker's and the sender's path, on this node's database.
-    let job = index.claim_next_job().await.unwrap().expect("a queued job");
+    let me = claimant("worker-1", 60_000);
+    let job = index
+        .claim_next_job(&me)
+        .await
+        .unwrap()
+        .expect("a queued job");
     assert_eq!(job.series_uid, series.series_uid);
     assert_eq!(job.study_uid, series.study_uid);
     assert!(
-        index.claim_next_job().await.unwrap().is_none(),
+        index.claim_next_job(&me).await.unwrap().is_none(),
         "claimed once"
     );
     let results = [
@@ -150,10 +187,12 @@ async fn a_node_on_postgresql_indexes_queues_and_delivers_through_the_same_queri
         findings: 1,
         results: &results,
     };
-    index
-        .finish_job(&job, &success, Some(&destination))
-        .await
-        .unwrap();
+    assert!(
+        index
+            .finish_job(&job, &success, Some(&destination))
+            .await
+            .unwrap()
+    );
     let due = index.due_outbox(10).await.unwrap();
     assert_eq!(due.len(), 2);
     assert!(index.next_outbox_due().await.unwrap().is_some());
@@ -196,18 +235,32 @@ async fn a_node_on_postgresql_indexes_queues_and_delivers_through_the_same_queri
         2
     );
     assert_eq!(index.due_outbox(10).await.unwrap().len(), 2);
-    index
-        .finish_job(&job, &success, Some(&destination))
-        .await
-        .unwrap();
+    let second = analyse_again(&index, &series.series_uid, &me).await;
+    assert_ne!(second.id, job.id);
+    assert!(
+        index
+            .finish_job(&second, &success, Some(&destination))
+            .await
+            .unwrap()
+    );
     let overview = index.overview(10).await.unwrap();
     assert_eq!(overview.outbox(OutboxState::Pending), 2);
     assert_eq!(overview.outbox(OutboxState::Superseded), 2);
-    index
-        .fail_job(job.id, "test", "failed on purpose")
-        .await
-        .unwrap();
+    let third = analyse_again(&index, &series.series_uid, &me).await;
+    assert!(
+        index
+            .fail_job(&third, "test", "failed on purpose")
+            .await
+            .unwrap()
+    );
     assert_eq!(index.overview(10).await.unwrap().jobs(JobState::Failed), 1);
+    // A finished job cannot be finished again.
+    assert!(
+        !index
+            .finish_job(&job, &success, Some(&destination))
+            .await
+            .unwrap()
+    );
 
     // The CHECK constraints refuse a state the code does not know.
     let Pool::Postgres(pool) = index.pool() else {
@@ -226,4 +279,119 @@ async fn a_node_on_postgresql_indexes_queues_and_delivers_through_the_same_queri
     assert_eq!(index.durable_mark().await.unwrap(), Some(mark));
     index.close().await;
     node.stop();
+}
+
+/// `n` complete series, each with a queued job, without instances (the queue is under test);
+/// `batch` keeps their UIDs apart from earlier batches'.
+async fn queue_jobs(index: &Index, batch: usize, n: usize) {
+    for i in 0..n {
+        for sql in [
+            format!("INSERT INTO patients (patient_id) VALUES ('P{batch}.{i}')"),
+            format!(
+                "INSERT INTO studies (study_uid, patient, first_received_at)
+                 SELECT '1.2.{batch}.{i}', id, 0 FROM patients WHERE patient_id = 'P{batch}.{i}'"
+            ),
+            format!(
+                "INSERT INTO series (series_uid, study_uid, source_ae, first_received_at,
+                                     last_received_at)
+                 VALUES ('1.2.{batch}.{i}.1', '1.2.{batch}.{i}', 'CT', 0, 0)"
+            ),
+        ] {
+            let sql = sqlx::AssertSqlSafe(sql);
+            match index.pool() {
+                Pool::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+                Pool::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+            }
+            .unwrap();
+        }
+    }
+    assert_eq!(index.complete_idle_series(1).await.unwrap().len(), n);
+}
+
+/// Claims by several workers at once on `index`: each job is taken once; a job whose lease ran
+/// out is queued again, taken by another worker, and only that one can finish it; a job whose
+/// leases keep running out fails for good.
+async fn claims_and_leases(index: Index) {
+    queue_jobs(&index, 1, 20).await;
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let index = index.clone();
+        workers.spawn(async move {
+            let me = claimant(&format!("worker-{w}"), 60_000);
+            let mut taken = Vec::new();
+            while let Some(job) = index.claim_next_job(&me).await.unwrap() {
+                assert_eq!(job.claimed_by, me.node);
+                taken.push(job.id);
+            }
+            taken
+        });
+    }
+    let mut taken: Vec<i64> = workers.join_all().await.into_iter().flatten().collect();
+    taken.sort();
+    let before = taken.len();
+    taken.dedup();
+    assert_eq!(
+        (before, taken.len()),
+        (20, 20),
+        "every job claimed exactly once"
+    );
+    assert_eq!(
+        index.reclaim_expired_jobs(3).await.unwrap(),
+        (0, 0),
+        "leases hold"
+    );
+
+    // A worker that stops renewing: its job goes to another, and its results are refused.
+    queue_jobs(&index, 2, 1).await;
+    let (dead, alive) = (claimant("dead", 1), claimant("alive", 60_000));
+    let lost = index.claim_next_job(&dead).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(index.reclaim_expired_jobs(3).await.unwrap(), (1, 0));
+    let again = index.claim_next_job(&alive).await.unwrap().unwrap();
+    assert_eq!(again.id, lost.id);
+    assert!(!index.renew_lease(&lost, &dead).await.unwrap());
+    assert!(index.renew_lease(&again, &alive).await.unwrap());
+    let success = JobSuccess {
+        timings_json: "{}",
+        candidates: 0,
+        findings: 0,
+        results: &[],
+    };
+    assert!(!index.finish_job(&lost, &success, None).await.unwrap());
+    assert!(!index.fail_job(&lost, "test", "late").await.unwrap());
+    assert!(index.finish_job(&again, &success, None).await.unwrap());
+
+    // Leases that keep running out: failed for good at the third claim.
+    queue_jobs(&index, 3, 1).await;
+    for attempt in 1..=3 {
+        index.claim_next_job(&dead).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let expected = if attempt < 3 { (1, 0) } else { (0, 1) };
+        assert_eq!(index.reclaim_expired_jobs(3).await.unwrap(), expected);
+    }
+    let overview = index.overview(10).await.unwrap();
+    assert_eq!(overview.jobs(JobState::Failed), 1);
+    assert_eq!(overview.jobs(JobState::Done), 1);
+    assert_eq!(overview.queue_depth, 0);
+    index.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_claimed_once_and_expired_leases_go_to_another_worker_on_postgresql() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let url = server.database("leases");
+    claims_and_leases(
+        Index::connect(&jnsc::config::DbLocation::parse(&url))
+            .await
+            .unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_claimed_once_and_expired_leases_go_to_another_worker_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    claims_and_leases(Index::open(&dir.path().join("jnsc.db")).await.unwrap()).await;
 }

@@ -9,7 +9,7 @@ use crate::metrics::{JobOutcome, Metrics, Stage};
 use crate::results::source::SourceStudy;
 use crate::results::{self, Equipment};
 use crate::store::db::Index;
-use crate::store::work::{ClaimedJob, JobSuccess, NewResult, ResultKind};
+use crate::store::work::{Claimant, ClaimedJob, JobSuccess, NewResult, ResultKind};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +31,18 @@ pub struct Worker {
     pub outbox: Arc<Notify>,
     /// The node's metrics: jobs by outcome, stage durations.
     pub metrics: Arc<Metrics>,
+    /// This node, as the holder of the jobs it claims.
+    pub claimant: Claimant,
+    /// Claims of a job before one whose lease ran out fails it for good.
+    pub max_attempts: i64,
+}
+
+/// How an analysis that ran to its end was recorded.
+enum Finished {
+    /// Results recorded and queued for delivery; the number of reported findings.
+    Recorded(usize),
+    /// Nothing recorded: the job's lease ran out meanwhile and it is another node's now.
+    LeaseLost,
 }
 
 /// Why a job failed: a stable code and a message for operators.
@@ -52,11 +64,13 @@ impl Worker {
     /// Runs jobs until `stopped` turns true. A job still running then stays marked running and
     /// is queued again at the next start.
     pub async fn run(self, mut stopped: watch::Receiver<bool>) {
+        let mut last_sweep: Option<Instant> = None;
         loop {
             if *stopped.borrow() {
                 return;
             }
-            let job = match self.index.claim_next_job().await {
+            self.reclaim_expired(&mut last_sweep).await;
+            let job = match self.index.claim_next_job(&self.claimant).await {
                 Ok(Some(job)) => job,
                 Ok(None) => {
                     tokio::select! {
@@ -74,6 +88,7 @@ impl Worker {
             };
             tokio::select! {
                 _ = self.run_job(&job) => {}
+                _ = self.hold_lease(&job) => {}
                 _ = stopped.changed() => {
                     info!(job = job.id, "shutdown during a job: it is queued again at the next start");
                     return;
@@ -82,11 +97,45 @@ impl Worker {
         }
     }
 
+    /// Renews the job's lease a few times per lease period; returns if the job is lost (its
+    /// lease ran out, e.g. the database was unreachable), which abandons the analysis.
+    async fn hold_lease(&self, job: &ClaimedJob) {
+        let mut ticker = tokio::time::interval(self.claimant.lease / 3);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            match self.index.renew_lease(job, &self.claimant).await {
+                Ok(true) => {}
+                Ok(false) => return lease_lost(job),
+                Err(e) => warn!(job = job.id, error = %e, "cannot renew the job's lease"),
+            }
+        }
+    }
+
+    /// Queues again (or fails for good) the jobs of nodes that stopped renewing their leases;
+    /// at most a few times per lease period.
+    async fn reclaim_expired(&self, last_sweep: &mut Option<Instant>) {
+        if last_sweep.is_some_and(|at| at.elapsed() < self.claimant.lease / 4) {
+            return;
+        }
+        *last_sweep = Some(Instant::now());
+        match self.index.reclaim_expired_jobs(self.max_attempts).await {
+            Ok((0, 0)) => {}
+            Ok((queued, failed)) => warn!(
+                queued,
+                failed,
+                "jobs whose node stopped renewing its lease: queued again, or failed after the last attempt"
+            ),
+            Err(e) => warn!(error = %e, "cannot reclaim jobs with expired leases"),
+        }
+    }
+
     async fn run_job(&self, job: &ClaimedJob) {
         info!(job = job.id, study = %job.study_uid, series = %job.series_uid, "analysis started");
         let started = Instant::now();
         match self.analyse(job).await {
-            Ok(reported) => {
+            Ok(Finished::LeaseLost) => lease_lost(job),
+            Ok(Finished::Recorded(reported)) => {
                 self.metrics.job(JobOutcome::Done);
                 info!(
                     job = job.id,
@@ -108,19 +157,21 @@ impl Worker {
                 {
                     error!(job = job.id, error = %e, "cannot record the series refusal");
                 }
-                if let Err(e) = self
+                match self
                     .index
-                    .fail_job(job.id, failure.code, &failure.message)
+                    .fail_job(job, failure.code, &failure.message)
                     .await
                 {
-                    error!(job = job.id, error = %e, "cannot record the job failure");
+                    Ok(true) => {}
+                    Ok(false) => lease_lost(job),
+                    Err(e) => error!(job = job.id, error = %e, "cannot record the job failure"),
                 }
             }
         }
     }
 
     /// The job's stages; returns the number of reported findings.
-    async fn analyse(&self, job: &ClaimedJob) -> Result<usize, JobFailure> {
+    async fn analyse(&self, job: &ClaimedJob) -> Result<Finished, JobFailure> {
         let failure = |code: &'static str, message: String| JobFailure {
             code,
             message,
@@ -220,10 +271,25 @@ impl Worker {
                 destination.as_ref(),
             )
             .await
-            .map_err(|e| failure("database", e.to_string()))?;
-        self.outbox.notify_one();
-        Ok(summary.findings.len())
+            .map_err(|e| failure("database", e.to_string()))
+            .map(|recorded| {
+                if recorded {
+                    self.outbox.notify_one();
+                    Finished::Recorded(summary.findings.len())
+                } else {
+                    Finished::LeaseLost
+                }
+            })
     }
+}
+
+/// Logs a job this worker no longer holds.
+fn lease_lost(job: &ClaimedJob) {
+    warn!(
+        job = job.id,
+        series = %job.series_uid,
+        "the job's lease ran out and it was queued again: this analysis is abandoned, nothing recorded"
+    );
 }
 
 /// Where a series' results live, relative to the storage directory.

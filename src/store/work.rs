@@ -1,10 +1,30 @@
 //! The index's record of work after reception: jobs the worker claims and finishes, the result
 //! objects it wrote, and the outbox the sender drains, with every delivery attempt. Each state
 //! change is one transaction, so a crash leaves either the old state or the new one.
+//!
+//! Several nodes may share one queue (PostgreSQL): a job is claimed by one node
+//! ([`Claimant`], `FOR UPDATE SKIP LOCKED` there) for a lease its worker renews while it works.
+//! A job whose lease ran out (its worker died) is queued again, or failed for good after
+//! `max_attempts`; only the claimant still holding the job can finish or fail it, so a worker
+//! that lost its lease records nothing and its results are never delivered twice.
 
-use crate::store::db::{DbResult, Index, now_ms, on_pool};
+use crate::store::db::{DbResult, Index, Pool, now_ms, on_pool};
 pub use crate::store::state::{JobState, OutboxState};
 use sqlx::FromRow;
+use std::time::Duration;
+
+/// Who claims jobs (the node's name), and how long a claim holds unless renewed.
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    pub node: String,
+    pub lease: Duration,
+}
+
+impl Claimant {
+    fn lease_until(&self, now: i64) -> i64 {
+        now.saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX))
+    }
+}
 
 /// A job the worker took, with what it needs about its series.
 #[derive(Debug, Clone, FromRow)]
@@ -14,6 +34,29 @@ pub struct ClaimedJob {
     pub study_uid: String,
     /// The calling AE that sent the series: its results go back there.
     pub source_ae: String,
+    /// The node holding the job (its claim is checked when the job is finished or failed).
+    pub claimed_by: String,
+}
+
+/// The claim of the oldest queued job; `$lock` is PostgreSQL's row lock clause (SQLite has one
+/// writer and no such clause).
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE jobs SET state = $1, started_at = $2, updated_at = $2,
+                    attempts = attempts + 1, error = NULL, error_code = NULL,
+                    claimed_by = $3, lease_until = $4
+             WHERE id = (SELECT id FROM jobs WHERE state = $5 ORDER BY created_at, id LIMIT 1 ",
+            $lock,
+            ")
+             RETURNING id, series_uid,
+                 (SELECT study_uid FROM series WHERE series.series_uid = jobs.series_uid)
+                     AS study_uid,
+                 (SELECT source_ae FROM series WHERE series.series_uid = jobs.series_uid)
+                     AS source_ae,
+                 claimed_by"
+        )
+    };
 }
 
 /// A result object to record and deliver.
@@ -161,55 +204,133 @@ macro_rules! enqueue {
 }
 
 impl Index {
-    /// Puts jobs left running by a previous process back in the queue; returns how many.
-    pub async fn requeue_interrupted_jobs(&self) -> DbResult<u64> {
+    /// Puts the jobs this node left running (a previous run of it stopped) back in the queue;
+    /// returns how many. Other nodes' jobs are theirs until their lease runs out.
+    pub async fn requeue_interrupted_jobs(&self, node: &str) -> DbResult<u64> {
         on_pool!(self.pool(), pool => {
             let done = sqlx::query(
-                "UPDATE jobs SET state = $1, updated_at = $2, started_at = NULL WHERE state = $3",
+                "UPDATE jobs SET state = $1, updated_at = $2, started_at = NULL,
+                        claimed_by = NULL, lease_until = NULL
+                 WHERE state = $3 AND (claimed_by = $4 OR claimed_by IS NULL)",
             )
             .bind(JobState::Queued)
             .bind(now_ms())
             .bind(JobState::Running)
+            .bind(node)
             .execute(pool)
             .await?;
             Ok(done.rows_affected())
         })
     }
 
-    /// Takes the oldest queued job, if any, and marks it running.
-    pub async fn claim_next_job(&self) -> DbResult<Option<ClaimedJob>> {
+    /// Takes the oldest queued job, if any, marks it running and held by `claimant`.
+    pub async fn claim_next_job(&self, claimant: &Claimant) -> DbResult<Option<ClaimedJob>> {
+        let now = now_ms();
+        let sql = match self.pool() {
+            Pool::Sqlite(_) => claim_sql!(""),
+            Pool::Postgres(_) => claim_sql!("FOR UPDATE SKIP LOCKED"),
+        };
         on_pool!(self.pool(), pool => {
-            let now = now_ms();
-            sqlx::query_as(
-                "UPDATE jobs SET state = $1, started_at = $2, updated_at = $3,
-                        attempts = attempts + 1, error = NULL, error_code = NULL
-                 WHERE id = (SELECT id FROM jobs WHERE state = $4 ORDER BY created_at, id LIMIT 1)
-                 RETURNING id, series_uid,
-                     (SELECT study_uid FROM series WHERE series.series_uid = jobs.series_uid)
-                         AS study_uid,
-                     (SELECT source_ae FROM series WHERE series.series_uid = jobs.series_uid)
-                         AS source_ae",
+            sqlx::query_as(sql)
+                .bind(JobState::Running)
+                .bind(now)
+                .bind(&claimant.node)
+                .bind(claimant.lease_until(now))
+                .bind(JobState::Queued)
+                .fetch_optional(pool)
+                .await
+        })
+    }
+
+    /// Extends the claimant's lease on a running job; `false` when the job is no longer its own
+    /// (the lease ran out and the job was queued again, or taken by another node).
+    pub async fn renew_lease(&self, job: &ClaimedJob, claimant: &Claimant) -> DbResult<bool> {
+        let now = now_ms();
+        on_pool!(self.pool(), pool => {
+            let done = sqlx::query(
+                "UPDATE jobs SET lease_until = $1 WHERE id = $2 AND state = $3 AND claimed_by = $4",
             )
+            .bind(claimant.lease_until(now))
+            .bind(job.id)
             .bind(JobState::Running)
+            .bind(&claimant.node)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    /// Running jobs whose lease ran out (their worker died or lost the database): queued again,
+    /// or failed for good once they were claimed `max_attempts` times. Returns (queued again,
+    /// failed).
+    pub async fn reclaim_expired_jobs(&self, max_attempts: i64) -> DbResult<(u64, u64)> {
+        let now = now_ms();
+        on_pool!(self.pool(), pool => {
+            let mut tx = pool.begin().await?;
+            let failed = sqlx::query(
+                "UPDATE jobs SET state = $1, finished_at = $2, updated_at = $2,
+                        error_code = 'lease_expired',
+                        error = 'the node analysing it stopped answering, on every attempt',
+                        claimed_by = NULL, lease_until = NULL
+                 WHERE state = $3 AND lease_until < $2 AND attempts >= $4",
+            )
+            .bind(JobState::Failed)
             .bind(now)
-            .bind(now)
+            .bind(JobState::Running)
+            .bind(max_attempts)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let queued = sqlx::query(
+                "UPDATE jobs SET state = $1, updated_at = $2, started_at = NULL,
+                        claimed_by = NULL, lease_until = NULL
+                 WHERE state = $3 AND lease_until < $2",
+            )
             .bind(JobState::Queued)
-            .fetch_optional(pool)
-            .await
+            .bind(now)
+            .bind(JobState::Running)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok((queued, failed))
         })
     }
 
     /// Records a finished job, its result objects and their outbox rows, in one transaction.
     /// Older undelivered versions of the same objects are superseded: only the newest is sent.
+    /// `false`, with nothing recorded, when the job is no longer held by its claimant (its
+    /// lease ran out: another node analyses it again).
     pub async fn finish_job(
         &self,
         job: &ClaimedJob,
         success: &JobSuccess<'_>,
         destination: Option<&Destination>,
-    ) -> DbResult<()> {
+    ) -> DbResult<bool> {
         on_pool!(self.pool(), pool => {
             let now = now_ms();
             let mut tx = pool.begin().await?;
+            // First, so that the job's row is locked (PostgreSQL) while the rest is written.
+            let held = sqlx::query(
+                "UPDATE jobs SET state = $1, finished_at = $2, updated_at = $2, timings = $3,
+                        candidates = $4, findings = $5, lease_until = NULL
+                 WHERE id = $6 AND state = $7 AND claimed_by = $8",
+            )
+            .bind(JobState::Done)
+            .bind(now)
+            .bind(success.timings_json)
+            .bind(success.candidates as i64)
+            .bind(success.findings as i64)
+            .bind(job.id)
+            .bind(JobState::Running)
+            .bind(&job.claimed_by)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if held == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
             // This analysis replaces the series' earlier results (a SEG may no longer exist).
             sqlx::query("DELETE FROM results WHERE series_uid = $1")
                 .bind(&job.series_uid)
@@ -248,42 +369,31 @@ impl Index {
                 .await?;
                 enqueue!(tx, job, result, destination, now)?;
             }
-            sqlx::query(
-                "UPDATE jobs SET state = $1, finished_at = $2, updated_at = $3, timings = $4,
-                        candidates = $5, findings = $6
-                 WHERE id = $7",
-            )
-            .bind(JobState::Done)
-            .bind(now)
-            .bind(now)
-            .bind(success.timings_json)
-            .bind(success.candidates as i64)
-            .bind(success.findings as i64)
-            .bind(job.id)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await
+            tx.commit().await?;
+            Ok(true)
         })
     }
 
-    /// Records a failed job with a stable code and a message for operators.
-    pub async fn fail_job(&self, job_id: i64, code: &str, message: &str) -> DbResult<()> {
+    /// Records a failed job with a stable code and a message for operators; `false` when the
+    /// job is no longer held by its claimant (as for [`Index::finish_job`]).
+    pub async fn fail_job(&self, job: &ClaimedJob, code: &str, message: &str) -> DbResult<bool> {
         on_pool!(self.pool(), pool => {
             let now = now_ms();
-            sqlx::query(
-                "UPDATE jobs SET state = $1, finished_at = $2, updated_at = $3, error_code = $4,
-                        error = $5
-                 WHERE id = $6",
+            let done = sqlx::query(
+                "UPDATE jobs SET state = $1, finished_at = $2, updated_at = $2, error_code = $3,
+                        error = $4, lease_until = NULL
+                 WHERE id = $5 AND state = $6 AND claimed_by = $7",
             )
             .bind(JobState::Failed)
             .bind(now)
-            .bind(now)
             .bind(code)
             .bind(message)
-            .bind(job_id)
+            .bind(job.id)
+            .bind(JobState::Running)
+            .bind(&job.claimed_by)
             .execute(pool)
             .await?;
-            Ok(())
+            Ok(done.rows_affected() == 1)
         })
     }
 
@@ -409,6 +519,7 @@ impl Index {
                     series_uid: series_uid.clone(),
                     study_uid: study_uid.to_owned(),
                     source_ae: source_ae.clone(),
+                    claimed_by: String::new(),
                 };
                 let result = NewResult {
                     sop_instance_uid: sop_instance_uid.clone(),
