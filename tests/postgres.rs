@@ -108,9 +108,12 @@ async fn a_node_on_postgresql_indexes_queues_and_delivers_through_the_same_queri
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start_in_with(
         dir.path(),
-        "[pipeline]\nstable_age_secs = 1\nanalyze = false",
+        "[node]\nname = \"receiver-1\"\n[pipeline]\nstable_age_secs = 1\nanalyze = false",
         &format!("db = \"{url}\""),
     );
+    let (code, status) = node.get("/status", None);
+    assert_eq!(code, 200, "{status}");
+    assert!(status.contains("\"node\":\"receiver-1\""), "{status}");
     let (code, ready) = node.get("/ready", None);
     assert_eq!(code, 200, "{ready}");
     assert!(ready.contains("postgres://jnsc@127.0.0.1"), "{ready}");
@@ -158,6 +161,17 @@ async fn a_node_on_postgresql_indexes_queues_and_delivers_through_the_same_queri
         .expect("a queued job");
     assert_eq!(job.series_uid, series.series_uid);
     assert_eq!(job.study_uid, series.study_uid);
+    let running = index.overview(10).await.unwrap().running_by_node;
+    assert_eq!(
+        running.into_iter().collect::<Vec<_>>(),
+        [("worker-1".to_owned(), 1)]
+    );
+    let history = index
+        .study_history(&series.study_uid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(history.jobs[0].claimed_by.as_deref(), Some("worker-1"));
     assert!(
         index.claim_next_job(&me).await.unwrap().is_none(),
         "claimed once"

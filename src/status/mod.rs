@@ -58,6 +58,8 @@ pub type TaskFailures = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub version: &'static str,
+    /// This node's name (`[node] name`), as it marks the jobs it holds.
+    pub node: String,
     pub ae_title: String,
     pub model: Option<ModelStatus>,
     pub uptime_seconds: u64,
@@ -188,6 +190,7 @@ pub async fn report(state: &StatusState) -> Result<StatusReport, sqlx::Error> {
         });
     Ok(StatusReport {
         version: env!("CARGO_PKG_VERSION"),
+        node: state.config.node.name.clone(),
         ae_title: state.config.dicom.ae_title.clone(),
         model: state.model.clone(),
         uptime_seconds: state.started.elapsed().as_secs(),

@@ -16,6 +16,9 @@ pub struct Overview {
     /// Jobs waiting for the worker.
     pub queue_depth: i64,
     pub outbox_by_state: BTreeMap<OutboxState, i64>,
+    /// Running jobs by the node that holds them (`[node] name`): with several nodes on one
+    /// database, who is analysing what.
+    pub running_by_node: BTreeMap<String, i64>,
     pub associations_logged: i64,
     pub associations_rejected: i64,
     /// Bytes of received instances (current versions).
@@ -88,6 +91,8 @@ pub struct JobRow {
     pub error: Option<String>,
     #[serde(serialize_with = "as_json")]
     pub timings: Option<String>,
+    /// The node holding the job while it runs.
+    pub claimed_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, FromRow)]
@@ -165,6 +170,15 @@ impl Index {
             .await?
             .into_iter()
             .collect();
+            let running_by_node: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+                "SELECT claimed_by, COUNT(*) FROM jobs
+                 WHERE state = $1 AND claimed_by IS NOT NULL GROUP BY claimed_by",
+            )
+            .bind(JobState::Running)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
             let recent_studies = sqlx::query_as(
                 "SELECT st.study_uid, p.patient_id, st.accession_number,
                         (SELECT MAX(last_received_at) FROM series s WHERE s.study_uid = st.study_uid)
@@ -197,6 +211,7 @@ impl Index {
                 queue_depth: jobs_by_state.get(&JobState::Queued).copied().unwrap_or(0),
                 jobs_by_state,
                 outbox_by_state,
+                running_by_node,
                 associations_logged: count("SELECT COUNT(*) FROM associations").await?,
                 associations_rejected: count("SELECT COUNT(*) FROM rejected_associations").await?,
                 instance_bytes: count("SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM instances").await?,
@@ -229,7 +244,7 @@ impl Index {
             let jobs = sqlx::query_as(
                 "SELECT j.id, j.series_uid, j.state, j.instance_count, j.attempts, j.created_at,
                         j.started_at, j.finished_at, j.candidates, j.findings, j.error_code, j.error,
-                        j.timings
+                        j.timings, j.claimed_by
                  FROM jobs j JOIN series s ON s.series_uid = j.series_uid
                  WHERE s.study_uid = $1 ORDER BY j.id",
             )
