@@ -62,7 +62,7 @@ struct JobTimings {
 
 impl Worker {
     /// Runs jobs until `stopped` turns true. A job still running then stays marked running and
-    /// is queued again at the next start.
+    /// is queued again at this node's next start (or by another node once its lease runs out).
     pub async fn run(self, mut stopped: watch::Receiver<bool>) {
         let mut last_sweep: Option<Instant> = None;
         loop {
@@ -170,7 +170,8 @@ impl Worker {
         }
     }
 
-    /// The job's stages; returns the number of reported findings.
+    /// The job's stages; how their results were recorded (with the number of reported findings),
+    /// or why the job failed.
     async fn analyse(&self, job: &ClaimedJob) -> Result<Finished, JobFailure> {
         let failure = |code: &'static str, message: String| JobFailure {
             code,
