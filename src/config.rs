@@ -29,15 +29,76 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
-    /// A stable name, unique among the nodes on one database: it marks the jobs the node holds
-    /// (a restarted node takes its own interrupted jobs back at once). Default: the host name.
+    /// A stable name, unique among the nodes on one database: it marks the jobs, deliveries
+    /// and associations the node holds (a restarted node takes its own interrupted work back at
+    /// once), and names its area of a shared storage directory (`nodes/<name>/`). Letters,
+    /// digits, `.`, `_` and `-`. Default: the host name.
     pub name: String,
+    /// What this node does: see [`NodeRole`].
+    pub role: NodeRole,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        Self { name: host_name() }
+        Self {
+            name: host_name(),
+            role: NodeRole::default(),
+        }
     }
+}
+
+/// What a node does among the nodes sharing one PostgreSQL index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// Everything: receive, store and index; analyse; deliver (the only role on SQLite).
+    #[default]
+    All,
+    /// Receive, store and index, and queue each complete series; no model, no deliveries.
+    Receiver,
+    /// Claim queued jobs, analyse them and deliver the results; no DICOM listener.
+    Worker,
+}
+
+impl NodeRole {
+    /// Whether the node listens for DICOM and stores what it receives.
+    pub fn receives(self) -> bool {
+        matches!(self, Self::All | Self::Receiver)
+    }
+
+    /// Whether the node analyses queued series and delivers results.
+    pub fn works(self) -> bool {
+        matches!(self, Self::All | Self::Worker)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Receiver => "receiver",
+            Self::Worker => "worker",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A node name is a path component of the shared storage directory and a label value: 1 to 64
+/// letters, digits, `.`, `_` or `-`, not starting with `.`.
+fn check_node_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    if name.starts_with('.') || !name.chars().all(allowed) {
+        return Err(format!(
+            "`{name}` may hold only letters, digits, `.`, `_` and `-`, and not start with `.`"
+        ));
+    }
+    Ok(())
 }
 
 /// The machine's host name (`jnsc` where it has none).
@@ -443,6 +504,19 @@ impl Config {
             }
         }
         self.validate_tls()?;
+        if let Err(problem) = check_node_name(&self.node.name) {
+            return Err(invalid("node.name", problem));
+        }
+        if self.node.role != NodeRole::All && !matches!(self.db(), DbLocation::Postgres(_)) {
+            return Err(invalid(
+                "node.role",
+                format!(
+                    "`{}` needs a queue shared with other nodes: set storage.db to a \
+                     postgres:// URL (an SQLite index serves one node, role `all`)",
+                    self.node.role
+                ),
+            ));
+        }
         if self.storage.dir.as_os_str().is_empty() {
             return Err(invalid("storage.dir", "is empty".into()));
         }
@@ -531,6 +605,16 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// This node's part of the storage directory, relative to it: all of it on SQLite (one node
+    /// owns the directory), `nodes/<name>/` on PostgreSQL, where the directory is shared by the
+    /// nodes and each one writes, locks and recovers only its own area.
+    pub fn storage_area(&self) -> PathBuf {
+        match self.db() {
+            DbLocation::Sqlite(_) => PathBuf::new(),
+            DbLocation::Postgres(_) => Path::new("nodes").join(&self.node.name),
+        }
     }
 
     /// Where the index lives (explicit, or an SQLite file inside the storage directory).
@@ -632,6 +716,32 @@ mod tests {
             parse("postgresql://jnsc@127.0.0.1/jnsc").to_string(),
             "postgresql://jnsc@127.0.0.1/jnsc"
         );
+    }
+
+    #[test]
+    fn roles_need_a_shared_queue_and_name_each_node_s_storage_area() {
+        let worker =
+            "[node]\nname = \"gpu-1\"\nrole = \"worker\"\n[storage]\ndir = \"/srv/jnsc\"\n";
+        let error = Config::parse(worker).unwrap_err().to_string();
+        assert!(
+            error.contains("node.role") && error.contains("postgres://"),
+            "{error}"
+        );
+        let shared = format!("{worker}db = \"postgres://jnsc@db/jnsc\"\n");
+        let config = Config::parse(&shared).unwrap();
+        assert_eq!(config.node.role, NodeRole::Worker);
+        assert!(config.node.role.works() && !config.node.role.receives());
+        assert_eq!(config.storage_area(), Path::new("nodes/gpu-1"));
+        let alone = Config::parse("[storage]\ndir = \"/srv/jnsc\"\n").unwrap();
+        assert_eq!(alone.node.role, NodeRole::All);
+        assert_eq!(alone.storage_area(), Path::new(""));
+        for bad in ["", "../up", ".hidden", "a/b", "name with space"] {
+            let text = shared.replace("gpu-1", bad);
+            let error = Config::parse(&text).unwrap_err().to_string();
+            assert!(error.contains("node.name"), "{bad:?}: {error}");
+        }
+        let error = Config::parse(&shared.replace("worker", "gpu")).unwrap_err();
+        assert!(error.to_string().contains("role"), "{error}");
     }
 
     #[test]

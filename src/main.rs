@@ -152,6 +152,26 @@ enum BenchCommand {
     /// Mutation fuzzing of what the node parses from the network (association streams,
     /// command sets, data sets) for a time per target; prints executions and crashes.
     Fuzz(jnsc::fuzz::FuzzArgs),
+    /// Claims per second by 8 workers on one PostgreSQL queue (empty jobs), and on SQLite in
+    /// the same run (scripts/bench-postgres.sh starts a scratch server).
+    Queue {
+        /// A postgres:// URL of the server (any database on it; the role must be allowed to
+        /// create databases): each round runs on a fresh database.
+        #[arg(long)]
+        server: String,
+        #[arg(long, default_value_t = 2000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Ingest of one series by 2 receivers against 1, on one PostgreSQL index.
+    Receivers {
+        /// As for `bench queue`.
+        #[arg(long)]
+        server: String,
+        #[command(flatten)]
+        series: SeriesBench,
+    },
 }
 
 /// The synthetic series a benchmark uses, and how many rounds it runs.
@@ -227,6 +247,17 @@ fn main() -> ExitCode {
                     seed,
                 },
         } => jnsc::bench::crash(rounds, slices, size, seed),
+        Command::Bench {
+            which:
+                BenchCommand::Queue {
+                    server,
+                    jobs,
+                    rounds,
+                },
+        } => jnsc::bench::nodes::queue(&server, jobs, rounds),
+        Command::Bench {
+            which: BenchCommand::Receivers { server, series: b },
+        } => jnsc::bench::nodes::receivers(&server, b.slices, b.size, b.rounds),
         Command::Model {
             which:
                 ModelCommand::Init {

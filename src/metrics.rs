@@ -15,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The content type of [`Metrics::render`]'s output.
@@ -161,9 +162,15 @@ impl Metrics {
     }
 
     /// The OpenMetrics text exposition ([`CONTENT_TYPE`]), plus the gauges `extra` computed by
-    /// the caller from the database (queue depth, outbox...), each `(name, help, value)`. Help
-    /// texts are sentences without the final full stop, which the encoder adds.
-    pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
+    /// the caller from the database (queue depth, outbox...), each `(name, help, value)`, and
+    /// the gauges `by_node`, each `(name, help, counts by node name)`, labelled `node`: with
+    /// several nodes on one database, who holds what. Help texts are sentences without the
+    /// final full stop, which the encoder adds.
+    pub fn render(
+        &self,
+        extra: &[(&str, &str, f64)],
+        by_node: &[(&str, &str, &BTreeMap<String, i64>)],
+    ) -> String {
         let mut registry = Registry::default();
         // Clones share the values: the registry is a view, built per scrape.
         registry.register(
@@ -199,6 +206,15 @@ impl Metrics {
         for (name, help, value) in extra {
             registry.register(*name, *help, ConstGauge::new(*value));
         }
+        for (name, help, counts) in by_node {
+            let family = Family::<Vec<(String, String)>, Gauge>::default();
+            for (node, count) in *counts {
+                family
+                    .get_or_create(&vec![("node".to_owned(), node.clone())])
+                    .set(*count);
+            }
+            registry.register(*name, *help, family);
+        }
         registry.register(
             "jnsc_association_seconds",
             "Duration of associations, establishment to end",
@@ -233,7 +249,11 @@ mod tests {
         m.instance(InstanceOutcome::Stored);
         m.instance(InstanceOutcome::Stored);
         m.associations_total.inc();
-        let out = m.render(&[("jnsc_queue_depth", "Jobs waiting", 4.0)]);
+        let running = BTreeMap::from([("worker-2".to_owned(), 3)]);
+        let out = m.render(
+            &[("jnsc_queue_depth", "Jobs waiting", 4.0)],
+            &[("jnsc_jobs_held", "Running jobs by node", &running)],
+        );
         for line in [
             "# TYPE jnsc_associations counter",
             "jnsc_associations_total 1",
@@ -245,6 +265,8 @@ mod tests {
             "jnsc_associations_active 0",
             "# HELP jnsc_queue_depth Jobs waiting.",
             "jnsc_queue_depth 4.0",
+            "# TYPE jnsc_jobs_held gauge",
+            "jnsc_jobs_held{node=\"worker-2\"} 3",
             "jnsc_stage_seconds_bucket{le=\"0.01\",stage=\"lung_mask\"} 0",
             "jnsc_stage_seconds_bucket{le=\"0.05\",stage=\"lung_mask\"} 1",
             "jnsc_stage_seconds_bucket{le=\"5.0\",stage=\"lung_mask\"} 2",

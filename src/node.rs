@@ -1,6 +1,8 @@
 //! The node as an object. [`start`] assembles it from a configuration (storage lock, store,
 //! index, recovery, DICOM listeners, series completion, worker, outbox sender, status endpoint,
 //! checkpoints) and returns [`Running`], with the addresses it bound (port 0 picks free ones).
+//! Its role (`[node] role`) chooses the parts: a receiver listens, stores, indexes and queues
+//! complete series; a worker claims jobs, analyses and delivers; `all` (the default) does both.
 //! [`Running::shutdown`] stops it; [`serve`] runs one until a future completes (SIGINT or
 //! SIGTERM for `jnsc serve`). Every task is supervised (`Supervisor`): one that panics, or ends
 //! before it was asked to stop, is logged, marks the node not ready (`/ready`), and stops the
@@ -14,8 +16,9 @@ use crate::jnsc::model_file::ModelSource;
 use crate::metrics::Metrics;
 use crate::net::send::SendSettings;
 use crate::net::server;
+use crate::pipeline::completion;
+use crate::pipeline::sender::Sender;
 use crate::pipeline::worker::Worker;
-use crate::pipeline::{completion, sender};
 use crate::results::Equipment;
 use crate::status::TaskFailures;
 use crate::store::db::Index;
@@ -38,13 +41,19 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     // A closed stdout must not stop the node, hence no println!.
     {
         use std::io::Write;
-        let _ = writeln!(
-            std::io::stdout(),
-            "jnsc: DICOM SCP listening on {} as AE {}; status on http://{}",
-            running.dicom_address,
-            running.ae_title,
-            running.status_address
-        );
+        let _ = match running.dicom_address {
+            Some(dicom) => writeln!(
+                std::io::stdout(),
+                "jnsc: DICOM SCP listening on {dicom} as AE {}; status on http://{}",
+                running.ae_title,
+                running.status_address
+            ),
+            None => writeln!(
+                std::io::stdout(),
+                "jnsc: worker (no DICOM listener); status on http://{}",
+                running.status_address
+            ),
+        };
         if let Some(tls) = running.dicom_tls_address {
             let _ = writeln!(std::io::stdout(), "jnsc: DICOM TLS SCP listening on {tls}");
         }
@@ -55,58 +64,60 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
 /// A started node: where it listens, and its supervised tasks.
 pub struct Running {
     pub ae_title: String,
-    pub dicom_address: SocketAddr,
+    /// The DICOM listener's address (none on a worker).
+    pub dicom_address: Option<SocketAddr>,
     /// The TLS listener's address, when `dicom.tls.listen` is set.
     pub dicom_tls_address: Option<SocketAddr>,
     pub status_address: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Supervisor,
-    store: Arc<InstanceStore>,
+    /// The instance store (receivers).
+    store: Option<Arc<InstanceStore>>,
     index: Index,
     /// Held until the node has stopped.
     _lock: crate::store::files::StorageLock,
 }
 
-/// Starts every part of a node; returns once it listens.
+/// Starts every part of a node its role asks for; returns once it listens.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let config = Arc::new(config);
-    // First of all: a second node on the same storage must not touch it (recovery would run).
-    let _lock = crate::store::files::lock_storage(&config.storage.dir).with_context(|| {
+    let node = &config.node;
+    let area = config.storage_area();
+    let area_dir = config.storage.dir.join(&area);
+    // First of all: a second node in the same area must not touch it (recovery would run).
+    let _lock = crate::store::files::lock_storage(&area_dir).with_context(|| {
         format!(
-            "cannot lock the storage directory {} (key storage.dir)",
-            config.storage.dir.display()
+            "cannot lock the storage area {} (keys storage.dir, node.name)",
+            area_dir.display()
         )
     })?;
-    let files = FileStore::open(&config.storage.dir).with_context(|| {
+    let files = FileStore::open(&config.storage.dir, &area).with_context(|| {
         format!(
             "cannot open the storage directory {} (key storage.dir)",
             config.storage.dir.display()
         )
     })?;
     let db = config.db();
-    info!(storage = %config.storage.dir.display(), database = %db, "storage");
+    info!(
+        node = %node.name,
+        role = %node.role,
+        storage = %area_dir.display(),
+        database = %db,
+        "storage"
+    );
     let index = Index::connect(&db)
         .await
         .with_context(|| format!("cannot open the database {db} (key storage.db)"))?;
-    let dangling = index.close_dangling_associations().await?;
-    if dangling > 0 {
-        warn!(
-            dangling,
-            "associations left open by the previous run were closed in the log"
-        );
-    }
-    let requeued = index.requeue_interrupted_jobs(&config.node.name).await?;
-    if requeued > 0 {
-        warn!(
-            requeued,
-            "jobs interrupted by the previous run were queued again"
-        );
-    }
-    let analyzer = if config.pipeline.analyze {
-        Some(load_analyzer(&config)?)
-    } else {
-        warn!("analysis is off (pipeline.analyze = false): series are received and queued only");
-        None
+    take_back_interrupted_work(&config, &index).await?;
+    let analyzer = match (node.role.works(), config.pipeline.analyze) {
+        (true, true) => Some(load_analyzer(&config)?),
+        (true, false) => {
+            warn!(
+                "analysis is off (pipeline.analyze = false): series are received and queued only"
+            );
+            None
+        }
+        (false, _) => None,
     };
     let model_status = analyzer.as_ref().map(|a| crate::status::ModelStatus {
         name: a.model_info().name.clone(),
@@ -114,38 +125,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         device: config.model.device.to_string(),
     });
     let storage_root = files.root().to_owned();
-    let store = Arc::new(
-        InstanceStore::new(files, index.clone())
-            .with_disk_floor(config.storage.min_free_mb.saturating_mul(1024 * 1024)),
-    );
-    recovery::recover(&store)
-        .await
-        .context("cannot reconcile the index with the stored files")?;
-
-    let listener = TcpListener::bind(config.dicom.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (key dicom.listen)",
-                config.dicom.listen
-            )
-        })?;
-    let address = listener.local_addr()?;
-    info!(%address, ae_title = %config.dicom.ae_title, "DICOM SCP listening");
-    let tls_server = crate::net::tls::server_config(&config.dicom.tls)
-        .context("cannot set up the TLS listener (dicom.tls)")?;
-    let tls_listener = match (&tls_server, config.dicom.tls.listen) {
-        (Some(_), Some(listen)) => {
-            let listener = TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen} (key dicom.tls.listen)"))?;
-            info!(address = %listener.local_addr()?, "DICOM TLS SCP listening");
-            Some(listener)
-        }
-        _ => None,
+    let store = if node.role.receives() {
+        let store = Arc::new(
+            InstanceStore::new(files, index.clone())
+                .with_disk_floor(config.storage.min_free_mb.saturating_mul(1024 * 1024)),
+        );
+        recovery::recover(&store)
+            .await
+            .context("cannot reconcile the index with the stored files")?;
+        Some(store)
+    } else {
+        None
     };
-    let client_tls = crate::net::tls::ClientTls::from_config(&config)
-        .context("cannot set up TLS for deliveries (dicom.tls, dicom.peers)")?;
+    let listeners = match &store {
+        Some(_) => Some(Listeners::bind(&config).await?),
+        None => None,
+    };
     let status_listener = TcpListener::bind(config.status.listen)
         .await
         .with_context(|| {
@@ -168,94 +163,90 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 config: Arc::clone(&config),
                 started: std::time::Instant::now(),
                 model: model_status,
-                storage_root: storage_root.clone(),
+                storage_root: area_dir,
                 metrics: Arc::clone(&metrics),
                 failed_tasks: tasks.failures(),
             }),
             stopped.clone(),
         ),
     );
-    tasks.spawn(
-        "series completion",
-        completion::run(index.clone(), config.stable_age(), stopped.clone()),
-    );
-    tasks.spawn(
-        "index checkpoints",
-        checkpoint_periodically(Arc::clone(&store), stopped.clone()),
-    );
-    let outbox = Arc::new(Notify::new());
-    if let Some(analyzer) = analyzer {
+    let claimant = Claimant {
+        node: node.name.clone(),
+        lease: std::time::Duration::from_secs(config.pipeline.lease_secs.max(1)),
+    };
+    if node.role.works() {
+        let outbox = Arc::new(Notify::new());
+        if let Some(analyzer) = analyzer {
+            tasks.spawn(
+                "analysis worker",
+                Worker {
+                    index: index.clone(),
+                    storage_root: storage_root.clone(),
+                    area: area.clone(),
+                    analyzer: Arc::new(analyzer),
+                    config: Arc::clone(&config),
+                    equipment: Equipment::new(&config.dicom.ae_title),
+                    outbox: Arc::clone(&outbox),
+                    metrics: Arc::clone(&metrics),
+                    claimant: claimant.clone(),
+                    max_attempts: i64::from(config.pipeline.max_attempts.max(1)),
+                }
+                .run(stopped.clone()),
+            );
+        }
         tasks.spawn(
-            "analysis worker",
-            Worker {
+            "outbox sender",
+            Sender {
                 index: index.clone(),
-                storage_root: storage_root.clone(),
-                analyzer: Arc::new(analyzer),
-                config: Arc::clone(&config),
-                equipment: Equipment::new(&config.dicom.ae_title),
-                outbox: Arc::clone(&outbox),
+                storage_root,
+                config: config.sender.clone(),
+                settings: send_settings(&config)?,
                 metrics: Arc::clone(&metrics),
-                claimant: Claimant {
-                    node: config.node.name.clone(),
-                    lease: std::time::Duration::from_secs(config.pipeline.lease_secs.max(1)),
-                },
-                max_attempts: i64::from(config.pipeline.max_attempts.max(1)),
+                claimant,
             }
-            .run(stopped.clone()),
+            .run(outbox, stopped.clone()),
         );
     }
-    tasks.spawn(
-        "outbox sender",
-        sender::run(
-            index.clone(),
-            storage_root,
-            config.sender.clone(),
-            SendSettings {
-                calling_ae_title: config.dicom.ae_title.clone(),
-                connect_timeout: std::time::Duration::from_secs(config.sender.connect_timeout_secs),
-                response_timeout: std::time::Duration::from_secs(
-                    config.sender.response_timeout_secs,
-                ),
-                max_pdu: config.dicom.max_pdu,
-                tls: client_tls,
-            },
-            outbox,
-            Arc::clone(&metrics),
-            stopped.clone(),
-        ),
-    );
-    let dicom_tls_address = match tls_listener {
-        Some(listener) => {
-            let address = listener.local_addr()?;
+    let (mut dicom_address, mut dicom_tls_address) = (None, None);
+    if let (Some(store), Some(listeners)) = (&store, listeners) {
+        tasks.spawn(
+            "series completion",
+            completion::run(index.clone(), config.stable_age(), stopped.clone()),
+        );
+        tasks.spawn(
+            "index checkpoints",
+            checkpoint_periodically(Arc::clone(store), stopped.clone()),
+        );
+        if let Some((listener, tls_server)) = listeners.tls {
+            dicom_tls_address = Some(listener.local_addr()?);
             tasks.spawn(
                 "DICOM TLS listener",
                 server::run(
                     listener,
-                    tls_server,
+                    Some(tls_server),
                     Arc::clone(&config),
-                    Arc::clone(&store),
+                    Arc::clone(store),
                     Arc::clone(&metrics),
                     stopped.clone(),
                 ),
             );
-            Some(address)
         }
-        None => None,
-    };
-    tasks.spawn(
-        "DICOM listener",
-        server::run(
-            listener,
-            None,
-            Arc::clone(&config),
-            Arc::clone(&store),
-            metrics,
-            stopped,
-        ),
-    );
+        dicom_address = Some(listeners.plain.local_addr()?);
+        tasks.spawn(
+            "DICOM listener",
+            server::run(
+                listeners.plain,
+                None,
+                Arc::clone(&config),
+                Arc::clone(store),
+                metrics,
+                stopped,
+            ),
+        );
+    }
     Ok(Running {
         ae_title: config.dicom.ae_title.clone(),
-        dicom_address: address,
+        dicom_address,
         dicom_tls_address,
         status_address,
         stop,
@@ -263,6 +254,84 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store,
         index,
         _lock,
+    })
+}
+
+/// What this node left unfinished when it last stopped, taken back at its start: its dangling
+/// associations are closed in the log (receivers), its running jobs queued again and its
+/// outbox claims freed (workers). Other nodes' work stays theirs until their leases run out.
+async fn take_back_interrupted_work(config: &Config, index: &Index) -> anyhow::Result<()> {
+    let node = &config.node;
+    if node.role.receives() {
+        let dangling = index.close_dangling_associations(&node.name).await?;
+        if dangling > 0 {
+            warn!(
+                dangling,
+                "associations left open by the previous run were closed in the log"
+            );
+        }
+    }
+    if node.role.works() {
+        let requeued = index.requeue_interrupted_jobs(&node.name).await?;
+        if requeued > 0 {
+            warn!(
+                requeued,
+                "jobs interrupted by the previous run were queued again"
+            );
+        }
+        let released = index.release_outbox_claims(&node.name).await?;
+        if released > 0 {
+            warn!(
+                released,
+                "deliveries interrupted by the previous run are due again"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A receiver's DICOM listeners: plain, and TLS when `dicom.tls.listen` is set.
+struct Listeners {
+    plain: TcpListener,
+    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let plain = TcpListener::bind(config.dicom.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (key dicom.listen)",
+                    config.dicom.listen
+                )
+            })?;
+        info!(address = %plain.local_addr()?, ae_title = %config.dicom.ae_title, "DICOM SCP listening");
+        let tls_server = crate::net::tls::server_config(&config.dicom.tls)
+            .context("cannot set up the TLS listener (dicom.tls)")?;
+        let tls = match (tls_server, config.dicom.tls.listen) {
+            (Some(server), Some(listen)) => {
+                let listener = TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen} (key dicom.tls.listen)"))?;
+                info!(address = %listener.local_addr()?, "DICOM TLS SCP listening");
+                Some((listener, server))
+            }
+            _ => None,
+        };
+        Ok(Self { plain, tls })
+    }
+}
+
+/// How the sender associates with destinations.
+fn send_settings(config: &Config) -> anyhow::Result<SendSettings> {
+    Ok(SendSettings {
+        calling_ae_title: config.dicom.ae_title.clone(),
+        connect_timeout: std::time::Duration::from_secs(config.sender.connect_timeout_secs),
+        response_timeout: std::time::Duration::from_secs(config.sender.response_timeout_secs),
+        max_pdu: config.dicom.max_pdu,
+        tls: crate::net::tls::ClientTls::from_config(config)
+            .context("cannot set up TLS for deliveries (dicom.tls, dicom.peers)")?,
     })
 }
 
@@ -283,7 +352,9 @@ impl Running {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         self.tasks.join_all().await;
-        if let Err(e) = self.store.checkpoint().await {
+        if let Some(store) = &self.store
+            && let Err(e) = store.checkpoint().await
+        {
             warn!(error = %e, "final checkpoint failed; the next start re-checks recent files");
         }
         self.index.close().await;

@@ -31,9 +31,10 @@ async fn a_node_in_process_listens_on_free_ports_answers_and_stops() {
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("storage");
     let running = jnsc::node::start(config(&storage)).await.unwrap();
-    assert_ne!(running.dicom_address.port(), 0);
+    let dicom = running.dicom_address.expect("a DICOM listener (role all)");
+    assert_ne!(dicom.port(), 0);
     assert_ne!(running.status_address.port(), 0);
-    let port = running.dicom_address.port().to_string();
+    let port = dicom.port().to_string();
 
     let mut echo = Command::new(ECHOSCU);
     echo.args(["-aec", "JNSC", "127.0.0.1", &port]);

@@ -207,7 +207,7 @@ async fn a_node_on_postgresql_indexes_queues_and_delivers_through_the_same_queri
             .await
             .unwrap()
     );
-    let due = index.due_outbox(10).await.unwrap();
+    let due = index.claim_due_outbox(&me, 10).await.unwrap();
     assert_eq!(due.len(), 2);
     assert!(index.next_outbox_due().await.unwrap().is_some());
     let retry = SendOutcome::Retry {
@@ -215,16 +215,26 @@ async fn a_node_on_postgresql_indexes_queues_and_delivers_through_the_same_queri
         error: "connection refused".into(),
         next_attempt_at: 0,
     };
-    index.record_send(due[0].id, &retry, 5).await.unwrap();
-    index
-        .record_send(due[0].id, &SendOutcome::Sent { status: 0 }, 7)
-        .await
-        .unwrap();
+    assert!(index.record_send(due[0].id, &me, &retry, 5).await.unwrap());
+    assert!(
+        !index
+            .record_send(due[0].id, &me, &SendOutcome::Sent { status: 0 }, 7)
+            .await
+            .unwrap(),
+        "the attempt released the claim"
+    );
+    assert_eq!(index.claim_due_outbox(&me, 10).await.unwrap().len(), 1);
+    assert!(
+        index
+            .record_send(due[0].id, &me, &SendOutcome::Sent { status: 0 }, 7)
+            .await
+            .unwrap()
+    );
     let failed = SendOutcome::Failed {
         status: Some(0xA900),
         error: "refused".into(),
     };
-    index.record_send(due[1].id, &failed, 3).await.unwrap();
+    assert!(index.record_send(due[1].id, &me, &failed, 3).await.unwrap());
     let overview = index.overview(10).await.unwrap();
     assert_eq!(overview.jobs(JobState::Done), 1);
     assert_eq!(overview.outbox(OutboxState::Sent), 1);
@@ -248,7 +258,8 @@ async fn a_node_on_postgresql_indexes_queues_and_delivers_through_the_same_queri
             .unwrap(),
         2
     );
-    assert_eq!(index.due_outbox(10).await.unwrap().len(), 2);
+    assert_eq!(index.claim_due_outbox(&me, 10).await.unwrap().len(), 2);
+    assert_eq!(index.release_outbox_claims(&me.node).await.unwrap(), 2);
     let second = analyse_again(&index, &series.series_uid, &me).await;
     assert_ne!(second.id, job.id);
     assert!(
@@ -288,9 +299,17 @@ async fn a_node_on_postgresql_indexes_queues_and_delivers_through_the_same_queri
     }
     // Checkpoint marks and the durable mark, as recovery reads them: the mark never goes back.
     let mark = jnsc::store::db::now_ms() + 3_600_000;
-    index.checkpoint(mark).await.unwrap();
-    index.checkpoint(mark - 1000).await.unwrap();
-    assert_eq!(index.durable_mark().await.unwrap(), Some(mark));
+    let key = "index_durable_until:nodes/receiver-1";
+    index.checkpoint(key, mark).await.unwrap();
+    index.checkpoint(key, mark - 1000).await.unwrap();
+    assert_eq!(index.durable_mark(key).await.unwrap(), Some(mark));
+    assert_eq!(
+        index
+            .durable_mark("index_durable_until:nodes/other")
+            .await
+            .unwrap(),
+        None
+    );
     index.close().await;
     node.stop();
 }
@@ -387,7 +406,120 @@ async fn claims_and_leases(index: Index) {
     assert_eq!(overview.jobs(JobState::Failed), 1);
     assert_eq!(overview.jobs(JobState::Done), 1);
     assert_eq!(overview.queue_depth, 0);
+    outbox_claims(&index).await;
     index.close().await;
+}
+
+/// Outbox rows claimed by several senders at once: each row is taken by one; a claim holds
+/// until its lease runs out or the attempt is recorded, and only its holder records it.
+async fn outbox_claims(index: &Index) {
+    queue_jobs(index, 4, 1).await;
+    let worker = claimant("worker", 60_000);
+    let job = index.claim_next_job(&worker).await.unwrap().unwrap();
+    let results: Vec<NewResult> = (0..30)
+        .map(|i| NewResult {
+            sop_instance_uid: format!("1.2.826.0.1.3680043.10.4.{i}"),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.88.34".into(),
+            kind: ResultKind::Sr,
+            path: format!("results/{i}.dcm"),
+        })
+        .collect();
+    let destination = Destination {
+        ae_title: "PACS".into(),
+        host: "127.0.0.1".into(),
+        port: 11112,
+    };
+    let success = JobSuccess {
+        timings_json: "{}",
+        candidates: 0,
+        findings: 0,
+        results: &results,
+    };
+    assert!(
+        index
+            .finish_job(&job, &success, Some(&destination))
+            .await
+            .unwrap()
+    );
+    let mut senders = tokio::task::JoinSet::new();
+    for s in 0..4 {
+        let index = index.clone();
+        senders.spawn(async move {
+            let me = claimant(&format!("sender-{s}"), 60_000);
+            let mut taken = Vec::new();
+            loop {
+                let due = index.claim_due_outbox(&me, 3).await.unwrap();
+                if due.is_empty() {
+                    return taken;
+                }
+                taken.extend(due.iter().map(|item| item.id));
+            }
+        });
+    }
+    let mut taken: Vec<i64> = senders.join_all().await.into_iter().flatten().collect();
+    taken.sort();
+    let before = taken.len();
+    taken.dedup();
+    assert_eq!((before, taken.len()), (30, 30), "every row claimed once");
+    assert!(
+        !index
+            .record_send(
+                taken[0],
+                &claimant("intruder", 60_000),
+                &SendOutcome::Sent { status: 0 },
+                1
+            )
+            .await
+            .unwrap(),
+        "only the holder records an attempt"
+    );
+    // A sender that died: its claim runs out, another takes the row.
+    let (dead, alive) = (claimant("dead-sender", 1), claimant("live-sender", 60_000));
+    let mut released = 0;
+    for s in 0..4 {
+        released += index
+            .release_outbox_claims(&format!("sender-{s}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(released, 30, "a restarted sender frees its claims");
+    let lost = index.claim_due_outbox(&dead, 1).await.unwrap();
+    assert_eq!(lost.len(), 1);
+    assert!(index.next_outbox_due().await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let again = index.claim_due_outbox(&alive, 1).await.unwrap();
+    assert_eq!(again[0].id, lost[0].id);
+    assert_eq!(
+        index
+            .renew_outbox_claims(&[lost[0].id], &dead)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        index
+            .renew_outbox_claims(&[lost[0].id], &alive)
+            .await
+            .unwrap(),
+        1
+    );
+    let sent = SendOutcome::Sent { status: 0 };
+    assert!(
+        !index
+            .record_send(lost[0].id, &dead, &sent, 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        index
+            .record_send(again[0].id, &alive, &sent, 1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        index.overview(10).await.unwrap().outbox(OutboxState::Sent),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

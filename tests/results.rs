@@ -8,88 +8,15 @@
 
 mod common;
 
+use common::pacs::Pacs;
 use common::{Node, eventually, free_port, small_study, synth_series};
 use dicom_dictionary_std::tags;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// How long one analysis of the small study may take on a loaded 2-core machine.
 const ANALYSIS: Duration = Duration::from_secs(300);
-
-/// A peer that receives results: DCMTK storescp or a pynetdicom SCP.
-struct Pacs {
-    child: Child,
-    dir: PathBuf,
-    _keep: Option<tempfile::TempDir>,
-}
-
-impl Pacs {
-    /// DCMTK storescp on `port`, writing what it receives into a fresh directory.
-    fn dcmtk(port: u16) -> Pacs {
-        let temporary = tempfile::Builder::new()
-            .prefix("jnsc-pacs-")
-            .tempdir()
-            .unwrap();
-        let dir = temporary.path().to_owned();
-        let child = Command::new("/usr/bin/storescp")
-            .args(["-aet", "PACS", "-od"])
-            .arg(&dir)
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("storescp runs");
-        wait_listening(port);
-        Pacs {
-            child,
-            dir,
-            _keep: Some(temporary),
-        }
-    }
-
-    /// A pynetdicom SCP that accepts CT Image Storage only.
-    fn ct_only(port: u16) -> Pacs {
-        let child = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/ct_only_scp.py"))
-            .args([&port.to_string(), "PACS"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs");
-        wait_listening(port);
-        Pacs {
-            child,
-            dir: PathBuf::new(),
-            _keep: None,
-        }
-    }
-
-    fn received(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        files.sort();
-        files
-    }
-}
-
-impl Drop for Pacs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_listening(port: u16) {
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("nothing listens on port {port}");
-}
 
 fn dicom_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = jnsc::volume::series::files_in(dir).unwrap();

@@ -264,7 +264,7 @@ async fn conclude<S: Stream>(
             return;
         }
     };
-    serve_established(association, peer, store, metrics).await;
+    serve_established(association, peer, &config.node.name, store, metrics).await;
 }
 
 /// Logs why a connection gave no association.
@@ -311,6 +311,7 @@ async fn log_refusal(
 async fn serve_established<S: Stream>(
     association: dicom_ul::association::AsyncServerAssociation<S>,
     peer: SocketAddr,
+    node: &str,
     store: &InstanceStore,
     metrics: &Metrics,
 ) {
@@ -318,7 +319,7 @@ async fn serve_established<S: Stream>(
     let called_ae = association.called_ae_title().trim().to_owned();
     let id = match store
         .index()
-        .begin_association(&calling_ae, &called_ae, &peer.to_string())
+        .begin_association(node, &calling_ae, &called_ae, &peer.to_string())
         .await
     {
         Ok(id) => id,

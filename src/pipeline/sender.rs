@@ -1,13 +1,15 @@
 //! The outbox sender: delivers due outbox rows to their destinations (one association per
 //! destination per round), and decides from each answer whether an object is sent, retried
-//! after an exponential back-off, or failed for good. Every attempt is recorded.
+//! after an exponential back-off, or failed for good. Every attempt is recorded. The rows of a
+//! round are claimed for this node ([`Claimant`]) and the claim is renewed while they are sent,
+//! so that no other node's sender delivers them too.
 
 use crate::config::SenderConfig;
 use crate::metrics::{DeliveryOutcome, Metrics};
 use crate::net::dimse::status;
 use crate::net::send::{AssociationFailure, Delivery, Outgoing, SendSettings, send};
 use crate::store::db::{Index, now_ms};
-use crate::store::work::{Destination, OutboxItem, SendOutcome};
+use crate::store::work::{Claimant, Destination, OutboxItem, SendOutcome};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,122 +21,166 @@ const IDLE_POLL: Duration = Duration::from_secs(2);
 /// Rows taken per round.
 const BATCH: i64 = 200;
 
-/// Runs until `stopped` turns true; `wake` shortens the wait when new rows are queued.
-pub async fn run(
-    index: Index,
-    storage_root: PathBuf,
-    config: SenderConfig,
-    settings: SendSettings,
-    wake: Arc<Notify>,
-    metrics: Arc<Metrics>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    loop {
-        if *stopped.borrow() {
-            return;
-        }
-        match index.due_outbox(BATCH).await {
-            Ok(due) if !due.is_empty() => {
-                deliver(&index, &storage_root, &config, &settings, &metrics, due).await;
-                continue;
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "cannot read the outbox"),
-        }
-        let wait = match index.next_outbox_due().await {
-            Ok(Some(at)) => {
-                Duration::from_millis((at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64)
-            }
-            _ => IDLE_POLL,
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = wake.notified() => {}
-            _ = stopped.changed() => return,
-        }
-    }
+/// The outbox sender of one node.
+pub struct Sender {
+    pub index: Index,
+    /// The storage directory (outbox paths are relative to it).
+    pub storage_root: PathBuf,
+    pub config: SenderConfig,
+    pub settings: SendSettings,
+    pub metrics: Arc<Metrics>,
+    /// This node, as the holder of the rows it sends.
+    pub claimant: Claimant,
 }
 
-/// Sends one round of due rows, grouped by destination.
-async fn deliver(
-    index: &Index,
-    storage_root: &std::path::Path,
-    config: &SenderConfig,
-    settings: &SendSettings,
-    metrics: &Metrics,
-    due: Vec<OutboxItem>,
-) {
-    let mut groups: Vec<(Destination, Vec<OutboxItem>)> = Vec::new();
-    for item in due {
-        let destination = Destination {
-            ae_title: item.dest_ae.clone(),
-            host: item.dest_host.clone(),
-            port: u16::try_from(item.dest_port).unwrap_or(0),
-        };
-        match groups.iter_mut().find(|(d, _)| *d == destination) {
-            Some((_, items)) => items.push(item),
-            None => groups.push((destination, vec![item])),
+impl Sender {
+    /// Runs until `stopped` turns true; `wake` shortens the wait when new rows are queued.
+    pub async fn run(self, wake: Arc<Notify>, mut stopped: watch::Receiver<bool>) {
+        let index = &self.index;
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            match index.claim_due_outbox(&self.claimant, BATCH).await {
+                Ok(due) if !due.is_empty() => {
+                    self.deliver(due).await;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "cannot read the outbox"),
+            }
+            let wait = match index.next_outbox_due().await {
+                Ok(Some(at)) => Duration::from_millis(
+                    (at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64,
+                ),
+                _ => IDLE_POLL,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = wake.notified() => {}
+                _ = stopped.changed() => return,
+            }
         }
     }
-    for (destination, items) in groups {
-        let outgoing: Vec<Outgoing> = items
-            .iter()
-            .map(|item| Outgoing {
-                sop_class_uid: item.sop_class_uid.clone(),
-                sop_instance_uid: item.sop_instance_uid.clone(),
-                path: storage_root.join(&item.path),
-            })
-            .collect();
-        let started = Instant::now();
-        let result = send(&destination, &outgoing, settings).await;
-        metrics
-            .send_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let elapsed = started.elapsed().as_millis() as i64;
-        for (i, item) in items.iter().enumerate() {
-            let outcome = match &result {
-                Ok(deliveries) => outcome_of(&deliveries[i], item.attempts, config),
-                Err(failure) => association_outcome(failure, item.attempts, config),
+
+    /// Sends one round of claimed rows, grouped by destination.
+    async fn deliver(&self, due: Vec<OutboxItem>) {
+        let mut groups: Vec<(Destination, Vec<OutboxItem>)> = Vec::new();
+        for item in due {
+            let destination = Destination {
+                ae_title: item.dest_ae.clone(),
+                host: item.dest_host.clone(),
+                port: u16::try_from(item.dest_port).unwrap_or(0),
             };
-            match &outcome {
-                SendOutcome::Sent { status } => {
-                    metrics.send(DeliveryOutcome::Sent);
-                    info!(
+            match groups.iter_mut().find(|(d, _)| *d == destination) {
+                Some((_, items)) => items.push(item),
+                None => groups.push((destination, vec![item])),
+            }
+        }
+        // Claims of the groups still waiting are renewed with the group being sent.
+        let mut held: Vec<i64> = groups
+            .iter()
+            .flat_map(|(_, items)| items.iter().map(|item| item.id))
+            .collect();
+        for (destination, items) in groups {
+            let outgoing: Vec<Outgoing> = items
+                .iter()
+                .map(|item| Outgoing {
+                    sop_class_uid: item.sop_class_uid.clone(),
+                    sop_instance_uid: item.sop_instance_uid.clone(),
+                    path: self.storage_root.join(&item.path),
+                })
+                .collect();
+            let started = Instant::now();
+            let result = self
+                .holding_claims(&held, send(&destination, &outgoing, &self.settings))
+                .await;
+            self.metrics
+                .send_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let elapsed = started.elapsed().as_millis() as i64;
+            for (i, item) in items.iter().enumerate() {
+                let outcome = match &result {
+                    Ok(deliveries) => outcome_of(&deliveries[i], item.attempts, &self.config),
+                    Err(failure) => association_outcome(failure, item.attempts, &self.config),
+                };
+                self.log(item, &destination, &outcome);
+                match self
+                    .index
+                    .record_send(item.id, &self.claimant, &outcome, elapsed)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => warn!(
+                        outbox = item.id,
+                        sop_instance_uid = %item.sop_instance_uid,
+                        "the attempt was not recorded: the row was superseded, or this node's \
+                         claim ran out and another node may send the object again"
+                    ),
+                    Err(e) => {
+                        warn!(outbox = item.id, error = %e, "cannot record a delivery attempt")
+                    }
+                }
+            }
+            held.retain(|id| !items.iter().any(|item| item.id == *id));
+        }
+    }
+
+    /// Runs `sending` while renewing this node's claim on the rows `held`, a few times per
+    /// lease period.
+    async fn holding_claims<T>(&self, held: &[i64], sending: impl Future<Output = T>) -> T {
+        let mut ticker = tokio::time::interval(self.claimant.lease / 3);
+        ticker.tick().await;
+        tokio::pin!(sending);
+        loop {
+            tokio::select! {
+                done = &mut sending => return done,
+                _ = ticker.tick() => {
+                    if let Err(e) = self.index.renew_outbox_claims(held, &self.claimant).await {
+                        warn!(error = %e, "cannot renew the claim on the outbox rows being sent");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts and logs one attempt's outcome.
+    fn log(&self, item: &OutboxItem, destination: &Destination, outcome: &SendOutcome) {
+        match outcome {
+            SendOutcome::Sent { status } => {
+                self.metrics.send(DeliveryOutcome::Sent);
+                info!(
                     outbox = item.id,
                     sop_instance_uid = %item.sop_instance_uid,
                     destination = %destination.ae_title,
                     status = format!("{status:#06x}"),
                     "result delivered"
-                    );
-                }
-                SendOutcome::Retry {
-                    error,
-                    next_attempt_at,
-                    ..
-                } => {
-                    metrics.send(DeliveryOutcome::Retry);
-                    warn!(
+                );
+            }
+            SendOutcome::Retry {
+                error,
+                next_attempt_at,
+                ..
+            } => {
+                self.metrics.send(DeliveryOutcome::Retry);
+                warn!(
                     outbox = item.id,
                     destination = %destination.ae_title,
                     attempt = item.attempts + 1,
                     retry_in_s = (next_attempt_at - now_ms()) / 1000,
                     error = %error,
                     "delivery failed; will retry"
-                    );
-                }
-                SendOutcome::Failed { error, .. } => {
-                    metrics.send(DeliveryOutcome::Failed);
-                    warn!(
+                );
+            }
+            SendOutcome::Failed { error, .. } => {
+                self.metrics.send(DeliveryOutcome::Failed);
+                warn!(
                     outbox = item.id,
                     destination = %destination.ae_title,
                     attempt = item.attempts + 1,
                     error = %error,
                     "delivery failed for good"
-                    );
-                }
-            }
-            if let Err(e) = index.record_send(item.id, &outcome, elapsed).await {
-                warn!(outbox = item.id, error = %e, "cannot record a delivery attempt");
+                );
             }
         }
     }

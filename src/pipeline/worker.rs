@@ -1,5 +1,6 @@
 //! The worker: takes queued jobs one at a time and runs each end to end: the series' files ->
-//! analysis (volume, network, findings) -> SEG + SR under `storage/results/` -> outbox. Each
+//! analysis (volume, network, findings) -> SEG + SR under `results/` of the node's storage
+//! area -> outbox. Each
 //! stage's duration and any failure are recorded against the job; a series the volume stage
 //! refuses is also marked on the series with its reason.
 
@@ -23,7 +24,10 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 /// What a job needs besides its row.
 pub struct Worker {
     pub index: Index,
+    /// The storage directory (index paths are relative to it).
     pub storage_root: PathBuf,
+    /// This node's area of it, where its results are written (relative to `storage_root`).
+    pub area: PathBuf,
     pub analyzer: Arc<Analyzer>,
     pub config: Arc<Config>,
     pub equipment: Equipment,
@@ -186,11 +190,20 @@ impl Worker {
             .into_iter()
             .map(|relative| self.storage_root.join(relative))
             .collect();
+        // The summary this analysis revises: where the latest SR was written, by whichever
+        // node analysed the series before.
+        let previous_dir = self
+            .index
+            .latest_sr_path(&job.series_uid)
+            .await
+            .map_err(|e| failure("database", e.to_string()))?
+            .and_then(|sr| Some(self.storage_root.join(sr).parent()?.to_owned()));
         let analyzer = Arc::clone(&self.analyzer);
         let policy = self.config.results;
         let equipment = self.equipment.clone();
         let out_dir = self
             .storage_root
+            .join(&self.area)
             .join(results_dir(&job.study_uid, &job.series_uid));
         let blocking = tokio::task::spawn_blocking(move || {
             let analysis = analyzer.analyze(&files).map_err(|e| JobFailure {
@@ -204,7 +217,7 @@ impl Worker {
                 .ok_or_else(|| failure("no_files", "the series has no files".into()))?;
             let source = SourceStudy::read(first, &analysis.volume.series)
                 .map_err(|e| failure("source", e.to_string()))?;
-            let previous = results::read_summary(&out_dir);
+            let previous = results::read_summary(previous_dir.as_deref().unwrap_or(&out_dir));
             let objects =
                 results::build(&analysis, &source, &policy, &equipment, previous.as_ref());
             let written = results::write(&objects, &out_dir)
@@ -293,7 +306,7 @@ fn lease_lost(job: &ClaimedJob) {
     );
 }
 
-/// Where a series' results live, relative to the storage directory.
+/// Where a series' results live, relative to the storage area of the node that analysed it.
 pub fn results_dir(study_uid: &str, series_uid: &str) -> PathBuf {
     Path::new("results").join(study_uid).join(series_uid)
 }

@@ -19,6 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,6 +61,8 @@ pub struct StatusReport {
     pub version: &'static str,
     /// This node's name (`[node] name`), as it marks the jobs it holds.
     pub node: String,
+    /// What it does (`[node] role`).
+    pub role: crate::config::NodeRole,
     pub ae_title: String,
     pub model: Option<ModelStatus>,
     pub uptime_seconds: u64,
@@ -191,6 +194,7 @@ pub async fn report(state: &StatusState) -> Result<StatusReport, sqlx::Error> {
     Ok(StatusReport {
         version: env!("CARGO_PKG_VERSION"),
         node: state.config.node.name.clone(),
+        role: state.config.node.role,
         ae_title: state.config.dicom.ae_title.clone(),
         model: state.model.clone(),
         uptime_seconds: state.started.elapsed().as_secs(),
@@ -268,9 +272,32 @@ async fn prometheus(State(state): State<Arc<StatusState>>) -> Response {
             space.free_bytes as f64,
         ));
     }
+    let this_node = BTreeMap::from([(state.config.node.name.clone(), 1)]);
+    let by_node = [
+        (
+            "jnsc_node",
+            "This node (the one answering), by its name",
+            &this_node,
+        ),
+        (
+            "jnsc_jobs_held",
+            "Jobs being analysed, by the node holding them (every node on the database)",
+            &overview.running_by_node,
+        ),
+        (
+            "jnsc_outbox_held",
+            "Result objects being sent, by the node holding them (every node on the database)",
+            &overview.sending_by_node,
+        ),
+        (
+            "jnsc_associations_open",
+            "Associations open now, by the node serving them (every node on the database)",
+            &overview.receiving_by_node,
+        ),
+    ];
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        state.metrics.render(&extra),
+        state.metrics.render(&extra, &by_node),
     )
         .into_response()
 }

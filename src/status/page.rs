@@ -5,6 +5,39 @@ use super::StatusReport;
 use crate::store::state::{JobState, OutboxState};
 use std::fmt::Write;
 
+/// The work each node holds now (every node on the shared database), when any holds some.
+fn nodes_table(html: &mut String, index: &crate::store::overview::Overview) {
+    let mut nodes: Vec<&String> = index
+        .receiving_by_node
+        .keys()
+        .chain(index.running_by_node.keys())
+        .chain(index.sending_by_node.keys())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    if nodes.is_empty() {
+        return;
+    }
+    html.push_str(
+        "<h2>Work held by node</h2>\n<table><tr><th>Node</th><th>Associations open</th>\
+         <th>Jobs running</th><th>Objects being sent</th></tr>\n",
+    );
+    let count = |map: &std::collections::BTreeMap<String, i64>, node: &String| {
+        map.get(node).copied().unwrap_or(0)
+    };
+    for node in nodes {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(node),
+            count(&index.receiving_by_node, node),
+            count(&index.running_by_node, node),
+            count(&index.sending_by_node, node)
+        );
+    }
+    html.push_str("</table>\n");
+}
+
 /// HTML-escapes text.
 fn esc(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -76,11 +109,13 @@ th {{ background: #eaeef2; }} td.uid {{ font-family: monospace; font-size: 12px;
 .state-queued, .state-running {{ color: #0550ae; font-weight: 600; }}
 </style></head><body>
 <h1>JNSC node &mdash; AE {ae}</h1>
-<div class="sub">version {version} &middot; model {model} &middot; up {uptime}</div>
+<div class="sub">node {node} ({role}) &middot; version {version} &middot; model {model} &middot; up {uptime}</div>
 <div class="banner {health_class}">{health_text}</div>
 <div class="cards">
 "#,
         ae = esc(&report.ae_title),
+        node = esc(&report.node),
+        role = report.role,
         version = report.version,
         model = esc(&report
             .model
@@ -122,8 +157,10 @@ th {{ background: #eaeef2; }} td.uid {{ font-family: monospace; font-size: 12px;
             label
         );
     }
+    html.push_str("</div>\n");
+    nodes_table(&mut html, index);
     html.push_str(
-        "</div>\n<h2>Recent studies</h2>\n<table><tr><th>Last received (UTC)</th><th>Patient ID</th>\
+        "<h2>Recent studies</h2>\n<table><tr><th>Last received (UTC)</th><th>Patient ID</th>\
          <th>Accession</th><th>Study UID</th><th>State</th><th>Findings</th><th>Analysis</th>\
          <th>Sent / pending / failed</th><th>Problem</th></tr>\n",
     );

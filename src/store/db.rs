@@ -261,22 +261,24 @@ impl Index {
         on_pool!(self.pool(), pool => pool.close().await)
     }
 
-    /// Starts a row in the association log; returns its id.
+    /// Starts a row in the association log of `node` (the node serving it); returns its id.
     pub async fn begin_association(
         &self,
+        node: &str,
         calling_ae: &str,
         called_ae: &str,
         peer_addr: &str,
     ) -> DbResult<i64> {
         on_pool!(self.pool(), pool => {
             sqlx::query_scalar(
-                "INSERT INTO associations (calling_ae, called_ae, peer_addr, started_at)
-                 VALUES ($1, $2, $3, $4) RETURNING id",
+                "INSERT INTO associations (calling_ae, called_ae, peer_addr, started_at, node)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
             )
             .bind(calling_ae)
             .bind(called_ae)
             .bind(peer_addr)
             .bind(now_ms())
+            .bind(node)
             .fetch_one(pool)
             .await
         })
@@ -302,14 +304,17 @@ impl Index {
         })
     }
 
-    /// Associations left 'open' by a process that stopped without closing them.
-    pub async fn close_dangling_associations(&self) -> DbResult<u64> {
+    /// Associations `node` left 'open' when it stopped without closing them (and those of rows
+    /// from before nodes were named). Other nodes' open associations are theirs.
+    pub async fn close_dangling_associations(&self, node: &str) -> DbResult<u64> {
         on_pool!(self.pool(), pool => {
             let done = sqlx::query(
                 "UPDATE associations SET ended_at = $1, end_state = 'connection_lost',
-                 end_reason = 'node stopped while the association was open' WHERE end_state = 'open'",
+                 end_reason = 'node stopped while the association was open'
+                 WHERE end_state = 'open' AND (node = $2 OR node IS NULL)",
             )
             .bind(now_ms())
+            .bind(node)
             .execute(pool)
             .await?;
             Ok(done.rows_affected())
@@ -489,8 +494,9 @@ impl Index {
     }
 
     /// Makes everything committed so far durable (WAL checkpoint, which fsyncs) and then records
-    /// `mark`: files created before it are known to be in the durable index.
-    pub async fn checkpoint(&self, mark: i64) -> DbResult<()> {
+    /// `mark` under `key` (one per storage area): files the area holds that were created before
+    /// it are known to be in the durable index.
+    pub async fn checkpoint(&self, key: &str, mark: i64) -> DbResult<()> {
         // PostgreSQL's commits are durable when they return (synchronous_commit); SQLite's WAL
         // commits from the next checkpoint on, and its scalar max() is PostgreSQL's GREATEST.
         match self.pool() {
@@ -499,19 +505,21 @@ impl Index {
                     .execute(pool)
                     .await?;
                 sqlx::query(
-                    "INSERT INTO store_state (key, value) VALUES ('index_durable_until', $1)
+                    "INSERT INTO store_state (key, value) VALUES ($1, $2)
                      ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
                 )
+                .bind(key)
                 .bind(mark)
                 .execute(pool)
                 .await?;
             }
             Pool::Postgres(pool) => {
                 sqlx::query(
-                    "INSERT INTO store_state (key, value) VALUES ('index_durable_until', $1)
+                    "INSERT INTO store_state (key, value) VALUES ($1, $2)
                      ON CONFLICT (key) DO UPDATE
                      SET value = GREATEST(store_state.value, excluded.value)",
                 )
+                .bind(key)
                 .bind(mark)
                 .execute(pool)
                 .await?;
@@ -520,10 +528,11 @@ impl Index {
         Ok(())
     }
 
-    /// The last mark recorded by `checkpoint`, if any.
-    pub async fn durable_mark(&self) -> DbResult<Option<i64>> {
+    /// The last mark `checkpoint` recorded under `key`, if any.
+    pub async fn durable_mark(&self, key: &str) -> DbResult<Option<i64>> {
         on_pool!(self.pool(), pool => {
-            sqlx::query_scalar("SELECT value FROM store_state WHERE key = 'index_durable_until'")
+            sqlx::query_scalar("SELECT value FROM store_state WHERE key = $1")
+                .bind(key)
                 .fetch_optional(pool)
                 .await
         })
@@ -532,7 +541,9 @@ impl Index {
     /// Paths of every indexed version under a directory prefix (relative to the store root).
     pub async fn indexed_paths_under(&self, prefix: &str) -> DbResult<Vec<String>> {
         on_pool!(self.pool(), pool => {
-            // Prefixes are built from validated UIDs (digits and dots): no LIKE wildcards in them.
+            // Prefixes are built from validated UIDs (digits and dots) and a node name, whose `_`
+            // would match any one character: the caller compares whole paths, so a path of a
+            // like-named area only ever adds a row it does not look for.
             sqlx::query_scalar("SELECT path FROM instance_versions WHERE path LIKE $1 || '/%'")
                 .bind(prefix)
                 .fetch_all(pool)

@@ -5,6 +5,11 @@
 //! Writing in place rather than to a temporary file and renaming saves a journal commit per
 //! instance. A crash mid-write can leave a partial file under its final name; it was never
 //! acknowledged, and startup recovery moves it to `quarantine/` (see `recovery`).
+//!
+//! A node writes only in its *area* of the storage directory: all of it when it is the only
+//! node (SQLite), `nodes/<name>/` when the directory is shared (PostgreSQL). Its lock, instances,
+//! results and quarantine live there, so nodes never recover or quarantine each other's files;
+//! every path in the index is relative to the storage directory, so any node reads any file.
 
 use crate::store::instance::InstanceAttributes;
 use dicom_object::FileMetaTable;
@@ -27,13 +32,13 @@ pub struct StorageLock {
     _file: File,
 }
 
-/// Takes the storage directory's lock (creating the directory if needed), or fails at once if
-/// another process holds it: two nodes on one store would recover, index and quarantine each
-/// other's files.
-pub fn lock_storage(root: &Path) -> io::Result<StorageLock> {
+/// Takes the lock of a node's storage area (`area` is absolute; created if needed), or fails at
+/// once if another process holds it: two nodes in one area would recover, index and quarantine
+/// each other's files.
+pub fn lock_storage(area: &Path) -> io::Result<StorageLock> {
     use std::os::fd::AsRawFd;
-    fs::create_dir_all(root)?;
-    let path = root.join(LOCK_FILE);
+    fs::create_dir_all(area)?;
+    let path = area.join(LOCK_FILE);
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -55,25 +60,29 @@ pub fn lock_storage(root: &Path) -> io::Result<StorageLock> {
     Ok(StorageLock { _file: file })
 }
 
-/// The on-disk store rooted at the configured storage directory.
-#[derive(Debug)]
+/// The on-disk store rooted at the configured storage directory, writing in this node's area.
+#[derive(Debug, Clone)]
 pub struct FileStore {
     root: PathBuf,
+    /// This node's area, relative to `root` (empty: all of it).
+    area: PathBuf,
 }
 
 impl FileStore {
-    /// Opens (creating if needed) the store.
-    pub fn open(root: &Path) -> io::Result<Self> {
-        fs::create_dir_all(root.join(INSTANCES_DIR))?;
+    /// Opens (creating if needed) the store of the node whose area is `area` (relative to
+    /// `root`; empty for a node alone on its storage).
+    pub fn open(root: &Path, area: &Path) -> io::Result<Self> {
+        fs::create_dir_all(root.join(area).join(INSTANCES_DIR))?;
         Ok(Self {
             root: root.to_owned(),
+            area: area.to_owned(),
         })
     }
 
-    /// Moves an unreadable file out of the instance tree into `quarantine/`, keeping it for
-    /// inspection. Returns its new path.
+    /// Moves an unreadable file out of the instance tree into the area's `quarantine/`, keeping
+    /// it for inspection. Returns its new path.
     pub fn quarantine(&self, path: &Path) -> io::Result<PathBuf> {
-        let dir = self.root.join(QUARANTINE_DIR);
+        let dir = self.root.join(&self.area).join(QUARANTINE_DIR);
         fs::create_dir_all(&dir)?;
         let name = path
             .file_name()
@@ -98,15 +107,25 @@ impl FileStore {
         &self.root
     }
 
-    /// Path, relative to the root, of version `version` (1-based) of an instance. Only validated
-    /// UIDs make up the name, so it cannot leave the store.
-    pub fn instance_path(attributes: &InstanceAttributes, version: i64) -> PathBuf {
+    /// This node's area, relative to the root.
+    pub fn area(&self) -> &Path {
+        &self.area
+    }
+
+    /// The area's instance tree (`<study>/<series>/<sop>[.vN].dcm`), relative to the root.
+    pub fn instances_dir(&self) -> PathBuf {
+        self.area.join(INSTANCES_DIR)
+    }
+
+    /// Path, relative to the root, of version `version` (1-based) of an instance this node
+    /// stores. Only validated UIDs make up the name, so it cannot leave the store.
+    pub fn instance_path(&self, attributes: &InstanceAttributes, version: i64) -> PathBuf {
         let file_name = if version <= 1 {
             format!("{}.dcm", attributes.sop_instance_uid)
         } else {
             format!("{}.v{version}.dcm", attributes.sop_instance_uid)
         };
-        Path::new(INSTANCES_DIR)
+        self.instances_dir()
             .join(attributes.study_uid.as_str())
             .join(attributes.series_uid.as_str())
             .join(file_name)

@@ -106,6 +106,17 @@ impl InstanceStore {
         &self.files
     }
 
+    /// The index key of this store's checkpoint mark: one per storage area, since each node
+    /// recovers only its own files.
+    pub fn mark_key(&self) -> String {
+        let area = self.files.area();
+        if area.as_os_str().is_empty() {
+            "index_durable_until".to_owned()
+        } else {
+            format!("index_durable_until:{}", area.display())
+        }
+    }
+
     /// Makes every index row committed so far durable and records the mark before which every
     /// stored file is in the durable index: the start of the oldest store still in progress, or
     /// now, less a margin. Called periodically and at shutdown.
@@ -116,7 +127,7 @@ impl InstanceStore {
             map.values().map(|f| f.since_ms).min().unwrap_or(now)
         };
         self.index
-            .checkpoint(oldest.min(now) - MARK_MARGIN_MS)
+            .checkpoint(&self.mark_key(), oldest.min(now) - MARK_MARGIN_MS)
             .await
     }
 
@@ -182,7 +193,7 @@ impl InstanceStore {
         .receiving_application_entity_title(received.called_ae)
         .build()
         .map_err(|e| StoreError::Meta(e.to_string()))?;
-        let relative = FileStore::instance_path(attrs, version);
+        let relative = self.files.instance_path(attrs, version);
         let started = std::time::Instant::now();
         let files = Arc::clone(&self.files);
         let relative_for_write = relative.clone();
@@ -257,7 +268,7 @@ impl InstanceStore {
             .find(|v| {
                 !self
                     .files
-                    .absolute(&FileStore::instance_path(attrs, *v))
+                    .absolute(&self.files.instance_path(attrs, *v))
                     .exists()
             })
             .unwrap_or(start)

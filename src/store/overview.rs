@@ -1,7 +1,7 @@
 //! What operators read from the index: counts for the status page and one study's full history
 //! (series, jobs, results, deliveries with every attempt). Patient IDs and UIDs only: no names.
 
-use crate::store::db::{DbResult, Index, on_pool};
+use crate::store::db::{DbResult, Index, now_ms, on_pool};
 use crate::store::state::{JobState, OutboxState};
 use serde::Serialize;
 use sqlx::FromRow;
@@ -19,6 +19,10 @@ pub struct Overview {
     /// Running jobs by the node that holds them (`[node] name`): with several nodes on one
     /// database, who is analysing what.
     pub running_by_node: BTreeMap<String, i64>,
+    /// Result objects being sent, by the node whose sender holds them (a live claim).
+    pub sending_by_node: BTreeMap<String, i64>,
+    /// Associations open now, by the node serving them.
+    pub receiving_by_node: BTreeMap<String, i64>,
     pub associations_logged: i64,
     pub associations_rejected: i64,
     /// Bytes of received instances (current versions).
@@ -179,6 +183,25 @@ impl Index {
             .await?
             .into_iter()
             .collect();
+            let sending_by_node: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+                "SELECT claimed_by, COUNT(*) FROM outbox
+                 WHERE state = $1 AND claimed_by IS NOT NULL AND lease_until >= $2
+                 GROUP BY claimed_by",
+            )
+            .bind(OutboxState::Pending)
+            .bind(now_ms())
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+            let receiving_by_node: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+                "SELECT node, COUNT(*) FROM associations
+                 WHERE end_state = 'open' AND node IS NOT NULL GROUP BY node",
+            )
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
             let recent_studies = sqlx::query_as(
                 "SELECT st.study_uid, p.patient_id, st.accession_number,
                         (SELECT MAX(last_received_at) FROM series s WHERE s.study_uid = st.study_uid)
@@ -212,6 +235,8 @@ impl Index {
                 jobs_by_state,
                 outbox_by_state,
                 running_by_node,
+                sending_by_node,
+                receiving_by_node,
                 associations_logged: count("SELECT COUNT(*) FROM associations").await?,
                 associations_rejected: count("SELECT COUNT(*) FROM rejected_associations").await?,
                 instance_bytes: count("SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM instances").await?,

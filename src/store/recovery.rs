@@ -33,9 +33,14 @@ struct SeriesDir {
 
 /// Brings the index up to date with the files, then records a new checkpoint mark.
 pub async fn recover(store: &InstanceStore) -> Result<RecoveryReport, StoreError> {
-    let mark = store.index().durable_mark().await?.unwrap_or(i64::MIN);
+    let mark = store
+        .index()
+        .durable_mark(&store.mark_key())
+        .await?
+        .unwrap_or(i64::MIN);
     let root = store.files().root().to_owned();
-    let dirs = tokio::task::spawn_blocking(move || recent_series_dirs(&root, mark))
+    let instances = store.files().instances_dir();
+    let dirs = tokio::task::spawn_blocking(move || recent_series_dirs(&root, &instances, mark))
         .await
         .map_err(|e| StoreError::Write(std::io::Error::other(e)))??;
     let mut report = RecoveryReport {
@@ -60,9 +65,11 @@ pub async fn recover(store: &InstanceStore) -> Result<RecoveryReport, StoreError
             }
             let absolute = store.files().root().join(&relative);
             let expected = relative.clone();
-            let read = tokio::task::spawn_blocking(move || read_stored(&absolute, &expected))
-                .await
-                .map_err(|e| StoreError::Write(std::io::Error::other(e)))?;
+            let files = store.files().clone();
+            let read =
+                tokio::task::spawn_blocking(move || read_stored(&files, &absolute, &expected))
+                    .await
+                    .map_err(|e| StoreError::Write(std::io::Error::other(e)))?;
             match read {
                 Ok(stored) => {
                     let known = store
@@ -112,11 +119,11 @@ pub async fn recover(store: &InstanceStore) -> Result<RecoveryReport, StoreError
     Ok(report)
 }
 
-/// Series directories (`instances/<study>/<series>`) modified at or after `mark` (Unix ms).
-fn recent_series_dirs(root: &Path, mark: i64) -> std::io::Result<Vec<SeriesDir>> {
+/// Series directories (`<instances>/<study>/<series>`, `instances` relative to `root`) modified
+/// at or after `mark` (Unix ms).
+fn recent_series_dirs(root: &Path, instances: &Path, mark: i64) -> std::io::Result<Vec<SeriesDir>> {
     let mut found = Vec::new();
-    let instances = root.join("instances");
-    for study in std::fs::read_dir(&instances)? {
+    for study in std::fs::read_dir(root.join(instances))? {
         let study = study?;
         if !study.file_type()?.is_dir() {
             continue;
@@ -135,7 +142,8 @@ fn recent_series_dirs(root: &Path, mark: i64) -> std::io::Result<Vec<SeriesDir>>
             files.sort_by_key(|p| version_of(&p.to_string_lossy()));
             found.push(SeriesDir {
                 relative: format!(
-                    "instances/{}/{}",
+                    "{}/{}/{}",
+                    instances.display(),
                     study.file_name().to_string_lossy(),
                     series.file_name().to_string_lossy()
                 ),
@@ -172,7 +180,7 @@ struct StoredFile {
 }
 
 /// Reads and validates a stored file; it must parse completely and sit where its UIDs say.
-fn read_stored(path: &Path, relative: &str) -> Result<StoredFile, String> {
+fn read_stored(files: &FileStore, path: &Path, relative: &str) -> Result<StoredFile, String> {
     let meta_file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut reader = std::io::BufReader::new(meta_file);
     let mut preamble = [0u8; 128];
@@ -185,7 +193,7 @@ fn read_stored(path: &Path, relative: &str) -> Result<StoredFile, String> {
     let data_set = FileStore::read_data_set(path).map_err(|e| e.to_string())?;
     let attributes = parse_data_set(&data_set, &transfer_syntax).map_err(|e| e.to_string())?;
     let version = version_of(relative);
-    let expected = FileStore::instance_path(&attributes, version);
+    let expected = files.instance_path(&attributes, version);
     if expected.to_string_lossy() != relative {
         return Err(format!(
             "file holds an instance that belongs at {}",

@@ -6,7 +6,9 @@
 //! ([`Claimant`], `FOR UPDATE SKIP LOCKED` there) for a lease its worker renews while it works.
 //! A job whose lease ran out (its worker died) is queued again, or failed for good after
 //! `max_attempts`; only the claimant still holding the job can finish or fail it, so a worker
-//! that lost its lease records nothing and its results are never delivered twice.
+//! that lost its lease records nothing and its results are never delivered twice. Outbox rows
+//! are claimed the same way by the node that sends them, so that one sender delivers each
+//! object; a sender's claim that ran out (its node died mid-send) is free to claim again.
 
 use crate::store::db::{DbResult, Index, Pool, now_ms, on_pool};
 pub use crate::store::state::{JobState, OutboxState};
@@ -127,6 +129,7 @@ pub struct OutboxItem {
     pub dest_host: String,
     pub dest_port: i64,
     pub attempts: i64,
+    pub next_attempt_at: i64,
 }
 
 /// The result of one delivery attempt, as the outbox records it.
@@ -146,6 +149,23 @@ pub enum SendOutcome {
 }
 
 const NO_DESTINATION: &str = "no destination is configured for the calling AE title";
+
+/// The claim of up to `$5` due outbox rows that no live claim holds; `$lock` as in `claim_sql!`.
+macro_rules! claim_outbox_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE outbox SET claimed_by = $1, lease_until = $2
+             WHERE id IN (SELECT id FROM outbox
+                          WHERE state = $3 AND next_attempt_at <= $4 AND dest_host IS NOT NULL
+                            AND (lease_until IS NULL OR lease_until < $4)
+                          ORDER BY next_attempt_at, id LIMIT $5 ",
+            $lock,
+            ")
+             RETURNING id, sop_instance_uid, sop_class_uid, path, dest_ae, dest_host, dest_port,
+                       attempts, next_attempt_at"
+        )
+    };
+}
 
 /// Inserts a pending outbox row for `result` (or a failed one when there is no destination),
 /// superseding undelivered rows of the same object: `enqueue!(tx, job: &ClaimedJob,
@@ -204,6 +224,18 @@ macro_rules! enqueue {
 }
 
 impl Index {
+    /// Where the series' latest SR is (relative to the store root), if it was analysed before:
+    /// its folder holds the summary a re-analysis revises, whichever node wrote it.
+    pub async fn latest_sr_path(&self, series_uid: &str) -> DbResult<Option<String>> {
+        on_pool!(self.pool(), pool => {
+            sqlx::query_scalar("SELECT path FROM results WHERE series_uid = $1 AND kind = $2")
+                .bind(series_uid)
+                .bind(ResultKind::Sr.as_str())
+                .fetch_optional(pool)
+                .await
+        })
+    }
+
     /// Puts the jobs this node left running (a previous run of it stopped) back in the queue;
     /// returns how many. Other nodes' jobs are theirs until their lease runs out.
     pub async fn requeue_interrupted_jobs(&self, node: &str) -> DbResult<u64> {
@@ -397,29 +429,76 @@ impl Index {
         })
     }
 
-    /// Outbox rows whose next attempt is due, oldest first.
-    pub async fn due_outbox(&self, limit: i64) -> DbResult<Vec<OutboxItem>> {
+    /// Claims up to `limit` outbox rows whose next attempt is due and that no live claim
+    /// holds, oldest first, for `claimant`'s sender: no other node sends them while it holds the
+    /// claim (it renews it with [`Index::renew_outbox_claims`] while it sends).
+    pub async fn claim_due_outbox(
+        &self,
+        claimant: &Claimant,
+        limit: i64,
+    ) -> DbResult<Vec<OutboxItem>> {
+        let now = now_ms();
+        let sql = match self.pool() {
+            Pool::Sqlite(_) => claim_outbox_sql!(""),
+            Pool::Postgres(_) => claim_outbox_sql!("FOR UPDATE SKIP LOCKED"),
+        };
+        let mut items: Vec<OutboxItem> = on_pool!(self.pool(), pool => {
+            sqlx::query_as(sql)
+                .bind(&claimant.node)
+                .bind(claimant.lease_until(now))
+                .bind(OutboxState::Pending)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        })?;
+        // RETURNING keeps no order.
+        items.sort_by_key(|item| (item.next_attempt_at, item.id));
+        Ok(items)
+    }
+
+    /// Extends `claimant`'s claim on outbox rows it is sending; returns how many it still held.
+    pub async fn renew_outbox_claims(&self, ids: &[i64], claimant: &Claimant) -> DbResult<u64> {
+        let now = now_ms();
+        let mut renewed = 0;
         on_pool!(self.pool(), pool => {
-            sqlx::query_as(
-                "SELECT id, sop_instance_uid, sop_class_uid, path, dest_ae, dest_host, dest_port,
-                        attempts
-                 FROM outbox
-                 WHERE state = $1 AND next_attempt_at <= $2 AND dest_host IS NOT NULL
-                 ORDER BY next_attempt_at, id LIMIT $3",
+            let mut tx = pool.begin().await?;
+            for id in ids {
+                renewed += sqlx::query(
+                    "UPDATE outbox SET lease_until = $1 WHERE id = $2 AND claimed_by = $3",
+                )
+                .bind(claimant.lease_until(now))
+                .bind(id)
+                .bind(&claimant.node)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+            tx.commit().await
+        })?;
+        Ok(renewed)
+    }
+
+    /// Frees the outbox claims `node` held when it stopped (at its next start); returns how many.
+    pub async fn release_outbox_claims(&self, node: &str) -> DbResult<u64> {
+        on_pool!(self.pool(), pool => {
+            let done = sqlx::query(
+                "UPDATE outbox SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = $1",
             )
-            .bind(OutboxState::Pending)
-            .bind(now_ms())
-            .bind(limit)
-            .fetch_all(pool)
-            .await
+            .bind(node)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected())
         })
     }
 
-    /// When the next pending row falls due (Unix ms), if any.
+    /// When the next pending row falls due and is free to claim (Unix ms), if any.
     pub async fn next_outbox_due(&self) -> DbResult<Option<i64>> {
         on_pool!(self.pool(), pool => {
             sqlx::query_scalar(
-                "SELECT MIN(next_attempt_at) FROM outbox WHERE state = $1 AND dest_host IS NOT NULL",
+                "SELECT MIN(CASE WHEN lease_until > next_attempt_at THEN lease_until
+                                 ELSE next_attempt_at END)
+                 FROM outbox WHERE state = $1 AND dest_host IS NOT NULL",
             )
             .bind(OutboxState::Pending)
             .fetch_one(pool)
@@ -427,13 +506,16 @@ impl Index {
         })
     }
 
-    /// Records one delivery attempt and moves the row on.
+    /// Records one delivery attempt of a row `claimant` holds, and moves the row on (its claim
+    /// released). `false`, with nothing recorded, when the claim was lost meanwhile (its lease ran
+    /// out and another node may send the object too) or the row was superseded.
     pub async fn record_send(
         &self,
         outbox_id: i64,
+        claimant: &Claimant,
         outcome: &SendOutcome,
         duration_ms: i64,
-    ) -> DbResult<()> {
+    ) -> DbResult<bool> {
         on_pool!(self.pool(), pool => {
             let now = now_ms();
             let (state, status, error, next, label) = match outcome {
@@ -458,6 +540,32 @@ impl Index {
                 ),
             };
             let mut tx = pool.begin().await?;
+            // First, so that the row is locked (PostgreSQL) while the attempt is written.
+            let held = sqlx::query(
+                "UPDATE outbox SET state = $1, attempts = attempts + 1, updated_at = $2,
+                        last_status = $3, last_error = $4,
+                        next_attempt_at = COALESCE($5, next_attempt_at),
+                        sent_at = CASE WHEN $6 THEN $7 ELSE sent_at END,
+                        claimed_by = NULL, lease_until = NULL
+                 WHERE id = $8 AND state = $9 AND claimed_by = $10",
+            )
+            .bind(state)
+            .bind(now)
+            .bind(status.map(i64::from))
+            .bind(error)
+            .bind(next)
+            .bind(state == OutboxState::Sent)
+            .bind(now)
+            .bind(outbox_id)
+            .bind(OutboxState::Pending)
+            .bind(&claimant.node)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if held == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
             sqlx::query(
                 "INSERT INTO send_attempts (outbox, at, duration_ms, status, outcome, error)
                  VALUES ($1, $2, $3, $4, $5, $6)",
@@ -470,25 +578,8 @@ impl Index {
             .bind(error)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "UPDATE outbox SET state = $1, attempts = attempts + 1, updated_at = $2,
-                        last_status = $3, last_error = $4,
-                        next_attempt_at = COALESCE($5, next_attempt_at),
-                        sent_at = CASE WHEN $6 THEN $7 ELSE sent_at END
-                 WHERE id = $8 AND state = $9",
-            )
-            .bind(state)
-            .bind(now)
-            .bind(status.map(i64::from))
-            .bind(error)
-            .bind(next)
-            .bind(state == OutboxState::Sent)
-            .bind(now)
-            .bind(outbox_id)
-            .bind(OutboxState::Pending)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await
+            tx.commit().await?;
+            Ok(true)
         })
     }
 

@@ -3,6 +3,7 @@
 //! SQLite index. Also a minimal SCU on dicom-ul for the malformed requests DCMTK will not send.
 #![allow(dead_code)]
 
+pub mod pacs;
 pub mod postgres;
 
 use dicom_ul::Pdu;
@@ -30,6 +31,7 @@ pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 /// runtime and thread, the default), or a `jnsc serve` process (the `process*` constructors),
 /// for tests that read its log, kill it, measure its memory or send it signals.
 pub struct Node {
+    /// Port of the DICOM listener (0 on a worker, which has none).
     pub port: u16,
     /// Port of the DICOM TLS listener, when the configuration has one.
     pub tls_port: Option<u16>,
@@ -138,7 +140,7 @@ impl Node {
             .expect("the node's thread ended before it started")
             .unwrap_or_else(|e| panic!("node did not start: {e}"));
         Node {
-            port: dicom.port(),
+            port: dicom.map_or(0, |a| a.port()),
             tls_port: tls.map(|a| a.port()),
             status_port: status.port(),
             dir: dir.to_owned(),
@@ -178,11 +180,13 @@ impl Node {
         let mut line = String::new();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         stdout.read_line(&mut line).unwrap();
+        let worker = line.starts_with("jnsc: worker (no DICOM listener)");
         let port = line
             .trim()
             .rsplit_once(" as AE ")
             .and_then(|(head, _)| head.rsplit_once(':'))
             .and_then(|(_, port)| port.parse().ok())
+            .or(worker.then_some(0))
             .unwrap_or_else(|| {
                 panic!(
                     "node did not start: {line:?}\n{}",

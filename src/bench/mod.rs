@@ -9,6 +9,11 @@
 //! one association at a time, as Debian builds it), and the durable-write limit: the node's own
 //! file write (`FileStore::write_part10`: file and directory fsynced) of the same data sets,
 //! alone, one after another, with no network and no index.
+//!
+//! `bench queue` and `bench receivers` (in `nodes`) measure several nodes on one PostgreSQL
+//! queue.
+
+pub mod nodes;
 
 use crate::jnsc::device::DeviceSpec;
 use crate::synth::series::{SeriesSpec, write_ct_series};
@@ -116,7 +121,7 @@ fn durable_write_rate(dir: &Path, files: &[PathBuf]) -> anyhow::Result<f64> {
         .iter()
         .map(|f| FileStore::read_data_set(f))
         .collect::<std::io::Result<_>>()?;
-    let store = FileStore::open(dir)?;
+    let store = FileStore::open(dir, std::path::Path::new(""))?;
     let meta = |i: usize| {
         crate::write::file_meta(
             uids::CT_IMAGE_STORAGE,
@@ -165,7 +170,7 @@ impl Drop for Guard {
 
 fn run_jnsc_round(dir: &Path, sending: &Sending) -> anyhow::Result<f64> {
     let (guard, port) = start_node(dir)?;
-    let rate = send(sending, "JNSC", port)?;
+    let rate = send(sending, "JNSC", &[port])?;
     drop(guard);
     Ok(rate)
 }
@@ -174,13 +179,20 @@ fn run_jnsc_round(dir: &Path, sending: &Sending) -> anyhow::Result<f64> {
 /// loopback port; returns the process (killed with SIGKILL when dropped) once it listens, and
 /// the port.
 fn start_node(dir: &Path) -> anyhow::Result<(Guard, u16)> {
+    let storage = format!("dir = \"{}\"", dir.join("storage").display());
+    start_node_with(dir, "", &storage)
+}
+
+/// Starts `jnsc serve` as `start_node` does, with `sections` added to its configuration and
+/// `storage` as the keys of its `[storage]` section.
+fn start_node_with(dir: &Path, sections: &str, storage: &str) -> anyhow::Result<(Guard, u16)> {
     std::fs::create_dir_all(dir)?;
     let config = dir.join("jnsc.toml");
     std::fs::write(
         &config,
         format!(
-            "[dicom]\nlisten = \"127.0.0.1:0\"\n[storage]\ndir = \"{}\"\n[log]\nlevel = \"warn\"\n",
-            dir.join("storage").display()
+            "{sections}\n[dicom]\nlisten = \"127.0.0.1:0\"\n[storage]\n{storage}\n\
+             [status]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n"
         ),
     )?;
     let mut child = Command::new(std::env::current_exe()?)
@@ -401,14 +413,15 @@ fn run_storescp_round(dir: &Path, sending: &Sending) -> anyhow::Result<f64> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let rate = send(sending, "STORESCP", port)?;
+    let rate = send(sending, "STORESCP", &[port])?;
     drop(guard);
     Ok(rate)
 }
 
 /// Sends every file of the series, over `sending.associations` associations at once (the
-/// files dealt round-robin); returns instances per second.
-fn send(sending: &Sending, called_ae: &str, port: u16) -> anyhow::Result<f64> {
+/// files dealt round-robin, the associations dealt round-robin to `ports`); returns instances
+/// per second.
+fn send(sending: &Sending, called_ae: &str, ports: &[u16]) -> anyhow::Result<f64> {
     // Flush what earlier rounds left dirty, so it does not slow this round's fsyncs.
     Command::new("sync").status()?;
     let start = Instant::now();
@@ -416,7 +429,8 @@ fn send(sending: &Sending, called_ae: &str, port: u16) -> anyhow::Result<f64> {
         .map(|part| {
             Command::new(STORESCU)
                 .env("TCP_NODELAY", if sending.nodelay { "1" } else { "0" })
-                .args(["-aec", called_ae, "127.0.0.1", &port.to_string()])
+                .args(["-aec", called_ae, "127.0.0.1"])
+                .arg(ports[part % ports.len()].to_string())
                 .args(
                     sending
                         .files
@@ -433,7 +447,7 @@ fn send(sending: &Sending, called_ae: &str, port: u16) -> anyhow::Result<f64> {
     for mut sender in senders {
         let status = sender.wait()?;
         if !status.success() {
-            bail!("storescu to {called_ae} on port {port} failed: {status}");
+            bail!("storescu to {called_ae} on ports {ports:?} failed: {status}");
         }
     }
     Ok(sending.files.len() as f64 / start.elapsed().as_secs_f64())
