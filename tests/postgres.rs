@@ -26,6 +26,25 @@ fn claimant(node: &str, lease_ms: u64) -> Claimant {
     }
 }
 
+/// The destination of the tests' results.
+fn pacs() -> Destination {
+    Destination {
+        ae_title: "PACS".into(),
+        host: "127.0.0.1".into(),
+        port: 11112,
+    }
+}
+
+/// A finished analysis with nothing found.
+fn no_results() -> JobSuccess<'static> {
+    JobSuccess {
+        timings_json: "{}",
+        candidates: 0,
+        findings: 0,
+        results: &[],
+    }
+}
+
 /// The series received again and complete: a new job, claimed by `claimant`.
 async fn analyse_again(index: &Index, series_uid: &str, claimant: &Claimant) -> ClaimedJob {
     let Pool::Postgres(pool) = index.pool() else {
@@ -190,11 +209,7 @@ async fn a_node_on_postgresql_indexes_queues_and_delivers_through_the_same_queri
             path: "results/sr.dcm".into(),
         },
     ];
-    let destination = Destination {
-        ae_title: "PACS".into(),
-        host: "127.0.0.1".into(),
-        port: 11112,
-    };
+    let destination = pacs();
     let success = JobSuccess {
         timings_json: "{\"total\": 1.0}",
         candidates: 3,
@@ -384,12 +399,7 @@ async fn claims_and_leases(index: Index) {
     assert_eq!(again.id, lost.id);
     assert!(!index.renew_lease(&lost, &dead).await.unwrap());
     assert!(index.renew_lease(&again, &alive).await.unwrap());
-    let success = JobSuccess {
-        timings_json: "{}",
-        candidates: 0,
-        findings: 0,
-        results: &[],
-    };
+    let success = no_results();
     assert!(!index.finish_job(&lost, &success, None).await.unwrap());
     assert!(!index.fail_job(&lost, "test", "late").await.unwrap());
     assert!(index.finish_job(&again, &success, None).await.unwrap());
@@ -424,20 +434,13 @@ async fn outbox_claims(index: &Index) {
             path: format!("results/{i}.dcm"),
         })
         .collect();
-    let destination = Destination {
-        ae_title: "PACS".into(),
-        host: "127.0.0.1".into(),
-        port: 11112,
-    };
     let success = JobSuccess {
-        timings_json: "{}",
-        candidates: 0,
-        findings: 0,
         results: &results,
+        ..no_results()
     };
     assert!(
         index
-            .finish_job(&job, &success, Some(&destination))
+            .finish_job(&job, &success, Some(&pacs()))
             .await
             .unwrap()
     );

@@ -138,6 +138,25 @@ async fn scalar(index: &Index, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
+async fn strings(index: &Index, sql: &'static str) -> Vec<String> {
+    let Pool::Postgres(pool) = index.pool() else {
+        unreachable!("the site runs on PostgreSQL")
+    };
+    sqlx::query_scalar(sql).fetch_all(pool).await.unwrap()
+}
+
+/// A running job and the node holding it, if any.
+async fn held_job(index: &Index) -> Option<(String, i64)> {
+    rows(
+        index,
+        "SELECT claimed_by, series_uid, id FROM jobs WHERE state = 'running'",
+    )
+    .await
+    .into_iter()
+    .next()
+    .map(|(node, _, job)| (node, job))
+}
+
 async fn rows(index: &Index, sql: &'static str) -> Vec<(String, String, i64)> {
     let Pool::Postgres(pool) = index.pool() else {
         unreachable!("the site runs on PostgreSQL")
@@ -197,30 +216,17 @@ async fn site(kill_a_worker: bool) {
             .iter()
             .map(|study| std::fs::read_dir(study).unwrap().count())
             .sum::<usize>();
-        if kill_a_worker && killed.is_none() {
-            let held = rows(
-                &index,
-                "SELECT claimed_by, series_uid, id FROM jobs WHERE state = 'running'",
-            )
-            .await;
-            if let Some((node, _, job)) = held.into_iter().next() {
-                workers.remove(&node).expect("a worker holds it").crash();
-                killed = Some((node, job));
-            }
+        if kill_a_worker
+            && killed.is_none()
+            && let Some((node, job)) = held_job(&index).await
+        {
+            workers.remove(&node).expect("a worker holds it").crash();
+            killed = Some((node, job));
         }
     }
     if kill_a_worker && killed.is_none() {
-        let (node, _, job) = eventually(Duration::from_secs(120), "a job held by a worker", || {
-            let index = index.clone();
-            async move {
-                rows(
-                    &index,
-                    "SELECT claimed_by, series_uid, id FROM jobs WHERE state = 'running'",
-                )
-                .await
-                .into_iter()
-                .next()
-            }
+        let (node, job) = eventually(Duration::from_secs(120), "a job held by a worker", || {
+            held_job(&index)
         })
         .await;
         workers.remove(&node).expect("a worker holds it").crash();
@@ -251,25 +257,16 @@ async fn site(kill_a_worker: bool) {
         scalar(&index, "SELECT COUNT(*) FROM instances").await,
         instances_sent as i64
     );
-    let by_receiver = rows(
-        &index,
-        "SELECT split_part(path, '/', 2), 'instances', COUNT(*) FROM instances GROUP BY 1 ORDER BY 1",
-    )
-    .await;
     assert_eq!(
-        by_receiver.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        strings(
+            &index,
+            "SELECT DISTINCT split_part(path, '/', 2) FROM instances ORDER BY 1"
+        )
+        .await,
         ["rx-1", "rx-2"],
         "each receiver stored in its own area"
     );
-    let paths: Vec<String> = {
-        let Pool::Postgres(pool) = index.pool() else {
-            unreachable!()
-        };
-        sqlx::query_scalar("SELECT path FROM instances")
-            .fetch_all(pool)
-            .await
-            .unwrap()
-    };
+    let paths = strings(&index, "SELECT path FROM instances").await;
     assert!(
         paths.iter().all(|p| storage.join(p).is_file()),
         "every indexed instance is on the shared storage"
@@ -277,14 +274,9 @@ async fn site(kill_a_worker: bool) {
 
     // Each series analysed exactly once: one job, done; claimed once, or twice for the job
     // whose worker was killed, and then finished by another worker.
-    assert_eq!(
-        scalar(&index, "SELECT COUNT(*) FROM series").await,
-        STUDIES as i64
-    );
-    assert_eq!(
-        scalar(&index, "SELECT COUNT(*) FROM jobs").await,
-        STUDIES as i64
-    );
+    for table in ["SELECT COUNT(*) FROM series", "SELECT COUNT(*) FROM jobs"] {
+        assert_eq!(scalar(&index, table).await, STUDIES as i64, "{table}");
+    }
     let jobs = rows(
         &index,
         "SELECT claimed_by, CAST(id AS TEXT), attempts FROM jobs ORDER BY id",
