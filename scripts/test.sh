@@ -14,6 +14,12 @@ cargo fmt --all -- --check
 cargo clippy --release --locked --all-targets -- -D warnings
 # Dependencies between modules point one way (docs/modules.svg is drawn from the same code).
 python3 scripts/module-graph.py --check
-cargo test --release --locked
+# The tests' scratch files (nodes' storage, generated series, PostgreSQL clusters) go in one
+# folder, removed when the suite ends, pass or fail: runs leave nothing behind in /tmp. Sticky and
+# world-writable as /tmp is, since the tests' PostgreSQL server runs as the postgres user.
+scratch=$(mktemp -d /tmp/jnsc-tests-XXXXXX)
+chmod 1777 "$scratch"
+trap 'rm -rf "$scratch" || true' EXIT
+TMPDIR="$scratch" cargo test --release --locked
 # The viewer check: Orthanc + the node + OHIF 3.13 in headless Chromium (about 3 minutes).
 bash scripts/ohif-check.sh
