@@ -5,7 +5,9 @@
 //! as on SQLite, its state CHECK constraints refusing what the SQLite triggers refuse. Claims
 //! and leases behave the same on both engines: concurrent workers take each job once, a job
 //! whose lease ran out goes to another worker and only that one can finish it, and one whose
-//! leases keep running out fails for good.
+//! leases keep running out fails for good. Outbox rows are claimed the same way by several
+//! senders, and two receivers given one instance at the same moment both answer Success and
+//! store it once.
 
 mod common;
 
@@ -543,4 +545,64 @@ async fn jobs_are_claimed_once_and_expired_leases_go_to_another_worker_on_postgr
 async fn jobs_are_claimed_once_and_expired_leases_go_to_another_worker_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     claims_and_leases(Index::open(&dir.path().join("jnsc.db")).await.unwrap()).await;
+}
+
+/// Two receivers on one PostgreSQL index, each in its own area of one storage directory, given
+/// the same instances at the same moment (a PACS retrying on the other receiver): both answer
+/// Success, one stores each instance and the other finds it a duplicate, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_receivers_given_one_instance_at_once_both_succeed_and_store_it_once() {
+    use jnsc::store::files::FileStore;
+    use jnsc::store::{InstanceStore, ReceivedInstance, StoreOutcome};
+    use std::path::Path;
+    use std::sync::Arc;
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    let url = server.database("race");
+    let index = Index::connect(&jnsc::config::DbLocation::parse(&url))
+        .await
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let receiver = |name: &str| {
+        let files = FileStore::open(root.path(), &Path::new("nodes").join(name)).unwrap();
+        InstanceStore::new(files, index.clone())
+    };
+    let (a, b) = (receiver("rx-a"), receiver("rx-b"));
+    let association_a = index
+        .begin_association("rx-a", "PACS", "JNSC", "127.0.0.1:1")
+        .await
+        .unwrap();
+    let association_b = index
+        .begin_association("rx-b", "PACS", "JNSC", "127.0.0.1:2")
+        .await
+        .unwrap();
+    let series_dir = tempfile::tempdir().unwrap();
+    let series = synth_series(series_dir.path(), 24, 64, 5);
+    for file in &series.files {
+        let (data_set, transfer_syntax) = common::data_set_of(file);
+        let attributes =
+            jnsc::store::instance::parse_data_set(&data_set, &transfer_syntax).unwrap();
+        let data_set = Arc::new(data_set);
+        let received = |association| ReceivedInstance {
+            attributes: &attributes,
+            data_set: Arc::clone(&data_set),
+            transfer_syntax: &transfer_syntax,
+            calling_ae: "PACS",
+            called_ae: "JNSC",
+            association,
+        };
+        let (from_a, from_b) = tokio::join!(
+            a.store(received(association_a)),
+            b.store(received(association_b))
+        );
+        let mut outcomes = [from_a.unwrap(), from_b.unwrap()];
+        outcomes.sort_by_key(|o| format!("{o:?}"));
+        assert_eq!(outcomes, [StoreOutcome::Duplicate, StoreOutcome::Stored]);
+    }
+    let overview = index.overview(1).await.unwrap();
+    assert_eq!(overview.instances, 24);
+    let paths = index.series_files(&series.series_uid).await.unwrap();
+    assert!(paths.iter().all(|p| root.path().join(p).is_file()));
+    index.close().await;
 }

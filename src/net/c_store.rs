@@ -162,7 +162,7 @@ async fn store(
     ctx.store
         .store(ReceivedInstance {
             attributes: &attributes,
-            data_set,
+            data_set: std::sync::Arc::new(data_set),
             transfer_syntax,
             calling_ae: ctx.calling_ae,
             called_ae: ctx.called_ae,

@@ -52,7 +52,7 @@ pub enum StoreError {
 pub struct ReceivedInstance<'a> {
     pub attributes: &'a InstanceAttributes,
     /// Data set bytes exactly as received.
-    pub data_set: Vec<u8>,
+    pub data_set: Arc<Vec<u8>>,
     pub transfer_syntax: &'a str,
     pub calling_ae: &'a str,
     pub called_ae: &'a str,
@@ -76,6 +76,12 @@ pub struct InstanceStore {
 struct InFlight {
     lock: Arc<tokio::sync::Mutex<()>>,
     since_ms: i64,
+}
+
+/// Whether the index refused a row because its key is taken (by another node's concurrent
+/// store of the same instance).
+fn is_duplicate_key(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 /// Margin for file system timestamp granularity and clock steps when comparing directory
@@ -132,13 +138,26 @@ impl InstanceStore {
     }
 
     /// Makes `received` durable (file, then index) and says what happened.
+    ///
+    /// Two stores of one SOP Instance UID in this process wait for each other (a lock per
+    /// UID). Two receivers sharing one index (PostgreSQL) can still both find it new: the
+    /// second one's index row is then refused as a duplicate key, its file removed, and the
+    /// store done once more, now seeing the first one's row (a duplicate, or a new version).
     pub async fn store(&self, received: ReceivedInstance<'_>) -> Result<StoreOutcome, StoreError> {
         let attrs = received.attributes;
         let sop_uid = attrs.sop_instance_uid.as_str().to_owned();
         let lock = self.lock_for(&sop_uid);
         let outcome = {
             let _guard = lock.lock().await;
-            self.store_locked(received).await
+            match self.store_locked(&received).await {
+                Err(StoreError::Index(e)) if is_duplicate_key(&e) => {
+                    tracing::info!(
+                        "another node stored this instance at the same moment: storing it again"
+                    );
+                    self.store_locked(&received).await
+                }
+                outcome => outcome,
+            }
         };
         drop(lock);
         self.release_lock(&sop_uid);
@@ -147,10 +166,10 @@ impl InstanceStore {
 
     async fn store_locked(
         &self,
-        received: ReceivedInstance<'_>,
+        received: &ReceivedInstance<'_>,
     ) -> Result<StoreOutcome, StoreError> {
         let attrs = received.attributes;
-        let data_set = Arc::new(received.data_set);
+        let data_set = Arc::clone(&received.data_set);
         let previous = self
             .index
             .find_instance(attrs.sop_instance_uid.as_str())
