@@ -547,62 +547,145 @@ async fn jobs_are_claimed_once_and_expired_leases_go_to_another_worker_on_sqlite
     claims_and_leases(Index::open(&dir.path().join("jnsc.db")).await.unwrap()).await;
 }
 
+/// Two receivers on one PostgreSQL index (database `name` of a fresh server), each in its own
+/// area (`nodes/rx-a`, `nodes/rx-b`) of one storage directory, with an association each.
+struct TwoReceivers {
+    index: Index,
+    root: tempfile::TempDir,
+    a: jnsc::store::InstanceStore,
+    b: jnsc::store::InstanceStore,
+    associations: (i64, i64),
+    _server: Postgres,
+}
+
+impl TwoReceivers {
+    async fn start(name: &str) -> Option<TwoReceivers> {
+        let server = Postgres::start()?;
+        let url = server.database(name);
+        let index = Index::connect(&jnsc::config::DbLocation::parse(&url))
+            .await
+            .unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let receiver = |name: &str| {
+            let area = std::path::Path::new("nodes").join(name);
+            let files = jnsc::store::files::FileStore::open(root.path(), &area).unwrap();
+            jnsc::store::InstanceStore::new(files, index.clone())
+        };
+        let (a, b) = (receiver("rx-a"), receiver("rx-b"));
+        let mut associations = Vec::new();
+        for (node, peer) in [("rx-a", "127.0.0.1:1"), ("rx-b", "127.0.0.1:2")] {
+            associations.push(
+                index
+                    .begin_association(node, "PACS", "JNSC", peer)
+                    .await
+                    .unwrap(),
+            );
+        }
+        Some(TwoReceivers {
+            associations: (associations[0], associations[1]),
+            index,
+            root,
+            a,
+            b,
+            _server: server,
+        })
+    }
+}
+
+/// An instance of a synthetic series as a receiver gets it: attributes, data set, transfer
+/// syntax.
+fn instance_of(
+    file: &std::path::Path,
+) -> (
+    jnsc::store::instance::InstanceAttributes,
+    std::sync::Arc<Vec<u8>>,
+    String,
+) {
+    let (data_set, transfer_syntax) = common::data_set_of(file);
+    let attributes = jnsc::store::instance::parse_data_set(&data_set, &transfer_syntax).unwrap();
+    (attributes, std::sync::Arc::new(data_set), transfer_syntax)
+}
+
 /// Two receivers on one PostgreSQL index, each in its own area of one storage directory, given
 /// the same instances at the same moment (a PACS retrying on the other receiver): both answer
 /// Success, one stores each instance and the other finds it a duplicate, and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_receivers_given_one_instance_at_once_both_succeed_and_store_it_once() {
-    use jnsc::store::files::FileStore;
-    use jnsc::store::{InstanceStore, ReceivedInstance, StoreOutcome};
-    use std::path::Path;
-    use std::sync::Arc;
-    let Some(server) = Postgres::start() else {
+    use jnsc::store::{ReceivedInstance, StoreOutcome};
+    let Some(site) = TwoReceivers::start("race").await else {
         return;
     };
-    let url = server.database("race");
-    let index = Index::connect(&jnsc::config::DbLocation::parse(&url))
-        .await
-        .unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let receiver = |name: &str| {
-        let files = FileStore::open(root.path(), &Path::new("nodes").join(name)).unwrap();
-        InstanceStore::new(files, index.clone())
-    };
-    let (a, b) = (receiver("rx-a"), receiver("rx-b"));
-    let association_a = index
-        .begin_association("rx-a", "PACS", "JNSC", "127.0.0.1:1")
-        .await
-        .unwrap();
-    let association_b = index
-        .begin_association("rx-b", "PACS", "JNSC", "127.0.0.1:2")
-        .await
-        .unwrap();
     let series_dir = tempfile::tempdir().unwrap();
     let series = synth_series(series_dir.path(), 24, 64, 5);
     for file in &series.files {
-        let (data_set, transfer_syntax) = common::data_set_of(file);
-        let attributes =
-            jnsc::store::instance::parse_data_set(&data_set, &transfer_syntax).unwrap();
-        let data_set = Arc::new(data_set);
+        let (attributes, data_set, transfer_syntax) = instance_of(file);
         let received = |association| ReceivedInstance {
             attributes: &attributes,
-            data_set: Arc::clone(&data_set),
+            data_set: std::sync::Arc::clone(&data_set),
             transfer_syntax: &transfer_syntax,
             calling_ae: "PACS",
             called_ae: "JNSC",
             association,
         };
         let (from_a, from_b) = tokio::join!(
-            a.store(received(association_a)),
-            b.store(received(association_b))
+            site.a.store(received(site.associations.0)),
+            site.b.store(received(site.associations.1))
         );
         let mut outcomes = [from_a.unwrap(), from_b.unwrap()];
         outcomes.sort_by_key(|o| format!("{o:?}"));
         assert_eq!(outcomes, [StoreOutcome::Duplicate, StoreOutcome::Stored]);
     }
-    let overview = index.overview(1).await.unwrap();
-    assert_eq!(overview.instances, 24);
-    let paths = index.series_files(&series.series_uid).await.unwrap();
-    assert!(paths.iter().all(|p| root.path().join(p).is_file()));
-    index.close().await;
+    assert_eq!(site.index.overview(1).await.unwrap().instances, 24);
+    let paths = site.index.series_files(&series.series_uid).await.unwrap();
+    assert!(paths.iter().all(|p| site.root.path().join(p).is_file()));
+    site.index.close().await;
+}
+
+/// A receiver that stopped between writing an instance and its index row being refused (another
+/// receiver had just stored the same one) finds the stray file at its next start: recovery
+/// quarantines it rather than failing the start, and the index keeps the other's copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_copy_of_another_receiver_s_instance_is_quarantined_at_start() {
+    use jnsc::store::{ReceivedInstance, StoreOutcome, recovery};
+    let Some(site) = TwoReceivers::start("stray").await else {
+        return;
+    };
+    let series_dir = tempfile::tempdir().unwrap();
+    let series = synth_series(series_dir.path(), 1, 64, 6);
+    let (attributes, data_set, transfer_syntax) = instance_of(&series.files[0]);
+    let stored = site
+        .a
+        .store(ReceivedInstance {
+            attributes: &attributes,
+            data_set,
+            transfer_syntax: &transfer_syntax,
+            calling_ae: "PACS",
+            called_ae: "JNSC",
+            association: site.associations.0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored, StoreOutcome::Stored);
+    // The copy B wrote before its row was refused, where B writes.
+    let root = site.root.path();
+    let indexed = site.index.series_files(&series.series_uid).await.unwrap();
+    let stray = site.b.files().instance_path(&attributes, 1);
+    std::fs::create_dir_all(root.join(&stray).parent().unwrap()).unwrap();
+    std::fs::copy(root.join(&indexed[0]), root.join(&stray)).unwrap();
+
+    let report = recovery::recover(&site.b).await.unwrap();
+    assert_eq!((report.reindexed, report.quarantined), (0, 1));
+    assert!(!root.join(&stray).exists());
+    assert_eq!(
+        root.join("nodes/rx-b/quarantine")
+            .read_dir()
+            .unwrap()
+            .count(),
+        1
+    );
+    assert_eq!(
+        site.index.series_files(&series.series_uid).await.unwrap(),
+        indexed
+    );
+    site.index.close().await;
 }

@@ -357,6 +357,23 @@ impl Index {
         })
     }
 
+    /// Where version `version` of an instance is indexed, if it is.
+    pub async fn version_path(
+        &self,
+        sop_instance_uid: &str,
+        version: i64,
+    ) -> DbResult<Option<String>> {
+        on_pool!(self.pool(), pool => {
+            sqlx::query_scalar(
+                "SELECT path FROM instance_versions WHERE sop_instance_uid = $1 AND version = $2",
+            )
+            .bind(sop_instance_uid)
+            .bind(version)
+            .fetch_optional(pool)
+            .await
+        })
+    }
+
     /// Indexes a stored file in one transaction: patient, study and series rows are created or
     /// refreshed, the series goes (back) to 'receiving', the instance points at this version.
     pub async fn record_instance(

@@ -3,7 +3,8 @@
 //! power cut its last commits can be missing while their files, fsynced before Success was sent,
 //! are on disk. Every series directory modified since the last checkpoint mark is compared with
 //! the index: files missing from it are parsed and indexed again; files that do not parse (a write
-//! cut short, never acknowledged) are moved to `quarantine/`.
+//! cut short, never acknowledged), or whose version the shared index holds at another node's path
+//! (both stored it at once; this copy's row was refused), are moved to `quarantine/`.
 
 use crate::store::db::NewFile;
 use crate::store::files::FileStore;
@@ -70,6 +71,21 @@ pub async fn recover(store: &InstanceStore) -> Result<RecoveryReport, StoreError
                 tokio::task::spawn_blocking(move || read_stored(&files, &absolute, &expected))
                     .await
                     .map_err(|e| StoreError::Write(std::io::Error::other(e)))?;
+            // On a shared index another node may hold this version: both stored the instance
+            // at once, and this copy's index row was refused (it was never acknowledged).
+            let read = match read {
+                Ok(stored) => match store
+                    .index()
+                    .version_path(stored.attributes.sop_instance_uid.as_str(), stored.version)
+                    .await?
+                {
+                    Some(other) => Err(format!(
+                        "the index holds this version at {other}: this copy was never acknowledged"
+                    )),
+                    None => Ok(stored),
+                },
+                Err(reason) => Err(reason),
+            };
             match read {
                 Ok(stored) => {
                     let known = store
