@@ -228,4 +228,23 @@ mod tests {
         );
         assert_eq!(humanize(3725), "1 h 2 min");
     }
+
+    #[test]
+    fn the_nodes_table_shows_who_holds_what_and_only_when_someone_does() {
+        let mut index = crate::store::overview::Overview::default();
+        let mut html = String::new();
+        nodes_table(&mut html, &index);
+        assert_eq!(html, "");
+        index.running_by_node.insert("wk-1".into(), 1);
+        index.sending_by_node.insert("wk-2".into(), 2);
+        index.receiving_by_node.insert("rx-<1>".into(), 3);
+        nodes_table(&mut html, &index);
+        for row in [
+            "<tr><td>rx-&lt;1&gt;</td><td>3</td><td>0</td><td>0</td></tr>",
+            "<tr><td>wk-1</td><td>0</td><td>1</td><td>0</td></tr>",
+            "<tr><td>wk-2</td><td>0</td><td>0</td><td>2</td></tr>",
+        ] {
+            assert!(html.contains(row), "{row} in {html}");
+        }
+    }
 }

@@ -8,7 +8,7 @@ use sqlx::FromRow;
 use std::collections::BTreeMap;
 
 /// Counts over the whole index.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Overview {
     pub instances: i64,
     pub studies: i64,
