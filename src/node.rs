@@ -125,7 +125,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         device: config.model.device.to_string(),
     });
     let storage_root = files.root().to_owned();
-    let store = if node.role.receives() {
+    // A receiver's store (recovered before anything is accepted) and its DICOM listeners.
+    let receiving = if node.role.receives() {
         let store = Arc::new(
             InstanceStore::new(files, index.clone())
                 .with_disk_floor(config.storage.min_free_mb.saturating_mul(1024 * 1024)),
@@ -133,13 +134,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         recovery::recover(&store)
             .await
             .context("cannot reconcile the index with the stored files")?;
-        Some(store)
+        Some((store, Listeners::bind(&config).await?))
     } else {
         None
-    };
-    let listeners = match &store {
-        Some(_) => Some(Listeners::bind(&config).await?),
-        None => None,
     };
     let status_listener = TcpListener::bind(config.status.listen)
         .await
@@ -163,7 +160,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 config: Arc::clone(&config),
                 started: std::time::Instant::now(),
                 model: model_status,
-                storage_root: area_dir,
+                storage_area: area_dir,
                 metrics: Arc::clone(&metrics),
                 failed_tasks: tasks.failures(),
             }),
@@ -207,15 +204,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .run(outbox, stopped.clone()),
         );
     }
+    let store = receiving.as_ref().map(|(store, _)| Arc::clone(store));
     let (mut dicom_address, mut dicom_tls_address) = (None, None);
-    if let (Some(store), Some(listeners)) = (&store, listeners) {
+    if let Some((store, listeners)) = receiving {
         tasks.spawn(
             "series completion",
             completion::run(index.clone(), config.stable_age(), stopped.clone()),
         );
         tasks.spawn(
             "index checkpoints",
-            checkpoint_periodically(Arc::clone(store), stopped.clone()),
+            checkpoint_periodically(Arc::clone(&store), stopped.clone()),
         );
         if let Some((listener, tls_server)) = listeners.tls {
             dicom_tls_address = Some(listener.local_addr()?);
@@ -225,7 +223,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     listener,
                     Some(tls_server),
                     Arc::clone(&config),
-                    Arc::clone(store),
+                    Arc::clone(&store),
                     Arc::clone(&metrics),
                     stopped.clone(),
                 ),
@@ -238,7 +236,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 listeners.plain,
                 None,
                 Arc::clone(&config),
-                Arc::clone(store),
+                Arc::clone(&store),
                 metrics,
                 stopped,
             ),

@@ -131,37 +131,34 @@ const SMALL_STUDY: &[&str] = &[
     "5",
 ];
 
-async fn scalar(index: &Index, sql: &'static str) -> i64 {
+/// The site's PostgreSQL pool.
+fn pool(index: &Index) -> &sqlx::PgPool {
     let Pool::Postgres(pool) = index.pool() else {
         unreachable!("the site runs on PostgreSQL")
     };
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+    pool
+}
+
+async fn scalar(index: &Index, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(pool(index))
+        .await
+        .unwrap()
 }
 
 async fn strings(index: &Index, sql: &'static str) -> Vec<String> {
-    let Pool::Postgres(pool) = index.pool() else {
-        unreachable!("the site runs on PostgreSQL")
-    };
-    sqlx::query_scalar(sql).fetch_all(pool).await.unwrap()
+    sqlx::query_scalar(sql)
+        .fetch_all(pool(index))
+        .await
+        .unwrap()
 }
 
 /// A running job and the node holding it, if any.
 async fn held_job(index: &Index) -> Option<(String, i64)> {
-    rows(
-        index,
-        "SELECT claimed_by, series_uid, id FROM jobs WHERE state = 'running'",
-    )
-    .await
-    .into_iter()
-    .next()
-    .map(|(node, _, job)| (node, job))
-}
-
-async fn rows(index: &Index, sql: &'static str) -> Vec<(String, String, i64)> {
-    let Pool::Postgres(pool) = index.pool() else {
-        unreachable!("the site runs on PostgreSQL")
-    };
-    sqlx::query_as(sql).fetch_all(pool).await.unwrap()
+    sqlx::query_as("SELECT claimed_by, id FROM jobs WHERE state = 'running' LIMIT 1")
+        .fetch_optional(pool(index))
+        .await
+        .unwrap()
 }
 
 /// One site at a time: two would share the machine's two cores.
@@ -277,14 +274,14 @@ async fn site(kill_a_worker: bool) {
     for table in ["SELECT COUNT(*) FROM series", "SELECT COUNT(*) FROM jobs"] {
         assert_eq!(scalar(&index, table).await, STUDIES as i64, "{table}");
     }
-    let jobs = rows(
-        &index,
-        "SELECT claimed_by, CAST(id AS TEXT), attempts FROM jobs ORDER BY id",
-    )
-    .await;
+    let jobs: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT claimed_by, id, attempts FROM jobs ORDER BY id")
+            .fetch_all(pool(&index))
+            .await
+            .unwrap();
     for (node, id, attempts) in &jobs {
         match &killed {
-            Some((dead, job)) if id == &job.to_string() => {
+            Some((dead, job)) if id == job => {
                 assert_eq!(*attempts, 2, "job {id}: claimed again after {dead} died");
                 assert_ne!(node, dead, "job {id} finished by another worker");
             }

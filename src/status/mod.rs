@@ -45,7 +45,9 @@ pub struct StatusState {
     pub started: Instant,
     /// `None` when analysis is off (`pipeline.analyze = false`).
     pub model: Option<ModelStatus>,
-    pub storage_root: PathBuf,
+    /// This node's area of the storage directory (all of it on SQLite): its free space, and
+    /// where `/ready` checks it can write.
+    pub storage_area: PathBuf,
     /// The node's counters and histograms.
     pub metrics: Arc<Metrics>,
     /// Tasks of the node that failed (`node::Supervisor`); any makes the node not ready.
@@ -185,7 +187,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 /// Builds the `/status` report.
 pub async fn report(state: &StatusState) -> Result<StatusReport, sqlx::Error> {
     let index = state.index.overview(RECENT_STUDIES).await?;
-    let disk = disk_space(&state.storage_root)
+    let disk = disk_space(&state.storage_area)
         .ok()
         .map(|space| DiskStatus {
             space,
@@ -265,7 +267,7 @@ async fn prometheus(State(state): State<Arc<StatusState>>) -> Response {
             state.started.elapsed().as_secs_f64(),
         ),
     ];
-    if let Ok(space) = disk_space(&state.storage_root) {
+    if let Ok(space) = disk_space(&state.storage_area) {
         extra.push((
             "jnsc_disk_free_bytes",
             "Free bytes on the storage file system",
@@ -342,22 +344,22 @@ async fn ready(State(state): State<Arc<StatusState>>) -> Response {
         },
     });
     // Storage: a file can be created and removed.
-    let probe = state.storage_root.join(".ready-probe");
+    let probe = state.storage_area.join(".ready-probe");
     let storage = std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe));
-    let storage_read_only = std::fs::metadata(&state.storage_root)
+    let storage_read_only = std::fs::metadata(&state.storage_area)
         .map(|m| m.permissions().readonly())
         .unwrap_or(true);
     checks.push(Check {
         name: "storage",
         ok: storage.is_ok() && !storage_read_only,
         detail: match storage {
-            Ok(()) if !storage_read_only => state.storage_root.display().to_string(),
-            Ok(()) => format!("{} is read-only", state.storage_root.display()),
-            Err(e) => format!("{} is not writable: {e}", state.storage_root.display()),
+            Ok(()) if !storage_read_only => state.storage_area.display().to_string(),
+            Ok(()) => format!("{} is read-only", state.storage_area.display()),
+            Err(e) => format!("{} is not writable: {e}", state.storage_area.display()),
         },
     });
     let floor = state.config.storage.min_free_mb * 1024 * 1024;
-    checks.push(match disk_space(&state.storage_root) {
+    checks.push(match disk_space(&state.storage_area) {
         Ok(space) => Check {
             name: "disk",
             ok: space.free_bytes >= floor,

@@ -178,46 +178,46 @@ macro_rules! enqueue {
         let result: &NewResult = $result;
         let destination: Option<&Destination> = $destination;
         let now: i64 = $now;
-            sqlx::query(
-                "UPDATE outbox SET state = $1, updated_at = $2 WHERE sop_instance_uid = $3 AND state = $4",
-            )
-            .bind(OutboxState::Superseded)
-            .bind(now)
-            .bind(&result.sop_instance_uid)
-            .bind(OutboxState::Pending)
-            .execute(&mut *tx)
-            .await?;
-            let (state, error) = match destination {
-                Some(_) => (OutboxState::Pending, None),
-                None => (
-                    OutboxState::Failed,
-                    Some(format!("{NO_DESTINATION} {}", job.source_ae)),
-                ),
-            };
-            sqlx::query(
-                "INSERT INTO outbox
-                     (sop_instance_uid, sop_class_uid, study_uid, series_uid, path, job, source_ae,
-                      dest_ae, dest_host, dest_port, state, next_attempt_at, last_error, created_at,
-                      updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-            )
-            .bind(&result.sop_instance_uid)
-            .bind(&result.sop_class_uid)
-            .bind(&job.study_uid)
-            .bind(&job.series_uid)
-            .bind(&result.path)
-            .bind(job.id)
-            .bind(&job.source_ae)
-            .bind(destination.map(|d| d.ae_title.as_str()))
-            .bind(destination.map(|d| d.host.as_str()))
-            .bind(destination.map(|d| i64::from(d.port)))
-            .bind(state)
-            .bind(now)
-            .bind(error)
-            .bind(now)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE outbox SET state = $1, updated_at = $2 WHERE sop_instance_uid = $3 AND state = $4",
+        )
+        .bind(OutboxState::Superseded)
+        .bind(now)
+        .bind(&result.sop_instance_uid)
+        .bind(OutboxState::Pending)
+        .execute(&mut *tx)
+        .await?;
+        let (state, error) = match destination {
+            Some(_) => (OutboxState::Pending, None),
+            None => (
+                OutboxState::Failed,
+                Some(format!("{NO_DESTINATION} {}", job.source_ae)),
+            ),
+        };
+        sqlx::query(
+            "INSERT INTO outbox
+                 (sop_instance_uid, sop_class_uid, study_uid, series_uid, path, job, source_ae,
+                  dest_ae, dest_host, dest_port, state, next_attempt_at, last_error, created_at,
+                  updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(&result.sop_instance_uid)
+        .bind(&result.sop_class_uid)
+        .bind(&job.study_uid)
+        .bind(&job.series_uid)
+        .bind(&result.path)
+        .bind(job.id)
+        .bind(&job.source_ae)
+        .bind(destination.map(|d| d.ae_title.as_str()))
+        .bind(destination.map(|d| d.host.as_str()))
+        .bind(destination.map(|d| i64::from(d.port)))
+        .bind(state)
+        .bind(now)
+        .bind(error)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
 
         DbResult::Ok(())
     }};
