@@ -188,7 +188,9 @@ impl candle_core::CustomOp3 for InstanceNormReluGrad {
         let (channels, spatial) = channels_and_spatial(l1)?;
         let (gamma, beta) = scale_shift.split_at(channels);
         let stats = all_moments(x, spatial, self.eps);
-        let mut dx = vec![0f32; x.len()];
+        // dx, then dgamma and dbeta: allocated once at its final length.
+        let mut packed = vec![0f32; x.len() + 2 * channels];
+        let (dx, tail) = packed.split_at_mut(x.len());
         // Per item-channel: dx, and its contributions to dgamma and dbeta.
         let partial: Vec<(f64, f64)> = dx
             .par_chunks_mut(spatial)
@@ -228,15 +230,15 @@ impl candle_core::CustomOp3 for InstanceNormReluGrad {
                 (sum_g_hat, sum_g)
             })
             .collect();
-        let mut packed = dx;
         let mut dgamma = vec![0f64; channels];
         let mut dbeta = vec![0f64; channels];
         for (item, (g_hat, g)) in partial.iter().enumerate() {
             dgamma[item % channels] += g_hat;
             dbeta[item % channels] += g;
         }
-        packed.extend(dgamma.iter().map(|&v| v as f32));
-        packed.extend(dbeta.iter().map(|&v| v as f32));
+        for (t, v) in tail.iter_mut().zip(dgamma.iter().chain(&dbeta)) {
+            *t = *v as f32;
+        }
         let len = packed.len();
         Ok((CpuStorage::F32(packed), Shape::from(len)))
     }
