@@ -117,7 +117,12 @@ mod tests {
             .collect();
         let keep = Tensor::from_vec(keep, (n, c, 1, 1, 1), &Device::Cpu).unwrap();
         let reference = x.as_tensor().broadcast_mul(&keep).unwrap();
-        let reference_dx = (&reference * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let reference_dx = (&reference * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         let bits = |t: &Tensor| flat(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&y), bits(&reference));
         assert_eq!(

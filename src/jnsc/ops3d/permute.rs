@@ -20,27 +20,55 @@ const TASK_ELEMENTS: usize = 1 << 16;
 pub fn permuted(x: &Tensor, dims: &[usize]) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         x.apply_op1(Permute {
+            view: None,
             dims: dims.to_vec(),
+            shape: None,
         })
     } else {
         x.permute(dims)?.contiguous()
     }
 }
 
-struct Permute {
-    dims: Vec<usize>,
+/// `x.reshape(view).permute(dims).reshape(shape)`, contiguous, as one operation: one node of
+/// the autograd graph instead of three. Candle's backward zeroes and adds a gradient of every
+/// node's size, so a reshape around a permutation cost as much in training as the permutation.
+pub fn permuted_as(x: &Tensor, view: &[usize], dims: &[usize], shape: &[usize]) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(Permute {
+            view: Some(view.to_vec()),
+            dims: dims.to_vec(),
+            shape: Some(shape.to_vec()),
+        })
+    } else {
+        x.reshape(view)?.permute(dims)?.contiguous()?.reshape(shape)
+    }
 }
 
-impl CustomOp1 for Permute {
-    fn name(&self) -> &'static str {
-        "permute"
-    }
+/// A permutation of the input's axes, or of a contiguous input `view`ed with other sizes, its
+/// result given `shape` (the same number of elements) when there is one.
+struct Permute {
+    view: Option<Vec<usize>>,
+    dims: Vec<usize>,
+    shape: Option<Vec<usize>>,
+}
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("permute: expected f32, got {:?}", storage.dtype());
+impl Permute {
+    /// The permuted sizes, and the input's strides in that order, for an input of `layout`.
+    fn sizes_and_strides(&self, layout: &Layout) -> Result<(Vec<usize>, Vec<usize>)> {
+        let (shape, strides) = match &self.view {
+            None => (layout.dims().to_vec(), layout.stride().to_vec()),
+            Some(view) => {
+                if !layout.is_contiguous()
+                    || view.iter().product::<usize>() != layout.shape().elem_count()
+                {
+                    bail!("permute: cannot view {:?} as {view:?}", layout.shape());
+                }
+                (
+                    view.clone(),
+                    Layout::contiguous(view.clone()).stride().to_vec(),
+                )
+            }
         };
-        let shape = layout.dims();
         let mut seen = vec![false; shape.len()];
         for &d in &self.dims {
             if d >= shape.len() || std::mem::replace(&mut seen[d], true) {
@@ -56,18 +84,48 @@ impl CustomOp1 for Permute {
                 self.dims
             );
         }
-        let sizes: Vec<usize> = self.dims.iter().map(|&d| shape[d]).collect();
-        let strides: Vec<usize> = self.dims.iter().map(|&d| layout.stride()[d]).collect();
-        let out = gather(data, layout.start_offset(), &sizes, &strides);
-        Ok((CpuStorage::F32(out), Shape::from(sizes)))
+        Ok((
+            self.dims.iter().map(|&d| shape[d]).collect(),
+            self.dims.iter().map(|&d| strides[d]).collect(),
+        ))
+    }
+}
+
+impl CustomOp1 for Permute {
+    fn name(&self) -> &'static str {
+        "permute"
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            bail!("permute: expected f32, got {:?}", storage.dtype());
+        };
+        let (sizes, strides) = self.sizes_and_strides(layout)?;
+        let shape = match &self.shape {
+            None => Shape::from(sizes.clone()),
+            Some(shape) if shape.iter().product::<usize>() == sizes.iter().product::<usize>() => {
+                Shape::from(shape.clone())
+            }
+            Some(shape) => bail!("permute: cannot give {sizes:?} the shape {shape:?}"),
+        };
+        let out = gather(data, layout.start_offset(), &sizes, &strides);
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let mut inverse = vec![0; self.dims.len()];
         for (i, &d) in self.dims.iter().enumerate() {
             inverse[d] = i;
         }
-        Ok(Some(permuted(grad_res, &inverse)?))
+        let grad = match &self.view {
+            None if self.shape.is_none() => permuted(grad_res, &inverse)?,
+            _ => {
+                let view = self.view.as_deref().unwrap_or(arg.dims());
+                let sizes: Vec<usize> = self.dims.iter().map(|&d| view[d]).collect();
+                permuted_as(grad_res, &sizes, &inverse, arg.dims())?
+            }
+        };
+        Ok(Some(grad))
     }
 }
 
@@ -204,6 +262,38 @@ mod tests {
                 .unwrap(),
             expected.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         );
+    }
+
+    #[test]
+    fn permuted_as_is_reshape_permute_reshape_and_so_is_its_gradient() {
+        let (view, dims, shape) = ([2, 3, 2, 2], [0, 2, 1, 3], [4, 6]);
+        let x = Var::from_vec(values(24), (2, 6, 2), &Device::Cpu).unwrap();
+        let weights = Tensor::from_vec(values(24), (4, 6), &Device::Cpu)
+            .unwrap()
+            .affine(3.0, -1.0)
+            .unwrap();
+        let reference = |t: &Tensor| {
+            t.reshape(&view[..])
+                .unwrap()
+                .permute(&dims[..])
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .reshape(&shape[..])
+                .unwrap()
+        };
+        let ours = permuted_as(x.as_tensor(), &view, &dims, &shape).unwrap();
+        let theirs = reference(x.as_tensor());
+        assert_eq!(ours.dims(), theirs.dims());
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&ours), flat(&theirs));
+        let grad = |y: Tensor| {
+            let g = (y * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            flat(g.get(&x).unwrap())
+        };
+        assert_eq!(grad(ours), grad(theirs));
+        assert!(permuted_as(x.as_tensor(), &[5, 5], &[1, 0], &[25]).is_err());
+        assert!(permuted_as(x.as_tensor(), &view, &dims, &[5, 5]).is_err());
     }
 
     #[test]

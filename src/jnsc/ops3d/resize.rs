@@ -1,9 +1,9 @@
 //! V-Net's resolution changes: the 2x2x2 stride-2 down-convolution and the 2x2x2 stride-2
-//! transposed up-convolution, each a permutation (`permuted`), a matmul and another
+//! transposed up-convolution, each a permutation (`permuted_as`), a matmul and another
 //! permutation, so Candle derives their gradients.
 
 use super::even_spatial;
-use super::permute::permuted;
+use super::permute::permuted_as;
 use candle_core::{Result, Tensor};
 
 /// 2x2x2 convolution with stride 2 (V-Net's down-convolution): x [N, C, D, H, W] (even sizes),
@@ -12,15 +12,20 @@ pub fn down_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, c, d, h, wd) = even_spatial(x, "down_conv")?;
     let o = w.dim(0)?;
     let (d2, h2, w2) = (d / 2, h / 2, wd / 2);
-    let patches = permuted(
-        &x.reshape(vec![n, c, d2, 2, h2, 2, w2, 2])?,
+    // Each output voxel's 2x2x2 input block as a row.
+    let patches = permuted_as(
+        x,
+        &[n, c, d2, 2, h2, 2, w2, 2],
         &[0, 2, 4, 6, 1, 3, 5, 7],
-    )?
-    .reshape((n * d2 * h2 * w2, c * 8))?;
-    let y = patches
-        .matmul(&w.reshape((o, c * 8))?.t()?)?
-        .reshape((n, d2, h2, w2, o))?;
-    permuted(&y, &[0, 4, 1, 2, 3])
+        &[n * d2 * h2 * w2, c * 8],
+    )?;
+    let y = patches.matmul(&w.reshape((o, c * 8))?.t()?)?;
+    permuted_as(
+        &y,
+        &[n, d2, h2, w2, o],
+        &[0, 4, 1, 2, 3],
+        &[n, o, d2, h2, w2],
+    )
 }
 
 /// 2x2x2 transposed convolution with stride 2 (V-Net's up-convolution): x [N, C, D, H, W],
@@ -28,11 +33,14 @@ pub fn down_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 pub fn up_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, c, d, h, wd) = x.dims5()?;
     let o = w.dim(1)?;
-    let y = permuted(x, &[0, 2, 3, 4, 1])?
-        .reshape((n * d * h * wd, c))?
-        .matmul(&w.reshape((c, o * 8))?)?
-        .reshape(vec![n, d, h, wd, o, 2, 2, 2])?;
-    permuted(&y, &[0, 4, 1, 5, 2, 6, 3, 7])?.reshape((n, o, 2 * d, 2 * h, 2 * wd))
+    let y = permuted_as(x, &[n, c, d, h, wd], &[0, 2, 3, 4, 1], &[n * d * h * wd, c])?
+        .matmul(&w.reshape((c, o * 8))?)?;
+    permuted_as(
+        &y,
+        &[n, d, h, wd, o, 2, 2, 2],
+        &[0, 4, 1, 5, 2, 6, 3, 7],
+        &[n, o, 2 * d, 2 * h, 2 * wd],
+    )
 }
 
 #[cfg(test)]
