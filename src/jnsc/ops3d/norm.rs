@@ -188,57 +188,61 @@ impl candle_core::CustomOp3 for InstanceNormReluGrad {
         let (channels, spatial) = channels_and_spatial(l1)?;
         let (gamma, beta) = scale_shift.split_at(channels);
         let stats = all_moments(x, spatial, self.eps);
-        // dx, then dgamma and dbeta: allocated once at its final length.
-        let mut packed = vec![0f32; x.len() + 2 * channels];
-        let (dx, tail) = packed.split_at_mut(x.len());
-        // Per item-channel: dx, and its contributions to dgamma and dbeta.
-        let partial: Vec<(f64, f64)> = dx
-            .par_chunks_mut(spatial)
-            .zip(x.par_chunks(spatial))
-            .zip(grad.par_chunks(spatial))
-            .enumerate()
-            .map(|(item, ((out, values), g))| {
-                let c = item % channels;
-                let (mean, inv) = stats[item];
-                // g through the ReLU, then through the affine step.
-                let (mut sum_g, mut sum_g_hat, mut sum_dhat, mut sum_dhat_hat) =
-                    (0f64, 0f64, 0f64, 0f64);
-                for (&v, &gv) in values.iter().zip(g) {
-                    let hat = (v - mean) * inv;
-                    let through = if hat * gamma[c] + beta[c] > 0.0 {
-                        gv
-                    } else {
-                        0.0
-                    };
-                    let dhat = through * gamma[c];
-                    sum_g += f64::from(through);
-                    sum_g_hat += f64::from(through * hat);
-                    sum_dhat += f64::from(dhat);
-                    sum_dhat_hat += f64::from(dhat * hat);
-                }
-                let n = spatial as f64;
-                let (mean_dhat, mean_dhat_hat) = ((sum_dhat / n) as f32, (sum_dhat_hat / n) as f32);
-                for ((o, &v), &gv) in out.iter_mut().zip(values).zip(g) {
-                    let hat = (v - mean) * inv;
-                    let through = if hat * gamma[c] + beta[c] > 0.0 {
-                        gv
-                    } else {
-                        0.0
-                    };
-                    *o = inv * (through * gamma[c] - mean_dhat - hat * mean_dhat_hat);
-                }
-                (sum_g_hat, sum_g)
-            })
-            .collect();
-        let mut dgamma = vec![0f64; channels];
-        let mut dbeta = vec![0f64; channels];
-        for (item, (g_hat, g)) in partial.iter().enumerate() {
-            dgamma[item % channels] += g_hat;
-            dbeta[item % channels] += g;
-        }
-        for (t, v) in tail.iter_mut().zip(dgamma.iter().chain(&dbeta)) {
-            *t = *v as f32;
-        }
+        // dx, then dgamma and dbeta: allocated once at its final length, each value written.
+        let fill = |packed: &mut [std::mem::MaybeUninit<f32>]| {
+            let (dx, tail) = packed.split_at_mut(x.len());
+            // Per item-channel: dx, and its contributions to dgamma and dbeta.
+            let partial: Vec<(f64, f64)> = dx
+                .par_chunks_mut(spatial)
+                .zip(x.par_chunks(spatial))
+                .zip(grad.par_chunks(spatial))
+                .enumerate()
+                .map(|(item, ((out, values), g))| {
+                    let c = item % channels;
+                    let (mean, inv) = stats[item];
+                    // g through the ReLU, then through the affine step.
+                    let (mut sum_g, mut sum_g_hat, mut sum_dhat, mut sum_dhat_hat) =
+                        (0f64, 0f64, 0f64, 0f64);
+                    for (&v, &gv) in values.iter().zip(g) {
+                        let hat = (v - mean) * inv;
+                        let through = if hat * gamma[c] + beta[c] > 0.0 {
+                            gv
+                        } else {
+                            0.0
+                        };
+                        let dhat = through * gamma[c];
+                        sum_g += f64::from(through);
+                        sum_g_hat += f64::from(through * hat);
+                        sum_dhat += f64::from(dhat);
+                        sum_dhat_hat += f64::from(dhat * hat);
+                    }
+                    let n = spatial as f64;
+                    let (mean_dhat, mean_dhat_hat) =
+                        ((sum_dhat / n) as f32, (sum_dhat_hat / n) as f32);
+                    for ((o, &v), &gv) in out.iter_mut().zip(values).zip(g) {
+                        let hat = (v - mean) * inv;
+                        let through = if hat * gamma[c] + beta[c] > 0.0 {
+                            gv
+                        } else {
+                            0.0
+                        };
+                        o.write(inv * (through * gamma[c] - mean_dhat - hat * mean_dhat_hat));
+                    }
+                    (sum_g_hat, sum_g)
+                })
+                .collect();
+            let mut dgamma = vec![0f64; channels];
+            let mut dbeta = vec![0f64; channels];
+            for (item, (g_hat, g)) in partial.iter().enumerate() {
+                dgamma[item % channels] += g_hat;
+                dbeta[item % channels] += g;
+            }
+            for (t, v) in tail.iter_mut().zip(dgamma.iter().chain(&dbeta)) {
+                t.write(*v as f32);
+            }
+        };
+        // SAFETY: every item-channel's chunk of dx is written, then the 2C values after it.
+        let packed = unsafe { written_vec(x.len() + 2 * channels, fill) };
         let len = packed.len();
         Ok((CpuStorage::F32(packed), Shape::from(len)))
     }

@@ -288,7 +288,12 @@ mod tests {
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(flat(&ours), flat(&theirs));
         let grad = |y: Tensor| {
-            let g = (y * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             flat(g.get(&x).unwrap())
         };
         assert_eq!(grad(ours), grad(theirs));
