@@ -6,8 +6,9 @@
 //! - `norm`: instance normalisation + ReLU, one fused custom op on the CPU.
 //! - `resize`: V-Net's 2x2x2 stride-2 down-convolution and transposed up-convolution.
 //! - `pool`: 2x2x2 max-pooling, and the crop and adaptive max-pooling of the classification path.
-//! - `dropout`: spatial dropout, seeded.
-//! - `permute`: a fast CPU axis permutation (`resize` is a permutation, a matmul and another).
+//! - `dropout`: spatial dropout, seeded; one CPU op whose backward scales the gradient.
+//! - `permute`: a fast CPU axis permutation, with the reshapes around it as one op
+//!   (`permuted_as`: `resize` is a permutation, a matmul and another).
 //!
 //! The kernels are hand-written on purpose: Candle has no 3-D convolution with gradients, and
 //! training must stay bit-for-bit reproducible, so their summation order is fixed here. The
@@ -25,7 +26,7 @@ mod resize;
 pub use conv::conv3d;
 pub use dropout::spatial_dropout;
 pub use norm::instance_norm_relu;
-pub use permute::permuted;
+pub use permute::permuted_as;
 pub use pool::{adaptive_max_pool, crop, max_pool2};
 pub use resize::{down_conv, up_conv};
 

@@ -2,10 +2,13 @@
 //!
 //! The network's 2x2x2 down- and up-convolutions (`resize`) are a layout change, a matmul and
 //! another layout change. Candle materialises a permuted tensor element by element through a
-//! generic strided index, about 9% of an analysis on 2 cores. [`permuted`] does the same
-//! gather with the strides worked out once per row, rows in parallel. It only moves values, so
-//! every result (inference and training) is unchanged. Its gradient is the inverse
-//! permutation. Other devices and dtypes use Candle's `permute` + `contiguous`.
+//! generic strided index, about 9% of an analysis on 2 cores. [`permuted_as`] does the same
+//! gather with the strides worked out once per row, rows in parallel, and takes the reshapes
+//! around the permutation into the same op: one node of the autograd graph instead of three
+//! (Candle's backward zeroes and adds a gradient of every node's size, so a reshape cost as much
+//! in training as the permutation). It only moves values, so every result (inference and
+//! training) is unchanged. Its gradient is the inverse permutation. Other devices and dtypes use
+//! Candle's `reshape`, `permute` and `contiguous`.
 
 use super::written_vec;
 use candle_core::backend::BackendStorage;
@@ -16,76 +19,54 @@ use std::mem::MaybeUninit;
 /// Output elements per parallel task (at least one row).
 const TASK_ELEMENTS: usize = 1 << 16;
 
-/// `x` with its axes in the order `dims` (output axis i is input axis `dims[i]`), contiguous.
-pub fn permuted(x: &Tensor, dims: &[usize]) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.apply_op1(Permute {
-            view: None,
-            dims: dims.to_vec(),
-            shape: None,
-        })
-    } else {
-        x.permute(dims)?.contiguous()
-    }
-}
-
-/// `x.reshape(view).permute(dims).reshape(shape)`, contiguous, as one operation: one node of
-/// the autograd graph instead of three. Candle's backward zeroes and adds a gradient of every
-/// node's size, so a reshape around a permutation cost as much in training as the permutation.
+/// `x.reshape(view).permute(dims).reshape(shape)`, contiguous, as one operation (output axis i
+/// of the permutation is axis `dims[i]` of the view).
 pub fn permuted_as(x: &Tensor, view: &[usize], dims: &[usize], shape: &[usize]) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         x.contiguous()?.apply_op1(Permute {
-            view: Some(view.to_vec()),
+            view: view.to_vec(),
             dims: dims.to_vec(),
-            shape: Some(shape.to_vec()),
+            shape: shape.to_vec(),
         })
     } else {
         x.reshape(view)?.permute(dims)?.contiguous()?.reshape(shape)
     }
 }
 
-/// A permutation of the input's axes, or of a contiguous input `view`ed with other sizes, its
-/// result given `shape` (the same number of elements) when there is one.
+/// A contiguous input `view`ed with these sizes, its axes permuted, the result given `shape`
+/// (the same number of elements).
 struct Permute {
-    view: Option<Vec<usize>>,
+    view: Vec<usize>,
     dims: Vec<usize>,
-    shape: Option<Vec<usize>>,
+    shape: Vec<usize>,
 }
 
 impl Permute {
     /// The permuted sizes, and the input's strides in that order, for an input of `layout`.
     fn sizes_and_strides(&self, layout: &Layout) -> Result<(Vec<usize>, Vec<usize>)> {
-        let (shape, strides) = match &self.view {
-            None => (layout.dims().to_vec(), layout.stride().to_vec()),
-            Some(view) => {
-                if !layout.is_contiguous()
-                    || view.iter().product::<usize>() != layout.shape().elem_count()
-                {
-                    bail!("permute: cannot view {:?} as {view:?}", layout.shape());
-                }
-                (
-                    view.clone(),
-                    Layout::contiguous(view.clone()).stride().to_vec(),
-                )
-            }
-        };
-        let mut seen = vec![false; shape.len()];
+        let view = &self.view;
+        if !layout.is_contiguous() || view.iter().product::<usize>() != layout.shape().elem_count()
+        {
+            bail!("permute: cannot view {:?} as {view:?}", layout.shape());
+        }
+        let strides = Layout::contiguous(view.clone()).stride().to_vec();
+        let mut seen = vec![false; view.len()];
         for &d in &self.dims {
-            if d >= shape.len() || std::mem::replace(&mut seen[d], true) {
+            if d >= view.len() || std::mem::replace(&mut seen[d], true) {
                 bail!(
-                    "permute: {:?} is not a permutation of {shape:?}'s axes",
+                    "permute: {:?} is not a permutation of {view:?}'s axes",
                     self.dims
                 );
             }
         }
-        if self.dims.len() != shape.len() {
+        if self.dims.len() != view.len() {
             bail!(
-                "permute: {:?} is not a permutation of {shape:?}'s axes",
+                "permute: {:?} is not a permutation of {view:?}'s axes",
                 self.dims
             );
         }
         Ok((
-            self.dims.iter().map(|&d| shape[d]).collect(),
+            self.dims.iter().map(|&d| view[d]).collect(),
             self.dims.iter().map(|&d| strides[d]).collect(),
         ))
     }
@@ -101,15 +82,11 @@ impl CustomOp1 for Permute {
             bail!("permute: expected f32, got {:?}", storage.dtype());
         };
         let (sizes, strides) = self.sizes_and_strides(layout)?;
-        let shape = match &self.shape {
-            None => Shape::from(sizes.clone()),
-            Some(shape) if shape.iter().product::<usize>() == sizes.iter().product::<usize>() => {
-                Shape::from(shape.clone())
-            }
-            Some(shape) => bail!("permute: cannot give {sizes:?} the shape {shape:?}"),
-        };
+        if self.shape.iter().product::<usize>() != sizes.iter().product::<usize>() {
+            bail!("permute: cannot give {sizes:?} the shape {:?}", self.shape);
+        }
         let out = gather(data, layout.start_offset(), &sizes, &strides);
-        Ok((CpuStorage::F32(out), shape))
+        Ok((CpuStorage::F32(out), Shape::from(self.shape.clone())))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -117,15 +94,8 @@ impl CustomOp1 for Permute {
         for (i, &d) in self.dims.iter().enumerate() {
             inverse[d] = i;
         }
-        let grad = match &self.view {
-            None if self.shape.is_none() => permuted(grad_res, &inverse)?,
-            _ => {
-                let view = self.view.as_deref().unwrap_or(arg.dims());
-                let sizes: Vec<usize> = self.dims.iter().map(|&d| view[d]).collect();
-                permuted_as(grad_res, &sizes, &inverse, arg.dims())?
-            }
-        };
-        Ok(Some(grad))
+        let sizes: Vec<usize> = self.dims.iter().map(|&d| self.view[d]).collect();
+        Ok(Some(permuted_as(grad_res, &sizes, &inverse, arg.dims())?))
     }
 }
 
@@ -204,6 +174,12 @@ mod tests {
 
     fn values(n: usize) -> Vec<f32> {
         (0..n).map(|i| (i as f32 * 0.37).sin()).collect()
+    }
+
+    /// `x` with its axes in the order `dims`, its shape unchanged otherwise.
+    fn permuted(x: &Tensor, dims: &[usize]) -> Result<Tensor> {
+        let sizes: Vec<usize> = dims.iter().map(|&d| x.dim(d).unwrap_or(0)).collect();
+        permuted_as(x, x.dims(), dims, &sizes)
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! permutation, so Candle derives their gradients.
 
 use super::even_spatial;
-use super::permute::permuted_as;
+use super::permuted_as;
 use candle_core::{Result, Tensor};
 
 /// 2x2x2 convolution with stride 2 (V-Net's down-convolution): x [N, C, D, H, W] (even sizes),
