@@ -594,16 +594,35 @@ impl TwoReceivers {
 
 /// An instance of a synthetic series as a receiver gets it: attributes, data set, transfer
 /// syntax.
-fn instance_of(
-    file: &std::path::Path,
-) -> (
-    jnsc::store::instance::InstanceAttributes,
-    std::sync::Arc<Vec<u8>>,
-    String,
-) {
-    let (data_set, transfer_syntax) = common::data_set_of(file);
-    let attributes = jnsc::store::instance::parse_data_set(&data_set, &transfer_syntax).unwrap();
-    (attributes, std::sync::Arc::new(data_set), transfer_syntax)
+struct Instance {
+    attributes: jnsc::store::instance::InstanceAttributes,
+    data_set: std::sync::Arc<Vec<u8>>,
+    transfer_syntax: String,
+}
+
+impl Instance {
+    fn read(file: &std::path::Path) -> Self {
+        let (data_set, transfer_syntax) = common::data_set_of(file);
+        let attributes =
+            jnsc::store::instance::parse_data_set(&data_set, &transfer_syntax).unwrap();
+        Instance {
+            attributes,
+            data_set: std::sync::Arc::new(data_set),
+            transfer_syntax,
+        }
+    }
+
+    /// What a receiver's C-STORE hands its store: this instance from PACS, on `association`.
+    fn received(&self, association: i64) -> jnsc::store::ReceivedInstance<'_> {
+        jnsc::store::ReceivedInstance {
+            attributes: &self.attributes,
+            data_set: std::sync::Arc::clone(&self.data_set),
+            transfer_syntax: &self.transfer_syntax,
+            calling_ae: "PACS",
+            called_ae: "JNSC",
+            association,
+        }
+    }
 }
 
 /// Two receivers on one PostgreSQL index, each in its own area of one storage directory, given
@@ -611,25 +630,17 @@ fn instance_of(
 /// Success, one stores each instance and the other finds it a duplicate, and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_receivers_given_one_instance_at_once_both_succeed_and_store_it_once() {
-    use jnsc::store::{ReceivedInstance, StoreOutcome};
+    use jnsc::store::StoreOutcome;
     let Some(site) = TwoReceivers::start("race").await else {
         return;
     };
     let series_dir = tempfile::tempdir().unwrap();
     let series = synth_series(series_dir.path(), 24, 64, 5);
     for file in &series.files {
-        let (attributes, data_set, transfer_syntax) = instance_of(file);
-        let received = |association| ReceivedInstance {
-            attributes: &attributes,
-            data_set: std::sync::Arc::clone(&data_set),
-            transfer_syntax: &transfer_syntax,
-            calling_ae: "PACS",
-            called_ae: "JNSC",
-            association,
-        };
+        let instance = Instance::read(file);
         let (from_a, from_b) = tokio::join!(
-            site.a.store(received(site.associations.0)),
-            site.b.store(received(site.associations.1))
+            site.a.store(instance.received(site.associations.0)),
+            site.b.store(instance.received(site.associations.1))
         );
         let mut outcomes = [from_a.unwrap(), from_b.unwrap()];
         outcomes.sort_by_key(|o| format!("{o:?}"));
@@ -646,30 +657,23 @@ async fn two_receivers_given_one_instance_at_once_both_succeed_and_store_it_once
 /// quarantines it rather than failing the start, and the index keeps the other's copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stray_copy_of_another_receiver_s_instance_is_quarantined_at_start() {
-    use jnsc::store::{ReceivedInstance, StoreOutcome, recovery};
+    use jnsc::store::{StoreOutcome, recovery};
     let Some(site) = TwoReceivers::start("stray").await else {
         return;
     };
     let series_dir = tempfile::tempdir().unwrap();
     let series = synth_series(series_dir.path(), 1, 64, 6);
-    let (attributes, data_set, transfer_syntax) = instance_of(&series.files[0]);
+    let instance = Instance::read(&series.files[0]);
     let stored = site
         .a
-        .store(ReceivedInstance {
-            attributes: &attributes,
-            data_set,
-            transfer_syntax: &transfer_syntax,
-            calling_ae: "PACS",
-            called_ae: "JNSC",
-            association: site.associations.0,
-        })
+        .store(instance.received(site.associations.0))
         .await
         .unwrap();
     assert_eq!(stored, StoreOutcome::Stored);
     // The copy B wrote before its row was refused, where B writes.
     let root = site.root.path();
     let indexed = site.index.series_files(&series.series_uid).await.unwrap();
-    let stray = site.b.files().instance_path(&attributes, 1);
+    let stray = site.b.files().instance_path(&instance.attributes, 1);
     std::fs::create_dir_all(root.join(&stray).parent().unwrap()).unwrap();
     std::fs::copy(root.join(&indexed[0]), root.join(&stray)).unwrap();
 

@@ -206,8 +206,9 @@ mod tests {
     }
 
     #[test]
-    fn reads_strided_inputs_and_large_ones_across_tasks() {
-        // A transposed (non-contiguous) view, and enough elements for several tasks.
+    fn takes_transposed_views_and_large_inputs_across_tasks() {
+        // A transposed (non-contiguous) view, made contiguous before the op, and enough
+        // elements for several tasks.
         let x = Tensor::from_vec(values(3 * 70 * 700), (3, 70, 700), &Device::Cpu).unwrap();
         let view = x.transpose(1, 2).unwrap();
         let ours = permuted(&view, &[2, 0, 1]).unwrap();
