@@ -1,8 +1,10 @@
-//! A real full file system under the SQLite index: a small tmpfs mounted by the test (as root).
-//! A store whose index commit fails for lack of space is answered 0xA700; once space is free
-//! again, every store answered Success must be in the index that another connection reads, and
-//! the index checkpoints again. (It used to be answered Success for ever after one "database or
-//! disk is full", with nothing committed and the database locked.)
+//! When the index cannot take rows. A real full file system under the SQLite index (a small tmpfs
+//! mounted by the test, as root): index commits fail for lack of space; every store answered
+//! Success (its file is durable) must be in the index that another connection reads once space
+//! is free again, and the index checkpoints again. (It used to be answered Success for ever after
+//! one "database or disk is full", with nothing committed and the database locked.) An index
+//! that keeps refusing an acknowledged instance's row makes the node refuse new instances
+//! (0xA700) until the row is in. And the disk floor, on a full storage file system.
 
 mod common;
 
@@ -83,24 +85,23 @@ async fn the_index_commits_again_after_the_disk_was_full() {
     );
     stored.push(first_uid.clone());
 
-    // The index's file system fills up: stores fail with 0xA700 (nothing acknowledged is lost:
-    // the files are on another file system, and failures are not acknowledged).
+    // The index's file system fills up: index commits fail. A store is answered Success once its
+    // file is durable (the files are on another file system), its row retried until it is in;
+    // while rows keep failing, new stores are refused with 0xA700.
     let filler = fill(&small.path);
     let mut next = instances[1..].iter();
-    let mut refused = 0;
     for (bytes, uid) in next.by_ref().take(20) {
         match scu.store(CT_IMAGE_STORAGE, uid, bytes, 8000).status {
             SUCCESS => stored.push(uid.clone()),
-            OUT_OF_RESOURCES => {
-                refused += 1;
-                if refused == 3 {
-                    break;
-                }
-            }
+            OUT_OF_RESOURCES => {}
             other => panic!("status {other:#06x} on a full index"),
         }
     }
-    assert!(refused > 0, "the full file system never failed a store");
+    assert!(
+        node.log().contains("cannot be indexed yet"),
+        "the full file system never failed an index commit\n{}",
+        node.log()
+    );
 
     // Space again: every store is answered Success and is in the index.
     std::fs::remove_file(filler).unwrap();
@@ -165,6 +166,76 @@ async fn the_index_commits_again_after_the_disk_was_full() {
     );
     node.stop();
     drop(small);
+}
+
+/// An index that refuses an acknowledged instance's row (here a trigger the test adds to the
+/// node's SQLite index from another connection): that instance is answered Success (its file is
+/// durable) and its row retried; the next instance is refused with 0xA700, its file never
+/// written; once the index takes rows again, new instances are answered Success, and at the
+/// release every acknowledged instance is in the index.
+#[tokio::test(flavor = "multi_thread")]
+async fn new_instances_are_refused_while_an_acknowledged_one_cannot_be_indexed() {
+    let dir = tempfile::Builder::new()
+        .prefix("jnsc-test-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let db = dir.join("jnsc.db");
+    let mut node = Node::process_in_with(&dir, "", &format!("db = \"{}\"", db.display()));
+    let series = synth_series(&dir.join("series"), 4, 32, 12);
+    let uids = &series.sop_instance_uids;
+    let data_sets: Vec<Vec<u8>> = series.files.iter().map(|f| data_set_of(f).0).collect();
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&db))
+        .await
+        .unwrap();
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    let status =
+        |scu: &mut RawScu, i: usize| scu.store(CT_IMAGE_STORAGE, &uids[i], &data_sets[i], 8000);
+    assert_eq!(status(&mut scu, 0).status, SUCCESS);
+
+    sqlx::query(
+        "CREATE TRIGGER test_refuses BEFORE INSERT ON instance_versions \
+         BEGIN SELECT RAISE(ABORT, 'the test refuses this row'); END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(status(&mut scu, 1).status, SUCCESS, "{}", node.log());
+    let refused = status(&mut scu, 2);
+    assert_eq!(refused.status, OUT_OF_RESOURCES, "{}", node.log());
+    assert!(
+        refused
+            .error_comment
+            .as_deref()
+            .is_some_and(|c| c.contains("not yet indexed")),
+        "{refused:?}"
+    );
+
+    sqlx::query("DROP TRIGGER test_refuses")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status(&mut scu, 3).status, SUCCESS, "{}", node.log());
+    scu.release();
+    let mut indexed: Vec<String> = sqlx::query_scalar("SELECT sop_instance_uid FROM instances")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    indexed.sort();
+    let mut acknowledged = [uids[0].clone(), uids[1].clone(), uids[3].clone()];
+    acknowledged.sort();
+    assert_eq!(indexed, acknowledged, "{}", node.log());
+    let files = std::fs::read_dir(dir.join("storage/instances"))
+        .unwrap()
+        .flat_map(|study| std::fs::read_dir(study.unwrap().path()).unwrap())
+        .flat_map(|series| std::fs::read_dir(series.unwrap().path()).unwrap())
+        .count();
+    assert_eq!(files, 3, "the refused instance's file was written");
+    pool.close().await;
+    assert!(node.is_running());
+    node.stop();
 }
 
 /// The disk floor holds during an association, not only when one starts: instances that would

@@ -613,13 +613,13 @@ impl Instance {
     }
 
     /// What a receiver's C-STORE hands its store: this instance from PACS, on `association`.
-    fn received(&self, association: i64) -> jnsc::store::ReceivedInstance<'_> {
+    fn received(&self, association: i64) -> jnsc::store::ReceivedInstance {
         jnsc::store::ReceivedInstance {
-            attributes: &self.attributes,
+            attributes: self.attributes.clone(),
             data_set: std::sync::Arc::clone(&self.data_set),
-            transfer_syntax: &self.transfer_syntax,
-            calling_ae: "PACS",
-            called_ae: "JNSC",
+            transfer_syntax: self.transfer_syntax.clone(),
+            calling_ae: "PACS".into(),
+            called_ae: "JNSC".into(),
             association,
         }
     }
@@ -627,7 +627,9 @@ impl Instance {
 
 /// Two receivers on one PostgreSQL index, each in its own area of one storage directory, given
 /// the same instances at the same moment (a PACS retrying on the other receiver): both answer
-/// Success, one stores each instance and the other finds it a duplicate, and nothing is lost.
+/// Success, and once indexed one has stored each instance and the other found it a duplicate
+/// (both may have found it new and written it; the second row is refused, and that receiver
+/// stores it once more and removes its copy), and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_receivers_given_one_instance_at_once_both_succeed_and_store_it_once() {
     use jnsc::store::StoreOutcome;
@@ -642,14 +644,35 @@ async fn two_receivers_given_one_instance_at_once_both_succeed_and_store_it_once
             site.a.store(instance.received(site.associations.0)),
             site.b.store(instance.received(site.associations.1))
         );
-        let mut outcomes = [from_a.unwrap(), from_b.unwrap()];
+        let (from_a, from_b) = tokio::join!(from_a.unwrap().indexed(), from_b.unwrap().indexed());
+        let mut outcomes = [from_a, from_b];
         outcomes.sort_by_key(|o| format!("{o:?}"));
         assert_eq!(outcomes, [StoreOutcome::Duplicate, StoreOutcome::Stored]);
     }
     assert_eq!(site.index.overview(1).await.unwrap().instances, 24);
     let paths = site.index.series_files(&series.series_uid).await.unwrap();
     assert!(paths.iter().all(|p| site.root.path().join(p).is_file()));
+    // The copies whose rows were refused are gone: one file per instance in the two areas.
+    let files = walkdir(site.root.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .count();
+    assert_eq!(files, 24);
     site.index.close().await;
+}
+
+/// Every file under `dir`, recursively.
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walkdir(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// A receiver that stopped between writing an instance and its index row being refused (another
@@ -668,7 +691,9 @@ async fn a_stray_copy_of_another_receiver_s_instance_is_quarantined_at_start() {
         .a
         .store(instance.received(site.associations.0))
         .await
-        .unwrap();
+        .unwrap()
+        .indexed()
+        .await;
     assert_eq!(stored, StoreOutcome::Stored);
     // The copy B wrote before its row was refused, where B writes.
     let root = site.root.path();

@@ -1,14 +1,16 @@
 //! One established association: receives PDUs, reassembles fragmented command and data PDVs into
 //! DIMSE messages, dispatches them to the service files (C-ECHO, C-STORE) and sends responses
 //! split to the peer's maximum PDU length. Nothing else reads from or writes to the socket.
+//! Its stored instances' index rows are committed after their answers; the association waits for
+//! them before it answers A-RELEASE-RQ or ends, so a released association's instances are indexed.
 
 use crate::metrics::Metrics;
 use crate::net::Stream;
 use crate::net::c_echo;
 use crate::net::c_store::{self, StoreContext};
 use crate::net::dimse::{self, Command, command_field};
-use crate::store::InstanceStore;
 use crate::store::db::AssociationEnd;
+use crate::store::{Indexing, InstanceStore};
 use dicom_ul::Pdu;
 use dicom_ul::association::{Association, AsyncServerAssociation, Error as UlError};
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
@@ -16,6 +18,10 @@ use tracing::{debug, warn};
 
 /// Largest data set accepted in one C-STORE (an enhanced CT of 2000 512x512 frames is ~1 GiB).
 const MAX_DATA_SET_BYTES: usize = 2 << 30;
+
+/// How long the end of an association waits for its instances' index rows (a failing index
+/// retries them after that, in the background).
+const INDEXING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A DIMSE message being reassembled from PDV fragments.
 #[derive(Debug)]
@@ -43,12 +49,42 @@ pub(crate) struct Message {
 #[error("{0}")]
 pub(crate) struct ProtocolViolation(String);
 
-/// Serves `association` until it is released, aborted or lost; returns how it ended.
+/// Serves `association` until it is released, aborted or lost, and its instances are indexed;
+/// returns how it ended.
 pub async fn serve<S: Stream>(
+    association: AsyncServerAssociation<S>,
+    store: &InstanceStore,
+    metrics: &Metrics,
+    association_id: i64,
+) -> (AssociationEnd, Option<String>) {
+    let mut indexing = Vec::new();
+    let end = serve_messages(association, store, metrics, association_id, &mut indexing).await;
+    wait_for_rows(&mut indexing, association_id).await;
+    end
+}
+
+/// Waits (at most `INDEXING_WAIT`) for the index rows of the instances stored so far.
+async fn wait_for_rows(indexing: &mut Vec<Indexing>, association_id: i64) {
+    let rows = std::mem::take(indexing);
+    let all = async {
+        for row in rows {
+            row.finished().await;
+        }
+    };
+    if tokio::time::timeout(INDEXING_WAIT, all).await.is_err() {
+        warn!(
+            association = association_id,
+            "the association ends before its instances are indexed (retried in the background)"
+        );
+    }
+}
+
+async fn serve_messages<S: Stream>(
     mut association: AsyncServerAssociation<S>,
     store: &InstanceStore,
     metrics: &Metrics,
     association_id: i64,
+    indexing: &mut Vec<Indexing>,
 ) -> (AssociationEnd, Option<String>) {
     let calling_ae = association.peer_ae_title().trim().to_owned();
     let called_ae = association.called_ae_title().trim().to_owned();
@@ -79,12 +115,18 @@ pub async fn serve<S: Stream>(
                         Ok(None) => continue,
                         Err(violation) => return abort(association, violation).await,
                     };
-                    if let Err(violation) = dispatch(&mut association, ctx, message).await {
-                        return abort(association, violation).await;
+                    match dispatch(&mut association, ctx, message).await {
+                        Ok(Some(row)) => {
+                            indexing.retain(|row| !row.is_finished());
+                            indexing.push(row);
+                        }
+                        Ok(None) => {}
+                        Err(violation) => return abort(association, violation).await,
                     }
                 }
             }
             Pdu::ReleaseRQ => {
+                wait_for_rows(indexing, association_id).await;
                 let _ = association.send(&Pdu::ReleaseRP).await;
                 let reason = pending
                     .is_some()
@@ -177,12 +219,13 @@ pub(crate) fn accept_fragment(
     }
 }
 
-/// Runs the service for `message` and sends its response.
+/// Runs the service for `message` and sends its response; returns the index row of an instance
+/// it stored.
 async fn dispatch<S: Stream>(
     association: &mut AsyncServerAssociation<S>,
     ctx: StoreContext<'_>,
     message: Message,
-) -> Result<(), ProtocolViolation> {
+) -> Result<Option<Indexing>, ProtocolViolation> {
     let context = association
         .presentation_contexts()
         .iter()
@@ -197,10 +240,10 @@ async fn dispatch<S: Stream>(
         })?;
     let command = &message.command;
     let dispatch_started = std::time::Instant::now();
-    let response = match (command.command_field, message.data_set) {
+    let (response, indexing) = match (command.command_field, message.data_set) {
         (command_field::C_ECHO_RQ, _) => {
             debug!(association = ctx.association, "C-ECHO");
-            c_echo::respond(command)
+            (c_echo::respond(command), None)
         }
         (command_field::C_STORE_RQ, Some(data_set)) => {
             c_store::handle(
@@ -230,7 +273,7 @@ async fn dispatch<S: Stream>(
             .await
             .map_err(|e| ProtocolViolation(format!("cannot send the response: {e}")))?;
     }
-    Ok(())
+    Ok(indexing)
 }
 
 async fn abort<S: Stream>(

@@ -1,12 +1,13 @@
 //! C-STORE SCP: validates a received data set against its request and presentation context,
 //! hands it to the durable store, and answers with the status that says what happened.
-//! Success is only sent after the store has the file on disk and the row in the index.
+//! Success is only sent after the store has the file on disk (fsynced); the index row follows,
+//! and the association waits for its rows before it is released.
 
 use crate::metrics::{InstanceOutcome, Metrics};
 use crate::net::dimse::{Command, Response, command_field, status};
 use crate::net::presentation::is_accepted_storage_class;
 use crate::store::instance::{InstanceError, parse_data_set};
-use crate::store::{InstanceStore, ReceivedInstance, StoreOutcome};
+use crate::store::{Indexing, InstanceStore, ReceivedInstance, Stored};
 use tracing::{info, warn};
 
 /// Who is storing: the association the request arrived on.
@@ -48,14 +49,15 @@ impl From<InstanceError> for Failure {
 }
 
 /// Handles one C-STORE-RQ and its data set received on a context negotiated for
-/// `abstract_syntax` with `transfer_syntax`; returns the encoded C-STORE-RSP.
+/// `abstract_syntax` with `transfer_syntax`; returns the encoded C-STORE-RSP, and the stored
+/// instance's index row being committed, if one was stored.
 pub async fn handle(
     ctx: StoreContext<'_>,
     abstract_syntax: &str,
     transfer_syntax: &str,
     request: &Command,
     data_set: Vec<u8>,
-) -> Vec<u8> {
+) -> (Vec<u8>, Option<Indexing>) {
     let sop_class = request
         .affected_sop_class_uid
         .as_deref()
@@ -66,8 +68,12 @@ pub async fn handle(
         .unwrap_or_default();
     let data_set_len = data_set.len();
     let result = store(ctx, abstract_syntax, transfer_syntax, request, data_set).await;
+    let mut indexing = None;
     let (status, comment) = match result {
-        Ok(outcome) => {
+        Ok(Stored {
+            outcome,
+            indexing: row,
+        }) => {
             info!(
                 association = ctx.association,
                 sop_instance = sop_instance,
@@ -76,6 +82,7 @@ pub async fn handle(
                 "instance stored"
             );
             ctx.metrics.instance(InstanceOutcome::Stored);
+            indexing = Some(row);
             (status::SUCCESS, None)
         }
         Err(failure) => {
@@ -104,7 +111,7 @@ pub async fn handle(
             (failure.status, Some(failure.reason))
         }
     };
-    Response {
+    let response = Response {
         command_field: command_field::C_STORE_RSP,
         message_id_being_responded_to: request.message_id,
         affected_sop_class_uid: sop_class,
@@ -112,7 +119,8 @@ pub async fn handle(
         status,
         error_comment: comment.as_deref(),
     }
-    .encode()
+    .encode();
+    (response, indexing)
 }
 
 async fn store(
@@ -121,7 +129,7 @@ async fn store(
     transfer_syntax: &str,
     request: &Command,
     data_set: Vec<u8>,
-) -> Result<StoreOutcome, Failure> {
+) -> Result<Stored, Failure> {
     let refuse = |status, reason: String| Err(Failure { status, reason });
     let Some(sop_class) = request.affected_sop_class_uid.as_deref() else {
         return refuse(
@@ -161,11 +169,11 @@ async fn store(
 
     ctx.store
         .store(ReceivedInstance {
-            attributes: &attributes,
+            attributes,
             data_set: std::sync::Arc::new(data_set),
-            transfer_syntax,
-            calling_ae: ctx.calling_ae,
-            called_ae: ctx.called_ae,
+            transfer_syntax: transfer_syntax.to_owned(),
+            calling_ae: ctx.calling_ae.to_owned(),
+            called_ae: ctx.called_ae.to_owned(),
             association: ctx.association,
         })
         .await

@@ -1,10 +1,15 @@
 //! The durable instance store: files under `storage/` plus their SQLite index.
 //!
 //! `InstanceStore::store` is the single path by which a received instance becomes durable: it
-//! decides between "new", "identical re-send" and "new version of a known SOP Instance UID",
-//! writes the file (file and directory fsynced) and commits the index row, in that order. Only
-//! when it returns `Ok` may the SCP answer Success. `InstanceStore::checkpoint` records how far
-//! the index is durable, and `recovery` re-indexes anything newer at the next start.
+//! decides between "new", "identical re-send" and "new version of a known SOP Instance UID" and
+//! writes the file (file and directory fsynced). Only when it returns `Ok` may the SCP answer
+//! Success; the data are durable then. The index row is committed after, off the answer's path,
+//! by a task that holds the instance's lock until the row is in (a re-send of it waits, and sees
+//! the row). A row that cannot be committed is retried until it is, and meanwhile new instances
+//! are refused (0xA700) rather than acknowledged on a failing index. `InstanceStore::checkpoint`
+//! records how far the index is durable, never past an instance whose row is not in yet, and
+//! `recovery` re-indexes anything newer at the next start (after a crash, the rows that were
+//! still being committed).
 
 pub mod db;
 pub mod files;
@@ -19,8 +24,10 @@ use db::{Index, NewFile};
 use files::FileStore;
 use instance::InstanceAttributes;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// What became of a stored instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,28 +52,73 @@ pub enum StoreError {
     Meta(String),
     #[error("{free_mib} MiB free on the storage file system, below the floor of {floor_mib} MiB")]
     BelowDiskFloor { free_mib: u64, floor_mib: u64 },
+    #[error("index failing: {0} acknowledged instance(s) not yet indexed")]
+    IndexBacklog(usize),
 }
 
 /// A data set received over the network, with its context.
 #[derive(Debug)]
-pub struct ReceivedInstance<'a> {
-    pub attributes: &'a InstanceAttributes,
+pub struct ReceivedInstance {
+    pub attributes: InstanceAttributes,
     /// Data set bytes exactly as received.
     pub data_set: Arc<Vec<u8>>,
-    pub transfer_syntax: &'a str,
-    pub calling_ae: &'a str,
-    pub called_ae: &'a str,
+    pub transfer_syntax: String,
+    pub calling_ae: String,
+    pub called_ae: String,
     pub association: i64,
 }
 
-/// Files plus index, and the stores in progress: per-SOP-Instance locks (two associations sending
-/// the same instance at once cannot both decide it is new) and since when each is running (for
-/// the checkpoint mark).
+/// A received instance made durable: what the SCP answers, and its index row being committed.
 #[derive(Debug)]
+pub struct Stored {
+    /// What was decided when the file was written (what the sender is told).
+    pub outcome: StoreOutcome,
+    pub indexing: Indexing,
+}
+
+impl Stored {
+    /// Waits until the instance is in the index; returns what it finally is there (another
+    /// receiver sharing the index may have stored the same instance at the same moment, making
+    /// this one a duplicate or a new version).
+    pub async fn indexed(self) -> StoreOutcome {
+        self.indexing.finished().await.unwrap_or(self.outcome)
+    }
+}
+
+/// The index row of an acknowledged instance, committed in the background (dropping this does
+/// not stop it).
+#[derive(Debug)]
+pub struct Indexing(Option<tokio::task::JoinHandle<StoreOutcome>>);
+
+impl Indexing {
+    /// Nothing left to index (a duplicate: its counters were updated before the answer).
+    fn done() -> Self {
+        Self(None)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.0.as_ref().is_none_or(|task| task.is_finished())
+    }
+
+    /// Waits for the row; its final outcome, if a row was committed.
+    pub async fn finished(self) -> Option<StoreOutcome> {
+        match self.0 {
+            Some(task) => task.await.ok(),
+            None => None,
+        }
+    }
+}
+
+/// Files plus index, and the stores in progress: per-SOP-Instance locks (two associations sending
+/// the same instance at once cannot both decide it is new; held until the row is indexed) and
+/// since when each is running (for the checkpoint mark). Clones share all of it.
+#[derive(Debug, Clone)]
 pub struct InstanceStore {
     files: Arc<FileStore>,
     index: Index,
-    in_flight: Mutex<HashMap<String, InFlight>>,
+    in_flight: Arc<Mutex<HashMap<String, InFlight>>>,
+    /// Acknowledged instances whose index row failed and is being retried.
+    backlog: Arc<AtomicUsize>,
     /// Free bytes the storage file system must keep: checked before every file written, not
     /// only when an association starts (one long association could otherwise fill the disk).
     disk_floor_bytes: u64,
@@ -77,6 +129,41 @@ struct InFlight {
     lock: Arc<tokio::sync::Mutex<()>>,
     since_ms: i64,
 }
+
+/// A file written (durably) for a received instance, its index row still to be committed.
+#[derive(Debug)]
+struct WrittenFile {
+    relative: PathBuf,
+    size: u64,
+    version: i64,
+    /// No version of this SOP instance was indexed before.
+    new_instance: bool,
+}
+
+impl WrittenFile {
+    fn outcome(&self) -> StoreOutcome {
+        if self.version == 1 {
+            StoreOutcome::Stored
+        } else {
+            StoreOutcome::NewVersion(self.version)
+        }
+    }
+}
+
+/// What `InstanceStore::write` did.
+#[derive(Debug)]
+enum Written {
+    /// A byte-identical re-send: nothing written, its counters indexed.
+    Duplicate,
+    File(WrittenFile),
+}
+
+/// How long a new store waits for a backlog of unindexed acknowledged instances to clear before
+/// it is refused.
+const BACKLOG_WAIT: Duration = Duration::from_secs(2);
+/// First and longest pause between attempts to commit an acknowledged instance's row.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Whether the index refused a row because its key is taken (by another node's concurrent
 /// store of the same instance).
@@ -93,7 +180,8 @@ impl InstanceStore {
         Self {
             files: Arc::new(files),
             index,
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Arc::default(),
+            backlog: Arc::default(),
             disk_floor_bytes: 0,
         }
     }
@@ -137,38 +225,62 @@ impl InstanceStore {
             .await
     }
 
-    /// Makes `received` durable (file, then index) and says what happened.
+    /// Makes `received` durable (its file written and fsynced) and says what happened; its
+    /// index row follows in the background (`Stored::indexing`).
     ///
-    /// Two stores of one SOP Instance UID in this process wait for each other (a lock per
-    /// UID). Two receivers sharing one index (PostgreSQL) can still both find it new: the
-    /// second one's index row is then refused as a duplicate key, its file removed, and the
-    /// store done once more, now seeing the first one's row (a duplicate, or a new version).
-    pub async fn store(&self, received: ReceivedInstance<'_>) -> Result<StoreOutcome, StoreError> {
-        let attrs = received.attributes;
-        let sop_uid = attrs.sop_instance_uid.as_str().to_owned();
-        let lock = self.lock_for(&sop_uid);
-        let outcome = {
-            let _guard = lock.lock().await;
-            match self.store_locked(&received).await {
-                Err(StoreError::Index(e)) if is_duplicate_key(&e) => {
-                    tracing::info!(
-                        "another node stored this instance at the same moment: storing it again"
-                    );
-                    self.store_locked(&received).await
-                }
-                outcome => outcome,
+    /// Two stores of one SOP Instance UID in this process wait for each other (a lock per UID,
+    /// held until the first one's row is in). Two receivers sharing one index (PostgreSQL) can
+    /// still both find it new: the second one's index row is then refused as a duplicate key, and
+    /// its store is done once more, now seeing the first one's row (a duplicate, or a new
+    /// version), before its first file is removed.
+    pub async fn store(&self, received: ReceivedInstance) -> Result<Stored, StoreError> {
+        self.wait_for_backlog().await?;
+        let sop_uid = received.attributes.sop_instance_uid.as_str().to_owned();
+        let guard = self.lock_for(&sop_uid).lock_owned().await;
+        let file = match self.write(&received).await {
+            Ok(Written::File(file)) => file,
+            other => {
+                drop(guard);
+                self.release_lock(&sop_uid);
+                return other.map(|_| Stored {
+                    outcome: StoreOutcome::Duplicate,
+                    indexing: Indexing::done(),
+                });
             }
         };
-        drop(lock);
-        self.release_lock(&sop_uid);
-        outcome
+        let outcome = file.outcome();
+        let store = self.clone();
+        let task = tokio::spawn(async move {
+            let indexed = store.index_until_done(&received, file).await;
+            drop(guard);
+            store.release_lock(&sop_uid);
+            indexed
+        });
+        Ok(Stored {
+            outcome,
+            indexing: Indexing(Some(task)),
+        })
     }
 
-    async fn store_locked(
-        &self,
-        received: &ReceivedInstance<'_>,
-    ) -> Result<StoreOutcome, StoreError> {
-        let attrs = received.attributes;
+    /// Refuses a new instance while acknowledged ones cannot be indexed (after waiting a little
+    /// for them to get in).
+    async fn wait_for_backlog(&self) -> Result<(), StoreError> {
+        let deadline = Instant::now() + BACKLOG_WAIT;
+        loop {
+            match self.backlog.load(Ordering::Acquire) {
+                0 => return Ok(()),
+                waiting if Instant::now() >= deadline => {
+                    return Err(StoreError::IndexBacklog(waiting));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Decides what `received` is against the index and writes its file durably (or records the
+    /// duplicate). Called with the instance's lock held.
+    async fn write(&self, received: &ReceivedInstance) -> Result<Written, StoreError> {
+        let attrs = &received.attributes;
         let data_set = Arc::clone(&received.data_set);
         let previous = self
             .index
@@ -193,10 +305,10 @@ impl InstanceStore {
                         .record_duplicate(
                             received.association,
                             attrs.series_uid.as_str(),
-                            received.calling_ae,
+                            &received.calling_ae,
                         )
                         .await?;
-                    return Ok(StoreOutcome::Duplicate);
+                    return Ok(Written::Duplicate);
                 }
                 self.next_free_version(attrs, p.version + 1)
             }
@@ -206,14 +318,14 @@ impl InstanceStore {
         let meta = crate::write::file_meta(
             attrs.sop_class_uid.as_str(),
             attrs.sop_instance_uid.as_str(),
-            received.transfer_syntax,
+            &received.transfer_syntax,
         )
-        .source_application_entity_title(received.calling_ae)
-        .receiving_application_entity_title(received.called_ae)
+        .source_application_entity_title(&received.calling_ae)
+        .receiving_application_entity_title(&received.called_ae)
         .build()
         .map_err(|e| StoreError::Meta(e.to_string()))?;
         let relative = self.files.instance_path(attrs, version);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let files = Arc::clone(&self.files);
         let relative_for_write = relative.clone();
         let size = tokio::task::spawn_blocking(move || {
@@ -221,39 +333,97 @@ impl InstanceStore {
         })
         .await
         .map_err(|e| StoreError::Write(std::io::Error::other(e)))??;
-
-        let written = started.elapsed();
-        let path = relative.to_string_lossy();
-        let indexed = self
-            .index
-            .record_instance(
-                attrs,
-                &NewFile {
-                    path: &path,
-                    size_bytes: size as i64,
-                    version,
-                    transfer_syntax: received.transfer_syntax,
-                    new_instance: previous.is_none(),
-                },
-                Some(received.association),
-                received.calling_ae,
-            )
-            .await;
-        if let Err(e) = indexed {
-            // Not acknowledged, so not kept: the sender still has it and will retry.
-            let _ = self.files.remove(&relative);
-            return Err(e.into());
-        }
         tracing::debug!(
-            write_us = written.as_micros() as u64,
-            index_us = (started.elapsed() - written).as_micros() as u64,
+            write_us = started.elapsed().as_micros() as u64,
             "instance durable"
         );
-        Ok(if version == 1 {
-            StoreOutcome::Stored
-        } else {
-            StoreOutcome::NewVersion(version)
-        })
+        Ok(Written::File(WrittenFile {
+            relative,
+            size,
+            version,
+            new_instance: previous.is_none(),
+        }))
+    }
+
+    /// Commits the index row of `file` (written, and acknowledged to the sender), retrying until
+    /// it is in; returns what the instance finally is in the index. Called with the instance's
+    /// lock held.
+    async fn index_until_done(
+        &self,
+        received: &ReceivedInstance,
+        mut file: WrittenFile,
+    ) -> StoreOutcome {
+        let started = Instant::now();
+        let mut delay = RETRY_FIRST;
+        let mut backlogged = false;
+        let outcome = loop {
+            let error = match self.index_row(received, &file).await {
+                Ok(()) => break file.outcome(),
+                Err(e) if is_duplicate_key(&e) => {
+                    tracing::info!(
+                        "another node stored this instance at the same moment: storing it again"
+                    );
+                    match self.write(received).await {
+                        Ok(again) => {
+                            if let Err(e) = self.files.remove(&file.relative) {
+                                tracing::warn!(error = %e, "cannot remove the refused copy");
+                            }
+                            match again {
+                                Written::Duplicate => break StoreOutcome::Duplicate,
+                                Written::File(written) => {
+                                    file = written;
+                                    continue;
+                                }
+                            }
+                        }
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => StoreError::Index(e),
+            };
+            if !backlogged {
+                backlogged = true;
+                self.backlog.fetch_add(1, Ordering::AcqRel);
+            }
+            tracing::error!(
+                error = %error,
+                path = %file.relative.display(),
+                "an acknowledged instance cannot be indexed yet: retrying, new instances refused meanwhile"
+            );
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RETRY_MAX);
+        };
+        if backlogged {
+            self.backlog.fetch_sub(1, Ordering::AcqRel);
+            tracing::info!(path = %file.relative.display(), "acknowledged instance indexed after all");
+        }
+        tracing::debug!(
+            index_us = started.elapsed().as_micros() as u64,
+            "instance indexed"
+        );
+        outcome
+    }
+
+    async fn index_row(
+        &self,
+        received: &ReceivedInstance,
+        file: &WrittenFile,
+    ) -> Result<(), sqlx::Error> {
+        let path = file.relative.to_string_lossy();
+        self.index
+            .record_instance(
+                &received.attributes,
+                &NewFile {
+                    path: &path,
+                    size_bytes: file.size as i64,
+                    version: file.version,
+                    transfer_syntax: &received.transfer_syntax,
+                    new_instance: file.new_instance,
+                },
+                Some(received.association),
+                &received.calling_ae,
+            )
+            .await
     }
 
     /// Whether the stored file at `relative` holds exactly `data_set` (an idempotent re-send).
