@@ -144,6 +144,15 @@ pub struct NewFile<'a> {
     pub new_instance: bool,
 }
 
+/// One stored file to index, with who sent it (`Index::record_instances`).
+#[derive(Debug, Clone)]
+pub struct InstanceRow<'a> {
+    pub attributes: &'a InstanceAttributes,
+    pub file: NewFile<'a>,
+    pub association: Option<i64>,
+    pub source_ae: &'a str,
+}
+
 /// A job row created when a series became complete.
 #[derive(Debug, Clone, PartialEq, FromRow)]
 pub struct Job {
@@ -383,128 +392,151 @@ impl Index {
         association: Option<i64>,
         source_ae: &str,
     ) -> DbResult<()> {
+        self.record_instances(&[InstanceRow {
+            attributes: attrs,
+            file: file.clone(),
+            association,
+            source_ae,
+        }])
+        .await
+    }
+
+    /// Indexes several stored files in one transaction (a group commit), each as
+    /// `record_instance` does: all of them or none.
+    pub async fn record_instances(&self, rows: &[InstanceRow<'_>]) -> DbResult<()> {
         on_pool!(self.pool(), pool => {
             let now = now_ms();
-            let study_uid = attrs.study_uid.as_str();
-            let study_recorded = self
-                .recorded_studies
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(study_uid);
+            let mut new_studies: Vec<&str> = {
+                let recorded = self
+                    .recorded_studies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                rows.iter()
+                    .map(|row| row.attributes.study_uid.as_str())
+                    .filter(|study| !recorded.contains(*study))
+                    .collect()
+            };
+            new_studies.sort_unstable();
+            new_studies.dedup();
             let mut tx = pool.begin().await?;
-            if !study_recorded {
-                let patient: i64 = sqlx::query_scalar(
-                    "INSERT INTO patients (patient_id, issuer, birth_date, sex) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (patient_id, issuer) DO UPDATE SET
-                       birth_date = coalesce(excluded.birth_date, patients.birth_date),
-                       sex = coalesce(excluded.sex, patients.sex)
-                     RETURNING id",
-                )
-                .bind(&attrs.patient_id)
-                .bind(&attrs.issuer_of_patient_id)
-                .bind(&attrs.patient_birth_date)
-                .bind(&attrs.patient_sex)
-                .fetch_one(&mut *tx)
-                .await?;
+            for row in rows {
+                let (attrs, file, association, source_ae) =
+                    (row.attributes, &row.file, row.association, row.source_ae);
+                let study_uid = attrs.study_uid.as_str();
+                if new_studies.binary_search(&study_uid).is_ok() {
+                    let patient: i64 = sqlx::query_scalar(
+                        "INSERT INTO patients (patient_id, issuer, birth_date, sex) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (patient_id, issuer) DO UPDATE SET
+                           birth_date = coalesce(excluded.birth_date, patients.birth_date),
+                           sex = coalesce(excluded.sex, patients.sex)
+                         RETURNING id",
+                    )
+                    .bind(&attrs.patient_id)
+                    .bind(&attrs.issuer_of_patient_id)
+                    .bind(&attrs.patient_birth_date)
+                    .bind(&attrs.patient_sex)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO studies (study_uid, patient, study_date, study_time,
+                                              accession_number, study_id, description, first_received_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                         ON CONFLICT (study_uid) DO NOTHING",
+                    )
+                    .bind(study_uid)
+                    .bind(patient)
+                    .bind(&attrs.study_date)
+                    .bind(&attrs.study_time)
+                    .bind(&attrs.accession_number)
+                    .bind(&attrs.study_id)
+                    .bind(&attrs.study_description)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 sqlx::query(
-                    "INSERT INTO studies (study_uid, patient, study_date, study_time,
-                                          accession_number, study_id, description, first_received_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                     ON CONFLICT (study_uid) DO NOTHING",
+                    "INSERT INTO series (series_uid, study_uid, modality, series_number, description,
+                                         body_part, frame_of_reference_uid, source_ae, instance_count,
+                                         first_received_at, last_received_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                     ON CONFLICT (series_uid) DO UPDATE SET
+                       last_received_at = excluded.last_received_at,
+                       source_ae = excluded.source_ae,
+                       instance_count = series.instance_count + excluded.instance_count,
+                       state = 'receiving'",
                 )
-                .bind(study_uid)
-                .bind(patient)
-                .bind(&attrs.study_date)
-                .bind(&attrs.study_time)
-                .bind(&attrs.accession_number)
-                .bind(&attrs.study_id)
-                .bind(&attrs.study_description)
+                .bind(attrs.series_uid.as_str())
+                .bind(attrs.study_uid.as_str())
+                .bind(&attrs.modality)
+                .bind(attrs.series_number)
+                .bind(&attrs.series_description)
+                .bind(&attrs.body_part)
+                .bind(&attrs.frame_of_reference_uid)
+                .bind(source_ae)
+                .bind(i64::from(file.new_instance))
+                .bind(now)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            }
-            sqlx::query(
-                "INSERT INTO series (series_uid, study_uid, modality, series_number, description,
-                                     body_part, frame_of_reference_uid, source_ae, instance_count,
-                                     first_received_at, last_received_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (series_uid) DO UPDATE SET
-                   last_received_at = excluded.last_received_at,
-                   source_ae = excluded.source_ae,
-                   instance_count = series.instance_count + excluded.instance_count,
-                   state = 'receiving'",
-            )
-            .bind(attrs.series_uid.as_str())
-            .bind(attrs.study_uid.as_str())
-            .bind(&attrs.modality)
-            .bind(attrs.series_number)
-            .bind(&attrs.series_description)
-            .bind(&attrs.body_part)
-            .bind(&attrs.frame_of_reference_uid)
-            .bind(source_ae)
-            .bind(i64::from(file.new_instance))
-            .bind(now)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO instances (sop_instance_uid, series_uid, sop_class_uid, transfer_syntax,
-                                        instance_number, rows, columns, number_of_frames, path,
-                                        size_bytes, version, received_at, association)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                 ON CONFLICT (sop_instance_uid) DO UPDATE SET
-                   series_uid = excluded.series_uid, sop_class_uid = excluded.sop_class_uid,
-                   transfer_syntax = excluded.transfer_syntax,
-                   instance_number = excluded.instance_number, rows = excluded.rows,
-                   columns = excluded.columns, number_of_frames = excluded.number_of_frames,
-                   path = excluded.path, size_bytes = excluded.size_bytes,
-                   version = excluded.version, received_at = excluded.received_at,
-                   association = excluded.association
-                 WHERE excluded.version >= instances.version",
-            )
-            .bind(attrs.sop_instance_uid.as_str())
-            .bind(attrs.series_uid.as_str())
-            .bind(attrs.sop_class_uid.as_str())
-            .bind(file.transfer_syntax)
-            .bind(attrs.instance_number)
-            .bind(attrs.rows)
-            .bind(attrs.columns)
-            .bind(attrs.number_of_frames)
-            .bind(file.path)
-            .bind(file.size_bytes)
-            .bind(file.version)
-            .bind(now)
-            .bind(association)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO instance_versions
-                   (sop_instance_uid, version, path, received_at, association)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(attrs.sop_instance_uid.as_str())
-            .bind(file.version)
-            .bind(file.path)
-            .bind(now)
-            .bind(association)
-            .execute(&mut *tx)
-            .await?;
-            if let Some(association) = association {
-                sqlx::query("UPDATE associations SET instances_ok = instances_ok + 1 WHERE id = $1")
-                    .bind(association)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO instances (sop_instance_uid, series_uid, sop_class_uid, transfer_syntax,
+                                            instance_number, rows, columns, number_of_frames, path,
+                                            size_bytes, version, received_at, association)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                     ON CONFLICT (sop_instance_uid) DO UPDATE SET
+                       series_uid = excluded.series_uid, sop_class_uid = excluded.sop_class_uid,
+                       transfer_syntax = excluded.transfer_syntax,
+                       instance_number = excluded.instance_number, rows = excluded.rows,
+                       columns = excluded.columns, number_of_frames = excluded.number_of_frames,
+                       path = excluded.path, size_bytes = excluded.size_bytes,
+                       version = excluded.version, received_at = excluded.received_at,
+                       association = excluded.association
+                     WHERE excluded.version >= instances.version",
+                )
+                .bind(attrs.sop_instance_uid.as_str())
+                .bind(attrs.series_uid.as_str())
+                .bind(attrs.sop_class_uid.as_str())
+                .bind(file.transfer_syntax)
+                .bind(attrs.instance_number)
+                .bind(attrs.rows)
+                .bind(attrs.columns)
+                .bind(attrs.number_of_frames)
+                .bind(file.path)
+                .bind(file.size_bytes)
+                .bind(file.version)
+                .bind(now)
+                .bind(association)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO instance_versions
+                       (sop_instance_uid, version, path, received_at, association)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(attrs.sop_instance_uid.as_str())
+                .bind(file.version)
+                .bind(file.path)
+                .bind(now)
+                .bind(association)
+                .execute(&mut *tx)
+                .await?;
+                if let Some(association) = association {
+                    sqlx::query("UPDATE associations SET instances_ok = instances_ok + 1 WHERE id = $1")
+                        .bind(association)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             tx.commit().await?;
-            if !study_recorded {
+            if !new_studies.is_empty() {
                 let mut recorded = self
                     .recorded_studies
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                if recorded.len() >= RECORDED_STUDIES_MAX {
+                if recorded.len() + new_studies.len() > RECORDED_STUDIES_MAX {
                     recorded.clear();
                 }
-                recorded.insert(study_uid.to_owned());
+                recorded.extend(new_studies.into_iter().map(str::to_owned));
             }
             Ok(())
         })

@@ -13,6 +13,7 @@
 
 pub mod db;
 pub mod files;
+mod group_commit;
 pub mod instance;
 pub mod overview;
 pub mod recovery;
@@ -20,8 +21,9 @@ pub mod state;
 pub mod uid;
 pub mod work;
 
-use db::{Index, NewFile};
+use db::Index;
 use files::FileStore;
+use group_commit::{GroupCommit, PendingRow};
 use instance::InstanceAttributes;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -119,6 +121,8 @@ pub struct InstanceStore {
     in_flight: Arc<Mutex<HashMap<String, InFlight>>>,
     /// Acknowledged instances whose index row failed and is being retried.
     backlog: Arc<AtomicUsize>,
+    /// Rows waiting to be committed together.
+    group: Arc<GroupCommit>,
     /// Free bytes the storage file system must keep: checked before every file written, not
     /// only when an association starts (one long association could otherwise fill the disk).
     disk_floor_bytes: u64,
@@ -182,6 +186,7 @@ impl InstanceStore {
             index,
             in_flight: Arc::default(),
             backlog: Arc::default(),
+            group: Arc::default(),
             disk_floor_bytes: 0,
         }
     }
@@ -235,6 +240,7 @@ impl InstanceStore {
     /// version), before its first file is removed.
     pub async fn store(&self, received: ReceivedInstance) -> Result<Stored, StoreError> {
         self.wait_for_backlog().await?;
+        let received = Arc::new(received);
         let sop_uid = received.attributes.sop_instance_uid.as_str().to_owned();
         let guard = self.lock_for(&sop_uid).lock_owned().await;
         let file = match self.write(&received).await {
@@ -350,7 +356,7 @@ impl InstanceStore {
     /// lock held.
     async fn index_until_done(
         &self,
-        received: &ReceivedInstance,
+        received: &Arc<ReceivedInstance>,
         mut file: WrittenFile,
     ) -> StoreOutcome {
         let started = Instant::now();
@@ -406,24 +412,17 @@ impl InstanceStore {
 
     async fn index_row(
         &self,
-        received: &ReceivedInstance,
+        received: &Arc<ReceivedInstance>,
         file: &WrittenFile,
     ) -> Result<(), sqlx::Error> {
-        let path = file.relative.to_string_lossy();
-        self.index
-            .record_instance(
-                &received.attributes,
-                &NewFile {
-                    path: &path,
-                    size_bytes: file.size as i64,
-                    version: file.version,
-                    transfer_syntax: &received.transfer_syntax,
-                    new_instance: file.new_instance,
-                },
-                Some(received.association),
-                &received.calling_ae,
-            )
-            .await
+        let row = PendingRow {
+            received: Arc::clone(received),
+            path: file.relative.to_string_lossy().into_owned(),
+            size: file.size,
+            version: file.version,
+            new_instance: file.new_instance,
+        };
+        self.group.commit(&self.index, row).await
     }
 
     /// Whether the stored file at `relative` holds exactly `data_set` (an idempotent re-send).
