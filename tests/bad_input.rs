@@ -685,15 +685,21 @@ async fn a_stored_file_deleted_by_hand_can_be_stored_again() {
         scu.store(CT_IMAGE_STORAGE, &sop_uid, &valid, 8000).status,
         SUCCESS
     );
+    // The index row follows the answer (and is in by the release).
     let path_of = |db: sqlx::SqlitePool| {
         let uid = sop_uid.clone();
-        async move {
-            sqlx::query_scalar::<_, String>("SELECT path FROM instances WHERE sop_instance_uid = ?")
+        eventually(Duration::from_secs(10), "the instance indexed", move || {
+            let (db, uid) = (db.clone(), uid.clone());
+            async move {
+                sqlx::query_scalar::<_, String>(
+                    "SELECT path FROM instances WHERE sop_instance_uid = ?",
+                )
                 .bind(uid)
-                .fetch_one(&db)
+                .fetch_optional(&db)
                 .await
                 .unwrap()
-        }
+            }
+        })
     };
     let first = path_of(node.db().await).await;
     std::fs::remove_file(node.storage().join(&first)).unwrap();

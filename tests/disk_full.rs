@@ -194,6 +194,18 @@ async fn new_instances_are_refused_while_an_acknowledged_one_cannot_be_indexed()
     let status =
         |scu: &mut RawScu, i: usize| scu.store(CT_IMAGE_STORAGE, &uids[i], &data_sets[i], 8000);
     assert_eq!(status(&mut scu, 0).status, SUCCESS);
+    // Its row follows the answer: wait for it before the index starts refusing rows.
+    eventually(Duration::from_secs(10), "the first row indexed", || {
+        let pool = pool.clone();
+        async move {
+            let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM instances")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (rows == 1).then_some(())
+        }
+    })
+    .await;
 
     sqlx::query(
         "CREATE TRIGGER test_refuses BEFORE INSERT ON instance_versions \
