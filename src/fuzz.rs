@@ -4,7 +4,7 @@
 //! - `stream`: bytes as they arrive on an association. PDUs are read by dicom-ul's reader (what
 //!   the listener and the association use); an A-ASSOCIATE-RQ's presentation contexts are checked
 //!   as the listener checks them; P-DATA values are reassembled into messages
-//!   (`association::accept_fragment`), their command sets parsed and their data sets checked and
+//!   (`association::Reassembly`), their command sets parsed and their data sets checked and
 //!   parsed as C-STORE does (`store::instance::parse_data_set`).
 //! - `command`: command sets alone (`dimse::Command::parse`).
 //! - `data-set`: data sets alone, each with its transfer syntax (`parse_data_set`).
@@ -28,7 +28,7 @@
 //! `cargo test` runs a bounded number of executions per target; `jnsc bench fuzz` runs longer.
 
 use crate::encoding::MAX_SEQUENCE_DEPTH;
-use crate::net::association::{PendingMessage, accept_fragment};
+use crate::net::association::Reassembly;
 use crate::net::dimse::{Command, StoreRequest};
 use crate::random::Rng;
 use crate::store::instance::parse_data_set;
@@ -199,7 +199,7 @@ fn execute(target: Target, input: &[u8], transfer_syntax: &str) -> bool {
 /// Reads `bytes` as an association stream; true when every PDU in it was read and every
 /// message in it accepted.
 fn stream(mut bytes: &[u8]) -> bool {
-    let mut pending: Option<PendingMessage> = None;
+    let mut messages = Reassembly::default();
     let mut accepted = true;
     while !bytes.is_empty() {
         let before = bytes.len();
@@ -214,7 +214,7 @@ fn stream(mut bytes: &[u8]) -> bool {
             Pdu::PData { data } => {
                 for pdv in data {
                     let context = pdv.presentation_context_id;
-                    match accept_fragment(&mut pending, pdv) {
+                    match messages.accept(pdv) {
                         Ok(Some(message)) => {
                             if let Some(data_set) = message.data_set {
                                 let ts = STREAM_CONTEXTS
@@ -236,7 +236,7 @@ fn stream(mut bytes: &[u8]) -> bool {
             return false;
         }
     }
-    accepted && pending.is_none()
+    accepted && !messages.is_mid_message()
 }
 
 /// Changes `input` by one to eight mutations.

@@ -23,9 +23,38 @@ const MAX_DATA_SET_BYTES: usize = 2 << 30;
 /// retries them after that, in the background).
 const INDEXING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Largest buffer reserved ahead for a data set from the size of the one before.
+const MAX_DATA_SET_HINT: usize = 64 << 20;
+
+/// Reassembles one association's DIMSE messages from their PDV fragments, one message at a time.
+/// A data set's buffer starts at the size of the association's previous data set (the slices of
+/// a series are alike), so that it is not copied again each time it grows.
+#[derive(Debug, Default)]
+pub(crate) struct Reassembly {
+    pending: Option<PendingMessage>,
+    last_data_set_len: usize,
+}
+
+impl Reassembly {
+    /// Whether a message has begun and not ended.
+    pub(crate) fn is_mid_message(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Adds one PDV to the message being assembled; returns the message once it is complete.
+    pub(crate) fn accept(&mut self, pdv: PDataValue) -> Result<Option<Message>, ProtocolViolation> {
+        let hint = self.last_data_set_len.min(MAX_DATA_SET_HINT);
+        let message = accept_fragment(&mut self.pending, pdv, hint)?;
+        if let Some(data_set) = message.as_ref().and_then(|m| m.data_set.as_ref()) {
+            self.last_data_set_len = data_set.len();
+        }
+        Ok(message)
+    }
+}
+
 /// A DIMSE message being reassembled from PDV fragments.
 #[derive(Debug)]
-pub(crate) struct PendingMessage {
+struct PendingMessage {
     presentation_context_id: u8,
     command_bytes: Vec<u8>,
     /// Set once the last command fragment arrived and the data set is awaited.
@@ -95,12 +124,12 @@ async fn serve_messages<S: Stream>(
         calling_ae: &calling_ae,
         called_ae: &called_ae,
     };
-    let mut pending: Option<PendingMessage> = None;
+    let mut messages = Reassembly::default();
     loop {
         let pdu = match association.receive().await {
             Ok(pdu) => pdu,
             Err(error) => {
-                let (end, reason) = classify_receive_error(&error, pending.is_some());
+                let (end, reason) = classify_receive_error(&error, messages.is_mid_message());
                 if end == AssociationEnd::TimedOut {
                     let _ = association.abort().await;
                 }
@@ -110,7 +139,7 @@ async fn serve_messages<S: Stream>(
         match pdu {
             Pdu::PData { data } => {
                 for pdv in data {
-                    let message = match accept_fragment(&mut pending, pdv) {
+                    let message = match messages.accept(pdv) {
                         Ok(Some(message)) => message,
                         Ok(None) => continue,
                         Err(violation) => return abort(association, violation).await,
@@ -128,8 +157,8 @@ async fn serve_messages<S: Stream>(
             Pdu::ReleaseRQ => {
                 wait_for_rows(indexing, association_id).await;
                 let _ = association.send(&Pdu::ReleaseRP).await;
-                let reason = pending
-                    .is_some()
+                let reason = messages
+                    .is_mid_message()
                     .then(|| "released in the middle of a message".to_owned());
                 return (AssociationEnd::Released, reason);
             }
@@ -148,10 +177,12 @@ async fn serve_messages<S: Stream>(
     }
 }
 
-/// Adds one PDV to the message being assembled; returns the message once it is complete.
-pub(crate) fn accept_fragment(
+/// Adds one PDV to the message being assembled; returns the message once it is complete. A data
+/// set's buffer is reserved at `data_set_hint` bytes when its first fragment is smaller.
+fn accept_fragment(
     pending: &mut Option<PendingMessage>,
     pdv: PDataValue,
+    data_set_hint: usize,
 ) -> Result<Option<Message>, ProtocolViolation> {
     let message = pending.get_or_insert_with(|| PendingMessage {
         presentation_context_id: pdv.presentation_context_id,
@@ -194,9 +225,12 @@ pub(crate) fn accept_fragment(
                     "data set larger than {MAX_DATA_SET_BYTES} bytes"
                 )));
             }
-            if message.data_set.is_empty() {
+            if message.data_set.is_empty() && pdv.data.len() >= data_set_hint {
                 message.data_set = pdv.data;
             } else {
+                message
+                    .data_set
+                    .reserve_exact(data_set_hint.saturating_sub(message.data_set.len()));
                 message.data_set.extend_from_slice(&pdv.data);
             }
             if !pdv.is_last {
@@ -305,5 +339,57 @@ fn classify_receive_error(error: &UlError, mid_message: bool) -> (AssociationEnd
             AssociationEnd::ConnectionLost,
             format!("cannot read a PDU{during}: {other}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::dimse::StoreRequest;
+
+    fn pdv(value_type: PDataValueType, data: &[u8], is_last: bool) -> PDataValue {
+        PDataValue {
+            presentation_context_id: 1,
+            value_type,
+            is_last,
+            data: data.to_vec(),
+        }
+    }
+
+    /// Two C-STOREs in 1000-byte fragments: each data set comes out whole, and the second one's
+    /// buffer was reserved at the first one's size (not grown fragment by fragment).
+    #[test]
+    fn data_sets_are_reassembled_whole_into_a_buffer_sized_from_the_last() {
+        let command = StoreRequest {
+            message_id: 1,
+            affected_sop_class_uid: "1.2.840.10008.5.1.4.1.1.2",
+            affected_sop_instance_uid: "2.25.1",
+        }
+        .encode();
+        let mut messages = Reassembly::default();
+        for round in 0..2u8 {
+            let data_set: Vec<u8> = (0..10_000u32).map(|i| (i as u8) ^ round).collect();
+            assert!(
+                messages
+                    .accept(pdv(PDataValueType::Command, &command, true))
+                    .unwrap()
+                    .is_none()
+            );
+            let chunks: Vec<&[u8]> = data_set.chunks(1000).collect();
+            let mut done = None;
+            for (i, chunk) in chunks.iter().enumerate() {
+                let last = i + 1 == chunks.len();
+                done = messages
+                    .accept(pdv(PDataValueType::Data, chunk, last))
+                    .unwrap();
+                assert_eq!(done.is_some(), last);
+            }
+            let received = done.unwrap().data_set.unwrap();
+            assert_eq!(received, data_set);
+            if round == 1 {
+                assert_eq!(received.capacity(), data_set.len());
+            }
+            assert!(!messages.is_mid_message());
+        }
     }
 }
