@@ -163,6 +163,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 storage_area: area_dir,
                 metrics: Arc::clone(&metrics),
                 failed_tasks: tasks.failures(),
+                unindexed: receiving.as_ref().map(|(store, _)| store.backlog()),
             }),
             stopped.clone(),
         ),

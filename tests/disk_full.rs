@@ -224,12 +224,26 @@ async fn new_instances_are_refused_while_an_acknowledged_one_cannot_be_indexed()
             .is_some_and(|c| c.contains("not yet indexed")),
         "{refused:?}"
     );
+    // IT staff see it: not ready, and the count on /status.
+    let (code, ready) = node.get("/ready", None);
+    assert_eq!(code, 503, "{ready}");
+    assert!(ready.contains("wait for their index rows"), "{ready}");
+    let (_, report) = node.get("/status", None);
+    assert!(
+        report.contains("\"instances_awaiting_index\":1"),
+        "{report}"
+    );
 
     sqlx::query("DROP TRIGGER test_refuses")
         .execute(&pool)
         .await
         .unwrap();
     assert_eq!(status(&mut scu, 3).status, SUCCESS, "{}", node.log());
+    let (_, report) = node.get("/status", None);
+    assert!(
+        report.contains("\"instances_awaiting_index\":0"),
+        "{report}"
+    );
     scu.release();
     let mut indexed: Vec<String> = sqlx::query_scalar("SELECT sop_instance_uid FROM instances")
         .fetch_all(&pool)

@@ -52,6 +52,9 @@ pub struct StatusState {
     pub metrics: Arc<Metrics>,
     /// Tasks of the node that failed (`node::Supervisor`); any makes the node not ready.
     pub failed_tasks: TaskFailures,
+    /// Acknowledged instances whose index rows are being retried (`None` on a node that does
+    /// not receive); any makes the node not ready.
+    pub unindexed: Option<crate::store::Backlog>,
 }
 
 /// What failed among the node's tasks, one line each.
@@ -71,6 +74,9 @@ pub struct StatusReport {
     pub associations_active: i64,
     pub associations_total: u64,
     pub instances_received: u64,
+    /// Acknowledged instances whose index rows failed and are being retried (new instances are
+    /// refused while there are any).
+    pub instances_awaiting_index: usize,
     pub disk: Option<DiskStatus>,
     #[serde(flatten)]
     pub index: Overview,
@@ -207,6 +213,7 @@ pub async fn report(state: &StatusState) -> Result<StatusReport, sqlx::Error> {
             .instances
             .get_or_create(&InstanceOutcome::Stored)
             .get(),
+        instances_awaiting_index: state.unindexed.as_ref().map_or(0, |b| b.waiting()),
         disk,
         index,
     })
@@ -375,6 +382,20 @@ async fn ready(State(state): State<Arc<StatusState>>) -> Response {
             detail: e.to_string(),
         },
     });
+    if let Some(backlog) = &state.unindexed {
+        let waiting = backlog.waiting();
+        checks.push(Check {
+            name: "index rows",
+            ok: waiting == 0,
+            detail: if waiting == 0 {
+                "every acknowledged instance indexed".into()
+            } else {
+                format!(
+                    "{waiting} acknowledged instance(s) wait for their index rows: new instances are refused"
+                )
+            },
+        });
+    }
     let failed = state
         .failed_tasks
         .lock()

@@ -120,7 +120,7 @@ pub struct InstanceStore {
     index: Index,
     in_flight: Arc<Mutex<HashMap<String, InFlight>>>,
     /// Acknowledged instances whose index row failed and is being retried.
-    backlog: Arc<AtomicUsize>,
+    backlog: Backlog,
     /// Rows waiting to be committed together.
     group: Arc<GroupCommit>,
     /// Free bytes the storage file system must keep: checked before every file written, not
@@ -132,6 +132,25 @@ pub struct InstanceStore {
 struct InFlight {
     lock: Arc<tokio::sync::Mutex<()>>,
     since_ms: i64,
+}
+
+/// How many acknowledged instances wait for an index row that failed (retried until it is in;
+/// new instances are refused meanwhile). Clones share the count; `/ready` and `/status` read it.
+#[derive(Debug, Clone, Default)]
+pub struct Backlog(Arc<AtomicUsize>);
+
+impl Backlog {
+    pub fn waiting(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn add(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn remove(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A file written (durably) for a received instance, its index row still to be committed.
@@ -185,7 +204,7 @@ impl InstanceStore {
             files: Arc::new(files),
             index,
             in_flight: Arc::default(),
-            backlog: Arc::default(),
+            backlog: Backlog::default(),
             group: Arc::default(),
             disk_floor_bytes: 0,
         }
@@ -203,6 +222,11 @@ impl InstanceStore {
 
     pub fn files(&self) -> &FileStore {
         &self.files
+    }
+
+    /// The acknowledged instances still waiting for their index rows.
+    pub fn backlog(&self) -> Backlog {
+        self.backlog.clone()
     }
 
     /// The index key of this store's checkpoint mark: one per storage area, since each node
@@ -273,7 +297,7 @@ impl InstanceStore {
     async fn wait_for_backlog(&self) -> Result<(), StoreError> {
         let deadline = Instant::now() + BACKLOG_WAIT;
         loop {
-            match self.backlog.load(Ordering::Acquire) {
+            match self.backlog.waiting() {
                 0 => return Ok(()),
                 waiting if Instant::now() >= deadline => {
                     return Err(StoreError::IndexBacklog(waiting));
@@ -389,7 +413,7 @@ impl InstanceStore {
             };
             if !backlogged {
                 backlogged = true;
-                self.backlog.fetch_add(1, Ordering::AcqRel);
+                self.backlog.add();
             }
             tracing::error!(
                 error = %error,
@@ -400,7 +424,7 @@ impl InstanceStore {
             delay = (delay * 2).min(RETRY_MAX);
         };
         if backlogged {
-            self.backlog.fetch_sub(1, Ordering::AcqRel);
+            self.backlog.remove();
             tracing::info!(path = %file.relative.display(), "acknowledged instance indexed after all");
         }
         tracing::debug!(
