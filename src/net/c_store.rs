@@ -68,12 +68,8 @@ pub async fn handle(
         .unwrap_or_default();
     let data_set_len = data_set.len();
     let result = store(ctx, abstract_syntax, transfer_syntax, request, data_set).await;
-    let mut indexing = None;
-    let (status, comment) = match result {
-        Ok(Stored {
-            outcome,
-            indexing: row,
-        }) => {
+    let (status, comment, indexing) = match result {
+        Ok(Stored { outcome, indexing }) => {
             info!(
                 association = ctx.association,
                 sop_instance = sop_instance,
@@ -82,8 +78,7 @@ pub async fn handle(
                 "instance stored"
             );
             ctx.metrics.instance(InstanceOutcome::Stored);
-            indexing = Some(row);
-            (status::SUCCESS, None)
+            (status::SUCCESS, None, Some(indexing))
         }
         Err(failure) => {
             warn!(
@@ -108,7 +103,7 @@ pub async fn handle(
             {
                 warn!(association = ctx.association, error = %e, "cannot log the C-STORE failure");
             }
-            (failure.status, Some(failure.reason))
+            (failure.status, Some(failure.reason), None)
         }
     };
     let response = Response {

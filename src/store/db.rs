@@ -418,12 +418,15 @@ impl Index {
             };
             new_studies.sort_unstable();
             new_studies.dedup();
+            // Patient and study rows once per new study, with its first row of the batch.
+            let mut studies_to_write = new_studies.clone();
             let mut tx = pool.begin().await?;
             for row in rows {
                 let (attrs, file, association, source_ae) =
                     (row.attributes, &row.file, row.association, row.source_ae);
                 let study_uid = attrs.study_uid.as_str();
-                if new_studies.binary_search(&study_uid).is_ok() {
+                if let Ok(first) = studies_to_write.binary_search(&study_uid) {
+                    studies_to_write.remove(first);
                     let patient: i64 = sqlx::query_scalar(
                         "INSERT INTO patients (patient_id, issuer, birth_date, sex) VALUES ($1, $2, $3, $4)
                          ON CONFLICT (patient_id, issuer) DO UPDATE SET

@@ -3,8 +3,8 @@
 //! the committer's turn first. A batch that fails is retried row by row, so that one row's
 //! failure (a duplicate key) fails only that row.
 
-use super::ReceivedInstance;
 use super::db::{Index, InstanceRow, NewFile};
+use super::{ReceivedInstance, WrittenFile};
 use std::sync::{Arc, Mutex};
 
 /// Index rows of several instances committed in one transaction: each row is queued, and whoever
@@ -20,10 +20,7 @@ pub(super) struct GroupCommit {
 #[derive(Debug)]
 pub(super) struct PendingRow {
     pub(super) received: Arc<ReceivedInstance>,
-    pub(super) path: String,
-    pub(super) size: u64,
-    pub(super) version: i64,
-    pub(super) new_instance: bool,
+    pub(super) file: WrittenFile,
 }
 
 /// A row in the group commit's queue, and who waits for its result.
@@ -38,11 +35,11 @@ impl PendingRow {
         InstanceRow {
             attributes: &self.received.attributes,
             file: NewFile {
-                path: &self.path,
-                size_bytes: self.size as i64,
-                version: self.version,
+                path: &self.file.path,
+                size_bytes: self.file.size as i64,
+                version: self.file.version,
                 transfer_syntax: &self.received.transfer_syntax,
-                new_instance: self.new_instance,
+                new_instance: self.file.new_instance,
             },
             association: Some(self.received.association),
             source_ae: &self.received.calling_ae,
@@ -138,10 +135,12 @@ mod tests {
     fn pending(sop: &str) -> PendingRow {
         PendingRow {
             received: received(sop),
-            path: format!("instances/{sop}.dcm"),
-            size: 1,
-            version: 1,
-            new_instance: true,
+            file: WrittenFile {
+                path: format!("instances/{sop}.dcm"),
+                size: 1,
+                version: 1,
+                new_instance: true,
+            },
         }
     }
 

@@ -26,7 +26,7 @@ use files::FileStore;
 use group_commit::{GroupCommit, PendingRow};
 use instance::InstanceAttributes;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -154,9 +154,10 @@ impl Backlog {
 }
 
 /// A file written (durably) for a received instance, its index row still to be committed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct WrittenFile {
-    relative: PathBuf,
+    /// Relative to the storage directory, as the index records it.
+    path: String,
     size: u64,
     version: i64,
     /// No version of this SOP instance was indexed before.
@@ -368,7 +369,7 @@ impl InstanceStore {
             "instance durable"
         );
         Ok(Written::File(WrittenFile {
-            relative,
+            path: relative.to_string_lossy().into_owned(),
             size,
             version,
             new_instance: previous.is_none(),
@@ -395,7 +396,7 @@ impl InstanceStore {
                     );
                     match self.write(received).await {
                         Ok(again) => {
-                            if let Err(e) = self.files.remove(&file.relative) {
+                            if let Err(e) = self.files.remove(Path::new(&file.path)) {
                                 tracing::warn!(error = %e, "cannot remove the refused copy");
                             }
                             match again {
@@ -417,7 +418,7 @@ impl InstanceStore {
             }
             tracing::error!(
                 error = %error,
-                path = %file.relative.display(),
+                path = %file.path,
                 "an acknowledged instance cannot be indexed yet: retrying, new instances refused meanwhile"
             );
             tokio::time::sleep(delay).await;
@@ -425,7 +426,7 @@ impl InstanceStore {
         };
         if backlogged {
             self.backlog.remove();
-            tracing::info!(path = %file.relative.display(), "acknowledged instance indexed after all");
+            tracing::info!(path = %file.path, "acknowledged instance indexed after all");
         }
         tracing::debug!(
             index_us = started.elapsed().as_micros() as u64,
@@ -441,10 +442,7 @@ impl InstanceStore {
     ) -> Result<(), sqlx::Error> {
         let row = PendingRow {
             received: Arc::clone(received),
-            path: file.relative.to_string_lossy().into_owned(),
-            size: file.size,
-            version: file.version,
-            new_instance: file.new_instance,
+            file: file.clone(),
         };
         self.group.commit(&self.index, row).await
     }
