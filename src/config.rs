@@ -223,6 +223,11 @@ pub struct ModelConfig {
     pub device: crate::jnsc::device::DeviceSpec,
     /// Sliding-window blending: `fast` or `paper`.
     pub tiling: crate::inference::tiles::TilingName,
+    /// Test-time mirroring of the segmentation, 1 (off) to 8 passes per window; each pass
+    /// costs one segmentation (models/README.md "Test-time mirroring").
+    pub mirrors: usize,
+    /// Test-time mirroring of the classification path, 1 (off) to 8 windows per finding.
+    pub classify_mirrors: usize,
 }
 
 impl Default for ModelConfig {
@@ -231,6 +236,8 @@ impl Default for ModelConfig {
             path: None,
             device: crate::jnsc::device::DeviceSpec::Cpu,
             tiling: crate::inference::tiles::TilingName::Fast,
+            mirrors: 1,
+            classify_mirrors: 1,
         }
     }
 }
@@ -447,6 +454,12 @@ impl Config {
                 "dicom.max_pdu",
                 format!("must be between {MIN_PDU} and {MAX_PDU}"),
             ));
+        }
+        for (key, mirrors) in [
+            ("model.mirrors", self.model.mirrors),
+            ("model.classify_mirrors", self.model.classify_mirrors),
+        ] {
+            crate::inference::tiles::check_mirrors(mirrors).map_err(|p| invalid(key, p))?;
         }
         if self.status.header_timeout_secs == 0 {
             return Err(invalid(
@@ -806,6 +819,8 @@ mod tests {
         );
         assert!(error_of("[dicom]\nmax_pdu = 12").contains("dicom.max_pdu"));
         assert!(error_of("[dicom]\nmax_associations = 0").contains("dicom.max_associations"));
+        assert!(error_of("[model]\nmirrors = 9").contains("model.mirrors"));
+        assert!(error_of("[model]\nclassify_mirrors = 0").contains("model.classify_mirrors"));
         assert!(error_of("[pipeline]\nstable_age_secs = 0").contains("pipeline.stable_age_secs"));
         assert!(
             error_of("[[dicom.peers]]\nae_title = \"A\"\nhost = \"h\"\nport = 0")

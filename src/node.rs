@@ -450,12 +450,16 @@ fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
         model: ModelArgs {
             model: model.path.clone(),
             device: model.device,
+            classify_mirrors: model.classify_mirrors,
         },
         tiling: model.tiling,
         batch: 1,
+        mirrors: model.mirrors,
     }
     .load()
-    .context("key model.path, model.device or model.tiling")?;
+    .context(
+        "key model.path, model.device, model.tiling, model.mirrors or model.classify_mirrors",
+    )?;
     // Only findings that can be reported are classified.
     analyzer.classify_min_p_location = config.results.min_p_nodule;
     info!(

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 pub struct StudiesArgs {
     /// Folder whose sub-folders are studies (dicom/ and truth.json each).
     pub dir: PathBuf,
-    /// Write the CSVs, the script's outputs, froc.svg and metrics.json here.
+    /// Write the CSVs, the script's outputs, froc.svg, metrics.json and each study's report
+    /// (reports/STUDY.json) here.
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]
@@ -118,6 +119,9 @@ pub fn run(args: &StudiesArgs) -> anyhow::Result<()> {
     );
     let mut reports = Vec::new();
     let mut truths = Vec::new();
+    let findings_dir = args.out.join("reports");
+    std::fs::create_dir_all(&findings_dir)
+        .with_context(|| format!("cannot create {}", findings_dir.display()))?;
     for (n, dir) in dirs.iter().enumerate() {
         let truth: TruthFile = serde_json::from_slice(
             &std::fs::read(dir.join("truth.json"))
@@ -138,6 +142,16 @@ pub fn run(args: &StudiesArgs) -> anyhow::Result<()> {
             truth.reference().len(),
             report.timings_ms.total / 1000.0
         );
+        // Each study's whole report (every finding's p(location) and class probabilities), so
+        // that choices on the findings can be studied without analysing the studies again.
+        let name = dir.file_name().map_or_else(
+            || format!("study-{n}"),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        std::fs::write(
+            findings_dir.join(format!("{name}.json")),
+            serde_json::to_vec_pretty(&report)?,
+        )?;
         reports.push(report);
         truths.push(truth);
     }

@@ -16,6 +16,10 @@ pub struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// Test-time mirroring of the classification path: 1 (off) to 8 mirrored windows per
+    /// finding (identity, then x, y, z, xy, xz, yz, xyz), class probabilities averaged.
+    #[arg(long, default_value_t = 1)]
+    pub classify_mirrors: usize,
 }
 
 impl ModelArgs {
@@ -25,10 +29,13 @@ impl ModelArgs {
 
     /// The analyzer of this model on this device, with `tiling`.
     pub fn load(&self, tiling: Tiling) -> anyhow::Result<Analyzer> {
+        super::tiles::check_mirrors(self.classify_mirrors).map_err(anyhow::Error::msg)?;
         let device = self.device.open()?;
         let source = self.source();
-        Analyzer::new(&source, device, tiling)
-            .map_err(|e| anyhow::anyhow!("cannot load the model {source}: {e}"))
+        let mut analyzer = Analyzer::new(&source, device, tiling)
+            .map_err(|e| anyhow::anyhow!("cannot load the model {source}: {e}"))?;
+        analyzer.classify_mirrors = self.classify_mirrors;
+        Ok(analyzer)
     }
 }
 
@@ -43,12 +50,17 @@ pub struct AnalyzerArgs {
     /// Windows per network call (more is faster on a GPU).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// Test-time mirroring: 1 (off) to 8 passes per window (identity, then x, y, z, xy, xz, yz,
+    /// xyz mirrored), averaged. Each pass costs one segmentation.
+    #[arg(long, default_value_t = 1)]
+    pub mirrors: usize,
 }
 
 impl AnalyzerArgs {
     pub fn load(&self) -> anyhow::Result<Analyzer> {
         let mut tiling = Tiling::named(self.tiling);
         tiling.batch = self.batch;
+        tiling.mirrors = self.mirrors;
         tiling.validate().map_err(anyhow::Error::msg)?;
         self.model.load(tiling)
     }

@@ -12,10 +12,10 @@ pub mod tiles;
 
 use crate::jnsc::model_file::{ModelFileError, ModelInfo, ModelSource, load_from};
 use crate::jnsc::network::{Candidate, Jnsc};
-use crate::volume::Volume;
 use crate::volume::prepare::{PreparedVolume, prepare};
 use crate::volume::resample::Interpolation;
 use crate::volume::series::SeriesError;
+use crate::volume::{MIRROR_SETS, Volume, mirror_cube};
 use candle_core::{Device, Tensor};
 use findings::{Detection, PostProcessing, detect};
 use serde::{Deserialize, Serialize};
@@ -157,6 +157,9 @@ pub struct Analyzer {
     /// Since p(nodule) never exceeds the location probability, a threshold at or below the
     /// reporting threshold reports exactly what classifying every finding would.
     pub classify_min_p_location: f64,
+    /// Test-time mirrors of each classification window (1: off; see `Tiling::mirrors`): the
+    /// class probabilities are averaged over the mirrored windows, their boxes mirrored too.
+    pub classify_mirrors: usize,
 }
 
 impl Analyzer {
@@ -178,6 +181,7 @@ impl Analyzer {
             tiling,
             post,
             classify_min_p_location: 0.0,
+            classify_mirrors: 1,
         })
     }
 
@@ -334,11 +338,34 @@ impl Analyzer {
                     voxels: b.voxels,
                 });
             }
-            let x = Tensor::from_vec(input, (chunk.len(), 1, w, w, w), &self.device)?;
-            let encoder = self.net.encode(&x, None)?;
-            let logits = self.net.classify(&encoder, &candidates)?;
-            let p = candle_nn::ops::softmax(&logits, 1)?.to_vec2::<f32>()?;
-            out.extend(p.into_iter().map(|p| [p[0], p[1], p[2]]));
+            let mut sum = vec![[0f32; 3]; chunk.len()];
+            for axes in &MIRROR_SETS[..self.classify_mirrors] {
+                let mut input = input.clone();
+                let mut candidates = candidates.clone();
+                for window in input.chunks_mut(w * w * w) {
+                    for &axis in *axes {
+                        mirror_cube(window, w, axis);
+                    }
+                }
+                for c in &mut candidates {
+                    for &axis in *axes {
+                        // Volume axis i, j, k is candidate index 2, 1, 0.
+                        let d = 2 - axis;
+                        (c.min[d], c.max[d]) = (w - 1 - c.max[d], w - 1 - c.min[d]);
+                    }
+                }
+                let x = Tensor::from_vec(input, (chunk.len(), 1, w, w, w), &self.device)?;
+                let encoder = self.net.encode(&x, None)?;
+                let logits = self.net.classify(&encoder, &candidates)?;
+                let p = candle_nn::ops::softmax(&logits, 1)?.to_vec2::<f32>()?;
+                for (s, p) in sum.iter_mut().zip(p) {
+                    for c in 0..3 {
+                        s[c] += p[c];
+                    }
+                }
+            }
+            let scale = 1.0 / self.classify_mirrors as f32;
+            out.extend(sum.into_iter().map(|s| s.map(|v| v * scale)));
         }
         Ok(out)
     }
@@ -392,4 +419,72 @@ pub fn peak_memory_mib() -> Option<f64> {
         .parse()
         .ok()?;
     Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::Geometry;
+
+    /// A 64^3 1 mm volume of lung-like noise with a 6 mm blob off-centre, and the blob's box.
+    fn volume_with_blob() -> (Volume<f32>, ObjectBox) {
+        let w = CLASSIFICATION_WINDOW;
+        let noise = crate::jnsc::testing::values(w * w * w, 11);
+        let geometry = Geometry {
+            origin: [0.0; 3],
+            spacing: [1.0; 3],
+            direction: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            size: [w; 3],
+        };
+        let centre = [24.0, 36.0, 30.0];
+        let mut data = Vec::with_capacity(w * w * w);
+        for k in 0..w {
+            for j in 0..w {
+                for i in 0..w {
+                    let d2: f64 = [i, j, k]
+                        .iter()
+                        .zip(centre)
+                        .map(|(&v, c)| (v as f64 - c).powi(2))
+                        .sum();
+                    let base = if d2 <= 9.0 { 20.0 } else { -850.0 };
+                    data.push(base + 40.0 * noise[(k * w + j) * w + i]);
+                }
+            }
+        }
+        let b = ObjectBox {
+            lo: [21, 33, 27],
+            hi: [27, 39, 33],
+            voxels: 113,
+        };
+        (Volume { geometry, data }, b)
+    }
+
+    #[test]
+    fn all_eight_classification_mirrors_make_the_classes_mirror_invariant() {
+        let mut analyzer =
+            Analyzer::new(&ModelSource::Embedded, Device::Cpu, Tiling::fast()).unwrap();
+        analyzer.classify_mirrors = MIRROR_SETS.len();
+        let (hu, b) = volume_with_blob();
+        let w = CLASSIFICATION_WINDOW as i64;
+        let p = analyzer.classify_boxes(&hu, &[b]).unwrap()[0];
+        for axis in 0..3 {
+            let mut mirrored = hu.clone();
+            mirror_cube(&mut mirrored.data, hu.geometry.size[0], axis);
+            let mut m = b;
+            (m.lo[axis], m.hi[axis]) = (w - 1 - b.hi[axis], w - 1 - b.lo[axis]);
+            let q = analyzer.classify_boxes(&mirrored, &[m]).unwrap()[0];
+            for c in 0..3 {
+                assert!((p[c] - q[c]).abs() < 1e-5, "axis {axis}: {p:?} vs {q:?}");
+            }
+            // Without mirroring the shipped network is not symmetric, so the check has teeth.
+            analyzer.classify_mirrors = 1;
+            let single = analyzer.classify_boxes(&mirrored, &[m]).unwrap()[0];
+            let plain = analyzer.classify_boxes(&hu, &[b]).unwrap()[0];
+            assert!(
+                (0..3).any(|c| (single[c] - plain[c]).abs() > 1e-6),
+                "axis {axis}"
+            );
+            analyzer.classify_mirrors = MIRROR_SETS.len();
+        }
+    }
 }

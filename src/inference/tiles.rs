@@ -9,7 +9,7 @@
 
 use crate::jnsc::network::Jnsc;
 use crate::volume::lung::BoundingBox;
-use crate::volume::{Normalization, Volume};
+use crate::volume::{MIRROR_SETS, Normalization, Volume};
 use candle_core::{Device, Tensor};
 
 /// How windows are blended.
@@ -31,6 +31,10 @@ pub struct Tiling {
     pub blend: Blend,
     /// Windows per network call.
     pub batch: usize,
+    /// Test-time mirroring: each window is run mirrored along the first `mirrors` axis sets of
+    /// `MIRROR_SETS` (none, x, y, z, xy, ...), and the outputs, mirrored back, averaged (1:
+    /// off). The training augmentation mirrors along every axis, so each is in its data.
+    pub mirrors: usize,
 }
 
 impl Tiling {
@@ -41,6 +45,7 @@ impl Tiling {
             stride: 32,
             blend: Blend::Average,
             batch: 1,
+            mirrors: 1,
         }
     }
 
@@ -51,6 +56,7 @@ impl Tiling {
             stride: 96,
             blend: Blend::Core,
             batch: 1,
+            mirrors: 1,
         }
     }
 
@@ -76,7 +82,19 @@ impl Tiling {
         if self.batch == 0 {
             return Err("batch must be at least 1".into());
         }
+        check_mirrors(self.mirrors)
+    }
+}
+
+/// Checks a count of test-time mirrors.
+pub fn check_mirrors(mirrors: usize) -> Result<(), String> {
+    if (1..=MIRROR_SETS.len()).contains(&mirrors) {
         Ok(())
+    } else {
+        Err(format!(
+            "mirrors {mirrors} must be 1 to {}",
+            MIRROR_SETS.len()
+        ))
     }
 }
 
@@ -156,10 +174,7 @@ pub fn probability_map(
             let at = [0, 1, 2].map(|a| origin[a] + s[a] as i64);
             input.extend(window(hu, at, w, normalization));
         }
-        let x = Tensor::from_vec(input, (group.len(), 1, w, w, w), device)?;
-        let p = candle_nn::ops::sigmoid(&net.segment(&x, None)?.logits)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let p = segment_mirrored(net, input, group.len(), w, tiling.mirrors, device)?;
         for (n, s) in group.iter().enumerate() {
             let item = &p[n * w * w * w..(n + 1) * w * w * w];
             for z in (0..w).filter(|&z| counts(tiling, s[2], sk, z)) {
@@ -188,6 +203,47 @@ pub fn probability_map(
         },
         data,
     })
+}
+
+/// Location probabilities of `n` windows of w^3 (concatenated), each the mean over the
+/// first `mirrors` axis sets of `MIRROR_SETS` (mirrored in, mirrored back out).
+fn segment_mirrored(
+    net: &Jnsc,
+    input: Vec<f32>,
+    n: usize,
+    w: usize,
+    mirrors: usize,
+    device: &Device,
+) -> candle_core::Result<Vec<f32>> {
+    let run = |input: Vec<f32>| -> candle_core::Result<Vec<f32>> {
+        let x = Tensor::from_vec(input, (n, 1, w, w, w), device)?;
+        candle_nn::ops::sigmoid(&net.segment(&x, None)?.logits)?
+            .flatten_all()?
+            .to_vec1::<f32>()
+    };
+    let mirror = |data: &mut [f32], axes: &[usize]| {
+        for window in data.chunks_mut(w * w * w) {
+            for &axis in axes {
+                crate::volume::mirror_cube(window, w, axis);
+            }
+        }
+    };
+    if mirrors == 1 {
+        return run(input);
+    }
+    let mut sum = vec![0f32; input.len()];
+    for axes in &MIRROR_SETS[..mirrors] {
+        let mut x = input.clone();
+        mirror(&mut x, axes);
+        let mut p = run(x)?;
+        mirror(&mut p, axes);
+        for (s, v) in sum.iter_mut().zip(p) {
+            *s += v;
+        }
+    }
+    let scale = 1.0 / mirrors as f32;
+    sum.iter_mut().for_each(|s| *s *= scale);
+    Ok(sum)
 }
 
 /// The normalised values of the w^3 window of `hu` whose first voxel is `start` (k slowest, i
@@ -249,6 +305,44 @@ mod tests {
                 }
             }
             assert!(covered.iter().all(|&c| c > 0), "{tiling:?}");
+        }
+    }
+
+    #[test]
+    fn all_eight_mirrors_make_the_map_mirror_equivariant() {
+        // Averaged over every axis set, the output of a mirrored window is the mirrored output
+        // of the window, whatever the (untrained, asymmetric) network; a mirror undone along
+        // the wrong axis breaks this.
+        use crate::jnsc::network::{Config, Preset};
+        use candle_core::DType;
+        use candle_nn::{VarBuilder, VarMap};
+        let vars = VarMap::new();
+        let net = Jnsc::new(
+            &Config::preset(Preset::Cpu),
+            VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        crate::jnsc::network::seeded_init(&vars, 3).unwrap();
+        let w = 16;
+        let input = crate::jnsc::testing::values(w * w * w, 5);
+        let run = |x: Vec<f32>, m| segment_mirrored(&net, x, 1, w, m, &Device::Cpu).unwrap();
+        let plain = run(input.clone(), 1);
+        let averaged = run(input.clone(), 8);
+        for axis in 0..3 {
+            let mut mirrored = input.clone();
+            crate::volume::mirror_cube(&mut mirrored, w, axis);
+            let mut back = run(mirrored.clone(), 8);
+            crate::volume::mirror_cube(&mut back, w, axis);
+            let largest = back
+                .iter()
+                .zip(&averaged)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(largest < 1e-5, "axis {axis}: {largest}");
+            // Without mirroring, the network is not symmetric: the check above is not empty.
+            let mut single = run(mirrored, 1);
+            crate::volume::mirror_cube(&mut single, w, axis);
+            assert!(single.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-3));
         }
     }
 

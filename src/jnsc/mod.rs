@@ -7,4 +7,4 @@ pub mod model_file;
 pub mod network;
 pub mod ops3d;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;

@@ -6,7 +6,7 @@
 
 use crate::datasets::{Scan, nodule_boxes};
 use crate::random::Rng;
-use crate::volume::Normalization;
+use crate::volume::{Normalization, mirror_cube};
 
 /// A training patch: normalised input and nodule labels (label n = nodule n), both p^3, k
 /// slowest (the network's [D, H, W]).
@@ -97,24 +97,10 @@ impl Augment {
     }
 }
 
-/// Mirrors a patch along axis 0 (x), 1 (y) or 2 (z).
+/// Mirrors a patch, input and labels, along axis 0 (x), 1 (y) or 2 (z).
 fn flip(patch: &mut Patch, axis: usize) {
-    let p = patch.size;
-    let at = |x: usize, y: usize, z: usize| (z * p + y) * p + x;
-    for z in 0..p {
-        for y in 0..p {
-            for x in 0..p {
-                let (a, b) = match axis {
-                    0 if x < p / 2 => (at(x, y, z), at(p - 1 - x, y, z)),
-                    1 if y < p / 2 => (at(x, y, z), at(x, p - 1 - y, z)),
-                    2 if z < p / 2 => (at(x, y, z), at(x, y, p - 1 - z)),
-                    _ => continue,
-                };
-                patch.input.swap(a, b);
-                patch.labels.swap(a, b);
-            }
-        }
-    }
+    mirror_cube(&mut patch.input, patch.size, axis);
+    mirror_cube(&mut patch.labels, patch.size, axis);
 }
 
 /// Separable Gaussian blur of a p^3 block, sigma in voxels, edges clamped.

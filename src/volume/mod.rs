@@ -77,6 +77,29 @@ impl<T: Copy> Volume<T> {
     }
 }
 
+/// The axis sets of test-time mirroring (0: i, 1: j, 2: k), in the order they are added: a run
+/// with `n` mirrors averages the first `n` (the first is no mirroring).
+pub const MIRROR_SETS: [&[usize]; 8] =
+    [&[], &[0], &[1], &[2], &[0, 1], &[0, 2], &[1, 2], &[0, 1, 2]];
+
+/// Mirrors a `side`^3 cube (i fastest, then j, then k) in place along axis 0 (i), 1 (j) or 2 (k).
+pub fn mirror_cube<T>(data: &mut [T], side: usize, axis: usize) {
+    let at = |x: usize, y: usize, z: usize| (z * side + y) * side + x;
+    for z in 0..side {
+        for y in 0..side {
+            for x in 0..side {
+                let (a, b) = match axis {
+                    0 if x < side / 2 => (at(x, y, z), at(side - 1 - x, y, z)),
+                    1 if y < side / 2 => (at(x, y, z), at(x, side - 1 - y, z)),
+                    2 if z < side / 2 => (at(x, y, z), at(x, y, side - 1 - z)),
+                    _ => continue,
+                };
+                data.swap(a, b);
+            }
+        }
+    }
+}
+
 /// How Hounsfield units are turned into network input: clip, then standardise. The model file
 /// carries these numbers; the paper clips to [-1000, 400].
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
