@@ -119,9 +119,9 @@ pub fn run(args: &StudiesArgs) -> anyhow::Result<()> {
     );
     let mut reports = Vec::new();
     let mut truths = Vec::new();
-    let findings_dir = args.out.join("reports");
-    std::fs::create_dir_all(&findings_dir)
-        .with_context(|| format!("cannot create {}", findings_dir.display()))?;
+    let reports_dir = args.out.join("reports");
+    std::fs::create_dir_all(&reports_dir)
+        .with_context(|| format!("cannot create {}", reports_dir.display()))?;
     for (n, dir) in dirs.iter().enumerate() {
         let truth: TruthFile = serde_json::from_slice(
             &std::fs::read(dir.join("truth.json"))
@@ -148,10 +148,9 @@ pub fn run(args: &StudiesArgs) -> anyhow::Result<()> {
             || format!("study-{n}"),
             |s| s.to_string_lossy().into_owned(),
         );
-        std::fs::write(
-            findings_dir.join(format!("{name}.json")),
-            serde_json::to_vec_pretty(&report)?,
-        )?;
+        let path = reports_dir.join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         reports.push(report);
         truths.push(truth);
     }

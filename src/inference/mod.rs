@@ -15,7 +15,7 @@ use crate::jnsc::network::{Candidate, Jnsc};
 use crate::volume::prepare::{PreparedVolume, prepare};
 use crate::volume::resample::Interpolation;
 use crate::volume::series::SeriesError;
-use crate::volume::{MIRROR_SETS, Volume, mirror_cube};
+use crate::volume::{MIRROR_SETS, Volume, mirror_cubes};
 use candle_core::{Device, Tensor};
 use findings::{Detection, PostProcessing, detect};
 use serde::{Deserialize, Serialize};
@@ -340,23 +340,19 @@ impl Analyzer {
             }
             let mut sum = vec![[0f32; 3]; chunk.len()];
             for axes in &MIRROR_SETS[..self.classify_mirrors] {
-                let mut input = input.clone();
-                let mut candidates = candidates.clone();
-                for window in input.chunks_mut(w * w * w) {
-                    for &axis in *axes {
-                        mirror_cube(window, w, axis);
-                    }
-                }
-                for c in &mut candidates {
+                mirror_cubes(&mut input, w, axes);
+                let x = Tensor::from_slice(&input, (chunk.len(), 1, w, w, w), &self.device)?;
+                mirror_cubes(&mut input, w, axes);
+                let mut mirrored = candidates.clone();
+                for c in &mut mirrored {
                     for &axis in *axes {
                         // Volume axis i, j, k is candidate index 2, 1, 0.
                         let d = 2 - axis;
                         (c.min[d], c.max[d]) = (w - 1 - c.max[d], w - 1 - c.min[d]);
                     }
                 }
-                let x = Tensor::from_vec(input, (chunk.len(), 1, w, w, w), &self.device)?;
                 let encoder = self.net.encode(&x, None)?;
-                let logits = self.net.classify(&encoder, &candidates)?;
+                let logits = self.net.classify(&encoder, &mirrored)?;
                 let p = candle_nn::ops::softmax(&logits, 1)?.to_vec2::<f32>()?;
                 for (s, p) in sum.iter_mut().zip(p) {
                     for c in 0..3 {
@@ -469,7 +465,7 @@ mod tests {
         let p = analyzer.classify_boxes(&hu, &[b]).unwrap()[0];
         for axis in 0..3 {
             let mut mirrored = hu.clone();
-            mirror_cube(&mut mirrored.data, hu.geometry.size[0], axis);
+            mirror_cubes(&mut mirrored.data, hu.geometry.size[0], &[axis]);
             let mut m = b;
             (m.lo[axis], m.hi[axis]) = (w - 1 - b.hi[axis], w - 1 - b.lo[axis]);
             let q = analyzer.classify_boxes(&mirrored, &[m]).unwrap()[0];

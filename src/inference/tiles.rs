@@ -9,7 +9,7 @@
 
 use crate::jnsc::network::Jnsc;
 use crate::volume::lung::BoundingBox;
-use crate::volume::{MIRROR_SETS, Normalization, Volume};
+use crate::volume::{MIRROR_SETS, Normalization, Volume, mirror_cubes};
 use candle_core::{Device, Tensor};
 
 /// How windows are blended.
@@ -206,37 +206,25 @@ pub fn probability_map(
 }
 
 /// Location probabilities of `n` windows of w^3 (concatenated), each the mean over the
-/// first `mirrors` axis sets of `MIRROR_SETS` (mirrored in, mirrored back out).
+/// first `mirrors` axis sets of `MIRROR_SETS` (mirrored in, mirrored back out). With one
+/// (no mirroring) the result is the network's output as is.
 fn segment_mirrored(
     net: &Jnsc,
-    input: Vec<f32>,
+    mut input: Vec<f32>,
     n: usize,
     w: usize,
     mirrors: usize,
     device: &Device,
 ) -> candle_core::Result<Vec<f32>> {
-    let run = |input: Vec<f32>| -> candle_core::Result<Vec<f32>> {
-        let x = Tensor::from_vec(input, (n, 1, w, w, w), device)?;
-        candle_nn::ops::sigmoid(&net.segment(&x, None)?.logits)?
-            .flatten_all()?
-            .to_vec1::<f32>()
-    };
-    let mirror = |data: &mut [f32], axes: &[usize]| {
-        for window in data.chunks_mut(w * w * w) {
-            for &axis in axes {
-                crate::volume::mirror_cube(window, w, axis);
-            }
-        }
-    };
-    if mirrors == 1 {
-        return run(input);
-    }
     let mut sum = vec![0f32; input.len()];
     for axes in &MIRROR_SETS[..mirrors] {
-        let mut x = input.clone();
-        mirror(&mut x, axes);
-        let mut p = run(x)?;
-        mirror(&mut p, axes);
+        mirror_cubes(&mut input, w, axes);
+        let x = Tensor::from_slice(&input, (n, 1, w, w, w), device)?;
+        mirror_cubes(&mut input, w, axes);
+        let mut p = candle_nn::ops::sigmoid(&net.segment(&x, None)?.logits)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        mirror_cubes(&mut p, w, axes);
         for (s, v) in sum.iter_mut().zip(p) {
             *s += v;
         }

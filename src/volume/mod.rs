@@ -100,6 +100,16 @@ pub fn mirror_cube<T>(data: &mut [T], side: usize, axis: usize) {
     }
 }
 
+/// Mirrors every `side`^3 cube of `data` (cubes one after another, as in a network batch) along
+/// each axis of `axes`; mirroring twice along the same axes undoes it.
+pub fn mirror_cubes<T>(data: &mut [T], side: usize, axes: &[usize]) {
+    for cube in data.chunks_mut(side * side * side) {
+        for &axis in axes {
+            mirror_cube(cube, side, axis);
+        }
+    }
+}
+
 /// How Hounsfield units are turned into network input: clip, then standardise. The model file
 /// carries these numbers; the paper clips to [-1000, 400].
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
