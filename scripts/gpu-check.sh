@@ -2,7 +2,8 @@
 # Runs on a machine with an NVIDIA GPU the binaries that scripts/build-cuda.sh built elsewhere
 # (packed as target/cuda-carry/bins.txz): the library's tests (CPU-vs-CUDA checks of every
 # operator and of the network included), the network benchmark against PyTorch on the GPU, and
-# `analyze` on a 512x512x300 synthetic chest study with several settings. Logs go to $OUT (or
+# `analyze` on a 512x512x300 synthetic chest study with several settings, and with the shipped
+# model in f32 and f16 (findings compared by scripts/compare-findings.py). Logs go to $OUT (or
 # target/gpu-check). Each step has a time limit so that one slow step cannot hide the others.
 set -uo pipefail
 out="${OUT:-target/gpu-check}"
@@ -41,4 +42,18 @@ print('%-6s %-6s %5s %8.2fs %8.2fs %8.2fs %9.0f %6d' % (sys.argv[2], sys.argv[3]
     echo "$1 $2 $3: failed or over 150 s (see $out/analyze-$1-$2-$3.err)"
   fi
 done
+# The shipped model in each precision (issue 19): its time, and its findings against f32's.
+for p in f32 f16; do
+  json="$out/analyze-shipped-$p.json"
+  if timeout 150 "$bin/jnsc" analyze "$work/study/dicom" --device cuda --precision "$p" \
+    --json "$json" 2>"$out/analyze-shipped-$p.err"; then
+    python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['timings_ms']
+print('shipped %-4s segment %6.2fs classify %6.2fs total %6.2fs' % (sys.argv[2],
+  t['segmentation']/1e3, t['classification']/1e3, t['total']/1e3))" "$json" "$p"
+  else
+    echo "shipped $p: failed or over 150 s (see $out/analyze-shipped-$p.err)"
+  fi
+done
+python3 scripts/compare-findings.py "$out/analyze-shipped-f32.json" "$out/analyze-shipped-f16.json" \
+  --max-dp 0.01 | sed "s/^/f16 vs f32: /"
 timeout 150 "$bin/jnsc" bench network --device cuda --rounds 5 2>&1 | tee "$out/bench-network.log"

@@ -221,6 +221,8 @@ pub struct ModelConfig {
     pub path: Option<PathBuf>,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: crate::jnsc::device::DeviceSpec,
+    /// `f32` (as trained), or `f16` on a GPU (models/README.md "Half precision").
+    pub precision: crate::jnsc::device::Precision,
     /// Sliding-window blending: `fast` or `paper`.
     pub tiling: crate::inference::tiles::TilingName,
     /// Test-time mirroring of the segmentation, 1 (off) to 8 passes per window; each pass
@@ -235,6 +237,7 @@ impl Default for ModelConfig {
         Self {
             path: None,
             device: crate::jnsc::device::DeviceSpec::Cpu,
+            precision: crate::jnsc::device::Precision::F32,
             tiling: crate::inference::tiles::TilingName::Fast,
             mirrors: 1,
             classify_mirrors: 1,

@@ -450,6 +450,7 @@ fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
         model: ModelArgs {
             model: model.path.clone(),
             device: model.device,
+            precision: model.precision,
             classify_mirrors: model.classify_mirrors,
         },
         tiling: model.tiling,
@@ -458,7 +459,8 @@ fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
     }
     .load()
     .context(
-        "key model.path, model.device, model.tiling, model.mirrors or model.classify_mirrors",
+        "key model.path, model.device, model.precision, model.tiling, model.mirrors or \
+         model.classify_mirrors",
     )?;
     // Only findings that can be reported are classified.
     analyzer.classify_min_p_location = config.results.min_p_nodule;
@@ -466,6 +468,7 @@ fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
         model = %analyzer.model_info().name,
         version = %analyzer.model_info().version,
         device = %config.model.device,
+        precision = %config.model.precision,
         source = %ModelSource::from_option(config.model.path.clone()),
         "model loaded"
     );

@@ -109,6 +109,86 @@ fn finding_centres_land_on_the_nodules_of_an_oblique_study() {
     assert_eq!(found.len(), truth.nodules.len(), "{found:?}");
 }
 
+/// `jnsc analyze --precision f16` runs the segmentation in half precision (as a GPU would
+/// on its tensor cores; here through the generic operators) and finds what f32 finds: every f32
+/// finding the network is sure is a region (location probability 0.6 or more) has a
+/// half-precision finding within 0.5 mm whose location probability is within 5e-3, and
+/// the findings reported at the operating point are the same. (p(nodule) itself can move more:
+/// the classification path sees the finding's box, which a voxel more or less at its edge
+/// changes; models/README.md "Half precision".) The maps must differ somewhere, or half
+/// precision did not run. bfloat16 is refused.
+#[test]
+fn half_precision_finds_what_f32_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    oblique_study(dir.path(), 3, 21);
+    let dicom = dir.path().join("dicom");
+    let run = |precision: &str| -> Vec<([f64; 3], f64, f64)> {
+        let json = dir.path().join(format!("{precision}.json"));
+        jnsc_ok(&[
+            "analyze",
+            dicom.to_str().unwrap(),
+            "--precision",
+            precision,
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(report["precision"], precision);
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let c = |a: usize| f["center_mm"][a].as_f64().unwrap();
+                (
+                    [c(0), c(1), c(2)],
+                    f["p_nodule"].as_f64().unwrap(),
+                    f["p_location"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let reported = |findings: &[([f64; 3], f64, f64)]| -> Vec<[i64; 3]> {
+        let mut centres: Vec<[i64; 3]> = findings
+            .iter()
+            .filter(|f| f.1 >= 0.47)
+            .map(|f| f.0.map(|v| v.round() as i64))
+            .collect();
+        centres.sort();
+        centres
+    };
+    let reference = run("f32");
+    let sure: Vec<_> = reference.iter().filter(|f| f.2 >= 0.6).collect();
+    assert!(sure.len() >= 3, "{reference:?}");
+    let half = run("f16");
+    let (mut largest_distance, mut largest_dp) = (0f64, 0f64);
+    for (centre, _, p_location) in &sure {
+        let (distance, other) = half
+            .iter()
+            .map(|h| {
+                let d = (0..3).map(|a| (h.0[a] - centre[a]).powi(2)).sum::<f64>();
+                (d.sqrt(), h)
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap();
+        largest_distance = largest_distance.max(distance);
+        largest_dp = largest_dp.max((other.2 - p_location).abs());
+    }
+    eprintln!(
+        "f16: {} sure findings, centres within {largest_distance:.3} mm, \
+         p(location) within {largest_dp:.2e}",
+        sure.len()
+    );
+    assert!(largest_distance <= 0.5, "{largest_distance} mm");
+    assert!(largest_dp <= 5e-3, "p(location) {largest_dp}");
+    assert!(largest_dp > 0.0, "f16 gave f32's map: did it run in f32?");
+    assert_eq!(reported(&half), reported(&reference));
+    let refused = jnsc(&["analyze", dicom.to_str().unwrap(), "--precision", "bf16"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("f16"));
+}
+
 #[test]
 fn analyze_writes_the_findings_json_and_explains_bad_input() {
     let dir = tempfile::tempdir().unwrap();

@@ -354,6 +354,7 @@ fn eval_shapes_classifies_held_out_patients_only() {
         model: jnsc::inference::command::ModelArgs {
             model: Some(model.clone()),
             device: jnsc::jnsc::device::DeviceSpec::Cpu,
+            precision: jnsc::jnsc::device::Precision::F32,
             classify_mirrors: 1,
         },
         out: out.clone(),

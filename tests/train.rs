@@ -1,11 +1,12 @@
 //! Training: a short run on a few synthetic scans makes the segmentation loss fall and the Dice
 //! rise; a run stopped after a checkpoint and resumed ends bit for bit where an uninterrupted
 //! run ends (weights, optimizer, sampling and pseudo-labels all restored); scans held on disk
-//! train exactly as scans held in memory, and are prepared once.
+//! train exactly as scans held in memory, and are prepared once; self-distillation blends a
+//! teacher into the segmentation target.
 
 use jnsc::train::prepared::ScanStorage;
 use jnsc::train::pseudo::LabelMode;
-use jnsc::train::trainer::{TrainConfig, Trainer};
+use jnsc::train::trainer::{Distill, TrainConfig, Trainer};
 
 /// Small patches on full-size synthetic scans (smaller scans would cut most nodules off).
 fn small(epochs: usize) -> TrainConfig {
@@ -71,6 +72,38 @@ fn a_short_run_lowers_the_loss_and_raises_the_dice() {
     // Metrics land in metrics.csv, one row per epoch.
     let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 61);
+}
+
+/// Self-distillation (`[distill]`): with the teacher's share at 0 the target is the labels and
+/// training is bit for bit training without a teacher; at 0.5 (the shipped model as teacher, two
+/// mirrored passes) the weights end elsewhere.
+#[test]
+fn distillation_blends_the_teacher_into_the_segmentation_target() {
+    let teacher = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/jnsc.safetensors");
+    let run = |distill: Option<Distill>| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TrainConfig {
+            joint: false,
+            distill,
+            ..small(2)
+        };
+        let mut trainer = Trainer::open(dir.path(), config, true).unwrap();
+        trainer.run(2, true).unwrap();
+        weights(&trainer)
+    };
+    let taught = |weight| {
+        Some(Distill {
+            teacher: teacher.clone(),
+            mirrors: 2,
+            weight,
+        })
+    };
+    let plain = run(None);
+    assert!(
+        plain == run(taught(0.0)),
+        "a teacher of weight 0 changed training"
+    );
+    assert!(plain != run(taught(0.5)), "the teacher changed nothing");
 }
 
 #[test]

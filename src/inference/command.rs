@@ -3,7 +3,7 @@
 
 use super::Analyzer;
 use super::tiles::{Tiling, TilingName};
-use crate::jnsc::device::DeviceSpec;
+use crate::jnsc::device::{DeviceSpec, Precision};
 use crate::jnsc::model_file::ModelSource;
 use std::path::PathBuf;
 
@@ -16,6 +16,10 @@ pub struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// The number format of the segmentation: f32 (as trained), or f16 for a GPU's tensor
+    /// cores (on a CPU much slower than f32; for checking a GPU's findings against).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
     /// Test-time mirroring of the classification path: 1 (off) to 8 mirrored windows per
     /// finding (identity, then x, y, z, xy, xz, yz, xyz), class probabilities averaged.
     #[arg(long, default_value_t = 1)]
@@ -32,7 +36,7 @@ impl ModelArgs {
         super::tiles::check_mirrors(self.classify_mirrors).map_err(anyhow::Error::msg)?;
         let device = self.device.open()?;
         let source = self.source();
-        let mut analyzer = Analyzer::new(&source, device, tiling)
+        let mut analyzer = Analyzer::new(&source, device, self.precision, tiling)
             .map_err(|e| anyhow::anyhow!("cannot load the model {source}: {e}"))?;
         analyzer.classify_mirrors = self.classify_mirrors;
         Ok(analyzer)

@@ -10,6 +10,7 @@ pub mod command;
 pub mod findings;
 pub mod tiles;
 
+use crate::jnsc::device::Precision;
 use crate::jnsc::model_file::{ModelFileError, ModelInfo, ModelSource, load_from};
 use crate::jnsc::network::{Candidate, Jnsc};
 use crate::volume::prepare::{PreparedVolume, prepare};
@@ -118,6 +119,8 @@ pub struct Report {
     pub series_uid: String,
     pub model: ModelSummary,
     pub device: String,
+    /// The number format the network ran in.
+    pub precision: Precision,
     pub tiling: Tiling,
     pub volume_size: [usize; 3],
     pub lung_volume_ml: f64,
@@ -148,9 +151,13 @@ pub struct Analysis {
 
 /// A loaded model on a device, with the inference settings.
 pub struct Analyzer {
+    /// The network in f32, as trained: it classifies the findings.
     net: Jnsc,
+    /// The same network with its backbone in `precision`: it runs the segmentation's windows.
+    segmenter: Jnsc,
     info: ModelInfo,
     device: Device,
+    precision: Precision,
     pub tiling: Tiling,
     pub post: PostProcessing,
     /// Findings whose location probability is below this are not classified (0: all are).
@@ -163,21 +170,32 @@ pub struct Analyzer {
 }
 
 impl Analyzer {
-    /// Loads a model, the embedded one or a file, onto `device`.
+    /// Loads a model, the embedded one or a file, onto `device`; the segmentation runs in
+    /// `precision`, the classification of findings in f32.
     pub fn new(
         model: &ModelSource,
         device: Device,
+        precision: Precision,
         tiling: Tiling,
     ) -> Result<Self, ModelFileError> {
         let (net, info) = load_from(model, &device)?;
+        let segmenter =
+            net.with_backbone_dtype(precision.dtype())
+                .map_err(|e| ModelFileError::Convert {
+                    path: model.label(),
+                    precision,
+                    reason: e.to_string(),
+                })?;
         let post = PostProcessing {
             threshold: info.config.threshold as f32,
             ..PostProcessing::default()
         };
         Ok(Self {
             net,
+            segmenter,
             info,
             device,
+            precision,
             tiling,
             post,
             classify_min_p_location: 0.0,
@@ -196,7 +214,7 @@ impl Analyzer {
         let region = volume.lungs.bounding_box.ok_or(AnalyzeError::NoLungs)?;
         let t = Instant::now();
         let map = tiles::probability_map(
-            &self.net,
+            &self.segmenter,
             &volume.hu,
             region,
             &self.info.normalization,
@@ -261,6 +279,7 @@ impl Analyzer {
                 version: self.info.version.clone(),
             },
             device: format!("{:?}", self.device.location()),
+            precision: self.precision,
             tiling: self.tiling,
             volume_size: volume.hu.geometry.size,
             lung_volume_ml: volume.lungs.lung_volume_ml,
@@ -457,8 +476,13 @@ mod tests {
 
     #[test]
     fn all_eight_classification_mirrors_make_the_classes_mirror_invariant() {
-        let mut analyzer =
-            Analyzer::new(&ModelSource::Embedded, Device::Cpu, Tiling::fast()).unwrap();
+        let mut analyzer = Analyzer::new(
+            &ModelSource::Embedded,
+            Device::Cpu,
+            Precision::F32,
+            Tiling::fast(),
+        )
+        .unwrap();
         analyzer.classify_mirrors = MIRROR_SETS.len();
         let (hu, b) = volume_with_blob();
         let w = CLASSIFICATION_WINDOW as i64;

@@ -10,7 +10,7 @@
 use crate::jnsc::network::Jnsc;
 use crate::volume::lung::BoundingBox;
 use crate::volume::{MIRROR_SETS, Normalization, Volume, mirror_cubes};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 /// How windows are blended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -208,7 +208,7 @@ pub fn probability_map(
 /// Location probabilities of `n` windows of w^3 (concatenated), each the mean over the
 /// first `mirrors` axis sets of `MIRROR_SETS` (mirrored in, mirrored back out). With one
 /// (no mirroring) the result is the network's output as is.
-fn segment_mirrored(
+pub(crate) fn segment_mirrored(
     net: &Jnsc,
     mut input: Vec<f32>,
     n: usize,
@@ -221,7 +221,8 @@ fn segment_mirrored(
         mirror_cubes(&mut input, w, axes);
         let x = Tensor::from_slice(&input, (n, 1, w, w, w), device)?;
         mirror_cubes(&mut input, w, axes);
-        let mut p = candle_nn::ops::sigmoid(&net.segment(&x, None)?.logits)?
+        let logits = net.segment(&x, None)?.logits.to_dtype(DType::F32)?;
+        let mut p = candle_nn::ops::sigmoid(&logits)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         mirror_cubes(&mut p, w, axes);

@@ -1,8 +1,55 @@
 //! Run-time device selection: `cpu`, `cuda` or `cuda:N` as a type (`DeviceSpec`: parsed from
 //! the command line and the configuration, written back the same way), with a clear error when
-//! CUDA was not compiled in (cargo feature `cuda`) or no such GPU is present.
+//! CUDA was not compiled in (cargo feature `cuda`) or no such GPU is present; and the number
+//! format the segmentation computes in (`Precision`: f32 as trained, or f16 for GPUs).
 
-use candle_core::Device;
+use candle_core::{DType, Device};
+
+/// The number format the segmentation's sliding windows run in (most of an analysis' time).
+/// The model is trained and shipped in f32; half precision halves the memory traffic and runs
+/// the convolutions' matrix products on a GPU's tensor cores. The normalisations compute in
+/// f32 whatever this says, and the findings are classified in f32. On a CPU, half precision
+/// runs the network's generic (Candle) operators instead of its own f32 kernels and is about
+/// 3.5 times slower: it is there to check a GPU's findings against, not to run a CPU node on.
+/// (bfloat16 was tried and is not offered: its 8-bit significand lost findings and moved
+/// location probabilities by 0.1; models/README.md "Half precision".)
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats, as the model was trained.
+    #[default]
+    F32,
+    /// IEEE half precision: 11-bit significand, largest value 65504.
+    F16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        })
+    }
+}
 
 /// A device that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -130,6 +130,12 @@ pub enum ModelFileError {
     Weights { path: PathBuf, reason: String },
     #[error("cannot write model file {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error("cannot convert model {path} to {precision}: {reason}")]
+    Convert {
+        path: PathBuf,
+        precision: crate::jnsc::device::Precision,
+        reason: String,
+    },
 }
 
 /// Writes the weights in `vars` and `info` to `path`.

@@ -136,6 +136,14 @@ impl ConvNormRelu {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         instance_norm_relu(&conv3d(x, &self.weight)?, &self.gamma, &self.beta, NORM_EPS)
     }
+
+    /// With the convolution's weights in `dtype` (the norm's parameters stay f32).
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.to_dtype(dtype)?,
+            ..self.clone()
+        })
+    }
 }
 
 /// Convolutions of one level, optionally residual.
@@ -173,6 +181,17 @@ impl Block {
         }
         if self.residual { y + shortcut } else { Ok(y) }
     }
+
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            convs: self
+                .convs
+                .iter()
+                .map(|c| c.to_dtype(dtype))
+                .collect::<Result<_>>()?,
+            residual: self.residual,
+        })
+    }
 }
 
 /// A 2x2x2 stride-2 (up or down) convolution with normalisation and ReLU.
@@ -206,6 +225,13 @@ impl Resize {
             down_conv(x, &self.weight)?
         };
         instance_norm_relu(&y, &self.gamma, &self.beta, NORM_EPS)
+    }
+
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.to_dtype(dtype)?,
+            ..self.clone()
+        })
     }
 }
 
@@ -333,6 +359,36 @@ impl Jnsc {
         &self.config
     }
 
+    /// The number format of the convolutional backbone, which inputs are converted to: f32
+    /// unless made otherwise by `with_backbone_dtype`. The segmentation logits come in it.
+    pub fn dtype(&self) -> DType {
+        self.head_weight.dtype()
+    }
+
+    /// This network with the convolutions of its encoder, decoder and segmentation head in
+    /// `dtype` (half precision for a GPU's segmentation). What stays f32: the normalisations
+    /// (`instance_norm_relu` computes half-precision inputs in f32) and the classification
+    /// head, whose crops of the encoder features are converted to f32.
+    pub fn with_backbone_dtype(&self, dtype: DType) -> Result<Self> {
+        let each = |blocks: &[Block]| -> Result<Vec<Block>> {
+            blocks.iter().map(|b| b.to_dtype(dtype)).collect()
+        };
+        let resizes = |rs: &[Resize]| -> Result<Vec<Resize>> {
+            rs.iter().map(|r| r.to_dtype(dtype)).collect()
+        };
+        Ok(Self {
+            config: self.config.clone(),
+            encoder: each(&self.encoder)?,
+            downs: resizes(&self.downs)?,
+            ups: resizes(&self.ups)?,
+            decoder: each(&self.decoder)?,
+            head_weight: self.head_weight.to_dtype(dtype)?,
+            head_bias: self.head_bias.to_dtype(dtype)?,
+            features: self.features.clone(),
+            classifier: self.classifier.clone(),
+        })
+    }
+
     /// Segments a batch [N, 1, D, H, W] (sizes divisible by 16). With `dropout` (training), the
     /// spatial dropout masks are drawn from it.
     pub fn segment(
@@ -368,7 +424,7 @@ impl Jnsc {
             );
         }
         let mut encoder = Vec::with_capacity(LEVELS);
-        let mut y = x.clone();
+        let mut y = x.to_dtype(self.dtype())?;
         for level in 0..LEVELS {
             let shortcut = if level == 0 {
                 y.broadcast_as(((y.dim(0)?), self.config.widths[0], d, h, w))?
@@ -403,7 +459,7 @@ impl Jnsc {
                 let dims = item.dims();
                 let start = [0, 1, 2].map(|a| (c.min[a] / scale).min(dims[a + 2] - 1));
                 let end = [0, 1, 2].map(|a| (c.max[a] / scale).min(dims[a + 2] - 1).max(start[a]));
-                let cropped = crop(&item, start, end)?;
+                let cropped = crop(&item, start, end)?.to_dtype(DType::F32)?;
                 let mixed = conv3d(&cropped, &self.features[level])?;
                 parts.push(adaptive_max_pool(&mixed, pooled_size(level))?.flatten_all()?);
             }
@@ -610,6 +666,57 @@ mod tests {
                 .map(|(k, _)| k.clone())
                 .collect();
             assert!(missing.is_empty(), "no gradient for {missing:?}");
+        }
+    }
+
+    /// A backbone in f16 segments like f32 (logits within 1% of their range), takes f32 input,
+    /// and its classification head still answers in f32 from its own f32 weights.
+    #[test]
+    fn a_half_precision_backbone_segments_like_f32_and_classifies_in_f32() {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let net = Jnsc::new(&Config::cpu(), vb).unwrap();
+        seeded_init(&map, 5).unwrap();
+        let half = net.with_backbone_dtype(DType::F16).unwrap();
+        assert_eq!((net.dtype(), half.dtype()), (DType::F32, DType::F16));
+        let x = Tensor::randn(0f32, 1.0, (1, 1, 32, 32, 32), &Device::Cpu).unwrap();
+        let (full, reduced) = (
+            net.segment(&x, None).unwrap(),
+            half.segment(&x, None).unwrap(),
+        );
+        assert_eq!(reduced.logits.dtype(), DType::F16);
+        let flat = |t: &Tensor| -> Vec<f32> {
+            t.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let (a, b) = (flat(&full.logits), flat(&reduced.logits));
+        let range = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(
+            diff > 0.0 && diff < 0.01 * range,
+            "max diff {diff}, range {range}"
+        );
+        let boxes = [Candidate {
+            batch: 0,
+            min: [3, 4, 5],
+            max: [20, 17, 22],
+            voxels: 900,
+        }];
+        let classes = half.classify(&reduced.encoder, &boxes).unwrap();
+        assert_eq!(classes.dtype(), DType::F32);
+        let (p, q) = (
+            flat(&net.classify(&full.encoder, &boxes).unwrap()),
+            flat(&classes),
+        );
+        for (p, q) in p.iter().zip(&q) {
+            assert!((p - q).abs() < 0.01 * p.abs().max(1.0), "{p:?} vs {q:?}");
         }
     }
 

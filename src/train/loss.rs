@@ -4,6 +4,7 @@
 //! non-nodule (1, 0, 0); a nodule whose malignancy target is t: (0, 1 - t, t), where t is the hard
 //! class, the soft label T or the pseudo-label q (see `LabelMode`); a nodule of unknown malignancy
 //! (M = 3 in hard mode, or no ratings) only "is a nodule": -log(p_benign + p_malignant).
+//! With self-distillation the segmentation target is soft (`soft_segmentation_loss`).
 
 use candle_core::{D, Result, Tensor};
 
@@ -22,10 +23,21 @@ pub enum ClassTarget {
 /// Mean over voxels of w * BCE(logit, target), w = `positive_weight` on nodule voxels and 1
 /// elsewhere, divided by the mean weight (PyTorch's weighted mean). `target`: 0/1, same shape.
 pub fn segmentation_loss(logits: &Tensor, target: &Tensor, positive_weight: f64) -> Result<Tensor> {
+    soft_segmentation_loss(logits, target, target, positive_weight)
+}
+
+/// `segmentation_loss` against a soft `target` (probabilities), the voxels weighted by the
+/// 0/1 `labels` (self-distillation: the target blends the labels with a teacher's output).
+pub fn soft_segmentation_loss(
+    logits: &Tensor,
+    target: &Tensor,
+    labels: &Tensor,
+    positive_weight: f64,
+) -> Result<Tensor> {
     // Stable BCE with logits: max(x, 0) - x t + log(1 + exp(-|x|)).
     let bce =
         ((logits.relu()? - (logits * target)?)? + ((logits.abs()?.neg()?.exp()? + 1.0)?.log()?))?;
-    let weights = ((target * (positive_weight - 1.0))? + 1.0)?;
+    let weights = ((labels * (positive_weight - 1.0))? + 1.0)?;
     (bce * &weights)?.sum_all()? / weights.sum_all()?.to_scalar::<f32>()? as f64
 }
 

@@ -6,7 +6,10 @@
 //! line with the losses and the ETA.
 
 use super::adam::Adam;
-use super::loss::{ClassTarget, classification_loss, conditional_malignancy, segmentation_loss};
+use super::loss::{
+    ClassTarget, classification_loss, conditional_malignancy, segmentation_loss,
+    soft_segmentation_loss,
+};
 use super::prepared::{PreparedScans, ScanStorage, ScanSummary};
 use super::pseudo::{LabelMode, update_pseudo_label};
 use crate::datasets::{Source, SyntheticSource};
@@ -79,6 +82,27 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     /// Augmentation of the patches beyond the quarter turns (`[augment]`; all off by default).
     pub augment: Augment,
+    /// Self-distillation of the segmentation from a frozen teacher (`[distill]`; none by
+    /// default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distill: Option<Distill>,
+}
+
+/// Self-distillation of the segmentation (`[distill]`): each voxel's segmentation target is
+/// (1 - `weight`) x its label + `weight` x the teacher's location probability averaged over
+/// `mirrors` mirrored passes (inference's test-time mirroring, `tiles::segment_mirrored`), so
+/// that one pass of the student learns what the teacher's mirrored ensemble outputs. Voxels
+/// keep the weights of their labels. The teacher (a model file) is frozen; the classification
+/// loss is unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Distill {
+    /// The teacher's model file (its preset need not match). Relative to the working directory.
+    pub teacher: PathBuf,
+    /// 1 to 8 mirrored passes of the teacher per patch.
+    pub mirrors: usize,
+    /// Share of the teacher in the target, 0 to 1.
+    pub weight: f64,
 }
 
 /// What trains after the segmentation epochs.
@@ -256,6 +280,7 @@ impl Default for TrainConfig {
             max_false_candidates: 4,
             schedule: Schedule::Joint,
             augment: Augment::default(),
+            distill: None,
         }
     }
 }
@@ -372,6 +397,8 @@ pub struct Trainer {
     dir: PathBuf,
     vars: VarMap,
     net: Jnsc,
+    /// The frozen teacher of `[distill]`.
+    teacher: Option<Jnsc>,
     adam: Adam,
     scans: PreparedScans,
     state: RunState,
@@ -426,6 +453,21 @@ impl Trainer {
         } else {
             crate::jnsc::network::seeded_init(&vars, config.seed)?;
         }
+        let teacher = match &config.distill {
+            Some(d) => {
+                crate::inference::tiles::check_mirrors(d.mirrors)
+                    .map_err(|e| anyhow::anyhow!("distill.mirrors: {e}"))?;
+                anyhow::ensure!(
+                    (0.0..=1.0).contains(&d.weight),
+                    "distill.weight must be between 0 and 1, got {}",
+                    d.weight
+                );
+                let (teacher, _) = crate::jnsc::model_file::load(&d.teacher, &device)
+                    .with_context(|| format!("distill.teacher {}", d.teacher.display()))?;
+                Some(teacher)
+            }
+            None => None,
+        };
         let source = config.data.source(&config)?;
         let started = Instant::now();
         let scans = PreparedScans::prepare(
@@ -462,6 +504,7 @@ impl Trainer {
             dir: dir.to_owned(),
             vars,
             net,
+            teacher,
             adam,
             scans,
             state,
@@ -630,10 +673,33 @@ impl Trainer {
             .flat_map(|(_, p, _)| p.labels.iter().map(|&l| f32::from(u8::from(l > 0))))
             .collect();
         let shape = (n, 1, patch, patch, patch);
+        let taught = match (&self.teacher, &self.config.distill) {
+            (Some(teacher), Some(d)) if !phase.classify_only => {
+                let p = crate::inference::tiles::segment_mirrored(
+                    teacher,
+                    input.clone(),
+                    n,
+                    patch,
+                    d.mirrors,
+                    &self.device,
+                )?;
+                let w = d.weight as f32;
+                let soft: Vec<f32> = target
+                    .iter()
+                    .zip(p)
+                    .map(|(t, p)| (1.0 - w) * t + w * p)
+                    .collect();
+                Some(Tensor::from_vec(soft, shape, &self.device)?)
+            }
+            _ => None,
+        };
         let x = Tensor::from_vec(input, shape, &self.device)?;
         let t = Tensor::from_vec(target.clone(), shape, &self.device)?;
         let out = self.net.segment(&x, Some(rng))?;
-        let seg_loss = segmentation_loss(&out.logits, &t, nodule_voxel_weight)?;
+        let seg_loss = match &taught {
+            Some(soft) => soft_segmentation_loss(&out.logits, soft, &t, nodule_voxel_weight)?,
+            None => segmentation_loss(&out.logits, &t, nodule_voxel_weight)?,
+        };
         let probability = candle_nn::ops::sigmoid(&out.logits.detach())?;
         let p_values = probability.flatten_all()?.to_vec1::<f32>()?;
         sums.add_dice(patches, &p_values, &target, patch.pow(3));

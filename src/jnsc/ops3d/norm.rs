@@ -9,9 +9,16 @@ use rayon::prelude::*;
 /// Instance normalisation (per item and channel, over the spatial axes, biased variance) with
 /// a per-channel scale and shift, followed by ReLU. `gamma`, `beta`: [C]. On the CPU in f32 it
 /// runs as one fused custom op (one pass for the statistics, one for the output; a fused
-/// backward); elsewhere as Candle operations.
+/// backward); elsewhere as Candle operations. Half-precision inputs are normalised in f32 (the
+/// moments of a 64^3 channel summed in f16 or bf16 would lose most of their digits) and the
+/// result converted back.
 pub fn instance_norm_relu(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    use candle_core::DType;
+    if matches!(x.dtype(), DType::F16 | DType::BF16) {
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        return instance_norm_relu(&f32(x)?, &f32(gamma)?, &f32(beta)?, eps)?.to_dtype(x.dtype());
+    }
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
         return x.contiguous()?.apply_op3(
             &gamma.contiguous()?,
             &beta.contiguous()?,
