@@ -119,7 +119,7 @@ pub struct Report {
     pub series_uid: String,
     pub model: ModelSummary,
     pub device: String,
-    /// The number format the network ran in.
+    /// The number format the segmentation ran in (the classification always runs in f32).
     pub precision: Precision,
     pub tiling: Tiling,
     pub volume_size: [usize; 3],
