@@ -80,29 +80,7 @@ pub fn lung_mask(hu: &Volume<f32>) -> LungMask {
         .map(|(&v, &b)| u8::from(b == 1 && v < AIR_MAX_HU))
         .collect();
     let (labels, sizes) = components(&candidates, size);
-    let mut hu_sums = vec![0f64; sizes.len()];
-    let mut extents = vec![
-        BoundingBox {
-            min: [usize::MAX; 3],
-            max: [0; 3]
-        };
-        sizes.len()
-    ];
-    for (v, (&l, &value)) in labels.iter().zip(&hu.data).enumerate() {
-        if l > 0 {
-            hu_sums[l as usize] += f64::from(value);
-            let ijk = [
-                v % size[0],
-                (v / size[0]) % size[1],
-                v / (size[0] * size[1]),
-            ];
-            let b = &mut extents[l as usize];
-            for a in 0..3 {
-                b.min[a] = b.min[a].min(ijk[a]);
-                b.max[a] = b.max[a].max(ijk[a]);
-            }
-        }
-    }
+    let (hu_sums, extents) = component_statistics(&labels, &hu.data, size, sizes.len());
     let thick = |l: usize| {
         let extent = extents[l].size();
         (0..3).all(|a| extent[a] as f64 * g.spacing[a] >= MIN_LUNG_EXTENT_MM)
@@ -148,6 +126,57 @@ pub fn lung_mask(hu: &Volume<f32>) -> LungMask {
         bounding_box,
         lung_volume_ml,
     }
+}
+
+/// The HU sum and the bounding box of each of `count` component labels (index 0 unused), over
+/// slabs of k-slices in parallel, the slabs' partial results merged in order.
+fn component_statistics(
+    labels: &[u32],
+    hu: &[f32],
+    size: [usize; 3],
+    count: usize,
+) -> (Vec<f64>, Vec<BoundingBox>) {
+    let plane = size[0] * size[1];
+    let empty = BoundingBox {
+        min: [usize::MAX; 3],
+        max: [0; 3],
+    };
+    let slab_planes = size[2].div_ceil(rayon::current_num_threads() * 4).max(1);
+    let partial: Vec<(Vec<f64>, Vec<BoundingBox>)> = labels
+        .par_chunks(slab_planes * plane)
+        .zip(hu.par_chunks(slab_planes * plane))
+        .enumerate()
+        .map(|(slab, (labels, hu))| {
+            let mut sums = vec![0f64; count];
+            let mut extents = vec![empty; count];
+            let first = slab * slab_planes * plane;
+            for (offset, (&l, &value)) in labels.iter().zip(hu).enumerate() {
+                if l > 0 {
+                    let v = first + offset;
+                    sums[l as usize] += f64::from(value);
+                    let ijk = [v % size[0], (v / size[0]) % size[1], v / plane];
+                    let b = &mut extents[l as usize];
+                    for a in 0..3 {
+                        b.min[a] = b.min[a].min(ijk[a]);
+                        b.max[a] = b.max[a].max(ijk[a]);
+                    }
+                }
+            }
+            (sums, extents)
+        })
+        .collect();
+    let mut sums = vec![0f64; count];
+    let mut extents = vec![empty; count];
+    for (slab_sums, slab_extents) in partial {
+        for l in 0..count {
+            sums[l] += slab_sums[l];
+            for a in 0..3 {
+                extents[l].min[a] = extents[l].min[a].min(slab_extents[l].min[a]);
+                extents[l].max[a] = extents[l].max[a].max(slab_extents[l].max[a]);
+            }
+        }
+    }
+    (sums, extents)
 }
 
 fn largest(sizes: &[usize]) -> Option<u32> {

@@ -214,33 +214,52 @@ pub fn fill_holes_per_slice(mask: &mut [u8], size: [usize; 3]) {
     });
 }
 
-/// Dilates by `radius` steps of 6-connectivity (a 3-D diamond of that radius).
+/// Dilates a 0/1 mask by `radius` steps of 6-connectivity (a 3-D diamond of that radius). Each
+/// step ORs every row with its six neighbours' rows, whole rows at a time (so the compiler
+/// vectorises it), slices in parallel.
 pub fn dilate(mask: &mut [u8], size: [usize; 3], radius: usize) {
     let [ni, nj, nk] = size;
-    for _ in 0..radius {
-        let source = mask.to_vec();
-        mask.par_chunks_mut(ni * nj)
+    let plane = ni * nj;
+    if radius == 0 || mask.is_empty() {
+        return;
+    }
+    let mut source = mask.to_vec();
+    for step in 0..radius {
+        if step > 0 {
+            source.copy_from_slice(mask);
+        }
+        let source = &source;
+        mask.par_chunks_mut(plane)
             .enumerate()
             .for_each(|(k, slice)| {
+                let here = &source[k * plane..(k + 1) * plane];
                 for j in 0..nj {
-                    for i in 0..ni {
-                        let p = j * ni + i;
-                        if slice[p] == 1 {
-                            continue;
-                        }
-                        let v = k * ni * nj + p;
-                        let set = (i > 0 && source[v - 1] == 1)
-                            || (i + 1 < ni && source[v + 1] == 1)
-                            || (j > 0 && source[v - ni] == 1)
-                            || (j + 1 < nj && source[v + ni] == 1)
-                            || (k > 0 && source[v - ni * nj] == 1)
-                            || (k + 1 < nk && source[v + ni * nj] == 1);
-                        if set {
-                            slice[p] = 1;
-                        }
+                    let row = &mut slice[j * ni..(j + 1) * ni];
+                    let same = &here[j * ni..(j + 1) * ni];
+                    or_into(&mut row[1..], &same[..ni - 1]);
+                    or_into(&mut row[..ni - 1], &same[1..]);
+                    if j > 0 {
+                        or_into(row, &here[(j - 1) * ni..j * ni]);
+                    }
+                    if j + 1 < nj {
+                        or_into(row, &here[(j + 1) * ni..(j + 2) * ni]);
+                    }
+                    let v = k * plane + j * ni;
+                    if k > 0 {
+                        or_into(row, &source[v - plane..v - plane + ni]);
+                    }
+                    if k + 1 < nk {
+                        or_into(row, &source[v + plane..v + plane + ni]);
                     }
                 }
             });
+    }
+}
+
+/// `dst[i] |= src[i]`.
+fn or_into(dst: &mut [u8], src: &[u8]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d |= *s;
     }
 }
 
@@ -312,6 +331,36 @@ mod tests {
             }
         }
         assert_eq!(components_in_slabs(&[], [0, 0, 0], 4), (vec![], vec![0]));
+    }
+
+    /// Dilation sets exactly the voxels within L1 distance `radius` of the mask (the diamond
+    /// of six-connected steps), edges included.
+    #[test]
+    fn dilation_is_the_l1_ball_around_the_mask() {
+        let mut rng = crate::random::Rng::new(8);
+        for (size, density, radius) in [
+            ([11, 9, 7], 0.02, 3),
+            ([1, 6, 5], 0.1, 2),
+            ([8, 1, 1], 0.2, 1),
+            ([6, 7, 9], 0.05, 0),
+        ] {
+            let [ni, nj, nk] = size;
+            let n = ni * nj * nk;
+            let mask: Vec<u8> = (0..n).map(|_| u8::from(rng.uniform() < density)).collect();
+            let at = |v: usize| [v % ni, (v / ni) % nj, v / (ni * nj)];
+            let expected: Vec<u8> = (0..n)
+                .map(|v| {
+                    let p = at(v);
+                    u8::from((0..n).any(|u| {
+                        let q = at(u);
+                        mask[u] == 1 && (0..3).map(|a| p[a].abs_diff(q[a])).sum::<usize>() <= radius
+                    }))
+                })
+                .collect();
+            let mut dilated = mask.clone();
+            dilate(&mut dilated, size, radius);
+            assert_eq!(dilated, expected, "{size:?} radius {radius}");
+        }
     }
 
     #[test]
