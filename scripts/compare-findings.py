@@ -35,14 +35,12 @@ def main():
     parser.add_argument("--min-p", type=float, default=0.0,
                         help="compare only findings with p(nodule) at least this in either report")
     args = parser.parse_args()
-    ref, new = load(args.reference), load(args.candidate)
-    ref = [f for f in ref if f["p_nodule"] >= args.min_p]
-    new_all = load(args.candidate)
-    new = [f for f in new_all if f["p_nodule"] >= args.min_p]
-    # Greedy pairing over all candidate findings (one just under --min-p there still pairs).
+    ref_all, new_all = load(args.reference), load(args.candidate)
+    # Greedy pairing over all findings of both (one just under --min-p still pairs), nearest
+    # first; then only what reaches --min-p on either side of a pair, or alone, is compared.
     distances = sorted(
         (math.dist(a["center_mm"], b["center_mm"]), i, j)
-        for i, a in enumerate(ref)
+        for i, a in enumerate(ref_all)
         for j, b in enumerate(new_all)
     )
     paired, used_ref, used_new = [], set(), set()
@@ -51,10 +49,13 @@ def main():
             continue
         used_ref.add(i)
         used_new.add(j)
-        paired.append((d, ref[i], new_all[j]))
-    unpaired_ref = [f for i, f in enumerate(ref) if i not in used_ref]
-    new_ids = {id(f) for f in new}
-    unpaired_new = [f for j, f in enumerate(new_all) if j not in used_new and id(f) in new_ids]
+        paired.append((d, ref_all[i], new_all[j]))
+    counts = lambda fs: sum(f["p_nodule"] >= args.min_p for f in fs)
+    paired = [(d, a, b) for d, a, b in paired
+              if max(a["p_nodule"], b["p_nodule"]) >= args.min_p]
+    unpaired = lambda fs, used: [f for i, f in enumerate(fs)
+                                 if i not in used and f["p_nodule"] >= args.min_p]
+    unpaired_ref, unpaired_new = unpaired(ref_all, used_ref), unpaired(new_all, used_new)
 
     def dp(key):
         values = [abs(a[key] - b[key]) for _, a, b in paired
@@ -64,11 +65,12 @@ def main():
     worst_d = max((d for d, _, _ in paired), default=0.0)
     diffs = {key: dp(key) for key in ("p_nodule", "p_location", "p_cancer")}
     t = args.threshold
-    ref_reported = sum(f["p_nodule"] >= t for f in load(args.reference))
+    ref_reported = sum(f["p_nodule"] >= t for f in ref_all)
     new_reported = sum(f["p_nodule"] >= t for f in new_all)
     same_reported = ref_reported == new_reported and all(
         (a["p_nodule"] >= t) == (b["p_nodule"] >= t) for _, a, b in paired)
-    print(f"findings (p(nodule) >= {args.min_p}): reference {len(ref)}, candidate {len(new)}, "
+    print(f"findings (p(nodule) >= {args.min_p}): reference {counts(ref_all)}, "
+          f"candidate {counts(new_all)}, "
           f"paired {len(paired)}")
     print(f"largest centre distance of a pair: {worst_d:.3f} mm (limit {args.max_center_mm})")
     for key, value in diffs.items():

@@ -232,24 +232,20 @@ pub fn dilate(mask: &mut [u8], size: [usize; 3], radius: usize) {
         mask.par_chunks_mut(plane)
             .enumerate()
             .for_each(|(k, slice)| {
-                let here = &source[k * plane..(k + 1) * plane];
+                let row_of = |k: usize, j: usize| &source[k * plane + j * ni..][..ni];
                 for j in 0..nj {
                     let row = &mut slice[j * ni..(j + 1) * ni];
-                    let same = &here[j * ni..(j + 1) * ni];
+                    let same = row_of(k, j);
                     or_into(&mut row[1..], &same[..ni - 1]);
                     or_into(&mut row[..ni - 1], &same[1..]);
-                    if j > 0 {
-                        or_into(row, &here[(j - 1) * ni..j * ni]);
-                    }
-                    if j + 1 < nj {
-                        or_into(row, &here[(j + 1) * ni..(j + 2) * ni]);
-                    }
-                    let v = k * plane + j * ni;
-                    if k > 0 {
-                        or_into(row, &source[v - plane..v - plane + ni]);
-                    }
-                    if k + 1 < nk {
-                        or_into(row, &source[v + plane..v + plane + ni]);
+                    let neighbours = [
+                        (j > 0).then(|| row_of(k, j - 1)),
+                        (j + 1 < nj).then(|| row_of(k, j + 1)),
+                        (k > 0).then(|| row_of(k - 1, j)),
+                        (k + 1 < nk).then(|| row_of(k + 1, j)),
+                    ];
+                    for neighbour in neighbours.into_iter().flatten() {
+                        or_into(row, neighbour);
                     }
                 }
             });
