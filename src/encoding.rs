@@ -130,6 +130,32 @@ pub fn check(bytes: &[u8], encoding: Encoding) -> Result<(), StructureError> {
 /// `check`, and where the top-level Pixel Data is: a parser that needs only the attributes
 /// before it can stop there (C-STORE reads the index attributes, never the pixels).
 pub fn layout(bytes: &[u8], encoding: Encoding) -> Result<Layout, StructureError> {
+    match walk(bytes, encoding, None)? {
+        Walked::Whole(found) => Ok(found),
+        Walked::Stopped(_) => unreachable!("a walk without a stop tag reaches the end"),
+    }
+}
+
+/// Where the top-level elements before `stop` end in `prefix`, the first bytes of a data set
+/// still arriving: the offset of the first top-level element whose tag is `stop` or later, once
+/// everything before it is in `prefix` and sound. `None` while the prefix ends before such an
+/// element, and for a prefix that is malformed.
+pub fn head_before(prefix: &[u8], encoding: Encoding, stop: Tag) -> Option<usize> {
+    match walk(prefix, encoding, Some(stop)) {
+        Ok(Walked::Stopped(at)) => Some(at),
+        _ => None,
+    }
+}
+
+/// How a walk ended.
+enum Walked {
+    /// At the end of the bytes, everything sound.
+    Whole(Layout),
+    /// At the first top-level element with the stop tag or a later one, at this offset.
+    Stopped(usize),
+}
+
+fn walk(bytes: &[u8], encoding: Encoding, stop: Option<Tag>) -> Result<Walked, StructureError> {
     let mut found = Layout::default();
     let mut stack: Vec<Frame> = Vec::new();
     let mut at = 0;
@@ -148,7 +174,7 @@ pub fn layout(bytes: &[u8], encoding: Encoding) -> Result<Layout, StructureError
             .unwrap_or(bytes.len());
         if at == bytes.len() {
             return match stack.last() {
-                None => Ok(found),
+                None => Ok(Walked::Whole(found)),
                 Some(Frame::Sequence { .. }) => {
                     Err(StructureError::Unterminated { what: "a sequence" })
                 }
@@ -225,6 +251,9 @@ pub fn layout(bytes: &[u8], encoding: Encoding) -> Result<Layout, StructureError
                 return Err(misplaced(header.tag, at, "a sequence holds only items"));
             }
             (tag, _) => {
+                if stack.is_empty() && stop.is_some_and(|stop| tag >= stop) {
+                    return Ok(Walked::Stopped(at));
+                }
                 if tag == PIXEL_DATA && stack.is_empty() {
                     found.pixel_data = Some(PixelDataAt {
                         offset: at,
@@ -565,5 +594,38 @@ mod tests {
             let result = check(&data[..cut], Encoding::ExplicitLittle);
             assert_eq!(result.is_ok(), cut == 12, "cut at {cut}: {result:?}");
         }
+    }
+
+    #[test]
+    fn the_head_of_a_data_set_still_arriving_is_found_once_it_is_whole() {
+        // A sequence of undefined length, holding a later tag, before the stop.
+        let mut data = element(0x0008, 0x0016, b"UI", 4);
+        data.extend(b"1.2\0");
+        data.extend(element(0x0008, 0x1140, b"SQ", UNDEFINED));
+        data.extend(item(UNDEFINED));
+        data.extend(element(0x0020, 0x000D, b"UI", 4));
+        data.extend(b"1.3\0");
+        data.extend(ITEM_END_BYTES);
+        data.extend(SEQUENCE_END_BYTES);
+        data.extend(element(0x0020, 0x000E, b"UI", 4));
+        data.extend(b"1.4\0");
+        let head = data.len();
+        data.extend(element(0x0020, 0x0010, b"SH", 2));
+        data.extend(b"77");
+        data.extend(element(0x7FE0, 0x0010, b"OW", 4));
+        data.extend([1, 2, 3, 4]);
+        let stop = Tag(0x0020, 0x0010);
+        for cut in 0..data.len() {
+            let expected = (cut >= head + 8).then_some(head);
+            assert_eq!(
+                head_before(&data[..cut], Encoding::ExplicitLittle, stop),
+                expected,
+                "cut at {cut}"
+            );
+        }
+        // A malformed prefix has no head.
+        let mut bad = element(0x0008, 0x0016, b"UI", 400);
+        bad.extend(element(0x0020, 0x0010, b"SH", 0));
+        assert_eq!(head_before(&bad, Encoding::ExplicitLittle, stop), None);
     }
 }

@@ -54,23 +54,24 @@ async fn malformed_data_sets_get_failure_statuses_and_the_association_goes_on() 
     let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, &garbage, 1000);
     assert_eq!(response.status, CANNOT_UNDERSTAND, "{response:?}");
 
-    // A truncated data set: cut in the middle of the pixel data.
+    // A truncated data set: cut in the middle of the pixel data. (In fragments of 1000 bytes,
+    // so that its file is begun from the first, before the data set is found short.)
     let response = scu.store(
         CT_IMAGE_STORAGE,
         &sop_uid,
         &valid[..valid.len() - 777],
-        4000,
+        1000,
     );
     assert_eq!(response.status, CANNOT_UNDERSTAND, "{response:?}");
 
-    // The data set is an MR image, sent on a CT presentation context.
+    // The data set is an MR image, sent on a CT presentation context (its file begun too).
     let mut mr = object.clone();
     mr.put(DataElement::new(
         tags::SOP_CLASS_UID,
         VR::UI,
         PrimitiveValue::from(uids::MR_IMAGE_STORAGE),
     ));
-    let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, &encode(&mr), 4000);
+    let response = scu.store(CT_IMAGE_STORAGE, &sop_uid, &encode(&mr), 1000);
     assert_eq!(
         response.status, DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
         "{response:?}"
@@ -149,6 +150,15 @@ async fn malformed_data_sets_get_failure_statuses_and_the_association_goes_on() 
     .await
     .unwrap();
     assert_eq!((ok, failed), (1, 7));
+    // Refused data sets whose files were begun while they arrived (the truncated one and the MR
+    // image: their heads name a new CT instance) leave nothing behind.
+    let instances = node.storage().join("instances");
+    let left = eventually(Duration::from_secs(5), "the refused files removed", || {
+        let files = files_under(&instances);
+        async move { (files.len() == 1).then_some(files) }
+    })
+    .await;
+    assert!(left[0].ends_with(format!("{sop_uid}.dcm")), "{left:?}");
     assert!(!node.storage().join("tmp/evil").exists());
     assert!(!Path::new("/tmp/evil").exists());
     assert!(node.is_running());
@@ -159,12 +169,14 @@ async fn same_instance_twice_is_idempotent_and_a_different_object_is_kept_as_a_v
     let node = Node::start("");
     let (valid, sop_uid, object) = valid_instance(&node.dir.join("a"), 2);
     let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    // In fragments of 1000 bytes: each file is begun while its data set arrives, and for a
+    // known SOP Instance UID the early writer declines, leaving it to the whole comparison.
     assert_eq!(
-        scu.store(CT_IMAGE_STORAGE, &sop_uid, &valid, 8000).status,
+        scu.store(CT_IMAGE_STORAGE, &sop_uid, &valid, 1000).status,
         SUCCESS
     );
     assert_eq!(
-        scu.store(CT_IMAGE_STORAGE, &sop_uid, &valid, 8000).status,
+        scu.store(CT_IMAGE_STORAGE, &sop_uid, &valid, 1000).status,
         SUCCESS
     );
     let mut changed = object.clone();
@@ -175,7 +187,7 @@ async fn same_instance_twice_is_idempotent_and_a_different_object_is_kept_as_a_v
     ));
     let changed = encode(&changed);
     assert_eq!(
-        scu.store(CT_IMAGE_STORAGE, &sop_uid, &changed, 8000).status,
+        scu.store(CT_IMAGE_STORAGE, &sop_uid, &changed, 1000).status,
         SUCCESS
     );
     scu.release();
@@ -346,6 +358,30 @@ async fn peer_that_stops_mid_transfer_loses_nothing_acknowledged() {
     assert_eq!(stored, [sop_uid]);
     assert!(node.is_running());
     assert!(node.echoscu("TESTSCU", "JNSC").status.success());
+
+    // The file begun for the half-sent data set is gone; sent again whole, the instance is
+    // stored as new (its first version), not as a version of the half.
+    let instances = node.storage().join("instances");
+    eventually(Duration::from_secs(5), "the half-sent file removed", || {
+        let files = files_under(&instances);
+        async move { (files.len() == 1).then_some(()) }
+    })
+    .await;
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    assert_eq!(
+        scu.store(CT_IMAGE_STORAGE, &second_uid, &second, 8000)
+            .status,
+        SUCCESS
+    );
+    scu.release();
+    let (path, version): (String, i64) =
+        sqlx::query_as("SELECT path, version FROM instances WHERE sop_instance_uid = ?")
+            .bind(&second_uid)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(path.ends_with(&format!("{second_uid}.dcm")), "{path}");
+    assert_eq!(version, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

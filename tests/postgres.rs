@@ -698,7 +698,10 @@ async fn a_stray_copy_of_another_receiver_s_instance_is_quarantined_at_start() {
     // The copy B wrote before its row was refused, where B writes.
     let root = site.root.path();
     let indexed = site.index.series_files(&series.series_uid).await.unwrap();
-    let stray = site.b.files().instance_path(&instance.attributes, 1);
+    let stray = site
+        .b
+        .files()
+        .instance_path(&instance.attributes.file_key(), 1);
     std::fs::create_dir_all(root.join(&stray).parent().unwrap()).unwrap();
     std::fs::copy(root.join(&indexed[0]), root.join(&stray)).unwrap();
 

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn files_missing_from_the_index_are_reindexed_and_partial_files_quarantined() {
@@ -81,4 +82,85 @@ async fn files_missing_from_the_index_are_reindexed_and_partial_files_quarantine
     );
     // The node serves normally afterwards.
     assert!(node.echoscu("TESTSCU", "JNSC").status.success());
+}
+
+/// An instance's file is written while its data set arrives; a crash before the data set is
+/// complete leaves a file without its DICOM magic, which the restart quarantines. The instance,
+/// never acknowledged, is then stored as new when it is sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_cut_short_by_a_crash_mid_transfer_is_quarantined_and_stored_again_whole() {
+    use dicom_ul::pdu::PDataValueType;
+    let node = Node::process("");
+    let series = synth_series(&node.dir.join("sent"), 1, 128, 43);
+    let (data_set, ts) = data_set_of(&series.files[0]);
+    assert_eq!(ts, EXPLICIT_VR_LE);
+    let sop_uid = &series.sop_instance_uids[0];
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    let command = jnsc::net::dimse::StoreRequest {
+        message_id: 1,
+        affected_sop_class_uid: CT_IMAGE_STORAGE,
+        affected_sop_instance_uid: sop_uid,
+    }
+    .encode();
+    scu.send_pdv(PDataValueType::Command, &command, true);
+    let half = data_set.len() / 2;
+    scu.send_pdv(PDataValueType::Data, &data_set[..4096], false);
+    scu.send_pdv(PDataValueType::Data, &data_set[4096..half], false);
+    let file = node
+        .storage()
+        .join("instances")
+        .join(&series.study_uid)
+        .join(&series.series_uid)
+        .join(format!("{sop_uid}.dcm"));
+    eventually(Duration::from_secs(10), "the file begun", || {
+        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        async move { (size as usize > half).then_some(()) }
+    })
+    .await;
+    let dir = node.crash();
+    drop(scu);
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(
+        bytes.len() > half && bytes.len() < data_set.len(),
+        "{}",
+        bytes.len()
+    );
+    assert_eq!(
+        &bytes[128..132],
+        &[0; 4],
+        "a partial file must not carry the DICOM magic"
+    );
+
+    let node = Node::process_in(&dir, "");
+    let db = node.db().await;
+    let indexed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM instances")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(indexed, 0);
+    assert!(!file.exists(), "the partial file left in the instance tree");
+    let quarantined = dir
+        .join("storage/quarantine")
+        .join(format!("{sop_uid}.dcm"));
+    assert_eq!(std::fs::read(&quarantined).unwrap(), bytes);
+
+    let mut scu = node.raw_scu(CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    assert_eq!(
+        scu.store(CT_IMAGE_STORAGE, sop_uid, &data_set, 16_000)
+            .status,
+        jnsc::net::dimse::status::SUCCESS
+    );
+    scu.release();
+    let version: i64 =
+        sqlx::query_scalar("SELECT version FROM instances WHERE sop_instance_uid = ?")
+            .bind(sop_uid)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(version, 1);
+    let stored = jnsc::store::files::FileStore::read_data_set(&file).unwrap();
+    assert!(
+        stored == data_set,
+        "the instance stored again is not what was sent"
+    );
 }

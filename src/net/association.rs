@@ -10,10 +10,12 @@ use crate::net::c_echo;
 use crate::net::c_store::{self, StoreContext};
 use crate::net::dimse::{self, Command, command_field};
 use crate::store::db::AssociationEnd;
-use crate::store::{Indexing, InstanceStore};
+use crate::store::{Indexing, InstanceStore, Receiving};
 use dicom_ul::Pdu;
 use dicom_ul::association::{Association, AsyncServerAssociation, Error as UlError};
-use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
+use dicom_ul::pdu::{
+    PDataValue, PDataValueType, PresentationContextNegotiated, PresentationContextResultReason,
+};
 use tracing::{debug, warn};
 
 /// Largest data set accepted in one C-STORE (an enhanced CT of 2000 512x512 frames is ~1 GiB).
@@ -41,6 +43,37 @@ impl Reassembly {
         self.pending.is_some()
     }
 
+    /// The C-STORE whose data set has begun to arrive and whose file could be begun now (see
+    /// `c_store::begin`): its presentation context, request and the data set so far.
+    pub(crate) fn awaiting_early_start(&self) -> Option<(u8, &Command, &[u8])> {
+        let message = self.pending.as_ref()?;
+        let command = message.command.as_ref()?;
+        (command.command_field == command_field::C_STORE_RQ
+            && !message.early_decided
+            && !message.data_set.is_empty())
+        .then_some((message.presentation_context_id, command, &message.data_set))
+    }
+
+    /// What became of the attempt to begin the pending C-STORE's file.
+    pub(crate) fn early_start(&mut self, start: c_store::EarlyStart) {
+        let Some(message) = self.pending.as_mut() else {
+            return;
+        };
+        match start {
+            c_store::EarlyStart::NotYet => {}
+            c_store::EarlyStart::Declined => message.early_decided = true,
+            c_store::EarlyStart::Begun(receiving) => {
+                message.early_decided = true;
+                message.early = Some(receiving);
+            }
+        }
+    }
+
+    /// How large the data set now arriving is likely to be: the size of the one before.
+    pub(crate) fn expected_data_set_len(&self) -> usize {
+        self.last_data_set_len
+    }
+
     /// Adds one PDV to the message being assembled; returns the message once it is complete.
     pub(crate) fn accept(&mut self, pdv: PDataValue) -> Result<Option<Message>, ProtocolViolation> {
         let hint = self.last_data_set_len.min(MAX_DATA_SET_HINT);
@@ -62,6 +95,10 @@ struct PendingMessage {
     data_set: Vec<u8>,
     /// When its first fragment arrived.
     started: std::time::Instant,
+    /// Whether beginning its file early was tried and settled (begun or declined).
+    early_decided: bool,
+    /// Its file, begun while the data set arrives: each later fragment is handed to it.
+    early: Option<Receiving>,
 }
 
 /// A complete message ready for its service.
@@ -69,6 +106,8 @@ pub(crate) struct Message {
     presentation_context_id: u8,
     command: Command,
     pub(crate) data_set: Option<Vec<u8>>,
+    /// The file begun for its data set, if one was.
+    early: Option<Receiving>,
     /// From its first fragment to its last (debug timing).
     received: std::time::Duration,
 }
@@ -141,7 +180,10 @@ async fn serve_messages<S: Stream>(
                 for pdv in data {
                     let message = match messages.accept(pdv) {
                         Ok(Some(message)) => message,
-                        Ok(None) => continue,
+                        Ok(None) => {
+                            try_early_start(&association, ctx, &mut messages);
+                            continue;
+                        }
                         Err(violation) => return abort(association, violation).await,
                     };
                     match dispatch(&mut association, ctx, message).await {
@@ -177,6 +219,48 @@ async fn serve_messages<S: Stream>(
     }
 }
 
+/// Begins the file of the C-STORE whose data set is arriving, once its head names it.
+fn try_early_start<S: Stream>(
+    association: &AsyncServerAssociation<S>,
+    ctx: StoreContext<'_>,
+    messages: &mut Reassembly,
+) {
+    let expected = messages.expected_data_set_len();
+    let Some((context_id, command, head)) = messages.awaiting_early_start() else {
+        return;
+    };
+    let start = match accepted_context(association, context_id) {
+        Ok(context) => c_store::begin(
+            ctx,
+            &context.abstract_syntax,
+            &context.transfer_syntax,
+            command,
+            head,
+            expected,
+        ),
+        Err(_) => c_store::EarlyStart::Declined,
+    };
+    messages.early_start(start);
+}
+
+/// The accepted presentation context `id` of `association`.
+fn accepted_context<S: Stream>(
+    association: &AsyncServerAssociation<S>,
+    id: u8,
+) -> Result<PresentationContextNegotiated, ProtocolViolation> {
+    association
+        .presentation_contexts()
+        .iter()
+        .find(|pc| pc.id == id)
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .cloned()
+        .ok_or_else(|| {
+            ProtocolViolation(format!(
+                "message on presentation context {id}, which was not accepted"
+            ))
+        })
+}
+
 /// Adds one PDV to the message being assembled; returns the message once it is complete. A data
 /// set's buffer is reserved at `data_set_hint` bytes when its first fragment is smaller.
 fn accept_fragment(
@@ -190,6 +274,8 @@ fn accept_fragment(
         command: None,
         data_set: Vec::new(),
         started: std::time::Instant::now(),
+        early_decided: false,
+        early: None,
     });
     if message.presentation_context_id != pdv.presentation_context_id {
         return Err(ProtocolViolation(format!(
@@ -216,6 +302,7 @@ fn accept_fragment(
                 presentation_context_id,
                 command,
                 data_set: None,
+                early: None,
                 received: started.elapsed(),
             }))
         }
@@ -232,6 +319,9 @@ fn accept_fragment(
                     .data_set
                     .reserve_exact(data_set_hint.saturating_sub(message.data_set.len()));
                 message.data_set.extend_from_slice(&pdv.data);
+                if let Some(receiving) = &message.early {
+                    receiving.append(pdv.data);
+                }
             }
             if !pdv.is_last {
                 return Ok(None);
@@ -241,6 +331,7 @@ fn accept_fragment(
                 presentation_context_id: done.presentation_context_id,
                 command: done.command.expect("command was parsed"),
                 data_set: Some(done.data_set),
+                early: done.early,
                 received: done.started.elapsed(),
             }))
         }
@@ -260,18 +351,7 @@ async fn dispatch<S: Stream>(
     ctx: StoreContext<'_>,
     message: Message,
 ) -> Result<Option<Indexing>, ProtocolViolation> {
-    let context = association
-        .presentation_contexts()
-        .iter()
-        .find(|pc| pc.id == message.presentation_context_id)
-        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-        .cloned()
-        .ok_or_else(|| {
-            ProtocolViolation(format!(
-                "message on presentation context {}, which was not accepted",
-                message.presentation_context_id
-            ))
-        })?;
+    let context = accepted_context(association, message.presentation_context_id)?;
     let command = &message.command;
     let dispatch_started = std::time::Instant::now();
     let (response, indexing) = match (command.command_field, message.data_set) {
@@ -286,6 +366,7 @@ async fn dispatch<S: Stream>(
                 &context.transfer_syntax,
                 command,
                 data_set,
+                message.early,
             )
             .await
         }

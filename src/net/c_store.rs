@@ -1,13 +1,15 @@
 //! C-STORE SCP: validates a received data set against its request and presentation context,
-//! hands it to the durable store, and answers with the status that says what happened.
+//! hands it to the durable store, and answers with the status that says what happened. A new
+//! instance's file is begun while its data set is still arriving (`begin`), and committed once
+//! the whole data set is in and valid.
 //! Success is only sent after the store has the file on disk (fsynced); the index row follows,
 //! and the association waits for its rows before it is released.
 
 use crate::metrics::{InstanceOutcome, Metrics};
 use crate::net::dimse::{Command, Response, command_field, status};
 use crate::net::presentation::is_accepted_storage_class;
-use crate::store::instance::{InstanceError, parse_data_set};
-use crate::store::{Indexing, InstanceStore, ReceivedInstance, Stored};
+use crate::store::instance::{InstanceError, file_key_from_head, parse_data_set};
+use crate::store::{Indexing, InstanceStore, NewInstance, ReceivedInstance, Receiving, Stored};
 use tracing::{info, warn};
 
 /// Who is storing: the association the request arrived on.
@@ -57,6 +59,7 @@ pub async fn handle(
     transfer_syntax: &str,
     request: &Command,
     data_set: Vec<u8>,
+    early: Option<Receiving>,
 ) -> (Vec<u8>, Option<Indexing>) {
     let sop_class = request
         .affected_sop_class_uid
@@ -67,7 +70,15 @@ pub async fn handle(
         .as_deref()
         .unwrap_or_default();
     let data_set_len = data_set.len();
-    let result = store(ctx, abstract_syntax, transfer_syntax, request, data_set).await;
+    let result = store(
+        ctx,
+        abstract_syntax,
+        transfer_syntax,
+        request,
+        data_set,
+        early,
+    )
+    .await;
     let (status, comment, indexing) = match result {
         Ok(Stored { outcome, indexing }) => {
             info!(
@@ -118,13 +129,61 @@ pub async fn handle(
     (response, indexing)
 }
 
-async fn store(
+/// Largest head of a data set searched for its file key (`file_key_from_head`): a data set
+/// whose UIDs come later than this is stored the whole way.
+const MAX_HEAD_BYTES: usize = 1 << 20;
+
+/// Whether the file of a C-STORE whose data set is arriving was begun.
+#[derive(Debug)]
+pub enum EarlyStart {
+    /// The head received so far does not name the file yet.
+    NotYet,
+    /// It is to be stored the whole way once complete.
+    Declined,
+    Begun(Receiving),
+}
+
+/// Begins the file of the C-STORE `request` whose data set's first `head` bytes have arrived
+/// (`InstanceStore::begin`), when the request is one the SCP accepts and the head names its file.
+/// A request that will be refused is never begun: its data set is checked whole.
+pub fn begin(
     ctx: StoreContext<'_>,
     abstract_syntax: &str,
     transfer_syntax: &str,
     request: &Command,
-    data_set: Vec<u8>,
-) -> Result<Stored, Failure> {
+    head: &[u8],
+    expected_bytes: usize,
+) -> EarlyStart {
+    let Ok((sop_class, sop_instance)) = requested(request, abstract_syntax) else {
+        return EarlyStart::Declined;
+    };
+    let Some(key) = file_key_from_head(head, transfer_syntax) else {
+        return if head.len() < MAX_HEAD_BYTES {
+            EarlyStart::NotYet
+        } else {
+            EarlyStart::Declined
+        };
+    };
+    if key.sop_instance_uid.as_str() != sop_instance.trim_end_matches(['\0', ' ']) {
+        return EarlyStart::Declined;
+    }
+    let instance = NewInstance {
+        key,
+        sop_class_uid: sop_class.trim_end_matches(['\0', ' ']).to_owned(),
+        transfer_syntax: transfer_syntax.to_owned(),
+        calling_ae: ctx.calling_ae.to_owned(),
+        called_ae: ctx.called_ae.to_owned(),
+        expected_bytes: expected_bytes.max(head.len()),
+    };
+    EarlyStart::Begun(ctx.store.begin(instance, head.to_vec()))
+}
+
+/// The SOP class and instance a C-STORE-RQ announces, if the request can be served on a
+/// context for `abstract_syntax`.
+fn requested<'r>(
+    request: &'r Command,
+    abstract_syntax: &str,
+) -> Result<(&'r str, &'r str), Failure> {
     let refuse = |status, reason: String| Err(Failure { status, reason });
     let Some(sop_class) = request.affected_sop_class_uid.as_deref() else {
         return refuse(
@@ -144,6 +203,23 @@ async fn store(
             format!("SOP class {sop_class} sent on a presentation context for {abstract_syntax}"),
         );
     }
+    Ok((sop_class, sop_instance))
+}
+
+async fn store(
+    ctx: StoreContext<'_>,
+    abstract_syntax: &str,
+    transfer_syntax: &str,
+    request: &Command,
+    data_set: Vec<u8>,
+    mut early: Option<Receiving>,
+) -> Result<Stored, Failure> {
+    let (sop_class, sop_instance) = requested(request, abstract_syntax)?;
+    // A file begun early is made durable while the data set is validated; it is kept only if
+    // the data set is valid (`InstanceStore::finish`), and removed when `early` is dropped.
+    if let Some(receiving) = &mut early {
+        receiving.commit();
+    }
     let parse_started = std::time::Instant::now();
     let transfer_syntax_owned = transfer_syntax.to_owned();
     let (attributes, data_set) = tokio::task::spawn_blocking(move || {
@@ -162,18 +238,20 @@ async fn store(
     );
     attributes.check_matches_request(sop_class, sop_instance)?;
 
-    ctx.store
-        .store(ReceivedInstance {
-            attributes,
-            data_set: std::sync::Arc::new(data_set),
-            transfer_syntax: transfer_syntax.to_owned(),
-            calling_ae: ctx.calling_ae.to_owned(),
-            called_ae: ctx.called_ae.to_owned(),
-            association: ctx.association,
-        })
-        .await
-        .map_err(|e| Failure {
-            status: status::OUT_OF_RESOURCES,
-            reason: e.to_string(),
-        })
+    let received = ReceivedInstance {
+        attributes,
+        data_set: std::sync::Arc::new(data_set),
+        transfer_syntax: transfer_syntax.to_owned(),
+        calling_ae: ctx.calling_ae.to_owned(),
+        called_ae: ctx.called_ae.to_owned(),
+        association: ctx.association,
+    };
+    match early {
+        Some(receiving) => ctx.store.finish(receiving, received).await,
+        None => ctx.store.store(received).await,
+    }
+    .map_err(|e| Failure {
+        status: status::OUT_OF_RESOURCES,
+        reason: e.to_string(),
+    })
 }

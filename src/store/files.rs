@@ -2,19 +2,21 @@
 //! exclusively, so nothing is ever overwritten), then the file and its directory are fsynced.
 //! A different object under a known SOP Instance UID gets a new versioned name.
 //!
-//! Writing in place rather than to a temporary file and renaming saves a journal commit per
-//! instance. A crash mid-write can leave a partial file under its final name; it was never
-//! acknowledged, and startup recovery moves it to `quarantine/` (see `recovery`).
+//! Writing in place rather than to a temporary file and renaming saves a directory sync per
+//! instance, and a file can be written while its data set is still arriving
+//! ([`IncomingFile`]). A crash mid-write can leave a partial file under its final name; it was
+//! never acknowledged, and it lacks its magic "DICM" (written last), so startup recovery moves it
+//! to `quarantine/` (see `recovery`).
 //!
 //! A node writes only in its *area* of the storage directory: all of it when it is the only
 //! node (SQLite), `nodes/<name>/` when the directory is shared (PostgreSQL). Its lock, instances,
 //! results and quarantine live there, so nodes never recover or quarantine each other's files;
 //! every path in the index is relative to the storage directory, so any node reads any file.
 
-use crate::store::instance::InstanceAttributes;
+use crate::store::instance::FileKey;
 use dicom_object::FileMetaTable;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 /// Subdirectory holding received instances, as `<study>/<series>/<sop>[.vN].dcm`.
@@ -119,15 +121,15 @@ impl FileStore {
 
     /// Path, relative to the root, of version `version` (1-based) of an instance this node
     /// stores. Only validated UIDs make up the name, so it cannot leave the store.
-    pub fn instance_path(&self, attributes: &InstanceAttributes, version: i64) -> PathBuf {
+    pub fn instance_path(&self, key: &FileKey, version: i64) -> PathBuf {
         let file_name = if version <= 1 {
-            format!("{}.dcm", attributes.sop_instance_uid)
+            format!("{}.dcm", key.sop_instance_uid)
         } else {
-            format!("{}.v{version}.dcm", attributes.sop_instance_uid)
+            format!("{}.v{version}.dcm", key.sop_instance_uid)
         };
         self.instances_dir()
-            .join(attributes.study_uid.as_str())
-            .join(attributes.series_uid.as_str())
+            .join(key.study_uid.as_str())
+            .join(key.series_uid.as_str())
             .join(file_name)
     }
 
@@ -137,32 +139,131 @@ impl FileStore {
     }
 
     /// Writes a DICOM Part 10 file (preamble, file meta group, then the data set bytes exactly as
-    /// received) durably at `relative`: created exclusively, written, file and directory fsynced.
-    /// Returns the file size. Fails rather than replace a file.
+    /// received) durably at `relative`: [`FileStore::create_incoming`], the data set appended,
+    /// committed. Returns the file size. Fails rather than replace a file.
     pub fn write_part10(
         &self,
         relative: &Path,
         meta: &FileMetaTable,
         data_set: &[u8],
     ) -> io::Result<u64> {
-        let target = self.root.join(relative);
-        let dir = target
+        let mut file = self.create_incoming(relative, meta)?;
+        file.append(data_set)?;
+        file.commit()
+    }
+
+    /// Creates the Part 10 file of an instance at `relative`, exclusively (it fails rather than
+    /// replace a file), after any directory it needs (made durable), and writes its preamble
+    /// and file meta group. Its directory is fsynced on a thread of its own meanwhile, so that
+    /// `commit` is left with the file's own data to make durable. Its magic "DICM" is written
+    /// at `commit`.
+    pub fn create_incoming(
+        &self,
+        relative: &Path,
+        meta: &FileMetaTable,
+    ) -> io::Result<IncomingFile> {
+        let path = self.root.join(relative);
+        let dir = path
             .parent()
-            .ok_or_else(|| io::Error::other("instance path has no parent directory"))?;
-        create_dir_durably(dir)?;
+            .ok_or_else(|| io::Error::other("instance path has no parent directory"))?
+            .to_owned();
+        create_dir_durably(&dir)?;
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&target)?;
-        let result = write_file(file, meta, data_set).and_then(|size| {
-            sync_dir(dir)?;
-            Ok(size)
-        });
-        if result.is_err() {
-            let _ = fs::remove_file(&target);
-        }
-        result
+            .open(&path)?;
+        let mut incoming = IncomingFile {
+            file,
+            path,
+            written: 0,
+            directory_synced: Some(std::thread::spawn(move || sync_dir(&dir))),
+            committed: false,
+        };
+        let mut head = Vec::with_capacity(1024);
+        head.extend_from_slice(&[0u8; PREAMBLE_AND_MAGIC]);
+        meta.write(&mut head).map_err(io::Error::other)?;
+        incoming.append(&head)?;
+        Ok(incoming)
     }
+}
+
+/// Bytes of the Part 10 preamble and of the magic "DICM" after it.
+const PREAMBLE_AND_MAGIC: usize = 132;
+
+/// A Part 10 file being written under its final name while its data set arrives. Each part
+/// appended is handed to the disk at once (the kernel starts writing it back), so that little is
+/// left to wait for at `commit`.
+///
+/// Its magic "DICM" (bytes 128..132) is written last, once every other byte is on the disk:
+/// until then no reader takes the file for DICOM, so a file cut short by a crash, of the process
+/// or of the machine, is never mistaken for an instance (startup recovery quarantines it).
+/// Dropped before `commit`, the file is removed.
+#[derive(Debug)]
+pub struct IncomingFile {
+    file: File,
+    path: PathBuf,
+    written: u64,
+    /// The fsync of the directory holding the new name, running.
+    directory_synced: Option<std::thread::JoinHandle<io::Result<()>>>,
+    committed: bool,
+}
+
+impl IncomingFile {
+    /// Appends `bytes`, and starts their write-back.
+    pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        start_write_back(&self.file, self.written, bytes.len() as u64);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the file durable: its name (the directory's fsync), its bytes written so far on
+    /// the disk, then its magic, then the file synced again. Returns its size.
+    pub fn commit(mut self) -> io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        if let Some(syncing) = self.directory_synced.take() {
+            syncing
+                .join()
+                .map_err(|_| io::Error::other("the directory's fsync panicked"))??;
+        }
+        self.file.sync_data()?;
+        self.file.write_all_at(b"DICM", 128)?;
+        self.file.sync_all()?;
+        self.committed = true;
+        Ok(self.written)
+    }
+}
+
+impl Drop for IncomingFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Asks the kernel to start writing `length` bytes at `offset` of `file` back to the disk,
+/// without waiting (Linux `sync_file_range`; elsewhere they go at the next sync). Only an
+/// early start: durability comes from the sync that follows, so a failure here is ignored.
+fn start_write_back(file: &File, offset: u64, length: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(length)) else {
+            return;
+        };
+        // SAFETY: a system call on a file descriptor `file` owns; no memory is passed.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                offset,
+                length,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, length);
 }
 
 impl FileStore {
@@ -181,17 +282,6 @@ impl FileStore {
             .map(<[u8]>::to_vec)
             .ok_or_else(|| io::Error::other(format!("{} is truncated", path.display())))
     }
-}
-
-fn write_file(file: File, meta: &FileMetaTable, data_set: &[u8]) -> io::Result<u64> {
-    let mut out = BufWriter::with_capacity(64 * 1024, file);
-    out.write_all(&[0u8; 128])?;
-    out.write_all(b"DICM")?;
-    meta.write(&mut out).map_err(io::Error::other)?;
-    out.write_all(data_set)?;
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    file.metadata().map(|m| m.len())
 }
 
 /// `create_dir_all`, fsyncing each parent whose entry list changed so new directories survive a
@@ -242,4 +332,75 @@ pub fn disk_space(path: &Path) -> io::Result<DiskSpace> {
         free_bytes: stats.f_bavail as u64 * block,
         total_bytes: stats.f_blocks as u64 * block,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> FileMetaTable {
+        crate::write::file_meta(
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.3.4",
+            "1.2.840.10008.1.2.1",
+        )
+        .build()
+        .unwrap()
+    }
+
+    #[test]
+    fn an_incoming_file_is_dicom_only_once_committed_and_removed_if_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path(), Path::new("")).unwrap();
+        let data_set: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let path = |name: &str| dir.path().join("instances/a/b").join(name);
+        let relative = |name: &str| Path::new("instances/a/b").join(name);
+
+        // Written whole, and written part by part as it arrives: the same Part 10 file.
+        store
+            .write_part10(&relative("whole.dcm"), &meta(), &data_set)
+            .unwrap();
+        let mut incoming = store
+            .create_incoming(&relative("parts.dcm"), &meta())
+            .unwrap();
+        for part in data_set.chunks(65_536) {
+            incoming.append(part).unwrap();
+        }
+        let size = incoming.commit().unwrap();
+        let bytes = fs::read(path("parts.dcm")).unwrap();
+        assert_eq!(bytes, fs::read(path("whole.dcm")).unwrap());
+        assert_eq!(size, bytes.len() as u64);
+        assert_eq!(&bytes[128..132], b"DICM");
+        assert_eq!(
+            FileStore::read_data_set(&path("parts.dcm")).unwrap(),
+            data_set
+        );
+
+        // Cut short by a crash (neither committed nor dropped): without its magic, no reader
+        // takes it for DICOM.
+        let mut cut = store
+            .create_incoming(&relative("cut.dcm"), &meta())
+            .unwrap();
+        cut.append(&data_set[..100_000]).unwrap();
+        std::mem::forget(cut);
+        assert!(path("cut.dcm").exists());
+        assert!(FileStore::read_data_set(&path("cut.dcm")).is_err());
+        assert!(dicom_object::open_file(path("cut.dcm")).is_err());
+
+        // Dropped before its commit: removed.
+        let mut dropped = store
+            .create_incoming(&relative("dropped.dcm"), &meta())
+            .unwrap();
+        dropped.append(&data_set).unwrap();
+        drop(dropped);
+        assert!(!path("dropped.dcm").exists());
+
+        // Never over an existing file.
+        assert!(
+            store
+                .create_incoming(&relative("whole.dcm"), &meta())
+                .is_err()
+        );
+        assert_eq!(fs::read(path("whole.dcm")).unwrap(), bytes);
+    }
 }

@@ -76,16 +76,12 @@ pub fn parse_data_set(
     data_set: &[u8],
     transfer_syntax: &str,
 ) -> Result<InstanceAttributes, InstanceError> {
-    use crate::encoding::{Encoding, layout};
+    use crate::encoding::layout;
     use dicom_dictionary_std::uids;
     let ts = TransferSyntaxRegistry
         .get(transfer_syntax)
         .ok_or_else(|| InstanceError::UnsupportedTransferSyntax(transfer_syntax.to_owned()))?;
-    // Every other transfer syntax negotiated is explicit VR little endian.
-    let encoding = match ts.uid() {
-        uids::IMPLICIT_VR_LITTLE_ENDIAN => Encoding::ImplicitLittle,
-        _ => Encoding::ExplicitLittle,
-    };
+    let encoding = header_encoding(ts);
     // A deflated data set is checked and parsed inflated, as the explicit VR little endian
     // data set it is.
     let inflated;
@@ -109,6 +105,17 @@ pub fn parse_data_set(
         check_native_pixel_data(&object, pixels.length)?;
     }
     InstanceAttributes::from_object(&object)
+}
+
+/// How the element headers of a data set in `ts` are encoded: every transfer syntax negotiated
+/// but implicit VR little endian is explicit VR little endian (deflated: once inflated).
+fn header_encoding(ts: &dicom_encoding::TransferSyntax) -> crate::encoding::Encoding {
+    use crate::encoding::Encoding;
+    if ts.uid() == dicom_dictionary_std::uids::IMPLICIT_VR_LITTLE_ENDIAN {
+        Encoding::ImplicitLittle
+    } else {
+        Encoding::ExplicitLittle
+    }
 }
 
 /// Deflated data sets, inflated up to [`MAX_INFLATED_BYTES`].
@@ -158,7 +165,44 @@ fn check_native_pixel_data(
     }
 }
 
+/// Where an instance's file belongs: the UIDs of its study, series and SOP instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileKey {
+    pub study_uid: Uid,
+    pub series_uid: Uid,
+    pub sop_instance_uid: Uid,
+}
+
+/// The file key of a data set still arriving, from its first bytes: once everything before
+/// Study ID (0020,0010) is in `prefix` and sound (`encoding::head_before`), those elements are
+/// parsed and their UIDs read. `None` while they are not all there, for a deflated data set,
+/// and when a UID is missing or invalid (the whole data set's parse then says why).
+pub fn file_key_from_head(prefix: &[u8], transfer_syntax: &str) -> Option<FileKey> {
+    use crate::encoding::head_before;
+    use dicom_dictionary_std::uids;
+    let ts = TransferSyntaxRegistry
+        .get(transfer_syntax)
+        .filter(|ts| ts.uid() != uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)?;
+    let end = head_before(prefix, header_encoding(ts), tags::STUDY_ID)?;
+    let object = InMemDicomObject::read_dataset_with_ts(&prefix[..end], ts).ok()?;
+    let uid = |tag| text(&object, tag).and_then(|raw| Uid::parse(&raw).ok());
+    Some(FileKey {
+        study_uid: uid(tags::STUDY_INSTANCE_UID)?,
+        series_uid: uid(tags::SERIES_INSTANCE_UID)?,
+        sop_instance_uid: uid(tags::SOP_INSTANCE_UID)?,
+    })
+}
+
 impl InstanceAttributes {
+    /// Where this instance's file belongs.
+    pub fn file_key(&self) -> FileKey {
+        FileKey {
+            study_uid: self.study_uid.clone(),
+            series_uid: self.series_uid.clone(),
+            sop_instance_uid: self.sop_instance_uid.clone(),
+        }
+    }
+
     /// Reads the attributes; the four identifying UIDs are required and validated.
     pub fn from_object(object: &InMemDicomObject) -> Result<Self, InstanceError> {
         let uid = |tag: Tag, name: &'static str| -> Result<Uid, InstanceError> {

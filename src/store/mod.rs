@@ -16,6 +16,7 @@ pub mod files;
 mod group_commit;
 pub mod instance;
 pub mod overview;
+mod receiving;
 pub mod recovery;
 pub mod state;
 pub mod uid;
@@ -24,7 +25,8 @@ pub mod work;
 use db::Index;
 use files::FileStore;
 use group_commit::{GroupCommit, PendingRow};
-use instance::InstanceAttributes;
+use instance::{FileKey, InstanceAttributes};
+pub use receiving::{NewInstance, Receiving};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -189,6 +191,21 @@ const BACKLOG_WAIT: Duration = Duration::from_secs(2);
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// The file meta group of a received instance's Part 10 file.
+fn part10_meta(
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    transfer_syntax: &str,
+    calling_ae: &str,
+    called_ae: &str,
+) -> Result<dicom_object::FileMetaTable, StoreError> {
+    crate::write::file_meta(sop_class_uid, sop_instance_uid, transfer_syntax)
+        .source_application_entity_title(calling_ae)
+        .receiving_application_entity_title(called_ae)
+        .build()
+        .map_err(|e| StoreError::Meta(e.to_string()))
+}
+
 /// Whether the index refused a row because its key is taken (by another node's concurrent
 /// store of the same instance).
 fn is_duplicate_key(error: &sqlx::Error) -> bool {
@@ -279,18 +296,29 @@ impl InstanceStore {
                 });
             }
         };
+        Ok(self.acknowledge(guard, received, file))
+    }
+
+    /// What the sender is told about `file`, written durably for `received`; its index row is
+    /// committed in the background, holding the instance's lock (`guard`) until it is in.
+    fn acknowledge(
+        &self,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        received: Arc<ReceivedInstance>,
+        file: WrittenFile,
+    ) -> Stored {
         let outcome = file.outcome();
         let store = self.clone();
         let task = tokio::spawn(async move {
             let indexed = store.index_until_done(&received, file).await;
             drop(guard);
-            store.release_lock(&sop_uid);
+            store.release_lock(received.attributes.sop_instance_uid.as_str());
             indexed
         });
-        Ok(Stored {
+        Stored {
             outcome,
             indexing: Indexing(Some(task)),
-        })
+        }
     }
 
     /// Refuses a new instance while acknowledged ones cannot be indexed (after waiting a little
@@ -317,16 +345,7 @@ impl InstanceStore {
             .index
             .find_instance(attrs.sop_instance_uid.as_str())
             .await?;
-        let below_floor = |free: u64| StoreError::BelowDiskFloor {
-            free_mib: free / (1024 * 1024),
-            floor_mib: self.disk_floor_bytes / (1024 * 1024),
-        };
-        if self.disk_floor_bytes > 0 {
-            let free = files::disk_space(self.files.root())?.free_bytes;
-            if free < self.disk_floor_bytes.saturating_add(data_set.len() as u64) {
-                return Err(below_floor(free));
-            }
-        }
+        self.check_disk_floor(data_set.len() as u64)?;
         let version = match &previous {
             Some(p) => {
                 if p.transfer_syntax == received.transfer_syntax
@@ -341,21 +360,19 @@ impl InstanceStore {
                         .await?;
                     return Ok(Written::Duplicate);
                 }
-                self.next_free_version(attrs, p.version + 1)
+                self.next_free_version(&attrs.file_key(), p.version + 1)
             }
-            None => self.next_free_version(attrs, 1),
+            None => self.next_free_version(&attrs.file_key(), 1),
         };
 
-        let meta = crate::write::file_meta(
+        let meta = part10_meta(
             attrs.sop_class_uid.as_str(),
             attrs.sop_instance_uid.as_str(),
             &received.transfer_syntax,
-        )
-        .source_application_entity_title(&received.calling_ae)
-        .receiving_application_entity_title(&received.called_ae)
-        .build()
-        .map_err(|e| StoreError::Meta(e.to_string()))?;
-        let relative = self.files.instance_path(attrs, version);
+            &received.calling_ae,
+            &received.called_ae,
+        )?;
+        let relative = self.files.instance_path(&attrs.file_key(), version);
         let started = Instant::now();
         let files = Arc::clone(&self.files);
         let relative_for_write = relative.clone();
@@ -374,6 +391,21 @@ impl InstanceStore {
             version,
             new_instance: previous.is_none(),
         }))
+    }
+
+    /// Refuses a file of `bytes` that would leave less free than the disk floor.
+    fn check_disk_floor(&self, bytes: u64) -> Result<(), StoreError> {
+        if self.disk_floor_bytes == 0 {
+            return Ok(());
+        }
+        let free = files::disk_space(self.files.root())?.free_bytes;
+        if free < self.disk_floor_bytes.saturating_add(bytes) {
+            return Err(StoreError::BelowDiskFloor {
+                free_mib: free / (1024 * 1024),
+                floor_mib: self.disk_floor_bytes / (1024 * 1024),
+            });
+        }
+        Ok(())
     }
 
     /// Commits the index row of `file` (written, and acknowledged to the sender), retrying until
@@ -473,12 +505,12 @@ impl InstanceStore {
     /// The first version number from `start` whose file does not exist yet. A file can exist
     /// without an index row when the node stopped between the rename and the commit; that file
     /// was never acknowledged, but it is kept rather than overwritten.
-    fn next_free_version(&self, attrs: &InstanceAttributes, start: i64) -> i64 {
+    fn next_free_version(&self, key: &FileKey, start: i64) -> i64 {
         (start..)
             .find(|v| {
                 !self
                     .files
-                    .absolute(&self.files.instance_path(attrs, *v))
+                    .absolute(&self.files.instance_path(key, *v))
                     .exists()
             })
             .unwrap_or(start)

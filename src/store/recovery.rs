@@ -209,7 +209,7 @@ fn read_stored(files: &FileStore, path: &Path, relative: &str) -> Result<StoredF
     let data_set = FileStore::read_data_set(path).map_err(|e| e.to_string())?;
     let attributes = parse_data_set(&data_set, &transfer_syntax).map_err(|e| e.to_string())?;
     let version = version_of(relative);
-    let expected = files.instance_path(&attributes, version);
+    let expected = files.instance_path(&attributes.file_key(), version);
     if expected.to_string_lossy() != relative {
         return Err(format!(
             "file holds an instance that belongs at {}",

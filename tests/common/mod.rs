@@ -750,3 +750,21 @@ pub fn export_lidc_shapes(
     let library = jnsc::synth::lidc_shapes::ShapeLibrary::load(&out).unwrap();
     (dir, out, library)
 }
+
+/// Every file under `dir`, recursively (none if it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
