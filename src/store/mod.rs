@@ -1,15 +1,16 @@
 //! The durable instance store: files under `storage/` plus their SQLite index.
 //!
-//! `InstanceStore::store` is the single path by which a received instance becomes durable: it
-//! decides between "new", "identical re-send" and "new version of a known SOP Instance UID" and
-//! writes the file (file and directory fsynced). Only when it returns `Ok` may the SCP answer
-//! Success; the data are durable then. The index row is committed after, off the answer's path,
-//! by a task that holds the instance's lock until the row is in (a re-send of it waits, and sees
-//! the row). A row that cannot be committed is retried until it is, and meanwhile new instances
-//! are refused (0xA700) rather than acknowledged on a failing index. `InstanceStore::checkpoint`
-//! records how far the index is durable, never past an instance whose row is not in yet, and
-//! `recovery` re-indexes anything newer at the next start (after a crash, the rows that were
-//! still being committed).
+//! `InstanceStore::store` is the path by which a received instance becomes durable: it decides
+//! between "new", "identical re-send" and "new version of a known SOP Instance UID" and writes the
+//! file (file and directory fsynced). A new instance may instead have its file written while its
+//! data set arrives (`begin`, then `finish`, in `receiving`), under the same contract: only when
+//! `store` or `finish` returns `Ok` may the SCP answer Success; the data are durable then. The
+//! index row is committed after, off the answer's path, by a task that holds the instance's lock
+//! until the row is in (a re-send of it waits, and sees the row). A row that cannot be committed is
+//! retried until it is, and meanwhile new instances are refused (0xA700) rather than acknowledged
+//! on a failing index. `InstanceStore::checkpoint` records how far the index is durable, never past
+//! an instance whose row is not in yet, and `recovery` re-indexes anything newer at the next start
+//! (after a crash, the rows that were still being committed).
 
 pub mod db;
 pub mod files;
