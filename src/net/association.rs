@@ -319,7 +319,7 @@ fn accept_fragment(
                     .data_set
                     .reserve_exact(data_set_hint.saturating_sub(message.data_set.len()));
                 message.data_set.extend_from_slice(&pdv.data);
-                if let Some(receiving) = &message.early {
+                if let Some(receiving) = &mut message.early {
                     receiving.append(pdv.data);
                 }
             }

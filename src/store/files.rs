@@ -154,9 +154,8 @@ impl FileStore {
 
     /// Creates the Part 10 file of an instance at `relative`, exclusively (it fails rather than
     /// replace a file), after any directory it needs (made durable), and writes its preamble
-    /// and file meta group. Its directory is fsynced on a thread of its own meanwhile, so that
-    /// `commit` is left with the file's own data to make durable. Its magic "DICM" is written
-    /// at `commit`.
+    /// and file meta group. Its directory is fsynced by `sync_directory`, or at the latest by
+    /// `commit`, which writes its magic "DICM".
     pub fn create_incoming(
         &self,
         relative: &Path,
@@ -175,8 +174,10 @@ impl FileStore {
         let mut incoming = IncomingFile {
             file,
             path,
+            dir,
+            directory_synced: false,
             written: 0,
-            directory_synced: Some(std::thread::spawn(move || sync_dir(&dir))),
+            write_back_from: 0,
             committed: false,
         };
         let mut head = Vec::with_capacity(1024);
@@ -190,9 +191,9 @@ impl FileStore {
 /// Bytes of the Part 10 preamble and of the magic "DICM" after it.
 const PREAMBLE_AND_MAGIC: usize = 132;
 
-/// A Part 10 file being written under its final name while its data set arrives. Each part
-/// appended is handed to the disk at once (the kernel starts writing it back), so that little is
-/// left to wait for at `commit`.
+/// A Part 10 file being written under its final name while its data set arrives. What is
+/// appended is handed to the disk as it comes, every [`WRITE_BACK_STEP`] bytes (the kernel
+/// starts writing it back), so that little is left to wait for at `commit`.
 ///
 /// Its magic "DICM" (bytes 128..132) is written last, once every other byte is on the disk:
 /// until then no reader takes the file for DICOM, so a file cut short by a crash, of the process
@@ -202,30 +203,49 @@ const PREAMBLE_AND_MAGIC: usize = 132;
 pub struct IncomingFile {
     file: File,
     path: PathBuf,
+    /// The directory holding its name.
+    dir: PathBuf,
+    directory_synced: bool,
     written: u64,
-    /// The fsync of the directory holding the new name, running.
-    directory_synced: Option<std::thread::JoinHandle<io::Result<()>>>,
+    /// Where the bytes not yet handed to the disk begin.
+    write_back_from: u64,
     committed: bool,
 }
 
+/// How many appended bytes are handed to the disk at a time.
+const WRITE_BACK_STEP: u64 = 256 * 1024;
+
 impl IncomingFile {
-    /// Appends `bytes`, and starts their write-back.
+    /// Appends `bytes`; starts the write-back of what was appended once a step of it is in.
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)?;
-        start_write_back(&self.file, self.written, bytes.len() as u64);
         self.written += bytes.len() as u64;
+        if self.written - self.write_back_from >= WRITE_BACK_STEP {
+            start_write_back(
+                &self.file,
+                self.write_back_from,
+                self.written - self.write_back_from,
+            );
+            self.write_back_from = self.written;
+        }
         Ok(())
     }
 
-    /// Makes the file durable: its name (the directory's fsync), its bytes written so far on
-    /// the disk, then its magic, then the file synced again. Returns its size.
+    /// Makes the file's name durable (fsyncs its directory): done early, while the data set
+    /// arrives, it is off the path to the answer.
+    pub fn sync_directory(&mut self) -> io::Result<()> {
+        if !self.directory_synced {
+            sync_dir(&self.dir)?;
+            self.directory_synced = true;
+        }
+        Ok(())
+    }
+
+    /// Makes the file durable: its name, its bytes written so far on the disk, then its magic,
+    /// then the file synced again. Returns its size.
     pub fn commit(mut self) -> io::Result<u64> {
         use std::os::unix::fs::FileExt;
-        if let Some(syncing) = self.directory_synced.take() {
-            syncing
-                .join()
-                .map_err(|_| io::Error::other("the directory's fsync panicked"))??;
-        }
+        self.sync_directory()?;
         self.file.sync_data()?;
         self.file.write_all_at(b"DICM", 128)?;
         self.file.sync_all()?;

@@ -19,10 +19,14 @@ use super::*;
 use std::sync::mpsc;
 use tokio::sync::OwnedMutexGuard;
 
+/// How many bytes of fragments are handed to the writer at a time.
+const BATCH_BYTES: usize = 256 * 1024;
+
 /// What the writer thread is sent.
 #[derive(Debug)]
 enum Part {
-    Data(Vec<u8>),
+    /// The next fragments of the data set.
+    Data(Vec<Vec<u8>>),
     /// The data set is complete: make the file durable (while it is being validated).
     Commit,
     /// The data set is valid: the committed file is the instance's.
@@ -49,16 +53,32 @@ pub struct Receiving {
     sop_class_uid: String,
     transfer_syntax: String,
     parts: mpsc::Sender<Part>,
+    /// Fragments not yet handed to the writer (handed over [`BATCH_BYTES`] at a time: fewer
+    /// wake-ups of its thread).
+    batch: Vec<Vec<u8>>,
+    batch_bytes: usize,
     commit_sent: bool,
     writer: tokio::task::JoinHandle<Written>,
 }
 
 impl Receiving {
     /// Hands the next fragment of the data set to the writer.
-    pub fn append(&self, bytes: Vec<u8>) {
-        // A writer that failed keeps receiving, and reports its error at `finish`; one that
-        // declined has stopped receiving.
-        let _ = self.parts.send(Part::Data(bytes));
+    pub fn append(&mut self, bytes: Vec<u8>) {
+        self.batch_bytes += bytes.len();
+        self.batch.push(bytes);
+        if self.batch_bytes >= BATCH_BYTES {
+            self.send_batch();
+        }
+    }
+
+    /// Hands the fragments gathered so far to the writer.
+    fn send_batch(&mut self) {
+        if !self.batch.is_empty() {
+            self.batch_bytes = 0;
+            // A writer that failed keeps receiving, and reports its error at `finish`; one that
+            // declined has stopped receiving.
+            let _ = self.parts.send(Part::Data(std::mem::take(&mut self.batch)));
+        }
     }
 
     /// The data set is complete: the writer makes the file durable while the data set is
@@ -67,6 +87,7 @@ impl Receiving {
     pub fn commit(&mut self) {
         if !self.commit_sent {
             self.commit_sent = true;
+            self.send_batch();
             let _ = self.parts.send(Part::Commit);
         }
     }
@@ -98,7 +119,7 @@ impl InstanceStore {
     /// is near its floor, or the file cannot be created (`store` then says why, to the sender).
     pub fn begin(&self, instance: NewInstance, head: Vec<u8>) -> Receiving {
         let (parts, received) = mpsc::channel();
-        let _ = parts.send(Part::Data(head));
+        let _ = parts.send(Part::Data(vec![head]));
         let store = self.clone();
         let runtime = tokio::runtime::Handle::current();
         let to_write = instance.clone();
@@ -110,6 +131,8 @@ impl InstanceStore {
             sop_class_uid: instance.sop_class_uid,
             transfer_syntax: instance.transfer_syntax,
             parts,
+            batch: Vec::new(),
+            batch_bytes: 0,
             commit_sent: false,
             writer,
         }
@@ -140,15 +163,21 @@ impl InstanceStore {
             release(guard);
             return Written::Declined;
         };
-        let mut file = Ok(file);
+        // The name made durable while the data set arrives.
+        let mut file = Ok(file).and_then(|mut file: files::IncomingFile| {
+            file.sync_directory()?;
+            Ok(file)
+        });
         let committed = loop {
             match parts.recv() {
-                Ok(Part::Data(bytes)) => {
-                    if let Ok(open) = &mut file
-                        && let Err(e) = open.append(&bytes)
-                    {
-                        // Dropping the file removes it.
-                        file = Err(e);
+                Ok(Part::Data(fragments)) => {
+                    for bytes in fragments {
+                        if let Ok(open) = &mut file
+                            && let Err(e) = open.append(&bytes)
+                        {
+                            // Dropping the file removes it.
+                            file = Err(e);
+                        }
                     }
                 }
                 Ok(Part::Commit) => {
