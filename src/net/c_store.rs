@@ -175,7 +175,10 @@ pub fn begin(
         called_ae: ctx.called_ae.to_owned(),
         expected_bytes: expected_bytes.max(head.len()),
     };
-    EarlyStart::Begun(ctx.store.begin(instance, head.to_vec()))
+    match ctx.store.begin(instance, head.to_vec()) {
+        Some(receiving) => EarlyStart::Begun(receiving),
+        None => EarlyStart::Declined,
+    }
 }
 
 /// The SOP class and instance a C-STORE-RQ announces, if the request can be served on a

@@ -126,6 +126,8 @@ pub struct InstanceStore {
     backlog: Backlog,
     /// Rows waiting to be committed together.
     group: Arc<GroupCommit>,
+    /// Files being written while their data sets arrive (`receiving`).
+    early_writers: Arc<AtomicUsize>,
     /// Free bytes the storage file system must keep: checked before every file written, not
     /// only when an association starts (one long association could otherwise fill the disk).
     disk_floor_bytes: u64,
@@ -225,6 +227,7 @@ impl InstanceStore {
             in_flight: Arc::default(),
             backlog: Backlog::default(),
             group: Arc::default(),
+            early_writers: Arc::default(),
             disk_floor_bytes: 0,
         }
     }

@@ -19,6 +19,32 @@ use super::*;
 use std::sync::mpsc;
 use tokio::sync::OwnedMutexGuard;
 
+/// How many files are written early at once. Writing while the data set arrives overlaps the
+/// disk with the network, which is what one association waits on; when several arrive at once the
+/// node is busy anyway (2 cores: four associations and their senders), and an early writer per
+/// association only adds threads and wake-ups, so the others are written whole.
+const MAX_EARLY_WRITERS: usize = 1;
+
+/// One of the `MAX_EARLY_WRITERS` places, held while its writer runs.
+struct EarlyWriter(Arc<AtomicUsize>);
+
+impl EarlyWriter {
+    fn take(count: &Arc<AtomicUsize>) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_EARLY_WRITERS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(count)))
+    }
+}
+
+impl Drop for EarlyWriter {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// How many bytes of fragments are handed to the writer at a time.
 const BATCH_BYTES: usize = 256 * 1024;
 
@@ -113,20 +139,25 @@ pub struct NewInstance {
 
 impl InstanceStore {
     /// Begins writing the file of `instance`, whose data set begins with `head`, while the rest
-    /// arrives; returns at once. The writer thread first takes the instance's lock and decides:
+    /// arrives; returns at once (`None` while `MAX_EARLY_WRITERS` files are being written so:
+    /// the instance is then stored the whole way). The writer thread first takes the instance's
+    /// lock and decides:
     /// it declines (and `finish` stores the instance the whole way, by `store`) when the SOP
     /// Instance UID is known (or a file is already at its name), the index is failing, the disk
     /// is near its floor, or the file cannot be created (`store` then says why, to the sender).
-    pub fn begin(&self, instance: NewInstance, head: Vec<u8>) -> Receiving {
+    pub fn begin(&self, instance: NewInstance, head: Vec<u8>) -> Option<Receiving> {
+        let slot = EarlyWriter::take(&self.early_writers)?;
         let (parts, received) = mpsc::channel();
         let _ = parts.send(Part::Data(vec![head]));
         let store = self.clone();
         let runtime = tokio::runtime::Handle::current();
         let to_write = instance.clone();
         let writer = tokio::task::spawn_blocking(move || {
-            store.write_arriving(&runtime, &to_write, received)
+            let written = store.write_arriving(&runtime, &to_write, received);
+            drop(slot);
+            written
         });
-        Receiving {
+        Some(Receiving {
             key: instance.key,
             sop_class_uid: instance.sop_class_uid,
             transfer_syntax: instance.transfer_syntax,
@@ -135,7 +166,7 @@ impl InstanceStore {
             batch_bytes: 0,
             commit_sent: false,
             writer,
-        }
+        })
     }
 
     /// The writer thread of `begin`.
