@@ -49,23 +49,15 @@ impl Reassembly {
         let message = self.pending.as_ref()?;
         let command = message.command.as_ref()?;
         (command.command_field == command_field::C_STORE_RQ
-            && !message.early_decided
+            && matches!(message.early, c_store::EarlyStart::NotYet)
             && !message.data_set.is_empty())
         .then_some((message.presentation_context_id, command, &message.data_set))
     }
 
     /// What became of the attempt to begin the pending C-STORE's file.
     pub(crate) fn early_start(&mut self, start: c_store::EarlyStart) {
-        let Some(message) = self.pending.as_mut() else {
-            return;
-        };
-        match start {
-            c_store::EarlyStart::NotYet => {}
-            c_store::EarlyStart::Declined => message.early_decided = true,
-            c_store::EarlyStart::Begun(receiving) => {
-                message.early_decided = true;
-                message.early = Some(receiving);
-            }
+        if let Some(message) = self.pending.as_mut() {
+            message.early = start;
         }
     }
 
@@ -95,10 +87,9 @@ struct PendingMessage {
     data_set: Vec<u8>,
     /// When its first fragment arrived.
     started: std::time::Instant,
-    /// Whether beginning its file early was tried and settled (begun or declined).
-    early_decided: bool,
-    /// Its file, begun while the data set arrives: each later fragment is handed to it.
-    early: Option<Receiving>,
+    /// Whether its file was begun while the data set arrives (each later fragment is then
+    /// handed to it), or is not to be, or is still to be tried.
+    early: c_store::EarlyStart,
 }
 
 /// A complete message ready for its service.
@@ -274,8 +265,7 @@ fn accept_fragment(
         command: None,
         data_set: Vec::new(),
         started: std::time::Instant::now(),
-        early_decided: false,
-        early: None,
+        early: c_store::EarlyStart::NotYet,
     });
     if message.presentation_context_id != pdv.presentation_context_id {
         return Err(ProtocolViolation(format!(
@@ -319,7 +309,7 @@ fn accept_fragment(
                     .data_set
                     .reserve_exact(data_set_hint.saturating_sub(message.data_set.len()));
                 message.data_set.extend_from_slice(&pdv.data);
-                if let Some(receiving) = &mut message.early {
+                if let c_store::EarlyStart::Begun(receiving) = &mut message.early {
                     receiving.append(pdv.data);
                 }
             }
@@ -331,7 +321,10 @@ fn accept_fragment(
                 presentation_context_id: done.presentation_context_id,
                 command: done.command.expect("command was parsed"),
                 data_set: Some(done.data_set),
-                early: done.early,
+                early: match done.early {
+                    c_store::EarlyStart::Begun(receiving) => Some(receiving),
+                    _ => None,
+                },
                 received: done.started.elapsed(),
             }))
         }

@@ -164,12 +164,12 @@ pub fn begin(
             EarlyStart::Declined
         };
     };
-    if key.sop_instance_uid.as_str() != sop_instance.trim_end_matches(['\0', ' ']) {
+    if key.sop_instance_uid.as_str() != sop_instance {
         return EarlyStart::Declined;
     }
     let instance = NewInstance {
         key,
-        sop_class_uid: sop_class.trim_end_matches(['\0', ' ']).to_owned(),
+        sop_class_uid: sop_class.to_owned(),
         transfer_syntax: transfer_syntax.to_owned(),
         calling_ae: ctx.calling_ae.to_owned(),
         called_ae: ctx.called_ae.to_owned(),
@@ -181,8 +181,8 @@ pub fn begin(
     }
 }
 
-/// The SOP class and instance a C-STORE-RQ announces, if the request can be served on a
-/// context for `abstract_syntax`.
+/// The SOP class and instance a C-STORE-RQ announces (without their padding), if the request
+/// can be served on a context for `abstract_syntax`.
 fn requested<'r>(
     request: &'r Command,
     abstract_syntax: &str,
@@ -206,7 +206,8 @@ fn requested<'r>(
             format!("SOP class {sop_class} sent on a presentation context for {abstract_syntax}"),
         );
     }
-    Ok((sop_class, sop_instance))
+    let trim = |uid: &'r str| uid.trim_end_matches(['\0', ' ']);
+    Ok((trim(sop_class), trim(sop_instance)))
 }
 
 async fn store(

@@ -507,7 +507,7 @@ impl InstanceStore {
     }
 
     /// The first version number from `start` whose file does not exist yet. A file can exist
-    /// without an index row when the node stopped between the rename and the commit; that file
+    /// without an index row when the node stopped between the write and the commit; that file
     /// was never acknowledged, but it is kept rather than overwritten.
     fn next_free_version(&self, key: &FileKey, start: i64) -> i64 {
         (start..)

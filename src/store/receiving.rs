@@ -190,15 +190,12 @@ impl InstanceStore {
         let index = self.index.clone();
         let uid = sop_uid.to_owned();
         let known = runtime.spawn(async move { index.find_instance(&uid).await });
-        let Some(file) = self.create_incoming(instance) else {
+        let Some(mut file) = self.create_incoming(instance) else {
             release(guard);
             return Written::Declined;
         };
         // The name made durable while the data set arrives.
-        let mut file = Ok(file).and_then(|mut file: files::IncomingFile| {
-            file.sync_directory()?;
-            Ok(file)
-        });
+        let mut file = file.sync_directory().map(|()| file);
         let committed = loop {
             match parts.recv() {
                 Ok(Part::Data(fragments)) => {
