@@ -1,5 +1,6 @@
 //! The index is rebuilt from the stored files where it lags behind (the last commits lost in a
-//! power cut), and a file cut short by a crash is quarantined, not indexed.
+//! power cut), and a file cut short by a crash (before its commit, or during its commit's sync:
+//! its seal does not match) is quarantined, not indexed.
 
 mod common;
 
@@ -48,9 +49,19 @@ async fn files_missing_from_the_index_are_reindexed_and_partial_files_quarantine
     let whole = std::fs::read(storage.join(&stored_paths[0])).unwrap();
     let partial = series_dir.join("2.25.999.dcm");
     std::fs::write(&partial, &whole[..whole.len() / 3]).unwrap();
+    // And what a power cut during an instance's commit (its one sync, before the answer) can
+    // leave: the first block, its seal and magic, on the disk, a later block not. It parses, and
+    // sits where its UIDs say, but it is not what was sent.
+    let (torn_uid, torn_path) = (&lost[2], storage.join(&stored_paths[2]));
+    let mut torn = std::fs::read(&torn_path).unwrap();
+    let block = torn.len() / 2 / 4096 * 4096;
+    torn[block..block + 4096].fill(0);
+    std::fs::write(&torn_path, &torn).unwrap();
+    assert!(jnsc::store::files::FileStore::read_data_set(&torn_path).is_ok());
 
     let node = Node::process_in(&dir, "");
     let db = node.db().await;
+    let lost = &lost[..2];
     for (uid, path) in lost.iter().zip(&stored_paths) {
         let (indexed_path, association): (String, Option<i64>) =
             sqlx::query_as("SELECT path, association FROM instances WHERE sop_instance_uid = ?")
@@ -66,7 +77,19 @@ async fn files_missing_from_the_index_are_reindexed_and_partial_files_quarantine
         .fetch_one(&db)
         .await
         .unwrap();
-    assert_eq!(count, 6);
+    assert_eq!(count, 5);
+    let torn_indexed: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE sop_instance_uid = ?")
+            .bind(torn_uid)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(torn_indexed, 0, "a file failing its seal was indexed");
+    assert!(!torn_path.exists());
+    let quarantined = storage
+        .join("quarantine")
+        .join(torn_path.file_name().unwrap());
+    assert_eq!(std::fs::read(quarantined).unwrap(), torn);
     let source: String = sqlx::query_scalar("SELECT source_ae FROM series WHERE series_uid = ?")
         .bind(&series.series_uid)
         .fetch_one(&db)

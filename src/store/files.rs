@@ -5,8 +5,9 @@
 //! Writing in place rather than to a temporary file and renaming saves a directory sync per
 //! instance, and a file can be written while its data set is still arriving
 //! ([`IncomingFile`]). A crash mid-write can leave a partial file under its final name; it was
-//! never acknowledged, and it lacks its magic "DICM" (written last), so startup recovery moves it
-//! to `quarantine/` (see `recovery`).
+//! never acknowledged, and startup recovery moves it to `quarantine/` (see `recovery`): before
+//! its commit it lacks its magic "DICM", and a crash during the commit's one sync leaves a file
+//! whose [`Seal`] (its length and checksum, in the preamble) does not match what reached the disk.
 //!
 //! A node writes only in its *area* of the storage directory: all of it when it is the only
 //! node (SQLite), `nodes/<name>/` when the directory is shared (PostgreSQL). Its lock, instances,
@@ -178,10 +179,13 @@ impl FileStore {
             directory_synced: false,
             written: 0,
             write_back_from: 0,
+            checksum: crc32fast::Hasher::new(),
             committed: false,
         };
+        // The preamble and magic stay zero until `commit` seals the file.
+        incoming.file.write_all(&[0u8; PREAMBLE_AND_MAGIC])?;
+        incoming.written = PREAMBLE_AND_MAGIC as u64;
         let mut head = Vec::with_capacity(1024);
-        head.extend_from_slice(&[0u8; PREAMBLE_AND_MAGIC]);
         meta.write(&mut head).map_err(io::Error::other)?;
         incoming.append(&head)?;
         Ok(incoming)
@@ -191,14 +195,72 @@ impl FileStore {
 /// Bytes of the Part 10 preamble and of the magic "DICM" after it.
 const PREAMBLE_AND_MAGIC: usize = 132;
 
+/// What the node writes into the 128-byte Part 10 preamble of its files (PS3.10 7.1 leaves it
+/// to the implementation): the file's length and a CRC-32 of everything after the magic. The
+/// preamble and magic are written together, last, and synced with the rest in one sync; a crash
+/// during that sync can leave any of the file's blocks on the disk and not others, and a file
+/// whose seal does not match its bytes is one that sync did not finish (never acknowledged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seal {
+    /// The whole file's length in bytes.
+    pub length: u64,
+    /// CRC-32 (IEEE) of bytes 132.. (file meta group and data set).
+    pub crc32: u32,
+}
+
+impl Seal {
+    /// Marks a sealed preamble (bytes 0..8); files of earlier versions have a zero preamble.
+    const TAG: &[u8; 8] = b"JNSCSEAL";
+
+    /// The preamble and magic (bytes 0..132) of a file with this seal.
+    fn head(self) -> [u8; PREAMBLE_AND_MAGIC] {
+        let mut head = [0u8; PREAMBLE_AND_MAGIC];
+        head[..8].copy_from_slice(Self::TAG);
+        head[8..16].copy_from_slice(&self.length.to_le_bytes());
+        head[16..20].copy_from_slice(&self.crc32.to_le_bytes());
+        head[128..].copy_from_slice(b"DICM");
+        head
+    }
+
+    /// Checks a stored file's `bytes` against the seal in its preamble. `Ok(None)`: a Part 10
+    /// file without a seal (written before seals, when the magic was written only after the
+    /// rest was synced, or not by this node), which stands or falls by its parse alone.
+    pub fn verify(bytes: &[u8]) -> Result<Option<Seal>, String> {
+        if bytes.get(128..132) != Some(b"DICM") {
+            return Err("no DICOM magic: a write cut short before its commit".into());
+        }
+        if &bytes[..8] != Self::TAG {
+            return Ok(None);
+        }
+        let seal = Seal {
+            length: u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")),
+            crc32: u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes")),
+        };
+        if seal.length != bytes.len() as u64 {
+            return Err(format!(
+                "{} bytes on disk, sealed at {}: its commit's sync did not finish",
+                bytes.len(),
+                seal.length
+            ));
+        }
+        if crc32fast::hash(&bytes[PREAMBLE_AND_MAGIC..]) != seal.crc32 {
+            return Err(
+                "checksum does not match its seal: its commit's sync did not finish".into(),
+            );
+        }
+        Ok(Some(seal))
+    }
+}
+
 /// A Part 10 file being written under its final name while its data set arrives. What is
 /// appended is handed to the disk as it comes, every [`WRITE_BACK_STEP`] bytes (the kernel
 /// starts writing it back), so that little is left to wait for at `commit`.
 ///
-/// Its magic "DICM" (bytes 128..132) is written last, once every other byte is on the disk:
-/// until then no reader takes the file for DICOM, so a file cut short by a crash, of the process
-/// or of the machine, is never mistaken for an instance (startup recovery quarantines it).
-/// Dropped before `commit`, the file is removed.
+/// Its preamble and magic "DICM" (bytes 0..132) are written last, with its [`Seal`]: until
+/// then no reader takes the file for DICOM, so a file cut short by a crash of the process or
+/// the machine before its commit is never mistaken for an instance, and one cut short during
+/// the commit's sync fails its seal (startup recovery quarantines both). Dropped before
+/// `commit`, the file is removed.
 #[derive(Debug)]
 pub struct IncomingFile {
     file: File,
@@ -209,6 +271,8 @@ pub struct IncomingFile {
     written: u64,
     /// Where the bytes not yet handed to the disk begin.
     write_back_from: u64,
+    /// CRC-32 of what was appended (everything after the magic), for the seal.
+    checksum: crc32fast::Hasher,
     committed: bool,
 }
 
@@ -219,6 +283,7 @@ impl IncomingFile {
     /// Appends `bytes`; starts the write-back of what was appended once a step of it is in.
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)?;
+        self.checksum.update(bytes);
         self.written += bytes.len() as u64;
         if self.written - self.write_back_from >= WRITE_BACK_STEP {
             start_write_back(
@@ -241,14 +306,18 @@ impl IncomingFile {
         Ok(())
     }
 
-    /// Makes the file durable: its name, its bytes written so far on the disk, then its magic,
-    /// then the file synced again. Returns its size.
+    /// Makes the file durable: its name (the directory synced, unless it was already), then
+    /// its preamble and magic written with its [`Seal`], and one sync of its data. Returns its
+    /// size.
     pub fn commit(mut self) -> io::Result<u64> {
         use std::os::unix::fs::FileExt;
         self.sync_directory()?;
+        let seal = Seal {
+            length: self.written,
+            crc32: self.checksum.clone().finalize(),
+        };
+        self.file.write_all_at(&seal.head(), 0)?;
         self.file.sync_data()?;
-        self.file.write_all_at(b"DICM", 128)?;
-        self.file.sync_all()?;
         self.committed = true;
         Ok(self.written)
     }
@@ -291,16 +360,21 @@ impl FileStore {
     /// file meta group).
     pub fn read_data_set(path: &Path) -> io::Result<Vec<u8>> {
         let bytes = fs::read(path)?;
+        Self::data_set_of(&bytes)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| {
+                io::Error::other(format!("{} is not a whole Part 10 file", path.display()))
+            })
+    }
+
+    /// The data set of a Part 10 file's `bytes` as `write_part10` writes them (explicit VR
+    /// little endian meta group beginning with its group length); `None` when they are not one.
+    pub fn data_set_of(bytes: &[u8]) -> Option<&[u8]> {
         let group_length = bytes
             .get(128..144)
             .filter(|head| &head[..4] == b"DICM" && head[4..8] == [0x02, 0x00, 0x00, 0x00])
-            .map(|head| u32::from_le_bytes([head[12], head[13], head[14], head[15]]) as usize)
-            .ok_or_else(|| io::Error::other(format!("{} is not a Part 10 file", path.display())))?;
-        let start = 144 + group_length;
-        bytes
-            .get(start..)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| io::Error::other(format!("{} is truncated", path.display())))
+            .map(|head| u32::from_le_bytes([head[12], head[13], head[14], head[15]]) as usize)?;
+        bytes.get(144 + group_length..)
     }
 }
 
@@ -369,6 +443,38 @@ mod tests {
     }
 
     #[test]
+    fn a_committed_file_is_sealed_and_a_sync_cut_short_fails_its_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path(), Path::new("")).unwrap();
+        let data_set: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let relative = Path::new("instances/a/b/c.dcm");
+        let size = store.write_part10(relative, &meta(), &data_set).unwrap();
+        let bytes = fs::read(dir.path().join(relative)).unwrap();
+        let seal = Seal::verify(&bytes).unwrap().expect("sealed");
+        assert_eq!(seal.length, size);
+        assert_eq!(&bytes[..8], b"JNSCSEAL");
+
+        // What a power cut during the commit's one sync can leave: the first block (the seal)
+        // on the disk and a later one not (zeros, or the file shorter).
+        let mut torn = bytes.clone();
+        torn[200_000..204_096].fill(0);
+        assert!(Seal::verify(&torn).unwrap_err().contains("checksum"));
+        assert!(Seal::verify(&bytes[..bytes.len() - 4096]).is_err());
+        // Cut at the end of an element, which a parse alone could take for whole.
+        let mut whole_elements = bytes.clone();
+        whole_elements.truncate(bytes.len() - data_set.len());
+        assert!(Seal::verify(&whole_elements).is_err());
+        // Files written before seals: a zero preamble, judged by their parse alone.
+        let mut unsealed = bytes.clone();
+        unsealed[..128].fill(0);
+        assert_eq!(Seal::verify(&unsealed), Ok(None));
+        // No magic: never committed.
+        let mut uncommitted = bytes;
+        uncommitted[..132].fill(0);
+        assert!(Seal::verify(&uncommitted).is_err());
+    }
+
+    #[test]
     fn an_incoming_file_is_dicom_only_once_committed_and_removed_if_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path(), Path::new("")).unwrap();
@@ -396,8 +502,8 @@ mod tests {
             data_set
         );
 
-        // Cut short by a crash (neither committed nor dropped): without its magic, no reader
-        // takes it for DICOM.
+        // Cut short by a crash (neither committed nor dropped): without its magic and seal, no
+        // reader takes it for DICOM.
         let mut cut = store
             .create_incoming(&relative("cut.dcm"), &meta())
             .unwrap();
@@ -406,6 +512,7 @@ mod tests {
         assert!(path("cut.dcm").exists());
         assert!(FileStore::read_data_set(&path("cut.dcm")).is_err());
         assert!(dicom_object::open_file(path("cut.dcm")).is_err());
+        assert!(Seal::verify(&fs::read(path("cut.dcm")).unwrap()).is_err());
 
         // Dropped before its commit: removed.
         let mut dropped = store

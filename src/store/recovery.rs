@@ -2,12 +2,12 @@
 //! may lag behind. The index commits without fsync (WAL, `synchronous = NORMAL`), so after a
 //! power cut its last commits can be missing while their files, fsynced before Success was sent,
 //! are on disk. Every series directory modified since the last checkpoint mark is compared with
-//! the index: files missing from it are parsed and indexed again; files that do not parse (a write
-//! cut short, never acknowledged), or whose version the shared index holds at another node's path
+//! the index: files missing from it are parsed and indexed again; files that fail their seal or do
+//! not parse (a write cut short, never acknowledged), or whose version the shared index holds at another node's path
 //! (both stored it at once; this copy's row was refused), are moved to `quarantine/`.
 
 use crate::store::db::NewFile;
-use crate::store::files::FileStore;
+use crate::store::files::{FileStore, Seal};
 use crate::store::instance::{InstanceAttributes, parse_data_set};
 use crate::store::{InstanceStore, StoreError};
 use std::collections::HashSet;
@@ -195,19 +195,19 @@ struct StoredFile {
     version: i64,
 }
 
-/// Reads and validates a stored file; it must parse completely and sit where its UIDs say.
+/// Reads and validates a stored file; its seal must match its bytes (`files::Seal`), and it must
+/// parse completely and sit where its UIDs say.
 fn read_stored(files: &FileStore, path: &Path, relative: &str) -> Result<StoredFile, String> {
-    let meta_file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut reader = std::io::BufReader::new(meta_file);
-    let mut preamble = [0u8; 128];
-    std::io::Read::read_exact(&mut reader, &mut preamble).map_err(|e| e.to_string())?;
-    let meta = dicom_object::FileMetaTable::from_reader(&mut reader).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    Seal::verify(&bytes)?;
+    let meta =
+        dicom_object::FileMetaTable::from_reader(&bytes[128..]).map_err(|e| e.to_string())?;
     let transfer_syntax = meta
         .transfer_syntax()
         .trim_end_matches(['\0', ' '])
         .to_owned();
-    let data_set = FileStore::read_data_set(path).map_err(|e| e.to_string())?;
-    let attributes = parse_data_set(&data_set, &transfer_syntax).map_err(|e| e.to_string())?;
+    let data_set = FileStore::data_set_of(&bytes).ok_or("the file meta group is cut short")?;
+    let attributes = parse_data_set(data_set, &transfer_syntax).map_err(|e| e.to_string())?;
     let version = version_of(relative);
     let expected = files.instance_path(&attributes.file_key(), version);
     if expected.to_string_lossy() != relative {
@@ -216,7 +216,7 @@ fn read_stored(files: &FileStore, path: &Path, relative: &str) -> Result<StoredF
             expected.display()
         ));
     }
-    let size_bytes = std::fs::metadata(path).map_err(|e| e.to_string())?.len() as i64;
+    let size_bytes = bytes.len() as i64;
     Ok(StoredFile {
         attributes,
         transfer_syntax,
