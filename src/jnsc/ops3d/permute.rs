@@ -3,7 +3,7 @@
 //! The network's 2x2x2 down- and up-convolutions (`resize`) are a layout change, a matmul and
 //! another layout change. Candle materialises a permuted tensor element by element through a
 //! generic strided index, about 9% of an analysis on 2 cores. [`permuted_as`] does the same
-//! gather with the strides worked out once per row, rows in parallel, and takes the reshapes
+//! gather with the strides worked out once per block, blocks in parallel, and takes the reshapes
 //! around the permutation into the same op: one node of the autograd graph instead of three
 //! (Candle's backward zeroes and adds a gradient of every node's size, so a reshape cost as much
 //! in training as the permutation). It only moves values, so every result (inference and
@@ -106,27 +106,27 @@ fn gather(source: &[f32], start: usize, sizes: &[usize], strides: &[usize]) -> V
     if total == 0 {
         return Vec::new();
     }
-    // Rows are the last two axes (padded with size-1 axes); the rest is walked like an odometer.
+    // Blocks are the last `BLOCK_AXES` axes (padded in front with size-1 axes), copied by nested
+    // loops; the axes before them are walked like an odometer, once per block. The network's
+    // permutations end in axes of 2 (the 2x2x2 blocks of its down- and up-convolutions), so a
+    // block of two axes was 4 values, and the walk, not the copy, took the time.
     let r = sizes.len();
-    let axis = |a: usize| {
-        if a < r {
-            (sizes[a], strides[a])
-        } else {
-            (1, 0)
-        }
-    };
-    let (n1, s1) = axis(r.wrapping_sub(1));
-    let (n2, s2) = axis(r.wrapping_sub(2));
-    let outer = r.saturating_sub(2);
+    let outer = r.saturating_sub(BLOCK_AXES);
+    let mut block = ([1usize; BLOCK_AXES], [0usize; BLOCK_AXES]);
+    for (k, a) in (outer..r).enumerate() {
+        let at = BLOCK_AXES - (r - outer) + k;
+        block.0[at] = sizes[a];
+        block.1[at] = strides[a];
+    }
+    let block_len: usize = block.0.iter().product();
     let (outer_sizes, outer_strides) = (&sizes[..outer], &strides[..outer]);
-    let row = n1 * n2;
-    let rows_per_task = (TASK_ELEMENTS / row).max(1);
+    let blocks_per_task = (TASK_ELEMENTS / block_len).max(1);
     let fill = |out: &mut [MaybeUninit<f32>]| {
-        out.par_chunks_mut(row * rows_per_task)
+        out.par_chunks_mut(block_len * blocks_per_task)
             .enumerate()
             .for_each(|(task, chunk)| {
                 let mut index = vec![0usize; outer];
-                let mut rest = task * rows_per_task;
+                let mut rest = task * blocks_per_task;
                 for a in (0..outer).rev() {
                     index[a] = rest % outer_sizes[a];
                     rest /= outer_sizes[a];
@@ -137,19 +137,8 @@ fn gather(source: &[f32], start: usize, sizes: &[usize], strides: &[usize]) -> V
                         .zip(outer_strides)
                         .map(|(i, s)| i * s)
                         .sum::<usize>();
-                for rows in chunk.chunks_mut(row) {
-                    for (i, line) in rows.chunks_mut(n1).enumerate() {
-                        let at = base + i * s2;
-                        if s1 == 1 {
-                            for (v, &s) in line.iter_mut().zip(&source[at..at + n1]) {
-                                v.write(s);
-                            }
-                        } else {
-                            for (j, v) in line.iter_mut().enumerate() {
-                                v.write(source[at + j * s1]);
-                            }
-                        }
-                    }
+                for out_block in chunk.chunks_mut(block_len) {
+                    copy_block(out_block, source, base, block);
                     for a in (0..outer).rev() {
                         index[a] += 1;
                         base += outer_strides[a];
@@ -162,9 +151,50 @@ fn gather(source: &[f32], start: usize, sizes: &[usize], strides: &[usize]) -> V
                 }
             });
     };
-    // SAFETY: the chunks cover the output; every row's lines cover the row (n1 x n2 = row, and
-    // each line of n1 values is written whole, or the source index panics before set_len).
+    // SAFETY: the chunks cover the output, and `copy_block` writes every value of each block (or
+    // a source index panics before set_len).
     unsafe { written_vec(total, fill) }
+}
+
+/// Axes copied by the nested loops of `copy_block`.
+const BLOCK_AXES: usize = 4;
+
+/// Writes `out` (one block: `sizes` in order, the last axis fastest) from `source` at `at` plus
+/// `strides`.
+fn copy_block(
+    out: &mut [MaybeUninit<f32>],
+    source: &[f32],
+    at: usize,
+    (sizes, strides): ([usize; BLOCK_AXES], [usize; BLOCK_AXES]),
+) {
+    let [_, n2, n1, n0] = sizes;
+    let [s3, s2, s1, s0] = strides;
+    let mut lines = out.chunks_exact_mut(n0);
+    for i3 in 0..sizes[0] {
+        for i2 in 0..n2 {
+            for i1 in 0..n1 {
+                let from = at + i3 * s3 + i2 * s2 + i1 * s1;
+                let line = lines.next().expect("the block has n3 x n2 x n1 lines");
+                match (n0, s0) {
+                    (2, 1) => {
+                        let pair = &source[from..from + 2];
+                        line[0].write(pair[0]);
+                        line[1].write(pair[1]);
+                    }
+                    (_, 1) => {
+                        for (v, &x) in line.iter_mut().zip(&source[from..from + n0]) {
+                            v.write(x);
+                        }
+                    }
+                    _ => {
+                        for (j, v) in line.iter_mut().enumerate() {
+                            v.write(source[from + j * s0]);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
