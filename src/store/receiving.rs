@@ -48,6 +48,12 @@ impl Drop for EarlyWriter {
 /// How many bytes of fragments are handed to the writer at a time.
 const BATCH_BYTES: usize = 256 * 1024;
 
+/// How far the writer may fall behind what has arrived. The fragments handed to it wait in
+/// memory beside the data set being reassembled, so a disk slower than the network would
+/// otherwise hold a second copy of a large data set; past this lag the instance is no longer
+/// written early (the writer removes its file) and `finish` stores it whole.
+const MAX_WRITER_LAG: usize = 16 << 20;
+
 /// What the writer thread is sent.
 #[derive(Debug)]
 enum Part {
@@ -78,11 +84,15 @@ pub struct Receiving {
     key: FileKey,
     sop_class_uid: String,
     transfer_syntax: String,
-    parts: mpsc::Sender<Part>,
+    /// To the writer; `None` once it fell more than [`MAX_WRITER_LAG`] behind.
+    parts: Option<mpsc::Sender<Part>>,
     /// Fragments not yet handed to the writer (handed over [`BATCH_BYTES`] at a time: fewer
     /// wake-ups of its thread).
     batch: Vec<Vec<u8>>,
     batch_bytes: usize,
+    /// Bytes handed to the writer, and (counted by it) written.
+    handed: usize,
+    written: Arc<AtomicUsize>,
     commit_sent: bool,
     writer: tokio::task::JoinHandle<Written>,
 }
@@ -90,6 +100,9 @@ pub struct Receiving {
 impl Receiving {
     /// Hands the next fragment of the data set to the writer.
     pub fn append(&mut self, bytes: Vec<u8>) {
+        if self.parts.is_none() {
+            return;
+        }
         self.batch_bytes += bytes.len();
         self.batch.push(bytes);
         if self.batch_bytes >= BATCH_BYTES {
@@ -97,14 +110,33 @@ impl Receiving {
         }
     }
 
-    /// Hands the fragments gathered so far to the writer.
+    /// Hands the fragments gathered so far to the writer, unless it is more than
+    /// [`MAX_WRITER_LAG`] behind: then the writer is stopped (it removes the file and releases
+    /// the lock) and nothing more is kept for it.
     fn send_batch(&mut self) {
-        if !self.batch.is_empty() {
-            self.batch_bytes = 0;
-            // A writer that failed keeps receiving, and reports its error at `finish`; one that
-            // declined has stopped receiving.
-            let _ = self.parts.send(Part::Data(std::mem::take(&mut self.batch)));
+        let Some(parts) = &self.parts else {
+            return;
+        };
+        if self.batch.is_empty() {
+            return;
         }
+        let behind = self
+            .handed
+            .saturating_sub(self.written.load(Ordering::Acquire));
+        if behind > MAX_WRITER_LAG {
+            tracing::debug!(
+                behind,
+                "the disk is behind the network: the instance will be stored whole"
+            );
+            self.parts = None;
+            self.batch = Vec::new();
+            self.batch_bytes = 0;
+            return;
+        }
+        self.handed += std::mem::take(&mut self.batch_bytes);
+        // A writer that failed keeps receiving, and reports its error at `finish`; one that
+        // declined has stopped receiving.
+        let _ = parts.send(Part::Data(std::mem::take(&mut self.batch)));
     }
 
     /// The data set is complete: the writer makes the file durable while the data set is
@@ -114,7 +146,9 @@ impl Receiving {
         if !self.commit_sent {
             self.commit_sent = true;
             self.send_batch();
-            let _ = self.parts.send(Part::Commit);
+            if let Some(parts) = &self.parts {
+                let _ = parts.send(Part::Commit);
+            }
         }
     }
 
@@ -148,12 +182,15 @@ impl InstanceStore {
     pub fn begin(&self, instance: NewInstance, head: Vec<u8>) -> Option<Receiving> {
         let slot = EarlyWriter::take(&self.early_writers)?;
         let (parts, received) = mpsc::channel();
+        let handed = head.len();
         let _ = parts.send(Part::Data(vec![head]));
         let store = self.clone();
         let runtime = tokio::runtime::Handle::current();
         let to_write = instance.clone();
+        let written = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&written);
         let writer = tokio::task::spawn_blocking(move || {
-            let written = store.write_arriving(&runtime, &to_write, received);
+            let written = store.write_arriving(&runtime, &to_write, received, &counter);
             drop(slot);
             written
         });
@@ -161,20 +198,23 @@ impl InstanceStore {
             key: instance.key,
             sop_class_uid: instance.sop_class_uid,
             transfer_syntax: instance.transfer_syntax,
-            parts,
+            parts: Some(parts),
             batch: Vec::new(),
             batch_bytes: 0,
+            handed,
+            written,
             commit_sent: false,
             writer,
         })
     }
 
-    /// The writer thread of `begin`.
+    /// The writer thread of `begin`; counts the bytes it has written in `written`.
     fn write_arriving(
         &self,
         runtime: &tokio::runtime::Handle,
         instance: &NewInstance,
         parts: mpsc::Receiver<Part>,
+        written: &AtomicUsize,
     ) -> Written {
         if self.backlog.waiting() > 0 {
             return Written::Declined;
@@ -206,6 +246,7 @@ impl InstanceStore {
                             // Dropping the file removes it.
                             file = Err(e);
                         }
+                        written.fetch_add(bytes.len(), Ordering::Release);
                     }
                 }
                 Ok(Part::Commit) => {
@@ -268,8 +309,8 @@ impl InstanceStore {
 
     /// Makes `received`, whose file `receiving` was begun for, durable and says what happened,
     /// as `store` does. A data set that turned out to be another instance than the one begun
-    /// (its file key, SOP class or transfer syntax differ), or one the writer declined, is
-    /// stored the whole way instead.
+    /// (its file key, SOP class or transfer syntax differ), one the writer declined, and one
+    /// the writer fell too far behind (`MAX_WRITER_LAG`) are stored the whole way instead.
     pub async fn finish(
         &self,
         mut receiving: Receiving,
@@ -284,7 +325,10 @@ impl InstanceStore {
         }
         let started = Instant::now();
         receiving.commit();
-        let _ = receiving.parts.send(Part::Keep);
+        let overrun = receiving.parts.is_none();
+        if let Some(parts) = &receiving.parts {
+            let _ = parts.send(Part::Keep);
+        }
         let written = receiving.writer.await;
         let (size, guard) = match written {
             Ok(Written::Committed(Ok(size), guard)) => (size, guard),
@@ -294,6 +338,8 @@ impl InstanceStore {
                 return Err(StoreError::Write(e));
             }
             Ok(Written::Declined) => return self.store(received).await,
+            // Stopped for being behind: its file is removed and the lock released.
+            Ok(Written::Dropped) if overrun => return self.store(received).await,
             Ok(Written::Dropped) | Err(_) => {
                 return Err(StoreError::Write(std::io::Error::other(
                     "the instance's writer stopped",
@@ -315,5 +361,76 @@ impl InstanceStore {
             new_instance: true,
         };
         Ok(self.acknowledge(guard, Arc::new(received), file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::instance::parse_data_set;
+    use crate::synth::series::{SeriesSpec, write_ct_series};
+
+    /// A disk slower than the network: the writer (here held up by the instance's lock, as a
+    /// slow disk would hold it up) falls more than `MAX_WRITER_LAG` behind, so no more
+    /// fragments are kept for it, and the instance is stored whole, as received.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_writer_too_far_behind_is_stopped_and_the_instance_stored_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = SeriesSpec {
+            slices: 1,
+            rows: 3072,
+            columns: 3072,
+            ..SeriesSpec::default()
+        };
+        let series = write_ct_series(&spec, &dir.path().join("sent")).unwrap();
+        let bytes = std::fs::read(&series.files[0]).unwrap();
+        let (start, transfer_syntax) = crate::encoding::part10_data_set(&bytes).unwrap();
+        let data_set = bytes[start..].to_vec();
+        assert!(data_set.len() > MAX_WRITER_LAG + BATCH_BYTES);
+        let attributes = parse_data_set(&data_set, &transfer_syntax).unwrap();
+
+        let files = files::FileStore::open(&dir.path().join("storage"), Path::new("")).unwrap();
+        let index = db::Index::open(&dir.path().join("storage/jnsc.db"))
+            .await
+            .unwrap();
+        let store = InstanceStore::new(files, index);
+        let sop = attributes.sop_instance_uid.as_str().to_owned();
+        let held = store.lock_for(&sop).lock_owned().await;
+        let mut receiving = store
+            .begin(
+                NewInstance {
+                    key: attributes.file_key(),
+                    sop_class_uid: attributes.sop_class_uid.as_str().to_owned(),
+                    transfer_syntax: transfer_syntax.clone(),
+                    calling_ae: "SCU".into(),
+                    called_ae: "JNSC".into(),
+                    expected_bytes: data_set.len(),
+                },
+                data_set[..4096].to_vec(),
+            )
+            .expect("the only early writer");
+        for fragment in data_set[4096..].chunks(65_536) {
+            receiving.append(fragment.to_vec());
+        }
+        assert!(
+            receiving.parts.is_none() && receiving.batch.is_empty(),
+            "fragments still kept for a writer {} bytes behind",
+            receiving.handed
+        );
+        drop(held);
+
+        let received = ReceivedInstance {
+            attributes,
+            data_set: Arc::new(data_set.clone()),
+            transfer_syntax,
+            calling_ae: "SCU".into(),
+            called_ae: "JNSC".into(),
+            association: 1,
+        };
+        let key = received.attributes.file_key();
+        let stored = store.finish(receiving, received).await.unwrap();
+        assert_eq!(stored.outcome, StoreOutcome::Stored);
+        let path = store.files.absolute(&store.files.instance_path(&key, 1));
+        assert!(files::FileStore::read_data_set(&path).unwrap() == data_set);
     }
 }
