@@ -167,10 +167,10 @@ fn copy_block(
     at: usize,
     (sizes, strides): ([usize; BLOCK_AXES], [usize; BLOCK_AXES]),
 ) {
-    let [_, n2, n1, n0] = sizes;
+    let [n3, n2, n1, n0] = sizes;
     let [s3, s2, s1, s0] = strides;
     let mut lines = out.chunks_exact_mut(n0);
-    for i3 in 0..sizes[0] {
+    for i3 in 0..n3 {
         for i2 in 0..n2 {
             for i1 in 0..n1 {
                 let from = at + i3 * s3 + i2 * s2 + i1 * s1;
