@@ -523,7 +523,7 @@ pub fn network(rounds: usize, device: DeviceSpec) -> anyhow::Result<()> {
             "CPU {}, {} rayon threads (set RAYON_NUM_THREADS to change); gemm kernels: {}",
             cpu_model(),
             rayon::current_num_threads(),
-            gemm_kernels()
+            crate::jnsc::ops3d::gemm_kernels()
         );
     } else {
         println!("{device:?}; the first round of each case is a warm-up and not counted");
@@ -623,31 +623,6 @@ fn cpu_model() -> String {
                 .map(|(_, name)| name.trim().to_owned())
         })
         .unwrap_or_else(|| "(model unknown)".into())
-}
-
-/// Which of gemm's kernels run here: AVX-512 where this build has them (the `avx512` feature)
-/// and the CPU does (what gemm's run-time dispatch checks for), else AVX2 + FMA.
-fn gemm_kernels() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        let avx512 = has!("avx512f")
-            && has!("avx512bw")
-            && has!("avx512cd")
-            && has!("avx512dq")
-            && has!("avx512vl");
-        if cfg!(feature = "avx512") && avx512 {
-            return "AVX-512 (gemm's x86-v4 microkernels)";
-        }
-        if has!("avx2") && has!("fma") {
-            return if cfg!(feature = "avx512") {
-                "AVX2 + FMA (this CPU has no AVX-512)"
-            } else {
-                "AVX2 + FMA (built without the avx512 feature)"
-            };
-        }
-    }
-    "portable (no AVX2)"
 }
 
 /// Multiply-adds x 2 of the network's k^3 convolutions for one cubic input of `size`.

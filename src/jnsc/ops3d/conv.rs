@@ -4,14 +4,17 @@
 //! The CPU kernel never builds a whole-volume im2col: positions are cut into tiles of `TILE`
 //! output voxels, each tile's im2col block (C k^3 x TILE) is built and multiplied by the
 //! weights with the `gemm` crate, tiles run in parallel with rayon (see ../shared/DESIGN.md for
-//! the measurements behind this). Backward: the input gradient is the same convolution of the
+//! the measurements behind this). Layers of at most 16 channels and 432 im2col rows run the
+//! forward without im2col where the CPU has AVX2 (`direct`, the same bits). Backward: the input gradient is the same convolution of the
 //! output gradient with the weights transposed (O <-> C) and flipped; the weight gradient is a
 //! tiled im2col product with its own kernel (`Conv3dWeightGrad`). Other devices and dtypes run
 //! the same convolution as Candle operations (`conv3d_composite`).
 
-use super::{f32_slice, written_vec};
+use super::{Output, f32_slice, written_vec};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+
+mod direct;
 
 /// Output voxels per im2col tile (a tile's block stays in the L2 cache for C k^3 <= ~1000).
 const TILE: usize = 256;
@@ -166,20 +169,6 @@ unsafe fn matmul_raw(
     }
 }
 
-/// The output buffer the forward's tiles write into, each its own columns (see `Conv3d`).
-struct Output(*mut f32);
-
-// SAFETY: shared only while tiles write disjoint parts of the buffer, which outlives them.
-unsafe impl Send for Output {}
-unsafe impl Sync for Output {}
-
-impl Output {
-    fn at(&self, offset: usize) -> *mut f32 {
-        // SAFETY: callers pass offsets inside the buffer.
-        unsafe { self.0.add(offset) }
-    }
-}
-
 fn input_dims(layout: &Layout, kernel: usize) -> Result<Dims> {
     let &[batch, channels, depth, height, width] = layout.shape().dims() else {
         bail!(
@@ -230,40 +219,6 @@ impl CustomOp2 for Conv3d {
         }
         let input = f32_slice(s1, l1, "conv3d: input")?;
         let weight = f32_slice(s2, l2, "conv3d: weight")?;
-        let positions = dims.positions();
-        let volume_in = channels * positions;
-        let patch = dims.patch();
-        let tiles: Vec<(usize, usize)> = (0..dims.batch)
-            .flat_map(|n| (0..positions).step_by(TILE).map(move |s| (n, s)))
-            .collect();
-        let fill = |output: &mut [std::mem::MaybeUninit<f32>]| {
-            let out = Output(output.as_mut_ptr().cast());
-            tiles.par_iter().for_each_init(
-                || vec![0f32; patch * TILE],
-                |block, &(n, start)| {
-                    let len = TILE.min(positions - start);
-                    let item = &input[n * volume_in..(n + 1) * volume_in];
-                    dims.im2col(item, start, len, &mut block[..patch * len]);
-                    // SAFETY: the tile writes (gemm without reading them) positions
-                    // start..start + len of each of item n's output channels, row o at
-                    // (n * outputs + o) * positions + start: inside `output`, and no other tile
-                    // writes them.
-                    unsafe {
-                        matmul_raw(
-                            out.at(n * outputs * positions + start),
-                            positions,
-                            weight,
-                            &block[..patch * len],
-                            [outputs, len, patch],
-                            false,
-                            false,
-                        )
-                    };
-                },
-            );
-        };
-        // SAFETY: the tiles cover every position of every item and output channel.
-        let output = unsafe { written_vec(dims.batch * outputs * positions, fill) };
         let shape = Shape::from(vec![
             dims.batch,
             outputs,
@@ -271,6 +226,11 @@ impl CustomOp2 for Conv3d {
             dims.height,
             dims.width,
         ]);
+        let output = if direct::applies(&dims, outputs) {
+            direct::forward(&dims, outputs, input, weight)
+        } else {
+            tiled_forward(&dims, outputs, input, weight)
+        };
         Ok((CpuStorage::F32(output), shape))
     }
 
@@ -291,6 +251,45 @@ impl CustomOp2 for Conv3d {
         )?;
         Ok((Some(grad_input), Some(grad_weight)))
     }
+}
+
+/// The forward convolution as im2col tiles multiplied by the weights with gemm: output
+/// [N, O, D, H, W] of `input` [N, C, D, H, W] and `weight` [O, C k^3].
+fn tiled_forward(dims: &Dims, outputs: usize, input: &[f32], weight: &[f32]) -> Vec<f32> {
+    let positions = dims.positions();
+    let volume_in = dims.channels * positions;
+    let patch = dims.patch();
+    let tiles: Vec<(usize, usize)> = (0..dims.batch)
+        .flat_map(|n| (0..positions).step_by(TILE).map(move |s| (n, s)))
+        .collect();
+    let fill = |output: &mut [std::mem::MaybeUninit<f32>]| {
+        let out = Output(output.as_mut_ptr().cast());
+        tiles.par_iter().for_each_init(
+            || vec![0f32; patch * TILE],
+            |block, &(n, start)| {
+                let len = TILE.min(positions - start);
+                let item = &input[n * volume_in..(n + 1) * volume_in];
+                dims.im2col(item, start, len, &mut block[..patch * len]);
+                // SAFETY: the tile writes (gemm without reading them) positions
+                // start..start + len of each of item n's output channels, row o at
+                // (n * outputs + o) * positions + start: inside `output`, and no other tile
+                // writes them.
+                unsafe {
+                    matmul_raw(
+                        out.at(n * outputs * positions + start),
+                        positions,
+                        weight,
+                        &block[..patch * len],
+                        [outputs, len, patch],
+                        false,
+                        false,
+                    )
+                };
+            },
+        );
+    };
+    // SAFETY: the tiles cover every position of every item and output channel.
+    unsafe { written_vec(dims.batch * outputs * positions, fill) }
 }
 
 /// Tiles whose weight-gradient contributions one partial sum holds.
@@ -601,6 +600,44 @@ mod tests {
                 d: 7,
                 h: 9,
                 w: 11,
+                k: 3,
+            },
+            // Multiples of 4 output channels: the direct kernel where the CPU has AVX2 (rows of
+            // two vectors, one vector and a remainder; k = 1 and 5; the input gradient too).
+            Case {
+                n: 2,
+                c: 3,
+                o: 8,
+                d: 5,
+                h: 4,
+                w: 27,
+                k: 3,
+            },
+            Case {
+                n: 1,
+                c: 2,
+                o: 4,
+                d: 3,
+                h: 5,
+                w: 9,
+                k: 5,
+            },
+            Case {
+                n: 1,
+                c: 5,
+                o: 12,
+                d: 4,
+                h: 3,
+                w: 8,
+                k: 1,
+            },
+            Case {
+                n: 1,
+                c: 4,
+                o: 4,
+                d: 4,
+                h: 5,
+                w: 17,
                 k: 3,
             },
         ]

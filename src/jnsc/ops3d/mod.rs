@@ -2,7 +2,8 @@
 //! so a PyTorch model's weights load unchanged.
 //!
 //! - `conv`: k x k x k convolution, stride 1, "same" padding: a custom op with its own tiled CPU
-//!   kernels (forward, input and weight gradients), Candle operations elsewhere.
+//!   kernels (forward, input and weight gradients; `conv/direct.rs`, the forward of layers with
+//!   few channels without im2col), Candle operations elsewhere.
 //! - `norm`: instance normalisation + ReLU, one fused custom op on the CPU.
 //! - `resize`: V-Net's 2x2x2 stride-2 down-convolution and transposed up-convolution.
 //! - `pool`: 2x2x2 max-pooling, and the crop and adaptive max-pooling of the classification path.
@@ -47,6 +48,49 @@ pub(crate) unsafe fn written_vec(
     // SAFETY: the caller's `fill` wrote all `len` elements.
     unsafe { v.set_len(len) };
     v
+}
+
+/// Which of gemm's kernels the convolutions' matrix products run here: AVX-512 where this build
+/// has them (the `avx512` feature) and the CPU does (what gemm's run-time dispatch checks for),
+/// else AVX2 + FMA. Their sums round differently, so trained weights depend on which.
+pub fn gemm_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let avx512 = has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512cd")
+            && has!("avx512dq")
+            && has!("avx512vl");
+        if cfg!(feature = "avx512") && avx512 {
+            return GEMM_AVX512;
+        }
+        if has!("avx2") && has!("fma") {
+            return if cfg!(feature = "avx512") {
+                "AVX2 + FMA (this CPU has no AVX-512)"
+            } else {
+                "AVX2 + FMA (built without the avx512 feature)"
+            };
+        }
+    }
+    "portable (no AVX2)"
+}
+
+/// What [`gemm_kernels`] says where gemm runs its AVX-512 kernels.
+pub const GEMM_AVX512: &str = "AVX-512 (gemm's x86-v4 microkernels)";
+
+/// An output buffer that parallel tasks write into at disjoint places (each kernel says which).
+pub(crate) struct Output(pub(crate) *mut f32);
+
+// SAFETY: shared only while tasks write disjoint parts of the buffer, which outlives them.
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+impl Output {
+    pub(crate) fn at(&self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the buffer.
+        unsafe { self.0.add(offset) }
+    }
 }
 
 /// A contiguous f32 slice of a CPU tensor argument, or an error saying why not.
