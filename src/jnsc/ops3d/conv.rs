@@ -4,11 +4,12 @@
 //! The CPU kernel never builds a whole-volume im2col: positions are cut into tiles of `TILE`
 //! output voxels, each tile's im2col block (C k^3 x TILE) is built and multiplied by the
 //! weights with the `gemm` crate, tiles run in parallel with rayon (see ../shared/DESIGN.md for
-//! the measurements behind this). Layers of at most 16 channels and 432 im2col rows run the
-//! forward without im2col where the CPU has AVX2 (`direct`, the same bits). Backward: the input gradient is the same convolution of the
-//! output gradient with the weights transposed (O <-> C) and flipped; the weight gradient is a
-//! tiled im2col product with its own kernel (`Conv3dWeightGrad`). Other devices and dtypes run
-//! the same convolution as Candle operations (`conv3d_composite`).
+//! the measurements behind this). Layers of at most 16 output channels and 432 im2col rows run
+//! the forward without im2col where the CPU has AVX2 (`direct`, the same bits). Backward: the
+//! input gradient is the same convolution of the output gradient with the weights transposed
+//! (O <-> C) and flipped; the weight gradient is a tiled im2col product with its own kernel
+//! (`Conv3dWeightGrad`). Other devices and dtypes run the same convolution as Candle operations
+//! (`conv3d_composite`).
 
 use super::{Output, f32_slice, written_vec};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
