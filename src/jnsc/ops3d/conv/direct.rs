@@ -112,22 +112,36 @@ impl Padded {
             dims.width + 2 * pad,
         );
         let plane = height * width;
-        let mut values = vec![0f32; dims.batch * dims.channels * depth * plane];
         let source_plane = dims.height * dims.width;
-        values
-            .par_chunks_mut(plane)
-            .enumerate()
-            .for_each(|(at, target)| {
-                let (volume, z) = (at / depth, at % depth);
-                if z < pad || z >= pad + dims.depth {
-                    return;
-                }
-                let source =
-                    &input[(volume * dims.depth + z - pad) * source_plane..][..source_plane];
-                for (y, row) in source.chunks_exact(dims.width).enumerate() {
-                    target[(y + pad) * width + pad..][..dims.width].copy_from_slice(row);
-                }
-            });
+        let fill = |values: &mut [std::mem::MaybeUninit<f32>]| {
+            let zero = std::mem::MaybeUninit::new(0f32);
+            values
+                .par_chunks_mut(plane)
+                .enumerate()
+                .for_each(|(at, target)| {
+                    let (volume, z) = (at / depth, at % depth);
+                    if z < pad || z >= pad + dims.depth {
+                        target.fill(zero);
+                        return;
+                    }
+                    let source =
+                        &input[(volume * dims.depth + z - pad) * source_plane..][..source_plane];
+                    for (y, row) in target.chunks_exact_mut(width).enumerate() {
+                        if y < pad || y >= pad + dims.height {
+                            row.fill(zero);
+                            continue;
+                        }
+                        let from = &source[(y - pad) * dims.width..][..dims.width];
+                        row[..pad].fill(zero);
+                        for (t, &v) in row[pad..pad + dims.width].iter_mut().zip(from) {
+                            *t = std::mem::MaybeUninit::new(v);
+                        }
+                        row[pad + dims.width..].fill(zero);
+                    }
+                });
+        };
+        // SAFETY: every plane is either all zeros or rows of zeros and copied values.
+        let values = unsafe { written_vec(dims.batch * dims.channels * depth * plane, fill) };
         Self {
             values,
             channels: dims.channels,
