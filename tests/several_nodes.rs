@@ -1,5 +1,5 @@
 //! Several nodes on one queue: a real PostgreSQL from Debian's packages, 2 receivers and 3
-//! workers as separate `jnsc serve` processes sharing one storage directory, 20 small synthetic
+//! workers as separate `jnsc serve` processes sharing one storage directory, 10 small synthetic
 //! studies sent by DCMTK storescu to the receivers in turn, and the results delivered to a
 //! DCMTK storescp whose log counts every C-STORE it answers. Each series is analysed exactly
 //! once, each result object reaches the PACS exactly once, and nothing is lost. Then the same
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const STUDIES: usize = 20;
+const STUDIES: usize = 10;
 /// A short lease, so that a killed worker's job is taken over within seconds.
 const LEASE_SECS: u64 = 3;
 
@@ -119,7 +119,7 @@ fn studies(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
 }
 
 /// The geometry of the small studies: a whole chest in-plane (320 mm), a 60 mm slab of it
-/// (12 slices of 5 mm), so that 20 analyses (about 6 s each) fit the test's time on two cores.
+/// (12 slices of 5 mm), so that 10 analyses per test (about 6 s each) fit the test's time on two cores.
 const SMALL_STUDY: &[&str] = &[
     "--size",
     "320",
