@@ -127,9 +127,12 @@ async fn a_node_on_postgresql_indexes_queues_and_delivers_through_the_same_queri
     };
     let url = server.database("node");
     let dir = tempfile::tempdir().unwrap();
+    // A receiver only: the test claims jobs and outbox rows itself below, as a worker and its
+    // sender would, and a node of the default role would race it to them (its sender looks at
+    // the outbox every 2 s: it once took a retried row between the test's two steps).
     let node = Node::start_in_with(
         dir.path(),
-        "[node]\nname = \"receiver-1\"\n[pipeline]\nstable_age_secs = 1\nanalyze = false",
+        "[node]\nname = \"receiver-1\"\nrole = \"receiver\"\n[pipeline]\nstable_age_secs = 1",
         &format!("db = \"{url}\""),
     );
     let (code, status) = node.get("/status", None);
@@ -138,6 +141,8 @@ async fn a_node_on_postgresql_indexes_queues_and_delivers_through_the_same_queri
     let (code, ready) = node.get("/ready", None);
     assert_eq!(code, 200, "{ready}");
     assert!(ready.contains("postgres://jnsc@127.0.0.1"), "{ready}");
+    // Ready without a model: a receiver has none by its role.
+    assert!(ready.contains("none: this node is a receiver"), "{ready}");
 
     let series_dir = tempfile::tempdir().unwrap();
     let series = synth_series(series_dir.path(), 6, 64, 11);

@@ -43,7 +43,7 @@ pub struct StatusState {
     pub index: Index,
     pub config: Arc<Config>,
     pub started: Instant,
-    /// `None` when analysis is off (`pipeline.analyze = false`).
+    /// `None` when analysis is off (`pipeline.analyze = false`) or the node's role is `receiver`.
     pub model: Option<ModelStatus>,
     /// This node's area of the storage directory (all of it on SQLite): its free space, and
     /// where `/ready` checks it can write.
@@ -342,11 +342,14 @@ async fn ready(State(state): State<Arc<StatusState>>) -> Response {
             detail: format!("{db}: {e}"),
         },
     });
+    // A receiver analyses nothing, by its role: no model is not a fault there.
+    let analyses = state.config.node.role.works();
     checks.push(Check {
         name: "model",
-        ok: state.model.is_some() || !state.config.pipeline.analyze,
+        ok: state.model.is_some() || !state.config.pipeline.analyze || !analyses,
         detail: match &state.model {
             Some(m) => format!("{} {} on {}", m.name, m.version, m.device),
+            None if !analyses => format!("none: this node is a {}", state.config.node.role),
             None => "analysis is off".into(),
         },
     });
