@@ -119,7 +119,8 @@ fn studies(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
 }
 
 /// The geometry of the small studies: a whole chest in-plane (320 mm), a 60 mm slab of it
-/// (12 slices of 5 mm), so that 10 analyses per test (about 6 s each) fit the test's time on two cores.
+/// (12 slices of 5 mm), so that 10 analyses per test (about 6 s each) fit the test's time on two
+/// cores.
 const SMALL_STUDY: &[&str] = &[
     "--size",
     "320",

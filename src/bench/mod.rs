@@ -523,7 +523,7 @@ pub fn network(rounds: usize, device: DeviceSpec) -> anyhow::Result<()> {
             "CPU {}, {} rayon threads (set RAYON_NUM_THREADS to change); gemm kernels: {}",
             cpu_model(),
             rayon::current_num_threads(),
-            crate::jnsc::ops3d::gemm_kernels()
+            crate::jnsc::ops3d::GemmKernels::here()
         );
     } else {
         println!("{device:?}; the first round of each case is a warm-up and not counted");

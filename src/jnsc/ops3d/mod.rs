@@ -50,34 +50,51 @@ pub(crate) unsafe fn written_vec(
     v
 }
 
-/// Which of gemm's kernels the convolutions' matrix products run here: AVX-512 where this build
-/// has them (the `avx512` feature) and the CPU does (what gemm's run-time dispatch checks for),
-/// else AVX2 + FMA. Their sums round differently, so trained weights depend on which.
-pub fn gemm_kernels() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        let avx512 = has!("avx512f")
-            && has!("avx512bw")
-            && has!("avx512cd")
-            && has!("avx512dq")
-            && has!("avx512vl");
-        if cfg!(feature = "avx512") && avx512 {
-            return GEMM_AVX512;
-        }
-        if has!("avx2") && has!("fma") {
-            return if cfg!(feature = "avx512") {
-                "AVX2 + FMA (this CPU has no AVX-512)"
-            } else {
-                "AVX2 + FMA (built without the avx512 feature)"
-            };
-        }
-    }
-    "portable (no AVX2)"
+/// Which of gemm's kernels the convolutions' matrix products run here. Their sums round
+/// differently, so trained weights depend on which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmKernels {
+    /// AVX-512: this build has them (the `avx512` feature) and the CPU does (what gemm's
+    /// run-time dispatch checks for).
+    Avx512,
+    /// AVX2 + FMA: the kernels the shipped models were trained with.
+    Avx2Fma,
+    /// Neither.
+    Portable,
 }
 
-/// What [`gemm_kernels`] says where gemm runs its AVX-512 kernels.
-pub const GEMM_AVX512: &str = "AVX-512 (gemm's x86-v4 microkernels)";
+impl GemmKernels {
+    /// The kernels gemm dispatches to on this CPU, in this build.
+    pub fn here() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx512 = has!("avx512f")
+                && has!("avx512bw")
+                && has!("avx512cd")
+                && has!("avx512dq")
+                && has!("avx512vl");
+            if cfg!(feature = "avx512") && avx512 {
+                return Self::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return Self::Avx2Fma;
+            }
+        }
+        Self::Portable
+    }
+}
+
+impl std::fmt::Display for GemmKernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Avx512 => "AVX-512 (gemm's x86-v4 microkernels)",
+            Self::Avx2Fma if cfg!(feature = "avx512") => "AVX2 + FMA (this CPU has no AVX-512)",
+            Self::Avx2Fma => "AVX2 + FMA (built without the avx512 feature)",
+            Self::Portable => "portable (no AVX2)",
+        })
+    }
+}
 
 /// An output buffer that parallel tasks write into at disjoint places (each kernel says which).
 pub(crate) struct Output(pub(crate) *mut f32);

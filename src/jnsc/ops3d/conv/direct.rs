@@ -197,7 +197,7 @@ unsafe fn output_row(
     let width = padded.width + 1 - padded.kernel;
     let mut x = 0;
     while x + 2 * LANES <= width {
-        // SAFETY: as this function's, with x + 24 <= width.
+        // SAFETY: as this function's, with x + 16 <= width.
         unsafe { chunk::<2>(padded, n, z, y, x, weights, targets) };
         x += 2 * LANES;
     }
@@ -298,7 +298,7 @@ unsafe fn output_row(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jnsc::ops3d::{GEMM_AVX512, gemm_kernels};
+    use crate::jnsc::ops3d::GemmKernels;
     use crate::jnsc::testing::values;
 
     /// Against the im2col + gemm path on the network's layer shapes (reduced in size): the same
@@ -319,7 +319,7 @@ mod tests {
             (16, 16, 12, 3),
             (12, 4, 10, 1),
         ];
-        let same_kernels = gemm_kernels() != GEMM_AVX512;
+        let same_kernels = GemmKernels::here() != GemmKernels::Avx512;
         for (i, &(channels, outputs, size, kernel)) in layers.iter().enumerate() {
             let dims = Dims {
                 batch: 2,
