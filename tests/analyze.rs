@@ -110,19 +110,26 @@ fn finding_centres_land_on_the_nodules_of_an_oblique_study() {
 }
 
 /// `jnsc analyze --precision f16` runs the segmentation in half precision (as a GPU would
-/// on its tensor cores; here through the generic operators) and finds what f32 finds: every f32
-/// finding the network is sure is a region (location probability 0.6 or more) has a
-/// half-precision finding within 0.5 mm whose location probability is within 5e-3, and
-/// the findings reported at the operating point are the same. (p(nodule) itself can move more:
-/// the classification path sees the finding's box, which a voxel more or less at its edge
-/// changes; models/README.md "Half precision".) The maps must differ somewhere, or half
-/// precision did not run. bfloat16 is refused.
+/// on its tensor cores; on the CPU through the f32 kernels, rounded to f16) and finds what f32
+/// finds: every f32 finding the network is sure is a region (location probability 0.6 or more)
+/// has a half-precision finding within 0.5 mm whose location probability is within 5e-3. Where
+/// the paired findings are the same region (the same volume), the classification path saw the
+/// same box, so p(nodule) agrees to 1e-3 and the finding is reported by both or neither. Where
+/// a voxel more or less at the region's edge changed the box, p(nodule) can move by more
+/// (models/README.md "Half precision"); at most one reported finding may differ so. The maps
+/// must differ somewhere, or half precision did not run. bfloat16 is refused.
 #[test]
 fn half_precision_finds_what_f32_finds() {
+    struct Found {
+        centre: [f64; 3],
+        p_nodule: f64,
+        p_location: f64,
+        volume_mm3: f64,
+    }
     let dir = tempfile::tempdir().unwrap();
     oblique_study(dir.path(), 3, 21);
     let dicom = dir.path().join("dicom");
-    let run = |precision: &str| -> Vec<([f64; 3], f64, f64)> {
+    let run = |precision: &str| -> Vec<Found> {
         let json = dir.path().join(format!("{precision}.json"));
         jnsc_ok(&[
             "analyze",
@@ -140,37 +147,34 @@ fn half_precision_finds_what_f32_finds() {
             .unwrap()
             .iter()
             .map(|f| {
-                let c = |a: usize| f["center_mm"][a].as_f64().unwrap();
-                (
-                    [c(0), c(1), c(2)],
-                    f["p_nodule"].as_f64().unwrap(),
-                    f["p_location"].as_f64().unwrap(),
-                )
+                let number = |v: &serde_json::Value| v.as_f64().unwrap();
+                Found {
+                    centre: [0, 1, 2].map(|a| number(&f["center_mm"][a])),
+                    p_nodule: number(&f["p_nodule"]),
+                    p_location: number(&f["p_location"]),
+                    volume_mm3: number(&f["volume_mm3"]),
+                }
             })
             .collect()
     };
-    let distance =
-        |a: &[f64; 3], b: &[f64; 3]| (0..3).map(|i| (a[i] - b[i]).powi(2)).sum::<f64>().sqrt();
-    let reported = |findings: &[([f64; 3], f64, f64)]| -> Vec<[f64; 3]> {
-        findings
+    fn nearest<'a>(to: &Found, among: &'a [Found]) -> (f64, &'a Found) {
+        let distance =
+            |a: &[f64; 3], b: &[f64; 3]| (0..3).map(|i| (a[i] - b[i]).powi(2)).sum::<f64>().sqrt();
+        among
             .iter()
-            .filter(|f| f.1 >= 0.47)
-            .map(|f| f.0)
-            .collect()
-    };
+            .map(|h| (distance(&h.centre, &to.centre), h))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap()
+    }
     let reference = run("f32");
-    let sure: Vec<_> = reference.iter().filter(|f| f.2 >= 0.6).collect();
-    assert!(sure.len() >= 3, "{reference:?}");
+    let sure: Vec<_> = reference.iter().filter(|f| f.p_location >= 0.6).collect();
+    assert!(sure.len() >= 3, "{} sure findings", sure.len());
     let half = run("f16");
     let (mut largest_distance, mut largest_dp) = (0f64, 0f64);
-    for (centre, _, p_location) in &sure {
-        let (nearest, other) = half
-            .iter()
-            .map(|h| (distance(&h.0, centre), h))
-            .min_by(|a, b| a.0.total_cmp(&b.0))
-            .unwrap();
-        largest_distance = largest_distance.max(nearest);
-        largest_dp = largest_dp.max((other.2 - p_location).abs());
+    for f in &sure {
+        let (d, h) = nearest(f, &half);
+        largest_distance = largest_distance.max(d);
+        largest_dp = largest_dp.max((h.p_location - f.p_location).abs());
     }
     eprintln!(
         "f16: {} sure findings, centres within {largest_distance:.3} mm, \
@@ -180,14 +184,31 @@ fn half_precision_finds_what_f32_finds() {
     assert!(largest_distance <= 0.5, "{largest_distance} mm");
     assert!(largest_dp <= 5e-3, "p(location) {largest_dp}");
     assert!(largest_dp > 0.0, "f16 gave f32's map: did it run in f32?");
-    let (f32_reported, f16_reported) = (reported(&reference), reported(&half));
-    assert_eq!(f16_reported.len(), f32_reported.len());
-    for centre in &f32_reported {
-        assert!(
-            f16_reported.iter().any(|c| distance(c, centre) <= 0.5),
-            "f32 reports {centre:?}, f16 not"
-        );
+    // Reported at the operating point by one run or the other: the same region in both must give
+    // the same call; another box may change it, for at most one finding.
+    let threshold = 0.47;
+    let (mut same_region, mut other_box) = (0, Vec::new());
+    for (f, others) in [(&reference, &half), (&half, &reference)] {
+        for finding in f.iter().filter(|x| x.p_nodule >= threshold) {
+            let (d, other) = nearest(finding, others);
+            assert!(d <= 0.5, "a reported finding has no counterpart: {d} mm");
+            if (other.volume_mm3 - finding.volume_mm3).abs() < 1e-6 {
+                same_region += 1;
+                assert!(
+                    (other.p_nodule - finding.p_nodule).abs() <= 1e-3,
+                    "the same region at {:?}: p(nodule) {} against {}",
+                    finding.centre,
+                    finding.p_nodule,
+                    other.p_nodule
+                );
+            } else if other.p_nodule < threshold {
+                other_box.push((finding.centre, finding.p_nodule, other.p_nodule));
+            }
+        }
     }
+    eprintln!("reported: {same_region} of the same region; called differently: {other_box:?}");
+    assert!(same_region >= 6, "{same_region}");
+    assert!(other_box.len() <= 1, "{other_box:?}");
     let refused = jnsc(&["analyze", dicom.to_str().unwrap(), "--precision", "bf16"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("f16"));

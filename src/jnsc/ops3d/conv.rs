@@ -415,8 +415,12 @@ fn transposed_flipped(weight: &Tensor) -> Result<Tensor> {
 
 /// 3-D convolution, stride 1, same zero padding, no bias: x [N, C, D, H, W], w [O, C, k, k, k]
 /// (k odd) -> [N, O, D, H, W]. Differentiable in both arguments. f32 on the CPU runs the tiled
-/// custom op; every other device and dtype (CUDA, f64) runs [`conv3d_composite`].
+/// custom op, and so does f16 on the CPU ([`super::f16_through_f32`]); every other device and
+/// dtype (CUDA, f64) runs [`conv3d_composite`].
 pub fn conv3d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if let Some(y) = super::f16_through_f32(x, w, conv3d)? {
+        return Ok(y);
+    }
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
         x.contiguous()?.apply_op2(&w.contiguous()?, Conv3d)
     } else {

@@ -125,6 +125,25 @@ pub(crate) fn f32_slice<'a>(
     Ok(&data[start..end])
 }
 
+/// Half precision on the CPU: `op` on the f16 values (exact in f32) computed by its f32 kernels,
+/// its result rounded to f16; `None` for any other dtype or device. That is an f16 product
+/// computed in f32 (as gemm's f16 product on the CPU computes, and a GPU's with f32
+/// accumulation), in another order of summation, at about f32's speed: Candle's generic f16
+/// operators on the CPU (strided copies, then gemm's f16 product) took 3-30 times as long. The
+/// CPU's f16 is there to check a GPU's findings against.
+pub(crate) fn f16_through_f32(
+    x: &Tensor,
+    w: &Tensor,
+    op: fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Option<Tensor>> {
+    use candle_core::DType;
+    if !(x.device().is_cpu() && x.dtype() == DType::F16) {
+        return Ok(None);
+    }
+    let y = op(&x.to_dtype(DType::F32)?, &w.to_dtype(DType::F32)?)?;
+    Ok(Some(y.to_dtype(DType::F16)?))
+}
+
 /// The three spatial sizes of an [N, C, D, H, W] tensor, which must all be even.
 pub(crate) fn even_spatial(x: &Tensor, op: &str) -> Result<(usize, usize, usize, usize, usize)> {
     let (n, c, d, h, w) = x.dims5()?;

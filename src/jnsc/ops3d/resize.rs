@@ -1,6 +1,7 @@
 //! V-Net's resolution changes: the 2x2x2 stride-2 down-convolution and the 2x2x2 stride-2
 //! transposed up-convolution, each a permutation (`permuted_as`), a matmul and another
-//! permutation, so Candle derives their gradients.
+//! permutation, so Candle derives their gradients. f16 on the CPU computes in f32
+//! (`super::f16_through_f32`).
 
 use super::even_spatial;
 use super::permuted_as;
@@ -9,6 +10,9 @@ use candle_core::{Result, Tensor};
 /// 2x2x2 convolution with stride 2 (V-Net's down-convolution): x [N, C, D, H, W] (even sizes),
 /// w [O, C, 2, 2, 2] -> [N, O, D/2, H/2, W/2].
 pub fn down_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if let Some(y) = super::f16_through_f32(x, w, down_conv)? {
+        return Ok(y);
+    }
     let (n, c, d, h, wd) = even_spatial(x, "down_conv")?;
     let o = w.dim(0)?;
     let (d2, h2, w2) = (d / 2, h / 2, wd / 2);
@@ -31,6 +35,9 @@ pub fn down_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// 2x2x2 transposed convolution with stride 2 (V-Net's up-convolution): x [N, C, D, H, W],
 /// w [C, O, 2, 2, 2] (PyTorch's ConvTranspose3d layout) -> [N, O, 2D, 2H, 2W].
 pub fn up_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if let Some(y) = super::f16_through_f32(x, w, up_conv)? {
+        return Ok(y);
+    }
     let (n, c, d, h, wd) = x.dims5()?;
     let o = w.dim(1)?;
     let y = permuted_as(x, &[n, c, d, h, wd], &[0, 2, 3, 4, 1], &[n * d * h * wd, c])?
