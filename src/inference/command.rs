@@ -17,7 +17,8 @@ pub struct ModelArgs {
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
     /// The number format of the segmentation: f32 (as trained), or f16 for a GPU's tensor
-    /// cores (on a CPU much slower than f32; for checking a GPU's findings against).
+    /// cores (on a CPU computed in f32 and rounded, about twice f32's time; for checking a
+    /// GPU's findings against).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
     /// Test-time mirroring of the classification path: 1 (off) to 8 mirrored windows per
