@@ -185,15 +185,16 @@ fn half_precision_finds_what_f32_finds() {
     assert!(largest_dp <= 5e-3, "p(location) {largest_dp}");
     assert!(largest_dp > 0.0, "f16 gave f32's map: did it run in f32?");
     // Reported at the operating point by one run or the other: the same region in both must give
-    // the same call; another box may change it, for at most one finding.
+    // the same call; another box may change it, for at most one finding. Each run's reported
+    // findings are checked against the other run, so a pair reported by both counts twice.
     let threshold = 0.47;
-    let (mut same_region, mut other_box) = (0, Vec::new());
+    let (mut same_region_calls, mut other_box) = (0, Vec::new());
     for (f, others) in [(&reference, &half), (&half, &reference)] {
         for finding in f.iter().filter(|x| x.p_nodule >= threshold) {
             let (d, other) = nearest(finding, others);
             assert!(d <= 0.5, "a reported finding has no counterpart: {d} mm");
             if (other.volume_mm3 - finding.volume_mm3).abs() < 1e-6 {
-                same_region += 1;
+                same_region_calls += 1;
                 assert!(
                     (other.p_nodule - finding.p_nodule).abs() <= 1e-3,
                     "the same region at {:?}: p(nodule) {} against {}",
@@ -206,8 +207,11 @@ fn half_precision_finds_what_f32_finds() {
             }
         }
     }
-    eprintln!("reported: {same_region} of the same region; called differently: {other_box:?}");
-    assert!(same_region >= 6, "{same_region}");
+    eprintln!(
+        "reported findings (both runs) whose counterpart is the same region: \
+         {same_region_calls}; called differently: {other_box:?}"
+    );
+    assert!(same_region_calls >= 6, "{same_region_calls}");
     assert!(other_box.len() <= 1, "{other_box:?}");
     let refused = jnsc(&["analyze", dicom.to_str().unwrap(), "--precision", "bf16"]);
     assert!(!refused.status.success());
