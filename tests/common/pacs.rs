@@ -19,10 +19,19 @@ impl Pacs {
             .prefix("jnsc-pacs-")
             .tempdir()
             .unwrap();
-        let dir = temporary.path().to_owned();
+        let dir = temporary.path().join("received");
+        let done = temporary.path().join("done");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::create_dir(&done).unwrap();
+        // storescp writes each file under its final name as the data arrive, so a file listed
+        // in `dir` may be half written; once it is complete (saved and closed), storescp runs
+        // the command, which leaves a marker of the same name in `done`.
         let child = Command::new("/usr/bin/storescp")
             .args(["-aet", "PACS", "-od"])
             .arg(&dir)
+            .arg("--exec-sync")
+            .arg("--exec-on-reception")
+            .arg(format!("touch {}/#f", done.display()))
             .arg(port.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -53,11 +62,16 @@ impl Pacs {
         }
     }
 
-    /// The files it stored, sorted.
+    /// The files it stored completely, sorted.
     pub fn received(&self) -> Vec<PathBuf> {
+        let done = self.dir.with_file_name("done");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
             .unwrap_or_default();
+        files.retain(|file| {
+            file.file_name()
+                .is_some_and(|name| done.join(name).exists())
+        });
         files.sort();
         files
     }
