@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct Pacs {
     child: Child,
     dir: PathBuf,
+    /// A marker per complete file of `dir` (storescp only).
+    done: PathBuf,
     _keep: Option<tempfile::TempDir>,
 }
 
@@ -41,6 +43,7 @@ impl Pacs {
         Pacs {
             child,
             dir,
+            done,
             _keep: Some(temporary),
         }
     }
@@ -58,19 +61,19 @@ impl Pacs {
         Pacs {
             child,
             dir: PathBuf::new(),
+            done: PathBuf::new(),
             _keep: None,
         }
     }
 
     /// The files it stored completely, sorted.
     pub fn received(&self) -> Vec<PathBuf> {
-        let done = self.dir.with_file_name("done");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
             .unwrap_or_default();
         files.retain(|file| {
             file.file_name()
-                .is_some_and(|name| done.join(name).exists())
+                .is_some_and(|name| self.done.join(name).exists())
         });
         files.sort();
         files
