@@ -8,7 +8,10 @@
 //! Then the same series split over 4 associations at once (4 `storescu`; this `storescp` serves
 //! one association at a time, as Debian builds it), and the durable-write limit: the node's own
 //! file write (`FileStore::write_part10`: file and directory fsynced) of the same data sets,
-//! alone, one after another, with no network and no index.
+//! alone, one after another, with no network and no index, measured before the rounds and after
+//! them. The shared disks of these machines slow down after a few GB of writes (a run of 3
+//! rounds writes about 3 GB): when the limit after is well under the limit before, the later
+//! settings compared both tools on a slowed disk, and the run says so.
 //!
 //! `bench queue` and `bench receivers` (in `nodes`) measure several nodes on one PostgreSQL
 //! queue.
@@ -47,6 +50,7 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
     );
 
     let files = crate::volume::series::files_in(&data)?;
+    let limit_before = durable_write_rate(&work.join("fsync-before"), &files)?;
     for (nodelay, associations) in [(false, 1), (true, 1), (true, PARALLEL_ASSOCIATIONS)] {
         let setting = match (nodelay, associations) {
             (false, _) => "DCMTK as shipped (Nagle on)".to_owned(),
@@ -92,13 +96,26 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
     let mut limits: Vec<f64> = (0..rounds)
         .map(|round| durable_write_rate(&work.join(format!("fsync-{round}")), &files))
         .collect::<anyhow::Result<_>>()?;
+    let limit_after = median(&mut limits);
     println!(
-        "median: {:.1} inst/s written durably, one after another",
-        median(&mut limits)
+        "before the rounds: {limit_before:.1} inst/s; after them (median): {limit_after:.1} \
+         inst/s written durably, one after another"
     );
+    if limit_after < DISK_SLOWED * limit_before {
+        println!(
+            "the disk slowed during the run ({:.0}% of its rate before): the later settings \
+             compared both tools on a slowed disk; run again with fewer --rounds to see the \
+             disk as it was",
+            100.0 * limit_after / limit_before
+        );
+    }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
+
+/// A durable-write limit after the rounds under this fraction of the limit before them means
+/// the disk slowed during the run.
+const DISK_SLOWED: f64 = 0.7;
 
 /// Associations of the parallel round.
 const PARALLEL_ASSOCIATIONS: usize = 4;
