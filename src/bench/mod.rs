@@ -9,9 +9,9 @@
 //! one association at a time, as Debian builds it), and the durable-write limit: the node's own
 //! file write (`FileStore::write_part10`: file and directory fsynced) of the same data sets,
 //! alone, one after another, with no network and no index, measured before the rounds and after
-//! them. The shared disks of these machines slow down after a few GB of writes (a run of 3
-//! rounds writes about 3 GB): when the limit after is well under the limit before, the later
-//! settings compared both tools on a slowed disk, and the run says so.
+//! them. The shared disks of these machines can slow down partway through a run (one round
+//! writes about 1 GB, three about 3 GB): when the limit after is well under the limit before,
+//! the later settings compared both tools on a slowed disk, and the run says so.
 //!
 //! `bench queue` and `bench receivers` (in `nodes`) measure several nodes on one PostgreSQL
 //! queue.
@@ -104,8 +104,8 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
     if limit_after < DISK_SLOWED * limit_before {
         println!(
             "the disk slowed during the run ({:.0}% of its rate before): the later settings \
-             compared both tools on a slowed disk; run again with fewer --rounds to see the \
-             disk as it was",
+             compared both tools on a slowed disk; run again later (fewer --rounds write \
+             less) to see the disk at its speed",
             100.0 * limit_after / limit_before
         );
     }
