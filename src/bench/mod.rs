@@ -11,7 +11,10 @@
 //! alone, one after another, with no network and no index, measured before the rounds and after
 //! them. The shared disks of these machines can slow down partway through a run (one round
 //! writes about 1 GB, three about 3 GB): when the limit after is well under the limit before,
-//! the later settings compared both tools on a slowed disk, and the run says so.
+//! the later settings compared both tools on a slowed disk, and the run says so. Each round also
+//! reads the receiver's CPU time (user + system, all its threads, from `/proc`) and prints it per
+//! instance: the cost of the receive path, which the disk's state hardly moves, beside the rate,
+//! which it moves a lot.
 //!
 //! `bench queue` and `bench receivers` (in `nodes`) measure several nodes on one PostgreSQL
 //! queue.
@@ -58,8 +61,8 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
             (true, n) => format!("{n} associations at once, TCP_NODELAY=1"),
         };
         println!("-- {setting}");
-        let mut ours = Vec::new();
-        let mut theirs = Vec::new();
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let (mut our_cpu, mut their_cpu) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             let tag = format!("{}-{associations}-{round}", u8::from(nodelay));
             let sending = Sending {
@@ -67,18 +70,29 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
                 nodelay,
                 associations,
             };
-            let node_rate = run_jnsc_round(&work.join(format!("jnsc-{tag}")), &sending)?;
-            let dcmtk_rate = run_storescp_round(&work.join(format!("storescp-{tag}")), &sending)?;
+            let node = run_jnsc_round(&work.join(format!("jnsc-{tag}")), &sending)?;
+            let dcmtk = run_storescp_round(&work.join(format!("storescp-{tag}")), &sending)?;
             println!(
-                "round {}: jnsc {node_rate:.1} inst/s, storescp {dcmtk_rate:.1} inst/s",
-                round + 1
+                "round {}: jnsc {:.1} inst/s ({:.2} ms CPU per instance), storescp {:.1} inst/s \
+                 ({:.2} ms)",
+                round + 1,
+                node.rate,
+                node.cpu_ms,
+                dcmtk.rate,
+                dcmtk.cpu_ms
             );
-            ours.push(node_rate);
-            theirs.push(dcmtk_rate);
+            ours.push(node.rate);
+            theirs.push(dcmtk.rate);
+            our_cpu.push(node.cpu_ms);
+            their_cpu.push(dcmtk.cpu_ms);
         }
         let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+        let (our_cpu, their_cpu) = (median(&mut our_cpu), median(&mut their_cpu));
         println!(
-            "median: jnsc {ours:.1} inst/s (fsync + SQLite index), storescp {theirs:.1} inst/s"
+            "median: jnsc {ours:.1} inst/s (fsync + SQLite index), storescp {theirs:.1} inst/s; \
+             receiver's CPU per instance: jnsc {our_cpu:.2} ms, storescp {their_cpu:.2} ms \
+             ({:.1}x)",
+            our_cpu / their_cpu
         );
         let target = if associations == 1 {
             "target >= 0.80"
@@ -185,11 +199,56 @@ impl Drop for Guard {
     }
 }
 
-fn run_jnsc_round(dir: &Path, sending: &Sending) -> anyhow::Result<f64> {
+/// What one round measured of a receiver.
+struct Round {
+    /// Instances per second.
+    rate: f64,
+    /// The receiver's CPU time per instance, ms.
+    cpu_ms: f64,
+}
+
+impl Round {
+    /// Sends the series to `receiver` (listening on `port` as `called_ae`) and reads its CPU
+    /// time around the sending.
+    fn measure(
+        sending: &Sending,
+        called_ae: &str,
+        port: u16,
+        receiver: &Guard,
+    ) -> anyhow::Result<Round> {
+        let cpu_before = cpu_time(receiver.0.id())?;
+        let rate = send(sending, called_ae, &[port])?;
+        let cpu = cpu_time(receiver.0.id())?.saturating_sub(cpu_before);
+        Ok(Round {
+            rate,
+            cpu_ms: cpu.as_secs_f64() * 1e3 / sending.files.len() as f64,
+        })
+    }
+}
+
+/// The CPU time (user + system) process `pid` has used so far, all its threads together
+/// (`/proc/PID/stat`, in clock ticks).
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read the CPU time of process {pid}"))?;
+    // The fields after the command name (which may hold spaces) start with the state (field 3);
+    // utime and stime are fields 14 and 15.
+    let ticks: Option<u64> = stat.rsplit_once(')').and_then(|(_, rest)| {
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    });
+    let ticks = ticks.with_context(|| format!("unexpected /proc/{pid}/stat: {stat:?}"))?;
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if per_second <= 0 {
+        bail!("no clock tick rate (sysconf)");
+    }
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+fn run_jnsc_round(dir: &Path, sending: &Sending) -> anyhow::Result<Round> {
     let (guard, port) = start_node(dir)?;
-    let rate = send(sending, "JNSC", &[port])?;
-    drop(guard);
-    Ok(rate)
+    Round::measure(sending, "JNSC", port, &guard)
 }
 
 /// Starts `jnsc serve` with its storage under `dir` (kept from an earlier start, if any) on a free
@@ -404,7 +463,7 @@ fn check_stored(
     Ok(check)
 }
 
-fn run_storescp_round(dir: &Path, sending: &Sending) -> anyhow::Result<f64> {
+fn run_storescp_round(dir: &Path, sending: &Sending) -> anyhow::Result<Round> {
     std::fs::create_dir_all(dir)?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new(STORESCP)
@@ -430,9 +489,7 @@ fn run_storescp_round(dir: &Path, sending: &Sending) -> anyhow::Result<f64> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let rate = send(sending, "STORESCP", &[port])?;
-    drop(guard);
-    Ok(rate)
+    Round::measure(sending, "STORESCP", port, &guard)
 }
 
 /// Sends every file of the series, over `sending.associations` associations at once (the
@@ -790,4 +847,32 @@ pub fn analyze(
     );
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPU time read from `/proc` is a process's own: a shell that counts for about 300 ms
+    /// of CPU (here: 0.27 s) and then sleeps is read at a good part of that, one that only
+    /// sleeps at almost nothing.
+    #[test]
+    fn cpu_time_counts_what_a_process_computed() {
+        let read_after = |script: &str| {
+            let child = Command::new("sh").args(["-c", script]).spawn().unwrap();
+            let guard = Guard(child);
+            std::thread::sleep(Duration::from_millis(1500));
+            cpu_time(guard.0.id()).unwrap()
+        };
+        let counting = read_after("i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; sleep 5");
+        let sleeping = read_after("sleep 5");
+        assert!(
+            counting > Duration::from_millis(100),
+            "a process that counted for about 300 ms of CPU read at {counting:?}"
+        );
+        assert!(
+            sleeping < Duration::from_millis(50),
+            "a sleeping process read at {sleeping:?}"
+        );
+    }
 }
