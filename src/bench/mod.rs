@@ -854,26 +854,49 @@ pub fn analyze(
 mod tests {
     use super::*;
 
-    /// The CPU time read from `/proc` is a process's own: a shell that counts for about 300 ms
-    /// of CPU (here: 0.27 s) and then sleeps is read at a good part of that, one that only
-    /// sleeps at almost nothing.
+    /// The CPU time read from `/proc` is the process's own: a shell counts (a few hundred ms of
+    /// CPU), prints its own user and system time (`times`), closes its output and sleeps; what
+    /// `cpu_time` reads then agrees with what the shell printed, to within a few clock ticks.
     #[test]
-    fn cpu_time_counts_what_a_process_computed() {
-        let read_after = |script: &str| {
-            let child = Command::new("sh").args(["-c", script]).spawn().unwrap();
-            let guard = Guard(child);
-            std::thread::sleep(Duration::from_millis(1500));
-            cpu_time(guard.0.id()).unwrap()
+    fn cpu_time_is_what_the_process_itself_reports() {
+        use std::io::Read;
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; times; exec >&-; sleep 5",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut printed = String::new();
+        // Until the shell closes its output: it has counted and printed its times.
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut printed)
+            .unwrap();
+        let guard = Guard(child);
+        let read = cpu_time(guard.0.id()).unwrap();
+        // The first line: the shell's own user and system time, as "0m0.250000s 0m0.000000s".
+        let seconds = |field: &str| {
+            let (minutes, seconds) = field.trim_end_matches('s').split_once('m').unwrap();
+            minutes.parse::<f64>().unwrap() * 60.0 + seconds.parse::<f64>().unwrap()
         };
-        let counting = read_after("i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; sleep 5");
-        let sleeping = read_after("sleep 5");
+        let own: f64 = printed
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .map(seconds)
+            .sum();
         assert!(
-            counting > Duration::from_millis(100),
-            "a process that counted for about 300 ms of CPU read at {counting:?}"
+            own > 0.05,
+            "the shell counted with {own} s of CPU: {printed:?}"
         );
         assert!(
-            sleeping < Duration::from_millis(50),
-            "a sleeping process read at {sleeping:?}"
+            (read.as_secs_f64() - own).abs() < 0.03,
+            "read {read:?} for a shell that reported {own} s of its own CPU"
         );
     }
 }
