@@ -184,6 +184,56 @@ impl AssociationEnd {
     }
 }
 
+/// Index rows per multi-row statement: 13 parameters each, far below SQLite's 32766 and
+/// PostgreSQL's 65535 parameters per statement.
+const ROWS_PER_STATEMENT: usize = 256;
+
+/// One series of a batch of index rows: its first and last row, and how many of its rows are
+/// instances not indexed before.
+struct BatchSeries<'b, 'a> {
+    first: &'b InstanceRow<'a>,
+    last: &'b InstanceRow<'a>,
+    new_instances: i64,
+}
+
+impl<'b, 'a> BatchSeries<'b, 'a> {
+    /// The series of `rows`, in the order of their first rows.
+    fn of(rows: &'b [InstanceRow<'a>]) -> Vec<Self> {
+        let mut series: Vec<Self> = Vec::new();
+        for row in rows {
+            let uid = row.attributes.series_uid.as_str();
+            let new = i64::from(row.file.new_instance);
+            match series
+                .iter_mut()
+                .find(|s| s.first.attributes.series_uid.as_str() == uid)
+            {
+                Some(known) => {
+                    known.last = row;
+                    known.new_instances += new;
+                }
+                None => series.push(Self {
+                    first: row,
+                    last: row,
+                    new_instances: new,
+                }),
+            }
+        }
+        series
+    }
+}
+
+/// How many rows of `rows` each association stored, in the order of their first rows.
+fn stored_per_association(rows: &[InstanceRow<'_>]) -> Vec<(i64, i64)> {
+    let mut counts: Vec<(i64, i64)> = Vec::new();
+    for association in rows.iter().filter_map(|row| row.association) {
+        match counts.iter_mut().find(|(id, _)| *id == association) {
+            Some((_, stored)) => *stored += 1,
+            None => counts.push((association, 1)),
+        }
+    }
+    counts
+}
+
 /// Whether a connection given back to the pool may be used again. One still inside a
 /// transaction (a COMMIT or ROLLBACK that failed, e.g. on "database or disk is full") would hold
 /// the write lock for ever and make every later commit a savepoint of that transaction, never
@@ -394,7 +444,10 @@ impl Index {
     }
 
     /// Indexes several stored files in one transaction (a group commit), each as
-    /// `record_instance` does: all of them or none.
+    /// `record_instance` does: all of them or none. The batch's statements are few whatever its
+    /// size: one per new study's patient and study, one upsert per series, one multi-row insert
+    /// each for the instances and their versions (per [`ROWS_PER_STATEMENT`] rows), and one
+    /// update per association; each is a round trip to SQLite's worker thread.
     pub async fn record_instances(&self, rows: &[InstanceRow<'_>]) -> DbResult<()> {
         on_pool!(self.pool(), pool => {
             let now = now_ms();
@@ -414,8 +467,7 @@ impl Index {
             let mut studies_to_write = new_studies.clone();
             let mut tx = pool.begin().await?;
             for row in rows {
-                let (attrs, file, association, source_ae) =
-                    (row.attributes, &row.file, row.association, row.source_ae);
+                let attrs = row.attributes;
                 let study_uid = attrs.study_uid.as_str();
                 if let Ok(first) = studies_to_write.binary_search(&study_uid) {
                     studies_to_write.remove(first);
@@ -449,6 +501,11 @@ impl Index {
                     .execute(&mut *tx)
                     .await?;
                 }
+            }
+            // One upsert per series of the batch, counting its new instances: its columns from
+            // its first row (the one that would create it), its sender from its last.
+            for series in BatchSeries::of(rows) {
+                let (first, last) = (series.first.attributes, series.last);
                 sqlx::query(
                     "INSERT INTO series (series_uid, study_uid, modality, series_number, description,
                                          body_part, frame_of_reference_uid, source_ae, instance_count,
@@ -460,25 +517,46 @@ impl Index {
                        instance_count = series.instance_count + excluded.instance_count,
                        state = 'receiving'",
                 )
-                .bind(attrs.series_uid.as_str())
-                .bind(attrs.study_uid.as_str())
-                .bind(&attrs.modality)
-                .bind(attrs.series_number)
-                .bind(&attrs.series_description)
-                .bind(&attrs.body_part)
-                .bind(&attrs.frame_of_reference_uid)
-                .bind(source_ae)
-                .bind(i64::from(file.new_instance))
+                .bind(first.series_uid.as_str())
+                .bind(first.study_uid.as_str())
+                .bind(&first.modality)
+                .bind(first.series_number)
+                .bind(&first.series_description)
+                .bind(&first.body_part)
+                .bind(&first.frame_of_reference_uid)
+                .bind(last.source_ae)
+                .bind(series.new_instances)
                 .bind(now)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query(
+            }
+            // The instances and their versions, many rows to a statement.
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut instances = sqlx::QueryBuilder::new(
                     "INSERT INTO instances (sop_instance_uid, series_uid, sop_class_uid, transfer_syntax,
                                             instance_number, rows, columns, number_of_frames, path,
-                                            size_bytes, version, received_at, association)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                     ON CONFLICT (sop_instance_uid) DO UPDATE SET
+                                            size_bytes, version, received_at, association) ",
+                );
+                instances.push_values(chunk, |mut values, row| {
+                    let attrs = row.attributes;
+                    values
+                        .push_bind(attrs.sop_instance_uid.as_str())
+                        .push_bind(attrs.series_uid.as_str())
+                        .push_bind(attrs.sop_class_uid.as_str())
+                        .push_bind(row.file.transfer_syntax)
+                        .push_bind(attrs.instance_number)
+                        .push_bind(attrs.rows)
+                        .push_bind(attrs.columns)
+                        .push_bind(attrs.number_of_frames)
+                        .push_bind(row.file.path)
+                        .push_bind(row.file.size_bytes)
+                        .push_bind(row.file.version)
+                        .push_bind(now)
+                        .push_bind(row.association);
+                });
+                instances.push(
+                    " ON CONFLICT (sop_instance_uid) DO UPDATE SET
                        series_uid = excluded.series_uid, sop_class_uid = excluded.sop_class_uid,
                        transfer_syntax = excluded.transfer_syntax,
                        instance_number = excluded.instance_number, rows = excluded.rows,
@@ -487,40 +565,28 @@ impl Index {
                        version = excluded.version, received_at = excluded.received_at,
                        association = excluded.association
                      WHERE excluded.version >= instances.version",
-                )
-                .bind(attrs.sop_instance_uid.as_str())
-                .bind(attrs.series_uid.as_str())
-                .bind(attrs.sop_class_uid.as_str())
-                .bind(file.transfer_syntax)
-                .bind(attrs.instance_number)
-                .bind(attrs.rows)
-                .bind(attrs.columns)
-                .bind(attrs.number_of_frames)
-                .bind(file.path)
-                .bind(file.size_bytes)
-                .bind(file.version)
-                .bind(now)
-                .bind(association)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
+                );
+                instances.build().execute(&mut *tx).await?;
+                let mut versions = sqlx::QueryBuilder::new(
                     "INSERT INTO instance_versions
-                       (sop_instance_uid, version, path, received_at, association)
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(attrs.sop_instance_uid.as_str())
-                .bind(file.version)
-                .bind(file.path)
-                .bind(now)
-                .bind(association)
-                .execute(&mut *tx)
-                .await?;
-                if let Some(association) = association {
-                    sqlx::query("UPDATE associations SET instances_ok = instances_ok + 1 WHERE id = $1")
-                        .bind(association)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                       (sop_instance_uid, version, path, received_at, association) ",
+                );
+                versions.push_values(chunk, |mut values, row| {
+                    values
+                        .push_bind(row.attributes.sop_instance_uid.as_str())
+                        .push_bind(row.file.version)
+                        .push_bind(row.file.path)
+                        .push_bind(now)
+                        .push_bind(row.association);
+                });
+                versions.build().execute(&mut *tx).await?;
+            }
+            for (association, stored) in stored_per_association(rows) {
+                sqlx::query("UPDATE associations SET instances_ok = instances_ok + $1 WHERE id = $2")
+                    .bind(stored)
+                    .bind(association)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             if !new_studies.is_empty() {
