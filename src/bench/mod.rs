@@ -17,6 +17,11 @@
 //! disk is at its speed; in the slowed state the kernel's work on the page cache is charged to
 //! the writer too (`storescp` went from 0.53-0.60 ms to 1.8 ms per instance in one such round).
 //!
+//! After the rounds, what durability before the answer leaves on one association: the sync of a
+//! new file whose last PDU arrives last (the rest already on the disk), timed on the same data
+//! sets, and the highest share of `storescp`'s rate that a receiver answering only after that
+//! sync could reach, whatever else it did in no time.
+//!
 //! `bench queue` and `bench receivers` (in `nodes`) measure several nodes on one PostgreSQL
 //! queue.
 
@@ -55,6 +60,7 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
 
     let files = crate::volume::series::files_in(&data)?;
     let limit_before = durable_write_rate(&work.join("fsync-before"), &files)?;
+    let mut storescp_one = None;
     for (nodelay, associations) in [(false, 1), (true, 1), (true, PARALLEL_ASSOCIATIONS)] {
         let setting = match (nodelay, associations) {
             (false, _) => "DCMTK as shipped (Nagle on)".to_owned(),
@@ -88,6 +94,9 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
             their_cpu.push(dcmtk.cpu_ms);
         }
         let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+        if (nodelay, associations) == (true, 1) {
+            storescp_one = Some(theirs);
+        }
         let (our_cpu, their_cpu) = (median(&mut our_cpu), median(&mut their_cpu));
         println!(
             "median: jnsc {ours:.1} inst/s (fsync + SQLite index), storescp {theirs:.1} inst/s; \
@@ -124,8 +133,48 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
             100.0 * limit_after / limit_before
         );
     }
+    if let Some(storescp) = storescp_one {
+        let sync_ms = last_pdu_sync_ms(&work.join("final-sync"), &files)?;
+        let per_instance_ms = 1e3 / storescp;
+        println!(
+            "-- what answering only once the data are durable leaves on one association: the \
+             sync of a new file whose last {} KiB (one PDU) arrived last, the rest already on \
+             the disk, takes {sync_ms:.3} ms (median); after storescp's {per_instance_ms:.3} ms \
+             per instance that is at most {:.2} of storescp's rate (target >= 0.80)",
+            LAST_PDU_BYTES / 1024,
+            per_instance_ms / (per_instance_ms + sync_ms)
+        );
+    }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// The bytes of an instance's data set that arrive last: one PDU of the node's default
+/// `dicom.max_pdu`.
+const LAST_PDU_BYTES: usize = 64 << 10;
+
+/// The least a receiver that answers only once an instance is durable must wait after its last
+/// byte: for the data set of every file in `files`, a new file under `dir` with all but its last
+/// [`LAST_PDU_BYTES`] written and already on the disk, then those written and the file synced;
+/// the median time of that sync, in ms. (The node's early writer starts the write-back as the
+/// data set arrives; at best everything but the last PDU is on the disk when it ends.)
+fn last_pdu_sync_ms(dir: &Path, files: &[PathBuf]) -> anyhow::Result<f64> {
+    use crate::store::files::{FileStore, write_back_and_wait};
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let mut times = Vec::with_capacity(files.len());
+    for (i, source) in files.iter().enumerate() {
+        let data_set = FileStore::read_data_set(source)?;
+        let (head, tail) = data_set.split_at(data_set.len().saturating_sub(LAST_PDU_BYTES));
+        let mut file = std::fs::File::create(dir.join(format!("{i}.dcm")))?;
+        file.write_all(head)?;
+        write_back_and_wait(&file, head.len() as u64)?;
+        let start = Instant::now();
+        file.write_all(tail)?;
+        file.sync_data()?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(&mut times))
 }
 
 /// A durable-write limit after the rounds under this fraction of the limit before them means
@@ -898,5 +947,28 @@ mod tests {
             (read.as_secs_f64() - own).abs() < 0.03,
             "read {read:?} for a shell that reported {own} s of its own CPU"
         );
+    }
+
+    /// The final-sync measurement writes every data set whole (a short one, under one PDU, as
+    /// well as ones of several PDUs), and reports a time.
+    #[test]
+    fn the_final_sync_measurement_writes_each_data_set_whole() {
+        use crate::store::files::FileStore;
+        let (work, data) = bench_series("final-sync-test", 3, 256).unwrap();
+        let mut files = crate::volume::series::files_in(&data).unwrap();
+        let (small_work, small_data) = bench_series("final-sync-test-small", 1, 64).unwrap();
+        files.extend(crate::volume::series::files_in(&small_data).unwrap());
+        let out = work.join("synced");
+        let ms = last_pdu_sync_ms(&out, &files).unwrap();
+        assert!(ms > 0.0 && ms.is_finite(), "{ms}");
+        for (i, source) in files.iter().enumerate() {
+            let expected = FileStore::read_data_set(source).unwrap();
+            let written = std::fs::read(out.join(format!("{i}.dcm"))).unwrap();
+            assert_eq!(written, expected, "file {i} ({} bytes)", expected.len());
+        }
+        assert!(FileStore::read_data_set(&files[0]).unwrap().len() > 2 * LAST_PDU_BYTES);
+        assert!(FileStore::read_data_set(&files[3]).unwrap().len() < LAST_PDU_BYTES);
+        let _ = std::fs::remove_dir_all(work);
+        let _ = std::fs::remove_dir_all(small_work);
     }
 }
