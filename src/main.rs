@@ -188,7 +188,7 @@ struct SeriesBench {
 }
 
 fn main() -> ExitCode {
-    jnsc::alloc::keep_freed_memory();
+    jnsc::alloc::configure();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => jnsc::node::serve_command(config.as_deref()),

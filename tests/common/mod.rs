@@ -107,7 +107,7 @@ impl Node {
     pub fn start_with_config(dir: &Path, config: &Path) -> Node {
         let config = jnsc::config::Config::load(Some(config)).expect("test configuration");
         // As `jnsc serve` does.
-        jnsc::alloc::keep_freed_memory();
+        jnsc::alloc::configure();
         let (started, addresses) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
