@@ -1,8 +1,8 @@
 //! Mutation fuzzing, on stable Rust, of everything the node parses from the network.
 //!
 //! Targets ([`Target`]):
-//! - `stream`: bytes as they arrive on an association. PDUs are read by dicom-ul's reader (what
-//!   the listener and the association use); an A-ASSOCIATE-RQ's presentation contexts are checked
+//! - `stream`: bytes as they arrive on an association. PDUs are read as the association reads
+//!   them (`net::pdu::take_pdu`: P-DATA-TF by the node, the others by dicom-ul's reader); an A-ASSOCIATE-RQ's presentation contexts are checked
 //!   as the listener checks them; P-DATA values are reassembled into messages
 //!   (`association::Reassembly`), their command sets parsed and their data sets checked and
 //!   parsed as C-STORE does (`store::instance::parse_data_set`).
@@ -30,6 +30,7 @@
 use crate::encoding::MAX_SEQUENCE_DEPTH;
 use crate::net::association::Reassembly;
 use crate::net::dimse::{Command, StoreRequest};
+use crate::net::pdu::Incoming;
 use crate::random::Rng;
 use crate::store::instance::parse_data_set;
 use dicom_core::{Tag, VR};
@@ -198,21 +199,21 @@ fn execute(target: Target, input: &[u8], transfer_syntax: &str) -> bool {
 
 /// Reads `bytes` as an association stream; true when every PDU in it was read and every
 /// message in it accepted.
-fn stream(mut bytes: &[u8]) -> bool {
+fn stream(bytes: &[u8]) -> bool {
+    let mut buffer = bytes::BytesMut::from(bytes);
     let mut messages = Reassembly::default();
     let mut accepted = true;
-    while !bytes.is_empty() {
-        let before = bytes.len();
-        let pdu = match dicom_ul::read_pdu(&mut bytes, MAX_PDU, true) {
+    while !buffer.is_empty() {
+        let pdu = match crate::net::pdu::take_pdu(&mut buffer, MAX_PDU) {
             Ok(Some(pdu)) => pdu,
             Ok(None) | Err(_) => return false,
         };
         match pdu {
-            Pdu::AssociationRQ(rq) => {
+            Incoming::Other(Pdu::AssociationRQ(rq)) => {
                 accepted &= crate::net::server::check_contexts(&rq.presentation_contexts).is_ok()
             }
-            Pdu::PData { data } => {
-                for pdv in data {
+            Incoming::PData(values) => {
+                for pdv in values {
                     let context = pdv.presentation_context_id;
                     match messages.accept(pdv) {
                         Ok(Some(message)) => {
@@ -230,10 +231,7 @@ fn stream(mut bytes: &[u8]) -> bool {
                     }
                 }
             }
-            _ => {}
-        }
-        if bytes.len() == before {
-            return false;
+            Incoming::Other(_) => {}
         }
     }
     accepted && !messages.is_mid_message()

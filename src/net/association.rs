@@ -9,12 +9,13 @@ use crate::net::Stream;
 use crate::net::c_echo;
 use crate::net::c_store::{self, StoreContext};
 use crate::net::dimse::{self, Command, command_field};
+use crate::net::pdu::{self, Incoming, Pdv, ReceiveError};
 use crate::store::db::AssociationEnd;
 use crate::store::{Indexing, InstanceStore, Receiving};
 use dicom_ul::Pdu;
-use dicom_ul::association::{Association, AsyncServerAssociation, Error as UlError};
+use dicom_ul::association::{Association, AsyncServerAssociation};
 use dicom_ul::pdu::{
-    PDataValue, PDataValueType, PresentationContextNegotiated, PresentationContextResultReason,
+    PDataValueType, PresentationContextNegotiated, PresentationContextResultReason,
 };
 use tracing::{debug, warn};
 
@@ -67,7 +68,7 @@ impl Reassembly {
     }
 
     /// Adds one PDV to the message being assembled; returns the message once it is complete.
-    pub(crate) fn accept(&mut self, pdv: PDataValue) -> Result<Option<Message>, ProtocolViolation> {
+    pub(crate) fn accept(&mut self, pdv: Pdv) -> Result<Option<Message>, ProtocolViolation> {
         let hint = self.last_data_set_len.min(MAX_DATA_SET_HINT);
         let message = accept_fragment(&mut self.pending, pdv, hint)?;
         if let Some(data_set) = message.as_ref().and_then(|m| m.data_set.as_ref()) {
@@ -112,12 +113,21 @@ pub(crate) struct ProtocolViolation(String);
 /// returns how it ended.
 pub async fn serve<S: Stream>(
     association: AsyncServerAssociation<S>,
+    read_timeout: std::time::Duration,
     store: &InstanceStore,
     metrics: &Metrics,
     association_id: i64,
 ) -> (AssociationEnd, Option<String>) {
     let mut indexing = Vec::new();
-    let end = serve_messages(association, store, metrics, association_id, &mut indexing).await;
+    let end = serve_messages(
+        association,
+        read_timeout,
+        store,
+        metrics,
+        association_id,
+        &mut indexing,
+    )
+    .await;
     wait_for_rows(&mut indexing, association_id).await;
     end
 }
@@ -140,6 +150,7 @@ async fn wait_for_rows(indexing: &mut Vec<Indexing>, association_id: i64) {
 
 async fn serve_messages<S: Stream>(
     mut association: AsyncServerAssociation<S>,
+    read_timeout: std::time::Duration,
     store: &InstanceStore,
     metrics: &Metrics,
     association_id: i64,
@@ -156,7 +167,7 @@ async fn serve_messages<S: Stream>(
     };
     let mut messages = Reassembly::default();
     loop {
-        let pdu = match association.receive().await {
+        let pdu = match pdu::receive(&mut association, read_timeout).await {
             Ok(pdu) => pdu,
             Err(error) => {
                 let (end, reason) = classify_receive_error(&error, messages.is_mid_message());
@@ -167,8 +178,8 @@ async fn serve_messages<S: Stream>(
             }
         };
         match pdu {
-            Pdu::PData { data } => {
-                for pdv in data {
+            Incoming::PData(values) => {
+                for pdv in values {
                     let message = match messages.accept(pdv) {
                         Ok(Some(message)) => message,
                         Ok(None) => {
@@ -187,7 +198,7 @@ async fn serve_messages<S: Stream>(
                     }
                 }
             }
-            Pdu::ReleaseRQ => {
+            Incoming::Other(Pdu::ReleaseRQ) => {
                 wait_for_rows(indexing, association_id).await;
                 let _ = association.send(&Pdu::ReleaseRP).await;
                 let reason = messages
@@ -195,13 +206,13 @@ async fn serve_messages<S: Stream>(
                     .then(|| "released in the middle of a message".to_owned());
                 return (AssociationEnd::Released, reason);
             }
-            Pdu::AbortRQ { source } => {
+            Incoming::Other(Pdu::AbortRQ { source }) => {
                 return (
                     AssociationEnd::AbortedByPeer,
                     Some(format!("A-ABORT from {source:?}")),
                 );
             }
-            other => {
+            Incoming::Other(other) => {
                 let violation =
                     ProtocolViolation(format!("unexpected PDU {}", other.short_description()));
                 return abort(association, violation).await;
@@ -256,7 +267,7 @@ fn accepted_context<S: Stream>(
 /// set's buffer is reserved at `data_set_hint` bytes when its first fragment is smaller.
 fn accept_fragment(
     pending: &mut Option<PendingMessage>,
-    pdv: PDataValue,
+    pdv: Pdv,
     data_set_hint: usize,
 ) -> Result<Option<Message>, ProtocolViolation> {
     let message = pending.get_or_insert_with(|| PendingMessage {
@@ -303,7 +314,7 @@ fn accept_fragment(
                 )));
             }
             if message.data_set.is_empty() && pdv.data.len() >= data_set_hint {
-                message.data_set = pdv.data;
+                message.data_set = Vec::from(pdv.data);
             } else {
                 message
                     .data_set
@@ -394,18 +405,18 @@ async fn abort<S: Stream>(
 }
 
 /// How a failed receive ended the association.
-fn classify_receive_error(error: &UlError, mid_message: bool) -> (AssociationEnd, String) {
+fn classify_receive_error(error: &ReceiveError, mid_message: bool) -> (AssociationEnd, String) {
     let during = if mid_message {
         " in the middle of a message"
     } else {
         ""
     };
     match error {
-        UlError::Timeout { .. } => (
+        ReceiveError::Timeout => (
             AssociationEnd::TimedOut,
             format!("no PDU within the read timeout{during}"),
         ),
-        UlError::ConnectionClosed { .. } | UlError::WireRead { .. } => (
+        ReceiveError::Closed | ReceiveError::Io(_) => (
             AssociationEnd::ConnectionLost,
             format!("connection closed by the peer{during}"),
         ),
@@ -421,12 +432,12 @@ mod tests {
     use super::*;
     use crate::net::dimse::StoreRequest;
 
-    fn pdv(value_type: PDataValueType, data: &[u8], is_last: bool) -> PDataValue {
-        PDataValue {
+    fn pdv(value_type: PDataValueType, data: &[u8], is_last: bool) -> Pdv {
+        Pdv {
             presentation_context_id: 1,
             value_type,
             is_last,
-            data: data.to_vec(),
+            data: bytes::Bytes::copy_from_slice(data),
         }
     }
 

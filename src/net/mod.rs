@@ -1,5 +1,5 @@
 //! DICOM networking: the listener and association policy (`server`), one association's message
-//! loop (`association`), DIMSE command sets (`dimse`), what is negotiated (`presentation`), and
+//! loop (`association`) and how it reads PDUs (`pdu`), DIMSE command sets (`dimse`), what is negotiated (`presentation`), and
 //! one file per DIMSE service, the C-STORE SCU that delivers results (`send`), and DICOM TLS
 //! (`tls`). Associations run on plain TCP or TLS alike (`Stream`).
 
@@ -7,6 +7,7 @@ pub mod association;
 pub mod c_echo;
 pub mod c_store;
 pub mod dimse;
+pub(crate) mod pdu;
 pub mod presentation;
 pub mod send;
 pub mod server;

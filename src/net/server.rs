@@ -264,7 +264,7 @@ async fn conclude<S: Stream>(
             return;
         }
     };
-    serve_established(association, peer, &config.node.name, store, metrics).await;
+    serve_established(association, peer, config, store, metrics).await;
 }
 
 /// Logs why a connection gave no association.
@@ -311,10 +311,11 @@ async fn log_refusal(
 async fn serve_established<S: Stream>(
     association: dicom_ul::association::AsyncServerAssociation<S>,
     peer: SocketAddr,
-    node: &str,
+    config: &Config,
     store: &InstanceStore,
     metrics: &Metrics,
 ) {
+    let node = config.node.name.as_str();
     let calling_ae = association.peer_ae_title().trim().to_owned();
     let called_ae = association.called_ae_title().trim().to_owned();
     let id = match store
@@ -333,7 +334,8 @@ async fn serve_established<S: Stream>(
     metrics.associations_total.inc();
     metrics.associations_active.inc();
     let started = std::time::Instant::now();
-    let (end, reason) = association::serve(association, store, metrics, id).await;
+    let (end, reason) =
+        association::serve(association, config.read_timeout(), store, metrics, id).await;
     metrics.associations_active.dec();
     metrics
         .association_seconds

@@ -58,7 +58,7 @@ const MAX_WRITER_LAG: usize = 16 << 20;
 #[derive(Debug)]
 enum Part {
     /// The next fragments of the data set.
-    Data(Vec<Vec<u8>>),
+    Data(Vec<bytes::Bytes>),
     /// The data set is complete: make the file durable (while it is being validated).
     Commit,
     /// The data set is valid: the committed file is the instance's.
@@ -88,7 +88,7 @@ pub struct Receiving {
     parts: Option<mpsc::Sender<Part>>,
     /// Fragments not yet handed to the writer (handed over [`BATCH_BYTES`] at a time: fewer
     /// wake-ups of its thread).
-    batch: Vec<Vec<u8>>,
+    batch: Vec<bytes::Bytes>,
     batch_bytes: usize,
     /// Bytes handed to the writer, and (counted by it) written.
     handed: usize,
@@ -99,7 +99,7 @@ pub struct Receiving {
 
 impl Receiving {
     /// Hands the next fragment of the data set to the writer.
-    pub fn append(&mut self, bytes: Vec<u8>) {
+    pub fn append(&mut self, bytes: bytes::Bytes) {
         if self.parts.is_none() {
             return;
         }
@@ -183,7 +183,7 @@ impl InstanceStore {
         let slot = EarlyWriter::take(&self.early_writers)?;
         let (parts, received) = mpsc::channel();
         let handed = head.len();
-        let _ = parts.send(Part::Data(vec![head]));
+        let _ = parts.send(Part::Data(vec![head.into()]));
         let store = self.clone();
         let runtime = tokio::runtime::Handle::current();
         let to_write = instance.clone();
@@ -410,7 +410,7 @@ mod tests {
             )
             .expect("the only early writer");
         for fragment in data_set[4096..].chunks(65_536) {
-            receiving.append(fragment.to_vec());
+            receiving.append(bytes::Bytes::copy_from_slice(fragment));
         }
         assert!(
             receiving.parts.is_none() && receiving.batch.is_empty(),
