@@ -3,7 +3,8 @@
 //! (`bytes::Bytes`, no copy), where dicom-ul's reader copies each one twice (`copy_to_bytes`,
 //! then `to_vec`). Every other PDU is read by dicom-ul (`dicom_ul::read_pdu`, strict: no PDU
 //! above the maximum length the node announced). The same function reads PDUs from a buffer for
-//! the node and for the fuzzer (`fuzz::stream`).
+//! the node and for the fuzzer (`fuzz::stream`). Each PDU must be complete within the read
+//! timeout, as with dicom-ul's reader.
 
 use bytes::{Buf, Bytes, BytesMut};
 use dicom_ul::Pdu;
@@ -53,14 +54,32 @@ const PDV_HEADER_BYTES: usize = 6;
 /// The least the read buffer is given room for before each read.
 const READ_CHUNK: usize = 64 << 10;
 
-/// Reads the next PDU of `association`, waiting at most `timeout` for each read from its socket.
+/// Reads the next PDU of `association`; it must be complete within `timeout` (a peer that
+/// trickles its bytes cannot hold the association open).
 pub(crate) async fn receive<S: super::Stream>(
     association: &mut AsyncServerAssociation<S>,
     timeout: Duration,
 ) -> Result<Incoming, ReceiveError> {
     let max_pdu = association.acceptor_max_pdu_length();
+    let (socket, buffer) = association.get_mut();
+    read_pdu(
+        socket,
+        buffer,
+        max_pdu,
+        tokio::time::Instant::now() + timeout,
+    )
+    .await
+}
+
+/// Reads from `socket` into `buffer` until it holds a whole PDU, and takes it; `deadline` is
+/// for the whole PDU, not for each read.
+async fn read_pdu<R: tokio::io::AsyncRead + Unpin>(
+    socket: &mut R,
+    buffer: &mut BytesMut,
+    max_pdu: u32,
+    deadline: tokio::time::Instant,
+) -> Result<Incoming, ReceiveError> {
     loop {
-        let (socket, buffer) = association.get_mut();
         if let Some(incoming) = take_pdu(buffer, max_pdu)? {
             return Ok(incoming);
         }
@@ -68,7 +87,7 @@ pub(crate) async fn receive<S: super::Stream>(
         // for the next chunk of the stream.
         let wanted = pending_pdu_bytes(buffer).saturating_sub(buffer.len());
         buffer.reserve(wanted.max(READ_CHUNK));
-        match tokio::time::timeout(timeout, socket.read_buf(buffer)).await {
+        match tokio::time::timeout_at(deadline, socket.read_buf(buffer)).await {
             Err(_) => return Err(ReceiveError::Timeout),
             Ok(Err(e)) => return Err(ReceiveError::Io(e)),
             Ok(Ok(0)) => return Err(ReceiveError::Closed),
@@ -289,5 +308,45 @@ mod tests {
             take_pdu(&mut buffer, MAX_PDU),
             Err(ReceiveError::Pdu(_))
         ));
+    }
+
+    /// The read timeout is for the whole PDU: a peer that sends a 15-byte PDU a byte every 20
+    /// ms, each read well within a 150 ms timeout, is cut off; the same PDU sent at once is read.
+    #[tokio::test]
+    async fn a_pdu_trickled_slower_than_the_timeout_times_out() {
+        use tokio::io::AsyncWriteExt;
+        let pdu = pdata(&[(5, &[1, 0b10, 1, 2, 3])]);
+        let timeout = Duration::from_millis(150);
+
+        let (mut peer, mut socket) = tokio::io::duplex(1024);
+        let trickle = pdu.clone();
+        let sender = tokio::spawn(async move {
+            for byte in trickle {
+                if peer.write_all(&[byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let mut buffer = BytesMut::new();
+        let started = tokio::time::Instant::now();
+        let read = read_pdu(&mut socket, &mut buffer, MAX_PDU, started + timeout).await;
+        // Read byte by byte, each read in time, it would have been whole after 300 ms.
+        assert!(matches!(read, Err(ReceiveError::Timeout)), "{read:?}");
+        sender.abort();
+
+        let (mut peer, mut socket) = tokio::io::duplex(1024);
+        peer.write_all(&pdu).await.unwrap();
+        let mut buffer = BytesMut::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let read = read_pdu(&mut socket, &mut buffer, MAX_PDU, deadline).await;
+        assert!(
+            matches!(read, Ok(Incoming::PData(ref v)) if v.len() == 1),
+            "{read:?}"
+        );
+        // The peer closes: no PDU, and the association ends as lost.
+        drop(peer);
+        let read = read_pdu(&mut socket, &mut buffer, MAX_PDU, deadline).await;
+        assert!(matches!(read, Err(ReceiveError::Closed)), "{read:?}");
     }
 }
