@@ -2,8 +2,9 @@
 //!
 //! Targets ([`Target`]):
 //! - `stream`: bytes as they arrive on an association. PDUs are read as the association reads
-//!   them (`net::pdu::take_pdu`: P-DATA-TF by the node, the others by dicom-ul's reader); an A-ASSOCIATE-RQ's presentation contexts are checked
-//!   as the listener checks them; P-DATA values are reassembled into messages
+//!   them (`net::pdu::take_pdu`: P-DATA-TF by the node, the others by dicom-ul's reader); an
+//!   A-ASSOCIATE-RQ's presentation contexts are checked as the listener checks them; P-DATA
+//!   values are reassembled into messages
 //!   (`association::Reassembly`), their command sets parsed and their data sets checked and
 //!   parsed as C-STORE does (`store::instance::parse_data_set`).
 //! - `command`: command sets alone (`dimse::Command::parse`).
