@@ -76,9 +76,7 @@ fn required_u16(
     name: &'static str,
 ) -> Result<u16, CommandError> {
     object
-        .element_opt(tag)
-        .ok()
-        .flatten()
+        .get(tag)
         .and_then(|e| e.to_int::<u16>().ok())
         .ok_or(CommandError::Missing(name))
 }
@@ -89,7 +87,7 @@ impl Command {
         let object = read_command_set(bytes)?;
         let uint = |tag, name| required_u16(&object, tag, name);
         let text = |tag: Tag| -> Option<String> {
-            let element = object.element_opt(tag).ok().flatten()?;
+            let element = object.get(tag)?;
             let value = element.to_str().ok()?;
             Some(value.trim_end_matches(['\0', ' ']).to_owned())
         };

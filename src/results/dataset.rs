@@ -129,7 +129,7 @@ impl DataSet {
     /// empty when `type2` says it must be present, and skipped otherwise.
     pub fn copy(mut self, source: &InMemDicomObject, tags: &[(Tag, VR)], type2: bool) -> Self {
         for &(tag, vr) in tags {
-            match source.element_opt(tag).ok().flatten() {
+            match source.get(tag) {
                 Some(element) => {
                     self.0.put(element.clone());
                 }
