@@ -6,7 +6,9 @@
 //! that costs it about 40 ms per instance (a delayed-ACK stall). Both settings are measured: DCMTK
 //! as shipped, and DCMTK with `TCP_NODELAY=1` on both its sender and its receiver, its fastest.
 //! Then the same series split over 4 associations at once (4 `storescu`; this `storescp` serves
-//! one association at a time, as Debian builds it), and the durable-write limit: the node's own
+//! one association at a time, as Debian builds it; for information, `storescp --fork`, a process
+//! per association, is timed too: what receiving in parallel reaches on this machine without
+//! fsync or index), and the durable-write limit: the node's own
 //! file write (`FileStore::write_part10`: file and directory fsynced) of the same data sets,
 //! alone, one after another, with no network and no index, measured before the rounds and after
 //! them. The shared disks of these machines can slow down partway through a run (one round
@@ -70,6 +72,7 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
         println!("-- {setting}");
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         let (mut our_cpu, mut their_cpu) = (Vec::new(), Vec::new());
+        let mut forked = Vec::new();
         for round in 0..rounds {
             let tag = format!("{}-{associations}-{round}", u8::from(nodelay));
             let sending = Sending {
@@ -78,7 +81,17 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
                 associations,
             };
             let node = run_jnsc_round(&work.join(format!("jnsc-{tag}")), &sending)?;
-            let dcmtk = run_storescp_round(&work.join(format!("storescp-{tag}")), &sending)?;
+            let dcmtk = run_storescp_round(&work.join(format!("storescp-{tag}")), &sending, false)?;
+            if associations > 1 {
+                let fork =
+                    run_storescp_round(&work.join(format!("storescp-fork-{tag}")), &sending, true)?;
+                println!(
+                    "round {}: storescp --fork {:.1} inst/s",
+                    round + 1,
+                    fork.rate
+                );
+                forked.push(fork.rate);
+            }
             println!(
                 "round {}: jnsc {:.1} inst/s ({:.2} ms CPU per instance), storescp {:.1} inst/s \
                  ({:.2} ms)",
@@ -113,6 +126,14 @@ pub fn ingest(slices: usize, size: u16, rounds: usize) -> anyhow::Result<()> {
             "ratio jnsc/storescp ({setting}): {:.2} ({target})",
             ours / theirs
         );
+        if !forked.is_empty() {
+            let forked = median(&mut forked);
+            println!(
+                "for information: storescp --fork (a process per association, in parallel) \
+                 {forked:.1} inst/s; jnsc/that {:.2}",
+                ours / forked
+            );
+        }
     }
     println!(
         "-- the durable-write limit (the node's file write alone: file and directory fsynced)"
@@ -513,11 +534,15 @@ fn check_stored(
     Ok(check)
 }
 
-fn run_storescp_round(dir: &Path, sending: &Sending) -> anyhow::Result<Round> {
+/// Times DCMTK's `storescp` receiving the series into `dir`: one association at a time, as it
+/// runs by default, or with `fork` a process per association (whose CPU time is the children's,
+/// not read: the round's `cpu_ms` is then the parent's alone).
+fn run_storescp_round(dir: &Path, sending: &Sending, fork: bool) -> anyhow::Result<Round> {
     std::fs::create_dir_all(dir)?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new(STORESCP)
         .env("TCP_NODELAY", if sending.nodelay { "1" } else { "0" })
+        .args(fork.then_some("--fork"))
         .arg("--output-directory")
         .arg(dir)
         .arg(port.to_string())
