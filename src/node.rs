@@ -11,6 +11,7 @@
 
 use crate::config::Config;
 use crate::inference::Analyzer;
+use crate::inference::blobs::BlobSearch;
 use crate::inference::command::{AnalyzerArgs, ModelArgs};
 use crate::jnsc::model_file::ModelSource;
 use crate::metrics::Metrics;
@@ -456,6 +457,8 @@ fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
         tiling: model.tiling,
         batch: 1,
         mirrors: model.mirrors,
+        blob_candidates: BlobSearch::default().candidates,
+        blob_weight: BlobSearch::default().weight,
     }
     .load()
     .context(
