@@ -11,7 +11,6 @@
 
 use crate::config::Config;
 use crate::inference::Analyzer;
-use crate::inference::blobs::BlobSearch;
 use crate::inference::command::{AnalyzerArgs, ModelArgs};
 use crate::jnsc::model_file::ModelSource;
 use crate::metrics::Metrics;
@@ -457,8 +456,6 @@ fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
         tiling: model.tiling,
         batch: 1,
         mirrors: model.mirrors,
-        blob_candidates: BlobSearch::default().candidates,
-        blob_weight: BlobSearch::default().weight,
     }
     .load()
     .context(

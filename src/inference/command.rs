@@ -2,7 +2,6 @@
 //! tiling), shared by `jnsc analyze`, `jnsc eval` and, from `[model]`, the node.
 
 use super::Analyzer;
-use super::blobs::BlobSearch;
 use super::tiles::{Tiling, TilingName};
 use crate::jnsc::device::{DeviceSpec, Precision};
 use crate::jnsc::model_file::ModelSource;
@@ -60,12 +59,6 @@ pub struct AnalyzerArgs {
     /// xyz mirrored), averaged. Each pass costs one segmentation.
     #[arg(long, default_value_t = 1)]
     pub mirrors: usize,
-    /// Blobs the location map does not mark, classified per scan as extra candidates (0: off).
-    #[arg(long, default_value_t = BlobSearch::default().candidates)]
-    pub blob_candidates: usize,
-    /// A blob finding's p(nodule) is this x (1 - p(non-nodule)).
-    #[arg(long, default_value_t = BlobSearch::default().weight)]
-    pub blob_weight: f64,
 }
 
 impl AnalyzerArgs {
@@ -74,11 +67,6 @@ impl AnalyzerArgs {
         tiling.batch = self.batch;
         tiling.mirrors = self.mirrors;
         tiling.validate().map_err(anyhow::Error::msg)?;
-        let mut analyzer = self.model.load(tiling)?;
-        analyzer.blobs = BlobSearch {
-            candidates: self.blob_candidates,
-            weight: self.blob_weight,
-        };
-        Ok(analyzer)
+        self.model.load(tiling)
     }
 }

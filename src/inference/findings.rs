@@ -52,6 +52,7 @@ pub struct Detection {
 /// Finds the detections of a probability map, strongest first.
 pub fn detect(probability: &Volume<f32>, settings: &PostProcessing) -> Vec<Detection> {
     let g = probability.geometry;
+    let [ni, nj, _] = g.size;
     let mask: Vec<u8> = probability
         .data
         .iter()
@@ -64,50 +65,45 @@ pub fn detect(probability: &Volume<f32>, settings: &PostProcessing) -> Vec<Detec
             members[l as usize].push(v);
         }
     }
+    let voxel_mm3 = g.spacing[0] * g.spacing[1] * g.spacing[2];
+    let index_of = |v: usize| [v % ni, (v / ni) % nj, v / (ni * nj)];
     let mut found: Vec<Detection> = members
         .into_iter()
         .skip(1)
-        .map(|voxels| measure(voxels, probability))
+        .map(|voxels| {
+            let mut sum = [0.0; 3];
+            let mut lo = [usize::MAX; 3];
+            let mut hi = [0; 3];
+            let mut p_max = 0f32;
+            for &v in &voxels {
+                let idx = index_of(v);
+                for a in 0..3 {
+                    sum[a] += idx[a] as f64;
+                    lo[a] = lo[a].min(idx[a]);
+                    hi[a] = hi[a].max(idx[a]);
+                }
+                p_max = p_max.max(probability.data[v]);
+            }
+            let n = voxels.len() as f64;
+            let center_index = sum.map(|s| s / n);
+            let volume_mm3 = n * voxel_mm3;
+            Detection {
+                center_index,
+                center_mm: g.index_to_patient(center_index),
+                volume_mm3,
+                equivalent_diameter_mm: (6.0 * volume_mm3 / std::f64::consts::PI).cbrt(),
+                max_diameter_mm: max_extent_mm(&voxels, g.size, g.spacing),
+                p_nodule: p_max,
+                bounding_box: BoundingBox { min: lo, max: hi },
+                voxels,
+            }
+        })
         .filter(|d| d.equivalent_diameter_mm >= settings.min_diameter_mm)
         .collect();
     found.sort_by(|a, b| b.p_nodule.total_cmp(&a.p_nodule));
     let mut kept = suppress(found);
     kept.truncate(settings.max_findings);
     kept
-}
-
-/// The detection made of `voxels` (offsets into `probability`'s grid, not empty): its centre of
-/// mass, box, size measures and highest probability.
-pub fn measure(voxels: Vec<usize>, probability: &Volume<f32>) -> Detection {
-    let g = probability.geometry;
-    let [ni, nj, _] = g.size;
-    let index_of = |v: usize| [v % ni, (v / ni) % nj, v / (ni * nj)];
-    let mut sum = [0.0; 3];
-    let mut lo = [usize::MAX; 3];
-    let mut hi = [0; 3];
-    let mut p_max = 0f32;
-    for &v in &voxels {
-        let idx = index_of(v);
-        for a in 0..3 {
-            sum[a] += idx[a] as f64;
-            lo[a] = lo[a].min(idx[a]);
-            hi[a] = hi[a].max(idx[a]);
-        }
-        p_max = p_max.max(probability.data[v]);
-    }
-    let n = voxels.len() as f64;
-    let center_index = sum.map(|s| s / n);
-    let volume_mm3 = n * g.spacing[0] * g.spacing[1] * g.spacing[2];
-    Detection {
-        center_index,
-        center_mm: g.index_to_patient(center_index),
-        volume_mm3,
-        equivalent_diameter_mm: (6.0 * volume_mm3 / std::f64::consts::PI).cbrt(),
-        max_diameter_mm: max_extent_mm(&voxels, g.size, g.spacing),
-        p_nodule: p_max,
-        bounding_box: BoundingBox { min: lo, max: hi },
-        voxels,
-    }
 }
 
 /// Non-maximum suppression: drops a detection whose centre lies within the equivalent radius

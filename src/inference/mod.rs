@@ -6,7 +6,6 @@
 //! probable first. The `jnsc analyze` command and the node's worker both call
 //! [`Analyzer::analyze`].
 
-pub mod blobs;
 pub mod command;
 pub mod findings;
 pub mod tiles;
@@ -18,7 +17,6 @@ use crate::volume::prepare::{PreparedVolume, prepare};
 use crate::volume::resample::Interpolation;
 use crate::volume::series::SeriesError;
 use crate::volume::{MIRROR_SETS, Volume, mirror_cubes};
-use blobs::BlobSearch;
 use candle_core::{Device, Tensor};
 use findings::{Detection, PostProcessing, detect};
 use serde::{Deserialize, Serialize};
@@ -84,18 +82,6 @@ pub struct Finding {
     pub malignant: bool,
     /// The patient's side, from the centre's position against the lungs' midline.
     pub lung_side: LungSide,
-    /// Which candidate source found it.
-    pub source: FindingSource,
-}
-
-/// Where a finding comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FindingSource {
-    /// A region of the nodule location map (the network's segmentation).
-    Map,
-    /// A blob the location map does not mark (`blobs`), kept by the classification path.
-    Blob,
 }
 
 /// The patient's side of the chest a finding lies on.
@@ -139,8 +125,6 @@ pub struct Report {
     pub volume_size: [usize; 3],
     pub lung_volume_ml: f64,
     pub findings: Vec<Finding>,
-    /// Whether blobs the map does not mark were classified too, and how they are scored.
-    pub blobs: BlobSearch,
     pub timings_ms: Timings,
     /// Peak resident memory of the process so far, MiB (Linux; absent elsewhere).
     pub peak_memory_mib: Option<f64>,
@@ -176,16 +160,13 @@ pub struct Analyzer {
     precision: Precision,
     pub tiling: Tiling,
     pub post: PostProcessing,
-    /// Map findings whose location probability is below this are not classified (0: all are),
-    /// nor are blobs looked for when their weight is below it. Since p(nodule) never exceeds the
-    /// location probability (a blob's: its weight), a threshold at or below the reporting
-    /// threshold reports exactly what classifying every finding would.
+    /// Findings whose location probability is below this are not classified (0: all are).
+    /// Since p(nodule) never exceeds the location probability, a threshold at or below the
+    /// reporting threshold reports exactly what classifying every finding would.
     pub classify_min_p_location: f64,
     /// Test-time mirrors of each classification window (1: off; see `Tiling::mirrors`): the
     /// class probabilities are averaged over the mirrored windows, their boxes mirrored too.
     pub classify_mirrors: usize,
-    /// Blob candidates beside the map's findings (`blobs`).
-    pub blobs: BlobSearch,
 }
 
 impl Analyzer {
@@ -219,7 +200,6 @@ impl Analyzer {
             post,
             classify_min_p_location: 0.0,
             classify_mirrors: 1,
-            blobs: BlobSearch::default(),
         })
     }
 
@@ -243,31 +223,19 @@ impl Analyzer {
         )?;
         let segmentation = t.elapsed();
         let t = Instant::now();
-        let mut detections = detect(&map, &self.post);
-        let from_map = detections.len();
+        let detections = detect(&map, &self.post);
+        let detection = t.elapsed();
+        let t = Instant::now();
         let classified = detections
             .iter()
             .take_while(|d| f64::from(d.p_nodule) >= self.classify_min_p_location)
             .count();
-        // Blobs can be reported only if their p(nodule) can reach the classification threshold.
-        if self.blobs.candidates > 0 && self.blobs.weight >= self.classify_min_p_location {
-            detections.extend(self.blob_detections(&volume, &map, &detections));
-        }
-        let detection = t.elapsed();
-        let t = Instant::now();
-        let to_classify = detections[..classified]
-            .iter()
-            .chain(&detections[from_map..]);
-        let mut classes: Vec<Option<[f32; 3]>> = vec![None; detections.len()];
-        let classes_found = self.classify(&volume.hu, &map, to_classify)?;
-        for (n, p) in classes_found.into_iter().enumerate() {
-            let at = if n < classified {
-                n
-            } else {
-                from_map + n - classified
-            };
-            classes[at] = Some(p);
-        }
+        let mut classes: Vec<Option<[f32; 3]>> = self
+            .classify(&volume.hu, &map, &detections[..classified])?
+            .into_iter()
+            .map(Some)
+            .collect();
+        classes.resize(detections.len(), None);
         let classification = t.elapsed();
         let midline_x = {
             let g = volume.hu.geometry;
@@ -277,24 +245,14 @@ impl Analyzer {
         let mut findings: Vec<(Finding, Detection)> = detections
             .into_iter()
             .zip(&classes)
-            .enumerate()
-            .map(|(n, (d, p))| {
+            .map(|(d, p)| {
                 let p_location = f64::from(d.p_nodule);
-                let source = if n < from_map {
-                    FindingSource::Map
-                } else {
-                    FindingSource::Blob
-                };
-                let weight = match source {
-                    FindingSource::Map => p_location,
-                    FindingSource::Blob => self.blobs.weight,
-                };
                 let finding = Finding {
                     center_mm: d.center_mm,
                     diameter_mm: d.equivalent_diameter_mm,
                     max_diameter_mm: d.max_diameter_mm,
                     volume_mm3: d.volume_mm3,
-                    p_nodule: p.map_or(p_location, |p| weight * f64::from(1.0 - p[0])),
+                    p_nodule: p.map_or(p_location, |p| p_location * f64::from(1.0 - p[0])),
                     p_location,
                     p_non_nodule: p.map(|p| f64::from(p[0])),
                     p_benign: p.map(|p| f64::from(p[1])),
@@ -307,7 +265,6 @@ impl Analyzer {
                     } else {
                         LungSide::Right
                     },
-                    source,
                 };
                 (finding, d)
             })
@@ -327,7 +284,6 @@ impl Analyzer {
             volume_size: volume.hu.geometry.size,
             lung_volume_ml: volume.lungs.lung_volume_ml,
             findings,
-            blobs: self.blobs,
             timings_ms: Timings {
                 load: volume.timings_ms.load,
                 resample: volume.timings_ms.resample,
@@ -349,11 +305,11 @@ impl Analyzer {
 
     /// Class probabilities (non-nodule, benign, malignant) of each detection, from a window
     /// centred on it (clamped to the volume where it fits).
-    fn classify<'a>(
+    fn classify(
         &self,
         hu: &Volume<f32>,
         map: &Volume<f32>,
-        detections: impl IntoIterator<Item = &'a Detection>,
+        detections: &[Detection],
     ) -> candle_core::Result<Vec<[f32; 3]>> {
         // The map is a sub-grid of the volume: its first voxel's index there.
         let offset = hu
@@ -361,7 +317,7 @@ impl Analyzer {
             .patient_to_index(map.geometry.origin)
             .map(|v| v.round() as i64);
         let boxes: Vec<ObjectBox> = detections
-            .into_iter()
+            .iter()
             .map(|d| ObjectBox {
                 lo: [0, 1, 2].map(|a| d.bounding_box.min[a] as i64 + offset[a]),
                 hi: [0, 1, 2].map(|a| d.bounding_box.max[a] as i64 + offset[a]),
@@ -369,77 +325,6 @@ impl Analyzer {
             })
             .collect();
         self.classify_boxes(hu, &boxes)
-    }
-
-    /// The best `blobs.candidates` blobs inside the lungs (`blobs::find`) that no finding of the
-    /// map (`taken`) covers, as detections on the map's grid: the voxels of the blob's ball above
-    /// lung parenchyma (the ball's centre where none is). A blob is covered when its centre lies
-    /// in a map finding or a stronger blob's ball, or within `COVERED_MM` of a finding's centre.
-    fn blob_detections(
-        &self,
-        volume: &PreparedVolume,
-        map: &Volume<f32>,
-        taken: &[Detection],
-    ) -> Vec<Detection> {
-        /// A blob this close to a map finding's centre is that finding.
-        const COVERED_MM: f64 = 5.0;
-        /// Voxels of a blob's ball denser than this are its segment.
-        const TISSUE_HU: f32 = -600.0;
-        let (Some(hu), Some(lungs)) = (
-            volume.hu.sub_grid(&map.geometry),
-            volume.lungs.mask.sub_grid(&map.geometry),
-        ) else {
-            return Vec::new();
-        };
-        let g = map.geometry;
-        let [ni, nj, nk] = g.size;
-        let in_findings: std::collections::HashSet<usize> = taken
-            .iter()
-            .flat_map(|d| d.voxels.iter().copied())
-            .collect();
-        let mut kept: Vec<(blobs::Blob, Detection)> = Vec::new();
-        for blob in blobs::find(&hu, &lungs, 4 * self.blobs.candidates) {
-            if kept.len() == self.blobs.candidates {
-                break;
-            }
-            let c = blob.center;
-            let centre = g.index_to_patient(c.map(|v| v as f64));
-            let distance = |p: [f64; 3]| {
-                (0..3)
-                    .map(|a| (p[a] - centre[a]).powi(2))
-                    .sum::<f64>()
-                    .sqrt()
-            };
-            let covered = in_findings.contains(&g.offset(c[0], c[1], c[2]))
-                || taken.iter().any(|d| distance(d.center_mm) < COVERED_MM)
-                || kept.iter().any(|(b, d)| distance(d.center_mm) < b.radius);
-            if covered {
-                continue;
-            }
-            let r = blob.radius;
-            let reach = r.ceil() as usize;
-            let mut voxels = Vec::new();
-            for k in c[2].saturating_sub(reach)..(c[2] + reach + 1).min(nk) {
-                for j in c[1].saturating_sub(reach)..(c[1] + reach + 1).min(nj) {
-                    for i in c[0].saturating_sub(reach)..(c[0] + reach + 1).min(ni) {
-                        let d2 = [i, j, k]
-                            .iter()
-                            .zip(c)
-                            .map(|(&v, c)| (v as f64 - c as f64).powi(2))
-                            .sum::<f64>();
-                        let v = g.offset(i, j, k);
-                        if d2 <= r * r && hu.data[v] > TISSUE_HU {
-                            voxels.push(v);
-                        }
-                    }
-                }
-            }
-            if voxels.is_empty() {
-                voxels.push(g.offset(c[0], c[1], c[2]));
-            }
-            kept.push((blob, findings::measure(voxels, map)));
-        }
-        kept.into_iter().map(|(_, d)| d).collect()
     }
 
     /// p(non-nodule), p(benign), p(malignant) of each object, `CLASSIFICATION_BATCH` windows

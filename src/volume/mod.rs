@@ -62,29 +62,6 @@ impl<T: Copy> Volume<T> {
         out
     }
 
-    /// The voxels of this volume on `grid`: a sub-grid with the same spacing and axes, its first
-    /// voxel on one of this volume's (None where it does not fit inside).
-    pub fn sub_grid(&self, grid: &Geometry) -> Option<Volume<T>> {
-        let start = self.geometry.patient_to_index(grid.origin);
-        let start: [usize; 3] = [0, 1, 2].map(|a| start[a].round().max(0.0) as usize);
-        let size = self.geometry.size;
-        if (0..3).any(|a| start[a] + grid.size[a] > size[a]) {
-            return None;
-        }
-        let [ni, nj, nk] = grid.size;
-        let mut data = Vec::with_capacity(grid.len());
-        for k in 0..nk {
-            for j in 0..nj {
-                let first = self.geometry.offset(start[0], start[1] + j, start[2] + k);
-                data.extend_from_slice(&self.data[first..first + ni]);
-            }
-        }
-        Some(Volume {
-            geometry: *grid,
-            data,
-        })
-    }
-
     /// The voxel nearest to a patient position, if inside the grid.
     pub fn nearest(&self, point: geometry::Vec3) -> Option<T> {
         let index = self.geometry.patient_to_index(point);
