@@ -34,8 +34,14 @@ fn main() -> Result<(), Box<dyn Error>> {
     let files = Arc::new(FileStore::open(Path::new(storage), Path::new(""))?);
     println!("listening on {port}");
     for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                eprintln!("cannot accept a connection: {e}");
+                continue;
+            }
+        };
         let files = Arc::clone(&files);
-        let stream = stream?;
         std::thread::spawn(move || match serve(stream, &files) {
             Ok(stored) => eprintln!("association released: {stored} instances"),
             Err(e) => eprintln!("association ended: {e}"),

@@ -9,6 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 associations="${1:-4}"
 rounds="${2:-3}"
+for port in 11112 11113 11114; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is in use: the script needs 11112 (node), 11113 (storescp), 11114 (prototype)" >&2
+    exit 1
+  fi
+done
 cargo build --release --locked --quiet --bin jnsc --example blocking_scp
 repo="$PWD"
 work="$(mktemp -d)"
