@@ -11,19 +11,17 @@
 //!
 //!     cargo run --release --example blocking_scp -- PORT STORAGE_DIR
 
+use dicom_dictionary_std::uids::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_ul::association::server::ServerAssociationOptions;
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
-use jnsc::net::dimse::{Command, Response};
+use jnsc::net::dimse::{Command, Response, command_field, status};
 use jnsc::store::files::{FileStore, IncomingFile};
 use jnsc::store::instance::parse_data_set;
 use std::error::Error;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// C-STORE-RSP's Command Field.
-const C_STORE_RSP: u16 = 0x8001;
 
 fn main() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -58,8 +56,8 @@ fn serve(stream: TcpStream, files: &FileStore) -> Result<u64, Box<dyn Error>> {
         .ae_title("JNSC")
         .max_pdu_length(65_536)
         .promiscuous(true)
-        .with_transfer_syntax("1.2.840.10008.1.2")
-        .with_transfer_syntax("1.2.840.10008.1.2.1")
+        .with_transfer_syntax(IMPLICIT_VR_LITTLE_ENDIAN)
+        .with_transfer_syntax(EXPLICIT_VR_LITTLE_ENDIAN)
         .establish(stream)?;
     let contexts: Vec<(u8, String, String)> = association
         .presentation_contexts()
@@ -125,11 +123,11 @@ fn serve(stream: TcpStream, files: &FileStore) -> Result<u64, Box<dyn Error>> {
             data_set.clear();
             stored += 1;
             let response = Response {
-                command_field: C_STORE_RSP,
+                command_field: command_field::C_STORE_RSP,
                 message_id_being_responded_to: request.message_id,
                 affected_sop_class_uid: sop_class,
                 affected_sop_instance_uid: Some(sop_instance),
-                status: 0,
+                status: status::SUCCESS,
                 error_comment: None,
             };
             association.send(&Pdu::PData {
