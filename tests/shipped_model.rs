@@ -2,7 +2,8 @@
 //! each loads, is the `cpu` preset with the default normalisation, and its provenance is the run
 //! of its training configuration (models/train.toml -> models/train-real-joint.toml ->
 //! models/train-real-shapes.toml, each starting from the one before); the shipped file carries
-//! the malignancy calibration the card describes.
+//! the malignancy calibration the card describes. The candidate chain's segmentation-only stage 0
+//! (models/train-segmentation.toml) is checked the same way.
 
 use jnsc::jnsc::model_file::{ModelInfo, load};
 use jnsc::jnsc::network::Config;
@@ -39,6 +40,15 @@ fn the_shipped_model_matches_its_card() {
             .as_str()
             .unwrap()
             .contains("not patient data")
+    );
+    // The segmentation-only stage 0 of the candidate chain (model card, "Ablation").
+    let segmentation = trained_by(
+        "models/jnsc-segmentation.safetensors",
+        "models/train-segmentation.toml",
+    );
+    assert_eq!(
+        (segmentation.name.as_str(), segmentation.version.as_str()),
+        ("jnsc-segmentation", "0.1.0")
     );
     let stage1 = trained_by(
         "models/jnsc-real-stage1.safetensors",
