@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""How the sizes the node reports compare with the truth, on `eval studies` folders: for each
+reference nodule hit by a finding (a finding centred within its radius, the most probable one
+when several are), the finding's diameter (equivalent sphere of its segmented region) against the
+reference diameter (phantoms: the equivalent sphere of the truth mask; inserted and real nodules:
+the readers' diameter). Prints, per folder, the median ratio, its range and the mean absolute
+error in mm.
+
+    python3 scripts/finding-sizes.py EVAL_DIR [EVAL_DIR ...]
+
+Reads EVAL_DIR/annotations.csv and EVAL_DIR/reports/*.json.
+"""
+import csv
+import glob
+import json
+import math
+import os
+import sys
+
+
+def main():
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    for folder in sys.argv[1:]:
+        findings = {}
+        for path in glob.glob(os.path.join(folder, "reports", "*.json")):
+            report = json.load(open(path))
+            findings[report["series_uid"]] = report["findings"]
+        ratios, errors = [], []
+        for nodule in csv.DictReader(open(os.path.join(folder, "annotations.csv"))):
+            centre = [float(nodule[k]) for k in ("coordX", "coordY", "coordZ")]
+            diameter = float(nodule["diameter_mm"])
+            hits = [f for f in findings.get(nodule["seriesuid"], [])
+                    if math.dist(f["center_mm"], centre) <= diameter / 2]
+            if not hits:
+                continue
+            best = max(hits, key=lambda f: f["p_nodule"])
+            ratios.append(best["diameter_mm"] / diameter)
+            errors.append(abs(best["diameter_mm"] - diameter))
+        if not ratios:
+            print(f"{folder}: no nodule hit")
+            continue
+        ratios.sort()
+        print(f"{folder}: {len(ratios)} nodules hit; reported / true diameter: median "
+              f"{ratios[len(ratios) // 2]:.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f}); "
+              f"mean absolute error {sum(errors) / len(errors):.1f} mm")
+
+
+if __name__ == "__main__":
+    main()
