@@ -15,6 +15,7 @@ import glob
 import json
 import math
 import os
+import statistics
 import sys
 
 
@@ -40,10 +41,9 @@ def main():
         if not ratios:
             print(f"{folder}: no nodule hit")
             continue
-        ratios.sort()
         print(f"{folder}: {len(ratios)} nodules hit; reported / true diameter: median "
-              f"{ratios[len(ratios) // 2]:.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f}); "
-              f"mean absolute error {sum(errors) / len(errors):.1f} mm")
+              f"{statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}); "
+              f"mean absolute error {statistics.mean(errors):.1f} mm")
 
 
 if __name__ == "__main__":
