@@ -16,7 +16,7 @@ use jnsc::random::Rng;
 use jnsc::synth::calibration::Calibration;
 use jnsc::synth::insert::{Background, background_folder};
 use jnsc::synth::lidc_shapes::{
-    Calcification, Texture, is_fit_half_patient, is_validation_patient,
+    Calcification, Texture, is_fit_half_patient, is_test_patient, is_validation_patient,
 };
 use jnsc::train::trainer::{DataConfig, TrainConfig};
 use std::path::Path;
@@ -260,7 +260,7 @@ fn training_inserts_shapes_of_training_patients_with_their_readers_ratings() {
 #[test]
 fn eval_shapes_classifies_held_out_patients_only() {
     let _data = shared_or_skip!("data/real-ct/lidc-idri-0063");
-    let (dir, path, library) = common::export_lidc_shapes(Some(20));
+    let (dir, path, library) = common::export_lidc_shapes(Some(33));
     let model = dir.path().join("untrained.safetensors");
     let jnsc = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_jnsc"))
@@ -348,7 +348,7 @@ fn eval_shapes_classifies_held_out_patients_only() {
         .filter(|n| is_validation_patient(&n.patient_id, 20))
         .map(|n| n.patient_id.as_str())
         .collect();
-    let args = |half: Half| ShapesArgs {
+    let args = |half: Half, validation_percent: u32| ShapesArgs {
         shapes: path.clone(),
         background: common::real_ct("lidc-idri-0063"),
         model: jnsc::inference::command::ModelArgs {
@@ -358,7 +358,7 @@ fn eval_shapes_classifies_held_out_patients_only() {
             classify_mirrors: 1,
         },
         out: out.clone(),
-        validation_percent: 20,
+        validation_percent,
         half,
         per_insertion: 6,
         seed: 1,
@@ -366,13 +366,17 @@ fn eval_shapes_classifies_held_out_patients_only() {
         exclude_patients: Vec::new(),
         bootstrap: 10,
     };
-    let names = |half: Half| -> Vec<String> {
-        held_out_nodules(&library, &args(half))
+    let names = |half: Half, percent: u32| -> Vec<String> {
+        held_out_nodules(&library, &args(half, percent))
             .iter()
             .map(|n| format!("{}/{}", n.patient_id, n.nodule_index))
             .collect()
     };
-    let (all, fit, check) = (names(Half::All), names(Half::Fit), names(Half::Check));
+    let (all, fit, check) = (
+        names(Half::All, 20),
+        names(Half::Fit, 20),
+        names(Half::Check, 20),
+    );
     assert_eq!(fit.len() + check.len(), all.len());
     assert!(fit.iter().all(|n| !check.contains(n) && all.contains(n)));
     for n in &all {
@@ -384,4 +388,46 @@ fn eval_shapes_classifies_held_out_patients_only() {
     let fit = ids.iter().filter(|id| is_fit_half_patient(id)).count();
     assert!((400..=612).contains(&fit), "{fit} of 1012 in the fit half");
     assert!(!held.is_empty());
+    // Held out at 30%, the halves are the same; the test set is the patients beyond the 20%.
+    assert_eq!(names(Half::Fit, 30), names(Half::Fit, 20));
+    assert_eq!(names(Half::Check, 30), names(Half::Check, 20));
+    let test = names(Half::Test, 30);
+    assert!(
+        !test.is_empty(),
+        "33 patients hold test-set patients (0023, 0030-0032)"
+    );
+    assert!(names(Half::Test, 20).is_empty());
+    for n in &test {
+        let patient = n.split_once('/').unwrap().0;
+        assert!(is_test_patient(patient) && is_validation_patient(patient, 30));
+        assert!(!is_validation_patient(patient, 20) && !all.contains(n));
+    }
+    assert_eq!(
+        names(Half::All, 30).len(),
+        all.len() + test.len(),
+        "held out at 30%: the calibration set and the test set"
+    );
+    let test_ids = ids.iter().filter(|id| is_test_patient(id)).count();
+    assert!(
+        (60..=145).contains(&test_ids),
+        "{test_ids} of 1012 in the test set"
+    );
+
+    // The test set asks for a model that held its patients out: the shipped model trained on
+    // the shapes of every patient but the 20% of the calibration set, so it is refused.
+    let refused = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_jnsc"))
+            .args(["eval", "shapes", "--shapes", path.to_str().unwrap()])
+            .args(["--out", dir.path().join("refused").to_str().unwrap()])
+            .args(["--half", "test"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "jnsc eval shapes {extra:?} ran");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let message = refused(&["--validation-percent", "30"]);
+    assert!(message.contains("held out 30%"), "{message}");
+    let message = refused(&[]);
+    assert!(message.contains("--validation-percent 30"), "{message}");
 }

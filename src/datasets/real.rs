@@ -151,7 +151,8 @@ impl TrainingShapes {
 }
 
 /// Patients held out of the shapes by default, percent (`shape_validation_percent`).
-pub const DEFAULT_SHAPE_VALIDATION_PERCENT: u32 = 20;
+/// The calibration set's patients (`synth::lidc_shapes::CALIBRATION_PERCENT`).
+pub const DEFAULT_SHAPE_VALIDATION_PERCENT: u32 = crate::synth::lidc_shapes::CALIBRATION_PERCENT;
 
 /// Serde default of `shape_validation_percent`.
 pub fn default_shape_validation_percent() -> u32 {

@@ -10,10 +10,15 @@
 //! Each is then classified with its true box on the 1 mm grid (its labelled voxels: inside the
 //! outline and in the parenchyma), as `eval nodules` classifies its phantoms.
 //!
-//! `--half fit|check` splits the held-out patients again by a second stable hash
-//! (`is_fit_half_patient`), so that one half can fit a calibration (`eval calibrate --fit`) and
-//! the other, disjoint by patient, check it. Patients whose scans are training backgrounds (their
-//! real nodules were in the training images; `--exclude-patients`) are left out.
+//! `--half fit|check` splits the calibration set (the patients held out at
+//! `CALIBRATION_PERCENT`) again by a second stable hash (`is_fit_half_patient`), so that one half
+//! can fit a calibration (`eval calibrate --fit`) and the other, disjoint by patient, check it.
+//! `--half test` is the test set (`is_test_patient`: held out at `TEST_PERCENT`, not at
+//! `CALIBRATION_PERCENT`), disjoint from both; it needs `--validation-percent` of at least
+//! `TEST_PERCENT`. A model whose own training (its file's provenance) used any patient of the set
+//! asked for is refused; what it was initialised from is not in the file, and not checked.
+//! Patients whose scans are training backgrounds (their real nodules were in the training images;
+//! `--exclude-patients`) are left out.
 //!
 //! Writes `nodules.csv` in the columns of `eval nodules` (scan = patient/nodule index) and
 //! `metrics.json`: the `classification` metrics over all nodules (M = 3 excluded) and over the
@@ -30,7 +35,8 @@ use crate::malignancy;
 use crate::random::Rng;
 use crate::synth::insert::{Background, background_folder};
 use crate::synth::lidc_shapes::{
-    LidcNodule, PlacedShape, ShapeLibrary, is_fit_half_patient, is_validation_patient,
+    CALIBRATION_PERCENT, LidcNodule, PlacedShape, ShapeLibrary, TEST_PERCENT, is_fit_half_patient,
+    is_test_patient, is_validation_patient,
 };
 use crate::volume::geometry::Vec3;
 use crate::volume::morphology::label_boxes;
@@ -50,20 +56,47 @@ const ALONE_TRIES: usize = 5;
 pub enum Half {
     /// Every held-out patient.
     All,
-    /// The half for fitting a calibration.
+    /// The half of the calibration set for fitting a calibration.
     Fit,
     /// The other half, for checking it.
     Check,
+    /// The test set, disjoint from both halves (`is_test_patient`).
+    Test,
 }
 
 impl Half {
     fn holds(self, patient_id: &str) -> bool {
+        let calibration = || is_validation_patient(patient_id, CALIBRATION_PERCENT);
         match self {
             Half::All => true,
-            Half::Fit => is_fit_half_patient(patient_id),
-            Half::Check => !is_fit_half_patient(patient_id),
+            Half::Fit => calibration() && is_fit_half_patient(patient_id),
+            Half::Check => calibration() && !is_fit_half_patient(patient_id),
+            Half::Test => is_test_patient(patient_id),
         }
     }
+
+    /// The percentage of patients a model's training must have held out for this set to be
+    /// unseen by it.
+    fn needs_held_out_percent(self, validation_percent: u32) -> u32 {
+        match self {
+            Half::All => validation_percent,
+            Half::Fit | Half::Check => CALIBRATION_PERCENT,
+            Half::Test => TEST_PERCENT,
+        }
+    }
+}
+
+/// The percentage of LIDC patients a model's own training held out of its shapes, from its
+/// file's provenance: `None` where that training inserted no LIDC shape (or the provenance does
+/// not say).
+pub fn trained_shape_held_out_percent(provenance: &serde_json::Value) -> Option<u32> {
+    let data = provenance.get("training")?.get("data")?;
+    data.get("lidc_shapes")?;
+    let percent = match data.get("shape_validation_percent") {
+        Some(p) => u32::try_from(p.as_u64()?).ok()?,
+        None => crate::datasets::real::DEFAULT_SHAPE_VALIDATION_PERCENT,
+    };
+    Some(percent)
 }
 
 /// `jnsc eval shapes`.
@@ -84,7 +117,8 @@ pub struct ShapesArgs {
     /// Patients held out of training, percent (`shape_validation_percent` of the training).
     #[arg(long, default_value_t = 20)]
     pub validation_percent: u32,
-    /// all held-out patients, or the fit or the check half of them.
+    /// all held-out patients, the fit or the check half of the calibration set, or the test
+    /// set.
     #[arg(long, value_enum, default_value_t = Half::All)]
     pub half: Half,
     /// Nodules inserted into the background at a time.
@@ -176,11 +210,25 @@ pub fn run(args: &ShapesArgs) -> anyhow::Result<()> {
             .iter()
             .all(|n| is_validation_patient(&n.patient_id, args.validation_percent))
     );
+    anyhow::ensure!(
+        args.half != Half::Test || args.validation_percent >= TEST_PERCENT,
+        "--half test needs --validation-percent {TEST_PERCENT} or more"
+    );
     anyhow::ensure!(!nodules.is_empty(), "no held-out nodule to evaluate");
+    let analyzer = args.model.load(crate::inference::tiles::Tiling::fast())?;
+    let needed = args.half.needs_held_out_percent(args.validation_percent);
+    if let Some(trained) = trained_shape_held_out_percent(&analyzer.model_info().provenance) {
+        anyhow::ensure!(
+            trained >= needed,
+            "{} was trained on the shapes of LIDC patients outside the {trained}% it held out: \
+             the {:?} set needs a model that held out {needed}% (shape_validation_percent)",
+            args.model.source(),
+            args.half
+        );
+    }
     let (dicom, known) = background_folder(&args.background)?;
     let background = Background::load(&dicom)?;
     let lungs = background.segmented_lungs();
-    let analyzer = args.model.load(crate::inference::tiles::Tiling::fast())?;
     let known_spheres: Vec<(Vec3, f64)> = known
         .iter()
         .map(|k| (k.center_mm, k.diameter_mm / 2.0))

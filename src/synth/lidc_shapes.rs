@@ -39,7 +39,9 @@
 //!   of `crate::malignancy`.
 //! - Split: `is_validation_patient` holds patients out by a stable hash of the patient id (FNV-1a
 //!   and the SplitMix64 finaliser), so every nodule of a held-out patient is for validation only,
-//!   on every machine and build.
+//!   on every machine and build. The patients held out at `CALIBRATION_PERCENT` form the
+//!   calibration set (its fit and check halves, `is_fit_half_patient`); those held out at
+//!   `TEST_PERCENT` but not at `CALIBRATION_PERCENT` form the test set (`is_test_patient`).
 
 use crate::synth::lesion::Lesion;
 use crate::volume::geometry::Vec3;
@@ -725,6 +727,21 @@ fn stable_hash(text: &str) -> u64 {
 /// the same ones on every machine and build.
 pub fn is_validation_patient(patient_id: &str, fraction_percent: u32) -> bool {
     stable_hash(patient_id) % 100 < u64::from(fraction_percent)
+}
+
+/// Patients held out for the calibration set: the fit and check halves (`is_fit_half_patient`)
+/// are the patients `is_validation_patient` holds out at this percentage.
+pub const CALIBRATION_PERCENT: u32 = 20;
+
+/// Patients held out for the test set: held out at this percentage but not at
+/// `CALIBRATION_PERCENT` (about 10% of patients), so disjoint from the fit and check halves.
+/// Only a model trained with `shape_validation_percent` of at least this has not seen them.
+pub const TEST_PERCENT: u32 = 30;
+
+/// Whether an LIDC patient is in the test set (`TEST_PERCENT`).
+pub fn is_test_patient(patient_id: &str) -> bool {
+    is_validation_patient(patient_id, TEST_PERCENT)
+        && !is_validation_patient(patient_id, CALIBRATION_PERCENT)
 }
 
 /// Which half of the held-out patients a patient falls in, by a second stable hash (the id
