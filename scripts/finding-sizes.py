@@ -4,25 +4,28 @@ reference nodule hit by a finding (a finding centred within its radius, the most
 when several are), the finding's diameter (equivalent sphere of its segmented region) against the
 reference diameter (phantoms: the equivalent sphere of the truth mask; inserted and real nodules:
 the readers' diameter). Prints, per folder, the median ratio, its range and the mean absolute
-error in mm.
+error in mm. With --min-p-nodule T, only findings reported at T (p(nodule) >= T; the node's
+operating point is 0.47) are paired: the sizes a radiologist reads.
 
-    python3 scripts/finding-sizes.py EVAL_DIR [EVAL_DIR ...]
+    python3 scripts/finding-sizes.py [--min-p-nodule T] EVAL_DIR [EVAL_DIR ...]
 
 Reads EVAL_DIR/annotations.csv and EVAL_DIR/reports/*.json.
 """
+import argparse
 import csv
 import glob
 import json
 import math
 import os
 import statistics
-import sys
 
 
 def main():
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__)
-    for folder in sys.argv[1:]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folders", nargs="+")
+    ap.add_argument("--min-p-nodule", type=float, default=0.0)
+    a = ap.parse_args()
+    for folder in a.folders:
         findings = {}
         for path in glob.glob(os.path.join(folder, "reports", "*.json")):
             report = json.load(open(path))
@@ -32,7 +35,8 @@ def main():
             centre = [float(nodule[k]) for k in ("coordX", "coordY", "coordZ")]
             diameter = float(nodule["diameter_mm"])
             hits = [f for f in findings.get(nodule["seriesuid"], [])
-                    if math.dist(f["center_mm"], centre) <= diameter / 2]
+                    if math.dist(f["center_mm"], centre) <= diameter / 2
+                    and f["p_nodule"] >= a.min_p_nodule]
             if not hits:
                 continue
             best = max(hits, key=lambda f: f["p_nodule"])

@@ -3,7 +3,8 @@
 //! of its training configuration (models/train.toml -> models/train-real-joint.toml ->
 //! models/train-real-shapes.toml, each starting from the one before); the shipped file carries
 //! the malignancy calibration the card describes. The candidate chain's segmentation-only stage 0
-//! (models/train-segmentation.toml) is checked the same way.
+//! (models/train-segmentation.toml), its stage 1 and its joint stage 2
+//! (models/train-real-shapes-joint.toml) are checked the same way.
 
 use jnsc::jnsc::model_file::{ModelInfo, load};
 use jnsc::jnsc::network::Config;
@@ -80,6 +81,48 @@ fn the_shipped_model_matches_its_card() {
             .fitted_on
             .contains("held-out LIDC-IDRI patients")
     );
+    // The candidate chain's stage 1 (the shipped stage-1 configuration from the
+    // segmentation-only stage 0) and its joint stage 2, kept uncalibrated (model card, "Chain S
+    // with a joint stage 2 and a test set").
+    let (_, seg1) = load(
+        &root().join("models/jnsc-real-stage1-seg.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let seg1_config: TrainConfig =
+        serde_json::from_value(seg1.provenance["training"].clone()).unwrap();
+    let stage1_documented: TrainConfig = toml::from_str(
+        &std::fs::read_to_string(root().join("models/train-real-joint.toml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        seg1_config,
+        TrainConfig {
+            init_from: Some(PathBuf::from("models/jnsc-segmentation.safetensors")),
+            ..stage1_documented
+        }
+    );
+    let joint = trained_by(
+        "models/jnsc-real-shapes-joint.safetensors",
+        "models/train-real-shapes-joint.toml",
+    );
+    assert!(joint.malignancy_calibration.is_none());
+    let joint_config: TrainConfig =
+        serde_json::from_value(joint.provenance["training"].clone()).unwrap();
+    assert_eq!(
+        joint_config.init_from,
+        Some(PathBuf::from("models/jnsc-real-stage1-seg.safetensors"))
+    );
+    assert_eq!(
+        jnsc::eval::shapes::trained_shape_held_out_percent(&joint.provenance),
+        Some(jnsc::synth::lidc_shapes::TEST_PERCENT),
+        "the candidate held the test set out"
+    );
+    assert_eq!(
+        jnsc::eval::shapes::trained_shape_held_out_percent(&shipped.provenance),
+        Some(jnsc::synth::lidc_shapes::CALIBRATION_PERCENT)
+    );
+
     let card = std::fs::read_to_string(root().join("models/README.md")).unwrap();
     assert!(card.contains("Not for clinical use"));
     assert!(card.contains(&format!("{:.3}", calibration.threshold)));
