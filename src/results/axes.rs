@@ -192,8 +192,13 @@ impl<'a> SlicePixels<'a> {
                 continue;
             };
             // The samples sit inside the pixels: extend each end by half a step to the edge.
-            let (low, high) = (low - step / 2.0, high + step / 2.0);
-            let chord = (high - low).min(length);
+            let (mut low, mut high) = (low - step / 2.0, high + step / 2.0);
+            // Never longer than the long axis (a few pixels can make it so): both ends move in
+            // alike, so that the line drawn is as long as the length reported.
+            let excess = (high - low - length).max(0.0);
+            low += excess / 2.0;
+            high -= excess / 2.0;
+            let chord = high - low;
             if best.is_none_or(|(l, _, _)| chord > l) {
                 best = Some((chord, at(t, low), at(t, high)));
             }
@@ -322,5 +327,34 @@ mod tests {
         assert!((axes.long.length_mm - 0.5).abs() < 1e-12, "{axes:?}");
         assert!(measure(&[slice(64, 64, |_, _| false)], GRID).is_none());
         assert!(measure(&[], GRID).is_none());
+    }
+
+    /// Every small pixel set, on grids of several spacings: each axis is drawn exactly as long as
+    /// its reported length, and the short axis is never the longer one.
+    #[test]
+    fn axes_are_drawn_as_long_as_they_are_reported_on_small_sets() {
+        for (cs, rs) in [(0.5, 0.5), (0.9, 0.9), (0.7, 1.25), (1.25, 0.7)] {
+            let grid = PixelGrid {
+                columns: 4,
+                column_spacing_mm: cs,
+                row_spacing_mm: rs,
+            };
+            // Every non-empty subset of a 4 x 3 block.
+            for bits in 1u32..(1 << 12) {
+                let mask = slice(4, 3, |c, r| bits & (1 << (r * 4 + c)) != 0);
+                let axes = measure(&[mask], grid).unwrap();
+                for axis in [axes.long, axes.short] {
+                    let drawn = (((axis.to[0] - axis.from[0]) * cs).powi(2)
+                        + ((axis.to[1] - axis.from[1]) * rs).powi(2))
+                    .sqrt();
+                    assert!(
+                        (drawn - axis.length_mm).abs() < 1e-9,
+                        "set {bits:#x} on {cs} x {rs}: drawn {drawn}, reported {}",
+                        axis.length_mm
+                    );
+                }
+                assert!(axes.short.length_mm <= axes.long.length_mm + 1e-9);
+            }
+        }
     }
 }
