@@ -2,11 +2,7 @@
 //! above the threshold, 3-D connected components (6-connected; components that touch are one
 //! finding), centre of mass, non-maximum suppression of findings whose centre lies inside a
 //! stronger finding's sphere, and findings under the minimum diameter dropped. Each finding
-//! carries two extents in mm on the map's grid: its region (what detection works with) and its
-//! measured extent, the region's voxels whose probability reaches `measure_fraction` of the
-//! region's peak: what is reported and segmented. The map runs wide of a nodule's edge (its
-//! nodule voxels weighed 50 in training; the region is cut at 0.4), and the fraction was chosen
-//! on validation data to undo that (model card, "Sizes").
+//! carries its size measures in mm on the map's grid.
 
 use crate::volume::Volume;
 use crate::volume::geometry::Vec3;
@@ -22,8 +18,6 @@ pub struct PostProcessing {
     pub min_diameter_mm: f64,
     /// At most this many findings are kept, strongest first (LUNA16 scores 100 per scan).
     pub max_findings: usize,
-    /// A finding's measured extent: its voxels at or above this fraction of its peak.
-    pub measure_fraction: f32,
 }
 
 impl Default for PostProcessing {
@@ -32,36 +26,6 @@ impl Default for PostProcessing {
             threshold: 0.4,
             min_diameter_mm: 3.0,
             max_findings: 100,
-            measure_fraction: MEASURE_FRACTION,
-        }
-    }
-}
-
-/// The default `measure_fraction`: the peak fraction whose sizes matched the truth best on the
-/// validation sets, for the shipped model's map (model card, "Sizes").
-pub const MEASURE_FRACTION: f32 = 0.9;
-
-/// A set of voxels of the map and its size.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Extent {
-    /// Offsets into the map.
-    pub voxels: Vec<usize>,
-    pub volume_mm3: f64,
-    /// Diameter of the sphere of the same volume.
-    pub equivalent_diameter_mm: f64,
-    /// Largest distance between two of its voxels, plus one voxel.
-    pub max_diameter_mm: f64,
-}
-
-impl Extent {
-    fn new(voxels: Vec<usize>, geometry: &crate::volume::geometry::Geometry) -> Self {
-        let s = geometry.spacing;
-        let volume_mm3 = voxels.len() as f64 * s[0] * s[1] * s[2];
-        Self {
-            volume_mm3,
-            equivalent_diameter_mm: (6.0 * volume_mm3 / std::f64::consts::PI).cbrt(),
-            max_diameter_mm: max_extent_mm(&voxels, geometry.size, s),
-            voxels,
         }
     }
 }
@@ -73,16 +37,16 @@ pub struct Detection {
     pub center_index: Vec3,
     /// Centre of mass in patient coordinates (LPS, mm).
     pub center_mm: Vec3,
-    /// The connected region above the threshold: non-maximum suppression and the minimum
-    /// diameter use its size, and the classification path its box and voxel count.
-    pub region: Extent,
-    /// The region's voxels at or above `measure_fraction` of `p_nodule` (never empty: the peak
-    /// voxel is one): the size that is reported and the segment that is written.
-    pub measured: Extent,
+    pub volume_mm3: f64,
+    /// Diameter of the sphere of the same volume.
+    pub equivalent_diameter_mm: f64,
+    /// Largest distance between two of its voxels, plus one voxel.
+    pub max_diameter_mm: f64,
     /// Highest voxel probability inside.
     pub p_nodule: f32,
-    /// The region's bounding box.
     pub bounding_box: BoundingBox,
+    /// Its voxels (offsets into the map).
+    pub voxels: Vec<usize>,
 }
 
 /// Finds the detections of a probability map, strongest first.
@@ -101,6 +65,7 @@ pub fn detect(probability: &Volume<f32>, settings: &PostProcessing) -> Vec<Detec
             members[l as usize].push(v);
         }
     }
+    let voxel_mm3 = g.spacing[0] * g.spacing[1] * g.spacing[2];
     let index_of = |v: usize| [v % ni, (v / ni) % nj, v / (ni * nj)];
     let mut found: Vec<Detection> = members
         .into_iter()
@@ -121,22 +86,19 @@ pub fn detect(probability: &Volume<f32>, settings: &PostProcessing) -> Vec<Detec
             }
             let n = voxels.len() as f64;
             let center_index = sum.map(|s| s / n);
-            let cut = settings.measure_fraction * p_max;
-            let measured: Vec<usize> = voxels
-                .iter()
-                .copied()
-                .filter(|&v| probability.data[v] >= cut)
-                .collect();
+            let volume_mm3 = n * voxel_mm3;
             Detection {
                 center_index,
                 center_mm: g.index_to_patient(center_index),
-                measured: Extent::new(measured, &g),
-                region: Extent::new(voxels, &g),
+                volume_mm3,
+                equivalent_diameter_mm: (6.0 * volume_mm3 / std::f64::consts::PI).cbrt(),
+                max_diameter_mm: max_extent_mm(&voxels, g.size, g.spacing),
                 p_nodule: p_max,
                 bounding_box: BoundingBox { min: lo, max: hi },
+                voxels,
             }
         })
-        .filter(|d| d.region.equivalent_diameter_mm >= settings.min_diameter_mm)
+        .filter(|d| d.equivalent_diameter_mm >= settings.min_diameter_mm)
         .collect();
     found.sort_by(|a, b| b.p_nodule.total_cmp(&a.p_nodule));
     let mut kept = suppress(found);
@@ -154,7 +116,7 @@ fn suppress(sorted: Vec<Detection>) -> Vec<Detection> {
                 .map(|a| (k.center_mm[a] - d.center_mm[a]).powi(2))
                 .sum::<f64>()
                 .sqrt();
-            dist < k.region.equivalent_diameter_mm / 2.0
+            dist < k.equivalent_diameter_mm / 2.0
         });
         if !inside {
             kept.push(d);
@@ -260,13 +222,10 @@ mod tests {
         assert_eq!(found[0].center_index, [10.0, 10.0, 10.0]);
         assert_eq!(found[0].center_mm, [0.0, 30.0, -20.0]);
         // A digital ball of radius 4 has 257 voxels.
-        let region = &found[0].region;
-        assert_eq!(region.voxels.len(), 257);
-        assert!((region.volume_mm3 - 257.0).abs() < 1e-9);
-        assert!((region.equivalent_diameter_mm - 7.886).abs() < 0.01);
-        assert_eq!(region.max_diameter_mm, 9.0);
-        // A flat blob measures what its region measures.
-        assert_eq!(&found[0].measured, region);
+        assert_eq!(found[0].voxels.len(), 257);
+        assert!((found[0].volume_mm3 - 257.0).abs() < 1e-9);
+        assert!((found[0].equivalent_diameter_mm - 7.886).abs() < 0.01);
+        assert_eq!(found[0].max_diameter_mm, 9.0);
         assert_eq!(found[0].bounding_box.min, [6, 6, 6]);
         assert_eq!(found[1].center_mm, [18.0, 48.0, -2.0]);
     }
@@ -280,41 +239,7 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].p_nodule, 0.95);
         assert!((found[0].center_index[0] - 16.0).abs() < 1e-9);
-        assert_eq!(found[0].region.max_diameter_mm, 17.0);
-        // Measured: the stronger ball's voxels only (0.8 < 0.9 x 0.95).
-        assert_eq!(found[0].measured.max_diameter_mm, 9.0);
-    }
-
-    #[test]
-    fn the_measured_extent_is_the_region_s_core_above_the_peak_fraction() {
-        let mut v = map([30, 30, 30]);
-        ball(&mut v, [15.0, 15.0, 15.0], 5.0, 0.6); // the map's wide margin
-        ball(&mut v, [15.0, 15.0, 15.0], 3.0, 0.97);
-        ball(&mut v, [15.0, 15.0, 15.0], 1.0, 1.0);
-        let found = detect(&v, &PostProcessing::default());
-        assert_eq!(found.len(), 1);
-        let (region, measured) = (&found[0].region, &found[0].measured);
-        // Digital balls of radius 5 and 3: 515 and 123 voxels.
-        assert_eq!(region.voxels.len(), 515);
-        assert_eq!(measured.voxels.len(), 123);
-        assert!(measured.voxels.iter().all(|v| region.voxels.contains(v)));
-        assert_eq!(measured.max_diameter_mm, 7.0);
-        assert!(measured.equivalent_diameter_mm < region.equivalent_diameter_mm);
-        // At the fraction 0.5 the margin counts too; a fraction above 1 keeps the peak voxels.
-        let at = |measure_fraction: f32| {
-            detect(
-                &v,
-                &PostProcessing {
-                    measure_fraction,
-                    ..PostProcessing::default()
-                },
-            )[0]
-            .measured
-            .voxels
-            .len()
-        };
-        assert_eq!(at(0.5), 515);
-        assert_eq!(at(1.0), 7);
+        assert_eq!(found[0].max_diameter_mm, 17.0);
     }
 
     #[test]
@@ -326,7 +251,7 @@ mod tests {
         let lenient = PostProcessing {
             threshold: 0.3,
             min_diameter_mm: 2.0,
-            ..PostProcessing::default()
+            max_findings: 100,
         };
         assert_eq!(detect(&v, &lenient).len(), 2);
         let capped = PostProcessing {
@@ -338,25 +263,18 @@ mod tests {
 
     #[test]
     fn a_weaker_finding_centred_inside_a_stronger_one_is_suppressed() {
-        let extent = Extent {
-            voxels: vec![],
-            volume_mm3: 1000.0,
-            equivalent_diameter_mm: 12.4,
-            max_diameter_mm: 13.0,
-        };
         let strong = Detection {
             center_index: [0.0; 3],
             center_mm: [0.0; 3],
-            region: extent.clone(),
-            measured: Extent {
-                equivalent_diameter_mm: 2.0,
-                ..extent
-            },
+            volume_mm3: 1000.0,
+            equivalent_diameter_mm: 12.4,
+            max_diameter_mm: 13.0,
             p_nodule: 0.9,
             bounding_box: BoundingBox {
                 min: [0; 3],
                 max: [0; 3],
             },
+            voxels: vec![],
         };
         let inside = Detection {
             center_mm: [3.0, 4.0, 0.0],

@@ -56,16 +56,11 @@ impl AnalyzeError {
 pub struct Finding {
     /// Centre of mass, patient coordinates (LPS), mm.
     pub center_mm: [f64; 3],
-    /// Equivalent-sphere diameter of the measured extent (`findings::Detection::measured`), mm.
+    /// Equivalent-sphere diameter, mm.
     pub diameter_mm: f64,
-    /// Largest extent of the measured extent, mm.
+    /// Largest extent, mm.
     pub max_diameter_mm: f64,
-    /// Volume of the measured extent, mm^3.
     pub volume_mm3: f64,
-    /// Volume of the detected region (the location map above its threshold, which contains the
-    /// measured extent), mm^3: non-maximum suppression and the 3 mm minimum use its size, and
-    /// the classification path its box and voxel count.
-    pub region_volume_mm3: f64,
     /// Probability that the finding is a nodule: `p_location` x (1 - `p_non_nodule`), the
     /// location map and the classification path's false-positive reduction together. A finding
     /// that was not classified (location probability under the analyzer's
@@ -254,10 +249,9 @@ impl Analyzer {
                 let p_location = f64::from(d.p_nodule);
                 let finding = Finding {
                     center_mm: d.center_mm,
-                    diameter_mm: d.measured.equivalent_diameter_mm,
-                    max_diameter_mm: d.measured.max_diameter_mm,
-                    volume_mm3: d.measured.volume_mm3,
-                    region_volume_mm3: d.region.volume_mm3,
+                    diameter_mm: d.equivalent_diameter_mm,
+                    max_diameter_mm: d.max_diameter_mm,
+                    volume_mm3: d.volume_mm3,
                     p_nodule: p.map_or(p_location, |p| p_location * f64::from(1.0 - p[0])),
                     p_location,
                     p_non_nodule: p.map(|p| f64::from(p[0])),
@@ -327,7 +321,7 @@ impl Analyzer {
             .map(|d| ObjectBox {
                 lo: [0, 1, 2].map(|a| d.bounding_box.min[a] as i64 + offset[a]),
                 hi: [0, 1, 2].map(|a| d.bounding_box.max[a] as i64 + offset[a]),
-                voxels: d.region.voxels.len(),
+                voxels: d.voxels.len(),
             })
             .collect();
         self.classify_boxes(hu, &boxes)
