@@ -98,6 +98,22 @@ enum ModelCommand {
         #[arg(long, value_delimiter = ',')]
         widths: Option<Vec<usize>>,
     },
+    /// Write a model file that detects with one model's network and takes the benign and
+    /// malignant classes from another's classification path (with that one's calibration).
+    Combine {
+        /// The model whose network detects: location map and p(non-nodule).
+        #[arg(long)]
+        detection: PathBuf,
+        /// The model whose classification path gives p(benign) and p(malignant).
+        #[arg(long)]
+        malignancy: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -266,6 +282,27 @@ fn main() -> ExitCode {
                     widths,
                 },
         } => jnsc::jnsc::model_file::write_untrained(&out, preset, widths),
+        Command::Model {
+            which:
+                ModelCommand::Combine {
+                    detection,
+                    malignancy,
+                    out,
+                    name,
+                    version,
+                },
+        } => jnsc::jnsc::model_file::combine(&detection, &malignancy, &out, &name, &version)
+            .map(|info| {
+                println!(
+                    "wrote {} {} to {}: detection from {}, malignancy from {}",
+                    info.name,
+                    info.version,
+                    out.display(),
+                    detection.display(),
+                    malignancy.display()
+                )
+            })
+            .map_err(Into::into),
         Command::Bench {
             which: BenchCommand::Network { rounds, device },
         } => jnsc::bench::network(rounds, device),

@@ -15,8 +15,9 @@
 //! can fit a calibration (`eval calibrate --fit`) and the other, disjoint by patient, check it.
 //! `--half test` is the test set (`is_test_patient`: held out at `TEST_PERCENT`, not at
 //! `CALIBRATION_PERCENT`), disjoint from both; it needs `--validation-percent` of at least
-//! `TEST_PERCENT`. A model whose own training (its file's provenance) used any patient of the set
-//! asked for is refused; what it was initialised from is not in the file, and not checked.
+//! `TEST_PERCENT`. A model whose own training (its file's provenance; that of its malignancy
+//! network, where it has one, since the metrics are of its classes alone) used any patient of the
+//! set asked for is refused; what it was initialised from is not in the file, and not checked.
 //! Patients whose scans are training backgrounds (their real nodules were in the training images;
 //! `--exclude-patients`) are left out.
 //!
@@ -217,7 +218,9 @@ pub fn run(args: &ShapesArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!nodules.is_empty(), "no held-out nodule to evaluate");
     let analyzer = args.model.load(crate::inference::tiles::Tiling::fast())?;
     let needed = args.half.needs_held_out_percent(args.validation_percent);
-    if let Some(trained) = trained_shape_held_out_percent(&analyzer.model_info().provenance) {
+    if let Some(trained) =
+        trained_shape_held_out_percent(analyzer.model_info().malignancy_provenance())
+    {
         anyhow::ensure!(
             trained >= needed,
             "{} was trained on the shapes of LIDC patients outside the {trained}% it held out: \

@@ -11,7 +11,7 @@ pub mod findings;
 pub mod tiles;
 
 use crate::jnsc::device::Precision;
-use crate::jnsc::model_file::{ModelFileError, ModelInfo, ModelSource, load_from};
+use crate::jnsc::model_file::{ModelFileError, ModelInfo, ModelSource, load_networks};
 use crate::jnsc::network::{Candidate, Jnsc};
 use crate::volume::prepare::{PreparedVolume, prepare};
 use crate::volume::resample::Interpolation;
@@ -69,7 +69,9 @@ pub struct Finding {
     /// Highest voxel probability of the segmentation (the nodule location map) inside it.
     pub p_location: f64,
     /// Classification path (None where the finding was not classified): probability of the
-    /// malignant, benign and non-nodule classes.
+    /// malignant, benign and non-nodule classes. Where the model file has a malignancy network,
+    /// the malignant and benign classes are that network's (its softmax) and the non-nodule
+    /// class the detecting network's, so the three need not sum to 1.
     pub p_malignant: Option<f64>,
     pub p_benign: Option<f64>,
     pub p_non_nodule: Option<f64>,
@@ -153,6 +155,9 @@ pub struct Analysis {
 pub struct Analyzer {
     /// The network in f32, as trained: it classifies the findings.
     net: Jnsc,
+    /// The model file's malignancy network, where it has one (f32): it gives the findings'
+    /// benign and malignant classes in place of `net`'s.
+    malignancy_net: Option<Jnsc>,
     /// The same network with its backbone in `precision`: it runs the segmentation's windows.
     segmenter: Jnsc,
     info: ModelInfo,
@@ -178,7 +183,8 @@ impl Analyzer {
         precision: Precision,
         tiling: Tiling,
     ) -> Result<Self, ModelFileError> {
-        let (net, info) = load_from(model, &device)?;
+        let (networks, info) = load_networks(model, &device)?;
+        let net = networks.detection;
         let segmenter =
             net.with_backbone_dtype(precision.dtype())
                 .map_err(|e| ModelFileError::Convert {
@@ -192,6 +198,7 @@ impl Analyzer {
         };
         Ok(Self {
             net,
+            malignancy_net: networks.malignancy,
             segmenter,
             info,
             device,
@@ -329,7 +336,9 @@ impl Analyzer {
 
     /// p(non-nodule), p(benign), p(malignant) of each object, `CLASSIFICATION_BATCH` windows
     /// per network call (see `classify_box`). Only the encoder runs on these windows: the
-    /// classification path reads its features, never the decoder's.
+    /// classification path reads its features, never the decoder's. Where the model has a
+    /// malignancy network, p(non-nodule) is the network's and p(benign), p(malignant) are the
+    /// malignancy network's (from its own softmax, so the three need not sum to 1).
     pub fn classify_boxes(
         &self,
         hu: &Volume<f32>,
@@ -370,9 +379,17 @@ impl Analyzer {
                         (c.min[d], c.max[d]) = (w - 1 - c.max[d], w - 1 - c.min[d]);
                     }
                 }
-                let encoder = self.net.encode(&x, None)?;
-                let logits = self.net.classify(&encoder, &mirrored)?;
-                let p = candle_nn::ops::softmax(&logits, 1)?.to_vec2::<f32>()?;
+                let p = class_probabilities(&self.net, &x, &mirrored)?;
+                let p = match &self.malignancy_net {
+                    None => p,
+                    Some(m) => {
+                        let q = class_probabilities(m, &x, &mirrored)?;
+                        p.into_iter()
+                            .zip(q)
+                            .map(|(p, q)| vec![p[0], q[1], q[2]])
+                            .collect()
+                    }
+                };
                 for (s, p) in sum.iter_mut().zip(p) {
                     for c in 0..3 {
                         s[c] += p[c];
@@ -411,6 +428,18 @@ impl Analyzer {
     ) -> candle_core::Result<[f32; 3]> {
         Ok(self.classify_boxes(hu, &[ObjectBox { lo, hi, voxels }])?[0])
     }
+}
+
+/// The softmax of `net`'s classification path over the windows `x` for `candidates`: one row
+/// of (non-nodule, benign, malignant) per candidate.
+fn class_probabilities(
+    net: &Jnsc,
+    x: &Tensor,
+    candidates: &[Candidate],
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let encoder = net.encode(x, None)?;
+    let logits = net.classify(&encoder, candidates)?;
+    candle_nn::ops::softmax(&logits, 1)?.to_vec2::<f32>()
 }
 
 /// An object to classify: its box `lo..=hi` (voxel indices i, j, k of a 1 mm volume) and its
@@ -506,5 +535,29 @@ mod tests {
             );
             analyzer.classify_mirrors = MIRROR_SETS.len();
         }
+    }
+
+    #[test]
+    fn a_combined_model_takes_non_nodule_from_its_detector_and_malignancy_from_its_classifier() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let detector = root.join("models/jnsc-real-shapes-joint.safetensors");
+        let classifier = root.join("models/jnsc-real-stage1.safetensors");
+        let dir = tempfile::tempdir().unwrap();
+        let combined = dir.path().join("combined.safetensors");
+        crate::jnsc::model_file::combine(&detector, &classifier, &combined, "both", "0").unwrap();
+        let analyzer = |path: &std::path::Path| {
+            Analyzer::new(
+                &ModelSource::File(path.to_owned()),
+                Device::Cpu,
+                Precision::F32,
+                Tiling::fast(),
+            )
+            .unwrap()
+        };
+        let (hu, b) = volume_with_blob();
+        let [d, c, both] = [&detector, &classifier, &combined]
+            .map(|p| analyzer(p).classify_boxes(&hu, &[b]).unwrap()[0]);
+        assert_eq!(both, [d[0], c[1], c[2]]);
+        assert!((0..3).all(|k| d[k] != c[k]), "{d:?} {c:?}");
     }
 }

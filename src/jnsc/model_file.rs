@@ -4,6 +4,11 @@
 //! calibration of its malignancy output. Loading checks all of it and fails with a message that
 //! names the file and what is wrong.
 //!
+//! A file may carry a second network, the *malignancy network* ([`MalignancyNetwork`], tensors
+//! under `malignancy.`, written by [`combine`]): the first network then detects (location map and
+//! p(non-nodule)) and the second one's classification path gives the benign and malignant classes,
+//! to which the file's calibration applies. Both read the same input normalisation.
+//!
 //! The shipped model (`models/jnsc.safetensors`) is compiled into the binary: [`ModelSource`]
 //! is either that embedded copy, the default everywhere, or a file named by the user.
 
@@ -21,6 +26,10 @@ const CONFIG: &str = "jnsc.config";
 const NORMALIZATION: &str = "jnsc.normalization";
 const PROVENANCE: &str = "jnsc.provenance";
 const MALIGNANCY_CALIBRATION: &str = "jnsc.malignancy_calibration";
+const MALIGNANCY_NETWORK: &str = "jnsc.malignancy_network";
+
+/// Prefix of the malignancy network's tensor names in a file that carries one.
+const MALIGNANCY_PREFIX: &str = "malignancy";
 
 /// The shipped model's bytes, as they were in `models/jnsc.safetensors` when this binary was built.
 pub static EMBEDDED: &[u8] = include_bytes!("../../models/jnsc.safetensors");
@@ -83,6 +92,37 @@ pub struct ModelInfo {
     pub provenance: serde_json::Value,
     /// Calibration of p(malignant | nodule), where one was fitted (`jnsc eval calibrate`).
     pub malignancy_calibration: Option<MalignancyCalibration>,
+    /// The second network whose classification path gives the benign and malignant classes,
+    /// where the file carries one (`None`: this network's own classes).
+    pub malignancy_network: Option<MalignancyNetwork>,
+}
+
+impl ModelInfo {
+    /// The training provenance of the network whose classes p(malignant | nodule) comes from.
+    pub fn malignancy_provenance(&self) -> &serde_json::Value {
+        self.malignancy_network
+            .as_ref()
+            .map_or(&self.provenance, |m| &m.provenance)
+    }
+}
+
+/// What a model file says about its malignancy network (see the module documentation).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MalignancyNetwork {
+    pub name: String,
+    pub version: String,
+    pub config: Config,
+    /// Its own training provenance.
+    pub provenance: serde_json::Value,
+}
+
+/// The networks of a model file, on a device.
+pub struct Networks {
+    /// The network itself: the location map, and every class where there is no malignancy
+    /// network.
+    pub detection: Jnsc,
+    /// The malignancy network, where the file carries one.
+    pub malignancy: Option<Jnsc>,
 }
 
 /// Platt scaling of the classification path's p(malignant | nodule) = p(malignant) /
@@ -130,6 +170,12 @@ pub enum ModelFileError {
     Weights { path: PathBuf, reason: String },
     #[error("cannot write model file {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error("cannot combine {detection} and {malignancy}: {reason}")]
+    Combine {
+        detection: PathBuf,
+        malignancy: PathBuf,
+        reason: String,
+    },
     #[error("cannot convert model {path} to {precision}: {reason}")]
     Convert {
         path: PathBuf,
@@ -144,18 +190,7 @@ pub fn save(path: &Path, vars: &VarMap, info: &ModelInfo) -> Result<(), ModelFil
         path: path.to_owned(),
         reason,
     };
-    let json = |v: &dyn erased::Json| v.to_json().map_err(|e| write_error(e.to_string()));
-    let metadata = HashMap::from([
-        (NAME.to_owned(), info.name.clone()),
-        (VERSION.to_owned(), info.version.clone()),
-        (CONFIG.to_owned(), json(&info.config)?),
-        (NORMALIZATION.to_owned(), json(&info.normalization)?),
-        (PROVENANCE.to_owned(), json(&info.provenance)?),
-    ]);
-    let mut metadata = metadata;
-    if let Some(c) = &info.malignancy_calibration {
-        metadata.insert(MALIGNANCY_CALIBRATION.to_owned(), json(c)?);
-    }
+    let metadata = metadata(info, path)?;
     let data = vars.data().lock().map_err(|e| write_error(e.to_string()))?;
     let tensors: Vec<(String, candle_core::Tensor)> = data
         .iter()
@@ -165,16 +200,72 @@ pub fn save(path: &Path, vars: &VarMap, info: &ModelInfo) -> Result<(), ModelFil
         .map_err(|e| write_error(e.to_string()))
 }
 
+/// The metadata entries of `info`, for the file `path`.
+fn metadata(info: &ModelInfo, path: &Path) -> Result<HashMap<String, String>, ModelFileError> {
+    let json = |v: &dyn erased::Json| {
+        v.to_json().map_err(|e| ModelFileError::Write {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    };
+    let mut metadata = HashMap::from([
+        (NAME.to_owned(), info.name.clone()),
+        (VERSION.to_owned(), info.version.clone()),
+        (CONFIG.to_owned(), json(&info.config)?),
+        (NORMALIZATION.to_owned(), json(&info.normalization)?),
+        (PROVENANCE.to_owned(), json(&info.provenance)?),
+    ]);
+    if let Some(c) = &info.malignancy_calibration {
+        metadata.insert(MALIGNANCY_CALIBRATION.to_owned(), json(c)?);
+    }
+    if let Some(m) = &info.malignancy_network {
+        metadata.insert(MALIGNANCY_NETWORK.to_owned(), json(m)?);
+    }
+    Ok(metadata)
+}
+
 /// Loads a model file onto `device`.
 pub fn load(path: &Path, device: &Device) -> Result<(Jnsc, ModelInfo), ModelFileError> {
     load_from(&ModelSource::File(path.to_owned()), device)
 }
 
-/// Loads a model, embedded or from a file, onto `device`.
+/// Loads a model's network, embedded or from a file, onto `device` (without its malignancy
+/// network, where it has one: see [`load_networks`]).
 pub fn load_from(
     source: &ModelSource,
     device: &Device,
 ) -> Result<(Jnsc, ModelInfo), ModelFileError> {
+    let (vb, info) = open(source, device)?;
+    let net = build(&source.label(), &info.config, vb)?;
+    Ok((net, info))
+}
+
+/// Loads every network of a model, embedded or from a file, onto `device`.
+pub fn load_networks(
+    source: &ModelSource,
+    device: &Device,
+) -> Result<(Networks, ModelInfo), ModelFileError> {
+    let (vb, info) = open(source, device)?;
+    let path = source.label();
+    let malignancy = match &info.malignancy_network {
+        Some(m) => Some(build(&path, &m.config, vb.pp(MALIGNANCY_PREFIX))?),
+        None => None,
+    };
+    let detection = build(&path, &info.config, vb)?;
+    Ok((
+        Networks {
+            detection,
+            malignancy,
+        },
+        info,
+    ))
+}
+
+/// A model's metadata, checked, and its tensors on `device`.
+fn open(
+    source: &ModelSource,
+    device: &Device,
+) -> Result<(VarBuilder<'static>, ModelInfo), ModelFileError> {
     let bytes = source.bytes()?.into_owned();
     let path = &source.label();
     let info = read_info(path, &bytes)?;
@@ -184,11 +275,15 @@ pub fn load_from(
             reason: e.to_string(),
         }
     })?;
-    let net = Jnsc::new(&info.config, vb).map_err(|e| ModelFileError::Weights {
+    Ok((vb, info))
+}
+
+/// The network of `config` from the tensors of `vb`.
+fn build(path: &Path, config: &Config, vb: VarBuilder) -> Result<Jnsc, ModelFileError> {
+    Jnsc::new(config, vb).map_err(|e| ModelFileError::Weights {
         path: path.to_owned(),
         reason: e.to_string(),
-    })?;
-    Ok((net, info))
+    })
 }
 
 /// Reads and checks the metadata of a model file's bytes.
@@ -234,16 +329,25 @@ pub fn read_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, ModelFileError>
     let normalization_json = json(NORMALIZATION)?;
     let normalization: Normalization = serde_json::from_value(normalization_json.clone())
         .map_err(typed(NORMALIZATION, normalization_json))?;
-    let malignancy_calibration = match metadata.get(MALIGNANCY_CALIBRATION) {
-        None => None,
-        Some(_) => {
-            let value = json(MALIGNANCY_CALIBRATION)?;
-            Some(
-                serde_json::from_value(value.clone())
-                    .map_err(typed(MALIGNANCY_CALIBRATION, value))?,
-            )
-        }
-    };
+    // An optional entry: absent, or JSON of its type.
+    fn optional<T: serde::de::DeserializeOwned>(
+        path: &Path,
+        metadata: &HashMap<String, String>,
+        key: &'static str,
+    ) -> Result<Option<T>, ModelFileError> {
+        metadata
+            .get(key)
+            .map(|text| {
+                serde_json::from_str(text).map_err(|e| ModelFileError::BadMetadata {
+                    path: path.to_owned(),
+                    key,
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+    let malignancy_calibration = optional(path, &metadata, MALIGNANCY_CALIBRATION)?;
+    let malignancy_network = optional(path, &metadata, MALIGNANCY_NETWORK)?;
     Ok(ModelInfo {
         name: text(NAME)?,
         version: text(VERSION)?,
@@ -251,6 +355,7 @@ pub fn read_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, ModelFileError>
         normalization,
         provenance: json(PROVENANCE)?,
         malignancy_calibration,
+        malignancy_network,
     })
 }
 
@@ -280,6 +385,93 @@ pub fn write_calibrated(
     let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(not_safetensors)?;
     safetensors::serialize_to_file(tensors.tensors(), Some(metadata), to)
         .map_err(|e| write_error(e.to_string()))
+}
+
+/// Writes to `out` a model file whose detection is `detection`'s network and whose benign and
+/// malignant classes come from `malignancy`'s (see the module documentation), named `name`
+/// `version`. The metadata are `detection`'s (its provenance with the two files' names and
+/// versions added) and `malignancy`'s calibration, if it has one; `detection`'s own calibration
+/// no longer applies and is dropped. Both must read the same normalisation, and neither may
+/// carry a malignancy network already. The written file is loaded back before this returns.
+pub fn combine(
+    detection: &Path,
+    malignancy: &Path,
+    out: &Path,
+    name: &str,
+    version: &str,
+) -> Result<ModelInfo, ModelFileError> {
+    let refuse = |reason: String| ModelFileError::Combine {
+        detection: detection.to_owned(),
+        malignancy: malignancy.to_owned(),
+        reason,
+    };
+    let detection_bytes = ModelSource::File(detection.to_owned()).bytes()?;
+    let malignancy_bytes = ModelSource::File(malignancy.to_owned()).bytes()?;
+    let detection_info = read_info(detection, &detection_bytes)?;
+    let malignancy_info = read_info(malignancy, &malignancy_bytes)?;
+    for (path, info) in [(detection, &detection_info), (malignancy, &malignancy_info)] {
+        if info.malignancy_network.is_some() {
+            return Err(refuse(format!(
+                "{} carries a malignancy network already",
+                path.display()
+            )));
+        }
+    }
+    if detection_info.normalization != malignancy_info.normalization {
+        return Err(refuse(format!(
+            "their input normalisations differ ({:?} and {:?})",
+            detection_info.normalization, malignancy_info.normalization
+        )));
+    }
+    let mut provenance = detection_info.provenance.clone();
+    let Some(fields) = provenance.as_object_mut() else {
+        return Err(refuse(
+            "the detection file's provenance is not an object".into(),
+        ));
+    };
+    let named = |i: &ModelInfo| serde_json::json!({"name": i.name, "version": i.version});
+    fields.insert("detection_network".into(), named(&detection_info));
+    fields.insert("malignancy_network".into(), named(&malignancy_info));
+    let info = ModelInfo {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        provenance,
+        malignancy_calibration: malignancy_info.malignancy_calibration.clone(),
+        malignancy_network: Some(MalignancyNetwork {
+            name: malignancy_info.name.clone(),
+            version: malignancy_info.version.clone(),
+            config: malignancy_info.config.clone(),
+            provenance: malignancy_info.provenance.clone(),
+        }),
+        ..detection_info
+    };
+    let metadata = metadata(&info, out)?;
+    let tensors = |path: &Path, bytes| {
+        safetensors::SafeTensors::deserialize(bytes).map_err(|e| ModelFileError::NotSafetensors {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    };
+    let detection_tensors = tensors(detection, &detection_bytes)?;
+    let malignancy_tensors = tensors(malignancy, &malignancy_bytes)?;
+    let views: Vec<(String, safetensors::tensor::TensorView)> = detection_tensors
+        .tensors()
+        .into_iter()
+        .chain(
+            malignancy_tensors
+                .tensors()
+                .into_iter()
+                .map(|(name, view)| (format!("{MALIGNANCY_PREFIX}.{name}"), view)),
+        )
+        .collect();
+    safetensors::serialize_to_file(views, Some(metadata), out).map_err(|e| {
+        ModelFileError::Write {
+            path: out.to_owned(),
+            reason: e.to_string(),
+        }
+    })?;
+    load_networks(&ModelSource::File(out.to_owned()), &Device::Cpu)?;
+    Ok(info)
 }
 
 /// JSON encoding of the metadata values behind one object-safe trait.
@@ -318,6 +510,7 @@ pub fn write_untrained(
     crate::jnsc::network::seeded_init(&vars, 1)?;
     let info = ModelInfo {
         malignancy_calibration: None,
+        malignancy_network: None,
         name: format!("jnsc-{preset}"),
         version: "0.0.0-untrained".into(),
         config,
@@ -337,6 +530,7 @@ mod tests {
     fn info() -> ModelInfo {
         ModelInfo {
             malignancy_calibration: None,
+            malignancy_network: None,
             name: "jnsc-test".into(),
             version: "0.0.1".into(),
             config: Config {
@@ -419,5 +613,125 @@ mod tests {
         safetensors::serialize_to_file([("x", &t)], None, &bare).unwrap();
         let e = load(&bare, &Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("not a JNSC model file"), "{e}");
+    }
+
+    /// A small model of `info()` with weights from `seed`, saved as `name` in `dir`.
+    fn saved(dir: &Path, name: &str, seed: u64, info: &ModelInfo) -> PathBuf {
+        let vars = VarMap::new();
+        Jnsc::new(
+            &info.config,
+            VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        crate::jnsc::network::seeded_init(&vars, seed).unwrap();
+        let path = dir.join(name);
+        save(&path, &vars, info).unwrap();
+        path
+    }
+
+    /// The segmentation logits and class logits of `net` on a fixed input.
+    fn outputs(net: &Jnsc) -> Vec<f32> {
+        let values = crate::jnsc::testing::values(32 * 32 * 32, 5);
+        let x = Tensor::from_vec(values, (1, 1, 32, 32, 32), &Device::Cpu).unwrap();
+        let out = net.segment(&x, None).unwrap();
+        let boxes = [crate::jnsc::network::Candidate {
+            batch: 0,
+            min: [10, 12, 9],
+            max: [18, 19, 20],
+            voxels: 200,
+        }];
+        let classes = net.classify(&out.encoder, &boxes).unwrap();
+        [out.logits, classes]
+            .iter()
+            .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_combined_file_holds_both_networks_with_the_malignancy_calibration() {
+        let dir = tempfile::tempdir().unwrap();
+        let calibration = MalignancyCalibration {
+            a: 0.7,
+            b: -0.4,
+            threshold: 0.3,
+            fitted_on: "test".into(),
+        };
+        let detector_info = ModelInfo {
+            // Its own calibration is of classes the combined file no longer reports.
+            malignancy_calibration: Some(MalignancyCalibration {
+                a: 2.0,
+                ..calibration.clone()
+            }),
+            ..info()
+        };
+        let detector = saved(dir.path(), "detector.safetensors", 1, &detector_info);
+        let classifier_info = ModelInfo {
+            name: "jnsc-classifier".into(),
+            provenance: serde_json::json!({"data": "other", "seed": 2}),
+            malignancy_calibration: Some(calibration.clone()),
+            ..info()
+        };
+        let classifier = saved(dir.path(), "classifier.safetensors", 2, &classifier_info);
+        let out = dir.path().join("combined.safetensors");
+        let written = combine(&detector, &classifier, &out, "jnsc-both", "0.4.0").unwrap();
+
+        let (networks, read) =
+            load_networks(&ModelSource::File(out.clone()), &Device::Cpu).unwrap();
+        assert_eq!(read, written);
+        assert_eq!(
+            (read.name.as_str(), read.version.as_str()),
+            ("jnsc-both", "0.4.0")
+        );
+        assert_eq!(read.malignancy_calibration, Some(calibration));
+        assert_eq!(read.provenance["seed"], 1);
+        assert_eq!(
+            read.provenance["malignancy_network"]["name"],
+            "jnsc-classifier"
+        );
+        let m = read.malignancy_network.as_ref().unwrap();
+        assert_eq!(
+            (m.name.as_str(), &m.config),
+            ("jnsc-classifier", &info().config)
+        );
+        assert_eq!(read.malignancy_provenance()["seed"], 2);
+
+        // Each network is its file's, exactly; the two differ.
+        let (d, _) = load(&detector, &Device::Cpu).unwrap();
+        let (c, _) = load(&classifier, &Device::Cpu).unwrap();
+        assert_eq!(outputs(&networks.detection), outputs(&d));
+        assert_eq!(outputs(networks.malignancy.as_ref().unwrap()), outputs(&c));
+        assert_ne!(outputs(&d), outputs(&c));
+        // Loading the network alone (training's --init-from) gives the detector.
+        let (alone, _) = load(&out, &Device::Cpu).unwrap();
+        assert_eq!(outputs(&alone), outputs(&d));
+        // A single-network file has no malignancy network.
+        let (single, _) =
+            load_networks(&ModelSource::File(detector.clone()), &Device::Cpu).unwrap();
+        assert!(single.malignancy.is_none());
+    }
+
+    #[test]
+    fn combining_refuses_nested_files_and_other_normalisations() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = saved(dir.path(), "a.safetensors", 1, &info());
+        let b = saved(dir.path(), "b.safetensors", 2, &info());
+        let ab = dir.path().join("ab.safetensors");
+        combine(&a, &b, &ab, "ab", "1").unwrap();
+        let out = dir.path().join("out.safetensors");
+        for (d, m) in [(&ab, &b), (&a, &ab)] {
+            let e = combine(d, m, &out, "x", "1").unwrap_err().to_string();
+            assert!(e.contains("carries a malignancy network already"), "{e}");
+        }
+        let other = ModelInfo {
+            normalization: Normalization {
+                mean: -500.0,
+                ..Normalization::default()
+            },
+            ..info()
+        };
+        let c = saved(dir.path(), "c.safetensors", 3, &other);
+        let e = combine(&a, &c, &out, "x", "1").unwrap_err().to_string();
+        assert!(e.contains("normalisations differ"), "{e}");
+        assert!(!out.exists());
     }
 }

@@ -775,6 +775,7 @@ mod tests {
         let file = dir.path().join("model.safetensors");
         let info = ModelInfo {
             malignancy_calibration: None,
+            malignancy_network: None,
             name: "cuda-check".into(),
             version: "0".into(),
             config,

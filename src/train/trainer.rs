@@ -899,6 +899,7 @@ impl Trainer {
     pub fn export(&self, path: &Path, name: &str, version: &str) -> anyhow::Result<()> {
         let info = ModelInfo {
             malignancy_calibration: None,
+            malignancy_network: None,
             name: name.into(),
             version: version.into(),
             config: self.net.config().clone(),
