@@ -4,10 +4,13 @@
 //! calibration of its malignancy output. Loading checks all of it and fails with a message that
 //! names the file and what is wrong.
 //!
-//! A file may carry a second network, the *malignancy network* ([`MalignancyNetwork`], tensors
-//! under `malignancy.`, written by [`combine`]): the first network then detects (location map and
-//! p(non-nodule)) and the second one's classification path gives the benign and malignant classes,
-//! to which the file's calibration applies. Both read the same input normalisation.
+//! A file may carry a second network, the *malignancy network* ([`MalignancyNetwork`], written by
+//! [`combine`]): the first network then detects (location map and p(non-nodule)) and the second
+//! one's classification path gives the benign and malignant classes, to which the file's
+//! calibration applies. Both read the same input normalisation. Their tensors are under
+//! `detection.` and `malignancy.`, so that a binary that does not know such files fails to load
+//! one (it finds no tensor of its network) instead of reading the detector alone with a
+//! calibration that is not its own.
 //!
 //! The shipped model (`models/jnsc.safetensors`) is compiled into the binary: [`ModelSource`]
 //! is either that embedded copy, the default everywhere, or a file named by the user.
@@ -28,7 +31,8 @@ const PROVENANCE: &str = "jnsc.provenance";
 const MALIGNANCY_CALIBRATION: &str = "jnsc.malignancy_calibration";
 const MALIGNANCY_NETWORK: &str = "jnsc.malignancy_network";
 
-/// Prefix of the malignancy network's tensor names in a file that carries one.
+/// Prefixes of the two networks' tensor names in a file that carries a malignancy network.
+const DETECTION_PREFIX: &str = "detection";
 const MALIGNANCY_PREFIX: &str = "malignancy";
 
 /// The shipped model's bytes, as they were in `models/jnsc.safetensors` when this binary was built.
@@ -229,15 +233,14 @@ pub fn load(path: &Path, device: &Device) -> Result<(Jnsc, ModelInfo), ModelFile
     load_from(&ModelSource::File(path.to_owned()), device)
 }
 
-/// Loads a model's network, embedded or from a file, onto `device` (without its malignancy
-/// network, where it has one: see [`load_networks`]).
+/// Loads a model's network, embedded or from a file, onto `device` (its detector, where it also
+/// carries a malignancy network: see [`load_networks`]).
 pub fn load_from(
     source: &ModelSource,
     device: &Device,
 ) -> Result<(Jnsc, ModelInfo), ModelFileError> {
-    let (vb, info) = open(source, device)?;
-    let net = build(&source.label(), &info.config, vb)?;
-    Ok((net, info))
+    let (networks, info) = load_networks(source, device)?;
+    Ok((networks.detection, info))
 }
 
 /// Loads every network of a model, embedded or from a file, onto `device`.
@@ -247,18 +250,17 @@ pub fn load_networks(
 ) -> Result<(Networks, ModelInfo), ModelFileError> {
     let (vb, info) = open(source, device)?;
     let path = source.label();
-    let malignancy = match &info.malignancy_network {
-        Some(m) => Some(build(&path, &m.config, vb.pp(MALIGNANCY_PREFIX))?),
-        None => None,
-    };
-    let detection = build(&path, &info.config, vb)?;
-    Ok((
-        Networks {
-            detection,
-            malignancy,
+    let networks = match &info.malignancy_network {
+        None => Networks {
+            detection: build(&path, &info.config, vb)?,
+            malignancy: None,
         },
-        info,
-    ))
+        Some(m) => Networks {
+            detection: build(&path, &info.config, vb.pp(DETECTION_PREFIX))?,
+            malignancy: Some(build(&path, &m.config, vb.pp(MALIGNANCY_PREFIX))?),
+        },
+    };
+    Ok((networks, info))
 }
 
 /// A model's metadata, checked, and its tensors on `device`.
@@ -454,16 +456,18 @@ pub fn combine(
     };
     let detection_tensors = tensors(detection, &detection_bytes)?;
     let malignancy_tensors = tensors(malignancy, &malignancy_bytes)?;
-    let views: Vec<(String, safetensors::tensor::TensorView)> = detection_tensors
-        .tensors()
-        .into_iter()
-        .chain(
-            malignancy_tensors
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = Vec::new();
+    for (prefix, tensors) in [
+        (DETECTION_PREFIX, &detection_tensors),
+        (MALIGNANCY_PREFIX, &malignancy_tensors),
+    ] {
+        views.extend(
+            tensors
                 .tensors()
                 .into_iter()
-                .map(|(name, view)| (format!("{MALIGNANCY_PREFIX}.{name}"), view)),
-        )
-        .collect();
+                .map(|(name, view)| (format!("{prefix}.{name}"), view)),
+        );
+    }
     safetensors::serialize_to_file(views, Some(metadata), out).map_err(|e| {
         ModelFileError::Write {
             path: out.to_owned(),
@@ -704,6 +708,11 @@ mod tests {
         // Loading the network alone (training's --init-from) gives the detector.
         let (alone, _) = load(&out, &Device::Cpu).unwrap();
         assert_eq!(outputs(&alone), outputs(&d));
+        // A reader that knows nothing of combined files (the loading of single-network files)
+        // finds no tensor of its network in one, rather than misreading it.
+        let bytes = std::fs::read(&out).unwrap();
+        let plain = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu).unwrap();
+        assert!(Jnsc::new(&info().config, plain).is_err());
         // A single-network file has no malignancy network.
         let (single, _) =
             load_networks(&ModelSource::File(detector.clone()), &Device::Cpu).unwrap();
