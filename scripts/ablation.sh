@@ -9,8 +9,8 @@
 # held-out synthetic scans (default 150; `jnsc eval nodules`), the same nodules for every variant,
 # so the label modes are compared apart from what each detected.
 # About 45 minutes per variant on 2 cores. With the default configuration the pseudo variant is
-# the shipped model's own run (same configuration and seed; training is deterministic): copy
-# models/jnsc.safetensors to target/ablation/train/pseudo/model.safetensors to skip it.
+# stage 0's own run (same configuration and seed; training is deterministic): copy
+# models/jnsc-synthetic.safetensors to target/ablation/train/pseudo/model.safetensors to skip it.
 #   bash scripts/ablation.sh [CONFIG] [HELD_OUT_COUNT] [NODULE_SCANS]
 set -euo pipefail
 cd "$(dirname "$0")/.."

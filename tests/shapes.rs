@@ -323,7 +323,10 @@ fn eval_shapes_classifies_held_out_patients_only() {
         let median: f64 = row[3].parse().unwrap();
         assert_eq!(median, jnsc::malignancy::score(&ratings));
         let p: Vec<f64> = row[5..8].iter().map(|v| v.parse().unwrap()).collect();
-        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-3, "{p:?}");
+        // Probabilities; benign and malignant come from one softmax (the shipped model's
+        // malignancy network; non-nodule from its detector's).
+        assert!(p.iter().all(|v| (0.0..=1.0).contains(v)), "{p:?}");
+        assert!(p[1] + p[2] <= 1.0 + 1e-3, "{p:?}");
     }
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();

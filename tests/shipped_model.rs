@@ -1,10 +1,10 @@
-//! The shipped model file and the files it was fine-tuned from are what the model card says:
-//! each loads, is the `cpu` preset with the default normalisation, and its provenance is the run
-//! of its training configuration (models/train.toml -> models/train-real-joint.toml ->
-//! models/train-real-shapes.toml, each starting from the one before); the shipped file carries
-//! the malignancy calibration the card describes. The candidate chain's segmentation-only stage 0
-//! (models/train-segmentation.toml), its stage 1 and its joint stage 2
-//! (models/train-real-shapes-joint.toml) are checked the same way.
+//! The shipped model file and the files it was made from are what the model card says: each
+//! loads, is the `cpu` preset with the default normalisation, and its provenance is the run of its
+//! training configuration, each starting from the one before. The shipped file (0.4.0) is two of
+//! them combined (`jnsc model combine`): its detector is chain S's joint stage 2
+//! (models/train-segmentation.toml -> models/train-real-joint.toml ->
+//! models/train-real-shapes-joint.toml), its malignancy network 0.3.0 (models/train.toml ->
+//! models/train-real-joint.toml -> models/train-real-shapes.toml), whose calibration it carries.
 
 use jnsc::jnsc::model_file::{ModelInfo, load};
 use jnsc::jnsc::network::Config;
@@ -69,56 +69,90 @@ fn the_shipped_model_matches_its_card() {
         stage1_config.init_from,
         Some(PathBuf::from("models/jnsc-synthetic.safetensors"))
     );
-    let shipped = trained_by(jnsc::DEFAULT_MODEL, "models/train-real-shapes.toml");
+    let malignancy = trained_by(
+        "models/jnsc-real-shapes.safetensors",
+        "models/train-real-shapes.toml",
+    );
     assert_eq!(
-        (shipped.name.as_str(), shipped.version.as_str()),
+        (malignancy.name.as_str(), malignancy.version.as_str()),
         ("jnsc-real-backgrounds", "0.3.0")
     );
-    let shipped_config: TrainConfig =
-        serde_json::from_value(shipped.provenance["training"].clone()).unwrap();
+    let malignancy_config: TrainConfig =
+        serde_json::from_value(malignancy.provenance["training"].clone()).unwrap();
     assert_eq!(
-        shipped_config.init_from,
+        malignancy_config.init_from,
         Some(PathBuf::from("models/jnsc-real-stage1.safetensors"))
     );
-    let calibration = shipped
+    let calibration = malignancy
         .malignancy_calibration
-        .expect("the shipped model carries its malignancy calibration");
+        .clone()
+        .expect("the malignancy network's file carries its calibration");
     assert!(calibration.a > 0.0 && (0.0..1.0).contains(&calibration.threshold));
     assert!(
         calibration
             .fitted_on
             .contains("held-out LIDC-IDRI patients")
     );
-    // The candidate chain's stage 1 (the shipped stage-1 configuration from the
-    // segmentation-only stage 0) and its joint stage 2, kept uncalibrated (model card, "Chain S
-    // with a joint stage 2 and a test set").
+    assert_eq!(
+        jnsc::eval::shapes::trained_shape_held_out_percent(&malignancy.provenance),
+        Some(jnsc::synth::lidc_shapes::CALIBRATION_PERCENT)
+    );
+    // Chain S's stage 1 (the shipped stage-1 configuration from the segmentation-only stage 0)
+    // and its joint stage 2, the detector, kept uncalibrated.
     trained_by_from(
         "models/jnsc-real-stage1-seg.safetensors",
         "models/train-real-joint.toml",
         Some("models/jnsc-segmentation.safetensors"),
     );
-    let joint = trained_by(
+    let detector = trained_by(
         "models/jnsc-real-shapes-joint.safetensors",
         "models/train-real-shapes-joint.toml",
     );
-    assert!(joint.malignancy_calibration.is_none());
-    let joint_config: TrainConfig =
-        serde_json::from_value(joint.provenance["training"].clone()).unwrap();
+    assert!(detector.malignancy_calibration.is_none());
+    let detector_config: TrainConfig =
+        serde_json::from_value(detector.provenance["training"].clone()).unwrap();
     assert_eq!(
-        joint_config.init_from,
+        detector_config.init_from,
         Some(PathBuf::from("models/jnsc-real-stage1-seg.safetensors"))
     );
     assert_eq!(
-        jnsc::eval::shapes::trained_shape_held_out_percent(&joint.provenance),
+        jnsc::eval::shapes::trained_shape_held_out_percent(&detector.provenance),
         Some(jnsc::synth::lidc_shapes::TEST_PERCENT),
-        "the candidate held the test set out"
+        "the detector held the test set out"
+    );
+
+    // The shipped file: the detector's network and provenance, the malignancy network's
+    // configuration, provenance and calibration.
+    let shipped = trained_by(jnsc::DEFAULT_MODEL, "models/train-real-shapes-joint.toml");
+    assert_eq!(
+        (shipped.name.as_str(), shipped.version.as_str()),
+        ("jnsc-real-backgrounds", "0.4.0")
     );
     assert_eq!(
-        jnsc::eval::shapes::trained_shape_held_out_percent(&shipped.provenance),
-        Some(jnsc::synth::lidc_shapes::CALIBRATION_PERCENT)
+        shipped.provenance["training"],
+        detector.provenance["training"]
     );
+    assert_eq!(shipped.malignancy_calibration.as_ref(), Some(&calibration));
+    let network = shipped.malignancy_network.as_ref().unwrap();
+    assert_eq!(
+        (network.name.as_str(), network.version.as_str()),
+        ("jnsc-real-backgrounds", "0.3.0")
+    );
+    assert_eq!(network.config, malignancy.config);
+    assert_eq!(network.provenance, malignancy.provenance);
+    assert_eq!(shipped.malignancy_provenance(), &malignancy.provenance);
+    let (networks, _) = jnsc::jnsc::model_file::load_networks(
+        &jnsc::jnsc::model_file::ModelSource::Embedded,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(networks.malignancy.is_some());
 
     let card = std::fs::read_to_string(root().join("models/README.md")).unwrap();
     assert!(card.contains("Not for clinical use"));
     assert!(card.contains(&format!("{:.3}", calibration.threshold)));
+    assert!(card.contains(&format!(
+        "`results.min_p_nodule` = {}",
+        jnsc::results::ReportPolicy::default().min_p_nodule
+    )));
 }

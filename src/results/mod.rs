@@ -41,19 +41,21 @@ use uids::ResultUids;
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportPolicy {
-    /// Lowest nodule probability (the segmentation's peak inside the finding) reported.
+    /// Lowest nodule probability reported: p(nodule) of the finding (the location map's peak
+    /// inside it times 1 - p(non-nodule) of the classification path).
     pub min_p_nodule: f64,
     /// Most findings reported, the most probable first.
     pub max_findings: usize,
 }
 
 impl Default for ReportPolicy {
-    /// The shipped model's operating point, chosen on the validation FROC of a held-out real
-    /// chest CT background (the lowest threshold with at most one reported false positive per
-    /// scan there; see models/README.md): a screening operating point, not the FROC's 100 marks.
+    /// The shipped model's operating point (0.4.0), chosen on the validation FROC of a held-out
+    /// real chest CT background (the lowest threshold with at most one reported false positive
+    /// per scan there; see models/README.md): a screening operating point, not the FROC's 100
+    /// marks.
     fn default() -> Self {
         Self {
-            min_p_nodule: 0.47,
+            min_p_nodule: 0.511,
             max_findings: 20,
         }
     }
