@@ -4,7 +4,8 @@ reference nodule hit by a finding (a finding centred within its radius, the most
 when several are), the finding's diameter (equivalent sphere of its segmented region) against the
 reference diameter (phantoms: the equivalent sphere of the truth mask; inserted and real nodules:
 the readers' diameter). Prints, per folder, the median ratio, its range and the mean absolute
-error in mm. With --min-p-nodule T, only findings reported at T (p(nodule) >= T; the node's
+error in mm, and how many of those findings measure under 3 mm; with several folders, also
+all of them pooled. With --min-p-nodule T, only findings reported at T (p(nodule) >= T; the node's
 operating point is 0.47) are paired: the sizes a radiologist reads.
 
     python3 scripts/finding-sizes.py [--min-p-nodule T] EVAL_DIR [EVAL_DIR ...]
@@ -25,12 +26,13 @@ def main():
     ap.add_argument("folders", nargs="+")
     ap.add_argument("--min-p-nodule", type=float, default=0.0)
     a = ap.parse_args()
+    pooled = []
     for folder in a.folders:
         findings = {}
         for path in glob.glob(os.path.join(folder, "reports", "*.json")):
             report = json.load(open(path))
             findings[report["series_uid"]] = report["findings"]
-        ratios, errors = [], []
+        pairs = []  # (reported, true) diameters
         for nodule in csv.DictReader(open(os.path.join(folder, "annotations.csv"))):
             centre = [float(nodule[k]) for k in ("coordX", "coordY", "coordZ")]
             diameter = float(nodule["diameter_mm"])
@@ -40,14 +42,23 @@ def main():
             if not hits:
                 continue
             best = max(hits, key=lambda f: f["p_nodule"])
-            ratios.append(best["diameter_mm"] / diameter)
-            errors.append(abs(best["diameter_mm"] - diameter))
-        if not ratios:
-            print(f"{folder}: no nodule hit")
-            continue
-        print(f"{folder}: {len(ratios)} nodules hit; reported / true diameter: median "
-              f"{statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}); "
-              f"mean absolute error {statistics.mean(errors):.1f} mm")
+            pairs.append((best["diameter_mm"], diameter))
+        summary(folder, pairs)
+        pooled += pairs
+    if len(a.folders) > 1:
+        summary("pooled", pooled)
+
+
+def summary(name, pairs):
+    if not pairs:
+        print(f"{name}: no nodule hit")
+        return
+    ratios = [r / t for r, t in pairs]
+    errors = [abs(r - t) for r, t in pairs]
+    under_3 = sum(1 for r, _ in pairs if r < 3.0)
+    print(f"{name}: {len(ratios)} nodules hit; reported / true diameter: median "
+          f"{statistics.median(ratios):.3f} (range {min(ratios):.2f}-{max(ratios):.2f}); "
+          f"mean absolute error {statistics.mean(errors):.1f} mm; {under_3} measure under 3 mm")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,10 @@ enum ModelCommand {
         name: String,
         #[arg(long)]
         version: String,
+        /// The fraction of a finding's peak at which its measured extent is cut (reported
+        /// centre, size and segment), chosen for the detector's map on validation data.
+        #[arg(long)]
+        measure_fraction: Option<f32>,
     },
 }
 
@@ -290,19 +294,27 @@ fn main() -> ExitCode {
                     out,
                     name,
                     version,
+                    measure_fraction,
                 },
-        } => jnsc::jnsc::model_file::combine(&detection, &malignancy, &out, &name, &version)
-            .map(|info| {
-                println!(
-                    "wrote {} {} to {}: detection from {}, malignancy from {}",
-                    info.name,
-                    info.version,
-                    out.display(),
-                    detection.display(),
-                    malignancy.display()
-                )
-            })
-            .map_err(Into::into),
+        } => jnsc::jnsc::model_file::combine(
+            &detection,
+            &malignancy,
+            &out,
+            &name,
+            &version,
+            measure_fraction,
+        )
+        .map(|info| {
+            println!(
+                "wrote {} {} to {}: detection from {}, malignancy from {}",
+                info.name,
+                info.version,
+                out.display(),
+                detection.display(),
+                malignancy.display()
+            )
+        })
+        .map_err(Into::into),
         Command::Bench {
             which: BenchCommand::Network { rounds, device },
         } => jnsc::bench::network(rounds, device),

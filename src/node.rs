@@ -452,6 +452,8 @@ fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
             device: model.device,
             precision: model.precision,
             classify_mirrors: model.classify_mirrors,
+            // The model file's own fraction.
+            measure_fraction: None,
         },
         tiling: model.tiling,
         batch: 1,

@@ -94,7 +94,7 @@ fn finding_centres_land_on_the_nodules_of_an_oblique_study() {
             .iter()
             .map(|f| {
                 (0..3)
-                    .map(|a| (f.center_mm[a] - nodule.center_mm[a]).powi(2))
+                    .map(|a| (f.region.center_mm[a] - nodule.center_mm[a]).powi(2))
                     .sum::<f64>()
                     .sqrt()
             })
@@ -113,7 +113,7 @@ fn finding_centres_land_on_the_nodules_of_an_oblique_study() {
 /// on its tensor cores; on the CPU through the f32 kernels, rounded to f16) and finds what f32
 /// finds: every f32 finding the network is sure is a region (location probability 0.6 or more)
 /// has a half-precision finding within 0.5 mm whose location probability is within 5e-3. Where
-/// the paired findings are the same region (the same volume), the classification path saw the
+/// the paired findings are the same region (the same region volume), the classification path saw the
 /// same box, so p(nodule) agrees to 1e-3 and the finding is reported by both or neither. Where
 /// a voxel more or less at the region's edge changed the box, p(nodule) can move by more
 /// (models/README.md "Half precision"); at most one reported finding may differ so. The maps
@@ -124,7 +124,7 @@ fn half_precision_finds_what_f32_finds() {
         centre: [f64; 3],
         p_nodule: f64,
         p_location: f64,
-        volume_mm3: f64,
+        region_volume_mm3: f64,
     }
     let dir = tempfile::tempdir().unwrap();
     oblique_study(dir.path(), 3, 21);
@@ -152,7 +152,7 @@ fn half_precision_finds_what_f32_finds() {
                     centre: [0, 1, 2].map(|a| number(&f["center_mm"][a])),
                     p_nodule: number(&f["p_nodule"]),
                     p_location: number(&f["p_location"]),
-                    volume_mm3: number(&f["volume_mm3"]),
+                    region_volume_mm3: number(&f["region_volume_mm3"]),
                 }
             })
             .collect()
@@ -193,7 +193,7 @@ fn half_precision_finds_what_f32_finds() {
         for finding in f.iter().filter(|x| x.p_nodule >= threshold) {
             let (d, other) = nearest(finding, others);
             assert!(d <= 0.5, "a reported finding has no counterpart: {d} mm");
-            if (other.volume_mm3 - finding.volume_mm3).abs() < 1e-6 {
+            if (other.region_volume_mm3 - finding.region_volume_mm3).abs() < 1e-6 {
                 same_region_calls += 1;
                 assert!(
                     (other.p_nodule - finding.p_nodule).abs() <= 1e-3,
@@ -245,6 +245,7 @@ fn analyze_writes_the_findings_json_and_explains_bad_input() {
             "center_mm",
             "diameter_mm",
             "volume_mm3",
+            "region_volume_mm3",
             "p_nodule",
             "p_location",
             "p_malignant",
@@ -254,7 +255,11 @@ fn analyze_writes_the_findings_json_and_explains_bad_input() {
         ] {
             assert!(!f[key].is_null(), "finding without {key}: {f}");
         }
-        assert!(f["diameter_mm"].as_f64().unwrap() >= 3.0);
+        // The region is at least 3 mm across; the measured extent (its core) is inside it.
+        let region = f["region_volume_mm3"].as_f64().unwrap();
+        assert!((6.0 * region / std::f64::consts::PI).cbrt() >= 3.0);
+        assert!(f["volume_mm3"].as_f64().unwrap() <= region);
+        assert!(f["diameter_mm"].as_f64().unwrap() > 0.0);
         // p(nodule): the location map times the classification path's nodule classes.
         let expected =
             f["p_location"].as_f64().unwrap() * (1.0 - f["p_non_nodule"].as_f64().unwrap());

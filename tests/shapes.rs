@@ -359,6 +359,7 @@ fn eval_shapes_classifies_held_out_patients_only() {
             device: jnsc::jnsc::device::DeviceSpec::Cpu,
             precision: jnsc::jnsc::device::Precision::F32,
             classify_mirrors: 1,
+            measure_fraction: None,
         },
         out: out.clone(),
         validation_percent,

@@ -726,6 +726,7 @@ pub fn network(rounds: usize, device: DeviceSpec) -> anyhow::Result<()> {
         let info = ModelInfo {
             malignancy_calibration: None,
             malignancy_network: None,
+            measure_fraction: None,
             name: format!("bench-{name}"),
             version: "0".into(),
             config: config.clone(),

@@ -25,6 +25,11 @@ pub struct ModelArgs {
     /// finding (identity, then x, y, z, xy, xz, yz, xyz), class probabilities averaged.
     #[arg(long, default_value_t = 1)]
     pub classify_mirrors: usize,
+    /// Cut each finding's measured extent (its reported centre, size and segment) at this
+    /// fraction of its peak instead of the model file's fraction (0: the whole detected region).
+    /// For choosing the fraction on validation data.
+    #[arg(long)]
+    pub measure_fraction: Option<f32>,
 }
 
 impl ModelArgs {
@@ -40,6 +45,13 @@ impl ModelArgs {
         let mut analyzer = Analyzer::new(&source, device, self.precision, tiling)
             .map_err(|e| anyhow::anyhow!("cannot load the model {source}: {e}"))?;
         analyzer.classify_mirrors = self.classify_mirrors;
+        if let Some(f) = self.measure_fraction {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&f),
+                "--measure-fraction must be between 0 and 1, got {f}"
+            );
+            analyzer.post.measure_fraction = f;
+        }
         Ok(analyzer)
     }
 }

@@ -2,7 +2,13 @@
 //! above the threshold, 3-D connected components (6-connected; components that touch are one
 //! finding), centre of mass, non-maximum suppression of findings whose centre lies inside a
 //! stronger finding's sphere, and findings under the minimum diameter dropped. Each finding
-//! carries its size measures in mm on the map's grid.
+//! carries two extents on the map's grid, each with its centre and size in mm: its region (what
+//! detection works with) and its measured extent, the region's voxels whose probability reaches
+//! `measure_fraction` of the region's peak: what is reported (centre and size) and segmented, so
+//! that the SR's centre, its measurements and the SEG segment describe the same voxels. The map
+//! runs wide of a nodule's edge (its nodule voxels weighed 50 in training; the region is cut at
+//! 0.4); the fraction, chosen on validation data to undo that, is the model file's (model card,
+//! "Sizes").
 
 use crate::volume::Volume;
 use crate::volume::geometry::Vec3;
@@ -18,6 +24,9 @@ pub struct PostProcessing {
     pub min_diameter_mm: f64,
     /// At most this many findings are kept, strongest first (LUNA16 scores 100 per scan).
     pub max_findings: usize,
+    /// A finding's measured extent: its voxels at or above this fraction of its peak (0: all of
+    /// them, the region). The model file says which fraction suits its map.
+    pub measure_fraction: f32,
 }
 
 impl Default for PostProcessing {
@@ -26,14 +35,17 @@ impl Default for PostProcessing {
             threshold: 0.4,
             min_diameter_mm: 3.0,
             max_findings: 100,
+            measure_fraction: 0.0,
         }
     }
 }
 
-/// One connected region of the location map.
+/// A set of voxels of the map, its centre and its size.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Detection {
-    /// Centre of mass, continuous voxel index (i, j, k) of the map's grid.
+pub struct Extent {
+    /// Offsets into the map.
+    pub voxels: Vec<usize>,
+    /// Centre of mass in voxel indices (i, j, k) of the map.
     pub center_index: Vec3,
     /// Centre of mass in patient coordinates (LPS, mm).
     pub center_mm: Vec3,
@@ -42,11 +54,46 @@ pub struct Detection {
     pub equivalent_diameter_mm: f64,
     /// Largest distance between two of its voxels, plus one voxel.
     pub max_diameter_mm: f64,
+}
+
+impl Extent {
+    /// The extent of `voxels` (not empty) on the map's `geometry`.
+    fn new(voxels: Vec<usize>, geometry: &crate::volume::geometry::Geometry) -> Self {
+        let s = geometry.spacing;
+        let [ni, nj, _] = geometry.size;
+        let mut sum = [0.0; 3];
+        for &v in &voxels {
+            let idx = [v % ni, (v / ni) % nj, v / (ni * nj)];
+            for a in 0..3 {
+                sum[a] += idx[a] as f64;
+            }
+        }
+        let center_index = sum.map(|c| c / voxels.len().max(1) as f64);
+        let volume_mm3 = voxels.len() as f64 * s[0] * s[1] * s[2];
+        Self {
+            center_index,
+            center_mm: geometry.index_to_patient(center_index),
+            volume_mm3,
+            equivalent_diameter_mm: (6.0 * volume_mm3 / std::f64::consts::PI).cbrt(),
+            max_diameter_mm: max_extent_mm(&voxels, geometry.size, s),
+            voxels,
+        }
+    }
+}
+
+/// One connected region of the location map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    /// The connected region above the threshold: non-maximum suppression uses its centre and
+    /// size, the minimum diameter its size, and the classification path its box and voxel count.
+    pub region: Extent,
+    /// The region's voxels at or above `measure_fraction` of `p_nodule` (never empty: the peak
+    /// voxel is one): the centre, the size and the segment that are reported.
+    pub measured: Extent,
     /// Highest voxel probability inside.
     pub p_nodule: f32,
+    /// The region's bounding box.
     pub bounding_box: BoundingBox,
-    /// Its voxels (offsets into the map).
-    pub voxels: Vec<usize>,
 }
 
 /// Finds the detections of a probability map, strongest first.
@@ -65,40 +112,36 @@ pub fn detect(probability: &Volume<f32>, settings: &PostProcessing) -> Vec<Detec
             members[l as usize].push(v);
         }
     }
-    let voxel_mm3 = g.spacing[0] * g.spacing[1] * g.spacing[2];
     let index_of = |v: usize| [v % ni, (v / ni) % nj, v / (ni * nj)];
     let mut found: Vec<Detection> = members
         .into_iter()
         .skip(1)
         .map(|voxels| {
-            let mut sum = [0.0; 3];
             let mut lo = [usize::MAX; 3];
             let mut hi = [0; 3];
             let mut p_max = 0f32;
             for &v in &voxels {
                 let idx = index_of(v);
                 for a in 0..3 {
-                    sum[a] += idx[a] as f64;
                     lo[a] = lo[a].min(idx[a]);
                     hi[a] = hi[a].max(idx[a]);
                 }
                 p_max = p_max.max(probability.data[v]);
             }
-            let n = voxels.len() as f64;
-            let center_index = sum.map(|s| s / n);
-            let volume_mm3 = n * voxel_mm3;
+            let cut = settings.measure_fraction * p_max;
+            let measured: Vec<usize> = voxels
+                .iter()
+                .copied()
+                .filter(|&v| probability.data[v] >= cut)
+                .collect();
             Detection {
-                center_index,
-                center_mm: g.index_to_patient(center_index),
-                volume_mm3,
-                equivalent_diameter_mm: (6.0 * volume_mm3 / std::f64::consts::PI).cbrt(),
-                max_diameter_mm: max_extent_mm(&voxels, g.size, g.spacing),
+                measured: Extent::new(measured, &g),
+                region: Extent::new(voxels, &g),
                 p_nodule: p_max,
                 bounding_box: BoundingBox { min: lo, max: hi },
-                voxels,
             }
         })
-        .filter(|d| d.equivalent_diameter_mm >= settings.min_diameter_mm)
+        .filter(|d| d.region.equivalent_diameter_mm >= settings.min_diameter_mm)
         .collect();
     found.sort_by(|a, b| b.p_nodule.total_cmp(&a.p_nodule));
     let mut kept = suppress(found);
@@ -113,10 +156,10 @@ fn suppress(sorted: Vec<Detection>) -> Vec<Detection> {
     for d in sorted {
         let inside = kept.iter().any(|k| {
             let dist: f64 = (0..3)
-                .map(|a| (k.center_mm[a] - d.center_mm[a]).powi(2))
+                .map(|a| (k.region.center_mm[a] - d.region.center_mm[a]).powi(2))
                 .sum::<f64>()
                 .sqrt();
-            dist < k.equivalent_diameter_mm / 2.0
+            dist < k.region.equivalent_diameter_mm / 2.0
         });
         if !inside {
             kept.push(d);
@@ -219,27 +262,76 @@ mod tests {
         let found = detect(&v, &PostProcessing::default());
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].p_nodule, 0.9, "strongest first");
-        assert_eq!(found[0].center_index, [10.0, 10.0, 10.0]);
-        assert_eq!(found[0].center_mm, [0.0, 30.0, -20.0]);
+        assert_eq!(found[0].region.center_index, [10.0, 10.0, 10.0]);
+        assert_eq!(found[0].region.center_mm, [0.0, 30.0, -20.0]);
         // A digital ball of radius 4 has 257 voxels.
-        assert_eq!(found[0].voxels.len(), 257);
-        assert!((found[0].volume_mm3 - 257.0).abs() < 1e-9);
-        assert!((found[0].equivalent_diameter_mm - 7.886).abs() < 0.01);
-        assert_eq!(found[0].max_diameter_mm, 9.0);
+        let region = &found[0].region;
+        assert_eq!(region.voxels.len(), 257);
+        assert!((region.volume_mm3 - 257.0).abs() < 1e-9);
+        assert!((region.equivalent_diameter_mm - 7.886).abs() < 0.01);
+        assert_eq!(region.max_diameter_mm, 9.0);
+        // A flat blob measures what its region measures.
+        assert_eq!(&found[0].measured, region);
         assert_eq!(found[0].bounding_box.min, [6, 6, 6]);
-        assert_eq!(found[1].center_mm, [18.0, 48.0, -2.0]);
+        assert_eq!(found[1].region.center_mm, [18.0, 48.0, -2.0]);
     }
+
+    /// Measured extents at 0.9 of the peak.
+    const MEASURING: PostProcessing = PostProcessing {
+        threshold: 0.4,
+        min_diameter_mm: 3.0,
+        max_findings: 100,
+        measure_fraction: 0.9,
+    };
 
     #[test]
     fn touching_blobs_are_one_finding() {
         let mut v = map([40, 30, 30]);
         ball(&mut v, [12.0, 15.0, 15.0], 4.0, 0.8);
         ball(&mut v, [20.0, 15.0, 15.0], 4.0, 0.95);
-        let found = detect(&v, &PostProcessing::default());
+        let found = detect(&v, &MEASURING);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].p_nodule, 0.95);
-        assert!((found[0].center_index[0] - 16.0).abs() < 1e-9);
-        assert_eq!(found[0].max_diameter_mm, 17.0);
+        assert!((found[0].region.center_index[0] - 16.0).abs() < 1e-9);
+        assert_eq!(found[0].region.max_diameter_mm, 17.0);
+        // Measured: the stronger ball's voxels only (0.8 < 0.9 x 0.95), centred on it.
+        assert_eq!(found[0].measured.max_diameter_mm, 9.0);
+        assert_eq!(found[0].measured.center_index, [20.0, 15.0, 15.0]);
+    }
+
+    #[test]
+    fn the_measured_extent_is_the_region_s_core_above_the_peak_fraction() {
+        let mut v = map([30, 30, 30]);
+        ball(&mut v, [15.0, 15.0, 15.0], 5.0, 0.6); // the map's wide margin
+        ball(&mut v, [15.0, 15.0, 15.0], 3.0, 0.97);
+        ball(&mut v, [15.0, 15.0, 15.0], 1.0, 1.0);
+        let found = detect(&v, &MEASURING);
+        assert_eq!(found.len(), 1);
+        let (region, measured) = (&found[0].region, &found[0].measured);
+        // Digital balls of radius 5 and 3: 515 and 123 voxels.
+        assert_eq!(region.voxels.len(), 515);
+        assert_eq!(measured.voxels.len(), 123);
+        assert!(measured.voxels.iter().all(|v| region.voxels.contains(v)));
+        assert_eq!(measured.max_diameter_mm, 7.0);
+        assert!(measured.equivalent_diameter_mm < region.equivalent_diameter_mm);
+        // At the fraction 0.5 the margin counts too; at 1 only the peak voxels are left.
+        let at = |measure_fraction: f32| {
+            detect(
+                &v,
+                &PostProcessing {
+                    measure_fraction,
+                    ..PostProcessing::default()
+                },
+            )[0]
+            .measured
+            .voxels
+            .len()
+        };
+        assert_eq!(at(0.5), 515);
+        assert_eq!(at(1.0), 7);
+        // The default, 0, is the region (a model file without a fraction reports its regions).
+        let plain = &detect(&v, &PostProcessing::default())[0];
+        assert_eq!(plain.measured, plain.region);
     }
 
     #[test]
@@ -251,7 +343,7 @@ mod tests {
         let lenient = PostProcessing {
             threshold: 0.3,
             min_diameter_mm: 2.0,
-            max_findings: 100,
+            ..PostProcessing::default()
         };
         assert_eq!(detect(&v, &lenient).len(), 2);
         let capped = PostProcessing {
@@ -263,26 +355,38 @@ mod tests {
 
     #[test]
     fn a_weaker_finding_centred_inside_a_stronger_one_is_suppressed() {
-        let strong = Detection {
+        let extent = Extent {
+            voxels: vec![],
             center_index: [0.0; 3],
             center_mm: [0.0; 3],
             volume_mm3: 1000.0,
             equivalent_diameter_mm: 12.4,
             max_diameter_mm: 13.0,
+        };
+        let at = |center_mm: Vec3| Extent {
+            center_mm,
+            ..extent.clone()
+        };
+        // Suppression goes by the region's centre and size, not the measured extent's.
+        let strong = Detection {
+            region: extent.clone(),
+            measured: Extent {
+                equivalent_diameter_mm: 2.0,
+                ..at([20.0, 0.0, 0.0])
+            },
             p_nodule: 0.9,
             bounding_box: BoundingBox {
                 min: [0; 3],
                 max: [0; 3],
             },
-            voxels: vec![],
         };
         let inside = Detection {
-            center_mm: [3.0, 4.0, 0.0],
+            region: at([3.0, 4.0, 0.0]),
             p_nodule: 0.5,
             ..strong.clone()
         };
         let outside = Detection {
-            center_mm: [9.0, 0.0, 0.0],
+            region: at([9.0, 0.0, 0.0]),
             p_nodule: 0.4,
             ..strong.clone()
         };

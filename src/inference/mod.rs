@@ -54,13 +54,19 @@ impl AnalyzeError {
 /// One nodule finding as reported (JSON keys are part of the `analyze` interface).
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
-    /// Centre of mass, patient coordinates (LPS), mm.
+    /// Centre of mass of the measured extent (`findings::Detection::measured`), patient
+    /// coordinates (LPS), mm.
     pub center_mm: [f64; 3],
-    /// Equivalent-sphere diameter, mm.
+    /// Equivalent-sphere diameter of the measured extent (`findings::Detection::measured`), mm.
     pub diameter_mm: f64,
-    /// Largest extent, mm.
+    /// Largest extent of the measured extent, mm.
     pub max_diameter_mm: f64,
+    /// Volume of the measured extent, mm^3.
     pub volume_mm3: f64,
+    /// Volume of the detected region (the location map above its threshold, which contains the
+    /// measured extent), mm^3: non-maximum suppression and the 3 mm minimum use its size, and
+    /// the classification path its box and voxel count.
+    pub region_volume_mm3: f64,
     /// Probability that the finding is a nodule: `p_location` x (1 - `p_non_nodule`), the
     /// location map and the classification path's false-positive reduction together. A finding
     /// that was not classified (location probability under the analyzer's
@@ -194,6 +200,7 @@ impl Analyzer {
                 })?;
         let post = PostProcessing {
             threshold: info.config.threshold as f32,
+            measure_fraction: info.measure_fraction.unwrap_or(0.0),
             ..PostProcessing::default()
         };
         Ok(Self {
@@ -255,10 +262,11 @@ impl Analyzer {
             .map(|(d, p)| {
                 let p_location = f64::from(d.p_nodule);
                 let finding = Finding {
-                    center_mm: d.center_mm,
-                    diameter_mm: d.equivalent_diameter_mm,
-                    max_diameter_mm: d.max_diameter_mm,
-                    volume_mm3: d.volume_mm3,
+                    center_mm: d.measured.center_mm,
+                    diameter_mm: d.measured.equivalent_diameter_mm,
+                    max_diameter_mm: d.measured.max_diameter_mm,
+                    volume_mm3: d.measured.volume_mm3,
+                    region_volume_mm3: d.region.volume_mm3,
                     p_nodule: p.map_or(p_location, |p| p_location * f64::from(1.0 - p[0])),
                     p_location,
                     p_non_nodule: p.map(|p| f64::from(p[0])),
@@ -267,7 +275,7 @@ impl Analyzer {
                     p_cancer: p.map(|p| self.malignancy(p).0),
                     malignant: p.is_some_and(|p| self.malignancy(p).1),
                     // LPS: +x is the patient's left.
-                    lung_side: if d.center_mm[0] > midline_x {
+                    lung_side: if d.measured.center_mm[0] > midline_x {
                         LungSide::Left
                     } else {
                         LungSide::Right
@@ -328,7 +336,7 @@ impl Analyzer {
             .map(|d| ObjectBox {
                 lo: [0, 1, 2].map(|a| d.bounding_box.min[a] as i64 + offset[a]),
                 hi: [0, 1, 2].map(|a| d.bounding_box.max[a] as i64 + offset[a]),
-                voxels: d.voxels.len(),
+                voxels: d.region.voxels.len(),
             })
             .collect();
         self.classify_boxes(hu, &boxes)
@@ -544,7 +552,8 @@ mod tests {
         let classifier = root.join("models/jnsc-real-stage1.safetensors");
         let dir = tempfile::tempdir().unwrap();
         let combined = dir.path().join("combined.safetensors");
-        crate::jnsc::model_file::combine(&detector, &classifier, &combined, "both", "0").unwrap();
+        crate::jnsc::model_file::combine(&detector, &classifier, &combined, "both", "0", None)
+            .unwrap();
         let analyzer = |path: &std::path::Path| {
             Analyzer::new(
                 &ModelSource::File(path.to_owned()),

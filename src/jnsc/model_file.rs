@@ -30,6 +30,7 @@ const NORMALIZATION: &str = "jnsc.normalization";
 const PROVENANCE: &str = "jnsc.provenance";
 const MALIGNANCY_CALIBRATION: &str = "jnsc.malignancy_calibration";
 const MALIGNANCY_NETWORK: &str = "jnsc.malignancy_network";
+const MEASURE_FRACTION: &str = "jnsc.measure_fraction";
 
 /// Prefixes of the two networks' tensor names in a file that carries a malignancy network.
 const DETECTION_PREFIX: &str = "detection";
@@ -99,6 +100,10 @@ pub struct ModelInfo {
     /// The second network whose classification path gives the benign and malignant classes,
     /// where the file carries one (`None`: this network's own classes).
     pub malignancy_network: Option<MalignancyNetwork>,
+    /// The fraction of a finding's peak location probability at which its measured extent (its
+    /// reported centre, size and segment) is cut, chosen for this model's map on validation
+    /// data (`None`: the whole detected region is reported).
+    pub measure_fraction: Option<f32>,
 }
 
 impl ModelInfo {
@@ -225,6 +230,9 @@ fn metadata(info: &ModelInfo, path: &Path) -> Result<HashMap<String, String>, Mo
     if let Some(m) = &info.malignancy_network {
         metadata.insert(MALIGNANCY_NETWORK.to_owned(), json(m)?);
     }
+    if let Some(f) = &info.measure_fraction {
+        metadata.insert(MEASURE_FRACTION.to_owned(), json(f)?);
+    }
     Ok(metadata)
 }
 
@@ -350,6 +358,16 @@ pub fn read_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, ModelFileError>
     }
     let malignancy_calibration = optional(path, &metadata, MALIGNANCY_CALIBRATION)?;
     let malignancy_network = optional(path, &metadata, MALIGNANCY_NETWORK)?;
+    let measure_fraction: Option<f32> = optional(path, &metadata, MEASURE_FRACTION)?;
+    if let Some(f) = measure_fraction
+        && !(0.0..=1.0).contains(&f)
+    {
+        return Err(ModelFileError::BadMetadata {
+            path: path.to_owned(),
+            key: MEASURE_FRACTION,
+            reason: format!("{f} is not a fraction between 0 and 1"),
+        });
+    }
     Ok(ModelInfo {
         name: text(NAME)?,
         version: text(VERSION)?,
@@ -358,6 +376,7 @@ pub fn read_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, ModelFileError>
         provenance: json(PROVENANCE)?,
         malignancy_calibration,
         malignancy_network,
+        measure_fraction,
     })
 }
 
@@ -393,7 +412,8 @@ pub fn write_calibrated(
 /// malignant classes come from `malignancy`'s (see the module documentation), named `name`
 /// `version`. The metadata are `detection`'s (its provenance with the two files' names and
 /// versions added) and `malignancy`'s calibration, if it has one; `detection`'s own calibration
-/// no longer applies and is dropped. Both must read the same normalisation, and neither may
+/// no longer applies and is dropped. `measure_fraction`, where given, replaces the detector's
+/// (it belongs to the detector's map). Both must read the same normalisation, and neither may
 /// carry a malignancy network already. The written file is loaded back before this returns.
 pub fn combine(
     detection: &Path,
@@ -401,6 +421,7 @@ pub fn combine(
     out: &Path,
     name: &str,
     version: &str,
+    measure_fraction: Option<f32>,
 ) -> Result<ModelInfo, ModelFileError> {
     let refuse = |reason: String| ModelFileError::Combine {
         detection: detection.to_owned(),
@@ -418,6 +439,13 @@ pub fn combine(
                 path.display()
             )));
         }
+    }
+    if let Some(f) = measure_fraction
+        && !(0.0..=1.0).contains(&f)
+    {
+        return Err(refuse(format!(
+            "the measure fraction {f} is not between 0 and 1"
+        )));
     }
     if detection_info.normalization != malignancy_info.normalization {
         return Err(refuse(format!(
@@ -445,6 +473,7 @@ pub fn combine(
             config: malignancy_info.config.clone(),
             provenance: malignancy_info.provenance.clone(),
         }),
+        measure_fraction: measure_fraction.or(detection_info.measure_fraction),
         ..detection_info
     };
     let metadata = metadata(&info, out)?;
@@ -515,6 +544,7 @@ pub fn write_untrained(
     let info = ModelInfo {
         malignancy_calibration: None,
         malignancy_network: None,
+        measure_fraction: None,
         name: format!("jnsc-{preset}"),
         version: "0.0.0-untrained".into(),
         config,
@@ -535,6 +565,7 @@ mod tests {
         ModelInfo {
             malignancy_calibration: None,
             malignancy_network: None,
+            measure_fraction: None,
             name: "jnsc-test".into(),
             version: "0.0.1".into(),
             config: Config {
@@ -677,7 +708,15 @@ mod tests {
         };
         let classifier = saved(dir.path(), "classifier.safetensors", 2, &classifier_info);
         let out = dir.path().join("combined.safetensors");
-        let written = combine(&detector, &classifier, &out, "jnsc-both", "0.4.0").unwrap();
+        let written = combine(
+            &detector,
+            &classifier,
+            &out,
+            "jnsc-both",
+            "0.4.0",
+            Some(0.8),
+        )
+        .unwrap();
 
         let (networks, read) =
             load_networks(&ModelSource::File(out.clone()), &Device::Cpu).unwrap();
@@ -687,6 +726,7 @@ mod tests {
             ("jnsc-both", "0.4.0")
         );
         assert_eq!(read.malignancy_calibration, Some(calibration));
+        assert_eq!(read.measure_fraction, Some(0.8));
         assert_eq!(read.provenance["seed"], 1);
         assert_eq!(
             read.provenance["malignancy_network"]["name"],
@@ -725,10 +765,10 @@ mod tests {
         let a = saved(dir.path(), "a.safetensors", 1, &info());
         let b = saved(dir.path(), "b.safetensors", 2, &info());
         let ab = dir.path().join("ab.safetensors");
-        combine(&a, &b, &ab, "ab", "1").unwrap();
+        combine(&a, &b, &ab, "ab", "1", None).unwrap();
         let out = dir.path().join("out.safetensors");
         for (d, m) in [(&ab, &b), (&a, &ab)] {
-            let e = combine(d, m, &out, "x", "1").unwrap_err().to_string();
+            let e = combine(d, m, &out, "x", "1", None).unwrap_err().to_string();
             assert!(e.contains("carries a malignancy network already"), "{e}");
         }
         let other = ModelInfo {
@@ -739,7 +779,9 @@ mod tests {
             ..info()
         };
         let c = saved(dir.path(), "c.safetensors", 3, &other);
-        let e = combine(&a, &c, &out, "x", "1").unwrap_err().to_string();
+        let e = combine(&a, &c, &out, "x", "1", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("normalisations differ"), "{e}");
         assert!(!out.exists());
     }

@@ -776,6 +776,7 @@ mod tests {
         let info = ModelInfo {
             malignancy_calibration: None,
             malignancy_network: None,
+            measure_fraction: None,
             name: "cuda-check".into(),
             version: "0".into(),
             config,

@@ -21,10 +21,12 @@ pub mod source;
 pub mod sr;
 pub mod uids;
 
+use crate::inference::findings::{Detection, Extent};
 use crate::inference::{Analysis, Finding, LungSide};
 use crate::volume::Volume;
 use crate::volume::geometry::Geometry;
 use crate::volume::mapping::{SliceMask, mask_footprint};
+use crate::volume::series::AcquiredSeries;
 use crate::write::{file_meta, write_bytes_whole, write_whole};
 use axes::{PixelGrid, PlanarAxes};
 use codes::Code;
@@ -347,8 +349,11 @@ fn reported_findings(analysis: &Analysis, policy: &ReportPolicy) -> Vec<Segmente
         if reported.len() == policy.max_findings {
             break;
         }
-        let mask = detection_mask(&analysis.map.geometry, &analysis.detections[i]);
-        let slices = mask_footprint(&mask, &analysis.volume.series);
+        let slices = segment_slices(
+            &analysis.map.geometry,
+            &analysis.volume.series,
+            &analysis.detections[i],
+        );
         if slices.is_empty() {
             continue;
         }
@@ -412,8 +417,27 @@ pub fn read_summary(dir: &Path) -> Option<ResultSummary> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// A detection's voxels as a mask on a small grid around it (one voxel of margin).
-fn detection_mask(map: &Geometry, detection: &crate::inference::findings::Detection) -> Volume<u8> {
+/// A detection's segment on the source slices: its measured extent, or its region where the
+/// measured extent is too small to cover a pixel of the source grid (a few voxels of 1 mm
+/// between thick slices), so that no finding is lost for its size.
+fn segment_slices(
+    map: &Geometry,
+    series: &AcquiredSeries,
+    detection: &Detection,
+) -> Vec<SliceMask> {
+    let footprint =
+        |extent: &Extent| mask_footprint(&detection_mask(map, detection, extent), series);
+    let measured = footprint(&detection.measured);
+    if measured.is_empty() {
+        footprint(&detection.region)
+    } else {
+        measured
+    }
+}
+
+/// Voxels of a detection (its measured extent, what its size reports, or its region) as a mask
+/// on a small grid around its region (one voxel of margin).
+fn detection_mask(map: &Geometry, detection: &Detection, extent: &Extent) -> Volume<u8> {
     let bounds = detection.bounding_box;
     let start = [0, 1, 2].map(|a| bounds.min[a] as i64 - 1);
     let size = [0, 1, 2].map(|a| bounds.max[a] - bounds.min[a] + 3);
@@ -424,7 +448,7 @@ fn detection_mask(map: &Geometry, detection: &crate::inference::findings::Detect
     };
     let mut mask = Volume::filled(grid, 0u8);
     let [nx, ny, _] = map.size;
-    for &offset in &detection.voxels {
+    for &offset in &extent.voxels {
         let (i, j, k) = (offset % nx, (offset / nx) % ny, offset / (nx * ny));
         let at = grid.offset(
             (i as i64 - start[0]) as usize,
@@ -522,4 +546,94 @@ fn write_part10(object: &InMemDicomObject, path: &Path) -> std::io::Result<PathB
         file.write_all(out).map_err(std::io::Error::other)
     })?;
     Ok(path.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inference::findings::{PostProcessing, detect};
+    use crate::volume::series::SourceSlice;
+
+    /// A 1 mm map and a series of 5 mm slices over it (one pixel per mm, 40 x 40).
+    fn grids() -> (Volume<f32>, AcquiredSeries) {
+        let identity = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+        let map = Volume::filled(
+            Geometry {
+                origin: [0.0; 3],
+                spacing: [1.0; 3],
+                direction: identity,
+                size: [40, 40, 40],
+            },
+            0f32,
+        );
+        let series = AcquiredSeries {
+            series_uid: "1.2.3".into(),
+            rows: 40,
+            columns: 40,
+            column_spacing_mm: 1.0,
+            row_spacing_mm: 1.0,
+            row_direction: [1.0, 0.0, 0.0],
+            column_direction: [0.0, 1.0, 0.0],
+            normal: [0.0, 0.0, 1.0],
+            slice_offsets_mm: (0..8).map(|k| 5.0 * k as f64).collect(),
+            slices: (0..8)
+                .map(|k| SourceSlice {
+                    sop_instance_uid: format!("1.2.3.{k}"),
+                    frame: None,
+                    position: [0.0, 0.0, 5.0 * k as f64],
+                })
+                .collect(),
+            hu: Vec::new(),
+            notes: Vec::new(),
+        };
+        (map, series)
+    }
+
+    #[test]
+    fn a_finding_is_segmented_by_its_measured_extent_or_else_its_region() {
+        let (mut map, series) = grids();
+        // A 7 mm cube of 0.6 with a one-voxel peak between two slices (z = 12, slices at 10
+        // and 15): the measured extent is that voxel, which covers no source pixel.
+        for z in 9..16 {
+            for y in 17..24 {
+                for x in 17..24 {
+                    let at = map.geometry.offset(x, y, z);
+                    map.data[at] = 0.6;
+                }
+            }
+        }
+        let peak = map.geometry.offset(20, 20, 12);
+        map.data[peak] = 1.0;
+        let found = detect(
+            &map,
+            &PostProcessing {
+                measure_fraction: 0.9,
+                ..PostProcessing::default()
+            },
+        );
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].measured.voxels, [peak]);
+        let measured_only = mask_footprint(
+            &detection_mask(&map.geometry, &found[0], &found[0].measured),
+            &series,
+        );
+        assert!(measured_only.is_empty());
+        let slices = segment_slices(&map.geometry, &series, &found[0]);
+        assert_eq!(slices.len(), 2, "the region's slices (z 10 and 15)");
+
+        // Where the measured extent reaches a slice, it is the segment.
+        for x in 18..23 {
+            let at = map.geometry.offset(x, 20, 10);
+            map.data[at] = 0.95;
+        }
+        let found = detect(
+            &map,
+            &PostProcessing {
+                measure_fraction: 0.9,
+                ..PostProcessing::default()
+            },
+        );
+        let slices = segment_slices(&map.geometry, &series, &found[0]);
+        assert_eq!(slices.len(), 1, "slice z = 10 only");
+    }
 }

@@ -900,6 +900,7 @@ impl Trainer {
         let info = ModelInfo {
             malignancy_calibration: None,
             malignancy_network: None,
+            measure_fraction: None,
             name: name.into(),
             version: version.into(),
             config: self.net.config().clone(),
