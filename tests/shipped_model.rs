@@ -1,10 +1,11 @@
 //! The shipped model file and the files it was made from are what the model card says: each
 //! loads, is the `cpu` preset with the default normalisation, and its provenance is the run of its
-//! training configuration, each starting from the one before. The shipped file (0.4.0) is two of
+//! training configuration, each starting from the one before. The shipped file (0.4.1) is two of
 //! them combined (`jnsc model combine`): its detector is chain S's joint stage 2
 //! (models/train-segmentation.toml -> models/train-real-joint.toml ->
 //! models/train-real-shapes-joint.toml), its malignancy network 0.3.0 (models/train.toml ->
-//! models/train-real-joint.toml -> models/train-real-shapes.toml), whose calibration it carries.
+//! models/train-real-joint.toml -> models/train-real-shapes.toml), whose calibration it carries,
+//! with the measured extent's fraction.
 
 use jnsc::jnsc::model_file::{ModelInfo, load};
 use jnsc::jnsc::network::Config;
@@ -126,12 +127,15 @@ fn the_shipped_model_matches_its_card() {
     let shipped = trained_by(jnsc::DEFAULT_MODEL, "models/train-real-shapes-joint.toml");
     assert_eq!(
         (shipped.name.as_str(), shipped.version.as_str()),
-        ("jnsc-real-backgrounds", "0.4.0")
+        ("jnsc-real-backgrounds", "0.4.1")
     );
     assert_eq!(
         shipped.provenance["training"],
         detector.provenance["training"]
     );
+    // Sizes: the measured extent's fraction chosen for the detector's map (model card, "Sizes").
+    assert_eq!(shipped.measure_fraction, Some(0.8));
+    assert_eq!(detector.measure_fraction, None);
     assert_eq!(shipped.malignancy_calibration.as_ref(), Some(&calibration));
     let network = shipped.malignancy_network.as_ref().unwrap();
     assert_eq!(
