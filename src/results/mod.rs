@@ -604,13 +604,11 @@ mod tests {
         }
         let peak = map.geometry.offset(20, 20, 12);
         map.data[peak] = 1.0;
-        let found = detect(
-            &map,
-            &PostProcessing {
-                measure_fraction: 0.9,
-                ..PostProcessing::default()
-            },
-        );
+        let measuring = PostProcessing {
+            measure_fraction: 0.9,
+            ..PostProcessing::default()
+        };
+        let found = detect(&map, &measuring);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].measured.voxels, [peak]);
         let measured_only = mask_footprint(
@@ -626,13 +624,7 @@ mod tests {
             let at = map.geometry.offset(x, 20, 10);
             map.data[at] = 0.95;
         }
-        let found = detect(
-            &map,
-            &PostProcessing {
-                measure_fraction: 0.9,
-                ..PostProcessing::default()
-            },
-        );
+        let found = detect(&map, &measuring);
         let slices = segment_slices(&map.geometry, &series, &found[0]);
         assert_eq!(slices.len(), 1, "slice z = 10 only");
     }
