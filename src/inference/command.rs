@@ -46,10 +46,8 @@ impl ModelArgs {
             .map_err(|e| anyhow::anyhow!("cannot load the model {source}: {e}"))?;
         analyzer.classify_mirrors = self.classify_mirrors;
         if let Some(f) = self.measure_fraction {
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&f),
-                "--measure-fraction must be between 0 and 1, got {f}"
-            );
+            crate::jnsc::model_file::check_measure_fraction(f)
+                .map_err(|e| anyhow::anyhow!("--measure-fraction: {e}"))?;
             analyzer.post.measure_fraction = f;
         }
         Ok(analyzer)

@@ -60,10 +60,9 @@ impl Extent {
     /// The extent of `voxels` (not empty) on the map's `geometry`.
     fn new(voxels: Vec<usize>, geometry: &crate::volume::geometry::Geometry) -> Self {
         let s = geometry.spacing;
-        let [ni, nj, _] = geometry.size;
         let mut sum = [0.0; 3];
         for &v in &voxels {
-            let idx = [v % ni, (v / ni) % nj, v / (ni * nj)];
+            let idx = voxel_index(v, geometry.size);
             for a in 0..3 {
                 sum[a] += idx[a] as f64;
             }
@@ -99,7 +98,6 @@ pub struct Detection {
 /// Finds the detections of a probability map, strongest first.
 pub fn detect(probability: &Volume<f32>, settings: &PostProcessing) -> Vec<Detection> {
     let g = probability.geometry;
-    let [ni, nj, _] = g.size;
     let mask: Vec<u8> = probability
         .data
         .iter()
@@ -112,7 +110,6 @@ pub fn detect(probability: &Volume<f32>, settings: &PostProcessing) -> Vec<Detec
             members[l as usize].push(v);
         }
     }
-    let index_of = |v: usize| [v % ni, (v / ni) % nj, v / (ni * nj)];
     let mut found: Vec<Detection> = members
         .into_iter()
         .skip(1)
@@ -121,7 +118,7 @@ pub fn detect(probability: &Volume<f32>, settings: &PostProcessing) -> Vec<Detec
             let mut hi = [0; 3];
             let mut p_max = 0f32;
             for &v in &voxels {
-                let idx = index_of(v);
+                let idx = voxel_index(v, g.size);
                 for a in 0..3 {
                     lo[a] = lo[a].min(idx[a]);
                     hi[a] = hi[a].max(idx[a]);
@@ -134,9 +131,16 @@ pub fn detect(probability: &Volume<f32>, settings: &PostProcessing) -> Vec<Detec
                 .copied()
                 .filter(|&v| probability.data[v] >= cut)
                 .collect();
+            let all = measured.len() == voxels.len();
+            let region = Extent::new(voxels, &g);
             Detection {
-                measured: Extent::new(measured, &g),
-                region: Extent::new(voxels, &g),
+                // The whole region (a flat map, or the fraction 0): measured once.
+                measured: if all {
+                    region.clone()
+                } else {
+                    Extent::new(measured, &g)
+                },
+                region,
                 p_nodule: p_max,
                 bounding_box: BoundingBox { min: lo, max: hi },
             }
@@ -168,20 +172,22 @@ fn suppress(sorted: Vec<Detection>) -> Vec<Detection> {
     kept
 }
 
+/// The voxel indices (i, j, k) of the offset `v` into a map of `size`.
+fn voxel_index(v: usize, size: [usize; 3]) -> [usize; 3] {
+    let [ni, nj, _] = size;
+    [v % ni, (v / ni) % nj, v / (ni * nj)]
+}
+
 /// The largest extent of the voxels (centre to centre, plus one voxel so a single voxel
 /// measures one voxel across) over 49 directions spread over the half-sphere: within about 1% of
 /// the true maximum diameter for compact shapes, and linear in the voxel count.
 fn max_extent_mm(voxels: &[usize], size: [usize; 3], spacing: Vec3) -> f64 {
-    let [ni, nj, _] = size;
     let directions = half_sphere_directions();
     let mut lo = vec![f64::INFINITY; directions.len()];
     let mut hi = vec![f64::NEG_INFINITY; directions.len()];
     for &v in voxels {
-        let p = [
-            (v % ni) as f64 * spacing[0],
-            ((v / ni) % nj) as f64 * spacing[1],
-            (v / (ni * nj)) as f64 * spacing[2],
-        ];
+        let idx = voxel_index(v, size);
+        let p = [0, 1, 2].map(|a| idx[a] as f64 * spacing[a]);
         for (n, d) in directions.iter().enumerate() {
             let t = p[0] * d[0] + p[1] * d[1] + p[2] * d[2];
             lo[n] = lo[n].min(t);

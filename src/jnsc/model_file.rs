@@ -115,6 +115,16 @@ impl ModelInfo {
     }
 }
 
+/// Checks a measure fraction (`ModelInfo::measure_fraction`, wherever one is given): a fraction of
+/// the peak, 0 (the whole region) to 1.
+pub fn check_measure_fraction(f: f32) -> Result<(), String> {
+    if (0.0..=1.0).contains(&f) {
+        Ok(())
+    } else {
+        Err(format!("the measure fraction {f} is not between 0 and 1"))
+    }
+}
+
 /// What a model file says about its malignancy network (see the module documentation).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MalignancyNetwork {
@@ -296,6 +306,17 @@ fn build(path: &Path, config: &Config, vb: VarBuilder) -> Result<Jnsc, ModelFile
     })
 }
 
+/// The tensors of the model file `path`'s bytes.
+fn tensors_of<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<safetensors::SafeTensors<'a>, ModelFileError> {
+    safetensors::SafeTensors::deserialize(bytes).map_err(|e| ModelFileError::NotSafetensors {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
 /// Reads and checks the metadata of a model file's bytes.
 pub fn read_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, ModelFileError> {
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
@@ -305,10 +326,7 @@ pub fn read_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, ModelFileError>
         }
     })?;
     // The header parses; make sure the data it describes is all there.
-    safetensors::SafeTensors::deserialize(bytes).map_err(|e| ModelFileError::NotSafetensors {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    tensors_of(path, bytes)?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let text = |key: &'static str| {
         metadata
@@ -359,14 +377,12 @@ pub fn read_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, ModelFileError>
     let malignancy_calibration = optional(path, &metadata, MALIGNANCY_CALIBRATION)?;
     let malignancy_network = optional(path, &metadata, MALIGNANCY_NETWORK)?;
     let measure_fraction: Option<f32> = optional(path, &metadata, MEASURE_FRACTION)?;
-    if let Some(f) = measure_fraction
-        && !(0.0..=1.0).contains(&f)
-    {
-        return Err(ModelFileError::BadMetadata {
+    if let Some(f) = measure_fraction {
+        check_measure_fraction(f).map_err(|reason| ModelFileError::BadMetadata {
             path: path.to_owned(),
             key: MEASURE_FRACTION,
-            reason: format!("{f} is not a fraction between 0 and 1"),
-        });
+            reason,
+        })?;
     }
     Ok(ModelInfo {
         name: text(NAME)?,
@@ -403,7 +419,7 @@ pub fn write_calibrated(
         MALIGNANCY_CALIBRATION.to_owned(),
         serde_json::to_string(calibration).map_err(|e| write_error(e.to_string()))?,
     );
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(not_safetensors)?;
+    let tensors = tensors_of(from, &bytes)?;
     safetensors::serialize_to_file(tensors.tensors(), Some(metadata), to)
         .map_err(|e| write_error(e.to_string()))
 }
@@ -440,12 +456,8 @@ pub fn combine(
             )));
         }
     }
-    if let Some(f) = measure_fraction
-        && !(0.0..=1.0).contains(&f)
-    {
-        return Err(refuse(format!(
-            "the measure fraction {f} is not between 0 and 1"
-        )));
+    if let Some(f) = measure_fraction {
+        check_measure_fraction(f).map_err(refuse)?;
     }
     if detection_info.normalization != malignancy_info.normalization {
         return Err(refuse(format!(
@@ -477,14 +489,8 @@ pub fn combine(
         ..detection_info
     };
     let metadata = metadata(&info, out)?;
-    let tensors = |path: &Path, bytes| {
-        safetensors::SafeTensors::deserialize(bytes).map_err(|e| ModelFileError::NotSafetensors {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })
-    };
-    let detection_tensors = tensors(detection, &detection_bytes)?;
-    let malignancy_tensors = tensors(malignancy, &malignancy_bytes)?;
+    let detection_tensors = tensors_of(detection, &detection_bytes)?;
+    let malignancy_tensors = tensors_of(malignancy, &malignancy_bytes)?;
     let mut views: Vec<(String, safetensors::tensor::TensorView)> = Vec::new();
     for (prefix, tensors) in [
         (DETECTION_PREFIX, &detection_tensors),

@@ -51,7 +51,7 @@ pub struct ReportPolicy {
 }
 
 impl Default for ReportPolicy {
-    /// The shipped model's operating point (0.4.0), chosen on the validation FROC of a held-out
+    /// The shipped model's operating point (0.4.x), chosen on the validation FROC of a held-out
     /// real chest CT background (the lowest threshold with at most one reported false positive
     /// per scan there; see models/README.md): a screening operating point, not the FROC's 100
     /// marks.
