@@ -19,7 +19,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub pipeline: PipelineConfig,
     pub model: ModelConfig,
-    pub results: crate::results::ReportPolicy,
+    pub results: crate::results::ResultsConfig,
     pub sender: SenderConfig,
     pub status: StatusConfig,
     pub log: LogConfig,
@@ -545,11 +545,9 @@ impl Config {
         if let Err(problem) = self.model.device.check() {
             return Err(invalid("model.device", problem.to_string()));
         }
-        if !(0.0..=1.0).contains(&self.results.min_p_nodule) {
-            return Err(invalid(
-                "results.min_p_nodule",
-                "must be between 0 and 1".into(),
-            ));
+        if let Some(p) = self.results.min_p_nodule {
+            crate::jnsc::model_file::check_min_p_nodule(p)
+                .map_err(|problem| invalid("results.min_p_nodule", problem))?;
         }
         if self.sender.max_attempts == 0 {
             return Err(invalid("sender.max_attempts", "must be at least 1".into()));

@@ -83,6 +83,10 @@ enum EvalCommand {
     /// Fit Platt scaling of p(malignant | nodule) and the call's threshold on one nodules.csv
     /// of `eval nodules`, check them on another (reliability diagram), write a calibrated model.
     Calibrate(jnsc::eval::calibration::CalibrateArgs),
+    /// Choose the model's operating point on the output of `eval studies` on validation
+    /// studies: the lowest p(nodule) threshold with at most N reported false positives per
+    /// scan; write a model file that carries it (its reporting threshold by default).
+    OperatingPoint(jnsc::eval::operating_point::OperatingPointArgs),
 }
 
 #[derive(Subcommand)]
@@ -231,6 +235,9 @@ fn main() -> ExitCode {
         Command::Eval {
             which: EvalCommand::Calibrate(args),
         } => jnsc::eval::calibration::run(&args),
+        Command::Eval {
+            which: EvalCommand::OperatingPoint(args),
+        } => jnsc::eval::operating_point::run(&args),
         Command::Bench {
             which: BenchCommand::Ingest(b),
         } => jnsc::bench::ingest(b.slices, b.size, b.rounds),

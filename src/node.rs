@@ -19,7 +19,7 @@ use crate::net::server;
 use crate::pipeline::completion;
 use crate::pipeline::sender::Sender;
 use crate::pipeline::worker::Worker;
-use crate::results::Equipment;
+use crate::results::{Equipment, ReportPolicy};
 use crate::status::TaskFailures;
 use crate::store::db::Index;
 use crate::store::files::FileStore;
@@ -119,11 +119,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         (false, _) => None,
     };
-    let model_status = analyzer.as_ref().map(|a| crate::status::ModelStatus {
-        name: a.model_info().name.clone(),
-        version: a.model_info().version.clone(),
-        device: config.model.device.to_string(),
-    });
+    let model_status = analyzer
+        .as_ref()
+        .map(|(a, policy)| crate::status::ModelStatus {
+            name: a.model_info().name.clone(),
+            version: a.model_info().version.clone(),
+            device: config.model.device.to_string(),
+            min_p_nodule: policy.min_p_nodule,
+        });
     let storage_root = files.root().to_owned();
     // A receiver's store (recovered before anything is accepted) and its DICOM listeners.
     let receiving = if node.role.receives() {
@@ -174,7 +177,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     if node.role.works() {
         let outbox = Arc::new(Notify::new());
-        if let Some(analyzer) = analyzer {
+        if let Some((analyzer, policy)) = analyzer {
             tasks.spawn(
                 "analysis worker",
                 Worker {
@@ -182,6 +185,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     storage_root: storage_root.clone(),
                     area: area.clone(),
                     analyzer: Arc::new(analyzer),
+                    policy,
                     config: Arc::clone(&config),
                     equipment: Equipment::new(&config.dicom.ae_title),
                     outbox: Arc::clone(&outbox),
@@ -443,8 +447,9 @@ fn panic_text(error: tokio::task::JoinError) -> String {
         .unwrap_or_else(|| "(no message)".to_owned())
 }
 
-/// Loads the configured model onto the configured device.
-fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
+/// Loads the configured model onto the configured device, with the report policy for it (the
+/// configured threshold, else the model's operating point).
+fn load_analyzer(config: &Config) -> anyhow::Result<(Analyzer, ReportPolicy)> {
     let model = &config.model;
     let mut analyzer = AnalyzerArgs {
         model: ModelArgs {
@@ -464,17 +469,20 @@ fn load_analyzer(config: &Config) -> anyhow::Result<Analyzer> {
         "key model.path, model.device, model.precision, model.tiling, model.mirrors or \
          model.classify_mirrors",
     )?;
+    let policy = config.results.policy(analyzer.model_info())?;
     // Only findings that can be reported are classified.
-    analyzer.classify_min_p_location = config.results.min_p_nodule;
+    analyzer.classify_min_p_location = policy.min_p_nodule;
     info!(
         model = %analyzer.model_info().name,
         version = %analyzer.model_info().version,
         device = %config.model.device,
         precision = %config.model.precision,
         source = %ModelSource::from_option(config.model.path.clone()),
+        min_p_nodule = policy.min_p_nodule,
+        operating_point = if config.results.min_p_nodule.is_some() { "configured" } else { "the model's" },
         "model loaded"
     );
-    Ok(analyzer)
+    Ok((analyzer, policy))
 }
 
 /// How often the index is checkpointed (bounds the work of recovery after a power cut).

@@ -187,7 +187,14 @@ fn half_precision_finds_what_f32_finds() {
     // Reported at the operating point by one run or the other: the same region in both must give
     // the same call; another box may change it, for at most one finding. Each run's reported
     // findings are checked against the other run, so a pair reported by both counts twice.
-    let threshold = jnsc::results::ReportPolicy::default().min_p_nodule;
+    let threshold = jnsc::jnsc::model_file::read_info(
+        std::path::Path::new("(embedded)"),
+        jnsc::jnsc::model_file::EMBEDDED,
+    )
+    .unwrap()
+    .operating_point
+    .unwrap()
+    .min_p_nodule;
     let (mut same_region_calls, mut other_box) = (0, Vec::new());
     for (f, others) in [(&reference, &half), (&half, &reference)] {
         for finding in f.iter().filter(|x| x.p_nodule >= threshold) {
@@ -337,6 +344,18 @@ fn analyze_writes_the_findings_json_and_explains_bad_input() {
         );
     }
 
+    // Without --classify-all, what is classified depends on the threshold, which a model
+    // without an operating point does not give.
+    let no_threshold = jnsc(&[
+        "analyze",
+        study.join("dicom").to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert!(!no_threshold.status.success());
+    let e = String::from_utf8_lossy(&no_threshold.stderr);
+    assert!(e.contains("carries no operating point"), "{e}");
+
     // A missing model file, an empty folder and a CUDA device without CUDA: clear errors.
     let missing = jnsc(&[
         "analyze",
@@ -353,9 +372,11 @@ fn analyze_writes_the_findings_json_and_explains_bad_input() {
         empty.to_str().unwrap(),
         "--model",
         model.to_str().unwrap(),
+        "--classify-all",
     ]);
     assert!(!none.status.success());
-    assert!(!String::from_utf8_lossy(&none.stderr).is_empty());
+    let e = String::from_utf8_lossy(&none.stderr);
+    assert!(!e.is_empty() && !e.contains("operating point"), "{e}");
     #[cfg(not(feature = "cuda"))]
     {
         let cuda = jnsc(&[
@@ -384,17 +405,33 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
             .success()
     );
     let out = dir.path().join("eval");
-    jnsc_ok(&[
-        "eval",
-        "studies",
-        studies.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let eval = |model: &Path, out: &Path, threshold: Option<&str>| {
+        let mut args = vec![
+            "eval",
+            "studies",
+            studies.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(
+            threshold
+                .map(|t| ["--min-p-nodule", t])
+                .into_iter()
+                .flatten(),
+        );
+        jnsc(&args)
+    };
+    // An untrained model has no operating point: the threshold must be given.
+    let refused = eval(&model, &out, None);
+    assert!(!refused.status.success());
+    let e = String::from_utf8_lossy(&refused.stderr);
+    assert!(e.contains("carries no operating point"), "{e}");
+    assert!(eval(&model, &out, Some("0.5")).status.success());
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["operating_point"]["min_p_nodule"], 0.5);
     assert_eq!(metrics["studies"], 2);
     assert_eq!(metrics["nodules"], 4);
     let cpm = metrics["cpm"].as_f64().unwrap();
@@ -430,6 +467,50 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
     assert!(cad.contains("Total number of nodules: 4"), "{cad}");
     let svg = std::fs::read_to_string(out.join("froc.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("False positives per scan"));
+
+    // The operating point chosen on these studies (no false positive at all), written into a
+    // copy of the model, is then its default threshold, and reports no false positive there.
+    let chosen = dir.path().join("chosen.safetensors");
+    let choose = |model: &Path| {
+        jnsc(&[
+            "eval",
+            "operating-point",
+            out.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--write-model",
+            chosen.to_str().unwrap(),
+            "--chosen-on",
+            "two oblique studies",
+            "--max-fp-per-scan",
+            "0",
+        ])
+    };
+    let run = choose(&model);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let info =
+        jnsc::jnsc::model_file::read_info(&chosen, &std::fs::read(&chosen).unwrap()).unwrap();
+    let op = info.operating_point.unwrap();
+    assert_eq!(op.chosen_on, "two oblique studies");
+    assert_eq!(op.false_positives_per_scan, 0.0);
+    let again = dir.path().join("again");
+    assert!(eval(&chosen, &again, None).status.success());
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(again.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["operating_point"]["min_p_nodule"], op.min_p_nodule);
+    assert_eq!(metrics["operating_point"]["false_positives_per_scan"], 0.0);
+    // Studies analysed by another model cannot choose this one's operating point.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/jnsc.safetensors");
+    std::fs::remove_file(&chosen).unwrap();
+    let other = choose(&shipped);
+    assert!(!other.status.success());
+    let e = String::from_utf8_lossy(&other.stderr);
+    assert!(e.contains("was analysed by the model"), "{e}");
+    assert!(!chosen.exists());
 }
 
 #[test]

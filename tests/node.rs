@@ -76,3 +76,39 @@ async fn a_node_in_process_listens_on_free_ports_answers_and_stops() {
     assert!(stored > 0, "instances kept");
     again.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_without_an_operating_point_needs_a_configured_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("untrained.safetensors");
+    jnsc::jnsc::model_file::write_untrained(&model, jnsc::jnsc::network::Preset::Cpu, None)
+        .unwrap();
+    let with = |results: &str| {
+        Config::parse(&format!(
+            "[dicom]\nlisten = \"127.0.0.1:0\"\n[status]\nlisten = \"127.0.0.1:0\"\n\
+             [storage]\ndir = \"{}\"\n[model]\npath = \"{}\"\n{results}",
+            dir.path().join("storage").display(),
+            model.display()
+        ))
+        .unwrap()
+    };
+    // Nothing says what to report: the node does not start.
+    let refused = jnsc::node::start(with("")).await;
+    let error = format!("{:#}", refused.err().expect("no threshold"));
+    assert!(error.contains("carries no operating point"), "{error}");
+    assert!(error.contains("min_p_nodule"), "{error}");
+
+    // Configured: it starts, and says what it reports.
+    let running = jnsc::node::start(with("[results]\nmin_p_nodule = 0.6\n"))
+        .await
+        .unwrap();
+    let port = running.status_address.port();
+    let (code, body) = tokio::task::spawn_blocking(move || http_get(port, "/status", None))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["model"]["name"], "jnsc-cpu");
+    assert_eq!(status["model"]["min_p_nodule"], 0.6);
+    running.shutdown().await.unwrap();
+}

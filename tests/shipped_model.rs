@@ -137,6 +137,17 @@ fn the_shipped_model_matches_its_card() {
     assert_eq!(shipped.measure_fraction, Some(0.8));
     assert_eq!(detector.measure_fraction, None);
     assert_eq!(shipped.malignancy_calibration.as_ref(), Some(&calibration));
+    // The operating point: chosen on the validation insertions (`jnsc eval operating-point`),
+    // the detector's p(nodule) being what it thresholds; 0.3.0's own on the same studies.
+    let operating_point = shipped.operating_point.as_ref().unwrap();
+    assert_eq!(operating_point.min_p_nodule, 0.511);
+    assert_eq!(operating_point.max_false_positives_per_scan, 1.0);
+    assert!(operating_point.chosen_on.contains("LIDC-IDRI-0063"));
+    assert!(operating_point.false_positives_per_scan <= 1.0);
+    assert_eq!(
+        malignancy.operating_point.as_ref().map(|o| o.min_p_nodule),
+        Some(0.466)
+    );
     let network = shipped.malignancy_network.as_ref().unwrap();
     assert_eq!(
         (network.name.as_str(), network.version.as_str()),
@@ -156,7 +167,7 @@ fn the_shipped_model_matches_its_card() {
     assert!(card.contains("Not for clinical use"));
     assert!(card.contains(&format!("{:.3}", calibration.threshold)));
     assert!(card.contains(&format!(
-        "`results.min_p_nodule` = {}",
-        jnsc::results::ReportPolicy::default().min_p_nodule
+        "Operating point p(nodule) >= {}",
+        operating_point.min_p_nodule
     )));
 }

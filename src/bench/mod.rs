@@ -727,6 +727,7 @@ pub fn network(rounds: usize, device: DeviceSpec) -> anyhow::Result<()> {
             malignancy_calibration: None,
             malignancy_network: None,
             measure_fraction: None,
+            operating_point: None,
             name: format!("bench-{name}"),
             version: "0".into(),
             config: config.clone(),
@@ -840,7 +841,9 @@ pub fn analyze(
              3 nodules"
         ),
     };
-    let min_p_nodule = crate::results::ReportPolicy::default().min_p_nodule;
+    // What the node reports with this model: findings at or above its operating point.
+    let info = crate::jnsc::model_file::read_info(&source.label(), &source.bytes()?)?;
+    let min_p_nodule = crate::results::min_p_nodule(None, &info)?;
     println!(
         "{what}; model {}; device {device}; {} rayon threads; reported: p(nodule) >= \
          {min_p_nodule}",

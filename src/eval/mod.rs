@@ -3,13 +3,15 @@
 //! model on synthetic studies with ground truth (`studies`), of its classifier alone on the
 //! reference nodules of held-out synthetic scans (`nodules`) and on real LIDC-IDRI nodule shapes
 //! of held-out patients inserted into a held-out real background (`shapes`), the calibration of
-//! the malignancy output with its reliability diagram (`calibration`), and the `jnsc eval`
+//! the malignancy output with its reliability diagram (`calibration`), the choice of the
+//! model's operating point on validation studies (`operating_point`), and the `jnsc eval`
 //! commands.
 
 pub mod calibration;
 pub mod classification;
 pub mod froc;
 pub mod nodules;
+pub mod operating_point;
 pub mod plot;
 pub mod shapes;
 pub mod studies;

@@ -23,9 +23,10 @@ pub struct StudiesArgs {
     #[command(flatten)]
     pub analyzer: crate::inference::command::AnalyzerArgs,
     /// The reporting threshold on p(nodule) at which the operating point is measured (which
-    /// nodules a reported finding hits, false positives reported per scan).
-    #[arg(long, default_value_t = crate::results::ReportPolicy::default().min_p_nodule)]
-    pub min_p_nodule: f64,
+    /// nodules a reported finding hits, false positives reported per scan). Default: the model
+    /// file's operating point.
+    #[arg(long)]
+    pub min_p_nodule: Option<f64>,
 }
 
 /// The parts of truth.json the evaluation reads.
@@ -111,6 +112,7 @@ pub fn study_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// Runs `jnsc eval studies`.
 pub fn run(args: &StudiesArgs) -> anyhow::Result<()> {
     let analyzer = args.analyzer.load()?;
+    let min_p_nodule = crate::results::min_p_nodule(args.min_p_nodule, analyzer.model_info())?;
     let dirs = study_dirs(&args.dir)?;
     anyhow::ensure!(
         !dirs.is_empty(),
@@ -154,7 +156,7 @@ pub fn run(args: &StudiesArgs) -> anyhow::Result<()> {
         reports.push(report);
         truths.push(truth);
     }
-    let summary = evaluate(&reports, &truths, args.min_p_nodule, &args.out)?;
+    let summary = evaluate(&reports, &truths, min_p_nodule, &args.out)?;
     let json = serde_json::to_string_pretty(&summary)?;
     std::fs::write(args.out.join("metrics.json"), &json)?;
     println!("{json}");

@@ -1,8 +1,10 @@
 //! The model file: network weights in safetensors, with what is needed to use them in the
 //! file's metadata: model name and version, the network `Config`, the input `Normalization`,
 //! the training provenance (data, schedule, seed, code version...) and, where fitted, the
-//! calibration of its malignancy output. Loading checks all of it and fails with a message that
-//! names the file and what is wrong.
+//! calibration of its malignancy output, the fraction at which findings are measured and the
+//! operating point (the p(nodule) threshold of what is reported), each chosen for these weights
+//! on validation data. Loading checks all of it and fails with a message that names the file and
+//! what is wrong.
 //!
 //! A file may carry a second network, the *malignancy network* ([`MalignancyNetwork`], written by
 //! [`combine`]): the first network then detects (location map and p(non-nodule)) and the second
@@ -31,6 +33,7 @@ const PROVENANCE: &str = "jnsc.provenance";
 const MALIGNANCY_CALIBRATION: &str = "jnsc.malignancy_calibration";
 const MALIGNANCY_NETWORK: &str = "jnsc.malignancy_network";
 const MEASURE_FRACTION: &str = "jnsc.measure_fraction";
+const OPERATING_POINT: &str = "jnsc.operating_point";
 
 /// Prefixes of the two networks' tensor names in a file that carries a malignancy network.
 const DETECTION_PREFIX: &str = "detection";
@@ -104,6 +107,9 @@ pub struct ModelInfo {
     /// reported centre, size and segment) is cut, chosen for this model's map on validation
     /// data (`None`: the whole detected region is reported).
     pub measure_fraction: Option<f32>,
+    /// The threshold on p(nodule) at which findings are reported, chosen for this model on
+    /// validation data (`jnsc eval operating-point`; `None`: the user must choose one).
+    pub operating_point: Option<OperatingPoint>,
 }
 
 impl ModelInfo {
@@ -122,6 +128,33 @@ pub fn check_measure_fraction(f: f32) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("the measure fraction {f} is not between 0 and 1"))
+    }
+}
+
+/// A model's operating point: the lowest p(nodule) reported, and how it was chosen.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OperatingPoint {
+    pub min_p_nodule: f64,
+    /// The rule: the lowest threshold at which at most this many false positives per scan were
+    /// reported on the validation studies.
+    pub max_false_positives_per_scan: f64,
+    /// The validation studies it was chosen on, in words.
+    pub chosen_on: String,
+    /// What was reported there at `min_p_nodule`: false positives per scan, and reference
+    /// nodules hit of all.
+    pub false_positives_per_scan: f64,
+    pub nodules_reported: usize,
+    pub nodules: usize,
+}
+
+/// Checks a p(nodule) threshold (an operating point, wherever one is given): 0 to 1.
+pub fn check_min_p_nodule(p: f64) -> Result<(), String> {
+    if (0.0..=1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the p(nodule) threshold {p} is not between 0 and 1"
+        ))
     }
 }
 
@@ -243,6 +276,9 @@ fn metadata(info: &ModelInfo, path: &Path) -> Result<HashMap<String, String>, Mo
     if let Some(f) = &info.measure_fraction {
         metadata.insert(MEASURE_FRACTION.to_owned(), json(f)?);
     }
+    if let Some(o) = &info.operating_point {
+        metadata.insert(OPERATING_POINT.to_owned(), json(o)?);
+    }
     Ok(metadata)
 }
 
@@ -279,6 +315,41 @@ pub fn load_networks(
         },
     };
     Ok((networks, info))
+}
+
+/// Sets the variables `vars` of a network of `config` (a training run's) to the weights of the
+/// model file `path`: its network, or its detector where it carries a malignancy network too (as
+/// [`load`] gives). The file's network must be of `config`.
+pub fn init_vars(vars: &VarMap, path: &Path, config: &Config) -> Result<ModelInfo, ModelFileError> {
+    let bytes = ModelSource::File(path.to_owned()).bytes()?;
+    let info = read_info(path, &bytes)?;
+    let weights = |reason: String| ModelFileError::Weights {
+        path: path.to_owned(),
+        reason,
+    };
+    if info.config != *config {
+        return Err(weights(format!(
+            "its network is {:?}, this training's {config:?}",
+            info.config
+        )));
+    }
+    let tensors = tensors_of(path, &bytes)?;
+    let data = vars.data().lock().map_err(|e| weights(e.to_string()))?;
+    for (name, var) in data.iter() {
+        let stored = match info.malignancy_network {
+            None => name.clone(),
+            Some(_) => format!("{DETECTION_PREFIX}.{name}"),
+        };
+        let view = tensors
+            .tensor(&stored)
+            .map_err(|e| weights(format!("tensor `{stored}`: {e}")))?;
+        let tensor = candle_core::safetensors::Load::load(&view, var.device())
+            .and_then(|t| t.to_dtype(var.dtype()))
+            .map_err(|e| weights(format!("tensor `{stored}`: {e}")))?;
+        var.set(&tensor)
+            .map_err(|e| weights(format!("tensor `{stored}`: {e}")))?;
+    }
+    Ok(info)
 }
 
 /// A model's metadata, checked, and its tensors on `device`.
@@ -384,6 +455,14 @@ pub fn read_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, ModelFileError>
             reason,
         })?;
     }
+    let operating_point: Option<OperatingPoint> = optional(path, &metadata, OPERATING_POINT)?;
+    if let Some(o) = &operating_point {
+        check_min_p_nodule(o.min_p_nodule).map_err(|reason| ModelFileError::BadMetadata {
+            path: path.to_owned(),
+            key: OPERATING_POINT,
+            reason,
+        })?;
+    }
     Ok(ModelInfo {
         name: text(NAME)?,
         version: text(VERSION)?,
@@ -393,6 +472,7 @@ pub fn read_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, ModelFileError>
         malignancy_calibration,
         malignancy_network,
         measure_fraction,
+        operating_point,
     })
 }
 
@@ -402,6 +482,32 @@ pub fn write_calibrated(
     from: &Path,
     to: &Path,
     calibration: &MalignancyCalibration,
+) -> Result<(), ModelFileError> {
+    write_entry(from, to, MALIGNANCY_CALIBRATION, calibration)
+}
+
+/// Copies the model file `from` to `to` with `operating_point` in its metadata (weights and every
+/// other entry unchanged). `to` may be `from`.
+pub fn write_operating_point(
+    from: &Path,
+    to: &Path,
+    operating_point: &OperatingPoint,
+) -> Result<(), ModelFileError> {
+    check_min_p_nodule(operating_point.min_p_nodule).map_err(|reason| ModelFileError::Write {
+        path: to.to_owned(),
+        reason,
+    })?;
+    write_entry(from, to, OPERATING_POINT, operating_point)
+}
+
+/// Copies the model file `from` to `to` with the metadata entry `key` set to `value` (JSON),
+/// through a temporary file beside `to` renamed into place, so that `to` may be `from` and is
+/// never left half-written. The copy is read back and checked before the rename.
+fn write_entry(
+    from: &Path,
+    to: &Path,
+    key: &str,
+    value: &impl serde::Serialize,
 ) -> Result<(), ModelFileError> {
     let bytes = ModelSource::File(from.to_owned()).bytes()?;
     read_info(from, &bytes)?;
@@ -416,12 +522,23 @@ pub fn write_calibrated(
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(not_safetensors)?;
     let mut metadata = header.metadata().clone().unwrap_or_default();
     metadata.insert(
-        MALIGNANCY_CALIBRATION.to_owned(),
-        serde_json::to_string(calibration).map_err(|e| write_error(e.to_string()))?,
+        key.to_owned(),
+        serde_json::to_string(value).map_err(|e| write_error(e.to_string()))?,
     );
     let tensors = tensors_of(from, &bytes)?;
-    safetensors::serialize_to_file(tensors.tensors(), Some(metadata), to)
-        .map_err(|e| write_error(e.to_string()))
+    let mut temporary = to.as_os_str().to_owned();
+    temporary.push(".partial");
+    let temporary = PathBuf::from(temporary);
+    safetensors::serialize_to_file(tensors.tensors(), Some(metadata), &temporary)
+        .map_err(|e| write_error(e.to_string()))?;
+    let written = ModelSource::File(temporary.clone())
+        .bytes()
+        .and_then(|b| read_info(&temporary, &b).map(|_| ()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e);
+    }
+    std::fs::rename(&temporary, to).map_err(|e| write_error(e.to_string()))
 }
 
 /// Writes to `out` a model file whose detection is `detection`'s network and whose benign and
@@ -429,7 +546,8 @@ pub fn write_calibrated(
 /// `version`. The metadata are `detection`'s (its provenance with the two files' names and
 /// versions added) and `malignancy`'s calibration, if it has one; `detection`'s own calibration
 /// no longer applies and is dropped. `measure_fraction`, where given, replaces the detector's
-/// (it belongs to the detector's map). Both must read the same normalisation, and neither may
+/// (it belongs to the detector's map); the operating point is the detector's (p(nodule) is the
+/// detector's alone). Both must read the same normalisation, and neither may
 /// carry a malignancy network already. The written file is loaded back before this returns.
 pub fn combine(
     detection: &Path,
@@ -551,6 +669,7 @@ pub fn write_untrained(
         malignancy_calibration: None,
         malignancy_network: None,
         measure_fraction: None,
+        operating_point: None,
         name: format!("jnsc-{preset}"),
         version: "0.0.0-untrained".into(),
         config,
@@ -572,6 +691,7 @@ mod tests {
             malignancy_calibration: None,
             malignancy_network: None,
             measure_fraction: None,
+            operating_point: None,
             name: "jnsc-test".into(),
             version: "0.0.1".into(),
             config: Config {
@@ -703,6 +823,7 @@ mod tests {
                 a: 2.0,
                 ..calibration.clone()
             }),
+            operating_point: Some(operating_point(0.5)),
             ..info()
         };
         let detector = saved(dir.path(), "detector.safetensors", 1, &detector_info);
@@ -710,6 +831,7 @@ mod tests {
             name: "jnsc-classifier".into(),
             provenance: serde_json::json!({"data": "other", "seed": 2}),
             malignancy_calibration: Some(calibration.clone()),
+            operating_point: Some(operating_point(0.3)),
             ..info()
         };
         let classifier = saved(dir.path(), "classifier.safetensors", 2, &classifier_info);
@@ -733,6 +855,8 @@ mod tests {
         );
         assert_eq!(read.malignancy_calibration, Some(calibration));
         assert_eq!(read.measure_fraction, Some(0.8));
+        // p(nodule) is the detector's, and so is its operating point.
+        assert_eq!(read.operating_point, Some(operating_point(0.5)));
         assert_eq!(read.provenance["seed"], 1);
         assert_eq!(
             read.provenance["malignancy_network"]["name"],
@@ -763,6 +887,79 @@ mod tests {
         let (single, _) =
             load_networks(&ModelSource::File(detector.clone()), &Device::Cpu).unwrap();
         assert!(single.malignancy.is_none());
+    }
+
+    fn operating_point(min_p_nodule: f64) -> OperatingPoint {
+        OperatingPoint {
+            min_p_nodule,
+            max_false_positives_per_scan: 1.0,
+            chosen_on: "test studies".into(),
+            false_positives_per_scan: 0.5,
+            nodules_reported: 3,
+            nodules: 4,
+        }
+    }
+
+    #[test]
+    fn an_operating_point_is_written_in_place_and_checked_on_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = saved(dir.path(), "model.safetensors", 1, &info());
+        let before = std::fs::read(&path).unwrap();
+        write_operating_point(&path, &path, &operating_point(0.511)).unwrap();
+        let (network, read) = load(&path, &Device::Cpu).unwrap();
+        assert_eq!(
+            read,
+            ModelInfo {
+                operating_point: Some(operating_point(0.511)),
+                ..info()
+            }
+        );
+        // The weights are the file's as before.
+        let original = dir.path().join("original.safetensors");
+        std::fs::write(&original, &before).unwrap();
+        let (unchanged, _) = load(&original, &Device::Cpu).unwrap();
+        assert_eq!(outputs(&network), outputs(&unchanged));
+        assert!(!dir.path().join("model.safetensors.partial").exists());
+
+        // A threshold outside 0-1 is refused when written and when read.
+        let out = dir.path().join("out.safetensors");
+        let e = write_operating_point(&path, &out, &operating_point(1.5))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not between 0 and 1"), "{e}");
+        assert!(!out.exists());
+        write_entry(&path, &out, OPERATING_POINT, &operating_point(-0.1)).unwrap_err();
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn training_starts_from_a_file_s_network_or_a_combined_file_s_detector() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = saved(dir.path(), "a.safetensors", 1, &info());
+        let b = saved(dir.path(), "b.safetensors", 2, &info());
+        let ab = dir.path().join("ab.safetensors");
+        combine(&a, &b, &ab, "ab", "1", None).unwrap();
+        let started = |path: &Path| {
+            let vars = VarMap::new();
+            let net = Jnsc::new(
+                &info().config,
+                VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+            )
+            .unwrap();
+            crate::jnsc::network::seeded_init(&vars, 9).unwrap();
+            init_vars(&vars, path, &info().config).map(|_| outputs(&net))
+        };
+        let (a_net, _) = load(&a, &Device::Cpu).unwrap();
+        assert_eq!(started(&a).unwrap(), outputs(&a_net));
+        assert_eq!(started(&ab).unwrap(), outputs(&a_net));
+        // Another network's file is refused by its configuration, before any weight.
+        let wider = ModelInfo {
+            config: Config::cpu(),
+            ..info()
+        };
+        let other = saved(dir.path(), "other.safetensors", 3, &wider);
+        let e = started(&other).unwrap_err().to_string();
+        assert!(e.contains("this training's"), "{e}");
     }
 
     #[test]

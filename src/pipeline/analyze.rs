@@ -21,11 +21,12 @@ pub struct AnalyzeArgs {
     /// Also write the result objects the node would send (seg.dcm, sr.dcm, results.json) here.
     #[arg(long)]
     pub results: Option<PathBuf>,
-    /// Lowest nodule probability reported in the result objects.
-    #[arg(long, default_value_t = crate::results::ReportPolicy::default().min_p_nodule)]
-    pub min_p_nodule: f64,
+    /// Lowest nodule probability reported in the result objects (default: the model file's
+    /// operating point).
+    #[arg(long)]
+    pub min_p_nodule: Option<f64>,
     /// Most findings reported in the result objects.
-    #[arg(long, default_value_t = crate::results::ReportPolicy::default().max_findings)]
+    #[arg(long, default_value_t = crate::results::DEFAULT_MAX_FINDINGS)]
     pub max_findings: usize,
     /// AE title named as the device observer in the results.
     #[arg(long, default_value = "JNSC")]
@@ -39,8 +40,12 @@ pub struct AnalyzeArgs {
 /// Runs `jnsc analyze`.
 pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
     let mut analyzer = args.analyzer.load()?;
+    // Needed to prefilter what is classified and to write results; otherwise a model without an
+    // operating point analyses as well as any.
+    let info = analyzer.model_info().clone();
+    let min_p_nodule = || crate::results::min_p_nodule(args.min_p_nodule, &info);
     if !args.classify_all {
-        analyzer.classify_min_p_location = args.min_p_nodule;
+        analyzer.classify_min_p_location = min_p_nodule()?;
     }
     let files = crate::volume::series::files_in(&args.dir)?;
     let analysis = analyzer.analyze(&files)?;
@@ -60,7 +65,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         let first = files.first().context("the folder has no DICOM file")?;
         let source = SourceStudy::read(first, &analysis.volume.series)?;
         let policy = ReportPolicy {
-            min_p_nodule: args.min_p_nodule,
+            min_p_nodule: min_p_nodule()?,
             max_findings: args.max_findings,
         };
         let previous = read_summary(dir);

@@ -29,6 +29,8 @@ pub struct Worker {
     /// This node's area of it, where its results are written (relative to `storage_root`).
     pub area: PathBuf,
     pub analyzer: Arc<Analyzer>,
+    /// Which findings are reported: the configured threshold or the model's operating point.
+    pub policy: results::ReportPolicy,
     pub config: Arc<Config>,
     pub equipment: Equipment,
     /// Told when results are queued for delivery.
@@ -199,7 +201,7 @@ impl Worker {
             .map_err(|e| failure("database", e.to_string()))?
             .and_then(|sr| Some(self.storage_root.join(sr).parent()?.to_owned()));
         let analyzer = Arc::clone(&self.analyzer);
-        let policy = self.config.results;
+        let policy = self.policy;
         let equipment = self.equipment.clone();
         let out_dir = self
             .storage_root

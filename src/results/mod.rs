@@ -23,6 +23,7 @@ pub mod uids;
 
 use crate::inference::findings::{Detection, Extent};
 use crate::inference::{Analysis, Finding, LungSide};
+use crate::jnsc::model_file::ModelInfo;
 use crate::volume::Volume;
 use crate::volume::geometry::Geometry;
 use crate::volume::mapping::{SliceMask, mask_footprint};
@@ -40,8 +41,7 @@ use std::path::{Path, PathBuf};
 use uids::ResultUids;
 
 /// Which findings go into the report.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ReportPolicy {
     /// Lowest nodule probability reported: p(nodule) of the finding (the location map's peak
     /// inside it times 1 - p(non-nodule) of the classification path).
@@ -50,17 +50,62 @@ pub struct ReportPolicy {
     pub max_findings: usize,
 }
 
-impl Default for ReportPolicy {
-    /// The shipped model's operating point (0.4.x), chosen on the validation FROC of a held-out
-    /// real chest CT background (the lowest threshold with at most one reported false positive
-    /// per scan there; see models/README.md): a screening operating point, not the FROC's 100
-    /// marks.
+/// `[results]`: which findings go into the report, as configured. The threshold is the model's
+/// own operating point unless one is given here.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResultsConfig {
+    /// Lowest p(nodule) reported. Default: the model file's operating point, chosen for its
+    /// weights on validation data (`jnsc eval operating-point`; the shipped model's 0.511, the
+    /// lowest threshold with at most one reported false positive per scan on a real chest CT
+    /// background held out of training; see models/README.md): a screening operating point, not
+    /// the FROC's 100 marks.
+    pub min_p_nodule: Option<f64>,
+    /// Most findings reported, the most probable first.
+    pub max_findings: usize,
+}
+
+impl Default for ResultsConfig {
     fn default() -> Self {
         Self {
-            min_p_nodule: 0.511,
-            max_findings: 20,
+            min_p_nodule: None,
+            max_findings: DEFAULT_MAX_FINDINGS,
         }
     }
+}
+
+/// Most findings reported by default.
+pub const DEFAULT_MAX_FINDINGS: usize = 20;
+
+impl ResultsConfig {
+    /// The policy for `model`: the configured threshold, else the model's operating point.
+    pub fn policy(&self, model: &ModelInfo) -> Result<ReportPolicy, NoOperatingPoint> {
+        Ok(ReportPolicy {
+            min_p_nodule: min_p_nodule(self.min_p_nodule, model)?,
+            max_findings: self.max_findings,
+        })
+    }
+}
+
+/// The lowest p(nodule) reported: `given` (a configuration key or a command-line option) where
+/// there is one, else the model's own operating point.
+pub fn min_p_nodule(given: Option<f64>, model: &ModelInfo) -> Result<f64, NoOperatingPoint> {
+    given
+        .or(model.operating_point.as_ref().map(|o| o.min_p_nodule))
+        .ok_or_else(|| NoOperatingPoint {
+            model: format!("{} {}", model.name, model.version),
+        })
+}
+
+/// A model file without an operating point, and no threshold given.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the model {model} carries no operating point: give the lowest p(nodule) to report \
+     ([results] min_p_nodule, or --min-p-nodule), or write one into the model file, chosen on \
+     validation studies (jnsc eval operating-point)"
+)]
+pub struct NoOperatingPoint {
+    pub model: String,
 }
 
 /// Who made the objects (General and Enhanced General Equipment, SR device observer).

@@ -36,6 +36,8 @@ pub struct ModelStatus {
     pub name: String,
     pub version: String,
     pub device: String,
+    /// The lowest p(nodule) reported (configured, or the model's operating point).
+    pub min_p_nodule: f64,
 }
 
 /// What the handlers read.

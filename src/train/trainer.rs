@@ -448,7 +448,7 @@ impl Trainer {
             vars.load(dir.join(CHECKPOINT_WEIGHTS))?;
             adam.load(&dir.join(CHECKPOINT_OPTIMIZER))?;
         } else if let Some(init) = &config.init_from {
-            vars.load(init)
+            crate::jnsc::model_file::init_vars(&vars, init, &net_config)
                 .with_context(|| format!("cannot start from {}", init.display()))?;
         } else {
             crate::jnsc::network::seeded_init(&vars, config.seed)?;
@@ -901,6 +901,7 @@ impl Trainer {
             malignancy_calibration: None,
             malignancy_network: None,
             measure_fraction: None,
+            operating_point: None,
             name: name.into(),
             version: version.into(),
             config: self.net.config().clone(),

@@ -1,0 +1,248 @@
+//! The operating point of a model (`jnsc eval operating-point`): the lowest threshold on
+//! p(nodule) at which the findings of an `eval studies` run on validation studies report at most
+//! a given number of false positives per scan (a finding is a false positive when it hits no
+//! reference nodule, by the LUNA16 rule), rounded up to the next thousandth. The threshold, the
+//! rule, what it was chosen on and what it reports there are written into a copy of the model
+//! file, whose reporting then defaults to it (`results::min_p_nodule`). The studies must have
+//! been analysed by that very model (name and version of every report).
+
+use super::froc::{self, Mark, Reference};
+use crate::jnsc::model_file::{ModelInfo, ModelSource, OperatingPoint, read_info};
+use anyhow::{Context, bail, ensure};
+use std::path::{Path, PathBuf};
+
+/// `jnsc eval operating-point`.
+#[derive(Debug, clap::Args)]
+pub struct OperatingPointArgs {
+    /// The output folder of `jnsc eval studies` on the validation studies (annotations.csv,
+    /// seriesuids.csv, submission.csv and reports/).
+    pub dir: PathBuf,
+    /// The model those studies were analysed with.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Write the model with its operating point here (may be --model itself).
+    #[arg(long)]
+    pub write_model: PathBuf,
+    /// What the studies are, in words (stored in the model file).
+    #[arg(long)]
+    pub chosen_on: String,
+    /// The rule: at most this many reported false positives per scan.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_fp_per_scan: f64,
+}
+
+/// Runs `jnsc eval operating-point`.
+pub fn run(args: &OperatingPointArgs) -> anyhow::Result<()> {
+    let source = ModelSource::File(args.model.clone());
+    let info = read_info(&args.model, &source.bytes()?)?;
+    let (reference, marks) = read_evaluation(&args.dir, &info)?;
+    let operating_point = choose(
+        &reference,
+        &marks,
+        args.max_fp_per_scan,
+        args.chosen_on.clone(),
+    )?;
+    crate::jnsc::model_file::write_operating_point(
+        &args.model,
+        &args.write_model,
+        &operating_point,
+    )?;
+    println!(
+        "operating point of {} {}: p(nodule) >= {} (the lowest threshold with at most {} false \
+         positives per scan on {} scans); there {:.2} false positives per scan, {} of {} \
+         reference nodules reported; written to {}",
+        info.name,
+        info.version,
+        operating_point.min_p_nodule,
+        operating_point.max_false_positives_per_scan,
+        reference.series.len(),
+        operating_point.false_positives_per_scan,
+        operating_point.nodules_reported,
+        operating_point.nodules,
+        args.write_model.display()
+    );
+    Ok(())
+}
+
+/// The reference standard and the findings of an `eval studies` folder, after checking that
+/// every study's report is `model`'s.
+fn read_evaluation(dir: &Path, model: &ModelInfo) -> anyhow::Result<(Reference, Vec<Mark>)> {
+    let read = |name: &str| -> anyhow::Result<(String, String)> {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("cannot read {} (an `eval studies` folder?)", path.display())
+        })?;
+        Ok((path.display().to_string(), text))
+    };
+    let (_, series) = read("seriesuids.csv")?;
+    let (annotations_name, annotations) = read("annotations.csv")?;
+    let (submission_name, submission) = read("submission.csv")?;
+    let reference = Reference {
+        series: froc::parse_series_list(&series),
+        nodules: froc::parse_findings(&annotations_name, &annotations)?,
+        excluded: Vec::new(),
+    };
+    let marks = froc::parse_marks(&submission_name, &submission)?;
+    let reports_dir = dir.join("reports");
+    let mut reports = 0;
+    for entry in std::fs::read_dir(&reports_dir)
+        .with_context(|| format!("cannot read {}", reports_dir.display()))?
+    {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let (name, version) = (&report["model"]["name"], &report["model"]["version"]);
+        if name.as_str() != Some(model.name.as_str())
+            || version.as_str() != Some(model.version.as_str())
+        {
+            bail!(
+                "{} was analysed by the model {name} {version}, not {} {}",
+                path.display(),
+                model.name,
+                model.version
+            );
+        }
+        reports += 1;
+    }
+    ensure!(
+        reports == reference.series.len() && reports > 0,
+        "{} has {reports} reports for {} scans",
+        dir.display(),
+        reference.series.len()
+    );
+    Ok((reference, marks))
+}
+
+/// The operating point by the rule (see the module documentation). Fails where every finding
+/// could be reported within the rule: such studies say nothing about where to stop.
+pub fn choose(
+    reference: &Reference,
+    marks: &[Mark],
+    max_fp_per_scan: f64,
+    chosen_on: String,
+) -> anyhow::Result<OperatingPoint> {
+    ensure!(
+        max_fp_per_scan >= 0.0,
+        "the false positives per scan must not be negative"
+    );
+    let scans = reference.series.len();
+    ensure!(scans > 0, "no scans");
+    // Each finding of the evaluated scans, most probable first: its probability and the
+    // reference nodules it hits.
+    let mut scored: Vec<(f64, Vec<usize>)> = marks
+        .iter()
+        .filter(|m| reference.series.contains(&m.series))
+        .map(|m| {
+            let hits = (0..reference.nodules.len())
+                .filter(|&i| {
+                    let n = &reference.nodules[i];
+                    n.series == m.series && froc::hits(n, &m.center)
+                })
+                .collect();
+            (m.probability, hits)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut false_positives = 0usize;
+    let mut threshold = None;
+    for (p, hits) in &scored {
+        if hits.is_empty() {
+            false_positives += 1;
+            if false_positives as f64 / scans as f64 > max_fp_per_scan {
+                // Just above this finding's probability, on the thousandths.
+                threshold = Some(((p * 1000.0).floor() + 1.0) / 1000.0);
+                break;
+            }
+        }
+    }
+    let Some(min_p_nodule) = threshold else {
+        bail!(
+            "every one of the {} findings can be reported with at most {max_fp_per_scan} false \
+             positives per scan: these studies cannot choose an operating point",
+            scored.len()
+        );
+    };
+    let reported = scored.iter().filter(|(p, _)| *p >= min_p_nodule);
+    let mut found = vec![false; reference.nodules.len()];
+    let mut false_positives = 0usize;
+    for (_, hits) in reported {
+        false_positives += usize::from(hits.is_empty());
+        for &i in hits {
+            found[i] = true;
+        }
+    }
+    Ok(OperatingPoint {
+        min_p_nodule,
+        max_false_positives_per_scan: max_fp_per_scan,
+        chosen_on,
+        false_positives_per_scan: false_positives as f64 / scans as f64,
+        nodules_reported: found.iter().filter(|&&f| f).count(),
+        nodules: reference.nodules.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::luna16_csv::Finding;
+
+    fn mark(series: &str, x: f64, probability: f64) -> Mark {
+        Mark {
+            series: series.into(),
+            center: [x, 0.0, 0.0],
+            probability,
+        }
+    }
+
+    #[test]
+    fn the_lowest_threshold_within_the_false_positives_allowed() {
+        let nodule = |series: &str, x: f64| Finding {
+            series: series.into(),
+            center: [x, 0.0, 0.0],
+            diameter_mm: 10.0,
+            center_text: [x, 0.0, 0.0].map(|c| c.to_string()),
+        };
+        let reference = Reference {
+            series: vec!["a".into(), "b".into()],
+            nodules: vec![nodule("a", 0.0), nodule("b", 0.0), nodule("b", 100.0)],
+            excluded: Vec::new(),
+        };
+        let marks = vec![
+            mark("a", 1.0, 0.99),    // hit
+            mark("a", 50.0, 0.90),   // false positive 1
+            mark("b", 2.0, 0.80),    // hit
+            mark("b", 60.0, 0.70),   // false positive 2: 1 per scan, allowed
+            mark("b", 101.0, 0.60),  // hit
+            mark("a", 70.0, 0.5105), // false positive 3: 1.5 per scan, too many
+            mark("b", 99.0, 0.40),   // a hit below the threshold
+            mark("c", 0.0, 0.95),    // another scan's: not evaluated
+        ];
+        let op = choose(&reference, &marks, 1.0, "test".into()).unwrap();
+        assert_eq!(op.min_p_nodule, 0.511);
+        assert_eq!(op.false_positives_per_scan, 1.0);
+        assert_eq!((op.nodules_reported, op.nodules), (3, 3));
+        assert_eq!(op.chosen_on, "test");
+
+        // Stricter: stops at the first false positive.
+        let strict = choose(&reference, &marks, 0.0, "test".into()).unwrap();
+        assert_eq!(strict.min_p_nodule, 0.901);
+        assert_eq!(
+            (strict.false_positives_per_scan, strict.nodules_reported),
+            (0.0, 1)
+        );
+
+        // A probability on the thousandths is passed by the next one.
+        let exact = [mark("a", 50.0, 0.5)];
+        let op = choose(&reference, &exact, 0.0, "test".into()).unwrap();
+        assert_eq!(op.min_p_nodule, 0.501);
+
+        // Where every finding fits the rule, there is nothing to choose.
+        let e = choose(&reference, &marks[..3], 1.0, "test".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot choose an operating point"), "{e}");
+    }
+}
