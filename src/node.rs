@@ -469,7 +469,7 @@ fn load_analyzer(config: &Config) -> anyhow::Result<(Analyzer, ReportPolicy)> {
         "key model.path, model.device, model.precision, model.tiling, model.mirrors or \
          model.classify_mirrors",
     )?;
-    let policy = config.results.policy(analyzer.model_info())?;
+    let policy = config.results.policy(&analyzer)?;
     // Only findings that can be reported are classified.
     analyzer.classify_min_p_location = policy.min_p_nodule;
     info!(

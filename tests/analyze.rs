@@ -503,6 +503,24 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
         serde_json::from_slice(&std::fs::read(again.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["operating_point"]["min_p_nodule"], op.min_p_nodule);
     assert_eq!(metrics["operating_point"]["false_positives_per_scan"], 0.0);
+    // It holds for the setting it was chosen with: mirrored windows change p(nodule).
+    let mirrored = jnsc(&[
+        "eval",
+        "studies",
+        studies.to_str().unwrap(),
+        "--model",
+        chosen.to_str().unwrap(),
+        "--out",
+        dir.path().join("mirrored").to_str().unwrap(),
+        "--mirrors",
+        "2",
+    ]);
+    assert!(!mirrored.status.success());
+    let e = String::from_utf8_lossy(&mirrored.stderr);
+    assert!(
+        e.contains("was chosen with") && e.contains("2 segmentation"),
+        "{e}"
+    );
     // Studies analysed by another model cannot choose this one's operating point.
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/jnsc.safetensors");
     std::fs::remove_file(&chosen).unwrap();

@@ -144,6 +144,16 @@ fn the_shipped_model_matches_its_card() {
     assert_eq!(operating_point.max_false_positives_per_scan, 1.0);
     assert!(operating_point.chosen_on.contains("LIDC-IDRI-0063"));
     assert!(operating_point.false_positives_per_scan <= 1.0);
+    // It holds for the analysis the node runs by default (what p(nodule) depends on).
+    let analyzer = jnsc::inference::Analyzer::new(
+        &jnsc::jnsc::model_file::ModelSource::Embedded,
+        candle_core::Device::Cpu,
+        jnsc::jnsc::device::Precision::F32,
+        jnsc::inference::tiles::Tiling::fast(),
+    )
+    .unwrap();
+    assert_eq!(operating_point.analysis, analyzer.setting());
+    assert_eq!(jnsc::results::min_p_nodule(None, &analyzer).unwrap(), 0.511);
     assert_eq!(
         malignancy.operating_point.as_ref().map(|o| o.min_p_nodule),
         Some(0.466)

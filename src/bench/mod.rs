@@ -843,7 +843,11 @@ pub fn analyze(
     };
     // What the node reports with this model: findings at or above its operating point.
     let info = crate::jnsc::model_file::read_info(&source.label(), &source.bytes()?)?;
-    let min_p_nodule = crate::results::min_p_nodule(None, &info)?;
+    let min_p_nodule = info
+        .operating_point
+        .as_ref()
+        .map(|o| o.min_p_nodule)
+        .with_context(|| format!("{source} carries no operating point"))?;
     println!(
         "{what}; model {}; device {device}; {} rayon threads; reported: p(nodule) >= \
          {min_p_nodule}",

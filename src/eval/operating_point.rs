@@ -2,12 +2,14 @@
 //! p(nodule) at which the findings of an `eval studies` run on validation studies report at most
 //! a given number of false positives per scan (a finding is a false positive when it hits no
 //! reference nodule, by the LUNA16 rule), rounded up to the next thousandth. The threshold, the
-//! rule, what it was chosen on and what it reports there are written into a copy of the model
-//! file, whose reporting then defaults to it (`results::min_p_nodule`). The studies must have
-//! been analysed by that very model (name and version of every report).
+//! rule, what it was chosen on, what it reports there and the analysis setting it holds for (the
+//! window, the mirrors, the measure fraction: p(nodule) and the marks depend on them) are
+//! written into a copy of the model file, whose reporting then defaults to it in that setting
+//! (`results::min_p_nodule`). The studies must have been analysed by that very model (name and
+//! version of every report), all in one setting.
 
 use super::froc::{self, Mark, Reference};
-use crate::jnsc::model_file::{ModelInfo, ModelSource, OperatingPoint, read_info};
+use crate::jnsc::model_file::{AnalysisSetting, ModelInfo, ModelSource, OperatingPoint, read_info};
 use anyhow::{Context, bail, ensure};
 use std::path::{Path, PathBuf};
 
@@ -35,12 +37,13 @@ pub struct OperatingPointArgs {
 pub fn run(args: &OperatingPointArgs) -> anyhow::Result<()> {
     let source = ModelSource::File(args.model.clone());
     let info = read_info(&args.model, &source.bytes()?)?;
-    let (reference, marks) = read_evaluation(&args.dir, &info)?;
+    let (reference, marks, analysis) = read_evaluation(&args.dir, &info)?;
     let operating_point = choose(
         &reference,
         &marks,
         args.max_fp_per_scan,
         args.chosen_on.clone(),
+        analysis,
     )?;
     crate::jnsc::model_file::write_operating_point(
         &args.model,
@@ -49,8 +52,8 @@ pub fn run(args: &OperatingPointArgs) -> anyhow::Result<()> {
     )?;
     println!(
         "operating point of {} {}: p(nodule) >= {} (the lowest threshold with at most {} false \
-         positives per scan on {} scans); there {:.2} false positives per scan, {} of {} \
-         reference nodules reported; written to {}",
+         positive(s) per scan on {} scans); there {:.2} false positives per scan, {} of {} \
+         reference nodules reported; for {}; written to {}",
         info.name,
         info.version,
         operating_point.min_p_nodule,
@@ -59,14 +62,18 @@ pub fn run(args: &OperatingPointArgs) -> anyhow::Result<()> {
         operating_point.false_positives_per_scan,
         operating_point.nodules_reported,
         operating_point.nodules,
+        operating_point.analysis,
         args.write_model.display()
     );
     Ok(())
 }
 
-/// The reference standard and the findings of an `eval studies` folder, after checking that
-/// every study's report is `model`'s.
-fn read_evaluation(dir: &Path, model: &ModelInfo) -> anyhow::Result<(Reference, Vec<Mark>)> {
+/// The reference standard, the findings of an `eval studies` folder and the analysis setting of
+/// its reports, after checking that every study's report is `model`'s, with one setting.
+fn read_evaluation(
+    dir: &Path,
+    model: &ModelInfo,
+) -> anyhow::Result<(Reference, Vec<Mark>, AnalysisSetting)> {
     let read = |name: &str| -> anyhow::Result<(String, String)> {
         let path = dir.join(name);
         let text = std::fs::read_to_string(&path).with_context(|| {
@@ -85,6 +92,7 @@ fn read_evaluation(dir: &Path, model: &ModelInfo) -> anyhow::Result<(Reference, 
     let marks = froc::parse_marks(&submission_name, &submission)?;
     let reports_dir = dir.join("reports");
     let mut reports = 0;
+    let mut setting: Option<AnalysisSetting> = None;
     for entry in std::fs::read_dir(&reports_dir)
         .with_context(|| format!("cannot read {}", reports_dir.display()))?
     {
@@ -105,6 +113,20 @@ fn read_evaluation(dir: &Path, model: &ModelInfo) -> anyhow::Result<(Reference, 
                 model.version
             );
         }
+        let this = setting_of(&report).with_context(|| {
+            format!(
+                "{} does not say how it was analysed (written by an older jnsc? run `eval \
+                 studies` again)",
+                path.display()
+            )
+        })?;
+        match setting {
+            Some(s) if s != this => bail!(
+                "{} was analysed with {this}, other reports with {s}",
+                path.display()
+            ),
+            _ => setting = Some(this),
+        }
         reports += 1;
     }
     ensure!(
@@ -113,7 +135,21 @@ fn read_evaluation(dir: &Path, model: &ModelInfo) -> anyhow::Result<(Reference, 
         dir.display(),
         reference.series.len()
     );
-    Ok((reference, marks))
+    let setting = setting.context("no reports")?;
+    Ok((reference, marks, setting))
+}
+
+/// The analysis setting a report of `analyze` records.
+fn setting_of(report: &serde_json::Value) -> Option<AnalysisSetting> {
+    let count = |v: &serde_json::Value| v.as_u64().and_then(|n| usize::try_from(n).ok());
+    let tiling = &report["tiling"];
+    Some(AnalysisSetting {
+        window: count(&tiling["window"])?,
+        stride: count(&tiling["stride"])?,
+        mirrors: count(&tiling["mirrors"])?,
+        classify_mirrors: count(&report["classify_mirrors"])?,
+        measure_fraction: report["measure_fraction"].as_f64()? as f32,
+    })
 }
 
 /// The operating point by the rule (see the module documentation). Fails where every finding
@@ -123,6 +159,7 @@ pub fn choose(
     marks: &[Mark],
     max_fp_per_scan: f64,
     chosen_on: String,
+    analysis: AnalysisSetting,
 ) -> anyhow::Result<OperatingPoint> {
     ensure!(
         max_fp_per_scan >= 0.0,
@@ -181,6 +218,7 @@ pub fn choose(
         false_positives_per_scan: false_positives as f64 / scans as f64,
         nodules_reported: found.iter().filter(|&&f| f).count(),
         nodules: reference.nodules.len(),
+        analysis,
     })
 }
 
@@ -188,6 +226,14 @@ pub fn choose(
 mod tests {
     use super::*;
     use crate::luna16_csv::Finding;
+
+    const SETTING: AnalysisSetting = AnalysisSetting {
+        window: 128,
+        stride: 96,
+        mirrors: 1,
+        classify_mirrors: 1,
+        measure_fraction: 0.8,
+    };
 
     fn mark(series: &str, x: f64, probability: f64) -> Mark {
         Mark {
@@ -220,14 +266,14 @@ mod tests {
             mark("b", 99.0, 0.40),   // a hit below the threshold
             mark("c", 0.0, 0.95),    // another scan's: not evaluated
         ];
-        let op = choose(&reference, &marks, 1.0, "test".into()).unwrap();
+        let op = choose(&reference, &marks, 1.0, "test".into(), SETTING).unwrap();
         assert_eq!(op.min_p_nodule, 0.511);
         assert_eq!(op.false_positives_per_scan, 1.0);
         assert_eq!((op.nodules_reported, op.nodules), (3, 3));
-        assert_eq!(op.chosen_on, "test");
+        assert_eq!((op.chosen_on.as_str(), op.analysis), ("test", SETTING));
 
         // Stricter: stops at the first false positive.
-        let strict = choose(&reference, &marks, 0.0, "test".into()).unwrap();
+        let strict = choose(&reference, &marks, 0.0, "test".into(), SETTING).unwrap();
         assert_eq!(strict.min_p_nodule, 0.901);
         assert_eq!(
             (strict.false_positives_per_scan, strict.nodules_reported),
@@ -236,11 +282,11 @@ mod tests {
 
         // A probability on the thousandths is passed by the next one.
         let exact = [mark("a", 50.0, 0.5)];
-        let op = choose(&reference, &exact, 0.0, "test".into()).unwrap();
+        let op = choose(&reference, &exact, 0.0, "test".into(), SETTING).unwrap();
         assert_eq!(op.min_p_nodule, 0.501);
 
         // Where every finding fits the rule, there is nothing to choose.
-        let e = choose(&reference, &marks[..3], 1.0, "test".into())
+        let e = choose(&reference, &marks[..3], 1.0, "test".into(), SETTING)
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot choose an operating point"), "{e}");

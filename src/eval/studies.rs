@@ -112,7 +112,7 @@ pub fn study_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// Runs `jnsc eval studies`.
 pub fn run(args: &StudiesArgs) -> anyhow::Result<()> {
     let analyzer = args.analyzer.load()?;
-    let min_p_nodule = crate::results::min_p_nodule(args.min_p_nodule, analyzer.model_info())?;
+    let min_p_nodule = crate::results::min_p_nodule(args.min_p_nodule, &analyzer)?;
     let dirs = study_dirs(&args.dir)?;
     anyhow::ensure!(
         !dirs.is_empty(),

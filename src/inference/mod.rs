@@ -11,7 +11,9 @@ pub mod findings;
 pub mod tiles;
 
 use crate::jnsc::device::Precision;
-use crate::jnsc::model_file::{ModelFileError, ModelInfo, ModelSource, load_networks};
+use crate::jnsc::model_file::{
+    AnalysisSetting, ModelFileError, ModelInfo, ModelSource, load_networks,
+};
 use crate::jnsc::network::{Candidate, Jnsc};
 use crate::volume::prepare::{PreparedVolume, prepare};
 use crate::volume::resample::Interpolation;
@@ -130,6 +132,10 @@ pub struct Report {
     /// The number format the segmentation ran in (the classification always runs in f32).
     pub precision: Precision,
     pub tiling: Tiling,
+    /// Mirrored windows averaged per classified finding (1: none).
+    pub classify_mirrors: usize,
+    /// The fraction of its peak at which each finding is measured (0: its whole region).
+    pub measure_fraction: f32,
     pub volume_size: [usize; 3],
     pub lung_volume_ml: f64,
     pub findings: Vec<Finding>,
@@ -221,6 +227,18 @@ impl Analyzer {
         &self.info
     }
 
+    /// What of this analyzer's settings moves p(nodule) or the findings' centres (an operating
+    /// point holds for one setting).
+    pub fn setting(&self) -> AnalysisSetting {
+        AnalysisSetting {
+            window: self.tiling.window,
+            stride: self.tiling.stride,
+            mirrors: self.tiling.mirrors,
+            classify_mirrors: self.classify_mirrors,
+            measure_fraction: self.post.measure_fraction,
+        }
+    }
+
     /// Analyses one series.
     pub fn analyze(&self, files: &[PathBuf]) -> Result<Analysis, AnalyzeError> {
         let started = Instant::now();
@@ -296,6 +314,8 @@ impl Analyzer {
             device: format!("{:?}", self.device.location()),
             precision: self.precision,
             tiling: self.tiling,
+            classify_mirrors: self.classify_mirrors,
+            measure_fraction: self.post.measure_fraction,
             volume_size: volume.hu.geometry.size,
             lung_volume_ml: volume.lungs.lung_volume_ml,
             findings,

@@ -145,6 +145,32 @@ pub struct OperatingPoint {
     pub false_positives_per_scan: f64,
     pub nodules_reported: usize,
     pub nodules: usize,
+    /// The analysis it was chosen with: p(nodule) depends on it, so the threshold holds for it
+    /// alone.
+    pub analysis: AnalysisSetting,
+}
+
+/// What of an analysis moves p(nodule) or where a finding is marked: the sliding window, the
+/// test-time mirroring of the segmentation and of the classification path, and the fraction at
+/// which findings are measured (their reported centres).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AnalysisSetting {
+    pub window: usize,
+    pub stride: usize,
+    pub mirrors: usize,
+    pub classify_mirrors: usize,
+    pub measure_fraction: f32,
+}
+
+impl std::fmt::Display for AnalysisSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}^3 windows every {} voxels, {} segmentation and {} classification mirror(s), \
+             findings measured at {} of their peak",
+            self.window, self.stride, self.mirrors, self.classify_mirrors, self.measure_fraction
+        )
+    }
 }
 
 /// Checks a p(nodule) threshold (an operating point, wherever one is given): 0 to 1.
@@ -897,6 +923,13 @@ mod tests {
             false_positives_per_scan: 0.5,
             nodules_reported: 3,
             nodules: 4,
+            analysis: AnalysisSetting {
+                window: 128,
+                stride: 96,
+                mirrors: 1,
+                classify_mirrors: 1,
+                measure_fraction: 0.8,
+            },
         }
     }
 

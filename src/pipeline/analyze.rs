@@ -41,11 +41,10 @@ pub struct AnalyzeArgs {
 pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
     let mut analyzer = args.analyzer.load()?;
     // Needed to prefilter what is classified and to write results; otherwise a model without an
-    // operating point analyses as well as any.
-    let info = analyzer.model_info().clone();
-    let min_p_nodule = || crate::results::min_p_nodule(args.min_p_nodule, &info);
+    // operating point (for this setting) analyses as well as any.
+    let min_p_nodule = crate::results::min_p_nodule(args.min_p_nodule, &analyzer);
     if !args.classify_all {
-        analyzer.classify_min_p_location = min_p_nodule()?;
+        analyzer.classify_min_p_location = min_p_nodule.clone()?;
     }
     let files = crate::volume::series::files_in(&args.dir)?;
     let analysis = analyzer.analyze(&files)?;
@@ -65,7 +64,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         let first = files.first().context("the folder has no DICOM file")?;
         let source = SourceStudy::read(first, &analysis.volume.series)?;
         let policy = ReportPolicy {
-            min_p_nodule: min_p_nodule()?,
+            min_p_nodule: min_p_nodule?,
             max_findings: args.max_findings,
         };
         let previous = read_summary(dir);

@@ -22,8 +22,8 @@ pub mod sr;
 pub mod uids;
 
 use crate::inference::findings::{Detection, Extent};
-use crate::inference::{Analysis, Finding, LungSide};
-use crate::jnsc::model_file::ModelInfo;
+use crate::inference::{Analysis, Analyzer, Finding, LungSide};
+use crate::jnsc::model_file::AnalysisSetting;
 use crate::volume::Volume;
 use crate::volume::geometry::Geometry;
 use crate::volume::mapping::{SliceMask, mask_footprint};
@@ -78,34 +78,63 @@ impl Default for ResultsConfig {
 pub const DEFAULT_MAX_FINDINGS: usize = 20;
 
 impl ResultsConfig {
-    /// The policy for `model`: the configured threshold, else the model's operating point.
-    pub fn policy(&self, model: &ModelInfo) -> Result<ReportPolicy, NoOperatingPoint> {
+    /// The policy for `analyzer`: the configured threshold, else its model's operating point.
+    pub fn policy(&self, analyzer: &Analyzer) -> Result<ReportPolicy, NoThreshold> {
         Ok(ReportPolicy {
-            min_p_nodule: min_p_nodule(self.min_p_nodule, model)?,
+            min_p_nodule: min_p_nodule(self.min_p_nodule, analyzer)?,
             max_findings: self.max_findings,
         })
     }
 }
 
 /// The lowest p(nodule) reported: `given` (a configuration key or a command-line option) where
-/// there is one, else the model's own operating point.
-pub fn min_p_nodule(given: Option<f64>, model: &ModelInfo) -> Result<f64, NoOperatingPoint> {
-    given
-        .or(model.operating_point.as_ref().map(|o| o.min_p_nodule))
-        .ok_or_else(|| NoOperatingPoint {
-            model: format!("{} {}", model.name, model.version),
-        })
+/// there is one, else the operating point of `analyzer`'s model, which holds only for the
+/// analysis setting it was chosen with.
+pub fn min_p_nodule(given: Option<f64>, analyzer: &Analyzer) -> Result<f64, NoThreshold> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let info = analyzer.model_info();
+    let model = format!("{} {}", info.name, info.version);
+    let operating_point = info
+        .operating_point
+        .as_ref()
+        .ok_or(NoThreshold::NoOperatingPoint {
+            model: model.clone(),
+        })?;
+    let running = analyzer.setting();
+    if operating_point.analysis != running {
+        return Err(NoThreshold::OtherSetting {
+            model,
+            min_p_nodule: operating_point.min_p_nodule,
+            chosen: operating_point.analysis,
+            running,
+        });
+    }
+    Ok(operating_point.min_p_nodule)
 }
 
-/// A model file without an operating point, and no threshold given.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the model {model} carries no operating point: give the lowest p(nodule) to report \
-     ([results] min_p_nodule, or --min-p-nodule), or write one into the model file, chosen on \
-     validation studies (jnsc eval operating-point)"
-)]
-pub struct NoOperatingPoint {
-    pub model: String,
+/// No threshold given, and none of the model's that holds.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NoThreshold {
+    #[error(
+        "the model {model} carries no operating point: give the lowest p(nodule) to report \
+         ([results] min_p_nodule, or --min-p-nodule), or write one into the model file, chosen \
+         on validation studies (jnsc eval operating-point)"
+    )]
+    NoOperatingPoint { model: String },
+    #[error(
+        "the operating point of the model {model} (p(nodule) >= {min_p_nodule}) was chosen with \
+         {chosen}; this analysis runs {running}, whose p(nodule) differs: give the lowest \
+         p(nodule) to report for it ([results] min_p_nodule, or --min-p-nodule; see the model \
+         card)"
+    )]
+    OtherSetting {
+        model: String,
+        min_p_nodule: f64,
+        chosen: AnalysisSetting,
+        running: AnalysisSetting,
+    },
 }
 
 /// Who made the objects (General and Enhanced General Equipment, SR device observer).
