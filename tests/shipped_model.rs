@@ -1,11 +1,12 @@
 //! The shipped model file and the files it was made from are what the model card says: each
 //! loads, is the `cpu` preset with the default normalisation, and its provenance is the run of its
-//! training configuration, each starting from the one before. The shipped file (0.4.1) is two of
-//! them combined (`jnsc model combine`): its detector is chain S's joint stage 2
-//! (models/train-segmentation.toml -> models/train-real-joint.toml ->
-//! models/train-real-shapes-joint.toml), its malignancy network 0.3.0 (models/train.toml ->
-//! models/train-real-joint.toml -> models/train-real-shapes.toml), whose calibration it carries,
-//! with the measured extent's fraction.
+//! training configuration, each starting from the one before. The shipped file (0.5.0) is two of
+//! them combined (`jnsc model combine`): its detector is chain S's joint stage 2 trained on by a
+//! third stage on more scans (models/train-segmentation.toml -> models/train-real-joint.toml ->
+//! models/train-real-shapes-joint.toml -> models/train-real-more-scans.toml), its malignancy
+//! network 0.3.0 (models/train.toml -> models/train-real-joint.toml ->
+//! models/train-real-shapes.toml), whose calibration it carries, with the measured extent's
+//! fraction and its own operating point.
 
 use jnsc::jnsc::model_file::{ModelInfo, load};
 use jnsc::jnsc::network::Config;
@@ -121,13 +122,30 @@ fn the_shipped_model_matches_its_card() {
         Some(jnsc::synth::lidc_shapes::TEST_PERCENT),
         "the detector held the test set out"
     );
+    // Its third stage, on 240 scans (rule 7 of session 26), the shipped detector.
+    let more_scans = trained_by(
+        "models/jnsc-real-more-scans.safetensors",
+        "models/train-real-more-scans.toml",
+    );
+    let more_scans_config: TrainConfig =
+        serde_json::from_value(more_scans.provenance["training"].clone()).unwrap();
+    assert_eq!(
+        more_scans_config.init_from,
+        Some(PathBuf::from("models/jnsc-real-shapes-joint.safetensors"))
+    );
+    assert_eq!(
+        jnsc::eval::shapes::trained_shape_held_out_percent(&more_scans.provenance),
+        Some(jnsc::synth::lidc_shapes::TEST_PERCENT),
+        "the detector held the test set out"
+    );
+    let detector = more_scans;
 
     // The shipped file: the detector's network and provenance, the malignancy network's
     // configuration, provenance and calibration.
-    let shipped = trained_by(jnsc::DEFAULT_MODEL, "models/train-real-shapes-joint.toml");
+    let shipped = trained_by(jnsc::DEFAULT_MODEL, "models/train-real-more-scans.toml");
     assert_eq!(
         (shipped.name.as_str(), shipped.version.as_str()),
-        ("jnsc-real-backgrounds", "0.4.1")
+        ("jnsc-real-backgrounds", "0.5.0")
     );
     assert_eq!(
         shipped.provenance["training"],
@@ -140,7 +158,7 @@ fn the_shipped_model_matches_its_card() {
     // The operating point: chosen on the validation insertions (`jnsc eval operating-point`),
     // the detector's p(nodule) being what it thresholds; 0.3.0's own on the same studies.
     let operating_point = shipped.operating_point.as_ref().unwrap();
-    assert_eq!(operating_point.min_p_nodule, 0.511);
+    assert_eq!(operating_point.min_p_nodule, 0.636);
     assert_eq!(operating_point.max_false_positives_per_scan, 1.0);
     assert!(operating_point.chosen_on.contains("LIDC-IDRI-0063"));
     assert!(operating_point.false_positives_per_scan <= 1.0);
@@ -153,7 +171,7 @@ fn the_shipped_model_matches_its_card() {
     )
     .unwrap();
     assert_eq!(operating_point.analysis, analyzer.setting());
-    assert_eq!(jnsc::results::min_p_nodule(None, &analyzer).unwrap(), 0.511);
+    assert_eq!(jnsc::results::min_p_nodule(None, &analyzer).unwrap(), 0.636);
     assert_eq!(
         malignancy.operating_point.as_ref().map(|o| o.min_p_nodule),
         Some(0.466)
