@@ -405,7 +405,8 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
             .success()
     );
     let out = dir.path().join("eval");
-    let eval = |model: &Path, out: &Path, threshold: Option<&str>| {
+    // `eval studies` of `model` into `out`, with `extra` options.
+    let eval = |model: &Path, out: &Path, extra: &[&str]| {
         let mut args = vec![
             "eval",
             "studies",
@@ -415,20 +416,19 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
             "--out",
             out.to_str().unwrap(),
         ];
-        args.extend(
-            threshold
-                .map(|t| ["--min-p-nodule", t])
-                .into_iter()
-                .flatten(),
-        );
+        args.extend_from_slice(extra);
         jnsc(&args)
     };
     // An untrained model has no operating point: the threshold must be given.
-    let refused = eval(&model, &out, None);
+    let refused = eval(&model, &out, &[]);
     assert!(!refused.status.success());
     let e = String::from_utf8_lossy(&refused.stderr);
     assert!(e.contains("carries no operating point"), "{e}");
-    assert!(eval(&model, &out, Some("0.5")).status.success());
+    assert!(
+        eval(&model, &out, &["--min-p-nodule", "0.5"])
+            .status
+            .success()
+    );
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["operating_point"]["min_p_nodule"], 0.5);
@@ -498,23 +498,13 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
     assert_eq!(op.chosen_on, "two oblique studies");
     assert_eq!(op.false_positives_per_scan, 0.0);
     let again = dir.path().join("again");
-    assert!(eval(&chosen, &again, None).status.success());
+    assert!(eval(&chosen, &again, &[]).status.success());
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(again.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["operating_point"]["min_p_nodule"], op.min_p_nodule);
     assert_eq!(metrics["operating_point"]["false_positives_per_scan"], 0.0);
     // It holds for the setting it was chosen with: mirrored windows change p(nodule).
-    let mirrored = jnsc(&[
-        "eval",
-        "studies",
-        studies.to_str().unwrap(),
-        "--model",
-        chosen.to_str().unwrap(),
-        "--out",
-        dir.path().join("mirrored").to_str().unwrap(),
-        "--mirrors",
-        "2",
-    ]);
+    let mirrored = eval(&chosen, &dir.path().join("mirrored"), &["--mirrors", "2"]);
     assert!(!mirrored.status.success());
     let e = String::from_utf8_lossy(&mirrored.stderr);
     assert!(

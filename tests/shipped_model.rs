@@ -39,6 +39,12 @@ fn trained_by_from(model: &str, config: &str, init_from: Option<&str>) -> ModelI
     info
 }
 
+/// The model file a model's training started from (`init_from` of its provenance).
+fn started_from(info: &ModelInfo) -> Option<PathBuf> {
+    let trained: TrainConfig = serde_json::from_value(info.provenance["training"].clone()).unwrap();
+    trained.init_from
+}
+
 #[test]
 fn the_shipped_model_matches_its_card() {
     let phantoms = trained_by("models/jnsc-synthetic.safetensors", "models/train.toml");
@@ -65,10 +71,8 @@ fn the_shipped_model_matches_its_card() {
         "models/jnsc-real-stage1.safetensors",
         "models/train-real-joint.toml",
     );
-    let stage1_config: TrainConfig =
-        serde_json::from_value(stage1.provenance["training"].clone()).unwrap();
     assert_eq!(
-        stage1_config.init_from,
+        started_from(&stage1),
         Some(PathBuf::from("models/jnsc-synthetic.safetensors"))
     );
     let malignancy = trained_by(
@@ -79,10 +83,8 @@ fn the_shipped_model_matches_its_card() {
         (malignancy.name.as_str(), malignancy.version.as_str()),
         ("jnsc-real-backgrounds", "0.3.0")
     );
-    let malignancy_config: TrainConfig =
-        serde_json::from_value(malignancy.provenance["training"].clone()).unwrap();
     assert_eq!(
-        malignancy_config.init_from,
+        started_from(&malignancy),
         Some(PathBuf::from("models/jnsc-real-stage1.safetensors"))
     );
     let calibration = malignancy
@@ -111,10 +113,8 @@ fn the_shipped_model_matches_its_card() {
         "models/train-real-shapes-joint.toml",
     );
     assert!(detector.malignancy_calibration.is_none());
-    let detector_config: TrainConfig =
-        serde_json::from_value(detector.provenance["training"].clone()).unwrap();
     assert_eq!(
-        detector_config.init_from,
+        started_from(&detector),
         Some(PathBuf::from("models/jnsc-real-stage1-seg.safetensors"))
     );
     assert_eq!(
@@ -127,10 +127,8 @@ fn the_shipped_model_matches_its_card() {
         "models/jnsc-real-more-scans.safetensors",
         "models/train-real-more-scans.toml",
     );
-    let more_scans_config: TrainConfig =
-        serde_json::from_value(more_scans.provenance["training"].clone()).unwrap();
     assert_eq!(
-        more_scans_config.init_from,
+        started_from(&more_scans),
         Some(PathBuf::from("models/jnsc-real-shapes-joint.safetensors"))
     );
     assert_eq!(

@@ -366,14 +366,12 @@ pub fn init_vars(vars: &VarMap, path: &Path, config: &Config) -> Result<ModelInf
             None => name.clone(),
             Some(_) => format!("{DETECTION_PREFIX}.{name}"),
         };
-        let view = tensors
-            .tensor(&stored)
-            .map_err(|e| weights(format!("tensor `{stored}`: {e}")))?;
-        let tensor = candle_core::safetensors::Load::load(&view, var.device())
+        let tensor_error = |e: &dyn std::fmt::Display| weights(format!("tensor `{stored}`: {e}"));
+        let view = tensors.tensor(&stored).map_err(|e| tensor_error(&e))?;
+        candle_core::safetensors::Load::load(&view, var.device())
             .and_then(|t| t.to_dtype(var.dtype()))
-            .map_err(|e| weights(format!("tensor `{stored}`: {e}")))?;
-        var.set(&tensor)
-            .map_err(|e| weights(format!("tensor `{stored}`: {e}")))?;
+            .and_then(|t| var.set(&t))
+            .map_err(|e| tensor_error(&e))?;
     }
     Ok(info)
 }
@@ -573,8 +571,8 @@ fn write_entry(
 /// versions added) and `malignancy`'s calibration, if it has one; `detection`'s own calibration
 /// no longer applies and is dropped. `measure_fraction`, where given, replaces the detector's
 /// (it belongs to the detector's map); the operating point is the detector's (p(nodule) is the
-/// detector's alone). Both must read the same normalisation, and neither may
-/// carry a malignancy network already. The written file is loaded back before this returns.
+/// detector's alone). Both must read the same normalisation, and neither may carry a malignancy
+/// network already. The written file is loaded back before this returns.
 pub fn combine(
     detection: &Path,
     malignancy: &Path,
