@@ -122,6 +122,21 @@ enum ModelCommand {
         #[arg(long)]
         measure_fraction: Option<f32>,
     },
+    /// Write the element-wise mean of two networks of one configuration (1/2 each; one trained
+    /// on from the other), without the calibration, measure fraction or operating point of either.
+    Average {
+        /// The first model file (its provenance is kept, the second's added).
+        #[arg(long)]
+        first: PathBuf,
+        #[arg(long)]
+        second: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,6 +308,27 @@ fn main() -> ExitCode {
                     widths,
                 },
         } => jnsc::jnsc::model_file::write_untrained(&out, preset, widths),
+        Command::Model {
+            which:
+                ModelCommand::Average {
+                    first,
+                    second,
+                    out,
+                    name,
+                    version,
+                },
+        } => jnsc::jnsc::model_file::average(&first, &second, &out, &name, &version)
+            .map(|info| {
+                println!(
+                    "wrote {} {} to {}: the mean of {} and {}",
+                    info.name,
+                    info.version,
+                    out.display(),
+                    first.display(),
+                    second.display()
+                )
+            })
+            .map_err(Into::into),
         Command::Model {
             which:
                 ModelCommand::Combine {

@@ -254,6 +254,12 @@ pub enum ModelFileError {
         malignancy: PathBuf,
         reason: String,
     },
+    #[error("cannot average {first} and {second}: {reason}")]
+    Average {
+        first: PathBuf,
+        second: PathBuf,
+        reason: String,
+    },
     #[error("cannot convert model {path} to {precision}: {reason}")]
     Convert {
         path: PathBuf,
@@ -655,6 +661,111 @@ pub fn combine(
     Ok(info)
 }
 
+/// Writes to `out` the element-wise mean of two model files' weights (1/2 each), named `name`
+/// `version`: two networks of one configuration, one trained on from the other, averaged as a
+/// "model soup" (Wortsman et al. 2022; JNSC's instance norms keep no statistics to recompute).
+/// Both must be single-network files of the same network and normalisation. The metadata are
+/// `first`'s configuration, normalisation and provenance, with the two files' names, versions and
+/// `second`'s provenance under `average_of`; calibration, measure fraction and operating point are
+/// dropped (each was chosen for other weights). The written file is loaded back before this
+/// returns.
+pub fn average(
+    first: &Path,
+    second: &Path,
+    out: &Path,
+    name: &str,
+    version: &str,
+) -> Result<ModelInfo, ModelFileError> {
+    let refuse = |reason: String| ModelFileError::Average {
+        first: first.to_owned(),
+        second: second.to_owned(),
+        reason,
+    };
+    let infos = [first, second].map(|path| {
+        ModelSource::File(path.to_owned())
+            .bytes()
+            .and_then(|bytes| read_info(path, &bytes))
+    });
+    let [first_info, second_info] = infos;
+    let (first_info, second_info) = (first_info?, second_info?);
+    for (path, info) in [(first, &first_info), (second, &second_info)] {
+        if info.malignancy_network.is_some() {
+            return Err(refuse(format!(
+                "{} carries two networks; average detectors before combining",
+                path.display()
+            )));
+        }
+    }
+    if first_info.config != second_info.config {
+        return Err(refuse(format!(
+            "their networks differ ({:?} and {:?})",
+            first_info.config, second_info.config
+        )));
+    }
+    if first_info.normalization != second_info.normalization {
+        return Err(refuse(format!(
+            "their input normalisations differ ({:?} and {:?})",
+            first_info.normalization, second_info.normalization
+        )));
+    }
+    let config = &first_info.config;
+    let weights_of = |path: &Path| -> Result<VarMap, ModelFileError> {
+        let vars = VarMap::new();
+        Jnsc::new(
+            config,
+            VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+        )
+        .map_err(|e| ModelFileError::Weights {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        init_vars(&vars, path, config)?;
+        Ok(vars)
+    };
+    let (mean, other) = (weights_of(first)?, weights_of(second)?);
+    {
+        let other = other.data().lock().map_err(|e| refuse(e.to_string()))?;
+        let mean = mean.data().lock().map_err(|e| refuse(e.to_string()))?;
+        for (tensor, var) in mean.iter() {
+            let other = other
+                .get(tensor)
+                .ok_or_else(|| refuse(format!("tensor `{tensor}` is missing from the second")))?;
+            (var.as_tensor() + other.as_tensor())
+                .and_then(|sum| sum.affine(0.5, 0.0))
+                .and_then(|m| var.set(&m))
+                .map_err(|e| refuse(format!("tensor `{tensor}`: {e}")))?;
+        }
+    }
+    let mut provenance = first_info.provenance.clone();
+    let Some(fields) = provenance.as_object_mut() else {
+        return Err(refuse(
+            "the first file's provenance is not an object".into(),
+        ));
+    };
+    let named = |i: &ModelInfo| serde_json::json!({"name": i.name, "version": i.version});
+    fields.insert(
+        "average_of".into(),
+        serde_json::json!({
+            "weights": [0.5, 0.5],
+            "first": named(&first_info),
+            "second": named(&second_info),
+            "second_provenance": second_info.provenance,
+        }),
+    );
+    let info = ModelInfo {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        provenance,
+        malignancy_calibration: None,
+        measure_fraction: None,
+        operating_point: None,
+        ..first_info
+    };
+    save(out, &mean, &info)?;
+    load_networks(&ModelSource::File(out.to_owned()), &Device::Cpu)?;
+    Ok(info)
+}
+
 /// JSON encoding of the metadata values behind one object-safe trait.
 mod erased {
     pub trait Json {
@@ -1018,5 +1129,80 @@ mod tests {
             .to_string();
         assert!(e.contains("normalisations differ"), "{e}");
         assert!(!out.exists());
+    }
+
+    #[test]
+    fn an_average_holds_the_mean_of_two_networks_and_drops_what_was_chosen_for_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let chosen = ModelInfo {
+            operating_point: Some(operating_point(0.5)),
+            measure_fraction: Some(0.8),
+            ..info()
+        };
+        let a = saved(dir.path(), "a.safetensors", 1, &chosen);
+        let b = saved(dir.path(), "b.safetensors", 2, &info());
+        let out = dir.path().join("mean.safetensors");
+        let written = average(&a, &b, &out, "jnsc-mean", "0.6.0").unwrap();
+        let (_, read) = load(&out, &Device::Cpu).unwrap();
+        assert_eq!(read, written);
+        assert_eq!(
+            (read.name.as_str(), read.version.as_str()),
+            ("jnsc-mean", "0.6.0")
+        );
+        assert_eq!(read.operating_point, None);
+        assert_eq!(read.measure_fraction, None);
+        assert_eq!(
+            read.provenance["average_of"]["weights"],
+            serde_json::json!([0.5, 0.5])
+        );
+        let tensors = |path: &Path| {
+            let bytes = std::fs::read(path).unwrap();
+            let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let mut named: Vec<(String, Vec<f32>)> = t
+                .tensors()
+                .into_iter()
+                .map(|(name, view)| {
+                    let values = view
+                        .data()
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect();
+                    (name, values)
+                })
+                .collect();
+            named.sort_by(|x, y| x.0.cmp(&y.0));
+            named
+        };
+        let (ta, tb, tm) = (tensors(&a), tensors(&b), tensors(&out));
+        assert_eq!(tm.len(), ta.len());
+        assert_ne!(ta, tb, "the two seeds give the same weights");
+        assert_ne!(tm, ta);
+        for ((name, m), ((_, x), (_, y))) in tm.iter().zip(ta.iter().zip(&tb)) {
+            for ((m, x), y) in m.iter().zip(x).zip(y) {
+                assert_eq!(*m, (x + y) * 0.5, "{name}");
+            }
+        }
+        // Combined files, other networks and other normalisations are refused.
+        let ab = dir.path().join("ab.safetensors");
+        combine(&a, &b, &ab, "ab", "1", None).unwrap();
+        let refused = dir.path().join("refused.safetensors");
+        let e = average(&ab, &b, &refused, "x", "1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("carries two networks"), "{e}");
+        let wider = saved(
+            dir.path(),
+            "wider.safetensors",
+            3,
+            &ModelInfo {
+                config: Config::cpu(),
+                ..info()
+            },
+        );
+        let e = average(&a, &wider, &refused, "x", "1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("networks differ"), "{e}");
+        assert!(!refused.exists());
     }
 }
