@@ -1,9 +1,10 @@
 //! The shipped model file and the files it was made from are what the model card says: each
 //! loads, is the `cpu` preset with the default normalisation, and its provenance is the run of its
-//! training configuration, each starting from the one before. The shipped file (0.5.0) is two of
-//! them combined (`jnsc model combine`): its detector is chain S's joint stage 2 trained on by a
-//! third stage on more scans (models/train-segmentation.toml -> models/train-real-joint.toml ->
-//! models/train-real-shapes-joint.toml -> models/train-real-more-scans.toml), its malignancy
+//! training configuration, each starting from the one before. The shipped file (0.6.0) is two
+//! networks combined (`jnsc model combine`): its detector is the mean (`jnsc model average`) of
+//! chain S's third stage and the fourth stage trained on from it (models/train-segmentation.toml
+//! -> models/train-real-joint.toml -> models/train-real-shapes-joint.toml ->
+//! models/train-real-more-scans.toml -> models/train-real-fourth-stage.toml), its malignancy
 //! network 0.3.0 (models/train.toml -> models/train-real-joint.toml ->
 //! models/train-real-shapes.toml), whose calibration it carries, with the measured extent's
 //! fraction and its own operating point.
@@ -43,6 +44,49 @@ fn trained_by_from(model: &str, config: &str, init_from: Option<&str>) -> ModelI
 fn started_from(info: &ModelInfo) -> Option<PathBuf> {
     let trained: TrainConfig = serde_json::from_value(info.provenance["training"].clone()).unwrap();
     trained.init_from
+}
+
+/// The shipped model's operating point (model card).
+const OPERATING_POINT: f64 = 0.465;
+
+/// A safetensors file's f32 tensors by name (`prefix.` stripped; others left out).
+fn weights(path: &Path, prefix: &str) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    tensors
+        .tensors()
+        .into_iter()
+        .filter_map(|(name, view)| {
+            let name = name.strip_prefix(prefix)?.to_owned();
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            Some((name, values))
+        })
+        .collect()
+}
+
+/// The shipped file's detector tensors.
+fn shipped_detector_weights() -> std::collections::BTreeMap<String, Vec<f32>> {
+    weights(&root().join(jnsc::DEFAULT_MODEL), "detection.")
+}
+
+/// The element-wise mean of two single-network files' tensors, as `jnsc model average` takes it.
+fn mean_weights(files: &[&str; 2]) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let [a, b] = files.map(|f| weights(&root().join(f), ""));
+    assert_eq!(a.len(), b.len());
+    a.into_iter()
+        .map(|(name, x)| {
+            let m = x
+                .iter()
+                .zip(&b[&name])
+                .map(|(x, y)| (x + y) * 0.5)
+                .collect();
+            (name, m)
+        })
+        .collect()
 }
 
 #[test]
@@ -136,18 +180,46 @@ fn the_shipped_model_matches_its_card() {
         Some(jnsc::synth::lidc_shapes::TEST_PERCENT),
         "the detector held the test set out"
     );
+    // Its fourth stage, on 360 more scans (rule 8 of session 27), from the third.
+    let fourth = trained_by(
+        "models/jnsc-real-fourth-stage.safetensors",
+        "models/train-real-fourth-stage.toml",
+    );
+    assert_eq!(
+        started_from(&fourth),
+        Some(PathBuf::from("models/jnsc-real-more-scans.safetensors"))
+    );
+    assert_eq!(
+        jnsc::eval::shapes::trained_shape_held_out_percent(&fourth.provenance),
+        Some(jnsc::synth::lidc_shapes::TEST_PERCENT),
+        "the detector held the test set out"
+    );
     let detector = more_scans;
 
-    // The shipped file: the detector's network and provenance, the malignancy network's
+    // The shipped file: the mean of the third and fourth stages' networks (rule 9), with the
+    // third's provenance and the fourth's beside it, and the malignancy network's
     // configuration, provenance and calibration.
     let shipped = trained_by(jnsc::DEFAULT_MODEL, "models/train-real-more-scans.toml");
     assert_eq!(
         (shipped.name.as_str(), shipped.version.as_str()),
-        ("jnsc-real-backgrounds", "0.5.0")
+        ("jnsc-real-backgrounds", "0.6.0")
     );
     assert_eq!(
         shipped.provenance["training"],
         detector.provenance["training"]
+    );
+    let average = &shipped.provenance["average_of"];
+    assert_eq!(average["weights"], serde_json::json!([0.5, 0.5]));
+    assert_eq!(average["first"]["version"], detector.version.as_str());
+    assert_eq!(average["second"]["version"], fourth.version.as_str());
+    assert_eq!(average["second_provenance"], fourth.provenance);
+    assert_eq!(
+        shipped_detector_weights(),
+        mean_weights(&[
+            "models/jnsc-real-more-scans.safetensors",
+            "models/jnsc-real-fourth-stage.safetensors"
+        ]),
+        "the shipped detector is the mean of the two stages"
     );
     // Sizes: the measured extent's fraction chosen for the detector's map (model card, "Sizes").
     assert_eq!(shipped.measure_fraction, Some(0.8));
@@ -156,7 +228,7 @@ fn the_shipped_model_matches_its_card() {
     // The operating point: chosen on the validation insertions (`jnsc eval operating-point`),
     // the detector's p(nodule) being what it thresholds; 0.3.0's own on the same studies.
     let operating_point = shipped.operating_point.as_ref().unwrap();
-    assert_eq!(operating_point.min_p_nodule, 0.636);
+    assert_eq!(operating_point.min_p_nodule, OPERATING_POINT);
     assert_eq!(operating_point.max_false_positives_per_scan, 1.0);
     assert!(operating_point.chosen_on.contains("LIDC-IDRI-0063"));
     assert!(operating_point.false_positives_per_scan <= 1.0);
@@ -169,7 +241,10 @@ fn the_shipped_model_matches_its_card() {
     )
     .unwrap();
     assert_eq!(operating_point.analysis, analyzer.setting());
-    assert_eq!(jnsc::results::min_p_nodule(None, &analyzer).unwrap(), 0.636);
+    assert_eq!(
+        jnsc::results::min_p_nodule(None, &analyzer).unwrap(),
+        OPERATING_POINT
+    );
     assert_eq!(
         malignancy.operating_point.as_ref().map(|o| o.min_p_nodule),
         Some(0.466)

@@ -56,7 +56,7 @@ pub struct ReportPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct ResultsConfig {
     /// Lowest p(nodule) reported. Default: the model file's operating point, chosen for its
-    /// weights on validation data (`jnsc eval operating-point`; the shipped model's 0.636, the
+    /// weights on validation data (`jnsc eval operating-point`; the shipped model's 0.465, the
     /// lowest threshold with at most one reported false positive per scan on a real chest CT
     /// background held out of training; see models/README.md): a screening operating point, not
     /// the FROC's 100 marks.
