@@ -111,12 +111,8 @@ enum ModelCommand {
         /// The model whose classification path gives p(benign) and p(malignant).
         #[arg(long)]
         malignancy: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        version: String,
+        #[command(flatten)]
+        written: WrittenModel,
         /// The fraction of a finding's peak at which its measured extent is cut (reported
         /// centre, size and segment), chosen for the detector's map on validation data.
         #[arg(long)]
@@ -130,13 +126,20 @@ enum ModelCommand {
         first: PathBuf,
         #[arg(long)]
         second: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        version: String,
+        #[command(flatten)]
+        written: WrittenModel,
     },
+}
+
+/// The model file a `model` command writes, and the name and version written into it.
+#[derive(clap::Args)]
+struct WrittenModel {
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    version: String,
 }
 
 #[derive(Subcommand)]
@@ -313,9 +316,7 @@ fn main() -> ExitCode {
                 ModelCommand::Average {
                     first,
                     second,
-                    out,
-                    name,
-                    version,
+                    written: WrittenModel { out, name, version },
                 },
         } => jnsc::jnsc::model_file::average(&first, &second, &out, &name, &version)
             .map(|info| {
@@ -334,9 +335,7 @@ fn main() -> ExitCode {
                 ModelCommand::Combine {
                     detection,
                     malignancy,
-                    out,
-                    name,
-                    version,
+                    written: WrittenModel { out, name, version },
                     measure_fraction,
                 },
         } => jnsc::jnsc::model_file::combine(

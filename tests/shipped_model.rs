@@ -46,6 +46,19 @@ fn started_from(info: &ModelInfo) -> Option<PathBuf> {
     trained.init_from
 }
 
+/// A stage of the detector's chain: trained by `config` from the file `from`, holding the LIDC
+/// test patients out of its shapes.
+fn detector_stage(model: &str, config: &str, from: &str) -> ModelInfo {
+    let stage = trained_by(model, config);
+    assert_eq!(started_from(&stage), Some(PathBuf::from(from)), "{model}");
+    assert_eq!(
+        jnsc::eval::shapes::trained_shape_held_out_percent(&stage.provenance),
+        Some(jnsc::synth::lidc_shapes::TEST_PERCENT),
+        "{model}: the detector held the test set out"
+    );
+    stage
+}
+
 /// The shipped model's operating point (model card).
 const OPERATING_POINT: f64 = 0.465;
 
@@ -152,49 +165,24 @@ fn the_shipped_model_matches_its_card() {
         "models/train-real-joint.toml",
         Some("models/jnsc-segmentation.safetensors"),
     );
-    let detector = trained_by(
+    let detector = detector_stage(
         "models/jnsc-real-shapes-joint.safetensors",
         "models/train-real-shapes-joint.toml",
+        "models/jnsc-real-stage1-seg.safetensors",
     );
     assert!(detector.malignancy_calibration.is_none());
-    assert_eq!(
-        started_from(&detector),
-        Some(PathBuf::from("models/jnsc-real-stage1-seg.safetensors"))
-    );
-    assert_eq!(
-        jnsc::eval::shapes::trained_shape_held_out_percent(&detector.provenance),
-        Some(jnsc::synth::lidc_shapes::TEST_PERCENT),
-        "the detector held the test set out"
-    );
-    // Its third stage, on 240 scans (rule 7 of session 26), the shipped detector.
-    let more_scans = trained_by(
+    // Its third stage, on 240 scans (rule 7 of session 26), and the fourth, on 360 more (rule 8
+    // of session 27), each from the one before.
+    let detector = detector_stage(
         "models/jnsc-real-more-scans.safetensors",
         "models/train-real-more-scans.toml",
+        "models/jnsc-real-shapes-joint.safetensors",
     );
-    assert_eq!(
-        started_from(&more_scans),
-        Some(PathBuf::from("models/jnsc-real-shapes-joint.safetensors"))
-    );
-    assert_eq!(
-        jnsc::eval::shapes::trained_shape_held_out_percent(&more_scans.provenance),
-        Some(jnsc::synth::lidc_shapes::TEST_PERCENT),
-        "the detector held the test set out"
-    );
-    // Its fourth stage, on 360 more scans (rule 8 of session 27), from the third.
-    let fourth = trained_by(
+    let fourth = detector_stage(
         "models/jnsc-real-fourth-stage.safetensors",
         "models/train-real-fourth-stage.toml",
+        "models/jnsc-real-more-scans.safetensors",
     );
-    assert_eq!(
-        started_from(&fourth),
-        Some(PathBuf::from("models/jnsc-real-more-scans.safetensors"))
-    );
-    assert_eq!(
-        jnsc::eval::shapes::trained_shape_held_out_percent(&fourth.provenance),
-        Some(jnsc::synth::lidc_shapes::TEST_PERCENT),
-        "the detector held the test set out"
-    );
-    let detector = more_scans;
 
     // The shipped file: the mean of the third and fourth stages' networks (rule 9), with the
     // third's provenance and the fourth's beside it, and the malignancy network's
