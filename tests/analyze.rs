@@ -192,9 +192,8 @@ fn half_precision_finds_what_f32_finds() {
         jnsc::jnsc::model_file::EMBEDDED,
     )
     .unwrap()
-    .operating_point
-    .unwrap()
-    .min_p_nodule;
+    .operating_points[0]
+        .min_p_nodule;
     let (mut same_region_calls, mut other_box) = (0, Vec::new());
     for (f, others) in [(&reference, &half), (&half, &reference)] {
         for finding in f.iter().filter(|x| x.p_nodule >= threshold) {
@@ -258,10 +257,21 @@ fn analyze_writes_the_findings_json_and_explains_bad_input() {
             "p_malignant",
             "p_non_nodule",
             "p_cancer",
+            "p_cancer_finding",
             "malignant",
         ] {
             assert!(!f[key].is_null(), "finding without {key}: {f}");
         }
+        // The probability that the finding is a cancer is p(nodule) x p(cancer | nodule), and
+        // the call is made on it (this model has no calibration: over 0.5), so that a finding
+        // that may not be a nodule is not called malignant for what it would be if it were one.
+        let number = |key: &str| f[key].as_f64().unwrap();
+        let p_cancer_finding = number("p_cancer_finding");
+        assert!(
+            (p_cancer_finding - number("p_nodule") * number("p_cancer")).abs() < 1e-12,
+            "{f}"
+        );
+        assert_eq!(f["malignant"], p_cancer_finding > 0.5, "{f}");
         // The region is at least 3 mm across; the measured extent (its core) is inside it.
         let region = f["region_volume_mm3"].as_f64().unwrap();
         assert!((6.0 * region / std::f64::consts::PI).cbrt() >= 3.0);
@@ -494,7 +504,7 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
     );
     let info =
         jnsc::jnsc::model_file::read_info(&chosen, &std::fs::read(&chosen).unwrap()).unwrap();
-    let op = info.operating_point.unwrap();
+    let [op] = <[_; 1]>::try_from(info.operating_points).unwrap();
     assert_eq!(op.chosen_on, "two oblique studies");
     assert_eq!(op.false_positives_per_scan, 0.0);
     let again = dir.path().join("again");
@@ -508,7 +518,7 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
     assert!(!mirrored.status.success());
     let e = String::from_utf8_lossy(&mirrored.stderr);
     assert!(
-        e.contains("was chosen with") && e.contains("2 segmentation"),
+        e.contains("other analysis settings only") && e.contains("2 segmentation"),
         "{e}"
     );
     // Studies analysed by another model cannot choose this one's operating point.

@@ -61,6 +61,8 @@ fn detector_stage(model: &str, config: &str, from: &str) -> ModelInfo {
 
 /// The shipped model's operating point (model card).
 const OPERATING_POINT: f64 = 0.465;
+/// Its operating point with `--mirrors 8 --classify-mirrors 8` (model card).
+const MIRRORED_OPERATING_POINT: f64 = 0.428;
 
 /// A safetensors file's f32 tensors by name (`prefix.` stripped; others left out).
 fn weights(path: &Path, prefix: &str) -> std::collections::BTreeMap<String, Vec<f32>> {
@@ -215,7 +217,7 @@ fn the_shipped_model_matches_its_card() {
     assert_eq!(shipped.malignancy_calibration.as_ref(), Some(&calibration));
     // The operating point: chosen on the validation insertions (`jnsc eval operating-point`),
     // the detector's p(nodule) being what it thresholds; 0.3.0's own on the same studies.
-    let operating_point = shipped.operating_point.as_ref().unwrap();
+    let operating_point = &shipped.operating_points[0];
     assert_eq!(operating_point.min_p_nodule, OPERATING_POINT);
     assert_eq!(operating_point.max_false_positives_per_scan, 1.0);
     assert!(operating_point.chosen_on.contains("LIDC-IDRI-0063"));
@@ -233,8 +235,30 @@ fn the_shipped_model_matches_its_card() {
         jnsc::results::min_p_nodule(None, &analyzer).unwrap(),
         OPERATING_POINT
     );
+    // With 8 segmentation and 8 classification mirrors (the option for sites with the time),
+    // p(nodule) moves and so does the threshold: chosen on the same studies by the same rule
+    // (model card, "Test-time mirroring"); the node picks it for that setting.
+    assert_eq!(shipped.operating_points.len(), 2);
+    let mut mirrored = analyzer;
+    mirrored.tiling.mirrors = 8;
+    mirrored.classify_mirrors = 8;
     assert_eq!(
-        malignancy.operating_point.as_ref().map(|o| o.min_p_nodule),
+        jnsc::results::min_p_nodule(None, &mirrored).unwrap(),
+        MIRRORED_OPERATING_POINT
+    );
+    assert!(
+        shipped.operating_points[1]
+            .chosen_on
+            .contains("LIDC-IDRI-0063")
+    );
+    // Any other setting has none: the node refuses rather than use another setting's.
+    mirrored.classify_mirrors = 1;
+    let e = jnsc::results::min_p_nodule(None, &mirrored)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("other analysis settings only"), "{e}");
+    assert_eq!(
+        malignancy.operating_points.first().map(|o| o.min_p_nodule),
         Some(0.466)
     );
     let network = shipped.malignancy_network.as_ref().unwrap();

@@ -727,7 +727,7 @@ pub fn network(rounds: usize, device: DeviceSpec) -> anyhow::Result<()> {
             malignancy_calibration: None,
             malignancy_network: None,
             measure_fraction: None,
-            operating_point: None,
+            operating_points: Vec::new(),
             name: format!("bench-{name}"),
             version: "0".into(),
             config: config.clone(),
@@ -841,13 +841,15 @@ pub fn analyze(
              3 nodules"
         ),
     };
-    // What the node reports with this model: findings at or above its operating point.
+    // What the node reports with this model: findings at or above its operating point for the
+    // analyses below (no test-time mirrors).
     let info = crate::jnsc::model_file::read_info(&source.label(), &source.bytes()?)?;
     let min_p_nodule = info
-        .operating_point
-        .as_ref()
+        .operating_points
+        .iter()
+        .find(|o| o.analysis.mirrors == 1 && o.analysis.classify_mirrors == 1)
         .map(|o| o.min_p_nodule)
-        .with_context(|| format!("{source} carries no operating point"))?;
+        .with_context(|| format!("{source} carries no operating point without mirrors"))?;
     println!(
         "{what}; model {}; device {device}; {} rayon threads; reported: p(nodule) >= \
          {min_p_nodule}",

@@ -74,7 +74,8 @@ impl Classified {
     ) -> String {
         let median = malignancy::score(ratings);
         let is_marginal = malignancy::is_marginal(ratings);
-        let (p_cancer, called_malignant) = analyzer.malignancy(p);
+        let p_cancer = analyzer.malignancy(p);
+        let called_malignant = analyzer.is_malignant(p_cancer);
         let rated = Rated {
             median_rating: median,
             p_malignant: p_cancer,

@@ -4,7 +4,8 @@
 //! reference nodule, by the LUNA16 rule), rounded up to the next thousandth. The threshold, the
 //! rule, what it was chosen on, what it reports there and the analysis setting it holds for (the
 //! window, the mirrors, the measure fraction: p(nodule) and the marks depend on them) are
-//! written into a copy of the model file, whose reporting then defaults to it in that setting
+//! written into a copy of the model file, beside its operating points for other settings (in
+//! place of one for the same setting), whose reporting then defaults to it in that setting
 //! (`results::min_p_nodule`). The studies must have been analysed by that very model (name and
 //! version of every report), all in one setting.
 

@@ -230,7 +230,7 @@ fn evaluate(
                         .map(|r| r + 1)
                 }),
             });
-            if let Some((f, p_malignant)) = best.and_then(|f| Some((f, f.p_cancer?))) {
+            if let Some((f, p_malignant)) = best.and_then(|f| Some((f, f.p_cancer_finding?))) {
                 rated.push(Rated {
                     median_rating: n.malignancy_median,
                     p_malignant,

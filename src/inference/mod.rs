@@ -85,10 +85,15 @@ pub struct Finding {
     pub p_non_nodule: Option<f64>,
     /// Probability of cancer given that the finding is a nodule: p(malignant) / (p(benign) +
     /// p(malignant)), calibrated where the model file carries a calibration (None when not
-    /// classified). This is what the SR reports.
+    /// classified). The calibration was fitted on true nodules, which is what it is conditional on.
     pub p_cancer: Option<f64>,
-    /// The call: malignant when `p_cancer` reaches the model's calibrated threshold (0.5
-    /// without one, i.e. p(malignant) > p(benign)); false when not classified.
+    /// Probability that the finding is a cancer: `p_nodule` x `p_cancer` (None when not
+    /// classified). This is what the SR reports as the probability of cancer and what the call
+    /// is made on, so that a finding that may well not be a nodule is not called malignant for
+    /// what it would be if it were one (rules log 2026-12-04, rule 12).
+    pub p_cancer_finding: Option<f64>,
+    /// The call: malignant when `p_cancer_finding` reaches the model's calibrated threshold
+    /// ([`Analyzer::is_malignant`]); false when not classified.
     pub malignant: bool,
     /// The patient's side, from the centre's position against the lungs' midline.
     pub lung_side: LungSide,
@@ -279,19 +284,23 @@ impl Analyzer {
             .zip(&classes)
             .map(|(d, p)| {
                 let p_location = f64::from(d.p_nodule);
+                let p_nodule = p.map_or(p_location, |p| p_location * f64::from(1.0 - p[0]));
+                let p_cancer = p.map(|p| self.malignancy(p));
+                let p_cancer_finding = p_cancer.map(|c| p_nodule * c);
                 let finding = Finding {
                     center_mm: d.measured.center_mm,
                     diameter_mm: d.measured.equivalent_diameter_mm,
                     max_diameter_mm: d.measured.max_diameter_mm,
                     volume_mm3: d.measured.volume_mm3,
                     region_volume_mm3: d.region.volume_mm3,
-                    p_nodule: p.map_or(p_location, |p| p_location * f64::from(1.0 - p[0])),
+                    p_nodule,
                     p_location,
                     p_non_nodule: p.map(|p| f64::from(p[0])),
                     p_benign: p.map(|p| f64::from(p[1])),
                     p_malignant: p.map(|p| f64::from(p[2])),
-                    p_cancer: p.map(|p| self.malignancy(p).0),
-                    malignant: p.is_some_and(|p| self.malignancy(p).1),
+                    p_cancer,
+                    p_cancer_finding,
+                    malignant: p_cancer_finding.is_some_and(|c| self.is_malignant(c)),
                     // LPS: +x is the patient's left.
                     lung_side: if d.measured.center_mm[0] > midline_x {
                         LungSide::Left
@@ -431,15 +440,22 @@ impl Analyzer {
     }
 
     /// p(cancer | nodule) of class probabilities (non-nodule, benign, malignant), calibrated
-    /// where the model carries a calibration, and the call.
-    pub fn malignancy(&self, p: [f32; 3]) -> (f64, bool) {
+    /// where the model carries a calibration.
+    pub fn malignancy(&self, p: [f32; 3]) -> f64 {
         let raw = f64::from(p[2]) / f64::from(p[1] + p[2]).max(1e-12);
         match &self.info.malignancy_calibration {
-            Some(c) => {
-                let calibrated = c.apply(raw);
-                (calibrated, calibrated >= c.threshold)
-            }
-            None => (raw, p[2] > p[1]),
+            Some(c) => c.apply(raw),
+            None => raw,
+        }
+    }
+
+    /// The benign/malignant call on a probability of cancer: malignant at the model's calibrated
+    /// threshold or above, or over 0.5 without a calibration (for a known nodule's
+    /// p(cancer | nodule), p(malignant) > p(benign)).
+    pub fn is_malignant(&self, p_cancer: f64) -> bool {
+        match &self.info.malignancy_calibration {
+            Some(c) => p_cancer >= c.threshold,
+            None => p_cancer > 0.5,
         }
     }
 

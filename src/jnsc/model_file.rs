@@ -2,8 +2,8 @@
 //! file's metadata: model name and version, the network `Config`, the input `Normalization`,
 //! the training provenance (data, schedule, seed, code version...) and, where fitted, the
 //! calibration of its malignancy output, the fraction at which findings are measured and the
-//! operating point (the p(nodule) threshold of what is reported), each chosen for these weights
-//! on validation data. Loading checks all of it and fails with a message that names the file and
+//! operating points (the p(nodule) threshold of what is reported, one per analysis setting it
+//! was chosen with), each chosen for these weights on validation data. Loading checks all of it and fails with a message that names the file and
 //! what is wrong.
 //!
 //! A file may carry a second network, the *malignancy network* ([`MalignancyNetwork`], written by
@@ -107,12 +107,18 @@ pub struct ModelInfo {
     /// reported centre, size and segment) is cut, chosen for this model's map on validation
     /// data (`None`: the whole detected region is reported).
     pub measure_fraction: Option<f32>,
-    /// The threshold on p(nodule) at which findings are reported, chosen for this model on
-    /// validation data (`jnsc eval operating-point`; `None`: the user must choose one).
-    pub operating_point: Option<OperatingPoint>,
+    /// The thresholds on p(nodule) at which findings are reported, chosen for this model on
+    /// validation data (`jnsc eval operating-point`), at most one per analysis setting (p(nodule)
+    /// depends on the setting); empty: the user must choose one.
+    pub operating_points: Vec<OperatingPoint>,
 }
 
 impl ModelInfo {
+    /// The operating point chosen with the analysis setting `setting`, if there is one.
+    pub fn operating_point(&self, setting: AnalysisSetting) -> Option<&OperatingPoint> {
+        self.operating_points.iter().find(|o| o.analysis == setting)
+    }
+
     /// The training provenance of the network whose classes p(malignant | nodule) comes from.
     pub fn malignancy_provenance(&self) -> &serde_json::Value {
         self.malignancy_network
@@ -308,8 +314,8 @@ fn metadata(info: &ModelInfo, path: &Path) -> Result<HashMap<String, String>, Mo
     if let Some(f) = &info.measure_fraction {
         metadata.insert(MEASURE_FRACTION.to_owned(), json(f)?);
     }
-    if let Some(o) = &info.operating_point {
-        metadata.insert(OPERATING_POINT.to_owned(), json(o)?);
+    if !info.operating_points.is_empty() {
+        metadata.insert(OPERATING_POINT.to_owned(), json(&info.operating_points)?);
     }
     Ok(metadata)
 }
@@ -485,14 +491,13 @@ pub fn read_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, ModelFileError>
             reason,
         })?;
     }
-    let operating_point: Option<OperatingPoint> = optional(path, &metadata, OPERATING_POINT)?;
-    if let Some(o) = &operating_point {
-        check_min_p_nodule(o.min_p_nodule).map_err(|reason| ModelFileError::BadMetadata {
-            path: path.to_owned(),
-            key: OPERATING_POINT,
-            reason,
-        })?;
-    }
+    let operating_points = optional::<OperatingPoints>(path, &metadata, OPERATING_POINT)?
+        .map_or_else(Vec::new, OperatingPoints::into_vec);
+    check_operating_points(&operating_points).map_err(|reason| ModelFileError::BadMetadata {
+        path: path.to_owned(),
+        key: OPERATING_POINT,
+        reason,
+    })?;
     Ok(ModelInfo {
         name: text(NAME)?,
         version: text(VERSION)?,
@@ -502,8 +507,37 @@ pub fn read_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, ModelFileError>
         malignancy_calibration,
         malignancy_network,
         measure_fraction,
-        operating_point,
+        operating_points,
     })
+}
+
+/// The operating point entry as written: a list, or the one object files before the list
+/// (0.6.0 and earlier) carry.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum OperatingPoints {
+    Many(Vec<OperatingPoint>),
+    One(OperatingPoint),
+}
+
+impl OperatingPoints {
+    fn into_vec(self) -> Vec<OperatingPoint> {
+        match self {
+            Self::Many(points) => points,
+            Self::One(point) => vec![point],
+        }
+    }
+}
+
+/// Checks a model's operating points: each threshold between 0 and 1, at most one per setting.
+fn check_operating_points(points: &[OperatingPoint]) -> Result<(), String> {
+    for (i, o) in points.iter().enumerate() {
+        check_min_p_nodule(o.min_p_nodule)?;
+        if points[..i].iter().any(|p| p.analysis == o.analysis) {
+            return Err(format!("two operating points for {}", o.analysis));
+        }
+    }
+    Ok(())
 }
 
 /// Copies the model file `from` to `to` with `calibration` in its metadata (weights and every
@@ -516,8 +550,9 @@ pub fn write_calibrated(
     write_entry(from, to, MALIGNANCY_CALIBRATION, calibration)
 }
 
-/// Copies the model file `from` to `to` with `operating_point` in its metadata (weights and every
-/// other entry unchanged). `to` may be `from`.
+/// Copies the model file `from` to `to` with `operating_point` among its operating points, in
+/// place of the one of the same analysis setting if there is one (weights and every other entry
+/// unchanged). `to` may be `from`.
 pub fn write_operating_point(
     from: &Path,
     to: &Path,
@@ -527,7 +562,16 @@ pub fn write_operating_point(
         path: to.to_owned(),
         reason,
     })?;
-    write_entry(from, to, OPERATING_POINT, operating_point)
+    let bytes = ModelSource::File(from.to_owned()).bytes()?;
+    let mut points = read_info(from, &bytes)?.operating_points;
+    match points
+        .iter_mut()
+        .find(|o| o.analysis == operating_point.analysis)
+    {
+        Some(same) => *same = operating_point.clone(),
+        None => points.push(operating_point.clone()),
+    }
+    write_entry(from, to, OPERATING_POINT, &points)
 }
 
 /// Copies the model file `from` to `to` with the metadata entry `key` set to `value` (JSON),
@@ -758,7 +802,7 @@ pub fn average(
         provenance,
         malignancy_calibration: None,
         measure_fraction: None,
-        operating_point: None,
+        operating_points: Vec::new(),
         ..first_info
     };
     save(out, &mean, &info)?;
@@ -804,7 +848,7 @@ pub fn write_untrained(
         malignancy_calibration: None,
         malignancy_network: None,
         measure_fraction: None,
-        operating_point: None,
+        operating_points: Vec::new(),
         name: format!("jnsc-{preset}"),
         version: "0.0.0-untrained".into(),
         config,
@@ -826,7 +870,7 @@ mod tests {
             malignancy_calibration: None,
             malignancy_network: None,
             measure_fraction: None,
-            operating_point: None,
+            operating_points: Vec::new(),
             name: "jnsc-test".into(),
             version: "0.0.1".into(),
             config: Config {
@@ -958,7 +1002,7 @@ mod tests {
                 a: 2.0,
                 ..calibration.clone()
             }),
-            operating_point: Some(operating_point(0.5)),
+            operating_points: vec![operating_point(0.5)],
             ..info()
         };
         let detector = saved(dir.path(), "detector.safetensors", 1, &detector_info);
@@ -966,7 +1010,7 @@ mod tests {
             name: "jnsc-classifier".into(),
             provenance: serde_json::json!({"data": "other", "seed": 2}),
             malignancy_calibration: Some(calibration.clone()),
-            operating_point: Some(operating_point(0.3)),
+            operating_points: vec![operating_point(0.3)],
             ..info()
         };
         let classifier = saved(dir.path(), "classifier.safetensors", 2, &classifier_info);
@@ -991,7 +1035,7 @@ mod tests {
         assert_eq!(read.malignancy_calibration, Some(calibration));
         assert_eq!(read.measure_fraction, Some(0.8));
         // p(nodule) is the detector's, and so is its operating point.
-        assert_eq!(read.operating_point, Some(operating_point(0.5)));
+        assert_eq!(read.operating_points, vec![operating_point(0.5)]);
         assert_eq!(read.provenance["seed"], 1);
         assert_eq!(
             read.provenance["malignancy_network"]["name"],
@@ -1052,7 +1096,7 @@ mod tests {
         assert_eq!(
             read,
             ModelInfo {
-                operating_point: Some(operating_point(0.511)),
+                operating_points: vec![operating_point(0.511)],
                 ..info()
             }
         );
@@ -1072,6 +1116,45 @@ mod tests {
         assert!(!out.exists());
         write_entry(&path, &out, OPERATING_POINT, &operating_point(-0.1)).unwrap_err();
         assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_model_carries_one_operating_point_per_analysis_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = saved(dir.path(), "model.safetensors", 1, &info());
+        let plain = operating_point(0.465);
+        let mut mirrored = operating_point(0.428);
+        mirrored.analysis.mirrors = 8;
+        mirrored.analysis.classify_mirrors = 8;
+        write_operating_point(&path, &path, &plain).unwrap();
+        write_operating_point(&path, &path, &mirrored).unwrap();
+        let (_, read) = load(&path, &Device::Cpu).unwrap();
+        assert_eq!(read.operating_points, vec![plain.clone(), mirrored.clone()]);
+        assert_eq!(read.operating_point(mirrored.analysis), Some(&mirrored));
+        let mut other = plain.analysis;
+        other.stride = 64;
+        assert_eq!(read.operating_point(other), None);
+        // A new one for a setting replaces that setting's, in place.
+        let replaced = OperatingPoint {
+            min_p_nodule: 0.5,
+            ..plain.clone()
+        };
+        write_operating_point(&path, &path, &replaced).unwrap();
+        let (_, read) = load(&path, &Device::Cpu).unwrap();
+        assert_eq!(read.operating_points, vec![replaced, mirrored]);
+
+        // Files of 0.6.0 and earlier carry one object, not a list: read as one operating point.
+        let old = dir.path().join("old.safetensors");
+        write_entry(&path, &old, OPERATING_POINT, &plain).unwrap();
+        let (_, read) = load(&old, &Device::Cpu).unwrap();
+        assert_eq!(read.operating_points, vec![plain.clone()]);
+        // Two for one setting are refused on reading.
+        let twice = dir.path().join("twice.safetensors");
+        let e = write_entry(&path, &twice, OPERATING_POINT, &[&plain, &plain])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("two operating points"), "{e}");
+        assert!(!twice.exists());
     }
 
     #[test]
@@ -1135,7 +1218,7 @@ mod tests {
     fn an_average_holds_the_mean_of_two_networks_and_drops_what_was_chosen_for_each() {
         let dir = tempfile::tempdir().unwrap();
         let chosen = ModelInfo {
-            operating_point: Some(operating_point(0.5)),
+            operating_points: vec![operating_point(0.5)],
             measure_fraction: Some(0.8),
             ..info()
         };
@@ -1149,7 +1232,7 @@ mod tests {
             (read.name.as_str(), read.version.as_str()),
             ("jnsc-mean", "0.6.0")
         );
-        assert_eq!(read.operating_point, None);
+        assert!(read.operating_points.is_empty());
         assert_eq!(read.measure_fraction, None);
         assert_eq!(
             read.provenance["average_of"]["weights"],

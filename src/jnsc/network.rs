@@ -777,7 +777,7 @@ mod tests {
             malignancy_calibration: None,
             malignancy_network: None,
             measure_fraction: None,
-            operating_point: None,
+            operating_points: Vec::new(),
             name: "cuda-check".into(),
             version: "0".into(),
             config,

@@ -96,22 +96,23 @@ pub fn min_p_nodule(given: Option<f64>, analyzer: &Analyzer) -> Result<f64, NoTh
     }
     let info = analyzer.model_info();
     let model = format!("{} {}", info.name, info.version);
-    let operating_point = info
-        .operating_point
-        .as_ref()
-        .ok_or(NoThreshold::NoOperatingPoint {
-            model: model.clone(),
-        })?;
-    let running = analyzer.setting();
-    if operating_point.analysis != running {
-        return Err(NoThreshold::OtherSetting {
-            model,
-            min_p_nodule: operating_point.min_p_nodule,
-            chosen: operating_point.analysis,
-            running,
-        });
+    if info.operating_points.is_empty() {
+        return Err(NoThreshold::NoOperatingPoint { model });
     }
-    Ok(operating_point.min_p_nodule)
+    let running = analyzer.setting();
+    match info.operating_point(running) {
+        Some(o) => Ok(o.min_p_nodule),
+        None => Err(NoThreshold::OtherSetting {
+            model,
+            chosen: info
+                .operating_points
+                .iter()
+                .map(|o| format!("p(nodule) >= {} with {}", o.min_p_nodule, o.analysis))
+                .collect::<Vec<_>>()
+                .join("; "),
+            running,
+        }),
+    }
 }
 
 /// No threshold given, and none of the model's that holds.
@@ -124,15 +125,14 @@ pub enum NoThreshold {
     )]
     NoOperatingPoint { model: String },
     #[error(
-        "the operating point of the model {model} (p(nodule) >= {min_p_nodule}) was chosen with \
-         {chosen}; this analysis runs {running}, whose p(nodule) differs: give the lowest \
-         p(nodule) to report for it ([results] min_p_nodule, or --min-p-nodule; see the model \
-         card)"
+        "the model {model} carries operating points for other analysis settings only ({chosen}); \
+         this analysis runs {running}, whose p(nodule) differs: give the lowest p(nodule) to \
+         report for it ([results] min_p_nodule, or --min-p-nodule; see the model card)"
     )]
     OtherSetting {
         model: String,
-        min_p_nodule: f64,
-        chosen: AnalysisSetting,
+        /// The model's operating points and their settings, in words.
+        chosen: String,
         running: AnalysisSetting,
     },
 }
@@ -189,8 +189,8 @@ pub struct SegmentedFinding {
     /// Segment number and report order, from 1.
     pub number: usize,
     pub finding: Finding,
-    /// Probability of cancer given a nodule, calibrated where the model is (`Finding::p_cancer`;
-    /// only classified findings are reported).
+    /// Probability that the finding is a cancer, which the SR and SEG report
+    /// (`Finding::p_cancer_finding`; only classified findings are reported).
     pub p_cancer: f64,
     pub tracking_uid: String,
     /// Tracking UID of its axial measurement group (`ResultUids::axial_tracking`).
@@ -283,7 +283,8 @@ pub struct ReportedFinding {
     pub mean_diameter_mm: Option<f64>,
     pub volume_mm3: f64,
     pub p_nodule: f64,
-    /// Probability of cancer given a nodule as the SR reports it (calibrated where the model is).
+    /// Probability of cancer as the SR reports it: p(nodule) x p(cancer | nodule), the call's
+    /// (`Finding::p_cancer_finding`).
     pub p_malignant: f64,
     pub malignant: bool,
     pub lung_side: LungSide,
@@ -431,7 +432,7 @@ fn reported_findings(analysis: &Analysis, policy: &ReportPolicy) -> Vec<Segmente
         if slices.is_empty() {
             continue;
         }
-        let Some(p_cancer) = analysis.report.findings[i].p_cancer else {
+        let Some(p_cancer) = analysis.report.findings[i].p_cancer_finding else {
             continue;
         };
         let axial = axes::measure(&slices, grid).map(|axes| {

@@ -901,7 +901,7 @@ impl Trainer {
             malignancy_calibration: None,
             malignancy_network: None,
             measure_fraction: None,
-            operating_point: None,
+            operating_points: Vec::new(),
             name: name.into(),
             version: version.into(),
             config: self.net.config().clone(),
