@@ -480,6 +480,7 @@ fn load_analyzer(config: &Config) -> anyhow::Result<(Analyzer, ReportPolicy)> {
         source = %ModelSource::from_option(config.model.path.clone()),
         min_p_nodule = policy.min_p_nodule,
         operating_point = if config.results.min_p_nodule.is_some() { "configured" } else { "the model's" },
+        setting = %analyzer.setting(),
         "model loaded"
     );
     Ok((analyzer, policy))

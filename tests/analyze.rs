@@ -463,6 +463,23 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
     }
     let reported = op["reported_per_scan"].as_f64().unwrap();
     assert!(op["false_positives_per_scan"].as_f64().unwrap() <= reported);
+    // The calls the report carries there: every reported finding is a false positive or on a
+    // reference nodule (the two studies' 2 x reported_per_scan).
+    let calls = &metrics["reported_calls"];
+    let count = |v: &serde_json::Value| v.as_u64().unwrap();
+    assert_eq!(
+        count(&calls["false_positives"]) as f64,
+        2.0 * op["false_positives_per_scan"].as_f64().unwrap()
+    );
+    assert!(count(&calls["false_positives_called_malignant"]) <= count(&calls["false_positives"]));
+    let on_nodules = &calls["on_nodules"];
+    assert_eq!(
+        (count(&on_nodules["benign"])
+            + count(&on_nodules["malignant"])
+            + count(&on_nodules["uncertain_excluded"])
+            + count(&calls["false_positives"])) as f64,
+        2.0 * reported
+    );
     // The LUNA16-format inputs are there for the official script, and the script's outputs.
     let annotations = std::fs::read_to_string(out.join("annotations.csv")).unwrap();
     assert_eq!(annotations.lines().count(), 5);

@@ -66,8 +66,13 @@ pub struct Summary {
     pub findings: usize,
     pub cpm: f64,
     pub sensitivity_at_fps: Vec<(f64, f64)>,
+    /// The classification of the detected nodules (each reference nodule's strongest hit, at
+    /// any p(nodule)): p(cancer | nodule) and the call on it, i.e. the malignancy path given
+    /// that the finding is a nodule.
     pub classification: Metrics,
     pub operating_point: OperatingPoint,
+    /// The calls the report carries at the operating point.
+    pub reported_calls: ReportedCalls,
     pub mean_analyze_seconds: f64,
 }
 
@@ -84,6 +89,22 @@ pub struct OperatingPoint {
     /// Every reference nodule: whether a reported finding hits it, and the best p(nodule) of
     /// any finding that hits it.
     pub nodules: Vec<NoduleOutcome>,
+}
+
+/// The benign/malignant calls of the reported findings (p(nodule) at or above the operating
+/// point), as the SR carries them: on p(nodule) x p(cancer | nodule) (`Finding::malignant`).
+#[derive(Debug, Serialize)]
+pub struct ReportedCalls {
+    /// Reported findings that hit no reference nodule, and how many of them are called
+    /// malignant.
+    pub false_positives: usize,
+    pub false_positives_called_malignant: usize,
+    /// Reported findings that hit a reference nodule, each with that nodule's rating (a
+    /// nodule hit twice counts twice); the AUC is of p(nodule) x p(cancer | nodule).
+    pub on_nodules: Metrics,
+    /// Balanced accuracy over every reported finding, false positives counted as not
+    /// malignant.
+    pub balanced_accuracy_with_false_positives: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -156,18 +177,21 @@ pub fn run(args: &StudiesArgs) -> anyhow::Result<()> {
         reports.push(report);
         truths.push(truth);
     }
-    let summary = evaluate(&reports, &truths, min_p_nodule, &args.out)?;
+    let call = |p_cancer: f64| analyzer.is_malignant(p_cancer);
+    let summary = evaluate(&reports, &truths, min_p_nodule, &call, &args.out)?;
     let json = serde_json::to_string_pretty(&summary)?;
     std::fs::write(args.out.join("metrics.json"), &json)?;
     println!("{json}");
     Ok(())
 }
 
-/// Writes the LUNA16 CSVs and the script's outputs into `out`, and returns the summary.
+/// Writes the LUNA16 CSVs and the script's outputs into `out`, and returns the summary. `call`
+/// is the model's benign/malignant call on a probability of cancer.
 fn evaluate(
     reports: &[Report],
     truths: &[TruthFile],
     min_p_nodule: f64,
+    call: &dyn Fn(f64) -> bool,
     out: &Path,
 ) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(out)?;
@@ -176,6 +200,8 @@ fn evaluate(
     let mut rated = Vec::new();
     let mut outcomes = Vec::new();
     let mut false_positives = 0usize;
+    let mut false_positives_called_malignant = 0usize;
+    let mut reported_on_nodules = Vec::new();
     let mut reported_count = 0usize;
     for (report, truth) in reports.iter().zip(truths) {
         reference.series.push(truth.series_uid.clone());
@@ -205,8 +231,21 @@ fn evaluate(
             .filter(|f| f.p_nodule >= min_p_nodule)
         {
             reported_count += 1;
-            let hit = nodules.iter().any(|(_, n)| froc::hits(n, &f.center_mm));
-            false_positives += usize::from(!hit);
+            match nodules.iter().find(|(_, n)| froc::hits(n, &f.center_mm)) {
+                Some((n, _)) => {
+                    if let Some(p_malignant) = f.p_cancer_finding {
+                        reported_on_nodules.push(Rated {
+                            median_rating: n.malignancy_median,
+                            p_malignant,
+                            called_malignant: f.malignant,
+                        });
+                    }
+                }
+                None => {
+                    false_positives += 1;
+                    false_positives_called_malignant += usize::from(f.malignant);
+                }
+            }
         }
         for (n, finding) in nodules {
             // The classification of a detected nodule is that of its strongest hit.
@@ -230,11 +269,11 @@ fn evaluate(
                         .map(|r| r + 1)
                 }),
             });
-            if let Some((f, p_malignant)) = best.and_then(|f| Some((f, f.p_cancer_finding?))) {
+            if let Some(p_malignant) = best.and_then(|f| f.p_cancer) {
                 rated.push(Rated {
                     median_rating: n.malignancy_median,
                     p_malignant,
-                    called_malignant: f.malignant,
+                    called_malignant: call(p_malignant),
                 });
             }
             reference.nodules.push(finding);
@@ -250,6 +289,11 @@ fn evaluate(
         cpm,
         sensitivity_at_fps: froc::CPM_RATES.iter().copied().zip(at).collect(),
         classification: metrics(&rated),
+        reported_calls: reported_calls(
+            false_positives,
+            false_positives_called_malignant,
+            &reported_on_nodules,
+        ),
         operating_point: OperatingPoint {
             min_p_nodule,
             false_positives_per_scan: false_positives as f64 / reports.len().max(1) as f64,
@@ -265,6 +309,32 @@ fn evaluate(
             / 1000.0
             / reports.len().max(1) as f64,
     })
+}
+
+/// The reported calls' figures from the reported findings on nodules and the false positives.
+fn reported_calls(
+    false_positives: usize,
+    false_positives_called_malignant: usize,
+    on_nodules: &[Rated],
+) -> ReportedCalls {
+    let on_nodules = metrics(on_nodules);
+    // With the false positives among the negatives: specificity over benign nodules and false
+    // positives together.
+    let true_negatives = on_nodules
+        .specificity
+        .map_or(0.0, |s| s * on_nodules.benign as f64)
+        + (false_positives - false_positives_called_malignant) as f64;
+    let negatives = on_nodules.benign + false_positives;
+    let balanced_accuracy_with_false_positives = on_nodules
+        .sensitivity
+        .filter(|_| negatives > 0)
+        .map(|sensitivity| (sensitivity + true_negatives / negatives as f64) / 2.0);
+    ReportedCalls {
+        false_positives,
+        false_positives_called_malignant,
+        on_nodules,
+        balanced_accuracy_with_false_positives,
+    }
 }
 
 /// annotations.csv, annotations_excluded.csv (empty), seriesuids.csv and submission.csv, so
