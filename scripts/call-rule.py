@@ -52,7 +52,9 @@ def load(folder):
                 label = None
             else:
                 label = "fp"
-            out.append((f["p_nodule"], f["p_cancer"], f["malignant"], label))
+            # Reports of node 0.2.0 and later carry p_cancer_finding and call on it (R1).
+            stored_rule = "R1" if "p_cancer_finding" in f else "R0"
+            out.append((f["p_nodule"], f["p_cancer"], (stored_rule, f["malignant"]), label))
     return out, len(series)
 
 
@@ -77,9 +79,11 @@ def main():
         findings += f
         scans += n
     reported = [f for f in findings if f[0] >= a.min_p_nodule]
-    for p, c, stored, _ in reported:
-        if stored != (c >= a.call):
-            raise SystemExit(f"a stored call ({stored}, p(cancer) {c}) is not p(cancer) >= {a.call}")
+    for p, c, (rule, stored), _ in reported:
+        expected = (p * c if rule == "R1" else c) >= a.call
+        if stored != expected:
+            raise SystemExit(f"a stored call ({stored}, p(nodule) {p}, p(cancer) {c}) is not "
+                             f"{rule}'s at {a.call}")
     fps = [f for f in reported if f[3] == "fp"]
     true = [f for f in reported if f[3] in ("benign", "malignant")]
     print(f"{scans} scans; reported at p(nodule) >= {a.min_p_nodule}: {len(reported)} findings, "
