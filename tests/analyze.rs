@@ -524,12 +524,71 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
     let [op] = <[_; 1]>::try_from(info.operating_points).unwrap();
     assert_eq!(op.chosen_on, "two oblique studies");
     assert_eq!(op.false_positives_per_scan, 0.0);
+    assert_eq!(op.p_nodule_calibration, None);
+    // A calibration of p(nodule) needs reported findings on nodules and not: at a threshold
+    // that reports no false positive there are none of the latter, and the command says so.
+    let uncalibratable = jnsc(&[
+        "eval",
+        "operating-point",
+        out.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--write-model",
+        dir.path().join("never.safetensors").to_str().unwrap(),
+        "--chosen-on",
+        "two oblique studies",
+        "--max-fp-per-scan",
+        "0",
+        "--calibrate-on",
+        out.to_str().unwrap(),
+        "--calibration-fitted-on",
+        "the same studies",
+    ]);
+    assert!(!uncalibratable.status.success());
+    let e = String::from_utf8_lossy(&uncalibratable.stderr);
+    assert!(e.contains("both on nodules and not"), "{e}");
+    assert!(!dir.path().join("never.safetensors").exists());
+    // With a calibration in its operating point, the analysis reports p(nodule) calibrated and
+    // the probability of cancer on it.
+    let calibration = jnsc::jnsc::model_file::NoduleCalibration {
+        a: 2.0,
+        b: -1.0,
+        fitted_on: "test".into(),
+    };
+    jnsc::jnsc::model_file::write_operating_point(
+        &chosen,
+        &chosen,
+        &jnsc::jnsc::model_file::OperatingPoint {
+            p_nodule_calibration: Some(calibration.clone()),
+            ..op.clone()
+        },
+    )
+    .unwrap();
     let again = dir.path().join("again");
     assert!(eval(&chosen, &again, &[]).status.success());
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(again.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["operating_point"]["min_p_nodule"], op.min_p_nodule);
     assert_eq!(metrics["operating_point"]["false_positives_per_scan"], 0.0);
+    let mut classified = 0;
+    for entry in std::fs::read_dir(again.join("reports")).unwrap() {
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+        for f in report["findings"].as_array().unwrap() {
+            let p_nodule = f["p_nodule"].as_f64().unwrap();
+            let calibrated = f["p_nodule_calibrated"].as_f64().unwrap();
+            assert!(
+                (calibrated - calibration.apply(p_nodule)).abs() < 1e-12,
+                "{f}"
+            );
+            if let Some(p_cancer) = f["p_cancer"].as_f64() {
+                classified += 1;
+                let p = f["p_cancer_finding"].as_f64().unwrap();
+                assert!((p - calibrated * p_cancer).abs() < 1e-12, "{f}");
+            }
+        }
+    }
+    assert!(classified > 0);
     // It holds for the setting it was chosen with: mirrored windows change p(nodule).
     let mirrored = eval(&chosen, &dir.path().join("mirrored"), &["--mirrors", "2"]);
     assert!(!mirrored.status.success());

@@ -231,6 +231,13 @@ fn the_shipped_model_matches_its_card() {
     )
     .unwrap();
     assert_eq!(operating_point.analysis, analyzer.setting());
+    // Its calibration of p(nodule) among reported findings (rule 14 of 2026-12-04): fitted on
+    // other validation insertions than the threshold; it raises confident findings and lowers
+    // marginal ones.
+    let nodule_calibration = operating_point.p_nodule_calibration.as_ref().unwrap();
+    assert!(nodule_calibration.fitted_on.contains("2601-2624"));
+    assert!(nodule_calibration.apply(OPERATING_POINT) < OPERATING_POINT);
+    assert!(nodule_calibration.apply(0.99) > 0.99);
     assert_eq!(
         jnsc::results::min_p_nodule(None, &analyzer).unwrap(),
         OPERATING_POINT

@@ -39,11 +39,13 @@ pub struct CalibrateArgs {
     pub out: PathBuf,
 }
 
-/// One nodule: raw p(malignant | nodule) and whether it is malignant.
+/// One labelled sample: a raw probability and whether its class is the positive one (a
+/// nodule's raw p(malignant | nodule) and whether it is malignant; a reported finding's
+/// p(nodule) and whether it is a nodule).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Labelled {
     pub p: f64,
-    pub malignant: bool,
+    pub positive: bool,
 }
 
 /// Reads the labelled nodules (M = 3 left out) of a nodules.csv.
@@ -78,7 +80,7 @@ pub fn read_nodules(path: &Path) -> anyhow::Result<Vec<Labelled>> {
         let (b, m) = (number(benign)?, number(malignant)?);
         out.push(Labelled {
             p: m / (b + m).max(1e-12),
-            malignant: class,
+            positive: class,
         });
     }
     Ok(out)
@@ -96,7 +98,7 @@ fn sigmoid(z: f64) -> f64 {
 /// Platt's a and b: logistic regression of the label on logit(p), by Newton's method, with
 /// Platt's smoothed targets ((N+ + 1) / (N+ + 2), 1 / (N- + 2)) against overconfidence.
 pub fn fit_platt(nodules: &[Labelled]) -> (f64, f64) {
-    let positives = nodules.iter().filter(|n| n.malignant).count() as f64;
+    let positives = nodules.iter().filter(|n| n.positive).count() as f64;
     let negatives = nodules.len() as f64 - positives;
     let (hi, lo) = (
         (positives + 1.0) / (positives + 2.0),
@@ -107,7 +109,7 @@ pub fn fit_platt(nodules: &[Labelled]) -> (f64, f64) {
         let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 1e-9, 0.0, 1e-9);
         for n in nodules {
             let x = logit(n.p);
-            let t = if n.malignant { hi } else { lo };
+            let t = if n.positive { hi } else { lo };
             let q = sigmoid(a * x + b);
             let w = q * (1.0 - q);
             ga += (q - t) * x;
@@ -188,7 +190,8 @@ pub fn reliability(pairs: &[(f64, bool)]) -> (Vec<Bin>, f64) {
     (bins, ece)
 }
 
-fn brier(pairs: &[(f64, bool)]) -> f64 {
+/// The Brier score of (predicted, outcome) pairs.
+pub fn brier(pairs: &[(f64, bool)]) -> f64 {
     pairs
         .iter()
         .map(|&(p, m)| (p - f64::from(u8::from(m))).powi(2))
@@ -217,22 +220,22 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
     let fit = read_nodules(&args.fit)?;
     let check = read_nodules(&args.check)?;
     anyhow::ensure!(
-        fit.iter().any(|n| n.malignant) && fit.iter().any(|n| !n.malignant),
+        fit.iter().any(|n| n.positive) && fit.iter().any(|n| !n.positive),
         "the fit set needs benign and malignant nodules"
     );
     let (a, b) = fit_platt(&fit);
     let calibrate = |p: f64| sigmoid(a * logit(p) + b);
-    let fitted: Vec<(f64, bool)> = fit.iter().map(|n| (calibrate(n.p), n.malignant)).collect();
+    let fitted: Vec<(f64, bool)> = fit.iter().map(|n| (calibrate(n.p), n.positive)).collect();
     let calibration = MalignancyCalibration {
         a,
         b,
         threshold: balanced_threshold(&fitted),
         fitted_on: args.fitted_on.clone(),
     };
-    let before: Vec<(f64, bool)> = check.iter().map(|n| (n.p, n.malignant)).collect();
+    let before: Vec<(f64, bool)> = check.iter().map(|n| (n.p, n.positive)).collect();
     let after: Vec<(f64, bool)> = check
         .iter()
-        .map(|n| (calibration.apply(n.p), n.malignant))
+        .map(|n| (calibration.apply(n.p), n.positive))
         .collect();
     let rated = |pairs: &[(f64, bool)], threshold: f64| -> Vec<Rated> {
         pairs
@@ -250,7 +253,7 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
     let (bins_after, ece_after) = reliability(&after);
     let result = Check {
         nodules: check.len(),
-        malignant: check.iter().filter(|n| n.malignant).count(),
+        malignant: check.iter().filter(|n| n.positive).count(),
         ece_before,
         ece_after,
         brier_before: brier(&before),
@@ -309,7 +312,7 @@ mod tests {
                 let q = rng.range(0.02, 0.98);
                 Labelled {
                     p: sigmoid(2.0 * logit(q) - 1.0),
-                    malignant: rng.uniform() < q,
+                    positive: rng.uniform() < q,
                 }
             })
             .collect();
@@ -317,9 +320,9 @@ mod tests {
         assert!((a - 0.5).abs() < 0.05 && (b - 0.5).abs() < 0.08, "{a} {b}");
         let pairs: Vec<(f64, bool)> = nodules
             .iter()
-            .map(|n| (sigmoid(a * logit(n.p) + b), n.malignant))
+            .map(|n| (sigmoid(a * logit(n.p) + b), n.positive))
             .collect();
-        let raw: Vec<(f64, bool)> = nodules.iter().map(|n| (n.p, n.malignant)).collect();
+        let raw: Vec<(f64, bool)> = nodules.iter().map(|n| (n.p, n.positive)).collect();
         assert!(reliability(&pairs).1 < 0.02);
         assert!(reliability(&raw).1 > 0.05);
     }

@@ -7,10 +7,16 @@
 //! written into a copy of the model file, beside its operating points for other settings (in
 //! place of one for the same setting), whose reporting then defaults to it in that setting
 //! (`results::min_p_nodule`). The studies must have been analysed by that very model (name and
-//! version of every report), all in one setting.
+//! version of every report), all in one setting. Optionally (`--calibrate-on`) a Platt scaling
+//! of p(nodule) among the findings the threshold reports is fitted on a second such folder,
+//! checked on the first and stored with the operating point (`NoduleCalibration`): the analysis
+//! then computes the probability of cancer on the calibrated p(nodule).
 
+use super::calibration::{Labelled, brier, fit_platt, reliability};
 use super::froc::{self, Mark, Reference};
-use crate::jnsc::model_file::{AnalysisSetting, ModelInfo, ModelSource, OperatingPoint, read_info};
+use crate::jnsc::model_file::{
+    AnalysisSetting, ModelInfo, ModelSource, NoduleCalibration, OperatingPoint, read_info,
+};
 use anyhow::{Context, bail, ensure};
 use std::path::{Path, PathBuf};
 
@@ -32,6 +38,14 @@ pub struct OperatingPointArgs {
     /// The rule: at most this many reported false positives per scan.
     #[arg(long, default_value_t = 1.0)]
     pub max_fp_per_scan: f64,
+    /// Also calibrate p(nodule) at the chosen threshold: a Platt scaling fitted on the findings
+    /// it reports in this other `eval studies` folder (same model, same setting), checked on
+    /// DIR's, and stored with the operating point.
+    #[arg(long, requires = "calibration_fitted_on")]
+    pub calibrate_on: Option<PathBuf>,
+    /// What the --calibrate-on studies are, in words (stored in the model file).
+    #[arg(long, requires = "calibrate_on")]
+    pub calibration_fitted_on: Option<String>,
 }
 
 /// Runs `jnsc eval operating-point`.
@@ -39,13 +53,49 @@ pub fn run(args: &OperatingPointArgs) -> anyhow::Result<()> {
     let source = ModelSource::File(args.model.clone());
     let info = read_info(&args.model, &source.bytes()?)?;
     let (reference, marks, analysis) = read_evaluation(&args.dir, &info)?;
-    let operating_point = choose(
+    let mut operating_point = choose(
         &reference,
         &marks,
         args.max_fp_per_scan,
         args.chosen_on.clone(),
         analysis,
     )?;
+    if let (Some(dir), Some(words)) = (&args.calibrate_on, &args.calibration_fitted_on) {
+        let (fit_reference, fit_marks, fit_analysis) = read_evaluation(dir, &info)?;
+        ensure!(
+            fit_analysis == analysis,
+            "{} was analysed with {fit_analysis}, {} with {analysis}",
+            dir.display(),
+            args.dir.display()
+        );
+        let threshold = operating_point.min_p_nodule;
+        let fit = reported(&fit_reference, &fit_marks, threshold);
+        let check = reported(&reference, &marks, threshold);
+        let calibration = calibrate(&fit, words.clone())?;
+        let after: Vec<(f64, bool)> = check
+            .iter()
+            .map(|&(p, nodule)| (calibration.apply(p), nodule))
+            .collect();
+        let nodules = |v: &[(f64, bool)]| v.iter().filter(|s| s.1).count();
+        println!(
+            "p(nodule) calibration at {threshold}: a = {:.3}, b = {:.3}, fitted on the {} \
+             findings reported in {} ({} on nodules); on the {} reported in {} ({} on nodules): \
+             expected calibration error {:.3} -> {:.3}, Brier score {:.4} -> {:.4}",
+            calibration.a,
+            calibration.b,
+            fit.len(),
+            dir.display(),
+            nodules(&fit),
+            check.len(),
+            args.dir.display(),
+            nodules(&check),
+            reliability(&check).1,
+            reliability(&after).1,
+            brier(&check),
+            brier(&after)
+        );
+        operating_point.p_nodule_calibration = Some(calibration);
+    }
     crate::jnsc::model_file::write_operating_point(
         &args.model,
         &args.write_model,
@@ -153,6 +203,53 @@ fn setting_of(report: &serde_json::Value) -> Option<AnalysisSetting> {
     })
 }
 
+/// The findings reported at `threshold` (p(nodule) at or above it), each with whether it hits a
+/// reference nodule.
+fn reported(reference: &Reference, marks: &[Mark], threshold: f64) -> Vec<(f64, bool)> {
+    scored(reference, marks)
+        .into_iter()
+        .filter(|(p, _)| *p >= threshold)
+        .map(|(p, hits)| (p, !hits.is_empty()))
+        .collect()
+}
+
+/// The calibration of p(nodule) fitted on reported findings (p(nodule), hits a nodule).
+fn calibrate(fit: &[(f64, bool)], fitted_on: String) -> anyhow::Result<NoduleCalibration> {
+    ensure!(
+        fit.iter().any(|s| s.1) && fit.iter().any(|s| !s.1),
+        "a calibration of p(nodule) needs reported findings both on nodules and not ({} on \
+         nodules of {})",
+        fit.iter().filter(|s| s.1).count(),
+        fit.len()
+    );
+    let samples: Vec<Labelled> = fit
+        .iter()
+        .map(|&(p, positive)| Labelled { p, positive })
+        .collect();
+    let (a, b) = fit_platt(&samples);
+    Ok(NoduleCalibration { a, b, fitted_on })
+}
+
+/// Each finding of the evaluated scans, most probable first: its probability and the
+/// reference nodules it hits.
+fn scored(reference: &Reference, marks: &[Mark]) -> Vec<(f64, Vec<usize>)> {
+    let mut scored: Vec<(f64, Vec<usize>)> = marks
+        .iter()
+        .filter(|m| reference.series.contains(&m.series))
+        .map(|m| {
+            let hits = (0..reference.nodules.len())
+                .filter(|&i| {
+                    let n = &reference.nodules[i];
+                    n.series == m.series && froc::hits(n, &m.center)
+                })
+                .collect();
+            (m.probability, hits)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored
+}
+
 /// The operating point by the rule (see the module documentation). Fails where every finding
 /// could be reported within the rule: such studies say nothing about where to stop.
 pub fn choose(
@@ -168,22 +265,7 @@ pub fn choose(
     );
     let scans = reference.series.len();
     ensure!(scans > 0, "no scans");
-    // Each finding of the evaluated scans, most probable first: its probability and the
-    // reference nodules it hits.
-    let mut scored: Vec<(f64, Vec<usize>)> = marks
-        .iter()
-        .filter(|m| reference.series.contains(&m.series))
-        .map(|m| {
-            let hits = (0..reference.nodules.len())
-                .filter(|&i| {
-                    let n = &reference.nodules[i];
-                    n.series == m.series && froc::hits(n, &m.center)
-                })
-                .collect();
-            (m.probability, hits)
-        })
-        .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let scored = scored(reference, marks);
     let mut false_positives = 0usize;
     let mut threshold = None;
     for (p, hits) in &scored {
@@ -220,6 +302,7 @@ pub fn choose(
         nodules_reported: found.iter().filter(|&&f| f).count(),
         nodules: reference.nodules.len(),
         analysis,
+        p_nodule_calibration: None,
     })
 }
 
@@ -291,5 +374,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot choose an operating point"), "{e}");
+
+        // The findings a threshold reports, with whether each is on a nodule; another scan's
+        // are not among them.
+        assert_eq!(
+            reported(&reference, &marks, 0.511),
+            vec![
+                (0.99, true),
+                (0.90, false),
+                (0.80, true),
+                (0.70, false),
+                (0.60, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_calibration_of_p_nodule_makes_reported_findings_probabilities() {
+        // Reported findings whose p(nodule) overstates: at 0.5-0.6 one in five is a nodule, at
+        // 0.9 and above all are. The fitted scaling brings the first down and keeps the second.
+        let mut fit = Vec::new();
+        for i in 0..50 {
+            fit.push((0.5 + 0.002 * i as f64, i % 5 == 0));
+            fit.push((0.9 + 0.00199 * i as f64, true));
+        }
+        let c = calibrate(&fit, "test findings".into()).unwrap();
+        assert!(c.a > 1.0, "{c:?}");
+        assert!((c.apply(0.55) - 0.2).abs() < 0.1, "{}", c.apply(0.55));
+        assert!(c.apply(0.95) > 0.95, "{}", c.apply(0.95));
+        let after: Vec<(f64, bool)> = fit.iter().map(|&(p, t)| (c.apply(p), t)).collect();
+        assert!(brier(&after) < brier(&fit));
+        assert_eq!(c.fitted_on, "test findings");
+
+        // Findings of one class only say nothing about the other.
+        let e = calibrate(&fit[1..2], "x".into()).unwrap_err().to_string();
+        assert!(e.contains("both on nodules and not"), "{e}");
     }
 }

@@ -87,10 +87,15 @@ pub struct Finding {
     /// p(malignant)), calibrated where the model file carries a calibration (None when not
     /// classified). The calibration was fitted on true nodules, which is what it is conditional on.
     pub p_cancer: Option<f64>,
-    /// Probability that the finding is a cancer: `p_nodule` x `p_cancer` (None when not
-    /// classified). This is what the SR reports as the probability of cancer and what the call
-    /// is made on, so that a finding that may well not be a nodule is not called malignant for
-    /// what it would be if it were one (rules log 2026-12-04, rule 12).
+    /// `p_nodule` calibrated: the probability that the finding is a nodule, by the Platt
+    /// scaling the model file's operating point for this analysis setting carries (fitted on
+    /// validation findings at or above it; None where it carries none).
+    pub p_nodule_calibrated: Option<f64>,
+    /// Probability that the finding is a cancer: `p_nodule_calibrated` (`p_nodule` where there
+    /// is none) x `p_cancer` (None when not classified). This is what the SR reports as the
+    /// probability of cancer and what the call is made on, so that a finding that may well not
+    /// be a nodule is not called malignant for what it would be if it were one (rules log
+    /// 2026-12-04, rules 12 and 14).
     pub p_cancer_finding: Option<f64>,
     /// The call: malignant when `p_cancer_finding` reaches the model's calibrated threshold
     /// ([`Analyzer::is_malignant`]); false when not classified.
@@ -274,6 +279,10 @@ impl Analyzer {
             .collect();
         classes.resize(detections.len(), None);
         let classification = t.elapsed();
+        let nodule_calibration = self
+            .info
+            .operating_point(self.setting())
+            .and_then(|o| o.p_nodule_calibration.as_ref());
         let midline_x = {
             let g = volume.hu.geometry;
             let centre = [0, 1, 2].map(|a| (region.min[a] + region.max[a]) as f64 / 2.0);
@@ -285,8 +294,10 @@ impl Analyzer {
             .map(|(d, p)| {
                 let p_location = f64::from(d.p_nodule);
                 let p_nodule = p.map_or(p_location, |p| p_location * f64::from(1.0 - p[0]));
+                let p_nodule_calibrated = nodule_calibration.map(|c| c.apply(p_nodule));
                 let p_cancer = p.map(|p| self.malignancy(p));
-                let p_cancer_finding = p_cancer.map(|c| p_nodule * c);
+                let p_cancer_finding =
+                    p_cancer.map(|c| p_nodule_calibrated.unwrap_or(p_nodule) * c);
                 let finding = Finding {
                     center_mm: d.measured.center_mm,
                     diameter_mm: d.measured.equivalent_diameter_mm,
@@ -298,6 +309,7 @@ impl Analyzer {
                     p_non_nodule: p.map(|p| f64::from(p[0])),
                     p_benign: p.map(|p| f64::from(p[1])),
                     p_malignant: p.map(|p| f64::from(p[2])),
+                    p_nodule_calibrated,
                     p_cancer,
                     p_cancer_finding,
                     malignant: p_cancer_finding.is_some_and(|c| self.is_malignant(c)),

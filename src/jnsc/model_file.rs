@@ -154,6 +154,10 @@ pub struct OperatingPoint {
     /// The analysis it was chosen with: p(nodule) depends on it, so the threshold holds for it
     /// alone.
     pub analysis: AnalysisSetting,
+    /// The calibration of p(nodule) among the findings reported here, where one was fitted
+    /// (`jnsc eval operating-point --calibrate-on`); files before node 0.2.0 carry none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_nodule_calibration: Option<NoduleCalibration>,
 }
 
 /// What of an analysis moves p(nodule) or where a finding is marked: the sliding window, the
@@ -224,9 +228,32 @@ pub struct MalignancyCalibration {
 impl MalignancyCalibration {
     /// The calibrated probability of a raw p(malignant | nodule).
     pub fn apply(&self, p: f64) -> f64 {
-        let p = p.clamp(1e-6, 1.0 - 1e-6);
-        let z = self.a * (p / (1.0 - p)).ln() + self.b;
-        1.0 / (1.0 + (-z).exp())
+        platt(self.a, self.b, p)
+    }
+}
+
+/// A Platt scaling of `p`: sigmoid(a logit(p) + b), p kept within 1e-6 of 0 and 1.
+pub fn platt(a: f64, b: f64, p: f64) -> f64 {
+    let p = p.clamp(1e-6, 1.0 - 1e-6);
+    let z = a * (p / (1.0 - p)).ln() + b;
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// The calibration of p(nodule) among the findings reported at an operating point: a Platt
+/// scaling fitted on validation findings at or above it, a finding that hits a reference nodule
+/// counting as a nodule, so that p(nodule) x p(cancer | nodule) is a probability there.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NoduleCalibration {
+    pub a: f64,
+    pub b: f64,
+    /// What it was fitted on, in words.
+    pub fitted_on: String,
+}
+
+impl NoduleCalibration {
+    /// The calibrated probability of a p(nodule) at or above the operating point.
+    pub fn apply(&self, p: f64) -> f64 {
+        platt(self.a, self.b, p)
     }
 }
 
@@ -1083,6 +1110,7 @@ mod tests {
                 classify_mirrors: 1,
                 measure_fraction: 0.8,
             },
+            p_nodule_calibration: None,
         }
     }
 
@@ -1142,6 +1170,23 @@ mod tests {
         write_operating_point(&path, &path, &replaced).unwrap();
         let (_, read) = load(&path, &Device::Cpu).unwrap();
         assert_eq!(read.operating_points, vec![replaced, mirrored]);
+
+        // A calibration of p(nodule) travels with its operating point.
+        let calibrated = OperatingPoint {
+            p_nodule_calibration: Some(NoduleCalibration {
+                a: 4.0,
+                b: -2.0,
+                fitted_on: "test".into(),
+            }),
+            ..plain.clone()
+        };
+        write_operating_point(&path, &path, &calibrated).unwrap();
+        let (_, read) = load(&path, &Device::Cpu).unwrap();
+        assert_eq!(read.operating_point(plain.analysis), Some(&calibrated));
+        assert!(
+            (calibrated.p_nodule_calibration.unwrap().apply(0.5) - platt(4.0, -2.0, 0.5)).abs()
+                < 1e-15
+        );
 
         // Files of 0.6.0 and earlier carry one object, not a list: read as one operating point.
         let old = dir.path().join("old.safetensors");
