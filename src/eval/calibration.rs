@@ -95,15 +95,20 @@ fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
-/// Platt's a and b: logistic regression of the label on logit(p), by Newton's method, with
-/// Platt's smoothed targets ((N+ + 1) / (N+ + 2), 1 / (N- + 2)) against overconfidence.
-pub fn fit_platt(nodules: &[Labelled]) -> (f64, f64) {
+/// Platt's a and b: logistic regression of the label on logit(p), by Newton's method; with
+/// `smoothed`, on Platt's smoothed targets ((N+ + 1) / (N+ + 2), 1 / (N- + 2)) against
+/// overconfidence, else on the labels themselves (plain maximum likelihood).
+pub fn fit_platt(nodules: &[Labelled], smoothed: bool) -> (f64, f64) {
     let positives = nodules.iter().filter(|n| n.positive).count() as f64;
     let negatives = nodules.len() as f64 - positives;
-    let (hi, lo) = (
-        (positives + 1.0) / (positives + 2.0),
-        1.0 / (negatives + 2.0),
-    );
+    let (hi, lo) = if smoothed {
+        (
+            (positives + 1.0) / (positives + 2.0),
+            1.0 / (negatives + 2.0),
+        )
+    } else {
+        (1.0, 0.0)
+    };
     let (mut a, mut b) = (1.0, 0.0);
     for _ in 0..100 {
         let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 1e-9, 0.0, 1e-9);
@@ -223,7 +228,7 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
         fit.iter().any(|n| n.positive) && fit.iter().any(|n| !n.positive),
         "the fit set needs benign and malignant nodules"
     );
-    let (a, b) = fit_platt(&fit);
+    let (a, b) = fit_platt(&fit, true);
     let calibrate = |p: f64| sigmoid(a * logit(p) + b);
     let fitted: Vec<(f64, bool)> = fit.iter().map(|n| (calibrate(n.p), n.positive)).collect();
     let calibration = MalignancyCalibration {
@@ -316,7 +321,7 @@ mod tests {
                 }
             })
             .collect();
-        let (a, b) = fit_platt(&nodules);
+        let (a, b) = fit_platt(&nodules, true);
         assert!((a - 0.5).abs() < 0.05 && (b - 0.5).abs() < 0.08, "{a} {b}");
         let pairs: Vec<(f64, bool)> = nodules
             .iter()
