@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""The benign/malignant call of the reported findings of `eval studies` folders, under today's
-rule (R0: p(cancer | nodule) >= T) and rule 12's (R1: p(nodule) x p(cancer | nodule) >= T), at an
-operating point. Rules log: docs/model-rules/2026-12-04-session-29.md.
+"""The benign/malignant call of the reported findings of `eval studies` folders, under node
+0.1.0's rule (R0: p(cancer | nodule) >= T) and rule 12's (R1: p(nodule) x p(cancer | nodule) >= T,
+p(nodule) uncalibrated), at an operating point. Rules log: docs/model-rules/2026-12-04-session-29.md.
 
     python3 scripts/call-rule.py EVAL_DIR [EVAL_DIR ...] [--min-p-nodule 0.465] [--call 0.285]
 
@@ -52,9 +52,12 @@ def load(folder):
                 label = None
             else:
                 label = "fp"
-            # Reports of node 0.2.0 and later carry p_cancer_finding and call on it (R1).
+            # Reports of node 0.2.0 and later carry p_cancer_finding and call on it (R1), with
+            # p(nodule) calibrated where the model carries a calibration (rule 14).
             stored_rule = "R1" if "p_cancer_finding" in f else "R0"
-            out.append((f["p_nodule"], f["p_cancer"], (stored_rule, f["malignant"]), label))
+            p_nodule_as_called = f.get("p_nodule_calibrated") or f["p_nodule"]
+            out.append((f["p_nodule"], f["p_cancer"],
+                        (stored_rule, f["malignant"], p_nodule_as_called), label))
     return out, len(series)
 
 
@@ -79,8 +82,8 @@ def main():
         findings += f
         scans += n
     reported = [f for f in findings if f[0] >= a.min_p_nodule]
-    for p, c, (rule, stored), _ in reported:
-        expected = (p * c if rule == "R1" else c) >= a.call
+    for p, c, (rule, stored, p_as_called), _ in reported:
+        expected = (p_as_called * c if rule == "R1" else c) >= a.call
         if stored != expected:
             raise SystemExit(f"a stored call ({stored}, p(nodule) {p}, p(cancer) {c}) is not "
                              f"{rule}'s at {a.call}")

@@ -498,22 +498,24 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
     // The operating point chosen on these studies (no false positive at all), written into a
     // copy of the model, is then its default threshold, and reports no false positive there.
     let chosen = dir.path().join("chosen.safetensors");
-    let choose = |model: &Path| {
-        jnsc(&[
+    let choose = |model: &Path, write: &Path, extra: &[&str]| {
+        let mut args = vec![
             "eval",
             "operating-point",
             out.to_str().unwrap(),
             "--model",
             model.to_str().unwrap(),
             "--write-model",
-            chosen.to_str().unwrap(),
+            write.to_str().unwrap(),
             "--chosen-on",
             "two oblique studies",
             "--max-fp-per-scan",
             "0",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        jnsc(&args)
     };
-    let run = choose(&model);
+    let run = choose(&model, &chosen, &[]);
     assert!(
         run.status.success(),
         "{}",
@@ -527,27 +529,21 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
     assert_eq!(op.p_nodule_calibration, None);
     // A calibration of p(nodule) needs reported findings on nodules and not: at a threshold
     // that reports no false positive there are none of the latter, and the command says so.
-    let uncalibratable = jnsc(&[
-        "eval",
-        "operating-point",
-        out.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--write-model",
-        dir.path().join("never.safetensors").to_str().unwrap(),
-        "--chosen-on",
-        "two oblique studies",
-        "--max-fp-per-scan",
-        "0",
-        "--calibrate-on",
-        out.to_str().unwrap(),
-        "--calibration-fitted-on",
-        "the same studies",
-    ]);
+    let never = dir.path().join("never.safetensors");
+    let uncalibratable = choose(
+        &model,
+        &never,
+        &[
+            "--calibrate-on",
+            out.to_str().unwrap(),
+            "--calibration-fitted-on",
+            "the same studies",
+        ],
+    );
     assert!(!uncalibratable.status.success());
     let e = String::from_utf8_lossy(&uncalibratable.stderr);
     assert!(e.contains("both on nodules and not"), "{e}");
-    assert!(!dir.path().join("never.safetensors").exists());
+    assert!(!never.exists());
     // With a calibration in its operating point, the analysis reports p(nodule) calibrated and
     // the probability of cancer on it.
     let calibration = jnsc::jnsc::model_file::NoduleCalibration {
@@ -600,7 +596,7 @@ fn eval_studies_scores_the_analyzer_against_the_truth() {
     // Studies analysed by another model cannot choose this one's operating point.
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/jnsc.safetensors");
     std::fs::remove_file(&chosen).unwrap();
-    let other = choose(&shipped);
+    let other = choose(&shipped, &chosen, &[]);
     assert!(!other.status.success());
     let e = String::from_utf8_lossy(&other.stderr);
     assert!(e.contains("was analysed by the model"), "{e}");
