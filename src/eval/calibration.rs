@@ -7,7 +7,7 @@
 //! calibration in its metadata.
 
 use super::classification::{Rated, metrics};
-use crate::jnsc::model_file::{MalignancyCalibration, write_calibrated};
+use crate::jnsc::model_file::{MalignancyCalibration, platt, write_calibrated};
 use crate::malignancy;
 use anyhow::Context;
 use serde::Serialize;
@@ -229,7 +229,7 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
         "the fit set needs benign and malignant nodules"
     );
     let (a, b) = fit_platt(&fit, true);
-    let calibrate = |p: f64| sigmoid(a * logit(p) + b);
+    let calibrate = |p: f64| platt(a, b, p);
     let fitted: Vec<(f64, bool)> = fit.iter().map(|n| (calibrate(n.p), n.positive)).collect();
     let calibration = MalignancyCalibration {
         a,
@@ -325,7 +325,7 @@ mod tests {
         assert!((a - 0.5).abs() < 0.05 && (b - 0.5).abs() < 0.08, "{a} {b}");
         let pairs: Vec<(f64, bool)> = nodules
             .iter()
-            .map(|n| (sigmoid(a * logit(n.p) + b), n.positive))
+            .map(|n| (platt(a, b, n.p), n.positive))
             .collect();
         let raw: Vec<(f64, bool)> = nodules.iter().map(|n| (n.p, n.positive)).collect();
         assert!(reliability(&pairs).1 < 0.02);

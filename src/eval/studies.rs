@@ -317,18 +317,20 @@ fn reported_calls(
     false_positives_called_malignant: usize,
     on_nodules: &[Rated],
 ) -> ReportedCalls {
-    let on_nodules = metrics(on_nodules);
     // With the false positives among the negatives: specificity over benign nodules and false
     // positives together.
-    let true_negatives = on_nodules
-        .specificity
-        .map_or(0.0, |s| s * on_nodules.benign as f64)
-        + (false_positives - false_positives_called_malignant) as f64;
-    let negatives = on_nodules.benign + false_positives;
+    let benign: Vec<&Rated> = on_nodules
+        .iter()
+        .filter(|r| crate::malignancy::class(r.median_rating) == Some(false))
+        .collect();
+    let true_negatives = benign.iter().filter(|r| !r.called_malignant).count() + false_positives
+        - false_positives_called_malignant;
+    let negatives = benign.len() + false_positives;
+    let on_nodules = metrics(on_nodules);
     let balanced_accuracy_with_false_positives = on_nodules
         .sensitivity
         .filter(|_| negatives > 0)
-        .map(|sensitivity| (sensitivity + true_negatives / negatives as f64) / 2.0);
+        .map(|sensitivity| (sensitivity + true_negatives as f64 / negatives as f64) / 2.0);
     ReportedCalls {
         false_positives,
         false_positives_called_malignant,
@@ -364,4 +366,47 @@ fn write_csvs(reference: &Reference, marks: &[Mark], out: &Path) -> std::io::Res
         reference.series.join("\n") + "\n",
     )?;
     std::fs::write(out.join("submission.csv"), submission)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_calls_count_false_positives_among_the_negatives() {
+        let rated = |median_rating: f64, called_malignant: bool| Rated {
+            median_rating,
+            p_malignant: if called_malignant { 0.9 } else { 0.1 },
+            called_malignant,
+        };
+        // Two malignant nodules (one called), two benign (one called malignant), one rated 3.
+        let on_nodules = [
+            rated(4.5, true),
+            rated(4.0, false),
+            rated(1.0, true),
+            rated(2.0, false),
+            rated(3.0, true),
+        ];
+        // Four false positives, one called malignant.
+        let calls = reported_calls(4, 1, &on_nodules);
+        assert_eq!(
+            (
+                calls.false_positives,
+                calls.false_positives_called_malignant
+            ),
+            (4, 1)
+        );
+        assert_eq!(
+            (calls.on_nodules.malignant, calls.on_nodules.benign),
+            (2, 2)
+        );
+        assert_eq!(calls.on_nodules.balanced_accuracy, Some(0.5));
+        // Sensitivity 1/2; negatives: 2 benign and 4 false positives, 1 + 3 not called.
+        let expected = (0.5 + 4.0 / 6.0) / 2.0;
+        let got = calls.balanced_accuracy_with_false_positives.unwrap();
+        assert!((got - expected).abs() < 1e-12, "{got}");
+        // No malignant nodule reported: no sensitivity, no balanced accuracy.
+        let none = reported_calls(2, 0, &on_nodules[2..4]);
+        assert_eq!(none.balanced_accuracy_with_false_positives, None);
+    }
 }

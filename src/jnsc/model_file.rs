@@ -3,8 +3,8 @@
 //! the training provenance (data, schedule, seed, code version...) and, where fitted, the
 //! calibration of its malignancy output, the fraction at which findings are measured and the
 //! operating points (the p(nodule) threshold of what is reported, one per analysis setting it
-//! was chosen with), each chosen for these weights on validation data. Loading checks all of it and fails with a message that names the file and
-//! what is wrong.
+//! was chosen with), each chosen for these weights on validation data. Loading checks all of it
+//! and fails with a message that names the file and what is wrong.
 //!
 //! A file may carry a second network, the *malignancy network* ([`MalignancyNetwork`], written by
 //! [`combine`]): the first network then detects (location map and p(non-nodule)) and the second
