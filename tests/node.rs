@@ -83,23 +83,26 @@ async fn a_model_without_an_operating_point_needs_a_configured_threshold() {
     let model = dir.path().join("untrained.safetensors");
     jnsc::jnsc::model_file::write_untrained(&model, jnsc::jnsc::network::Preset::Cpu, None)
         .unwrap();
-    let with = |results: &str| {
+    // Each start in its own storage directory: the refused start's storage lock is released
+    // when it returns, but a DCMTK peer the other test forks at that moment holds a copy of
+    // the descriptor (and so the lock) until it execs.
+    let with = |storage: &str, results: &str| {
         Config::parse(&format!(
             "[dicom]\nlisten = \"127.0.0.1:0\"\n[status]\nlisten = \"127.0.0.1:0\"\n\
              [storage]\ndir = \"{}\"\n[model]\npath = \"{}\"\n{results}",
-            dir.path().join("storage").display(),
+            dir.path().join(storage).display(),
             model.display()
         ))
         .unwrap()
     };
     // Nothing says what to report: the node does not start.
-    let refused = jnsc::node::start(with("")).await;
+    let refused = jnsc::node::start(with("refused", "")).await;
     let error = format!("{:#}", refused.err().expect("no threshold"));
     assert!(error.contains("carries no operating point"), "{error}");
     assert!(error.contains("min_p_nodule"), "{error}");
 
     // Configured: it starts, and says what it reports.
-    let running = jnsc::node::start(with("[results]\nmin_p_nodule = 0.6\n"))
+    let running = jnsc::node::start(with("storage", "[results]\nmin_p_nodule = 0.6\n"))
         .await
         .unwrap();
     let port = running.status_address.port();
