@@ -107,6 +107,7 @@ fn training_inserts_shapes_of_training_patients_with_their_readers_ratings() {
             &known,
             &calibration,
             Some(&shapes),
+            false,
             &mut Rng::new(seed),
         );
         for lesion in &lesions {
@@ -157,12 +158,20 @@ fn training_inserts_shapes_of_training_patients_with_their_readers_ratings() {
     // Fraction 0 draws exactly the phantoms of a configuration without shapes.
     let none = TrainingShapes::from_library(&library, 0.0, 20).unwrap();
     for seed in [5, 6] {
-        let a = draw_training_lesions(&background, &known, &calibration, None, &mut Rng::new(seed));
+        let a = draw_training_lesions(
+            &background,
+            &known,
+            &calibration,
+            None,
+            false,
+            &mut Rng::new(seed),
+        );
         let b = draw_training_lesions(
             &background,
             &known,
             &calibration,
             Some(&none),
+            false,
             &mut Rng::new(seed),
         );
         assert_eq!(a.len(), b.len());
@@ -185,6 +194,7 @@ fn training_inserts_shapes_of_training_patients_with_their_readers_ratings() {
             &known,
             &calibration,
             Some(&hollowing),
+            false,
             &mut Rng::new(seed),
         ) {
             let InsertedLesion::Shape { shape, .. } = &lesion else {

@@ -286,8 +286,8 @@ fn training_volumes_come_without_dicom_and_label_their_nodules() {
 fn nodules_inserted_into_a_real_series_are_where_the_truth_says() {
     let real = shared_or_skip!("data/ct/pancreatic-ct-cbct-seg");
     let out = scratch();
-    let truth =
-        jnsc::synth::insert::insert_nodules(&real, &out, 2, 8, &Calibration::lidc()).unwrap();
+    let truth = jnsc::synth::insert::insert_nodules(&real, &out, 2, 8, &Calibration::lidc(), false)
+        .unwrap();
     assert_eq!(truth.nodules.len(), 2);
     let original = load_series(&files_in(&real).unwrap()).unwrap();
     let inserted = load_series(&files_in(&out.join("dicom")).unwrap()).unwrap();

@@ -273,9 +273,10 @@ pub fn draw_training_lesions(
     known: &[KnownNodule],
     calibration: &Calibration,
     shapes: Option<&TrainingShapes>,
+    juxta_vascular: bool,
     rng: &mut Rng,
 ) -> Vec<InsertedLesion> {
-    let lungs = background.segmented_lungs();
+    let lungs = background.insertion_lungs(juxta_vascular);
     let count = 1 + rng.below(3);
     let shapes = shapes.filter(|s| s.fraction > 0.0 && !s.nodules.is_empty());
     let shape_count = match shapes {
@@ -347,6 +348,8 @@ pub struct RealBackgroundSource {
     backgrounds: Vec<Entry>,
     calibration: Calibration,
     shapes: Option<TrainingShapes>,
+    /// Whether the backgrounds' vessels are offered to juxta-vascular phantom nodules.
+    juxta_vascular: bool,
 }
 
 impl RealBackgroundSource {
@@ -389,7 +392,15 @@ impl RealBackgroundSource {
             backgrounds,
             calibration: Calibration::lidc(),
             shapes,
+            juxta_vascular: false,
         })
+    }
+
+    /// Offers the backgrounds' vessels to juxta-vascular phantom nodules
+    /// (`SegmentedLungs::with_vessels`); off by default, as sources were before it existed.
+    pub fn with_juxta_vascular(mut self, on: bool) -> Self {
+        self.juxta_vascular = on;
+        self
     }
 
     /// Scans that are phantoms (indices below it); the real scans follow.
@@ -416,6 +427,7 @@ impl RealBackgroundSource {
             &entry.known,
             &self.calibration,
             self.shapes.as_ref(),
+            self.juxta_vascular,
             &mut Rng::new(seed),
         ))
     }
@@ -456,7 +468,14 @@ pub fn insert_training_scan(
     seed: u64,
     id: &str,
 ) -> anyhow::Result<Scan> {
-    let lesions = draw_training_lesions(background, known, calibration, None, &mut Rng::new(seed));
+    let lesions = draw_training_lesions(
+        background,
+        known,
+        calibration,
+        None,
+        false,
+        &mut Rng::new(seed),
+    );
     Ok(training_scan(background, known, &lesions, id))
 }
 

@@ -40,6 +40,10 @@ pub struct SynthArgs {
     /// Insert the nodules into this real CT series instead (geometry options are ignored).
     #[arg(long)]
     pub into: Option<PathBuf>,
+    /// With --into: offer the series' vessels to juxta-vascular nodules (without it, a real
+    /// series' nodules are isolated or juxta-pleural, as insertion sets made before it).
+    #[arg(long, requires = "into")]
+    pub juxta_vascular: bool,
 }
 
 /// Runs `jnsc synth`.
@@ -89,6 +93,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
             args.nodules.unwrap_or(3),
             args.seed,
             &Calibration::lidc(),
+            args.juxta_vascular,
         )?,
         None => write_study(&options, &Calibration::lidc(), &args.out)?,
     };

@@ -89,6 +89,17 @@ impl Background {
     pub fn segmented_lungs(&self) -> SegmentedLungs<'_> {
         SegmentedLungs::new(&self.hu_1mm, &self.lungs)
     }
+
+    /// Where phantom nodules may go: the segmented parenchyma, and with `juxta_vascular` its
+    /// vessels too (`SegmentedLungs::with_vessels`).
+    pub fn insertion_lungs(&self, juxta_vascular: bool) -> SegmentedLungs<'_> {
+        let lungs = self.segmented_lungs();
+        if juxta_vascular {
+            lungs.with_vessels()
+        } else {
+            lungs
+        }
+    }
 }
 
 /// The in-plane point-spread function of a series as a Gaussian sigma (mm), measured on the
@@ -281,17 +292,19 @@ pub fn add_lesions(
 /// Inserts `count` nodules into the series in `background_dir` (a DICOM folder, or a study
 /// folder whose `truth.json` names known nodules: the new ones keep clear of them, and they are
 /// carried into the new `truth.json` as `known_nodules`); writes `out/dicom/*.dcm` and the
-/// ground truth files beside them.
+/// ground truth files beside them. With `juxta_vascular`, the series' vessels are offered to
+/// juxta-vascular nodules (`Background::insertion_lungs`).
 pub fn insert_nodules(
     background_dir: &Path,
     out: &Path,
     count: usize,
     seed: u64,
     calibration: &Calibration,
+    juxta_vascular: bool,
 ) -> anyhow::Result<Truth> {
     let (series_dir, known) = background_folder(background_dir)?;
     let background = Background::load(&series_dir)?;
-    let real = background.segmented_lungs();
+    let real = background.insertion_lungs(juxta_vascular);
     let mut rng = Rng::new(seed);
     let nodules = draw_clear_of(&real, &known, calibration, count, &mut rng);
     if nodules.len() < count {

@@ -84,9 +84,19 @@ pub trait Lungs {
     fn in_lung(&self, p: Vec3) -> bool;
     /// A random point of parenchyma.
     fn random_point(&self, rng: &mut Rng) -> Vec3;
-    /// Vessels a juxta-vascular nodule can sit on (none known: no juxta-vascular nodules).
-    fn vessels(&self) -> &[Capsule];
+    /// Whether a nodule of `radius` at `p` keeps clear of the vessels an isolated nodule must
+    /// not touch.
+    fn clear_of_vessels(&self, p: Vec3, radius: f64) -> bool;
+    /// Whether a juxta-vascular nodule can be placed at all (none: no vessels are known).
+    fn has_vessels(&self) -> bool;
+    /// One try at the centre of a juxta-vascular nodule of `radius`: on a vessel of 1.2-4 mm
+    /// radius, its centre 0.6 of its radius out from the vessel's surface, so that it sits on
+    /// the vessel and engulfs part of it. None when this try found no room.
+    fn try_juxta_vascular(&self, radius: f64, rng: &mut Rng) -> Option<Vec3>;
 }
+
+/// Vessels a juxta-vascular nodule can sit on: radius 1.2-4 mm.
+const JUXTA_VESSEL_RADIUS_MM: (f64, f64) = (1.2, 4.0);
 
 impl Lungs for Anatomy {
     fn in_lung(&self, p: Vec3) -> bool {
@@ -104,38 +114,94 @@ impl Lungs for Anatomy {
         }
     }
 
-    fn vessels(&self) -> &[Capsule] {
-        &self.vessels
+    fn clear_of_vessels(&self, p: Vec3, radius: f64) -> bool {
+        self.vessels
+            .iter()
+            .filter(|v| v.radius > 1.0)
+            .all(|v| v.axis_distance(p) > v.radius + radius + 2.0)
+    }
+
+    fn has_vessels(&self) -> bool {
+        self.vessels.iter().any(|v| juxta_vessel(&v))
+    }
+
+    fn try_juxta_vascular(&self, radius: f64, rng: &mut Rng) -> Option<Vec3> {
+        let vessels: Vec<&Capsule> = self.vessels.iter().filter(|v| juxta_vessel(v)).collect();
+        let v = vessels[(rng.uniform() * vessels.len() as f64) as usize % vessels.len()];
+        let t = rng.uniform();
+        let on_axis = [0, 1, 2].map(|a| v.a[a] + (v.b[a] - v.a[a]) * t);
+        let d = rng.direction();
+        let c = [0, 1, 2].map(|a| on_axis[a] + d[a] * (v.radius + 0.6 * radius));
+        sphere_in_lung(self, c, radius * 0.9).then_some(c)
     }
 }
 
+fn juxta_vessel(v: &&Capsule) -> bool {
+    (JUXTA_VESSEL_RADIUS_MM.0..=JUXTA_VESSEL_RADIUS_MM.1).contains(&v.radius)
+}
+
+/// Whether 26 points spread over the sphere of radius `r` at `c` are all in the lungs.
+fn sphere_in_lung(lungs: &(impl Lungs + ?Sized), c: Vec3, r: f64) -> bool {
+    sphere_points(c, r).all(|p| lungs.in_lung(p))
+}
+
+/// 26 points spread evenly over the sphere of radius `r` at `c` (a Fibonacci lattice).
+fn sphere_points(c: Vec3, r: f64) -> impl Iterator<Item = Vec3> {
+    (0..26).map(move |k| {
+        let t = k as f64 * 2.399_963;
+        let z = 1.0 - 2.0 * (k as f64 + 0.5) / 26.0;
+        let s = (1.0 - z * z).sqrt();
+        [c[0] + r * s * t.cos(), c[1] + r * s * t.sin(), c[2] + r * z]
+    })
+}
+
+/// HU above which a voxel of a real series' lung mask is taken for vessel (or airway wall).
+const VESSEL_MIN_HU: f32 = -300.0;
+/// Parenchyma: below this HU (`SegmentedLungs::in_lung`).
+const PARENCHYMA_MAX_HU: f32 = -500.0;
+/// A real vessel a nodule may sit on is at most this wide (mm) along the direction tried
+/// (so not the hilum, the mediastinum or the chest wall the mask's rim takes in).
+const REAL_VESSEL_MAX_WIDTH_MM: f64 = 8.0;
+/// Of a real juxta-vascular nodule's 26 sphere points (at 0.9 of its radius), at least this
+/// many must be parenchyma (the rest is the vessel it sits on), and all of them in the mask.
+const REAL_JUXTA_MIN_PARENCHYMA_POINTS: usize = 16;
+
 /// The lungs of a real series: its 1 mm lung mask, where the tissue is parenchyma (below -500
-/// HU, so not inside vessels or airway walls).
+/// HU, so not inside vessels or airway walls). With `with_vessels`, the mask's vessels (voxels
+/// of -300 HU or more) are offered to juxta-vascular nodules; without, a juxta-vascular nodule
+/// finds no room and another is drawn (what insertion did before vessels were offered).
 pub struct SegmentedLungs<'a> {
     pub hu: &'a Volume<f32>,
     pub mask: &'a Volume<u8>,
     /// Offsets of the mask's parenchyma voxels.
     pub voxels: Vec<usize>,
+    /// Offsets of the mask's vessel voxels (empty unless `with_vessels`).
+    pub vessel_voxels: Vec<usize>,
 }
 
 impl<'a> SegmentedLungs<'a> {
     pub fn new(hu: &'a Volume<f32>, mask: &'a Volume<u8>) -> Self {
         let voxels = (0..mask.data.len())
-            .filter(|&v| mask.data[v] == 1 && hu.data[v] < -500.0)
+            .filter(|&v| mask.data[v] == 1 && hu.data[v] < PARENCHYMA_MAX_HU)
             .collect();
-        Self { hu, mask, voxels }
+        Self {
+            hu,
+            mask,
+            voxels,
+            vessel_voxels: Vec::new(),
+        }
     }
-}
 
-impl Lungs for SegmentedLungs<'_> {
-    fn in_lung(&self, p: Vec3) -> bool {
-        self.mask.nearest(p) == Some(1) && self.hu.nearest(p).is_some_and(|v| v < -500.0)
+    /// Offers the mask's vessels to juxta-vascular nodules.
+    pub fn with_vessels(mut self) -> Self {
+        self.vessel_voxels = (0..self.mask.data.len())
+            .filter(|&v| self.mask.data[v] == 1 && self.hu.data[v] >= VESSEL_MIN_HU)
+            .collect();
+        self
     }
 
-    fn random_point(&self, rng: &mut Rng) -> Vec3 {
+    fn voxel_point(&self, v: usize) -> Vec3 {
         let g = self.mask.geometry;
-        let v =
-            self.voxels[(rng.uniform() * self.voxels.len() as f64) as usize % self.voxels.len()];
         let ijk = [
             v % g.size[0],
             (v / g.size[0]) % g.size[1],
@@ -144,8 +210,56 @@ impl Lungs for SegmentedLungs<'_> {
         g.index_to_patient(ijk.map(|i| i as f64))
     }
 
-    fn vessels(&self) -> &[Capsule] {
-        &[]
+    /// The first parenchyma point from `from` along `d`, in 0.5 mm steps, within `max_mm`.
+    fn parenchyma_along(&self, from: Vec3, d: Vec3, max_mm: f64) -> Option<(Vec3, f64)> {
+        (1..=(max_mm / 0.5) as usize)
+            .map(|k| k as f64 * 0.5)
+            .map(|t| ([0, 1, 2].map(|a| from[a] + d[a] * t), t))
+            .find(|&(p, _)| self.in_lung(p))
+    }
+}
+
+impl Lungs for SegmentedLungs<'_> {
+    fn in_lung(&self, p: Vec3) -> bool {
+        self.mask.nearest(p) == Some(1) && self.hu.nearest(p).is_some_and(|v| v < PARENCHYMA_MAX_HU)
+    }
+
+    fn random_point(&self, rng: &mut Rng) -> Vec3 {
+        let v =
+            self.voxels[(rng.uniform() * self.voxels.len() as f64) as usize % self.voxels.len()];
+        self.voxel_point(v)
+    }
+
+    /// Isolated nodules are placed in parenchyma, which is clear of vessels by definition.
+    fn clear_of_vessels(&self, _p: Vec3, _radius: f64) -> bool {
+        true
+    }
+
+    fn has_vessels(&self) -> bool {
+        !self.vessel_voxels.is_empty()
+    }
+
+    /// From a random vessel voxel along a random direction to the parenchyma (the vessel's
+    /// surface there), which the other way must reach too within the vessel's greatest width;
+    /// the centre 0.6 of the radius beyond the surface, the sphere at 0.9 of the radius in the
+    /// mask and mostly parenchyma.
+    fn try_juxta_vascular(&self, radius: f64, rng: &mut Rng) -> Option<Vec3> {
+        let n = self.vessel_voxels.len();
+        let v = self.vessel_voxels[(rng.uniform() * n as f64) as usize % n];
+        let d = rng.direction();
+        let from = self.voxel_point(v);
+        let (surface, out) = self.parenchyma_along(from, d, REAL_VESSEL_MAX_WIDTH_MM)?;
+        let back = d.map(|x| -x);
+        let (_, inside) = self.parenchyma_along(from, back, REAL_VESSEL_MAX_WIDTH_MM)?;
+        if out + inside > REAL_VESSEL_MAX_WIDTH_MM || out + inside < 2.0 * JUXTA_VESSEL_RADIUS_MM.0
+        {
+            return None;
+        }
+        let c = [0, 1, 2].map(|a| surface[a] + d[a] * 0.6 * radius);
+        let points: Vec<Vec3> = sphere_points(c, radius * 0.9).collect();
+        let in_mask = points.iter().all(|&p| self.mask.nearest(p) == Some(1));
+        let parenchyma = points.iter().filter(|&&p| self.in_lung(p)).count();
+        (self.in_lung(c) && in_mask && parenchyma >= REAL_JUXTA_MIN_PARENCHYMA_POINTS).then_some(c)
     }
 }
 
@@ -191,24 +305,11 @@ fn distance(a: Vec3, b: Vec3) -> f64 {
 
 /// Where a nodule of `radius` goes for its location type, if a spot is found.
 fn place(anatomy: &impl Lungs, location: Location, radius: f64, rng: &mut Rng) -> Option<Vec3> {
-    let sphere_in_lung = |c: Vec3, r: f64| {
-        (0..26).all(|k| {
-            let t = k as f64 * 2.399_963;
-            let z = 1.0 - 2.0 * (k as f64 + 0.5) / 26.0;
-            let s = (1.0 - z * z).sqrt();
-            anatomy.in_lung([c[0] + r * s * t.cos(), c[1] + r * s * t.sin(), c[2] + r * z])
-        })
-    };
     for _ in 0..60 {
         match location {
             Location::Isolated => {
                 let p = anatomy.random_point(rng);
-                let clear_of_vessels = anatomy
-                    .vessels()
-                    .iter()
-                    .filter(|v| v.radius > 1.0)
-                    .all(|v| v.axis_distance(p) > v.radius + radius + 2.0);
-                if sphere_in_lung(p, radius + 4.0) && clear_of_vessels {
+                if sphere_in_lung(anatomy, p, radius + 4.0) && anatomy.clear_of_vessels(p, radius) {
                     return Some(p);
                 }
             }
@@ -226,20 +327,10 @@ fn place(anatomy: &impl Lungs, location: Location, radius: f64, rng: &mut Rng) -
                 }
             }
             Location::JuxtaVascular => {
-                let vessels: Vec<&Capsule> = anatomy
-                    .vessels()
-                    .iter()
-                    .filter(|v| v.radius >= 1.2 && v.radius <= 4.0)
-                    .collect();
-                if vessels.is_empty() {
+                if !anatomy.has_vessels() {
                     return None;
                 }
-                let v = vessels[(rng.uniform() * vessels.len() as f64) as usize % vessels.len()];
-                let t = rng.uniform();
-                let on_axis = [0, 1, 2].map(|a| v.a[a] + (v.b[a] - v.a[a]) * t);
-                let d = rng.direction();
-                let c = [0, 1, 2].map(|a| on_axis[a] + d[a] * (v.radius + 0.6 * radius));
-                if sphere_in_lung(c, radius * 0.9) {
+                if let Some(c) = anatomy.try_juxta_vascular(radius, rng) {
                     return Some(c);
                 }
             }

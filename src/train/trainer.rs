@@ -154,6 +154,10 @@ pub enum DataConfig {
         /// (`TrainingShapes::with_cavities`).
         #[serde(default, skip_serializing_if = "crate::datasets::real::is_zero")]
         cavity_fraction: f64,
+        /// Whether the backgrounds' vessels are offered to juxta-vascular phantom nodules
+        /// (`RealBackgroundSource::with_juxta_vascular`); off, training is what it was before.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        juxta_vascular: bool,
     },
 }
 
@@ -178,6 +182,7 @@ impl DataConfig {
                 shape_fraction,
                 shape_validation_percent,
                 cavity_fraction,
+                juxta_vascular,
             } => {
                 anyhow::ensure!(
                     backgrounds.iter().all(|b| !validation.contains(b)),
@@ -200,14 +205,17 @@ impl DataConfig {
                         None
                     }
                 };
-                Box::new(crate::datasets::real::RealBackgroundSource::open(
-                    config.seed,
-                    config.scans,
-                    *phantom_fraction,
-                    config.scan_size,
-                    backgrounds,
-                    shapes,
-                )?)
+                Box::new(
+                    crate::datasets::real::RealBackgroundSource::open(
+                        config.seed,
+                        config.scans,
+                        *phantom_fraction,
+                        config.scan_size,
+                        backgrounds,
+                        shapes,
+                    )?
+                    .with_juxta_vascular(*juxta_vascular),
+                )
             }
         })
     }
