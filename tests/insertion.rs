@@ -1,6 +1,7 @@
 //! Lesion insertion into real CT (`synth::insert`) and the real-background training source
 //! (`datasets::real`): the point-spread function is measured, an inserted nodule keeps the
-//! background's noise, and a background's known nodules are labelled as nodules.
+//! background's noise, a background's known nodules are labelled as nodules, and juxta-vascular
+//! nodules sit on the background's own vessels when they are offered.
 
 mod common;
 
@@ -9,10 +10,11 @@ use jnsc::random::Rng;
 use jnsc::synth::calibration::Calibration;
 use jnsc::synth::insert::{Background, add_lesions, background_folder, estimate_psf_sigma_mm};
 use jnsc::synth::lesion::Lesion;
-use jnsc::synth::nodules::{Lungs, NoduleType, draw_nodules};
+use jnsc::synth::nodules::{Location, Lungs, NoduleType, SegmentedLungs, draw_nodules};
 use jnsc::synth::render::Physics;
 use jnsc::synth::series::SeriesSpec;
 use jnsc::synth::study::{StudyOptions, write_study};
+use jnsc::volume::geometry::Vec3;
 use jnsc::volume::series::{files_in, load_series};
 
 #[test]
@@ -209,4 +211,59 @@ fn known_nodules_are_labelled_never_background() {
         }
     }
     assert!(negatives > 30, "{negatives} negatives of 40 ({:?})", g.size);
+}
+
+#[test]
+fn juxta_vascular_nodules_sit_on_a_real_vessel_only_when_vessels_are_offered() {
+    let _data = shared_or_skip!("data/real-ct");
+    let background = Background::load(&common::real_ct("lidc-idri-0314").join("dicom")).unwrap();
+    let draw = |lungs: &SegmentedLungs<'_>, seed: u64| {
+        let mut rng = Rng::new(seed);
+        (0..60)
+            .flat_map(|_| draw_nodules(lungs, &Calibration::lidc(), 1, &mut rng))
+            .collect::<Vec<_>>()
+    };
+    // Without vessels (what every set made before them drew): none is juxta-vascular.
+    let plain = draw(&background.segmented_lungs(), 5);
+    assert!(plain.len() > 50);
+    assert!(plain.iter().all(|n| n.location != Location::JuxtaVascular));
+
+    let lungs = background.insertion_lungs(true);
+    let drawn = draw(&lungs, 5);
+    let juxta: Vec<_> = drawn
+        .iter()
+        .filter(|n| n.location == Location::JuxtaVascular)
+        .collect();
+    assert!(
+        juxta.len() >= 8,
+        "{} juxta-vascular of {}",
+        juxta.len(),
+        drawn.len()
+    );
+    let hu = &background.hu_1mm;
+    let vessel = |p: Vec3| {
+        background.lungs.nearest(p) == Some(1) && hu.nearest(p).is_some_and(|h| h >= -300.0)
+    };
+    for n in juxta {
+        let c = n.centre;
+        let r = n.nominal_diameter_mm / 2.0;
+        assert!(lungs.in_lung(c), "centre {c:?} in the parenchyma");
+        // The vessel's surface lies 0.6 r from the centre: some vessel voxel within 0.6 r + 1.5 mm.
+        let reach = 0.6 * r + 1.5;
+        let steps = (reach / 0.5).ceil() as i64;
+        let touches = (-steps..=steps).any(|i| {
+            (-steps..=steps).any(|j| {
+                (-steps..=steps).any(|k| {
+                    let d = [i, j, k].map(|x| x as f64 * 0.5);
+                    d.iter().map(|x| x * x).sum::<f64>() <= reach * reach
+                        && vessel([0, 1, 2].map(|a| c[a] + d[a]))
+                })
+            })
+        });
+        assert!(
+            touches,
+            "a {:.1} mm nodule at {c:?} touches no vessel",
+            2.0 * r
+        );
+    }
 }
