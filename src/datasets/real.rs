@@ -266,8 +266,9 @@ pub fn place_shape(
 
 /// The lesions of one training scan, drawn from `rng`: 1-3 of them, each a real shape of
 /// `shapes` with probability `shapes.fraction` (see the module doc), the others LIDC-calibrated
-/// phantoms placed by `draw_clear_of`. Without shapes (or at fraction 0) it draws exactly what
-/// training drew before shapes existed.
+/// phantoms placed by `draw_clear_of`, juxta-vascular ones on the background's vessels if
+/// `juxta_vascular` (`Background::insertion_lungs`). Without shapes (or at fraction 0) and
+/// without `juxta_vascular` it draws exactly what training drew before either existed.
 pub fn draw_training_lesions(
     background: &Background,
     known: &[KnownNodule],
