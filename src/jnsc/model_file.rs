@@ -814,15 +814,17 @@ pub fn average(
         ));
     };
     let named = |i: &ModelInfo| serde_json::json!({"name": i.name, "version": i.version});
-    fields.insert(
-        "average_of".into(),
-        serde_json::json!({
-            "weights": [0.5, 0.5],
-            "first": named(&first_info),
-            "second": named(&second_info),
-            "second_provenance": second_info.provenance,
-        }),
-    );
+    let mut average_of = serde_json::json!({
+        "weights": [0.5, 0.5],
+        "first": named(&first_info),
+        "second": named(&second_info),
+        "second_provenance": second_info.provenance,
+    });
+    // A first file that is itself a mean keeps its own record, one level down.
+    if let Some(earlier) = fields.remove("average_of") {
+        average_of["first_average_of"] = earlier;
+    }
+    fields.insert("average_of".into(), average_of);
     let info = ModelInfo {
         name: name.to_owned(),
         version: version.to_owned(),
@@ -1301,6 +1303,17 @@ mod tests {
             named.sort_by(|x, y| x.0.cmp(&y.0));
             named
         };
+        // The mean of a mean keeps the first one's record one level down.
+        let again = dir.path().join("again.safetensors");
+        let nested = average(&out, &b, &again, "jnsc-mean", "0.7.0").unwrap();
+        assert_eq!(
+            nested.provenance["average_of"]["first"]["version"],
+            serde_json::json!("0.6.0")
+        );
+        assert_eq!(
+            nested.provenance["average_of"]["first_average_of"],
+            read.provenance["average_of"]
+        );
         let (ta, tb, tm) = (tensors(&a), tensors(&b), tensors(&out));
         assert_eq!(tm.len(), ta.len());
         assert_ne!(ta, tb, "the two seeds give the same weights");
