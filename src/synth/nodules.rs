@@ -122,7 +122,7 @@ impl Lungs for Anatomy {
     }
 
     fn has_vessels(&self) -> bool {
-        self.vessels.iter().any(|v| juxta_vessel(&v))
+        self.vessels.iter().any(juxta_vessel)
     }
 
     fn try_juxta_vascular(&self, radius: f64, rng: &mut Rng) -> Option<Vec3> {
@@ -136,7 +136,7 @@ impl Lungs for Anatomy {
     }
 }
 
-fn juxta_vessel(v: &&Capsule) -> bool {
+fn juxta_vessel(v: &Capsule) -> bool {
     (JUXTA_VESSEL_RADIUS_MM.0..=JUXTA_VESSEL_RADIUS_MM.1).contains(&v.radius)
 }
 
