@@ -12,6 +12,7 @@ mark: no post-processing can find it. A miss whose map is high belongs to a regi
 lies elsewhere (a nodule fused with vessels).
 
     python3 scripts/map-misses.py target/validation/study-* --maps target/maps [--model FILE]
+        [--min-p-nodule T]
 """
 import argparse
 import collections
@@ -37,7 +38,7 @@ def read_metaimage(path):
     return data, offset, spacing
 
 
-def analyse(study, maps, jnsc, model):
+def analyse(study, maps, jnsc, model, min_p_nodule):
     name = os.path.basename(os.path.normpath(study))
     json_path = os.path.join(maps, name + ".json")
     map_path = os.path.join(maps, name + ".mhd")
@@ -46,6 +47,8 @@ def analyse(study, maps, jnsc, model):
                    "--map", map_path]
         if model:
             command += ["--model", model]
+        if min_p_nodule is not None:
+            command += ["--min-p-nodule", str(min_p_nodule)]
         subprocess.run(command, check=True)
     return name, json.load(open(json_path)), read_metaimage(map_path)
 
@@ -55,13 +58,16 @@ def main():
     parser.add_argument("studies", nargs="+")
     parser.add_argument("--maps", required=True, help="folder for the analyses and maps")
     parser.add_argument("--model", help="model file (default: the shipped one)")
+    parser.add_argument("--min-p-nodule", type=float,
+                        help="reporting threshold, for a model file without an operating point")
     parser.add_argument("--jnsc", default="target/release/jnsc")
     args = parser.parse_args()
     os.makedirs(args.maps, exist_ok=True)
     missed = collections.Counter()
     total = collections.Counter()
     for study in args.studies:
-        name, report, (location_map, offset, spacing) = analyse(study, args.maps, args.jnsc, args.model)
+        name, report, (location_map, offset, spacing) = analyse(study, args.maps, args.jnsc, args.model,
+                                                              args.min_p_nodule)
         truth = []
         truth_path = os.path.join(study, "truth.json")
         if os.path.exists(truth_path):
