@@ -87,11 +87,10 @@ pub trait Lungs {
     /// Whether a nodule of `radius` at `p` keeps clear of the vessels an isolated nodule must
     /// not touch.
     fn clear_of_vessels(&self, p: Vec3, radius: f64) -> bool;
-    /// Whether a juxta-vascular nodule can be placed at all (none: no vessels are known).
-    fn has_vessels(&self) -> bool;
     /// One try at the centre of a juxta-vascular nodule of `radius`: on a vessel of 1.2-4 mm
     /// radius, its centre 0.6 of its radius out from the vessel's surface, so that it sits on
-    /// the vessel and engulfs part of it. None when this try found no room.
+    /// the vessel and engulfs part of it. None when this try found no room, or (drawing nothing
+    /// from `rng`) when no vessels are known.
     fn try_juxta_vascular(&self, radius: f64, rng: &mut Rng) -> Option<Vec3>;
 }
 
@@ -121,12 +120,11 @@ impl Lungs for Anatomy {
             .all(|v| v.axis_distance(p) > v.radius + radius + 2.0)
     }
 
-    fn has_vessels(&self) -> bool {
-        self.vessels.iter().any(juxta_vessel)
-    }
-
     fn try_juxta_vascular(&self, radius: f64, rng: &mut Rng) -> Option<Vec3> {
         let vessels: Vec<&Capsule> = self.vessels.iter().filter(|v| juxta_vessel(v)).collect();
+        if vessels.is_empty() {
+            return None;
+        }
         let v = vessels[(rng.uniform() * vessels.len() as f64) as usize % vessels.len()];
         let t = rng.uniform();
         let on_axis = [0, 1, 2].map(|a| v.a[a] + (v.b[a] - v.a[a]) * t);
@@ -235,16 +233,15 @@ impl Lungs for SegmentedLungs<'_> {
         true
     }
 
-    fn has_vessels(&self) -> bool {
-        !self.vessel_voxels.is_empty()
-    }
-
     /// From a random vessel voxel along a random direction to the parenchyma (the vessel's
     /// surface there), which the other way must reach too within the vessel's greatest width;
     /// the centre 0.6 of the radius beyond the surface, the sphere at 0.9 of the radius in the
     /// mask and mostly parenchyma.
     fn try_juxta_vascular(&self, radius: f64, rng: &mut Rng) -> Option<Vec3> {
         let n = self.vessel_voxels.len();
+        if n == 0 {
+            return None;
+        }
         let v = self.vessel_voxels[(rng.uniform() * n as f64) as usize % n];
         let d = rng.direction();
         let from = self.voxel_point(v);
@@ -327,9 +324,6 @@ fn place(anatomy: &impl Lungs, location: Location, radius: f64, rng: &mut Rng) -
                 }
             }
             Location::JuxtaVascular => {
-                if !anatomy.has_vessels() {
-                    return None;
-                }
                 if let Some(c) = anatomy.try_juxta_vascular(radius, rng) {
                     return Some(c);
                 }
