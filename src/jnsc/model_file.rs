@@ -384,7 +384,8 @@ pub fn load_networks(
 
 /// Sets the variables `vars` of a network of `config` (a training run's) to the weights of the
 /// model file `path`: its network, or its detector where it carries a malignancy network too (as
-/// [`load`] gives). The file's network must be of `config`.
+/// [`load`] gives). The file's network must be of `config`, or of `config` without its refine
+/// unit, whose variables are then left as they are.
 pub fn init_vars(vars: &VarMap, path: &Path, config: &Config) -> Result<ModelInfo, ModelFileError> {
     let bytes = ModelSource::File(path.to_owned()).bytes()?;
     let info = read_info(path, &bytes)?;
@@ -392,7 +393,14 @@ pub fn init_vars(vars: &VarMap, path: &Path, config: &Config) -> Result<ModelInf
         path: path.to_owned(),
         reason,
     };
-    if info.config != *config {
+    let adds_refine = info.config.refine_width == 0
+        && config.refine_width > 0
+        && info.config
+            == (Config {
+                refine_width: 0,
+                ..config.clone()
+            });
+    if info.config != *config && !adds_refine {
         return Err(weights(format!(
             "its network is {:?}, this training's {config:?}",
             info.config
@@ -401,6 +409,9 @@ pub fn init_vars(vars: &VarMap, path: &Path, config: &Config) -> Result<ModelInf
     let tensors = tensors_of(path, &bytes)?;
     let data = vars.data().lock().map_err(|e| weights(e.to_string()))?;
     for (name, var) in data.iter() {
+        if adds_refine && name.starts_with("refine.") {
+            continue;
+        }
         let stored = match info.malignancy_network {
             None => name.clone(),
             Some(_) => format!("{DETECTION_PREFIX}.{name}"),

@@ -7,6 +7,10 @@
 //! (residual, as V-Net does); spatial dropout after each encoder block while training. The
 //! decoder up-convolves, concatenates the skip connection and convolves back to each level's
 //! width; a 1x1x1 convolution gives one logit per voxel (sigmoid: nodule probability).
+//! Optionally (`Config::refine_width`, not in the paper) a residual unit of two convolutions at
+//! full resolution sits before that 1x1x1 convolution: more capacity where small nodules are
+//! told from vessels. Its second normalisation starts at a gain of `REFINE_GAIN`, so that a
+//! trained network it is added to starts out nearly unchanged.
 //! Classification: for each candidate box, crop every encoder level at the down-scaled box,
 //! 1x1x1 convolution, adaptive max-pool to 2^3 (E1, E2) or 1^3 (E3-E5), flatten, concatenate,
 //! append the size feature cbrt(P)/10, then a linear layer (softmax in the loss).
@@ -25,6 +29,9 @@ pub const LEVELS: usize = 5;
 /// Classes of the classification path.
 pub const CLASSES: [&str; 3] = ["non-nodule", "benign", "malignant"];
 const NORM_EPS: f64 = 1e-5;
+/// Initial gain of the refine unit's second normalisation (not zero: behind a ReLU, a zero gain
+/// would get no gradient).
+pub const REFINE_GAIN: f64 = 0.01;
 
 /// The open choices of the architecture (the paper fixes levels, input size and threshold).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +50,13 @@ pub struct Config {
     pub dropout: f64,
     /// Nodule location map threshold on the voxel probability.
     pub threshold: f64,
+    /// Channels of the residual refine unit before the segmentation head; 0: none (the paper).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refine_width: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Config {
@@ -56,6 +70,7 @@ impl Config {
             feature_widths: [16, 16, 32, 32, 64],
             dropout: 0.1,
             threshold: 0.4,
+            refine_width: 0,
         }
     }
 
@@ -122,13 +137,24 @@ struct ConvNormRelu {
 
 impl ConvNormRelu {
     fn new(inputs: usize, outputs: usize, kernel: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_gain(inputs, outputs, kernel, 1.0, vb)
+    }
+
+    /// With the normalisation's gain initialised to `gain`.
+    fn with_gain(
+        inputs: usize,
+        outputs: usize,
+        kernel: usize,
+        gain: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             weight: vb.get_with_hints(
                 (outputs, inputs, kernel, kernel, kernel),
                 "weight",
                 candle_nn::init::DEFAULT_KAIMING_NORMAL,
             )?,
-            gamma: vb.get_with_hints(outputs, "norm.weight", Init::Const(1.0))?,
+            gamma: vb.get_with_hints(outputs, "norm.weight", Init::Const(gain))?,
             beta: vb.get_with_hints(outputs, "norm.bias", Init::Const(0.0))?,
         })
     }
@@ -190,6 +216,37 @@ impl Block {
                 .map(|c| c.to_dtype(dtype))
                 .collect::<Result<_>>()?,
             residual: self.residual,
+        })
+    }
+}
+
+/// Two convolutions at full resolution, added to their input: `width` channels -> `inner` ->
+/// `width`, the second normalisation's gain starting at `REFINE_GAIN`.
+#[derive(Debug, Clone)]
+struct Refine {
+    convs: [ConvNormRelu; 2],
+}
+
+impl Refine {
+    fn new(width: usize, inner: usize, kernel: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            convs: [
+                ConvNormRelu::new(width, inner, kernel, vb.pp("conv1"))?,
+                ConvNormRelu::with_gain(inner, width, kernel, REFINE_GAIN, vb.pp("conv2"))?,
+            ],
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.convs[1].forward(&self.convs[0].forward(x)?)? + x
+    }
+
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            convs: [
+                self.convs[0].to_dtype(dtype)?,
+                self.convs[1].to_dtype(dtype)?,
+            ],
         })
     }
 }
@@ -262,6 +319,7 @@ pub struct Jnsc {
     downs: Vec<Resize>,
     ups: Vec<Resize>,
     decoder: Vec<Block>,
+    refine: Option<Refine>,
     head_weight: Tensor,
     head_bias: Tensor,
     features: Vec<Tensor>,
@@ -344,6 +402,9 @@ impl Jnsc {
             downs,
             ups,
             decoder,
+            refine: (config.refine_width > 0)
+                .then(|| Refine::new(w[0], config.refine_width, config.kernel, vb.pp("refine")))
+                .transpose()?,
             head_weight: vb.pp("head").get_with_hints(
                 (1, w[0], 1, 1, 1),
                 "weight",
@@ -382,6 +443,11 @@ impl Jnsc {
             downs: resizes(&self.downs)?,
             ups: resizes(&self.ups)?,
             decoder: each(&self.decoder)?,
+            refine: self
+                .refine
+                .as_ref()
+                .map(|r| r.to_dtype(dtype))
+                .transpose()?,
             head_weight: self.head_weight.to_dtype(dtype)?,
             head_bias: self.head_bias.to_dtype(dtype)?,
             features: self.features.clone(),
@@ -402,6 +468,9 @@ impl Jnsc {
             let up = self.ups[i].forward(&y)?;
             let joined = Tensor::cat(&[&up, &encoder[level]], 1)?;
             y = self.decoder[i].forward(&joined, &up)?;
+        }
+        if let Some(refine) = &self.refine {
+            y = refine.forward(&y)?;
         }
         let logits = conv3d(&y, &self.head_weight)?
             .broadcast_add(&self.head_bias.reshape((1, 1, 1, 1, 1))?)?;
@@ -489,7 +558,9 @@ pub fn seeded_init(vars: &candle_nn::VarMap, seed: u64) -> Result<()> {
         let dims = var.dims().to_vec();
         let n: usize = dims.iter().product();
         let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
-        let values: Vec<f32> = if name.ends_with("norm.weight") {
+        let values: Vec<f32> = if name == "refine.conv2.norm.weight" {
+            vec![REFINE_GAIN as f32; n]
+        } else if name.ends_with("norm.weight") {
             vec![1.0; n]
         } else if name.ends_with("norm.bias") || name == "head.bias" {
             vec![0.0; n]
@@ -566,8 +637,63 @@ mod tests {
     }
 
     #[test]
+    fn a_refine_unit_starts_near_the_network_it_is_added_to() {
+        let plain = Config::preset(Preset::Cpu);
+        let refined = Config {
+            refine_width: 8,
+            ..plain.clone()
+        };
+        let build = |config: &Config| {
+            let vars = VarMap::new();
+            let net = Jnsc::new(
+                config,
+                VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+            )
+            .unwrap();
+            seeded_init(&vars, 3).unwrap();
+            (vars, net)
+        };
+        let (plain_vars, plain_net) = build(&plain);
+        let (refined_vars, refined_net) = build(&refined);
+        {
+            let from = plain_vars.data().lock().unwrap();
+            let to = refined_vars.data().lock().unwrap();
+            assert_eq!(
+                to.keys().filter(|k| !from.contains_key(*k)).count(),
+                6,
+                "the refine unit adds two convolutions and their norms"
+            );
+            for (name, var) in from.iter() {
+                to[name].set(var.as_tensor()).unwrap();
+            }
+        }
+        let mut rng = crate::random::Rng::new(5);
+        let input: Vec<f32> = (0..32 * 32 * 32).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_vec(input, (1, 1, 32, 32, 32), &Device::Cpu).unwrap();
+        let logits = |net: &Jnsc| -> Vec<f32> {
+            let s = net.segment(&x, None).unwrap();
+            s.logits.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let (a, b) = (logits(&plain_net), logits(&refined_net));
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let moved = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(moved > 0.0, "the unit must be live (a gradient reaches it)");
+        assert!(
+            moved < 0.05 * scale,
+            "moved {moved} against logits of up to {scale}"
+        );
+    }
+
+    #[test]
     fn seeded_init_draws_what_the_constructor_asks_for() {
-        let config = Config::preset(Preset::Cpu);
+        // With a refine unit: its gain, too, is drawn as the constructor asks.
+        let config = Config {
+            refine_width: 8,
+            ..Config::preset(Preset::Cpu)
+        };
         let build = || {
             let vars = VarMap::new();
             Jnsc::new(

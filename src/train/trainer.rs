@@ -39,6 +39,10 @@ pub struct TrainConfig {
     /// Start from this model file's weights (fine-tuning; its preset must match) instead of the
     /// seeded initialisation. Relative to the working directory.
     pub init_from: Option<PathBuf>,
+    /// Channels of the network's refine unit (`network::Config::refine_width`); 0: none, as the
+    /// preset. Started from a file without one, the unit is added to it (`init_vars`).
+    #[serde(skip_serializing_if = "no_refine")]
+    pub refine_width: usize,
     /// Where the scans come from (`[data]`; synthetic by default).
     pub data: DataConfig,
     /// Synthetic training scans (rendered once at the start) and their size in 1 mm voxels.
@@ -260,12 +264,17 @@ impl TrainConfig {
     }
 }
 
+fn no_refine(width: &usize) -> bool {
+    *width == 0
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             preset: crate::jnsc::network::Preset::Cpu,
             seed: 1,
             init_from: None,
+            refine_width: 0,
             data: DataConfig::Synthetic,
             scans: 32,
             scan_size: [192, 192, 160],
@@ -445,7 +454,10 @@ impl Trainer {
         } else {
             None
         };
-        let net_config = Config::preset(config.preset);
+        let net_config = Config {
+            refine_width: config.refine_width,
+            ..Config::preset(config.preset)
+        };
         let mut vars = VarMap::new();
         let net = Jnsc::new(
             &net_config,
@@ -456,6 +468,8 @@ impl Trainer {
             vars.load(dir.join(CHECKPOINT_WEIGHTS))?;
             adam.load(&dir.join(CHECKPOINT_OPTIMIZER))?;
         } else if let Some(init) = &config.init_from {
+            // What the file does not hold (a refine unit it is given) starts seeded.
+            crate::jnsc::network::seeded_init(&vars, config.seed)?;
             crate::jnsc::model_file::init_vars(&vars, init, &net_config)
                 .with_context(|| format!("cannot start from {}", init.display()))?;
         } else {
