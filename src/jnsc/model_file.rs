@@ -1243,6 +1243,41 @@ mod tests {
         let other = saved(dir.path(), "other.safetensors", 3, &wider);
         let e = started(&other).unwrap_err().to_string();
         assert!(e.contains("this training's"), "{e}");
+        // A refine unit is added to a file without one: the file's weights, the unit as seeded.
+        let refined = Config {
+            refine_width: 4,
+            ..info().config
+        };
+        let vars = VarMap::new();
+        Jnsc::new(
+            &refined,
+            VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        crate::jnsc::network::seeded_init(&vars, 9).unwrap();
+        init_vars(&vars, &a, &refined).unwrap();
+        let (stored, _) = open(&ModelSource::File(a.clone()), &Device::Cpu).unwrap();
+        let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        let data = vars.data().lock().unwrap();
+        let head = stored.get((1, 4, 1, 1, 1), "head.weight").unwrap();
+        assert_eq!(values(data["head.weight"].as_tensor()), values(&head));
+        assert_eq!(
+            values(data["refine.conv2.norm.weight"].as_tensor()),
+            vec![crate::jnsc::network::REFINE_GAIN as f32; 4]
+        );
+        drop(data);
+        // Not the other way: a file with a unit does not start a training without one.
+        let with_unit = saved(
+            dir.path(),
+            "refined.safetensors",
+            4,
+            &ModelInfo {
+                config: refined,
+                ..info()
+            },
+        );
+        let e = started(&with_unit).unwrap_err().to_string();
+        assert!(e.contains("this training's"), "{e}");
     }
 
     #[test]

@@ -51,12 +51,14 @@ pub struct Config {
     /// Nodule location map threshold on the voxel probability.
     pub threshold: f64,
     /// Channels of the residual refine unit before the segmentation head; 0: none (the paper).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "no_refine")]
     pub refine_width: usize,
 }
 
-fn is_zero(n: &usize) -> bool {
-    *n == 0
+/// Whether a `refine_width` means no refine unit (such a width is not written, so that files and
+/// run configurations without one stay as they were).
+pub fn no_refine(width: &usize) -> bool {
+    *width == 0
 }
 
 impl Config {

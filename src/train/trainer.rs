@@ -41,7 +41,7 @@ pub struct TrainConfig {
     pub init_from: Option<PathBuf>,
     /// Channels of the network's refine unit (`network::Config::refine_width`); 0: none, as the
     /// preset. Started from a file without one, the unit is added to it (`init_vars`).
-    #[serde(skip_serializing_if = "no_refine")]
+    #[serde(skip_serializing_if = "crate::jnsc::network::no_refine")]
     pub refine_width: usize,
     /// Where the scans come from (`[data]`; synthetic by default).
     pub data: DataConfig,
@@ -262,10 +262,6 @@ impl TrainConfig {
             _ => serde_json::json!({ "data": self.data }),
         }
     }
-}
-
-fn no_refine(width: &usize) -> bool {
-    *width == 0
 }
 
 impl Default for TrainConfig {
