@@ -393,8 +393,7 @@ pub fn init_vars(vars: &VarMap, path: &Path, config: &Config) -> Result<ModelInf
         path: path.to_owned(),
         reason,
     };
-    let adds_refine = info.config.refine_width == 0
-        && config.refine_width > 0
+    let adds_refine = config.refine_width > 0
         && info.config
             == (Config {
                 refine_width: 0,
