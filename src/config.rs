@@ -230,6 +230,9 @@ pub struct ModelConfig {
     pub mirrors: usize,
     /// Test-time mirroring of the classification path, 1 (off) to 8 windows per finding.
     pub classify_mirrors: usize,
+    /// Only findings whose one-pass p(nodule) is at least this get the classification's
+    /// mirrors (0: every finding).
+    pub classify_mirrors_from: f64,
 }
 
 impl Default for ModelConfig {
@@ -241,6 +244,7 @@ impl Default for ModelConfig {
             tiling: crate::inference::tiles::TilingName::Fast,
             mirrors: 1,
             classify_mirrors: 1,
+            classify_mirrors_from: 0.0,
         }
     }
 }
@@ -464,6 +468,8 @@ impl Config {
         ] {
             crate::inference::tiles::check_mirrors(mirrors).map_err(|p| invalid(key, p))?;
         }
+        crate::jnsc::model_file::check_min_p_nodule(self.model.classify_mirrors_from)
+            .map_err(|p| invalid("model.classify_mirrors_from", p))?;
         if self.status.header_timeout_secs == 0 {
             return Err(invalid(
                 "status.header_timeout_secs",
@@ -822,6 +828,9 @@ mod tests {
         assert!(error_of("[dicom]\nmax_associations = 0").contains("dicom.max_associations"));
         assert!(error_of("[model]\nmirrors = 9").contains("model.mirrors"));
         assert!(error_of("[model]\nclassify_mirrors = 0").contains("model.classify_mirrors"));
+        assert!(
+            error_of("[model]\nclassify_mirrors_from = 1.5").contains("model.classify_mirrors_from")
+        );
         assert!(error_of("[pipeline]\nstable_age_secs = 0").contains("pipeline.stable_age_secs"));
         assert!(
             error_of("[[dicom.peers]]\nae_title = \"A\"\nhost = \"h\"\nport = 0")

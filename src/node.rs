@@ -457,6 +457,7 @@ fn load_analyzer(config: &Config) -> anyhow::Result<(Analyzer, ReportPolicy)> {
             device: model.device,
             precision: model.precision,
             classify_mirrors: model.classify_mirrors,
+            classify_mirrors_from: model.classify_mirrors_from,
             // The model file's own fraction.
             measure_fraction: None,
         },
@@ -466,8 +467,8 @@ fn load_analyzer(config: &Config) -> anyhow::Result<(Analyzer, ReportPolicy)> {
     }
     .load()
     .context(
-        "key model.path, model.device, model.precision, model.tiling, model.mirrors or \
-         model.classify_mirrors",
+        "key model.path, model.device, model.precision, model.tiling, model.mirrors, \
+         model.classify_mirrors or model.classify_mirrors_from",
     )?;
     let policy = config.results.policy(&analyzer)?;
     // Only findings that can be reported are classified.

@@ -199,6 +199,8 @@ fn setting_of(report: &serde_json::Value) -> Option<AnalysisSetting> {
         stride: count(&tiling["stride"])?,
         mirrors: count(&tiling["mirrors"])?,
         classify_mirrors: count(&report["classify_mirrors"])?,
+        // Reports before node 0.3.0 have no floor: every finding was mirrored.
+        classify_mirrors_from: report["classify_mirrors_from"].as_f64().unwrap_or(0.0),
         measure_fraction: report["measure_fraction"].as_f64()? as f32,
     })
 }
@@ -320,6 +322,7 @@ mod tests {
         stride: 96,
         mirrors: 1,
         classify_mirrors: 1,
+        classify_mirrors_from: 0.0,
         measure_fraction: 0.8,
     };
 

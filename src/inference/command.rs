@@ -25,6 +25,10 @@ pub struct ModelArgs {
     /// finding (identity, then x, y, z, xy, xz, yz, xyz), class probabilities averaged.
     #[arg(long, default_value_t = 1)]
     pub classify_mirrors: usize,
+    /// Mirror the classification only of findings whose one-pass p(nodule) is at least this;
+    /// the others keep their one-pass classes (0: every finding is mirrored).
+    #[arg(long, default_value_t = 0.0)]
+    pub classify_mirrors_from: f64,
     /// Cut each finding's measured extent (its reported centre, size and segment) at this
     /// fraction of its peak instead of the model file's fraction (0: the whole detected region).
     /// For choosing the fraction on validation data.
@@ -45,6 +49,9 @@ impl ModelArgs {
         let mut analyzer = Analyzer::new(&source, device, self.precision, tiling)
             .map_err(|e| anyhow::anyhow!("cannot load the model {source}: {e}"))?;
         analyzer.classify_mirrors = self.classify_mirrors;
+        crate::jnsc::model_file::check_min_p_nodule(self.classify_mirrors_from)
+            .map_err(|e| anyhow::anyhow!("--classify-mirrors-from: {e}"))?;
+        analyzer.classify_mirrors_from = self.classify_mirrors_from;
         if let Some(f) = self.measure_fraction {
             crate::jnsc::model_file::check_measure_fraction(f)
                 .map_err(|e| anyhow::anyhow!("--measure-fraction: {e}"))?;

@@ -2,7 +2,8 @@
 //! nodule probability map over the lungs' bounding box (`tiles`) -> findings (`findings`) ->
 //! class probabilities from the classification path on a 64^3 window centred on each finding
 //! (windows batched), for the findings whose location probability is at least
-//! `classify_min_p_location` -> p(nodule) = location probability x (1 - p(non-nodule)), most
+//! `classify_min_p_location`, mirrored where the setting says (`classify_mirrors`, from
+//! `classify_mirrors_from`) -> p(nodule) = location probability x (1 - p(non-nodule)), most
 //! probable first. The `jnsc analyze` command and the node's worker both call
 //! [`Analyzer::analyze`].
 
@@ -144,6 +145,9 @@ pub struct Report {
     pub tiling: Tiling,
     /// Mirrored windows averaged per classified finding (1: none).
     pub classify_mirrors: usize,
+    /// Only findings of this one-pass p(nodule) or more were mirrored (0: all of them).
+    #[serde(skip_serializing_if = "crate::jnsc::model_file::mirrors_every_finding")]
+    pub classify_mirrors_from: f64,
     /// The fraction of its peak at which each finding is measured (0: its whole region).
     pub measure_fraction: f32,
     pub volume_size: [usize; 3],
@@ -194,6 +198,11 @@ pub struct Analyzer {
     /// Test-time mirrors of each classification window (1: off; see `Tiling::mirrors`): the
     /// class probabilities are averaged over the mirrored windows, their boxes mirrored too.
     pub classify_mirrors: usize,
+    /// Findings whose one-pass p(nodule) (location probability x (1 - p(non-nodule)) of the
+    /// unmirrored window) is below this keep their one-pass classes; the others get all
+    /// `classify_mirrors` (0: every finding does). The mirrors cost a classification each, and
+    /// a finding far under the reporting threshold cannot be raised to it by them.
+    pub classify_mirrors_from: f64,
 }
 
 impl Analyzer {
@@ -230,6 +239,7 @@ impl Analyzer {
             post,
             classify_min_p_location: 0.0,
             classify_mirrors: 1,
+            classify_mirrors_from: 0.0,
         })
     }
 
@@ -245,6 +255,7 @@ impl Analyzer {
             stride: self.tiling.stride,
             mirrors: self.tiling.mirrors,
             classify_mirrors: self.classify_mirrors,
+            classify_mirrors_from: self.classify_mirrors_from(),
             measure_fraction: self.post.measure_fraction,
         }
     }
@@ -336,6 +347,7 @@ impl Analyzer {
             precision: self.precision,
             tiling: self.tiling,
             classify_mirrors: self.classify_mirrors,
+            classify_mirrors_from: self.classify_mirrors_from(),
             measure_fraction: self.post.measure_fraction,
             volume_size: volume.hu.geometry.size,
             lung_volume_ml: volume.lungs.lung_volume_ml,
@@ -380,22 +392,89 @@ impl Analyzer {
                 voxels: d.region.voxels.len(),
             })
             .collect();
-        self.classify_boxes(hu, &boxes)
+        let p_location: Vec<f64> = detections.iter().map(|d| f64::from(d.p_nodule)).collect();
+        self.classify_objects(hu, &boxes, &p_location)
     }
 
-    /// p(non-nodule), p(benign), p(malignant) of each object, `CLASSIFICATION_BATCH` windows
-    /// per network call (see `classify_box`). Only the encoder runs on these windows: the
-    /// classification path reads its features, never the decoder's. Where the model has a
-    /// malignancy network, p(non-nodule) is the network's and p(benign), p(malignant) are the
-    /// malignancy network's (from its own softmax, so the three need not sum to 1).
+    /// The floor of the classification's mirrors as it acts (0 where nothing is mirrored).
+    fn classify_mirrors_from(&self) -> f64 {
+        if self.classify_mirrors > 1 {
+            self.classify_mirrors_from
+        } else {
+            0.0
+        }
+    }
+
+    /// Class probabilities of objects of location probabilities `p_location`, mirrored as the
+    /// analyzer's setting says: every object in all `classify_mirrors`, or, with a floor
+    /// (`classify_mirrors_from`), every object once and the other mirrors only for those whose
+    /// one-pass p(nodule) reaches it. The latter get exactly what `classify_boxes` gives them
+    /// (the same sums in the same order), the others exactly its one-pass classes.
+    pub fn classify_objects(
+        &self,
+        hu: &Volume<f32>,
+        boxes: &[ObjectBox],
+        p_location: &[f64],
+    ) -> candle_core::Result<Vec<[f32; 3]>> {
+        let from = self.classify_mirrors_from();
+        if from <= 0.0 {
+            return self.classify_boxes(hu, boxes);
+        }
+        let mut sums = vec![[0f32; 3]; boxes.len()];
+        self.add_mirrored_classes(hu, boxes, &MIRROR_SETS[..1], &mut sums)?;
+        let mirrored: Vec<usize> = (0..boxes.len())
+            .filter(|&i| p_location[i] * f64::from(1.0 - sums[i][0]) >= from)
+            .collect();
+        let chosen: Vec<ObjectBox> = mirrored.iter().map(|&i| boxes[i]).collect();
+        let mut chosen_sums: Vec<[f32; 3]> = mirrored.iter().map(|&i| sums[i]).collect();
+        let others = &MIRROR_SETS[1..self.classify_mirrors];
+        self.add_mirrored_classes(hu, &chosen, others, &mut chosen_sums)?;
+        let scale = 1.0 / self.classify_mirrors as f32;
+        for (&i, s) in mirrored.iter().zip(chosen_sums) {
+            sums[i] = s.map(|v| v * scale);
+        }
+        Ok(sums)
+    }
+
+    /// p(non-nodule), p(benign), p(malignant) of each object, averaged over the analyzer's
+    /// `classify_mirrors` mirrored windows (`add_mirrored_classes`).
     pub fn classify_boxes(
         &self,
         hu: &Volume<f32>,
         boxes: &[ObjectBox],
     ) -> candle_core::Result<Vec<[f32; 3]>> {
+        let mut sums = vec![[0f32; 3]; boxes.len()];
+        self.add_mirrored_classes(
+            hu,
+            boxes,
+            &MIRROR_SETS[..self.classify_mirrors],
+            &mut sums,
+        )?;
+        let scale = 1.0 / self.classify_mirrors as f32;
+        Ok(sums
+            .into_iter()
+            .map(|s| s.map(|v| v * scale))
+            .collect())
+    }
+
+    /// Adds each object's p(non-nodule), p(benign), p(malignant) in each of the mirrored
+    /// windows `mirror_sets` to its `sums`, `CLASSIFICATION_BATCH` windows per network call
+    /// (see `classify_box`). Only the encoder runs on these windows: the classification path
+    /// reads its features, never the decoder's. Where the model has a malignancy network,
+    /// p(non-nodule) is the network's and p(benign), p(malignant) are the malignancy network's
+    /// (from its own softmax, so the three need not sum to 1).
+    fn add_mirrored_classes(
+        &self,
+        hu: &Volume<f32>,
+        boxes: &[ObjectBox],
+        mirror_sets: &[&[usize]],
+        sums: &mut [[f32; 3]],
+    ) -> candle_core::Result<()> {
         let w = CLASSIFICATION_WINDOW;
-        let mut out = Vec::with_capacity(boxes.len());
-        for chunk in boxes.chunks(CLASSIFICATION_BATCH) {
+        for (chunk, chunk_sums) in boxes
+            .chunks(CLASSIFICATION_BATCH)
+            .zip(sums.chunks_mut(CLASSIFICATION_BATCH))
+        {
             let mut input = Vec::with_capacity(chunk.len() * w * w * w);
             let mut candidates = Vec::with_capacity(chunk.len());
             for (batch, b) in chunk.iter().enumerate() {
@@ -415,8 +494,7 @@ impl Analyzer {
                     voxels: b.voxels,
                 });
             }
-            let mut sum = vec![[0f32; 3]; chunk.len()];
-            for axes in &MIRROR_SETS[..self.classify_mirrors] {
+            for axes in mirror_sets {
                 mirror_cubes(&mut input, w, axes);
                 let x = Tensor::from_slice(&input, (chunk.len(), 1, w, w, w), &self.device)?;
                 mirror_cubes(&mut input, w, axes);
@@ -439,16 +517,14 @@ impl Analyzer {
                             .collect()
                     }
                 };
-                for (s, p) in sum.iter_mut().zip(p) {
+                for (s, p) in chunk_sums.iter_mut().zip(p) {
                     for c in 0..3 {
                         s[c] += p[c];
                     }
                 }
             }
-            let scale = 1.0 / self.classify_mirrors as f32;
-            out.extend(sum.into_iter().map(|s| s.map(|v| v * scale)));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// p(cancer | nodule) of class probabilities (non-nodule, benign, malignant), calibrated
@@ -591,6 +667,40 @@ mod tests {
             );
             analyzer.classify_mirrors = MIRROR_SETS.len();
         }
+    }
+
+    #[test]
+    fn only_findings_at_the_floor_get_the_classification_s_mirrors() {
+        let mut analyzer = Analyzer::new(
+            &ModelSource::Embedded,
+            Device::Cpu,
+            Precision::F32,
+            Tiling::fast(),
+        )
+        .unwrap();
+        let (hu, b) = volume_with_blob();
+        let once = analyzer.classify_boxes(&hu, &[b]).unwrap()[0];
+        analyzer.classify_mirrors = MIRROR_SETS.len();
+        let all = analyzer.classify_boxes(&hu, &[b]).unwrap()[0];
+        assert_ne!(once, all, "the shipped network is not mirror-symmetric");
+        // The same object twice: at location probability 1 its one-pass p(nodule) is over the
+        // floor, at 0.25 under it.
+        let one_pass = f64::from(1.0 - once[0]);
+        analyzer.classify_mirrors_from = 0.5 * one_pass;
+        let p = analyzer
+            .classify_objects(&hu, &[b, b], &[1.0, 0.25])
+            .unwrap();
+        assert_eq!(p, vec![all, once]);
+        assert_eq!(analyzer.setting().classify_mirrors_from, 0.5 * one_pass);
+        // Without a floor, or without mirrors, every object is classified alike.
+        analyzer.classify_mirrors_from = 0.0;
+        let p = analyzer.classify_objects(&hu, &[b, b], &[1.0, 0.25]).unwrap();
+        assert_eq!(p, vec![all, all]);
+        analyzer.classify_mirrors = 1;
+        analyzer.classify_mirrors_from = 0.5 * one_pass;
+        let p = analyzer.classify_objects(&hu, &[b, b], &[1.0, 0.25]).unwrap();
+        assert_eq!(p, vec![once, once]);
+        assert_eq!(analyzer.setting().classify_mirrors_from, 0.0);
     }
 
     #[test]

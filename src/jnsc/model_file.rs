@@ -161,25 +161,43 @@ pub struct OperatingPoint {
 }
 
 /// What of an analysis moves p(nodule) or where a finding is marked: the sliding window, the
-/// test-time mirroring of the segmentation and of the classification path, and the fraction at
-/// which findings are measured (their reported centres).
+/// test-time mirroring of the segmentation and of the classification path (and from which
+/// one-pass p(nodule) on a finding's classification is mirrored), and the fraction at which
+/// findings are measured (their reported centres).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AnalysisSetting {
     pub window: usize,
     pub stride: usize,
     pub mirrors: usize,
     pub classify_mirrors: usize,
+    /// Findings whose one-pass p(nodule) is below this keep their one-pass classes (0: every
+    /// finding is mirrored; settings before node 0.3.0 have no other).
+    #[serde(default, skip_serializing_if = "mirrors_every_finding")]
+    pub classify_mirrors_from: f64,
     pub measure_fraction: f32,
+}
+
+/// Whether a setting mirrors the classification of every finding (`classify_mirrors_from` 0:
+/// such a setting is written as before the field existed).
+pub fn mirrors_every_finding(from: &f64) -> bool {
+    *from == 0.0
 }
 
 impl std::fmt::Display for AnalysisSetting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}^3 windows every {} voxels, {} segmentation and {} classification mirror(s), \
-             findings measured at {} of their peak",
-            self.window, self.stride, self.mirrors, self.classify_mirrors, self.measure_fraction
-        )
+            "{}^3 windows every {} voxels, {} segmentation and {} classification mirror(s)",
+            self.window, self.stride, self.mirrors, self.classify_mirrors
+        )?;
+        if self.classify_mirrors > 1 && !mirrors_every_finding(&self.classify_mirrors_from) {
+            write!(
+                f,
+                " (for findings of one-pass p(nodule) {} or more)",
+                self.classify_mirrors_from
+            )?;
+        }
+        write!(f, ", findings measured at {} of their peak", self.measure_fraction)
     }
 }
 
@@ -1120,6 +1138,7 @@ mod tests {
                 stride: 96,
                 mirrors: 1,
                 classify_mirrors: 1,
+                classify_mirrors_from: 0.0,
                 measure_fraction: 0.8,
             },
             p_nodule_calibration: None,
@@ -1205,6 +1224,20 @@ mod tests {
         write_entry(&path, &old, OPERATING_POINT, &plain).unwrap();
         let (_, read) = load(&old, &Device::Cpu).unwrap();
         assert_eq!(read.operating_points, vec![plain.clone()]);
+        // A setting that mirrors the classification from a floor is another setting; one that
+        // mirrors every finding is written as before the floor existed.
+        let mut floored = mirrored.clone();
+        floored.analysis.mirrors = 1;
+        floored.analysis.classify_mirrors_from = 0.05;
+        write_operating_point(&path, &path, &floored).unwrap();
+        let (_, read) = load(&path, &Device::Cpu).unwrap();
+        assert_eq!(read.operating_point(floored.analysis), Some(&floored));
+        let mut unfloored = floored.analysis;
+        unfloored.classify_mirrors_from = 0.0;
+        assert_eq!(read.operating_point(unfloored), None);
+        let json = |a: &AnalysisSetting| serde_json::to_string(a).unwrap();
+        assert!(!json(&plain.analysis).contains("classify_mirrors_from"));
+        assert!(json(&floored.analysis).contains("\"classify_mirrors_from\":0.05"));
         // Two for one setting are refused on reading.
         let twice = dir.path().join("twice.safetensors");
         let e = write_entry(&path, &twice, OPERATING_POINT, &[&plain, &plain])
