@@ -243,8 +243,8 @@ impl Default for ModelConfig {
             precision: crate::jnsc::device::Precision::F32,
             tiling: crate::inference::tiles::TilingName::Fast,
             mirrors: 1,
-            classify_mirrors: 1,
-            classify_mirrors_from: 0.0,
+            classify_mirrors: crate::inference::DEFAULT_CLASSIFY_MIRRORS,
+            classify_mirrors_from: crate::inference::DEFAULT_CLASSIFY_MIRRORS_FROM,
         }
     }
 }
@@ -829,7 +829,8 @@ mod tests {
         assert!(error_of("[model]\nmirrors = 9").contains("model.mirrors"));
         assert!(error_of("[model]\nclassify_mirrors = 0").contains("model.classify_mirrors"));
         assert!(
-            error_of("[model]\nclassify_mirrors_from = 1.5").contains("model.classify_mirrors_from")
+            error_of("[model]\nclassify_mirrors_from = 1.5")
+                .contains("model.classify_mirrors_from")
         );
         assert!(error_of("[pipeline]\nstable_age_secs = 0").contains("pipeline.stable_age_secs"));
         assert!(

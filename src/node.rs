@@ -456,14 +456,14 @@ fn load_analyzer(config: &Config) -> anyhow::Result<(Analyzer, ReportPolicy)> {
             model: model.path.clone(),
             device: model.device,
             precision: model.precision,
-            classify_mirrors: model.classify_mirrors,
-            classify_mirrors_from: model.classify_mirrors_from,
             // The model file's own fraction.
             measure_fraction: None,
         },
         tiling: model.tiling,
         batch: 1,
         mirrors: model.mirrors,
+        classify_mirrors: model.classify_mirrors,
+        classify_mirrors_from: model.classify_mirrors_from,
     }
     .load()
     .context(

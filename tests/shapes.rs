@@ -368,7 +368,6 @@ fn eval_shapes_classifies_held_out_patients_only() {
             model: Some(model.clone()),
             device: jnsc::jnsc::device::DeviceSpec::Cpu,
             precision: jnsc::jnsc::device::Precision::F32,
-            classify_mirrors: 1,
             measure_fraction: None,
         },
         out: out.clone(),

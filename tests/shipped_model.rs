@@ -63,6 +63,8 @@ fn detector_stage(model: &str, config: &str, from: &str) -> ModelInfo {
 const OPERATING_POINT: f64 = 0.465;
 /// Its operating point with `--mirrors 8 --classify-mirrors 8` (model card).
 const MIRRORED_OPERATING_POINT: f64 = 0.428;
+/// Its operating point for the node's default analysis (model card, rule 23).
+const DEFAULT_OPERATING_POINT: f64 = 0.351;
 
 /// A safetensors file's f32 tensors by name (`prefix.` stripped; others left out).
 fn weights(path: &Path, prefix: &str) -> std::collections::BTreeMap<String, Vec<f32>> {
@@ -245,7 +247,7 @@ fn the_shipped_model_matches_its_card() {
     // With 8 segmentation and 8 classification mirrors (the option for sites with the time),
     // p(nodule) moves and so does the threshold: chosen on the same studies by the same rule
     // (model card, "Test-time mirroring"); the node picks it for that setting.
-    assert_eq!(shipped.operating_points.len(), 2);
+    assert_eq!(shipped.operating_points.len(), 3);
     let mut mirrored = analyzer;
     mirrored.tiling.mirrors = 8;
     mirrored.classify_mirrors = 8;
@@ -264,6 +266,24 @@ fn the_shipped_model_matches_its_card() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("other analysis settings only"), "{e}");
+    // The node's default (rule 23 of 2026-12-05): the classification mirrored where it can
+    // matter, with its own operating point and calibration, chosen and fitted as the first's.
+    mirrored.tiling.mirrors = 1;
+    mirrored.classify_mirrors = jnsc::inference::DEFAULT_CLASSIFY_MIRRORS;
+    mirrored.classify_mirrors_from = jnsc::inference::DEFAULT_CLASSIFY_MIRRORS_FROM;
+    assert_eq!(
+        jnsc::results::min_p_nodule(None, &mirrored).unwrap(),
+        DEFAULT_OPERATING_POINT
+    );
+    let default_point = shipped.operating_point(mirrored.setting()).unwrap();
+    assert!(default_point.chosen_on.contains("LIDC-IDRI-0063"));
+    let default_calibration = default_point.p_nodule_calibration.as_ref().unwrap();
+    assert!(default_calibration.fitted_on.contains("2601-2624"));
+    assert!(default_calibration.apply(0.99) > 0.99);
+    assert_eq!(
+        jnsc::config::Config::default().model.classify_mirrors,
+        jnsc::inference::DEFAULT_CLASSIFY_MIRRORS
+    );
     assert_eq!(
         malignancy.operating_points.first().map(|o| o.min_p_nodule),
         Some(0.466)

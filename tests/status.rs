@@ -43,7 +43,7 @@ async fn endpoints_follow_a_study_from_reception_to_a_failed_send() {
     assert_eq!(before["instances"], 0);
     assert_eq!(before["model"]["name"], "jnsc-real-backgrounds");
     // No threshold configured: the shipped model's own operating point.
-    assert_eq!(before["model"]["min_p_nodule"], 0.465);
+    assert_eq!(before["model"]["min_p_nodule"], 0.351);
     assert_eq!(before["associations_total"], 0);
 
     let files = files_of(&study);

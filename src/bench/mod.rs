@@ -842,14 +842,19 @@ pub fn analyze(
         ),
     };
     // What the node reports with this model: findings at or above its operating point for the
-    // analyses below (no test-time mirrors).
+    // analyses below (the default mirroring: none of the map, the classification's default).
     let info = crate::jnsc::model_file::read_info(&source.label(), &source.bytes()?)?;
     let min_p_nodule = info
         .operating_points
         .iter()
-        .find(|o| o.analysis.mirrors == 1 && o.analysis.classify_mirrors == 1)
+        .find(|o| {
+            o.analysis.mirrors == 1
+                && o.analysis.classify_mirrors == crate::inference::DEFAULT_CLASSIFY_MIRRORS
+                && o.analysis.classify_mirrors_from
+                    == crate::inference::DEFAULT_CLASSIFY_MIRRORS_FROM
+        })
         .map(|o| o.min_p_nodule)
-        .with_context(|| format!("{source} carries no operating point without mirrors"))?;
+        .with_context(|| format!("{source} carries no operating point for the default analysis"))?;
     println!(
         "{what}; model {}; device {device}; {} rayon threads; reported: p(nodule) >= \
          {min_p_nodule}",

@@ -21,14 +21,6 @@ pub struct ModelArgs {
     /// GPU's findings against).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
-    /// Test-time mirroring of the classification path: 1 (off) to 8 mirrored windows per
-    /// finding (identity, then x, y, z, xy, xz, yz, xyz), class probabilities averaged.
-    #[arg(long, default_value_t = 1)]
-    pub classify_mirrors: usize,
-    /// Mirror the classification only of findings whose one-pass p(nodule) is at least this;
-    /// the others keep their one-pass classes (0: every finding is mirrored).
-    #[arg(long, default_value_t = 0.0)]
-    pub classify_mirrors_from: f64,
     /// Cut each finding's measured extent (its reported centre, size and segment) at this
     /// fraction of its peak instead of the model file's fraction (0: the whole detected region).
     /// For choosing the fraction on validation data.
@@ -43,15 +35,10 @@ impl ModelArgs {
 
     /// The analyzer of this model on this device, with `tiling`.
     pub fn load(&self, tiling: Tiling) -> anyhow::Result<Analyzer> {
-        super::tiles::check_mirrors(self.classify_mirrors).map_err(anyhow::Error::msg)?;
         let device = self.device.open()?;
         let source = self.source();
         let mut analyzer = Analyzer::new(&source, device, self.precision, tiling)
             .map_err(|e| anyhow::anyhow!("cannot load the model {source}: {e}"))?;
-        analyzer.classify_mirrors = self.classify_mirrors;
-        crate::jnsc::model_file::check_min_p_nodule(self.classify_mirrors_from)
-            .map_err(|e| anyhow::anyhow!("--classify-mirrors-from: {e}"))?;
-        analyzer.classify_mirrors_from = self.classify_mirrors_from;
         if let Some(f) = self.measure_fraction {
             crate::jnsc::model_file::check_measure_fraction(f)
                 .map_err(|e| anyhow::anyhow!("--measure-fraction: {e}"))?;
@@ -76,6 +63,14 @@ pub struct AnalyzerArgs {
     /// xyz mirrored), averaged. Each pass costs one segmentation.
     #[arg(long, default_value_t = 1)]
     pub mirrors: usize,
+    /// Test-time mirroring of the classification path: 1 (off) to 8 mirrored windows per
+    /// finding (identity, then x, y, z, xy, xz, yz, xyz), class probabilities averaged.
+    #[arg(long, default_value_t = super::DEFAULT_CLASSIFY_MIRRORS)]
+    pub classify_mirrors: usize,
+    /// Mirror the classification only of findings whose one-pass p(nodule) is at least this;
+    /// the others keep their one-pass classes (0: every finding is mirrored).
+    #[arg(long, default_value_t = super::DEFAULT_CLASSIFY_MIRRORS_FROM)]
+    pub classify_mirrors_from: f64,
 }
 
 impl AnalyzerArgs {
@@ -84,6 +79,12 @@ impl AnalyzerArgs {
         tiling.batch = self.batch;
         tiling.mirrors = self.mirrors;
         tiling.validate().map_err(anyhow::Error::msg)?;
-        self.model.load(tiling)
+        super::tiles::check_mirrors(self.classify_mirrors).map_err(anyhow::Error::msg)?;
+        crate::jnsc::model_file::check_min_p_nodule(self.classify_mirrors_from)
+            .map_err(|e| anyhow::anyhow!("--classify-mirrors-from: {e}"))?;
+        let mut analyzer = self.model.load(tiling)?;
+        analyzer.classify_mirrors = self.classify_mirrors;
+        analyzer.classify_mirrors_from = self.classify_mirrors_from;
+        Ok(analyzer)
     }
 }

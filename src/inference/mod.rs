@@ -31,6 +31,12 @@ use tiles::Tiling;
 pub const CLASSIFICATION_WINDOW: usize = 64;
 /// Classification windows per network call.
 const CLASSIFICATION_BATCH: usize = 4;
+/// The classification's test-time mirrors the node and the commands run by default: chosen
+/// on validation by rule 23 of docs/model-rules/2026-12-05-session-33.md (model card, "Test-time
+/// mirroring"); the model file carries the operating point for it.
+pub const DEFAULT_CLASSIFY_MIRRORS: usize = 8;
+/// Of which one-pass p(nodule) on the classification is mirrored by default (0: every finding).
+pub const DEFAULT_CLASSIFY_MIRRORS_FROM: f64 = 0.05;
 
 /// Why a series could not be analysed.
 #[derive(Debug, thiserror::Error)]
@@ -444,17 +450,9 @@ impl Analyzer {
         boxes: &[ObjectBox],
     ) -> candle_core::Result<Vec<[f32; 3]>> {
         let mut sums = vec![[0f32; 3]; boxes.len()];
-        self.add_mirrored_classes(
-            hu,
-            boxes,
-            &MIRROR_SETS[..self.classify_mirrors],
-            &mut sums,
-        )?;
+        self.add_mirrored_classes(hu, boxes, &MIRROR_SETS[..self.classify_mirrors], &mut sums)?;
         let scale = 1.0 / self.classify_mirrors as f32;
-        Ok(sums
-            .into_iter()
-            .map(|s| s.map(|v| v * scale))
-            .collect())
+        Ok(sums.into_iter().map(|s| s.map(|v| v * scale)).collect())
     }
 
     /// Adds each object's p(non-nodule), p(benign), p(malignant) in each of the mirrored
@@ -694,11 +692,15 @@ mod tests {
         assert_eq!(analyzer.setting().classify_mirrors_from, 0.5 * one_pass);
         // Without a floor, or without mirrors, every object is classified alike.
         analyzer.classify_mirrors_from = 0.0;
-        let p = analyzer.classify_objects(&hu, &[b, b], &[1.0, 0.25]).unwrap();
+        let p = analyzer
+            .classify_objects(&hu, &[b, b], &[1.0, 0.25])
+            .unwrap();
         assert_eq!(p, vec![all, all]);
         analyzer.classify_mirrors = 1;
         analyzer.classify_mirrors_from = 0.5 * one_pass;
-        let p = analyzer.classify_objects(&hu, &[b, b], &[1.0, 0.25]).unwrap();
+        let p = analyzer
+            .classify_objects(&hu, &[b, b], &[1.0, 0.25])
+            .unwrap();
         assert_eq!(p, vec![once, once]);
         assert_eq!(analyzer.setting().classify_mirrors_from, 0.0);
     }

@@ -197,7 +197,11 @@ impl std::fmt::Display for AnalysisSetting {
                 self.classify_mirrors_from
             )?;
         }
-        write!(f, ", findings measured at {} of their peak", self.measure_fraction)
+        write!(
+            f,
+            ", findings measured at {} of their peak",
+            self.measure_fraction
+        )
     }
 }
 
@@ -1200,7 +1204,7 @@ mod tests {
         };
         write_operating_point(&path, &path, &replaced).unwrap();
         let (_, read) = load(&path, &Device::Cpu).unwrap();
-        assert_eq!(read.operating_points, vec![replaced, mirrored]);
+        assert_eq!(read.operating_points, vec![replaced, mirrored.clone()]);
 
         // A calibration of p(nodule) travels with its operating point.
         let calibrated = OperatingPoint {
