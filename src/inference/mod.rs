@@ -633,15 +633,20 @@ mod tests {
         (Volume { geometry, data }, b)
     }
 
-    #[test]
-    fn all_eight_classification_mirrors_make_the_classes_mirror_invariant() {
-        let mut analyzer = Analyzer::new(
+    /// The shipped model on the CPU, one classification pass.
+    fn shipped() -> Analyzer {
+        Analyzer::new(
             &ModelSource::Embedded,
             Device::Cpu,
             Precision::F32,
             Tiling::fast(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn all_eight_classification_mirrors_make_the_classes_mirror_invariant() {
+        let mut analyzer = shipped();
         analyzer.classify_mirrors = MIRROR_SETS.len();
         let (hu, b) = volume_with_blob();
         let w = CLASSIFICATION_WINDOW as i64;
@@ -669,13 +674,7 @@ mod tests {
 
     #[test]
     fn only_findings_at_the_floor_get_the_classification_s_mirrors() {
-        let mut analyzer = Analyzer::new(
-            &ModelSource::Embedded,
-            Device::Cpu,
-            Precision::F32,
-            Tiling::fast(),
-        )
-        .unwrap();
+        let mut analyzer = shipped();
         let (hu, b) = volume_with_blob();
         let once = analyzer.classify_boxes(&hu, &[b]).unwrap()[0];
         analyzer.classify_mirrors = MIRROR_SETS.len();
