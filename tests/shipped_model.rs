@@ -224,7 +224,7 @@ fn the_shipped_model_matches_its_card() {
     assert_eq!(operating_point.max_false_positives_per_scan, 1.0);
     assert!(operating_point.chosen_on.contains("LIDC-IDRI-0063"));
     assert!(operating_point.false_positives_per_scan <= 1.0);
-    // It holds for the analysis the node runs by default (what p(nodule) depends on).
+    // It holds for the analysis without test-time mirrors (what p(nodule) depends on).
     let analyzer = jnsc::inference::Analyzer::new(
         &jnsc::jnsc::model_file::ModelSource::Embedded,
         candle_core::Device::Cpu,
@@ -280,9 +280,15 @@ fn the_shipped_model_matches_its_card() {
     let default_calibration = default_point.p_nodule_calibration.as_ref().unwrap();
     assert!(default_calibration.fitted_on.contains("2601-2624"));
     assert!(default_calibration.apply(0.99) > 0.99);
+    // That setting is what the node runs when nothing is configured.
+    let node_default = jnsc::config::Config::default().model;
     assert_eq!(
-        jnsc::config::Config::default().model.classify_mirrors,
-        jnsc::inference::DEFAULT_CLASSIFY_MIRRORS
+        (
+            node_default.mirrors,
+            node_default.classify_mirrors,
+            node_default.classify_mirrors_from
+        ),
+        (1, mirrored.classify_mirrors, mirrored.classify_mirrors_from)
     );
     assert_eq!(
         malignancy.operating_points.first().map(|o| o.min_p_nodule),

@@ -38,6 +38,12 @@ pub const DEFAULT_CLASSIFY_MIRRORS: usize = 8;
 /// Of which one-pass p(nodule) on the classification is mirrored by default (0: every finding).
 pub const DEFAULT_CLASSIFY_MIRRORS_FROM: f64 = 0.05;
 
+/// p(nodule) of a finding: its location probability times the classification path's nodule
+/// classes, 1 - p(non-nodule) of its class probabilities.
+fn p_nodule(p_location: f64, classes: [f32; 3]) -> f64 {
+    p_location * f64::from(1.0 - classes[0])
+}
+
 /// Why a series could not be analysed.
 #[derive(Debug, thiserror::Error)]
 pub enum AnalyzeError {
@@ -310,7 +316,7 @@ impl Analyzer {
             .zip(&classes)
             .map(|(d, p)| {
                 let p_location = f64::from(d.p_nodule);
-                let p_nodule = p.map_or(p_location, |p| p_location * f64::from(1.0 - p[0]));
+                let p_nodule = p.map_or(p_location, |p| p_nodule(p_location, p));
                 let p_nodule_calibrated = nodule_calibration.map(|c| c.apply(p_nodule));
                 let p_cancer = p.map(|p| self.malignancy(p));
                 let p_cancer_finding =
@@ -429,7 +435,7 @@ impl Analyzer {
         let mut sums = vec![[0f32; 3]; boxes.len()];
         self.add_mirrored_classes(hu, boxes, &MIRROR_SETS[..1], &mut sums)?;
         let mirrored: Vec<usize> = (0..boxes.len())
-            .filter(|&i| p_location[i] * f64::from(1.0 - sums[i][0]) >= from)
+            .filter(|&i| p_nodule(p_location[i], sums[i]) >= from)
             .collect();
         let chosen: Vec<ObjectBox> = mirrored.iter().map(|&i| boxes[i]).collect();
         let mut chosen_sums: Vec<[f32; 3]> = mirrored.iter().map(|&i| sums[i]).collect();
