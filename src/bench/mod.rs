@@ -841,20 +841,24 @@ pub fn analyze(
              3 nodules"
         ),
     };
-    // What the node reports with this model: findings at or above its operating point for the
-    // analyses below (the default mirroring: none of the map, the classification's default).
-    let info = crate::jnsc::model_file::read_info(&source.label(), &source.bytes()?)?;
-    let min_p_nodule = info
-        .operating_points
-        .iter()
-        .find(|o| {
-            o.analysis.mirrors == 1
-                && o.analysis.classify_mirrors == crate::inference::DEFAULT_CLASSIFY_MIRRORS
-                && o.analysis.classify_mirrors_from
-                    == crate::inference::DEFAULT_CLASSIFY_MIRRORS_FROM
-        })
+    // What the node reports with this model: findings at or above the operating point the file
+    // carries for the node's default analysis (fast tiling, the default mirrors), looked up as
+    // the node looks it up; used for every setting below.
+    let mut default_analysis = crate::inference::Analyzer::new(
+        &source,
+        candle_core::Device::Cpu,
+        crate::jnsc::device::Precision::F32,
+        crate::inference::tiles::Tiling::fast(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot load the model {source}: {e}"))?;
+    default_analysis.classify_mirrors = crate::inference::DEFAULT_CLASSIFY_MIRRORS;
+    default_analysis.classify_mirrors_from = crate::inference::DEFAULT_CLASSIFY_MIRRORS_FROM;
+    let min_p_nodule = default_analysis
+        .model_info()
+        .operating_point(default_analysis.setting())
         .map(|o| o.min_p_nodule)
         .with_context(|| format!("{source} carries no operating point for the default analysis"))?;
+    drop(default_analysis);
     println!(
         "{what}; model {}; device {device}; {} rayon threads; reported: p(nodule) >= \
          {min_p_nodule}",
